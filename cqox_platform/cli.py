@@ -1,0 +1,95 @@
+"""`cqox-platform`: the command line of the platform (stack, schema, metrics)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cqox_platform.errors import CqoxError
+
+
+class _Group(click.Group):
+    """Turns the platform's own errors into one clear line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CqoxError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Reliability platform for CQOx: local stack, schema, backups, SLOs, canaries."""
+
+
+# --- stack ---------------------------------------------------------------------------------------------------
+
+_dir_option = click.option(
+    "--dir", "stack_dir", type=click.Path(path_type=Path), default=None, envvar="CQOX_STACK_DIR",
+    help="Stack directory (default .cqox, env CQOX_STACK_DIR).",
+)
+
+
+@main.group(cls=_Group)
+def stack() -> None:
+    """Start, inspect and stop the local stack of real services."""
+
+
+@stack.command("up")
+@_dir_option
+@click.option("--port-base", type=int, default=None, help="Use consecutive ports from this one (new stacks).")
+@click.option("--no-dagster", is_flag=True, help="Do not start the Dagster webserver and daemon.")
+def stack_up(stack_dir: Path | None, port_base: int | None, no_dagster: bool) -> None:
+    """Start every service (a no-op for those already running) and wait until each is healthy."""
+    from cqox_platform.stack import Stack
+
+    st = Stack.from_dir(stack_dir, port_base=port_base, with_dagster=False if no_dagster else None)
+    statuses = st.up(progress=lambda msg: click.echo(f"  {msg}", err=True))
+    _print_status(statuses)
+
+
+@stack.command("down")
+@_dir_option
+def stack_down(stack_dir: Path | None) -> None:
+    """Stop every service of the stack by its PID; data stays for the next `up`."""
+    from cqox_platform.stack import Stack
+
+    Stack.from_dir(stack_dir).down(progress=lambda msg: click.echo(f"  {msg}", err=True))
+    click.echo("stack stopped")
+
+
+@stack.command("status")
+@_dir_option
+def stack_status(stack_dir: Path | None) -> None:
+    """What runs, on which port, with which PID. Exit 3 when something is not running and healthy."""
+    from cqox_platform.stack import Stack
+
+    statuses = Stack.from_dir(stack_dir).status()
+    _print_status(statuses)
+    if any(s.state != "running" for s in statuses):
+        sys.exit(3)
+
+
+@stack.command("env")
+@_dir_option
+def stack_env(stack_dir: Path | None) -> None:
+    """Print `export` lines for the resources and clients: `eval "$(cqox-platform stack env)"`."""
+    from cqox_platform.stack import Stack
+
+    click.echo(Stack.from_dir(stack_dir).env_script(), nl=False)
+
+
+def _print_status(statuses) -> None:
+    click.echo(f"{'SERVICE':<16}{'STATE':<11}{'PORT':<7}{'PID':<9}{'URL':<48}LOG")
+    for s in statuses:
+        color = {"running": "green", "unhealthy": "yellow"}.get(s.state, "red")
+        state = click.style(f"{s.state:<11}", fg=color)
+        click.echo(f"{s.name:<16}{state}{s.port or '-'!s:<7}{s.pid or '-'!s:<9}{s.url:<48}{s.log}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Typed errors of the platform.
+
+Every message says what failed, where, and what to do next, so a person reading a Dagster run failure or a
+CLI error does not need the traceback. No message may contain a secret.
+"""
+
+from __future__ import annotations
+
+
+class CqoxError(Exception):
+    """Base class of every error the platform raises on purpose."""
+
+
+# --- the local stack -----------------------------------------------------------------------------------------
+
+
+class StackError(CqoxError):
+    """The local stack could not do what was asked."""
+
+
+class MissingBinaryError(StackError):
+    """A program the stack needs is not installed; the message names the package that provides it."""
+
+
+class PortInUseError(StackError):
+    """A port the stack wants is already taken; the message names the port and the process holding it."""
+
+
+class StackDirError(StackError):
+    """The stack directory is not usable (read-only, full, not reachable by a service user)."""
+
+
+class ServiceStartError(StackError):
+    """A service did not become healthy; the message points at its log file."""
+
+
+# --- schema and migrations -----------------------------------------------------------------------------------
+
+
+class MigrationError(CqoxError):
+    """A migration could not be discovered or applied. Nothing was changed by the failing file."""
+
+
+class MigrationChecksumError(MigrationError):
+    """An already-applied migration file was edited after it was released."""
+
+
+class MigrationFailedError(MigrationError):
+    """A migration file raised an error; its transaction was rolled back."""
+
+
+class SchemaDriftError(CqoxError):
+    """The database schema differs from what the migrations in ``sql/`` describe."""

@@ -1,0 +1,105 @@
+"""Where the local stack lives and which ports it uses.
+
+The first ``stack up`` writes ``stack.json`` in the stack directory; later commands read it, so ``status``,
+``env`` and ``down`` talk about the stack that was actually started even if the environment changed since.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_DIR = Path(".cqox")
+
+#: Default ports, chosen away from the well-known ones so a developer's own PostgreSQL or Prometheus can run.
+DEFAULT_PORTS: dict[str, int] = {
+    "postgres": 55432,
+    "openbao": 58200,
+    "openbao_cluster": 58201,
+    "s3": 59000,
+    "prometheus": 59090,
+    "pushgateway": 59091,
+    "dagster": 3000,
+}
+
+#: Environment variable overriding each port.
+PORT_ENV: dict[str, str] = {
+    "postgres": "CQOX_PG_PORT",
+    "openbao": "CQOX_OPENBAO_PORT",
+    "openbao_cluster": "CQOX_OPENBAO_CLUSTER_PORT",
+    "s3": "CQOX_S3_PORT",
+    "prometheus": "CQOX_PROMETHEUS_PORT",
+    "pushgateway": "CQOX_PUSHGATEWAY_PORT",
+    "dagster": "CQOX_DAGSTER_PORT",
+}
+
+DB_NAME = "cqox_prod"
+DAGSTER_DB_NAME = "dagster"
+DB_ADMIN_USER = "cqox_admin"
+BACKUP_BUCKET = "cqox-backups"
+DR_BUCKET = "cqox-backups-dr"
+
+
+@dataclass
+class StackConfig:
+    """The stack directory and the ports of its services."""
+
+    root: Path
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    with_dagster: bool = True
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.path("tls")
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.path("secrets")
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path("logs")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path("run")
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["root"] = str(self.root)
+        self.state_file.write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(
+        cls,
+        root: Path | None = None,
+        *,
+        port_base: int | None = None,
+        with_dagster: bool | None = None,
+    ) -> StackConfig:
+        """Read ``stack.json`` when the stack exists; otherwise build the config from flags and environment."""
+        root = (root or Path(os.environ.get("CQOX_STACK_DIR", DEFAULT_DIR))).absolute()
+        state = root / "stack.json"
+        if state.exists():
+            data = json.loads(state.read_text())
+            config = cls(root=root, ports={**DEFAULT_PORTS, **data.get("ports", {})},
+                         with_dagster=data.get("with_dagster", True))
+            if with_dagster is not None:
+                config.with_dagster = with_dagster
+            return config
+        ports = dict(DEFAULT_PORTS)
+        if port_base is not None:
+            ports = {name: port_base + i for i, name in enumerate(DEFAULT_PORTS)}
+        for name, var in PORT_ENV.items():
+            if os.environ.get(var):
+                ports[name] = int(os.environ[var])
+        return cls(root=root, ports=ports, with_dagster=True if with_dagster is None else with_dagster)

@@ -1,0 +1,264 @@
+"""PostgreSQL 15 of the local stack: TLS 1.3 only, SCRAM only over TCP, WAL archiving on, pgAudit loaded.
+
+Debian's binaries refuse to run as root, so when the stack runs as root every server command goes through
+``runuser -u postgres``; the data directory is owned by that user. The admin password is generated once,
+kept in the stack's ``secrets/`` (mode 0600) and handed to clients as a libpq passfile, never on a command line
+or in the environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import shutil
+import signal
+from pathlib import Path
+
+import psycopg
+
+from cqox_platform.errors import StackDirError
+from cqox_platform.stack.certs import tls_files
+from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME
+from cqox_platform.stack.files import write_private
+from cqox_platform.stack.process import find_binary, run_checked, stop_pid, wait_until
+from cqox_platform.stack.service import Service
+
+PG_OS_USER = "postgres"
+
+
+def scram_sha256_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores (RFC 5803), so the clear password never reaches the server
+    or its logs (pgAudit logs role changes)."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+class PostgresService(Service):
+    name = "postgres"
+    binaries = ("initdb", "pg_ctl", "postgres", "psql")
+    start_timeout = 90.0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.home / "sock"
+
+    @property
+    def wal_archive_dir(self) -> Path:
+        """Interim local WAL archive; the backups issue replaces it with encrypted S3 ``wal-push``."""
+        return self.home / "wal-archive"
+
+    @property
+    def log_path(self) -> Path:
+        # Written by the postgres OS user, so it lives in the directory that user owns.
+        return self.home / "server.log"
+
+    @property
+    def password_file(self) -> Path:
+        return self.stack.secrets_dir / "postgres-password"
+
+    @property
+    def passfile(self) -> Path:
+        return self.stack.secrets_dir / "pgpass"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{DB_ADMIN_USER}@127.0.0.1:{self.port}/{DB_NAME}"
+
+    def read_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def conninfo(self, dbname: str = DB_NAME) -> dict[str, str | int]:
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "dbname": dbname,
+            "user": DB_ADMIN_USER,
+            "sslmode": "verify-full",
+            "sslrootcert": str(tls_files(self.stack.tls_dir).ca_cert),
+            "passfile": str(self.passfile),
+            "connect_timeout": 5,
+        }
+
+    def healthy(self) -> bool:
+        with psycopg.connect(**self.conninfo()) as conn:
+            return conn.execute("SELECT current_setting('ssl')").fetchone() == ("on",)
+
+    # --- start ---------------------------------------------------------------------------------------------
+
+    def _as_pg_user(self, argv: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return [find_binary("runuser"), "-u", PG_OS_USER, "--", *argv]
+        return argv
+
+    def _own(self, path: Path, mode: int | None = None) -> None:
+        if mode is not None:
+            path.chmod(mode)
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(PG_OS_USER)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _prepare_dirs(self) -> None:
+        for directory in (self.home, self.socket_dir, self.wal_archive_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            self._own(directory, 0o700)
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam(PG_OS_USER)
+            except KeyError:
+                raise StackDirError(
+                    "the `postgres` OS user does not exist; install Debian package postgresql-15."
+                ) from None
+            # The postgres user must be able to traverse every parent of its data directory.
+            probe = self._as_pg_user(["test", "-w", str(self.home)])
+            if os.spawnv(os.P_WAIT, probe[0], probe) != 0:
+                raise StackDirError(
+                    f"the postgres OS user cannot write {self.home}: every parent directory needs o+x "
+                    f"(chmod o+x on each), or choose a stack directory under /tmp with --dir."
+                )
+
+    def _ensure_password(self) -> str:
+        self.stack.secrets_dir.mkdir(parents=True, exist_ok=True)
+        self.stack.secrets_dir.chmod(0o700)
+        if not self.password_file.exists():
+            write_private(self.password_file, secrets.token_urlsafe(32))
+        password = self.password_file.read_text().strip()
+        write_private(self.passfile, f"127.0.0.1:{self.port}:*:{DB_ADMIN_USER}:{password}\n")
+        return password
+
+    def _initdb(self) -> None:
+        run_checked(
+            self._as_pg_user([
+                find_binary("initdb"), "-D", str(self.data_dir), "--encoding=UTF8", "--locale=C.UTF-8",
+                "--auth-local=peer", "--auth-host=scram-sha-256", "--data-checksums", "-U", PG_OS_USER,
+            ]),
+            what=f"initdb of {self.data_dir}",
+        )
+
+    def _write_config(self) -> None:
+        tls = tls_files(self.stack.tls_dir)
+        for src, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key"),
+                          (tls.ca_cert, "ca.crt")):
+            dest = self.data_dir / name
+            shutil.copyfile(src, dest)
+            self._own(dest, 0o600)
+        config = f"""# Written by cqox-platform stack; changes are overwritten on `stack up`.
+listen_addresses = '127.0.0.1'
+port = {self.port}
+unix_socket_directories = '{self.socket_dir}'
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_ca_file = 'ca.crt'
+ssl_min_protocol_version = 'TLSv1.3'
+password_encryption = 'scram-sha-256'
+wal_level = replica
+archive_mode = on
+archive_command = 'test ! -f {self.wal_archive_dir}/%f && cp %p {self.wal_archive_dir}/%f'
+archive_timeout = '5min'
+max_wal_senders = 10
+shared_preload_libraries = 'pgaudit'
+pgaudit.log = 'ddl, role'
+pgaudit.log_parameter = off
+max_connections = 200
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_messages = warning
+"""
+        conf = self.data_dir / "cqox.conf"
+        conf.write_text(config)
+        self._own(conf, 0o600)
+        main_conf = self.data_dir / "postgresql.conf"
+        text = main_conf.read_text()
+        if "include_if_exists = 'cqox.conf'" not in text:
+            main_conf.write_text(text + "\ninclude_if_exists = 'cqox.conf'\n")
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(
+            "# TCP only with TLS and SCRAM; the unix socket only for the postgres OS user (bootstrap).\n"
+            f"local   all          {PG_OS_USER}                 peer\n"
+            "hostssl all          all          127.0.0.1/32    scram-sha-256\n"
+            "hostssl replication  all          127.0.0.1/32    scram-sha-256\n"
+        )
+        self._own(hba, 0o600)
+
+    def start(self) -> None:
+        self._prepare_dirs()
+        self._ensure_password()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        self._write_config()
+        run_checked(
+            self._as_pg_user([
+                find_binary("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
+                "-w", "-t", str(int(self.start_timeout)), "start",
+            ]),
+            what=f"pg_ctl start (log: {self.log_path})",
+            timeout=self.start_timeout + 10,
+        )
+
+    def after_start(self) -> None:
+        password = self._ensure_password()
+        verifier = scram_sha256_verifier(password)
+        sql = f"""
+SELECT format('CREATE ROLE %I LOGIN SUPERUSER', '{DB_ADMIN_USER}')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DB_ADMIN_USER}') \\gexec
+ALTER ROLE {DB_ADMIN_USER} PASSWORD '{verifier}';
+SELECT format('CREATE DATABASE %I OWNER %I', '{DB_NAME}', '{DB_ADMIN_USER}')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}') \\gexec
+SELECT format('CREATE DATABASE %I OWNER %I', '{DAGSTER_DB_NAME}', '{DB_ADMIN_USER}')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{DAGSTER_DB_NAME}') \\gexec
+\\connect {DB_NAME}
+CREATE EXTENSION IF NOT EXISTS pgaudit;
+"""
+        run_checked(
+            self._as_pg_user([
+                find_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir),
+                "-p", str(self.port), "-U", PG_OS_USER, "-d", "postgres",
+            ]),
+            what="creating the cqox_admin role and databases",
+            input_text=sql,
+        )
+        wait_until(self.healthy, timeout=30, what="PostgreSQL TLS login as cqox_admin", log_path=self.log_path)
+
+    def stop(self) -> None:
+        pid = self.read_pid()
+        if pid is not None:
+            stop_pid(pid, sig=signal.SIGINT, timeout=60)  # SIGINT = fast shutdown
+
+    def env(self) -> dict[str, str]:
+        tls = tls_files(self.stack.tls_dir)
+        return {
+            "CQOX_PG_HOST": "127.0.0.1",
+            "CQOX_PG_PORT": str(self.port),
+            "CQOX_PG_DB": DB_NAME,
+            "CQOX_PG_USER": DB_ADMIN_USER,
+            "CQOX_PG_SSLROOTCERT": str(tls.ca_cert),
+            "CQOX_PG_PASSFILE": str(self.passfile),
+            "CQOX_PG_DSN": (
+                f"host=127.0.0.1 port={self.port} dbname={DB_NAME} user={DB_ADMIN_USER} "
+                f"sslmode=verify-full sslrootcert={tls.ca_cert} passfile={self.passfile}"
+            ),
+            "CQOX_DAGSTER_PG_DB": DAGSTER_DB_NAME,
+            # libpq's own variables, so psql and Dagster's psycopg2 connect verified with no extra flags.
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.port),
+            "PGDATABASE": DB_NAME,
+            "PGUSER": DB_ADMIN_USER,
+            "PGSSLMODE": "verify-full",
+            "PGSSLROOTCERT": str(tls.ca_cert),
+            "PGPASSFILE": str(self.passfile),
+        }

@@ -1,0 +1,98 @@
+"""The local stack as a whole: bring every service up in dependency order, report, print env, tear down."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from cqox_platform.stack.certs import ensure_tls
+from cqox_platform.stack.config import StackConfig
+from cqox_platform.stack.dagster_services import DagsterDaemonService, DagsterWebserverService, dagster_home
+from cqox_platform.stack.openbao import OpenBaoService
+from cqox_platform.stack.postgres import PostgresService
+from cqox_platform.stack.process import ensure_port_free, ensure_writable_dir, find_binary
+from cqox_platform.stack.prometheus import PrometheusService, PushgatewayService
+from cqox_platform.stack.s3 import S3Service
+from cqox_platform.stack.service import Service, ServiceStatus
+
+Progress = Callable[[str], None]
+
+
+class Stack:
+    """Real services under one directory: PostgreSQL, OpenBao, S3, Prometheus, Pushgateway, Dagster."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        core: list[Service] = [
+            PostgresService(config),
+            OpenBaoService(config),
+            S3Service(config),
+            PrometheusService(config),
+            PushgatewayService(config),
+        ]
+        self.services: list[Service] = core
+        if config.with_dagster:
+            base_env = self._env_of(core)
+            self.services = [*core, DagsterWebserverService(config, base_env),
+                             DagsterDaemonService(config, base_env)]
+
+    @classmethod
+    def from_dir(cls, root: Path | None = None, **kwargs) -> Stack:
+        return cls(StackConfig.load(root, **kwargs))
+
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    def up(self, progress: Progress = lambda _msg: None) -> list[ServiceStatus]:
+        """Start what is not running, provision everything, return the statuses. Running twice is a no-op."""
+        ensure_writable_dir(self.config.root)
+        for sub in (self.config.logs_dir, self.config.run_dir, self.config.secrets_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+        self.config.secrets_dir.chmod(0o700)
+        self.config.save()
+        ensure_tls(self.config.tls_dir)
+        # Check every binary and port before starting anything, so a missing package fails fast and clean.
+        pending = [s for s in self.services if not s.running()]
+        for service in pending:
+            for binary in service.binaries:
+                find_binary(binary)
+            if service.port is not None:
+                ensure_port_free(service.port, service.name)
+        for service in self.services:
+            if service in pending:
+                progress(f"starting {service.name} on port {service.port} (log: {service.log_path})")
+                service.start()
+            else:
+                progress(f"{service.name} already running (pid {service.read_pid()})")
+            service.after_start()
+        return self.status()
+
+    def down(self, progress: Progress = lambda _msg: None) -> None:
+        for service in reversed(self.services):
+            if service.running():
+                progress(f"stopping {service.name} (pid {service.read_pid()})")
+            service.stop()
+
+    def status(self) -> list[ServiceStatus]:
+        return [s.status() for s in self.services]
+
+    # --- environment ---------------------------------------------------------------------------------------
+
+    def _env_of(self, services: list[Service]) -> dict[str, str]:
+        env = {
+            "CQOX_STACK_DIR": str(self.config.root),
+            "DAGSTER_HOME": str(dagster_home(self.config.root)),
+        }
+        for service in services:
+            env.update(service.env())
+        return env
+
+    def env(self) -> dict[str, str]:
+        """What resources and clients read; paths to secrets, never secrets themselves."""
+        return self._env_of(self.services)
+
+    def env_script(self) -> str:
+        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(self.env().items()))

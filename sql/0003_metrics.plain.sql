@@ -9,7 +9,6 @@ CREATE TABLE metrics (
     labels JSONB,
     PRIMARY KEY (time, metric_name)
 ) PARTITION BY RANGE (time);
-CREATE INDEX idx_metrics_name_time ON metrics (metric_name, time DESC);
 
 SELECT partman.create_parent(
     p_parent_table => 'public.metrics',

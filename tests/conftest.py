@@ -1,0 +1,117 @@
+"""Fixtures: one real local stack per test session, a fresh database per test, PGlite-TimescaleDB on demand.
+
+The stack lives in a world-traversable temporary directory (the postgres OS user must reach its data
+directory) with ports the kernel picked, so tests never collide with a developer's running `.cqox` stack.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cqox_platform.resources.postgres import PostgresResource
+from cqox_platform.schema import Dialect
+from cqox_platform.stack import Stack, StackConfig
+from cqox_platform.stack.config import DEFAULT_PORTS
+from cqox_platform.stack.pglite import PGliteServer
+from cqox_platform.stack.process import free_port
+
+
+def make_world_traversable_tmpdir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def distinct_free_ports(names) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    return ports
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    root = make_world_traversable_tmpdir("cqox-test-stack-")
+    config = StackConfig(root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_dagster=True)
+    st = Stack(config)
+    try:
+        st.up()
+        yield st
+    finally:
+        st.down()
+        if not os.environ.get("CQOX_KEEP_TEST_STACK"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack: Stack) -> dict[str, str]:
+    """The process environment with `cqox-platform stack env` applied, for subprocesses."""
+    return {**os.environ, **stack.env()}
+
+
+@dataclass
+class TestDatabase:
+    """A database under test and how to reach it."""
+
+    dialect: Dialect
+    resource: PostgresResource
+
+    def connect(self) -> psycopg.Connection:
+        conn = psycopg.connect(**self.resource.conninfo(), autocommit=True)
+        conn.prepare_threshold = self.resource.prepare_threshold
+        return conn
+
+
+def _stack_resource(stack: Stack, dbname: str) -> PostgresResource:
+    env = stack.env()
+    return PostgresResource(
+        host=env["CQOX_PG_HOST"], port=int(env["CQOX_PG_PORT"]), dbname=dbname, user=env["CQOX_PG_USER"],
+        sslrootcert=env["CQOX_PG_SSLROOTCERT"], passfile=env["CQOX_PG_PASSFILE"],
+    )
+
+
+@pytest.fixture
+def plain_db(stack: Stack) -> Iterator[TestDatabase]:
+    """A fresh, empty database on the stack's PostgreSQL 15 (plain dialect), dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:10]}"
+    admin = _stack_resource(stack, "postgres")
+    with psycopg.connect(**admin.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield TestDatabase(Dialect.PLAIN, _stack_resource(stack, name))
+    finally:
+        with psycopg.connect(**admin.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def timescale_db(tmp_path: Path) -> Iterator[TestDatabase]:
+    """A fresh PGlite-TimescaleDB server (TimescaleDB 2.23 on PostgreSQL 17) with an empty data directory."""
+    server = PGliteServer(data_dir=tmp_path / "pglite-data", log_path=tmp_path / "pglite.log").start()
+    try:
+        info = server.conninfo()
+        resource = PostgresResource(
+            host=str(info["host"]), port=int(info["port"]), dbname="postgres", user="postgres",
+            sslmode="disable", prepare_threshold=None,
+        )
+        yield TestDatabase(Dialect.TIMESCALEDB, resource)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["plain", "timescaledb"])
+def any_db(request: pytest.FixtureRequest) -> TestDatabase:
+    """Each dialect in turn: the same test must pass on both."""
+    return request.getfixturevalue(f"{request.param}_db" if request.param == "plain" else "timescale_db")

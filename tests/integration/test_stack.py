@@ -1,0 +1,206 @@
+"""The local stack's promises, checked against the running services."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import hvac
+import psycopg
+import pytest
+import requests
+
+from cqox_platform.errors import MissingBinaryError, PortInUseError, StackDirError
+from cqox_platform.stack import Stack, StackConfig
+from cqox_platform.stack.config import BACKUP_BUCKET, DR_BUCKET, DEFAULT_PORTS
+from cqox_platform.stack.process import free_port
+from cqox_platform.stack.s3 import client_config
+from tests.conftest import distinct_free_ports, make_world_traversable_tmpdir
+
+CLI = [sys.executable, "-m", "cqox_platform.cli"]
+
+
+def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "stack", *args, "--dir", str(stack.config.root)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_status_lists_every_service_running_with_port_and_pid(stack):
+    result = _cli(stack, "status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for service in ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster", "dagster-daemon"):
+        line = next(row for row in result.stdout.splitlines() if row.startswith(service + " "))
+        assert "running" in line
+        pid = stack.service(service).read_pid()
+        assert str(pid) in line
+        port = stack.config.ports.get(service)
+        if port:
+            assert str(port) in line
+
+
+def test_up_twice_is_a_noop(stack):
+    before = {s.name: s.read_pid() for s in stack.services}
+    stack.up()
+    assert {s.name: s.read_pid() for s in stack.services} == before
+
+
+def test_postgres_accepts_only_tls13_with_scram(stack):
+    info = stack.service("postgres").conninfo()
+    with psycopg.connect(**info) as conn:
+        version, = conn.execute("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert version == "TLSv1.3"
+        assert conn.execute("SHOW password_encryption").fetchone() == ("scram-sha-256",)
+        assert conn.execute("SHOW wal_level").fetchone() == ("replica",)
+        assert conn.execute("SHOW archive_mode").fetchone() == ("on",)
+        assert conn.execute("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid "
+                            "WHERE rolname = current_user").fetchone() == (True,)
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(**{**info, "sslmode": "disable"})
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(**{**info, "ssl_max_protocol_version": "TLSv1.2"})
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(**{**info, "passfile": "/dev/null", "password": "wrong"})
+
+
+def test_env_is_ready_for_eval_and_holds_no_secret(stack):
+    result = _cli(stack, "env")
+    assert result.returncode == 0
+    secrets_dir = stack.config.secrets_dir
+    for secret_file in secrets_dir.iterdir():
+        for secret in _secret_values(secret_file):
+            assert secret not in result.stdout, f"a secret from {secret_file.name} leaked into `stack env`"
+    script = f'eval "$({" ".join(CLI)} stack env --dir {stack.config.root})" && psql -XAtc "select 42"'
+    shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert shell.stdout.strip() == "42", shell.stderr
+    for var in ("CQOX_PG_DSN", "VAULT_ADDR", "CQOX_S3_ENDPOINT", "CQOX_S3_BUCKET", "CQOX_S3_DR_BUCKET",
+                "CQOX_PROMETHEUS_URL", "DAGSTER_HOME", "PGSSLROOTCERT"):
+        assert f"export {var}=" in result.stdout
+
+
+def _secret_values(path) -> list[str]:
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        return [data["root_token"], *data["unseal_keys_b64"]]
+    values = [line.split("=", 1)[1].strip().strip('"') for line in text.splitlines() if "=" in line]
+    values += [line.rsplit(":", 1)[1] for line in text.splitlines() if line.count(":") >= 4]
+    return [v for v in values + [text.strip()] if len(v) >= 12 and "\n" not in v]
+
+
+def test_secret_files_are_owner_only(stack):
+    assert stack.config.secrets_dir.stat().st_mode & 0o777 == 0o700
+    for path in stack.config.secrets_dir.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_openbao_is_unsealed_and_keeps_data_across_restart(stack):
+    bao = stack.service("openbao")
+    token = json.loads(bao.init_file.read_text())["root_token"]
+    client = hvac.Client(url=bao.url, token=token, verify=bao.ca_cert)
+    assert not client.sys.is_sealed()
+    if "stacktest/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("kv", path="stacktest", options={"version": "2"})
+    client.secrets.kv.v2.create_or_update_secret(path="probe", secret={"v": "kept"}, mount_point="stacktest")
+    old_pid = bao.read_pid()
+    bao.stop()
+    assert not bao.running()
+    stack.up()
+    assert bao.read_pid() != old_pid
+    assert not client.sys.is_sealed()
+    read = client.secrets.kv.v2.read_secret_version(path="probe", mount_point="stacktest", raise_on_deleted_version=True)
+    assert read["data"]["data"] == {"v": "kept"}
+
+
+def test_s3_has_both_buckets_and_round_trips_over_verified_tls(stack):
+    s3 = stack.service("s3")
+    client = s3.client()
+    names = {b["Name"] for b in client.list_buckets()["Buckets"]}
+    assert {BACKUP_BUCKET, DR_BUCKET} <= names
+    client.put_object(Bucket=DR_BUCKET, Key="probe/hello.txt", Body=b"hello dr")
+    assert client.get_object(Bucket=DR_BUCKET, Key="probe/hello.txt")["Body"].read() == b"hello dr"
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(s3.url, verify=True, timeout=5)  # the system CAs do not know the stack's CA
+    import boto3
+
+    wrong = boto3.client("s3", endpoint_url=s3.url, verify=s3.ca_cert, region_name="us-east-1",
+                         aws_access_key_id="nobody", aws_secret_access_key="wrong-secret", config=client_config())
+    with pytest.raises(Exception, match="InvalidAccessKeyId|SignatureDoesNotMatch|403"):
+        wrong.list_buckets()
+
+
+def test_prometheus_scrapes_the_pushgateway(stack):
+    push = stack.service("pushgateway").url
+    prom = stack.service("prometheus").url
+    body = "cqox_stack_test_metric 42\n"
+    assert requests.put(f"{push}/metrics/job/stacktest", data=body, timeout=5).status_code == 200
+    assert "cqox_stack_test_metric" in requests.get(f"{push}/metrics", timeout=5).text
+    config = requests.get(f"{prom}/api/v1/status/config", timeout=5).json()["data"]["yaml"]
+    assert "job_name: pushgateway" in config
+    assert "honor_labels: true" in config
+    flags = requests.get(f"{prom}/api/v1/status/flags", timeout=5).json()["data"]
+    assert flags["web.enable-lifecycle"] == "true"
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+
+def _fresh_config(**kwargs) -> StackConfig:
+    root = make_world_traversable_tmpdir("cqox-test-bad-")
+    return StackConfig(root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_dagster=False, **kwargs)
+
+
+def test_missing_binary_names_the_package_and_starts_nothing(monkeypatch):
+    config = _fresh_config()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(MissingBinaryError, match=r"prometheus.*apt-get install prometheus"):
+        Stack(config).up()
+    assert not (config.run_dir).exists() or not any(config.run_dir.iterdir())
+    assert not (config.root / "postgres" / "data" / "PG_VERSION").exists()
+
+
+def test_port_in_use_names_the_port_and_the_process():
+    config = _fresh_config()
+    port = free_port()
+    config.ports["pushgateway"] = port
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        with pytest.raises(PortInUseError) as excinfo:
+            Stack(config).up()
+    finally:
+        holder.close()
+    message = str(excinfo.value)
+    assert f"127.0.0.1:{port}" in message
+    assert "pushgateway" in message
+    assert f"(pid {os.getpid()})" in message  # the process holding it: this test
+
+
+@pytest.mark.parametrize("problem", ["read-only", "full"])
+def test_unusable_stack_dir_fails_clearly(problem):
+    root = make_world_traversable_tmpdir("cqox-test-fs-")
+    options = "ro,size=1m" if problem == "read-only" else "size=8k"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(root)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        if problem == "full":
+            _fill(root)
+        config = StackConfig(root=root / "stack" if problem == "full" else root, with_dagster=False)
+        with pytest.raises(StackDirError, match="read-only" if problem == "read-only" else "disk is full"):
+            Stack(config).up()
+    finally:
+        subprocess.run(["umount", str(root)], check=False)
+
+
+def _fill(root) -> None:
+    try:
+        with open(root / "filler", "wb") as handle:
+            while True:
+                handle.write(b"\0" * 1024)
+                handle.flush()
+    except OSError:
+        pass

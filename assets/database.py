@@ -69,9 +69,7 @@ def cqox_schema(context: dg.AssetExecutionContext, postgres: PostgresResource) -
                 ["version", "file", "sha256", "applied at", "ms"],
                 [[f"{v:04d}", f, c, a.isoformat(timespec="seconds"), d] for v, f, c, a, d in history],
             ),
-            "tables": _md_table(
-                ["table", "rows", "size"], [[s.name, s.rows, _bytes(s.total_bytes)] for s in stats]
-            ),
+            "tables": _md_table(["table", "rows", "size"], [[s.name, s.rows, _bytes(s.total_bytes)] for s in stats]),
             "total_rows": sum(s.rows for s in stats),
             "total_bytes": sum(s.total_bytes for s in stats),
         }
@@ -116,8 +114,10 @@ def metrics_partitions(context: dg.AssetExecutionContext, postgres: PostgresReso
         dialect = MigrationRunner().resolve_dialect(conn)
         result = maintain_partitions(conn, dialect)
     s = result.summary
-    context.log.info(f"{s.count} partitions/chunks, {s.days_ahead:.1f} days ahead, "
-                     f"{result.rows_moved_from_default} rows moved out of the default partition")
+    context.log.info(
+        f"{s.count} partitions/chunks, {s.days_ahead:.1f} days ahead, "
+        f"{result.rows_moved_from_default} rows moved out of the default partition"
+    )
     return dg.MaterializeResult(
         metadata={
             "dialect": dialect.value,
@@ -152,8 +152,14 @@ def metrics_rollups(context: dg.AssetExecutionContext, postgres: PostgresResourc
             "refresh": _md_table(
                 ["rollup", "window start", "window end", "rows", "seconds", "buckets behind"],
                 [
-                    [r.rollup, r.window_start or "incremental", r.window_end or "now", r.rows,
-                     f"{r.duration_s:.2f}", f"{lag.buckets_behind:g}"]
+                    [
+                        r.rollup,
+                        r.window_start or "incremental",
+                        r.window_end or "now",
+                        r.rows,
+                        f"{r.duration_s:.2f}",
+                        f"{lag.buckets_behind:g}",
+                    ]
                     for r, lag in zip(refreshed, lags, strict=True)
                 ],
             ),

@@ -29,8 +29,12 @@ def make_rows(n: int, offset: int) -> list[tuple]:
     start = datetime.now(UTC) - timedelta(days=6)
     rnd = random.Random(offset)
     return [
-        (start + timedelta(milliseconds=(offset + i) // len(METRIC_NAMES) * 10), METRIC_NAMES[(offset + i) % 50],
-         rnd.random() * 100, {"route": "/estimate", "code": "200"})
+        (
+            start + timedelta(milliseconds=(offset + i) // len(METRIC_NAMES) * 10),
+            METRIC_NAMES[(offset + i) % 50],
+            rnd.random() * 100,
+            {"route": "/estimate", "code": "200"},
+        )
         for i in range(n)
     ]
 
@@ -61,8 +65,10 @@ def bench_row_by_row(conninfo: dict, rows: list[tuple]) -> float:
         started = time.perf_counter()
         with conn.transaction(), conn.cursor() as cur:
             for t, n, v, lbl in rows:
-                cur.execute("INSERT INTO metrics (time, metric_name, value, labels) VALUES (%s, %s, %s, %s)",
-                            (t, n, v, json.dumps(lbl)))
+                cur.execute(
+                    "INSERT INTO metrics (time, metric_name, value, labels) VALUES (%s, %s, %s, %s)",
+                    (t, n, v, json.dumps(lbl)),
+                )
         return time.perf_counter() - started
 
 
@@ -88,18 +94,25 @@ def main() -> None:
             row_times.append(bench_row_by_row(conninfo, take(args.row_rows)))
             anchor_times.append(bench_executemany(conninfo, take(args.anchor_rows)))
             copy_times.append(bench_copy(conninfo, take(args.copy_rows)))
-            print(f"  round {attempt + 1}: row-by-row {args.row_rows / row_times[-1]:,.0f} rows/s, "
-                  f"executemany {args.anchor_rows / anchor_times[-1]:,.0f} rows/s, "
-                  f"COPY {args.copy_rows / copy_times[-1]:,.0f} rows/s", flush=True)
+            print(
+                f"  round {attempt + 1}: row-by-row {args.row_rows / row_times[-1]:,.0f} rows/s, "
+                f"executemany {args.anchor_rows / anchor_times[-1]:,.0f} rows/s, "
+                f"COPY {args.copy_rows / copy_times[-1]:,.0f} rows/s",
+                flush=True,
+            )
     copy_rate = args.copy_rows / min(copy_times)
     anchor_rate = args.anchor_rows / min(anchor_times)
     row_rate = args.row_rows / min(row_times)
     print(f"row-by-row execute:         {row_rate:,.0f} rows/s")
     print(f"executemany (anchor):       {anchor_rate:,.0f} rows/s")
-    print(f"COPY:                       {copy_rate:,.0f} rows/s "
-          f"(target >= 200,000: {'met' if copy_rate >= 200_000 else 'NOT met'})")
-    print(f"ratio COPY/executemany:     {copy_rate / anchor_rate:.1f}x (target >= 10x: "
-          f"{'met' if copy_rate / anchor_rate >= 10 else 'NOT met'})")
+    print(
+        f"COPY:                       {copy_rate:,.0f} rows/s "
+        f"(target >= 200,000: {'met' if copy_rate >= 200_000 else 'NOT met'})"
+    )
+    print(
+        f"ratio COPY/executemany:     {copy_rate / anchor_rate:.1f}x (target >= 10x: "
+        f"{'met' if copy_rate / anchor_rate >= 10 else 'NOT met'})"
+    )
     print(f"ratio COPY/row-by-row:      {copy_rate / row_rate:.1f}x")
 
 

@@ -29,7 +29,11 @@ def main() -> None:
 # --- stack ---------------------------------------------------------------------------------------------------
 
 _dir_option = click.option(
-    "--dir", "stack_dir", type=click.Path(path_type=Path), default=None, envvar="CQOX_STACK_DIR",
+    "--dir",
+    "stack_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="CQOX_STACK_DIR",
     help="Stack directory (default .cqox, env CQOX_STACK_DIR).",
 )
 

@@ -3,7 +3,8 @@
 import dagster as dg
 
 metrics_rollup_job = dg.define_asset_job(
-    "metrics_rollup_job", selection=dg.AssetSelection.assets("metrics_rollups"),
+    "metrics_rollup_job",
+    selection=dg.AssetSelection.assets("metrics_rollups"),
     description="Refresh metrics_5min and metrics_1h.",
 )
 metrics_maintenance_job = dg.define_asset_job(
@@ -13,11 +14,15 @@ metrics_maintenance_job = dg.define_asset_job(
 )
 
 metrics_rollup_schedule = dg.ScheduleDefinition(
-    job=metrics_rollup_job, cron_schedule="*/5 * * * *", execution_timezone="UTC",
+    job=metrics_rollup_job,
+    cron_schedule="*/5 * * * *",
+    execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 metrics_maintenance_schedule = dg.ScheduleDefinition(
-    job=metrics_maintenance_job, cron_schedule="15 2 * * *", execution_timezone="UTC",
+    job=metrics_maintenance_job,
+    cron_schedule="15 2 * * *",
+    execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 

@@ -77,8 +77,12 @@ class TestDatabase:
 def _stack_resource(stack: Stack, dbname: str) -> PostgresResource:
     env = stack.env()
     return PostgresResource(
-        host=env["CQOX_PG_HOST"], port=int(env["CQOX_PG_PORT"]), dbname=dbname, user=env["CQOX_PG_USER"],
-        sslrootcert=env["CQOX_PG_SSLROOTCERT"], passfile=env["CQOX_PG_PASSFILE"],
+        host=env["CQOX_PG_HOST"],
+        port=int(env["CQOX_PG_PORT"]),
+        dbname=dbname,
+        user=env["CQOX_PG_USER"],
+        sslrootcert=env["CQOX_PG_SSLROOTCERT"],
+        passfile=env["CQOX_PG_PASSFILE"],
     )
 
 
@@ -103,8 +107,12 @@ def timescale_db(tmp_path: Path) -> Iterator[TestDatabase]:
     try:
         info = server.conninfo()
         resource = PostgresResource(
-            host=str(info["host"]), port=int(info["port"]), dbname="postgres", user="postgres",
-            sslmode="disable", prepare_threshold=None,
+            host=str(info["host"]),
+            port=int(info["port"]),
+            dbname="postgres",
+            user="postgres",
+            sslmode="disable",
+            prepare_threshold=None,
         )
         yield TestDatabase(Dialect.TIMESCALEDB, resource)
     finally:

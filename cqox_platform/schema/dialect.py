@@ -14,7 +14,5 @@ class Dialect(StrEnum):
 
 def detect_dialect(conn: psycopg.Connection) -> Dialect:
     """TimescaleDB if the server can load it (installed or available), plain PostgreSQL otherwise."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"
-    ).fetchone()
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')").fetchone()
     return Dialect.TIMESCALEDB if row and row[0] else Dialect.PLAIN

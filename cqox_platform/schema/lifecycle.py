@@ -92,9 +92,12 @@ def maintain_partitions(conn: psycopg.Connection, dialect: Dialect) -> Maintenan
     if dialect is Dialect.PLAIN:
         if conn.execute("SELECT EXISTS (SELECT 1 FROM public.metrics_default)").fetchone()[0]:
             # Rows older or newer than the premade range: pg_partman creates their partitions and moves them.
-            moved = conn.execute(
-                "SELECT partman.partition_data_time(%s, p_batch_count => 100000, p_analyze => false)", (PARENT,)
-            ).fetchone()[0] or 0
+            moved = (
+                conn.execute(
+                    "SELECT partman.partition_data_time(%s, p_batch_count => 100000, p_analyze => false)", (PARENT,)
+                ).fetchone()[0]
+                or 0
+            )
         conn.execute("SELECT partman.run_maintenance(%s, p_analyze => false)", (PARENT,))
     return MaintenanceResult(summarize_partitions(conn, dialect), moved)
 

@@ -168,9 +168,7 @@ class MigrationRunner:
         pending = [m for v, m in sorted(files.items()) if v not in done]
         return dialect, pending, applied
 
-    def migrate(
-        self, conn: psycopg.Connection, progress: Callable[[str], None] = lambda _msg: None
-    ) -> MigrationReport:
+    def migrate(self, conn: psycopg.Connection, progress: Callable[[str], None] = lambda _msg: None) -> MigrationReport:
         """Apply every pending file, each in its own transaction, holding the advisory lock throughout."""
         conn.autocommit = True
         started = time.monotonic()
@@ -198,8 +196,15 @@ class MigrationRunner:
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, filename, checksum, dialect, applied_by,"
                     " duration_ms) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (migration.version, migration.name, migration.filename, migration.checksum, dialect.value,
-                     _who(), duration_ms),
+                    (
+                        migration.version,
+                        migration.name,
+                        migration.filename,
+                        migration.checksum,
+                        dialect.value,
+                        _who(),
+                        duration_ms,
+                    ),
                 )
         except psycopg.Error as exc:
             diag = exc.diag
@@ -208,8 +213,9 @@ class MigrationRunner:
                 f"{migration.path} failed{where}: {diag.message_primary or exc}. The file's transaction was "
                 f"rolled back; nothing it did remains. Fix the file (it was never applied) and run again."
             ) from None
-        return AppliedMigration(migration.version, migration.name, migration.filename, migration.checksum,
-                                dialect.value, duration_ms)
+        return AppliedMigration(
+            migration.version, migration.name, migration.filename, migration.checksum, dialect.value, duration_ms
+        )
 
 
 def _table_exists(conn: psycopg.Connection, name: str) -> bool:

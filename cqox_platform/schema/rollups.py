@@ -47,16 +47,12 @@ def refresh_rollups(
     for rollup, width in ROLLUPS.items():
         started = datetime.now()
         if dialect is Dialect.TIMESCALEDB:
-            conn.execute(
-                sql.SQL("CALL refresh_continuous_aggregate({}, NULL, NULL)").format(sql.Literal(rollup))
-            )
+            conn.execute(sql.SQL("CALL refresh_continuous_aggregate({}, NULL, NULL)").format(sql.Literal(rollup)))
             window = (None, None)
         else:
             window = _refresh_plain(conn, rollup, width, late_window)
         rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(rollup))).fetchone()[0]
-        results.append(
-            RollupRefresh(rollup, window[0], window[1], rows, (datetime.now() - started).total_seconds())
-        )
+        results.append(RollupRefresh(rollup, window[0], window[1], rows, (datetime.now() - started).total_seconds()))
     return results
 
 

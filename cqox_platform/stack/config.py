@@ -91,8 +91,9 @@ class StackConfig:
         state = root / "stack.json"
         if state.exists():
             data = json.loads(state.read_text())
-            config = cls(root=root, ports={**DEFAULT_PORTS, **data.get("ports", {})},
-                         with_dagster=data.get("with_dagster", True))
+            config = cls(
+                root=root, ports={**DEFAULT_PORTS, **data.get("ports", {})}, with_dagster=data.get("with_dagster", True)
+            )
             if with_dagster is not None:
                 config.with_dagster = with_dagster
             return config

@@ -50,8 +50,7 @@ class _DagsterProcess(Service):
         env = {**os.environ, **self.stack_env}
         pid = spawn(self.argv(), log_path=self.log_path, env=env, cwd=PROJECT_ROOT)
         self.write_pid(pid)
-        wait_until(self.healthy, timeout=self.start_timeout, what=self.name, log_path=self.log_path,
-                   alive=self.running)
+        wait_until(self.healthy, timeout=self.start_timeout, what=self.name, log_path=self.log_path, alive=self.running)
 
 
 class DagsterWebserverService(_DagsterProcess):
@@ -64,8 +63,15 @@ class DagsterWebserverService(_DagsterProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        return [find_binary("dagster-webserver"), "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                "-h", "127.0.0.1", "-p", str(self.port)]
+        return [
+            find_binary("dagster-webserver"),
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
 
     def healthy(self) -> bool:
         return requests.get(f"{self.url}/server_info", timeout=3).status_code == 200

@@ -78,22 +78,29 @@ cluster_addr = "https://127.0.0.1:{cluster_port}"
             log_path=self.log_path,
         )
         self.write_pid(pid)
-        wait_until(self._listening, timeout=self.start_timeout, what="OpenBao listener",
-                   log_path=self.log_path, alive=self.running)
+        wait_until(
+            self._listening,
+            timeout=self.start_timeout,
+            what="OpenBao listener",
+            log_path=self.log_path,
+            alive=self.running,
+        )
 
     def after_start(self) -> None:
         """Initialise once, then unseal with the stored key and wait until the node is active."""
         code = self._health()
         if code == 501:
             response = requests.put(
-                f"{self.url}/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1},
-                verify=self.ca_cert, timeout=60,
+                f"{self.url}/v1/sys/init",
+                json={"secret_shares": 1, "secret_threshold": 1},
+                verify=self.ca_cert,
+                timeout=60,
             )
             response.raise_for_status()
             body = response.json()
-            write_private(self.init_file, json.dumps(
-                {"unseal_keys_b64": body["keys_base64"], "root_token": body["root_token"]}
-            ))
+            write_private(
+                self.init_file, json.dumps({"unseal_keys_b64": body["keys_base64"], "root_token": body["root_token"]})
+            )
             code = self._health()
         if code == 503:
             if not self.init_file.exists():
@@ -103,16 +110,14 @@ cluster_addr = "https://127.0.0.1:{cluster_port}"
                 )
             keys = json.loads(self.init_file.read_text())["unseal_keys_b64"]
             for key in keys:
-                response = requests.put(f"{self.url}/v1/sys/unseal", json={"key": key},
-                                        verify=self.ca_cert, timeout=10)
+                response = requests.put(f"{self.url}/v1/sys/unseal", json={"key": key}, verify=self.ca_cert, timeout=10)
                 if response.status_code != 200:
                     raise ServiceStartError(
                         f"OpenBao at {self.url} refused the unseal key from {self.init_file} "
                         f"(HTTP {response.status_code}); the key file does not belong to this data directory."
                     )
         # Right after unseal the raft node is a standby for a moment and rejects writes: wait for active.
-        wait_until(self.healthy, timeout=30, what="OpenBao becoming active after unseal",
-                   log_path=self.log_path)
+        wait_until(self.healthy, timeout=30, what="OpenBao becoming active after unseal", log_path=self.log_path)
 
     def env(self) -> dict[str, str]:
         return {

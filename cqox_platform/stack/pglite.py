@@ -26,7 +26,10 @@ def ensure_pglite_installed() -> Path:
     if not (PGLITE_DIR / "node_modules" / PACKAGE / "package.json").exists():
         subprocess.run(
             [find_binary("npm"), "install", "--no-audit", "--no-fund", "--no-package-lock"],
-            cwd=PGLITE_DIR, check=True, capture_output=True, timeout=600,
+            cwd=PGLITE_DIR,
+            check=True,
+            capture_output=True,
+            timeout=600,
         )
     return PGLITE_DIR
 
@@ -47,7 +50,10 @@ class PGliteServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         proc = subprocess.Popen(
             [find_binary("node"), str(PGLITE_DIR / "server.mjs"), str(self.port), str(self.data_dir)],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         self.pid = proc.pid
@@ -64,8 +70,7 @@ class PGliteServer:
         raise ServiceStartError(f"PGlite-TimescaleDB did not start; see {self.log_path}.")
 
     def conninfo(self) -> dict[str, str | int]:
-        return {"host": "127.0.0.1", "port": self.port, "dbname": "postgres", "user": "postgres",
-                "sslmode": "disable"}
+        return {"host": "127.0.0.1", "port": self.port, "dbname": "postgres", "user": "postgres", "sslmode": "disable"}
 
     def running(self) -> bool:
         return pid_alive(self.pid)

@@ -143,17 +143,26 @@ class PostgresService(Service):
 
     def _initdb(self) -> None:
         run_checked(
-            self._as_pg_user([
-                find_binary("initdb"), "-D", str(self.data_dir), "--encoding=UTF8", "--locale=C.UTF-8",
-                "--auth-local=peer", "--auth-host=scram-sha-256", "--data-checksums", "-U", PG_OS_USER,
-            ]),
+            self._as_pg_user(
+                [
+                    find_binary("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "--data-checksums",
+                    "-U",
+                    PG_OS_USER,
+                ]
+            ),
             what=f"initdb of {self.data_dir}",
         )
 
     def _write_config(self) -> None:
         tls = tls_files(self.stack.tls_dir)
-        for src, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key"),
-                          (tls.ca_cert, "ca.crt")):
+        for src, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key"), (tls.ca_cert, "ca.crt")):
             dest = self.data_dir / name
             shutil.copyfile(src, dest)
             self._own(dest, 0o600)
@@ -218,10 +227,19 @@ log_min_messages = warning
             self._initdb()
         self._write_config()
         run_checked(
-            self._as_pg_user([
-                find_binary("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
-                "-w", "-t", str(int(self.start_timeout)), "start",
-            ]),
+            self._as_pg_user(
+                [
+                    find_binary("pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_path),
+                    "-w",
+                    "-t",
+                    str(int(self.start_timeout)),
+                    "start",
+                ]
+            ),
             what=f"pg_ctl start (log: {self.log_path})",
             timeout=self.start_timeout + 10,
         )
@@ -241,10 +259,23 @@ SELECT format('CREATE DATABASE %I OWNER %I', '{DAGSTER_DB_NAME}', '{DB_ADMIN_USE
 CREATE EXTENSION IF NOT EXISTS pgaudit;
 """
         run_checked(
-            self._as_pg_user([
-                find_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir),
-                "-p", str(self.port), "-U", PG_OS_USER, "-d", "postgres",
-            ]),
+            self._as_pg_user(
+                [
+                    find_binary("psql"),
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    str(self.socket_dir),
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    PG_OS_USER,
+                    "-d",
+                    "postgres",
+                ]
+            ),
             what="creating the cqox_admin role and databases",
             input_text=sql,
         )

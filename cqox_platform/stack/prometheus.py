@@ -74,8 +74,9 @@ scrape_configs:
             log_path=self.log_path,
         )
         self.write_pid(pid)
-        wait_until(self.healthy, timeout=self.start_timeout, what="Prometheus", log_path=self.log_path,
-                   alive=self.running)
+        wait_until(
+            self.healthy, timeout=self.start_timeout, what="Prometheus", log_path=self.log_path, alive=self.running
+        )
 
     def env(self) -> dict[str, str]:
         return {"CQOX_PROMETHEUS_URL": self.url}
@@ -104,8 +105,9 @@ class PushgatewayService(Service):
             log_path=self.log_path,
         )
         self.write_pid(pid)
-        wait_until(self.healthy, timeout=self.start_timeout, what="Pushgateway", log_path=self.log_path,
-                   alive=self.running)
+        wait_until(
+            self.healthy, timeout=self.start_timeout, what="Pushgateway", log_path=self.log_path, alive=self.running
+        )
 
     def env(self) -> dict[str, str]:
         return {"CQOX_PUSHGATEWAY_URL": self.url}

@@ -57,15 +57,15 @@ class S3Service(Service):
 
     def client(self):
         access_key, secret_key = self._credentials()
-        session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-                                        region_name="us-east-1")
+        session = boto3.session.Session(
+            aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name="us-east-1"
+        )
         return session.client("s3", endpoint_url=self.url, verify=self.ca_cert, config=client_config())
 
     def _credentials(self) -> tuple[str, str]:
         if not self.credentials_file.exists():
             access_key, secret_key = "cqox-" + secrets.token_hex(8), secrets.token_urlsafe(30)
-            write_private(self.options_file,
-                          f'[[users]]\naccess_key = "{access_key}"\nsecret_key = "{secret_key}"\n')
+            write_private(self.options_file, f'[[users]]\naccess_key = "{access_key}"\nsecret_key = "{secret_key}"\n')
             write_private(
                 self.credentials_file,
                 f"[{PROFILE}]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n",
@@ -91,17 +91,32 @@ class S3Service(Service):
         }
         pid = spawn(
             [
-                sys.executable, "-m", "uvicorn", "nanio.app:build_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--ssl-certfile", str(tls.server_cert), "--ssl-keyfile", str(tls.server_key),
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "nanio.app:build_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--ssl-certfile",
+                str(tls.server_cert),
+                "--ssl-keyfile",
+                str(tls.server_key),
                 "--no-access-log",
             ],
             log_path=self.log_path,
             env=env,
         )
         self.write_pid(pid)
-        wait_until(self._listening, timeout=self.start_timeout, what="S3 server (nanio)",
-                   log_path=self.log_path, alive=self.running)
+        wait_until(
+            self._listening,
+            timeout=self.start_timeout,
+            what="S3 server (nanio)",
+            log_path=self.log_path,
+            alive=self.running,
+        )
 
     def after_start(self) -> None:
         client = self.client()

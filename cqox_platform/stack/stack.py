@@ -34,8 +34,7 @@ class Stack:
         self.services: list[Service] = core
         if config.with_dagster:
             base_env = self._env_of(core)
-            self.services = [*core, DagsterWebserverService(config, base_env),
-                             DagsterDaemonService(config, base_env)]
+            self.services = [*core, DagsterWebserverService(config, base_env), DagsterDaemonService(config, base_env)]
 
     @classmethod
     def from_dir(cls, root: Path | None = None, **kwargs) -> Stack:

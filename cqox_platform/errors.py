@@ -51,3 +51,41 @@ class MigrationFailedError(MigrationError):
 
 class SchemaDriftError(CqoxError):
     """The database schema differs from what the migrations in ``sql/`` describe."""
+
+
+# --- encryption ----------------------------------------------------------------------------------------------
+
+
+class CryptoError(CqoxError):
+    """An object could not be encrypted or decrypted."""
+
+
+class IntegrityError(CryptoError):
+    """Ciphertext failed authentication: tampered, truncated, reordered, spliced or the wrong key."""
+
+
+class FormatError(CryptoError):
+    """The bytes are not an object of the envelope format, or of a version this code does not read."""
+
+
+class ManifestMismatchError(CryptoError):
+    """The manifest describes a different object than the data object it was paired with."""
+
+
+# --- Vault ---------------------------------------------------------------------------------------------------
+
+
+class VaultError(CqoxError):
+    """Vault (OpenBao) refused or failed a request; never falls back to plaintext."""
+
+
+class VaultSealedError(VaultError):
+    """Vault is sealed: unseal it (`cqox-platform stack up` does for the local stack)."""
+
+
+class VaultUnreachableError(VaultError):
+    """Vault cannot be reached at its address (down, wrong address, TLS failure)."""
+
+
+class VaultPermissionError(VaultError):
+    """The token's policies do not allow the request."""

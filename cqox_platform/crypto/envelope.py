@@ -72,11 +72,17 @@ def encrypt_to(
     """Encrypt a stream under a fresh DEK; return the manifest to store beside it."""
     object_id = object_id or str(uuid.uuid4())
     key = provider.generate_data_key()
-    stats = encrypt_stream(src, dst, key.plaintext, object_id, chunk_size=chunk_size)
+    stats = encrypt_stream(src, dst, key.plaintext, object_id, chunk_size=chunk_size, hash_plaintext=True)
     return Manifest(
-        object_id=object_id, key_name=key.key_name, wrapped_dek=key.wrapped, chunk_size=chunk_size,
-        plaintext_bytes=stats.plaintext_bytes, ciphertext_bytes=stats.ciphertext_bytes, chunks=stats.chunks,
-        plaintext_sha256=stats.plaintext_sha256, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        object_id=object_id,
+        key_name=key.key_name,
+        wrapped_dek=key.wrapped,
+        chunk_size=chunk_size,
+        plaintext_bytes=stats.plaintext_bytes,
+        ciphertext_bytes=stats.ciphertext_bytes,
+        chunks=stats.chunks,
+        plaintext_sha256=stats.plaintext_sha256 or "",
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
@@ -84,12 +90,11 @@ def decrypt_from(src: BinaryIO, dst: BinaryIO, manifest: Manifest, provider: Dat
     """Decrypt a stream described by ``manifest``; verify the sizes and the plaintext's SHA-256 at the end."""
     dek = provider.unwrap(manifest.wrapped_dek)
     try:
-        stats = decrypt_stream(src, dst, dek, expected_object_id=manifest.object_id)
+        stats = decrypt_stream(src, dst, dek, expected_object_id=manifest.object_id, hash_plaintext=True)
     except IntegrityError as exc:
         if "belongs to" in str(exc):
             raise ManifestMismatchError(
-                f"the manifest describes object {manifest.object_id!r} but the data object is another one: "
-                f"{exc}"
+                f"the manifest describes object {manifest.object_id!r} but the data object is another one: {exc}"
             ) from None
         raise
     if stats.plaintext_sha256 != manifest.plaintext_sha256 or stats.plaintext_bytes != manifest.plaintext_bytes:
@@ -102,8 +107,9 @@ def manifest_path(data_path: Path) -> Path:
     return data_path.with_name(data_path.name + MANIFEST_SUFFIX)
 
 
-def encrypt_file(src_path: Path, dst_path: Path, provider: DataKeyProvider, *, chunk_size: int = DEFAULT_CHUNK_SIZE
-                 ) -> Manifest:
+def encrypt_file(
+    src_path: Path, dst_path: Path, provider: DataKeyProvider, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Manifest:
     """Encrypt a file to ``dst_path`` plus ``dst_path.manifest.json``, both written atomically, manifest last."""
     with open(src_path, "rb") as src, _atomic(dst_path) as dst:
         manifest = encrypt_to(src, dst, provider, chunk_size=chunk_size)

@@ -4,14 +4,32 @@ Each domain module declares its own ``defs``; this module merges them and binds 
 their configuration from the environment (``eval "$(cqox-platform stack env)"`` for the local stack).
 """
 
+import os
+
 import dagster as dg
 
-from assets import database
+from assets import database, security
 from cqox_platform.resources.postgres import PostgresResource
+from cqox_platform.resources.vault import VaultResource
 from sensors import database_schedules
+
+vault = VaultResource.platform_from_env()
+# The platform logs in to PostgreSQL as a short-lived Vault-issued user when a Vault database role is configured
+# (the local stack sets CQOX_PG_VAULT_ROLE); without one it uses the passfile login.
+postgres = (
+    PostgresResource.from_env_with_vault(vault) if os.environ.get("CQOX_PG_VAULT_ROLE") else PostgresResource.from_env()
+)
 
 defs = dg.Definitions.merge(
     database.defs,
+    security.defs,
     database_schedules.defs,
-    dg.Definitions(resources={"postgres": PostgresResource.from_env()}),
+    dg.Definitions(
+        resources={
+            "postgres": postgres,
+            "postgres_admin": PostgresResource.from_env(),
+            "vault": vault,
+            "vault_admin": VaultResource.admin_from_env(),
+        }
+    ),
 )

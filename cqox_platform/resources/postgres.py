@@ -1,18 +1,28 @@
-"""``PostgresResource``: psycopg 3 connections to the CQOx database, TLS verified, password from a passfile.
+"""``PostgresResource``: psycopg 3 connections to the CQOx database over verified TLS.
 
-Configured from the environment that ``cqox-platform stack env`` prints (``CQOX_PG_*``). The password is
-never a config value: libpq reads it from ``passfile`` so it cannot reach the Dagster event log.
+Credentials come from one of two places, neither of them a config value that could reach the event log:
+short-lived users issued by Vault's database secrets engine (``vault`` + ``vault_db_role``; leases are renewed
+and replaced before they expire), or a libpq ``passfile`` (the local stack's bootstrap admin).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psycopg
 from psycopg_pool import ConnectionPool
 from pydantic import PrivateAttr
+
+from cqox_platform.errors import VaultError
+from cqox_platform.resources.vault import VaultResource
+
+#: Renew a database lease when less than this share of it is left; replace it when renewal cannot extend it.
+LEASE_RENEW_FRACTION = 1 / 3
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -30,8 +40,13 @@ class PostgresResource(dg.ConfigurableResource):
     #: PGlite-TimescaleDB cannot handle prepared statements; real servers keep psycopg's default (5).
     prepare_threshold: int | None = 5
     pool_max_size: int = 4
+    #: When set, log in with short-lived credentials from Vault's database secrets engine for this role.
+    vault: VaultResource | None = None
+    vault_db_role: str | None = None
 
     _pool: ConnectionPool | None = PrivateAttr(default=None)
+    _lease: dict[str, Any] | None = PrivateAttr(default=None)
+    _lease_expires_at: float = PrivateAttr(default=0.0)
 
     @classmethod
     def from_env(cls) -> PostgresResource:
@@ -45,6 +60,42 @@ class PostgresResource(dg.ConfigurableResource):
             passfile=dg.EnvVar("CQOX_PG_PASSFILE"),
         )
 
+    @classmethod
+    def from_env_with_vault(cls, vault: VaultResource) -> PostgresResource:
+        """Same server as ``from_env`` but logging in as a Vault-issued user of role ``CQOX_PG_VAULT_ROLE``."""
+        return cls(
+            host=dg.EnvVar("CQOX_PG_HOST"),
+            port=dg.EnvVar.int("CQOX_PG_PORT"),
+            dbname=dg.EnvVar("CQOX_PG_DB"),
+            user="vault-issued",
+            sslrootcert=dg.EnvVar("CQOX_PG_SSLROOTCERT"),
+            vault=vault,
+            vault_db_role=dg.EnvVar("CQOX_PG_VAULT_ROLE"),
+        )
+
+    def _vault_credentials(self) -> dict[str, Any]:
+        """A live lease: reuse it, renew it when a third is left, or get a new one when renewal falls short."""
+        assert self.vault is not None and self.vault_db_role
+        now = time.monotonic()
+        if self._lease is not None:
+            remaining = self._lease_expires_at - now
+            if remaining > self._lease["lease_duration"] * LEASE_RENEW_FRACTION:
+                return self._lease
+            try:
+                duration = self.vault.renew_lease(self._lease["lease_id"], self._lease["lease_duration"])
+                if duration > remaining + 1:  # renewal extended it; at max TTL it cannot
+                    self._lease_expires_at = now + duration
+                    return self._lease
+            except VaultError:
+                pass  # expired or revoked: fall through to a fresh user
+        self._lease = self.vault.database_credentials(self.vault_db_role)
+        self._lease_expires_at = now + self._lease["lease_duration"]
+        return self._lease
+
+    @property
+    def uses_vault(self) -> bool:
+        return self.vault is not None and bool(self.vault_db_role)
+
     def conninfo(self) -> dict[str, str | int]:
         params: dict[str, str | int] = {
             "host": self.host,
@@ -57,13 +108,27 @@ class PostgresResource(dg.ConfigurableResource):
         }
         if self.sslrootcert:
             params["sslrootcert"] = self.sslrootcert
-        if self.passfile:
+        if self.uses_vault:
+            lease = self._vault_credentials()
+            params["user"], params["password"] = lease["username"], lease["password"]
+        elif self.passfile:
             params["passfile"] = self.passfile
         return params
 
+    def admin_password(self) -> str:
+        """The passfile's password for this host, port and user (to hand the admin login to Vault's engine)."""
+        if not self.passfile:
+            raise VaultError("no passfile configured: the database admin password is unknown.")
+        for line in Path(self.passfile).read_text().splitlines():
+            host, port, _db, user, password = line.split(":", 4)
+            if host in (self.host, "*") and port in (str(self.port), "*") and user == self.user:
+                return password
+        raise VaultError(f"passfile {self.passfile} has no entry for {self.user}@{self.host}:{self.port}.")
+
     def describe(self) -> str:
         """Where this resource points, for error messages and metadata (no secret in it)."""
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+        user = f"vault:{self.vault_db_role}" if self.uses_vault else self.user
+        return f"postgresql://{user}@{self.host}:{self.port}/{self.dbname}"
 
     @contextmanager
     def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
@@ -81,11 +146,14 @@ class PostgresResource(dg.ConfigurableResource):
         """A pooled connection for short queries; the transaction commits when the block succeeds."""
         if self._pool is None:
             self._pool = ConnectionPool(
-                kwargs={**self.conninfo(), "prepare_threshold": self.prepare_threshold},
+                # A callable: each new pooled connection gets current (possibly renewed) credentials.
+                kwargs=lambda: {**self.conninfo(), "prepare_threshold": self.prepare_threshold},
                 min_size=0,
                 max_size=self.pool_max_size,
                 open=True,
                 name="cqox-postgres",
+                # Recycle connections well inside a Vault lease so none outlives its user.
+                max_lifetime=600.0,
             )
         with self._pool.connection() as conn:
             yield conn
@@ -94,3 +162,9 @@ class PostgresResource(dg.ConfigurableResource):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        if self._lease is not None and self.vault is not None:
+            try:  # a step's user should not outlive the step; Vault would drop it at TTL anyway
+                self.vault.revoke_lease(self._lease["lease_id"])
+            except VaultError as exc:
+                context.log.warning(f"could not revoke the database lease early: {exc}")
+            self._lease = None

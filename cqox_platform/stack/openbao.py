@@ -31,6 +31,10 @@ class OpenBaoService(Service):
         return self.stack.secrets_dir / "openbao-init.json"
 
     @property
+    def audit_log(self):
+        return self.home / "audit.log"
+
+    @property
     def ca_cert(self) -> str:
         return str(tls_files(self.stack.tls_dir).ca_cert)
 
@@ -68,6 +72,15 @@ listener "tcp" {{
 }}
 api_addr     = "https://127.0.0.1:{self.port}"
 cluster_addr = "https://127.0.0.1:{cluster_port}"
+
+# OpenBao only enables audit devices declared here (the API refuses); values are HMAC-ed in the log.
+audit "file" "file" {{
+  description = "cqox-platform request audit"
+  options {{
+    file_path = "{self.audit_log}"
+    mode      = "0600"
+  }}
+}}
 """
         )
 
@@ -126,4 +139,6 @@ cluster_addr = "https://127.0.0.1:{cluster_port}"
             "BAO_ADDR": self.url,
             "BAO_CACERT": self.ca_cert,
             "CQOX_VAULT_ROOT_TOKEN_FILE": str(self.init_file),
+            "CQOX_VAULT_APPROLE_FILE": str(self.stack.secrets_dir / "vault-approle.json"),
+            "CQOX_VAULT_AUDIT_LOG": str(self.audit_log),
         }

@@ -300,6 +300,8 @@ CREATE EXTENSION IF NOT EXISTS pgaudit;
                 f"sslmode=verify-full sslrootcert={tls.ca_cert} passfile={self.passfile}"
             ),
             "CQOX_DAGSTER_PG_DB": DAGSTER_DB_NAME,
+            # The Vault database role the platform logs in with once `vault_config` has configured it.
+            "CQOX_PG_VAULT_ROLE": "cqox-platform",
             # libpq's own variables, so psql and Dagster's psycopg2 connect verified with no extra flags.
             "PGHOST": "127.0.0.1",
             "PGPORT": str(self.port),

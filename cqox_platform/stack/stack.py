@@ -8,7 +8,12 @@ from pathlib import Path
 
 from cqox_platform.stack.certs import ensure_tls
 from cqox_platform.stack.config import StackConfig
-from cqox_platform.stack.dagster_services import DagsterDaemonService, DagsterWebserverService, dagster_home
+from cqox_platform.stack.dagster_services import (
+    DagsterDaemonService,
+    DagsterWebserverService,
+    dagster_home,
+    prepare_dagster_home,
+)
 from cqox_platform.stack.openbao import OpenBaoService
 from cqox_platform.stack.postgres import PostgresService
 from cqox_platform.stack.process import ensure_port_free, ensure_writable_dir, find_binary
@@ -53,6 +58,8 @@ class Stack:
         self.config.secrets_dir.chmod(0o700)
         self.config.save()
         ensure_tls(self.config.tls_dir)
+        # `stack env` exports DAGSTER_HOME even without the webserver, so CLI runs always have an instance.
+        prepare_dagster_home(self.config.root)
         # Check every binary and port before starting anything, so a missing package fails fast and clean.
         pending = [s for s in self.services if not s.running()]
         for service in pending:

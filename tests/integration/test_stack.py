@@ -94,7 +94,9 @@ def _secret_values(path) -> list[str]:
     text = path.read_text()
     if path.suffix == ".json":
         data = json.loads(text)
-        return [data["root_token"], *data["unseal_keys_b64"]]
+        flat = [v for v in data.values() if isinstance(v, str)]
+        flat += [item for v in data.values() if isinstance(v, list) for item in v]
+        return [v for v in flat if len(v) >= 12]
     values = [line.split("=", 1)[1].strip().strip('"') for line in text.splitlines() if "=" in line]
     values += [line.rsplit(":", 1)[1] for line in text.splitlines() if line.count(":") >= 4]
     return [v for v in [*values, text.strip()] if len(v) >= 12 and "\n" not in v]

@@ -1,0 +1,1 @@
+"""Vault configuration as code: engines, keys, policies, AppRole, audit and the database secrets engine."""

@@ -1,7 +1,8 @@
 """The S3 server of the local stack (PyPI ``nanio``) over verified TLS, with the backup and DR buckets.
 
 nanio's ``serve`` command has no TLS flags, so the stack runs its ASGI app under uvicorn with the stack's
-certificate and TLS 1.3 as the floor (``s3_server.py``). Credentials live in a 0600 options file and reach clients through an AWS shared-credentials
+certificate and TLS 1.3 as the floor (``s3_server.py``).
+Credentials live in a 0600 options file and reach clients through an AWS shared-credentials
 file, never the environment or a command line. Two quirks of nanio shape the client settings:
 boto3's default streaming checksums are stored verbatim by nanio over HTTPS, so clients set
 ``request_checksum_calculation=when_required``; and conditional writes (If-None-Match) are ignored, so code

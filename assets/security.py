@@ -1,11 +1,15 @@
 """Vault configuration and transport security as assets and checks (group ``security``)."""
 
+import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
+from cqox_platform.secrets.transport import TlsProbe, probe_tls
 from cqox_platform.secrets.vault_setup import DatabaseEngineSettings, configure_vault
 
 GROUP = "security"
@@ -69,4 +73,45 @@ def vault_config(
     )
 
 
-defs = dg.Definitions(assets=[vault_config])
+def _endpoint(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 443
+
+
+@dg.asset_check(
+    asset=vault_config,
+    description="PostgreSQL, Vault and S3 speak only TLS 1.3 with certificates that verify against the CA.",
+)
+def transport_security(postgres: PostgresResource, vault: VaultResource, s3: S3Resource) -> dg.AssetCheckResult:
+    vault_host, vault_port = _endpoint(vault.addr)
+    probes: list[TlsProbe] = [
+        probe_tls("postgresql", postgres.host, postgres.port, postgres.sslrootcert, postgres=True),
+        probe_tls("vault", vault_host, vault_port, vault.cacert),
+    ]
+    if s3.endpoint_url:
+        s3_host, s3_port = _endpoint(s3.endpoint_url)
+        # boto3 reads its CA bundle from AWS_CA_BUNDLE; the probe trusts exactly what the S3 client trusts.
+        probes.append(probe_tls("s3", s3_host, s3_port, os.environ.get("AWS_CA_BUNDLE")))
+    rows = [
+        "| endpoint | address | protocol | certificate verifies | accepts < TLS 1.3 | expires | days left | error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in probes:
+        expires = p.cert_not_after.date().isoformat() if p.cert_not_after else "-"
+        days = f"{p.days_left:.0f}" if p.days_left is not None else "-"
+        rows.append(
+            f"| {p.name} | {p.address} | {p.protocol or '-'} | {p.verified} | {p.accepts_below_tls13} "
+            f"| {expires} | {days} | {p.error or ''} |"
+        )
+    failing = [p.name for p in probes if not p.ok]
+    return dg.AssetCheckResult(
+        passed=not failing,
+        metadata={
+            "endpoints": dg.MetadataValue.md("\n".join(rows)),
+            "failing": dg.MetadataValue.json(failing),
+            "min_days_to_expiry": min((p.days_left for p in probes if p.days_left is not None), default=-1.0),
+        },
+    )
+
+
+defs = dg.Definitions(assets=[vault_config], asset_checks=[transport_security])

@@ -87,6 +87,52 @@ def stack_env(stack_dir: Path | None) -> None:
     click.echo(Stack.from_dir(stack_dir).env_script(), nl=False)
 
 
+# --- encryption ----------------------------------------------------------------------------------------------
+
+
+def _platform_vault():
+    """The platform's Vault identity from the environment (`eval "$(cqox-platform stack env)"`)."""
+    import os
+
+    from cqox_platform.resources.vault import VaultResource
+
+    missing = [v for v in ("VAULT_ADDR", "CQOX_VAULT_APPROLE_FILE") if not os.environ.get(v)]
+    if missing:
+        raise click.UsageError(f'{", ".join(missing)} not set; run `eval "$(cqox-platform stack env)"` first.')
+    return VaultResource(
+        addr=os.environ["VAULT_ADDR"],
+        cacert=os.environ.get("VAULT_CACERT"),
+        approle_file=os.environ["CQOX_VAULT_APPROLE_FILE"],
+    )
+
+
+@main.command("encrypt")
+@click.option("--in", "src", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--out", "dst", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--key", default="cqox-datasets", show_default=True, help="Vault Transit key wrapping the DEK.")
+def encrypt_cmd(src: Path, dst: Path, key: str) -> None:
+    """Encrypt a file with a fresh Vault data key; writes OUT and OUT.manifest.json."""
+    from cqox_platform.crypto import encrypt_file
+
+    manifest = encrypt_file(src, dst, _platform_vault().key_provider(key))
+    click.echo(
+        f"{dst}: {manifest.plaintext_bytes} bytes in {manifest.chunks} chunks, key {key} "
+        f"v{manifest.key_version}; manifest {dst}.manifest.json"
+    )
+
+
+@main.command("decrypt")
+@click.option("--in", "src", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--out", "dst", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def decrypt_cmd(src: Path, dst: Path) -> None:
+    """Decrypt IN (with IN.manifest.json beside it) to OUT; OUT appears only if every check passed."""
+    from cqox_platform.crypto.envelope import decrypt_file, load_manifest
+
+    manifest = load_manifest(src)
+    decrypt_file(src, dst, _platform_vault().key_provider(manifest.key_name), manifest)
+    click.echo(f"{dst}: {manifest.plaintext_bytes} bytes, SHA-256 verified")
+
+
 def _print_status(statuses) -> None:
     click.echo(f"{'SERVICE':<16}{'STATE':<11}{'PORT':<7}{'PID':<9}{'URL':<48}LOG")
     for s in statuses:

@@ -7,6 +7,7 @@ their configuration from the environment (``eval "$(cqox-platform stack env)"`` 
 import os
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from assets import database, security
 from cqox_platform.resources.postgres import PostgresResource
@@ -30,6 +31,8 @@ defs = dg.Definitions.merge(
             "postgres_admin": PostgresResource.from_env(),
             "vault": vault,
             "vault_admin": VaultResource.admin_from_env(),
+            # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`.
+            "s3": S3Resource(endpoint_url=dg.EnvVar("CQOX_S3_ENDPOINT"), region_name="us-east-1"),
         }
     ),
 )

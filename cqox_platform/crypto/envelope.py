@@ -118,12 +118,19 @@ def encrypt_file(
     return manifest
 
 
-def decrypt_file(src_path: Path, dst_path: Path, provider: DataKeyProvider) -> Manifest:
-    """Decrypt ``src_path`` using the manifest beside it; ``dst_path`` appears only if everything verified."""
-    mpath = manifest_path(src_path)
+def load_manifest(data_path: Path) -> Manifest:
+    """The manifest beside an encrypted file."""
+    mpath = manifest_path(data_path)
     if not mpath.exists():
         raise FormatError(f"{mpath} is missing: an encrypted object is unreadable without its manifest.")
-    manifest = Manifest.from_json(mpath.read_bytes(), where=str(mpath))
+    return Manifest.from_json(mpath.read_bytes(), where=str(mpath))
+
+
+def decrypt_file(
+    src_path: Path, dst_path: Path, provider: DataKeyProvider, manifest: Manifest | None = None
+) -> Manifest:
+    """Decrypt ``src_path`` using the manifest beside it; ``dst_path`` appears only if everything verified."""
+    manifest = manifest or load_manifest(src_path)
     with open(src_path, "rb") as src, _atomic(dst_path) as dst:
         decrypt_from(src, dst, manifest, provider)
     return manifest

@@ -11,6 +11,7 @@ import contextlib
 import socket
 import ssl
 import struct
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -83,7 +84,9 @@ def probe_tls(
     legacy_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     legacy_ctx.check_hostname = False
     legacy_ctx.verify_mode = ssl.CERT_NONE  # only asking which versions the server agrees to
-    legacy_ctx.minimum_version = ssl.TLSVersion.TLSv1
+    with warnings.catch_warnings():  # TLS 1.0 is deprecated, which is exactly why we ask for it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        legacy_ctx.minimum_version = ssl.TLSVersion.TLSv1
     legacy_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with contextlib.suppress(ssl.SSLError):
         legacy_ctx.set_ciphers("DEFAULT:@SECLEVEL=0")

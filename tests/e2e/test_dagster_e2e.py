@@ -32,7 +32,7 @@ def test_materialize_everything_from_the_cli_records_the_run_in_postgres(stack, 
     assert result.returncode == 0, output[-5000:]
     assert "RUN_SUCCESS" in output
     checks = [line for line in output.splitlines() if "ASSET_CHECK_EVALUATION" in line]
-    assert len(checks) == 3
+    assert len(checks) == 4  # schema_drift, rollups_fresh, retention_enforced, transport_security
     assert all(line.rstrip().endswith("passed.") for line in checks), checks
     info = stack.service("postgres").conninfo(DAGSTER_DB_NAME)
     with psycopg.connect(**info) as conn:

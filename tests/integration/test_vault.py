@@ -1,0 +1,281 @@
+"""Vault (OpenBao) configuration, identities, failures and transport security against the real stack."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import ssl
+import threading
+from pathlib import Path
+from unittest import mock
+
+import dagster as dg
+import psycopg
+import pytest
+
+from assets import security
+from cqox_platform.errors import VaultError, VaultPermissionError, VaultSealedError, VaultUnreachableError
+from cqox_platform.resources.postgres import PostgresResource
+from cqox_platform.resources.vault import VaultResource
+from cqox_platform.secrets.transport import probe_tls
+from cqox_platform.stack.process import free_port
+
+
+def _admin(stack) -> VaultResource:
+    env = stack.env()
+    return VaultResource(
+        addr=env["VAULT_ADDR"],
+        cacert=env["VAULT_CACERT"],
+        auth_method="token",
+        token_file=env["CQOX_VAULT_ROOT_TOKEN_FILE"],
+    )
+
+
+def _platform(stack) -> VaultResource:
+    env = stack.env()
+    return VaultResource(
+        addr=env["VAULT_ADDR"], cacert=env["VAULT_CACERT"], approle_file=env["CQOX_VAULT_APPROLE_FILE"]
+    )
+
+
+def _postgres_admin(stack) -> PostgresResource:
+    env = stack.env()
+    return PostgresResource(
+        host=env["CQOX_PG_HOST"],
+        port=int(env["CQOX_PG_PORT"]),
+        dbname=env["CQOX_PG_DB"],
+        user=env["CQOX_PG_USER"],
+        sslrootcert=env["CQOX_PG_SSLROOTCERT"],
+        passfile=env["CQOX_PG_PASSFILE"],
+    )
+
+
+def _materialize_vault_config(stack) -> dg.ExecuteInProcessResult:
+
+    env = stack.env()
+    # The check trusts for S3 what boto3 trusts: AWS_CA_BUNDLE, which `stack env` exports.
+    with mock.patch.dict(os.environ, {"AWS_CA_BUNDLE": env["AWS_CA_BUNDLE"]}):
+        return _materialize(stack, env)
+
+
+def _materialize(stack, env) -> dg.ExecuteInProcessResult:
+    from dagster_aws.s3 import S3Resource
+
+    return dg.materialize(
+        [security.vault_config, security.transport_security],
+        resources={
+            "vault_admin": _admin(stack),
+            "postgres_admin": _postgres_admin(stack),
+            "postgres": _postgres_admin(stack),
+            "vault": _platform(stack),
+            "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
+        },
+        run_config={"ops": {"vault_config": {"config": {"approle_file": env["CQOX_VAULT_APPROLE_FILE"]}}}},
+    )
+
+
+@pytest.fixture(scope="module")
+def configured(stack):
+    result = _materialize_vault_config(stack)
+    assert result.success
+    return result
+
+
+def _meta(result, key):
+    (event,) = result.asset_materializations_for_node("vault_config")
+    return event.metadata[key].value
+
+
+def test_vault_config_materializes_idempotently_and_lists_no_secret(stack, configured):
+    assert set(_meta(configured, "engines")) >= {"secret", "transit", "database"}
+    assert _meta(configured, "policies") == ["cqox-platform"]
+    assert _meta(configured, "transit_keys")["cqox-datasets"]["type"] == "aes256-gcm96"
+    assert _meta(configured, "audit_devices") == ["file/"]
+    assert _meta(configured, "database_roles") == ["cqox-platform"]
+    again = _materialize_vault_config(stack)
+    assert _meta(again, "changed_this_run") == []
+    secrets = json.loads(Path(stack.env()["CQOX_VAULT_APPROLE_FILE"]).read_text())
+    dumped = json.dumps(
+        {k: str(v.value) for k, v in again.asset_materializations_for_node("vault_config")[0].metadata.items()}
+    )
+    assert secrets["secret_id"] not in dumped and secrets["role_id"] not in dumped
+    checks = {e.check_name: e.passed for e in again.get_asset_check_evaluations()}
+    assert checks == {"transport_security": True}
+
+
+def test_approle_identity_is_least_privilege(stack, configured):
+    vault = _platform(stack)
+    key = vault.datakey("cqox-datasets")
+    assert len(key.plaintext) == 32 and key.wrapped.startswith("vault:v")
+    assert vault.decrypt("cqox-datasets", key.wrapped) == key.plaintext
+    with pytest.raises(VaultPermissionError, match="denied"):
+        vault.call("listing mounts", lambda: vault.client().sys.list_mounted_secrets_engines())
+    with pytest.raises(VaultPermissionError):
+        vault.call(
+            "reading another path",
+            lambda: vault.client().secrets.kv.v2.read_secret_version(path="other/thing", mount_point="secret"),
+        )
+
+
+def test_platform_logs_in_to_postgres_with_vault_issued_users_over_tls13(stack, configured):
+    pg = PostgresResource(
+        host="127.0.0.1",
+        port=int(stack.env()["CQOX_PG_PORT"]),
+        dbname="cqox_prod",
+        user="unused",
+        sslrootcert=stack.env()["CQOX_PG_SSLROOTCERT"],
+        vault=_platform(stack),
+        vault_db_role="cqox-platform",
+    )
+    with pg.connect() as conn:
+        session_user, tls = conn.execute(
+            "SELECT session_user, (SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid())"
+        ).fetchone()
+    assert session_user.startswith("v-approle-cqox-pla")
+    assert tls == "TLSv1.3"
+    first_lease = pg._lease["lease_id"]
+
+    # Near expiry the lease is renewed, same user.
+    pg._lease_expires_at = 0.0 + pg._lease_expires_at - pg._lease["lease_duration"] * 0.9
+    with pg.connect() as conn:
+        assert conn.execute("SELECT session_user").fetchone()[0] == session_user
+    assert pg._lease["lease_id"] == first_lease
+
+    # A revoked lease (its user dropped) is replaced by a fresh user on the next connect.
+    _platform(stack).revoke_lease(first_lease)
+    pg._lease_expires_at = 0.0
+    with pg.connect() as conn:
+        new_user = conn.execute("SELECT session_user").fetchone()[0]
+    assert new_user != session_user
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(
+            host="127.0.0.1",
+            port=int(stack.env()["CQOX_PG_PORT"]),
+            dbname="cqox_prod",
+            user=session_user,
+            password="whatever",
+            sslmode="verify-full",
+            sslrootcert=stack.env()["CQOX_PG_SSLROOTCERT"],
+        )
+
+
+def test_audit_log_records_requests_without_secret_values(stack, configured):
+    vault = _platform(stack)
+    key = vault.datakey("cqox-datasets")
+    log = Path(stack.service("openbao").audit_log).read_text()
+    assert "transit/datakey/plaintext/cqox-datasets" in log
+    assert base64.b64encode(key.plaintext).decode() not in log
+    token = vault.client().token
+    assert token not in log
+
+
+def test_sealed_vault_gives_its_own_error_and_nothing_else(stack, configured):
+    admin = _admin(stack)
+    vault = _platform(stack)
+    vault.client()  # logged in before the seal
+    admin.client().sys.seal()
+    try:
+        with pytest.raises(VaultSealedError, match="sealed"):
+            vault.datakey("cqox-datasets")
+    finally:
+        stack.up()  # unseals with the stored key
+    assert len(vault.datakey("cqox-datasets").plaintext) == 32
+
+
+def test_unreachable_and_untrusted_vault_are_named(stack, tmp_path):
+    closed = VaultResource(
+        addr=f"https://127.0.0.1:{free_port()}",
+        cacert=stack.env()["VAULT_CACERT"],
+        auth_method="token",
+        token_file=stack.env()["CQOX_VAULT_ROOT_TOKEN_FILE"],
+    )
+    with pytest.raises(VaultUnreachableError, match="unreachable"):
+        closed.datakey("cqox-datasets")
+    other_ca = tmp_path / "other-ca.pem"
+    from cqox_platform.stack.certs import ensure_tls
+
+    other_ca.write_bytes(ensure_tls(tmp_path / "other").ca_cert.read_bytes())
+    untrusted = VaultResource(
+        addr=stack.env()["VAULT_ADDR"],
+        cacert=str(other_ca),
+        auth_method="token",
+        token_file=stack.env()["CQOX_VAULT_ROOT_TOKEN_FILE"],
+    )
+    with pytest.raises(VaultUnreachableError, match="certificate did not verify"):
+        untrusted.datakey("cqox-datasets")
+    missing = VaultResource(
+        addr=stack.env()["VAULT_ADDR"], cacert=stack.env()["VAULT_CACERT"], approle_file=str(tmp_path / "nope.json")
+    )
+    with pytest.raises(VaultError, match="materialize the `vault_config` asset"):
+        missing.datakey("cqox-datasets")
+
+
+def test_transit_versions_rotation_and_retired_versions(stack, configured):
+    admin = _admin(stack)
+    admin.call(
+        "creating a scratch key",
+        lambda: admin.client().secrets.transit.create_key(name="scratch-rotation", key_type="aes256-gcm96"),
+    )
+    old = admin.encrypt("scratch-rotation", b"hello")
+    assert admin.rotate("scratch-rotation") == 2
+    rewrapped = admin.rewrap("scratch-rotation", old)
+    assert rewrapped.startswith("vault:v2:")
+    admin.set_min_decryption_version("scratch-rotation", 2)
+    with pytest.raises(VaultError, match="disallowed by policy"):
+        admin.decrypt("scratch-rotation", old)
+    assert admin.decrypt("scratch-rotation", rewrapped) == b"hello"
+    assert admin.key_info("scratch-rotation")["min_decryption_version"] == 2
+
+
+class _Tls12Server:
+    """A TLS server capped at TLS 1.2 with the stack's certificate: what transport_security must reject."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        self.ctx.load_cert_chain(cert, key)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(4):
+            try:
+                conn, _ = self.sock.accept()
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except OSError:
+                continue
+
+
+def test_transport_probe_fails_a_tls12_endpoint(stack):
+    tls = stack.config.tls_dir
+    server = _Tls12Server(str(tls / "server.crt"), str(tls / "server.key"))
+    probe = probe_tls("legacy", "127.0.0.1", server.port, str(tls / "ca.crt"))
+    assert not probe.ok
+    assert probe.accepts_below_tls13
+    assert probe.protocol != "TLSv1.3"
+    good = probe_tls("vault", "127.0.0.1", stack.config.ports["openbao"], str(tls / "ca.crt"))
+    assert good.ok and good.protocol == "TLSv1.3" and good.days_left > 300
+
+
+def test_transport_check_fails_when_an_endpoint_is_tls12(stack, configured):
+    """The asset check itself, pointed at a TLS 1.2 'Vault', fails and says which endpoint."""
+    from dagster_aws.s3 import S3Resource
+
+    tls = stack.config.tls_dir
+    server = _Tls12Server(str(tls / "server.crt"), str(tls / "server.key"))
+    fake_vault = VaultResource(addr=f"https://127.0.0.1:{server.port}", cacert=str(tls / "ca.crt"))
+    with mock.patch.dict(os.environ, {"AWS_CA_BUNDLE": stack.env()["AWS_CA_BUNDLE"]}):
+        result = security.transport_security(
+            postgres=_postgres_admin(stack),
+            vault=fake_vault,
+            s3=S3Resource(endpoint_url=stack.env()["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
+        )
+    assert result.passed is False
+    assert result.metadata["failing"].value == ["vault"]

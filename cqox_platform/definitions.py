@@ -9,10 +9,10 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import database, security
+from assets import database, datasets, security
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
-from sensors import database_schedules
+from sensors import database_schedules, datasets_sensor
 
 vault = VaultResource.platform_from_env()
 # The platform logs in to PostgreSQL as a short-lived Vault-issued user when a Vault database role is configured
@@ -24,7 +24,9 @@ postgres = (
 defs = dg.Definitions.merge(
     database.defs,
     security.defs,
+    datasets.defs,
     database_schedules.defs,
+    datasets_sensor.defs,
     dg.Definitions(
         resources={
             "postgres": postgres,

@@ -89,3 +89,22 @@ class VaultUnreachableError(VaultError):
 
 class VaultPermissionError(VaultError):
     """The token's policies do not allow the request."""
+
+
+# --- datasets ------------------------------------------------------------------------------------------------
+
+
+class DatasetError(CqoxError):
+    """A dataset could not be ingested, read or rotated."""
+
+
+class InvalidDatasetNameError(DatasetError):
+    """A dataset name that could escape its prefix or break a query."""
+
+
+class DatasetValidationError(DatasetError):
+    """An upload does not match the CQOx dataset schema; ``problems`` lists every reason."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems

@@ -44,7 +44,9 @@ def distinct_free_ports(names) -> dict[str, int]:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     root = make_world_traversable_tmpdir("cqox-test-stack-")
-    config = StackConfig(root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_dagster=True)
+    config = StackConfig(
+        root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_dagster=True, with_daemon=False
+    )
     st = Stack(config)
     try:
         st.up()

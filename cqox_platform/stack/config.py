@@ -49,6 +49,8 @@ class StackConfig:
     root: Path
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     with_dagster: bool = True
+    #: The daemon runs schedules and sensors; tests turn it off so no sensor races the test's own runs.
+    with_daemon: bool = True
 
     @property
     def state_file(self) -> Path:
@@ -92,7 +94,10 @@ class StackConfig:
         if state.exists():
             data = json.loads(state.read_text())
             config = cls(
-                root=root, ports={**DEFAULT_PORTS, **data.get("ports", {})}, with_dagster=data.get("with_dagster", True)
+                root=root,
+                ports={**DEFAULT_PORTS, **data.get("ports", {})},
+                with_dagster=data.get("with_dagster", True),
+                with_daemon=data.get("with_daemon", True),
             )
             if with_dagster is not None:
                 config.with_dagster = with_dagster

@@ -39,7 +39,9 @@ class Stack:
         self.services: list[Service] = core
         if config.with_dagster:
             base_env = self._env_of(core)
-            self.services = [*core, DagsterWebserverService(config, base_env), DagsterDaemonService(config, base_env)]
+            self.services = [*core, DagsterWebserverService(config, base_env)]
+            if config.with_daemon:
+                self.services.append(DagsterDaemonService(config, base_env))
 
     @classmethod
     def from_dir(cls, root: Path | None = None, **kwargs) -> Stack:

@@ -13,6 +13,8 @@ from cqox_platform.stack.config import DAGSTER_DB_NAME
 
 PROJECT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).parent / "dagster")
+#: What the README's main job materializes: all but the per-upload dataset partitions and key rotation.
+MAIN_SELECTION = "not group:datasets"
 DATABASE_ASSETS = {"cqox_schema", "metrics_partitions", "metrics_rollups", "metrics_retention"}
 
 
@@ -26,8 +28,10 @@ def test_definitions_validate(stack_env):
     assert "passed validation" in result.stderr + result.stdout
 
 
-def test_materialize_everything_from_the_cli_records_the_run_in_postgres(stack, stack_env):
-    result = _run([DAGSTER, "asset", "materialize", "-m", "cqox_platform.definitions", "--select", "*"], stack_env)
+def test_main_job_materializes_from_the_cli_and_records_the_run_in_postgres(stack, stack_env):
+    result = _run(
+        [DAGSTER, "asset", "materialize", "-m", "cqox_platform.definitions", "--select", MAIN_SELECTION], stack_env
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "RUN_SUCCESS" in output
@@ -60,7 +64,7 @@ ASSETS_QUERY = """
 
 def test_webserver_graphql_lists_assets_with_latest_materializations(stack, stack_env):
     # Ensure at least one materialization exists even when this test runs alone.
-    _run([DAGSTER, "asset", "materialize", "-m", "cqox_platform.definitions", "--select", "*"], stack_env)
+    _run([DAGSTER, "asset", "materialize", "-m", "cqox_platform.definitions", "--select", MAIN_SELECTION], stack_env)
     url = stack.service("dagster").url
     response = requests.post(f"{url}/graphql", json={"query": ASSETS_QUERY}, timeout=60)
     response.raise_for_status()

@@ -32,8 +32,8 @@ def test_whole_database_graph_materializes_and_checks_pass(any_db):
     assert result.success
     schema = _metadata(result, "cqox_schema")
     assert schema["dialect"] == any_db.dialect.value
-    assert schema["schema_version"] == 4
-    assert len(schema["applied_this_run"]) == 4
+    assert schema["schema_version"] == 5
+    assert len(schema["applied_this_run"]) == 5
     assert "encryption_keys" in schema["tables"]
     partitions = _metadata(result, "metrics_partitions")
     if any_db.dialect is Dialect.PLAIN:

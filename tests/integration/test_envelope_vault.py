@@ -91,3 +91,17 @@ def test_retired_key_version_is_a_clear_error(stack, configured, plain_file, tmp
     with pytest.raises(VaultError, match="too old"):
         decrypt_file(enc, tmp_path / "out", provider)
     assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_version_is_a_clear_error(stack, configured, plain_file, tmp_path):  # noqa: F811
+    from cqox_platform.crypto.envelope import Manifest
+
+    vault = _admin(stack).key_provider("cqox-datasets")
+    enc = tmp_path / "x.enc"
+    manifest = encrypt_file(plain_file, enc, vault)
+    forged = manifest.with_wrapped_dek("vault:v99:" + manifest.wrapped_dek.split(":", 2)[2])
+    manifest_path(enc).write_text(forged.to_json())
+    assert isinstance(load_manifest(enc), Manifest)
+    with pytest.raises(VaultError, match="too new"):
+        decrypt_file(enc, tmp_path / "out", vault)
+    assert not (tmp_path / "out").exists()

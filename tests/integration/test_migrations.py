@@ -89,12 +89,12 @@ def test_changed_applied_file_is_refused_naming_it(any_db, tmp_path: Path):
         MigrationRunner(sql_dir).migrate(conn)
         edited = sql_dir / "0002_core_tables.sql"
         edited.write_text(edited.read_text() + "\nCREATE INDEX idx_sneaky ON datasets (name);\n")
-        (sql_dir / "0005_next.sql").write_text("CREATE TABLE should_not_exist (id int);\n")
+        (sql_dir / "0099_next.sql").write_text("CREATE TABLE should_not_exist (id int);\n")
         with pytest.raises(MigrationChecksumError, match=r"0002_core_tables\.sql"):
             MigrationRunner(sql_dir).migrate(conn)
         # Refusing means refusing everything: the new file after it was not applied either.
         assert "should_not_exist" not in _relations(conn)
-        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 4
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 5
 
 
 def test_broken_file_rolls_back_completely_and_names_the_file(any_db, tmp_path: Path):

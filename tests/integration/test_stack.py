@@ -32,7 +32,7 @@ def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
 def test_status_lists_every_service_running_with_port_and_pid(stack):
     result = _cli(stack, "status")
     assert result.returncode == 0, result.stdout + result.stderr
-    for service in ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster", "dagster-daemon"):
+    for service in ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster"):
         line = next(row for row in result.stdout.splitlines() if row.startswith(service + " "))
         assert "running" in line
         pid = stack.service(service).read_pid()

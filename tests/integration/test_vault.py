@@ -279,3 +279,14 @@ def test_transport_check_fails_when_an_endpoint_is_tls12(stack, configured):
         )
     assert result.passed is False
     assert result.metadata["failing"].value == ["vault"]
+
+
+def test_platform_token_is_renewed_before_it_expires(stack, configured):
+    vault = _platform(stack)
+    client = vault.client()
+    token = client.token
+    assert vault._token_ttl > 0
+    vault._token_expires_at = 0.0  # pretend the TTL ran out: the next call must renew (same token) or re-login
+    vault.datakey("cqox-datasets")
+    assert vault._token_expires_at > 0
+    assert client.token == token  # renewed in place, not a new login

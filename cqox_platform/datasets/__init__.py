@@ -1,0 +1,1 @@
+"""Encrypted CQOx datasets: validation, profiling, envelope-encrypted storage in S3, key rotation."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -78,6 +79,22 @@ def _read_exact(src: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _chunks(src: BinaryIO, size: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(index, chunk, is_last) over ``src`` with one chunk of look-ahead, so the final chunk is known as such.
+
+    A stream that ends exactly on a chunk boundary has no empty trailing chunk; an empty stream is one empty
+    final chunk.
+    """
+    index, current = 0, _read_exact(src, size)
+    while True:
+        following = _read_exact(src, size) if len(current) == size else b""
+        last = not following
+        yield index, current, last
+        if last:
+            return
+        index, current = index + 1, following
+
+
 def encrypt_stream(
     src: BinaryIO,
     dst: BinaryIO,
@@ -105,21 +122,16 @@ def encrypt_stream(
     aead = AESGCM(dek)
     digest = hashlib.sha256() if hash_plaintext else None
     dst.write(aad)
-    written, plain_total, index = len(aad), 0, 0
-    current = _read_exact(src, chunk_size)
-    while True:
-        following = _read_exact(src, chunk_size) if len(current) == chunk_size else b""
-        last = not following
+    written, plain_total, chunks = len(aad), 0, 0
+    for index, chunk, last in _chunks(src, chunk_size):
         if digest is not None:
-            digest.update(current)
-        sealed = aead.encrypt(header.nonce(index, last), current, aad)
+            digest.update(chunk)
+        sealed = aead.encrypt(header.nonce(index, last), chunk, aad)
         dst.write(sealed)
         written += len(sealed)
-        plain_total += len(current)
-        index += 1
-        if last:
-            return StreamStats(plain_total, written, index, digest.hexdigest() if digest else None)
-        current = following
+        plain_total += len(chunk)
+        chunks = index + 1
+    return StreamStats(plain_total, written, chunks, digest.hexdigest() if digest else None)
 
 
 def read_header(src: BinaryIO) -> Header:
@@ -163,16 +175,12 @@ def decrypt_stream(
     aad = header.pack()
     aead = AESGCM(dek)
     digest = hashlib.sha256() if hash_plaintext else None
-    sealed_size = header.chunk_size + TAG_BYTES
-    read_total, plain_total, index = len(aad), 0, 0
-    current = _read_exact(src, sealed_size)
-    while True:
-        if len(current) < TAG_BYTES:
+    read_total, plain_total, chunks = len(aad), 0, 0
+    for index, sealed, last in _chunks(src, header.chunk_size + TAG_BYTES):
+        if len(sealed) < TAG_BYTES:
             raise IntegrityError(f"object {header.object_id!r} is truncated after chunk {index}.")
-        following = _read_exact(src, sealed_size) if len(current) == sealed_size else b""
-        last = not following
         try:
-            plain = aead.decrypt(header.nonce(index, last), current, aad)
+            plain = aead.decrypt(header.nonce(index, last), sealed, aad)
         except InvalidTag:
             raise IntegrityError(
                 f"chunk {index} of object {header.object_id!r} failed authentication: the object was modified, "
@@ -181,12 +189,10 @@ def decrypt_stream(
         if digest is not None:
             digest.update(plain)
         dst.write(plain)
-        read_total += len(current)
+        read_total += len(sealed)
         plain_total += len(plain)
-        index += 1
-        if last:
-            return StreamStats(plain_total, read_total, index, digest.hexdigest() if digest else None)
-        current = following
+        chunks = index + 1
+    return StreamStats(plain_total, read_total, chunks, digest.hexdigest() if digest else None)
 
 
 def ciphertext_size(plaintext_bytes: int, object_id: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:

@@ -9,8 +9,9 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import database, datasets, security
+from assets import database, datasets, security, slo
 from cqox_platform.resources.postgres import PostgresResource
+from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
 from sensors import database_schedules, datasets_sensor
 
@@ -25,6 +26,7 @@ defs = dg.Definitions.merge(
     database.defs,
     security.defs,
     datasets.defs,
+    slo.defs,
     database_schedules.defs,
     datasets_sensor.defs,
     dg.Definitions(
@@ -33,6 +35,7 @@ defs = dg.Definitions.merge(
             "postgres_admin": PostgresResource.from_env(),
             "vault": vault,
             "vault_admin": VaultResource.admin_from_env(),
+            "prometheus": PrometheusResource.from_env(),
             # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`.
             "s3": S3Resource(endpoint_url=dg.EnvVar("CQOX_S3_ENDPOINT"), region_name="us-east-1"),
         }

@@ -108,3 +108,14 @@ class DatasetValidationError(DatasetError):
     def __init__(self, message: str, problems: list[str]) -> None:
         super().__init__(message)
         self.problems = problems
+
+
+# --- SLOs ----------------------------------------------------------------------------------------------------
+
+
+class SloSpecError(CqoxError):
+    """An SLO spec file is malformed; the message names the file, line and field."""
+
+
+class RuleValidationError(CqoxError):
+    """Generated Prometheus rules failed `promtool check rules` or `promtool test rules`."""

@@ -79,7 +79,7 @@ scrape_configs:
         )
 
     def env(self) -> dict[str, str]:
-        return {"CQOX_PROMETHEUS_URL": self.url}
+        return {"CQOX_PROMETHEUS_URL": self.url, "CQOX_PROMETHEUS_RULES_DIR": str(self.rules_dir)}
 
 
 class PushgatewayService(Service):

@@ -1,0 +1,62 @@
+"""``PrometheusResource``: queries through prometheus-api-client, and rule files loaded with a reload.
+
+Rule files are written atomically into the directory Prometheus reads (``rule_files`` in its config) and
+activated through the lifecycle API (``POST /-/reload``); the resource then confirms the groups are loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import requests
+from prometheus_api_client import PrometheusConnect
+
+from cqox_platform.errors import CqoxError
+
+
+class PrometheusError(CqoxError):
+    """Prometheus refused a request or is unreachable."""
+
+
+class PrometheusResource(dg.ConfigurableResource):
+    url: str
+    rules_dir: str | None = None
+    timeout: int = 30
+
+    @classmethod
+    def from_env(cls) -> PrometheusResource:
+        return cls(url=dg.EnvVar("CQOX_PROMETHEUS_URL"), rules_dir=dg.EnvVar("CQOX_PROMETHEUS_RULES_DIR"))
+
+    def client(self) -> PrometheusConnect:
+        return PrometheusConnect(url=self.url, disable_ssl=False)
+
+    def _request(self, method: str, path: str) -> requests.Response:
+        try:
+            response = requests.request(method, f"{self.url}{path}", timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise PrometheusError(f"Prometheus at {self.url} is unreachable ({type(exc).__name__}).") from None
+        if response.status_code >= 400:
+            raise PrometheusError(
+                f"Prometheus at {self.url} answered {response.status_code} to {method} {path}: {response.text[:300]}"
+            )
+        return response
+
+    def rule_groups(self) -> dict[str, dict]:
+        data = self._request("GET", "/api/v1/rules").json()["data"]["groups"]
+        return {g["name"]: g for g in data}
+
+    def install_rules(self, filename: str, text: str) -> list[str]:
+        """Write ``text`` as ``rules_dir/filename``, reload Prometheus, return the loaded group names."""
+        if not self.rules_dir:
+            raise PrometheusError("no rules_dir configured (CQOX_PROMETHEUS_RULES_DIR).")
+        directory = Path(self.rules_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=directory)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, directory / filename)
+        self._request("POST", "/-/reload")
+        return sorted(self.rule_groups())

@@ -1,0 +1,80 @@
+"""Burn-rate rules through the real promtool and the stack's real Prometheus."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from assets import slo as slo_assets
+from cqox_platform.errors import RuleValidationError
+from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.slo import rules as rules_mod
+from cqox_platform.slo.rules import generate_rule_tests, generate_rules, validate_rules
+from cqox_platform.slo.spec import load_spec
+
+SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+
+
+def test_generated_rules_pass_promtool_check_and_their_alert_tests():
+    validated = validate_rules(load_spec(SPEC))
+    assert "SUCCESS" in validated.check_output and "45 rules found" in validated.check_output
+    assert "SUCCESS" in validated.test_output
+    assert validated.tests == 8
+
+
+def test_alert_tests_expect_real_firing_sets():
+    """The generated expectations are not empty lists everywhere: outages page and ticket the right SLOs."""
+    tests = generate_rule_tests(load_spec(SPEC), "r.yml")
+    outage = next(t for t in tests["tests"] if t["name"] == "outage")
+    fired = {
+        (c["alertname"], c["eval_time"]): sorted(a["exp_labels"]["slo"] for a in c["exp_alerts"])
+        for c in outage["alert_rule_test"]
+    }
+    assert fired[("SLOErrorBudgetBurnPage", "2m")] == []  # condition true, but `for: 2m` not yet elapsed
+    assert fired[("SLOErrorBudgetBurnPage", "5m")] == ["availability", "error-rate", "latency-p95", "latency-p99"]
+    # p50's budget is 50 %: total failure burns at 2x, enough for a ticket (1x over 3d/6h), not a page.
+    assert fired[("SLOErrorBudgetBurnTicket", "20m")] == [
+        "availability",
+        "error-rate",
+        "latency-p50",
+        "latency-p95",
+        "latency-p99",
+    ]
+    healthy = next(t for t in tests["tests"] if t["name"] == "healthy")
+    assert all(c["exp_alerts"] == [] for c in healthy["alert_rule_test"])
+
+
+def test_promtool_catches_rules_that_would_page_too_late(tmp_path, monkeypatch):
+    """Rules that wait 10 minutes before paging fail the generated test that expects a page at 5 minutes."""
+    spec = load_spec(SPEC)
+    slow = tuple(rules_mod.BurnAlert(a.severity, a.long, a.short, a.budget_fraction, "10m") for a in rules_mod.PAGE)
+    rules_file = tmp_path / "slo-rules.yml"
+    tests_file = tmp_path / "slo-rules.test.yml"
+    tests_file.write_text(yaml.safe_dump(generate_rule_tests(spec, rules_file.name)))
+    monkeypatch.setattr(rules_mod, "PAGE", slow)
+    rules_file.write_text(yaml.safe_dump(generate_rules(spec)))
+    proc = subprocess.run(["promtool", "test", "rules", str(tests_file)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "SLOErrorBudgetBurnPage" in proc.stdout + proc.stderr
+
+
+def test_invalid_rules_are_refused_with_promtools_words(monkeypatch):
+    monkeypatch.setattr(rules_mod, "record_name", lambda window: f"bad name {window}")
+    with pytest.raises(RuleValidationError, match="promtool check rules failed"):
+        validate_rules(load_spec(SPEC))
+
+
+def test_asset_loads_the_rules_into_prometheus(stack):
+    env = stack.env()
+    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    result = dg.materialize([slo_assets.slo_alert_rules], resources={"prometheus": prometheus})
+    assert result.success
+    groups = prometheus.rule_groups()
+    assert len(groups["cqox-engine-slo-recording"]["rules"]) == 35
+    alerts = groups["cqox-engine-slo-alerts"]["rules"]
+    assert {r["name"] for r in alerts} == {"SLOErrorBudgetBurnPage", "SLOErrorBudgetBurnTicket"}
+    assert all(r["health"] in ("ok", "unknown") for r in alerts)

@@ -1,12 +1,16 @@
 """SLOs as assets (group ``slo``): alerting rules generated from the spec, validated, tested and loaded."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 
+from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.slo.chart import render_svg, svg_markdown
+from cqox_platform.slo.report import compute_reports, history, store_reports
 from cqox_platform.slo.rules import ALERT_NAMES, PAGE, TICKET, validate_rules
-from cqox_platform.slo.spec import load_spec
+from cqox_platform.slo.spec import LatencySlo, load_spec
 
 GROUP = "slo"
 DEFAULT_SPEC = str(Path(__file__).resolve().parents[1] / "slo" / "slos.yaml")
@@ -54,4 +58,82 @@ def slo_alert_rules(
     )
 
 
-defs = dg.Definitions(assets=[slo_alert_rules])
+slo_partitions = dg.DailyPartitionsDefinition(start_date="2025-11-01", timezone="UTC")
+
+
+class SloReportConfig(dg.Config):
+    spec_path: str = DEFAULT_SPEC
+    #: Fewer events than this in a day is "insufficient events", never a 100 % day.
+    min_events: float = 1000.0
+
+
+def _pct(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f} %"
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=slo_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"prometheus", "postgres"},
+    deps=[dg.AssetKey("cqox_schema")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "slo_data_present",
+            asset="slo_report",
+            description="Every SLO had data on every day of the run (no data fails).",
+        )
+    ],
+    description="Daily SLO report from Prometheus (availability, error ratio, latency percentiles, throughput, "
+    "error budget over 30 days and the month, burn rates), stored in slo_reports; a range runs as one run.",
+)
+def slo_report(
+    context: dg.AssetExecutionContext,
+    config: SloReportConfig,
+    prometheus: PrometheusResource,
+    postgres: PostgresResource,
+) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    start, end = window.start.date(), (window.end - timedelta(days=1)).date()
+    spec = load_spec(Path(config.spec_path))
+    run = compute_reports(spec, prometheus.query_range, start, end, min_events=config.min_events)
+    with postgres.connect(autocommit=True) as conn:
+        stored = store_reports(conn, run.days)
+        past = history(conn, spec.service, end, days=30)
+    context.log.info(f"{start}..{end}: {stored} SLO-days from {run.queries} Prometheus queries")
+    last = [r for r in run.days if r.day == end]
+    rows = [
+        "| SLO | status | SLI | objective | budget used (30 d) | budget used (month) | burn 1h | burn 1d |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in last:
+        burn = {w: ("-" if r.burn_rates.get(w) is None else f"{r.burn_rates[w]:.2f}x") for w in ("1h", "1d")}
+        rows.append(
+            f"| {r.slo} | {r.status} | {_pct(r.sli)} | {_pct(r.objective, 2)} | "
+            f"{_pct(r.budget_consumed_30d, 1)} | {_pct(r.budget_consumed_month, 1)} | {burn['1h']} | "
+            f"{burn['1d']} |"
+        )
+    targets = {s.name.split("-")[-1]: s.threshold_seconds for s in spec.slos if isinstance(s, LatencySlo)}
+    missing = sorted({f"{r.slo} on {r.day}" for r in run.days if r.status == "no_data"})
+    return dg.MaterializeResult(
+        metadata={
+            "days": (end - start).days + 1,
+            "prometheus_queries": run.queries,
+            "violated": dg.MetadataValue.json(
+                sorted({f"{r.slo} on {r.day}" for r in run.days if r.status == "violated"})
+            ),
+            "insufficient_events": dg.MetadataValue.json(
+                sorted({f"{r.slo} on {r.day}" for r in run.days if r.status == "insufficient_events"})
+            ),
+            "summary": dg.MetadataValue.md(f"**{spec.service}, {end}**\n\n" + "\n".join(rows)),
+            "chart": dg.MetadataValue.md(svg_markdown(render_svg(past, targets))),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="slo_data_present", passed=not missing, metadata={"no_data": dg.MetadataValue.json(missing)}
+            )
+        ],
+    )
+
+
+defs = dg.Definitions(assets=[slo_alert_rules, slo_report])

@@ -33,6 +33,20 @@ class PrometheusResource(dg.ConfigurableResource):
     def client(self) -> PrometheusConnect:
         return PrometheusConnect(url=self.url, disable_ssl=False)
 
+    def query_range(self, expr: str, start, end, step: str) -> list[dict]:
+        """One range query; an unreachable server or a bad expression raises ``PrometheusError``."""
+        try:
+            return self.client().custom_query_range(query=expr, start_time=start, end_time=end, step=step)
+        except Exception as exc:  # the client raises its own types and requests' ones
+            raise PrometheusError(f"Prometheus at {self.url} failed `{expr[:120]}`: {exc}") from None
+
+    def query(self, expr: str, at=None) -> list[dict]:
+        params = {"time": at} if at is not None else None
+        try:
+            return self.client().custom_query(query=expr, params=params)
+        except Exception as exc:
+            raise PrometheusError(f"Prometheus at {self.url} failed `{expr[:120]}`: {exc}") from None
+
     def _request(self, method: str, path: str) -> requests.Response:
         try:
             response = requests.request(method, f"{self.url}{path}", timeout=self.timeout)

@@ -47,11 +47,14 @@ def stack() -> None:
 @_dir_option
 @click.option("--port-base", type=int, default=None, help="Use consecutive ports from this one (new stacks).")
 @click.option("--no-dagster", is_flag=True, help="Do not start the Dagster webserver and daemon.")
-def stack_up(stack_dir: Path | None, port_base: int | None, no_dagster: bool) -> None:
+@click.option("--traffic", is_flag=True, help="Also run the synthetic CQOx traffic exporter (stable, canary).")
+def stack_up(stack_dir: Path | None, port_base: int | None, no_dagster: bool, traffic: bool) -> None:
     """Start every service (a no-op for those already running) and wait until each is healthy."""
     from cqox_platform.stack import Stack
 
-    st = Stack.from_dir(stack_dir, port_base=port_base, with_dagster=False if no_dagster else None)
+    st = Stack.from_dir(
+        stack_dir, port_base=port_base, with_dagster=False if no_dagster else None, with_traffic=traffic or None
+    )
     statuses = st.up(progress=lambda msg: click.echo(f"  {msg}", err=True))
     _print_status(statuses)
 

@@ -13,7 +13,7 @@ from assets import database, datasets, security, slo
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
-from sensors import database_schedules, datasets_sensor
+from sensors import database_schedules, datasets_sensor, slo_sensor
 
 vault = VaultResource.platform_from_env()
 # The platform logs in to PostgreSQL as a short-lived Vault-issued user when a Vault database role is configured
@@ -29,6 +29,7 @@ defs = dg.Definitions.merge(
     slo.defs,
     database_schedules.defs,
     datasets_sensor.defs,
+    slo_sensor.defs,
     dg.Definitions(
         resources={
             "postgres": postgres,

@@ -22,6 +22,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "prometheus": 59090,
     "pushgateway": 59091,
     "dagster": 3000,
+    "traffic": 59100,
 }
 
 #: Environment variable overriding each port.
@@ -33,6 +34,7 @@ PORT_ENV: dict[str, str] = {
     "prometheus": "CQOX_PROMETHEUS_PORT",
     "pushgateway": "CQOX_PUSHGATEWAY_PORT",
     "dagster": "CQOX_DAGSTER_PORT",
+    "traffic": "CQOX_TRAFFIC_PORT",
 }
 
 DB_NAME = "cqox_prod"
@@ -51,6 +53,8 @@ class StackConfig:
     with_dagster: bool = True
     #: The daemon runs schedules and sensors; tests turn it off so no sensor races the test's own runs.
     with_daemon: bool = True
+    #: The synthetic traffic exporter (``stack up --traffic``).
+    with_traffic: bool = False
 
     @property
     def state_file(self) -> Path:
@@ -87,6 +91,7 @@ class StackConfig:
         *,
         port_base: int | None = None,
         with_dagster: bool | None = None,
+        with_traffic: bool | None = None,
     ) -> StackConfig:
         """Read ``stack.json`` when the stack exists; otherwise build the config from flags and environment."""
         root = (root or Path(os.environ.get("CQOX_STACK_DIR", DEFAULT_DIR))).absolute()
@@ -98,9 +103,12 @@ class StackConfig:
                 ports={**DEFAULT_PORTS, **data.get("ports", {})},
                 with_dagster=data.get("with_dagster", True),
                 with_daemon=data.get("with_daemon", True),
+                with_traffic=data.get("with_traffic", False),
             )
             if with_dagster is not None:
                 config.with_dagster = with_dagster
+            if with_traffic:
+                config.with_traffic = True
             return config
         ports = dict(DEFAULT_PORTS)
         if port_base is not None:
@@ -108,4 +116,9 @@ class StackConfig:
         for name, var in PORT_ENV.items():
             if os.environ.get(var):
                 ports[name] = int(os.environ[var])
-        return cls(root=root, ports=ports, with_dagster=True if with_dagster is None else with_dagster)
+        return cls(
+            root=root,
+            ports=ports,
+            with_dagster=True if with_dagster is None else with_dagster,
+            with_traffic=bool(with_traffic),
+        )

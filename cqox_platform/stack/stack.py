@@ -20,6 +20,7 @@ from cqox_platform.stack.process import ensure_port_free, ensure_writable_dir, f
 from cqox_platform.stack.prometheus import PrometheusService, PushgatewayService
 from cqox_platform.stack.s3 import S3Service
 from cqox_platform.stack.service import Service, ServiceStatus
+from cqox_platform.stack.traffic_service import TrafficService
 
 Progress = Callable[[str], None]
 
@@ -36,6 +37,8 @@ class Stack:
             PrometheusService(config),
             PushgatewayService(config),
         ]
+        if config.with_traffic:
+            core.append(TrafficService(config))
         self.services: list[Service] = core
         if config.with_dagster:
             base_env = self._env_of(core)

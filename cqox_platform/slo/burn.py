@@ -1,0 +1,86 @@
+"""Current burn rates and remaining error budget per SLO, for the error-budget sensor and the canary gate.
+
+The page and ticket decisions use the same multiwindow conditions as the generated alert rules, evaluated
+now; a window without data counts as "unknown", never as zero burn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import requests
+
+from cqox_platform.errors import CqoxError
+from cqox_platform.slo.budget import error_budget
+from cqox_platform.slo.rules import PAGE, TICKET, WINDOWS
+from cqox_platform.slo.spec import SloSpec
+
+InstantQuery = Callable[[str], list[dict]]
+
+
+@dataclass
+class BurnStatus:
+    slo: str
+    objective: float
+    burn_rates: dict[str, float | None] = field(default_factory=dict)
+    budget_remaining: float | None = None  # over the SLO period, 1 = untouched, < 0 = overspent
+
+    def _over(self, pair, period_days: int) -> bool:
+        def high(window: str, factor: float) -> bool:
+            rate = self.burn_rates.get(window)
+            return rate is not None and rate > factor
+
+        return any(high(a.long, a.factor(period_days)) and high(a.short, a.factor(period_days)) for a in pair)
+
+    def page(self, period_days: int) -> bool:
+        return self._over(PAGE, period_days)
+
+    def ticket(self, period_days: int) -> bool:
+        return self._over(TICKET, period_days)
+
+    @property
+    def has_data(self) -> bool:
+        return any(v is not None for v in self.burn_rates.values())
+
+
+def _scalar(result: list[dict]) -> float | None:
+    if not result:
+        return None
+    value = float(result[0]["value"][1])
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def current_burn(spec: SloSpec, query: InstantQuery) -> list[BurnStatus]:
+    out = []
+    for slo in spec.budgeted:
+        budget = error_budget(slo.objective)
+        status = BurnStatus(slo.name, slo.objective)
+        for window in WINDOWS:
+            ratio = _scalar(query(spec.error_ratio_query(slo, window)))
+            status.burn_rates[window] = None if ratio is None else ratio / budget
+        period_ratio = _scalar(query(spec.error_ratio_query(slo, f"{spec.period_days}d")))
+        status.budget_remaining = None if period_ratio is None else 1 - period_ratio / budget
+        out.append(status)
+    return out
+
+
+def push_gauges(pushgateway_url: str, service: str, statuses: list[BurnStatus], timeout: float = 10) -> int:
+    """Replace the ``cqox-slo`` group on the Pushgateway with the roadmap's SLOMonitor gauges."""
+    lines = ["# TYPE slo_error_budget_remaining gauge", "# TYPE slo_burn_rate gauge"]
+    for s in statuses:
+        if s.budget_remaining is not None:
+            lines.append(f'slo_error_budget_remaining{{service="{service}",slo="{s.slo}"}} {s.budget_remaining}')
+        for window, rate in s.burn_rates.items():
+            if rate is not None:
+                lines.append(f'slo_burn_rate{{service="{service}",slo="{s.slo}",window="{window}"}} {rate}')
+    body = "\n".join(lines) + "\n"
+    try:
+        response = requests.put(f"{pushgateway_url}/metrics/job/cqox-slo/service/{service}", data=body, timeout=timeout)
+    except requests.RequestException as exc:
+        raise CqoxError(f"Pushgateway at {pushgateway_url} is unreachable ({type(exc).__name__}).") from None
+    if response.status_code >= 300:
+        raise CqoxError(
+            f"Pushgateway at {pushgateway_url} refused the gauges: HTTP {response.status_code} {response.text[:200]}"
+        )
+    return len(lines) - 2

@@ -1,0 +1,109 @@
+"""The error-budget sensor: burn rates every 5 minutes, gauges to the Pushgateway, incident runs on a page."""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import requests
+
+from assets.slo import DEFAULT_SPEC
+from cqox_platform.resources.postgres import PostgresResource
+from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.slo.burn import current_burn, push_gauges
+from cqox_platform.slo.spec import load_spec
+
+
+class IncidentConfig(dg.Config):
+    slo: str
+    severity: str
+    burn_rates: dict[str, float | None]
+    budget_remaining: float | None = None
+    window_start: str
+    webhook_url: str = ""
+
+
+@dg.op(description="Record an SLO incident in audit_log and notify the configured webhook.")
+def record_slo_incident(context: dg.OpExecutionContext, config: IncidentConfig, postgres: PostgresResource) -> None:
+    details = {
+        "slo": config.slo,
+        "severity": config.severity,
+        "burn_rates": config.burn_rates,
+        "budget_remaining": config.budget_remaining,
+        "window_start": config.window_start,
+        "run_id": context.run_id,
+    }
+    with postgres.connect(autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO audit_log (user_id, action, resource, details) VALUES ('cqox-platform', 'slo.incident', "
+            "%s, %s)",
+            (config.slo, json.dumps(details)),
+        )
+    if config.webhook_url:
+        response = requests.post(
+            config.webhook_url,
+            json={"text": f"SLO {config.slo} burning its error budget ({config.severity})", **details},
+            timeout=10,
+        )
+        response.raise_for_status()
+        context.log.info(f"notified {config.webhook_url.split('?')[0]} (HTTP {response.status_code})")
+    context.log.warning(f"SLO incident recorded for {config.slo}: burn {config.burn_rates}")
+
+
+@dg.job(description="One SLO incident: audit entry and webhook notification.")
+def slo_incident_job() -> None:
+    record_slo_incident()
+
+
+@dg.sensor(
+    job=slo_incident_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Computes burn rates from Prometheus, pushes slo_* gauges, opens incidents on page burns.",
+)
+def error_budget_sensor(
+    context: dg.SensorEvaluationContext, prometheus: PrometheusResource
+) -> dg.SensorResult | dg.SkipReason:
+    spec_path = dg.EnvVar("CQOX_SLO_SPEC").get_value() or DEFAULT_SPEC
+    spec = load_spec(Path(spec_path))
+    statuses = current_burn(spec, prometheus.query)
+    pushgateway = dg.EnvVar("CQOX_PUSHGATEWAY_URL").get_value()
+    pushed = push_gauges(pushgateway, spec.service, statuses) if pushgateway else 0
+    window_start = time.strftime("%Y-%m-%dT%H:00Z", time.gmtime())  # one incident per SLO per hour of burning
+    requests_ = []
+    for s in statuses:
+        if s.page(spec.period_days):
+            requests_.append(
+                dg.RunRequest(
+                    run_key=f"slo-incident:{s.slo}:{window_start}",
+                    run_config={
+                        "ops": {
+                            "record_slo_incident": {
+                                "config": {
+                                    "slo": s.slo,
+                                    "severity": "page",
+                                    "burn_rates": s.burn_rates,
+                                    "budget_remaining": s.budget_remaining,
+                                    "window_start": window_start,
+                                    "webhook_url": dg.EnvVar("CQOX_SLO_WEBHOOK_URL").get_value() or "",
+                                }
+                            }
+                        }
+                    },
+                    tags={"cqox/slo": s.slo, "cqox/severity": "page"},
+                )
+            )
+    summary = {s.slo: {"1h": s.burn_rates.get("1h"), "remaining": s.budget_remaining} for s in statuses}
+    context.log.info(f"pushed {pushed} gauges; burn {summary}")
+    if not requests_:
+        no_data = [s.slo for s in statuses if not s.has_data]
+        reason = (
+            f"no page-level burn ({len(statuses)} SLOs; no data for {no_data})"
+            if no_data
+            else f"no page-level burn across {len(statuses)} SLOs"
+        )
+        return dg.SkipReason(reason)
+    return dg.SensorResult(run_requests=requests_)
+
+
+defs = dg.Definitions(jobs=[slo_incident_job], sensors=[error_budget_sensor])

@@ -1,0 +1,138 @@
+"""The error-budget sensor on live synthetic traffic scraped by the stack's Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from unittest import mock
+
+import dagster as dg
+import psycopg
+import pytest
+import requests
+import yaml
+
+from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.schema import MigrationRunner
+from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
+from cqox_platform.stack import Stack
+from cqox_platform.stack.process import free_port
+from sensors.slo_sensor import error_budget_sensor, slo_incident_job
+from tests.integration.test_vault import _postgres_admin
+
+SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+
+
+def _spec_for(stack, job: str) -> str:
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["selector"] = {"job": job}
+    path = Path(stack.config.root) / f"{job}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def _scraped(prometheus: PrometheusResource, job: str) -> bool:
+    result = prometheus.query(f'sum(rate(http_requests_total{{job="{job}"}}[5m]))')
+    return bool(result) and float(result[0]["value"][1]) > 0
+
+
+@pytest.fixture(scope="module")
+def burning(stack):
+    """Live traffic failing half its requests, scraped by Prometheus under a job of its own."""
+    job = f"burn-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    server = serve(TrafficModel({"stable": VersionTraffic(rps=100, error_ratio=0.5)}), "127.0.0.1", port)
+    target = stack.service("prometheus").home / "targets" / f"{job}.json"
+    target.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"job": job}}]))
+    prometheus = PrometheusResource(url=stack.env()["CQOX_PROMETHEUS_URL"])
+    deadline = time.monotonic() + 120
+    while not _scraped(prometheus, job):
+        assert time.monotonic() < deadline, "Prometheus never scraped the test exporter"
+        time.sleep(3)
+    yield {"job": job, "spec": _spec_for(stack, job), "prometheus": prometheus}
+    target.unlink()
+    server.shutdown()
+
+
+def _evaluate(stack, prometheus, spec_path):
+    env = {"CQOX_SLO_SPEC": spec_path, "CQOX_PUSHGATEWAY_URL": stack.env()["CQOX_PUSHGATEWAY_URL"]}
+    with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"prometheus": prometheus})
+        return error_budget_sensor(context)
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self) -> None:
+        _Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        return
+
+
+def test_page_burn_requests_incident_runs_and_pushes_gauges(stack, burning):
+    result = _evaluate(stack, burning["prometheus"], burning["spec"])
+    assert isinstance(result, dg.SensorResult)
+    by_slo = {r.tags["cqox/slo"]: r for r in result.run_requests}
+    assert set(by_slo) == {"availability", "error-rate"}  # 50 % errors; latency is fine
+    assert by_slo["availability"].run_key.startswith("slo-incident:availability:")
+    burn = by_slo["availability"].run_config["ops"]["record_slo_incident"]["config"]["burn_rates"]
+    assert burn["5m"] == pytest.approx(5000, rel=0.05)  # 0.5 / 0.0001
+
+    pushed = requests.get(f"{stack.env()['CQOX_PUSHGATEWAY_URL']}/metrics", timeout=5).text
+    assert 'slo_burn_rate{instance="",job="cqox-slo",service="cqox-engine",slo="availability",window="5m"}' in pushed
+    assert "slo_error_budget_remaining{" in pushed
+
+    # The requested run records the incident and notifies the webhook.
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    with _postgres_admin(stack).connect(autocommit=True) as conn:
+        MigrationRunner().migrate(conn)
+    config = by_slo["availability"].run_config
+    config["ops"]["record_slo_incident"]["config"]["webhook_url"] = f"http://127.0.0.1:{hook.server_port}/hook"
+    run = slo_incident_job.execute_in_process(run_config=config, resources={"postgres": _postgres_admin(stack)})
+    hook.shutdown()
+    assert run.success
+    assert _Webhook.received and _Webhook.received[-1]["slo"] == "availability"
+    with psycopg.connect(**_postgres_admin(stack).conninfo()) as conn:
+        row = conn.execute(
+            "SELECT details FROM audit_log WHERE action = 'slo.incident' AND resource = 'availability' "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert row[0]["severity"] == "page" and row[0]["run_id"] == run.run_id
+
+
+def test_missing_series_is_no_data_not_a_healthy_skip(stack, burning):
+    result = _evaluate(stack, burning["prometheus"], _spec_for(stack, f"silent-{uuid.uuid4().hex[:6]}"))
+    assert isinstance(result, dg.SkipReason)
+    assert "no data for" in result.skip_message and "availability" in result.skip_message
+
+
+def test_stack_traffic_exporter_is_scraped(stack):
+    stack.config.with_traffic = True
+    with_traffic = Stack(stack.config)
+    try:
+        with_traffic.up()
+        traffic = with_traffic.service("traffic")
+        assert traffic.target_file.exists()
+        settings = requests.put(f"{traffic.url}/config", json={"canary": {"error_ratio": 0.2}}, timeout=5).json()
+        assert settings["canary"]["error_ratio"] == 0.2 and settings["stable"]["rps"] > 0
+        assert requests.put(f"{traffic.url}/config", data="not json", timeout=5).status_code == 400
+        prometheus = PrometheusResource(url=stack.env()["CQOX_PROMETHEUS_URL"])
+        deadline = time.monotonic() + 90
+        while not prometheus.query('up{job="cqox-traffic"} == 1'):
+            assert time.monotonic() < deadline, "the stack's Prometheus never scraped the traffic exporter"
+            time.sleep(3)
+        metrics = requests.get(f"{traffic.url}/metrics", timeout=5).text
+        assert 'version="canary"' in metrics and "http_request_duration_seconds_bucket{" in metrics
+    finally:
+        with_traffic.service("traffic").stop()
+        stack.config.with_traffic = False

@@ -4,12 +4,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 VENV="${CQOX_VENV:-.venv}"
-"$VENV/bin/cqox-platform" stack up
+"$VENV/bin/cqox-platform" stack up --traffic
 eval "$("$VENV/bin/cqox-platform" stack env)"
-# Every asset except group `datasets`: encrypted_datasets has one partition per uploaded dataset (the upload
-# sensor materializes those) and dataset_key_rotation rotates keys, which a routine run should not do.
-echo "materializing every asset (dagster asset materialize --select 'not group:datasets') ..." >&2
-"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select 'not group:datasets'
+# Every unpartitioned asset except group `datasets` (encrypted_datasets has one partition per upload, which the
+# upload sensor materializes; dataset_key_rotation rotates keys, which a routine run should not do), then
+# yesterday's SLO report (daily partitions; --partition-range A...B backfills).
+echo "materializing the asset graph (--select 'not group:datasets and not key:slo_report') ..." >&2
+"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select 'not group:datasets and not key:slo_report'
+yesterday=$(date -u -d yesterday +%Y-%m-%d)
+echo "materializing slo_report for $yesterday ..." >&2
+"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select slo_report --partition "$yesterday"
 cat <<MSG
 
 Done. Dagster UI: ${CQOX_DAGSTER_URL:-http://127.0.0.1:3000} (runs, asset graph, checks, schedules)

@@ -98,6 +98,8 @@ class Segment:
     start: float
     end: float
     versions: dict[str, VersionTraffic]
+    #: The exporter restarted at ``start``: every counter begins again at zero (a counter reset).
+    reset: bool = False
 
 
 def history_openmetrics(segments: Iterable[Segment], labels: dict[str, str], step: float = 60.0) -> str:
@@ -110,6 +112,8 @@ def history_openmetrics(segments: Iterable[Segment], labels: dict[str, str], ste
     snapshots: list[tuple[float, dict[str, Totals]]] = []
     totals = {v: Totals() for v in versions}
     for seg in segments:
+        if seg.reset:
+            totals = {v: Totals() for v in versions}
         t = seg.start
         while t < seg.end:
             dt = min(step, seg.end - t)

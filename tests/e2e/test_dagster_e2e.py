@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 import requests
 
 from cqox_platform.stack.config import DAGSTER_DB_NAME
@@ -14,7 +15,7 @@ from cqox_platform.stack.config import DAGSTER_DB_NAME
 PROJECT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 #: What the README's main job materializes: all but the per-upload dataset partitions and key rotation.
-MAIN_SELECTION = "not group:datasets"
+MAIN_SELECTION = "not group:datasets and not key:slo_report"
 DATABASE_ASSETS = {"cqox_schema", "metrics_partitions", "metrics_rollups", "metrics_retention"}
 
 
@@ -28,10 +29,16 @@ def test_definitions_validate(stack_env):
     assert "passed validation" in result.stderr + result.stdout
 
 
-def test_main_job_materializes_from_the_cli_and_records_the_run_in_postgres(stack, stack_env):
-    result = _run(
+@pytest.fixture(scope="module")
+def main_job(stack_env) -> subprocess.CompletedProcess:
+    """The README's main job selection, materialized once from the CLI for this module."""
+    return _run(
         [DAGSTER, "asset", "materialize", "-m", "cqox_platform.definitions", "--select", MAIN_SELECTION], stack_env
     )
+
+
+def test_main_job_materializes_from_the_cli_and_records_the_run_in_postgres(stack, main_job):
+    result = main_job
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "RUN_SUCCESS" in output
@@ -62,9 +69,8 @@ ASSETS_QUERY = """
 """
 
 
-def test_webserver_graphql_lists_assets_with_latest_materializations(stack, stack_env):
-    # Ensure at least one materialization exists even when this test runs alone.
-    _run([DAGSTER, "asset", "materialize", "-m", "cqox_platform.definitions", "--select", MAIN_SELECTION], stack_env)
+def test_webserver_graphql_lists_assets_with_latest_materializations(stack, main_job):
+    assert main_job.returncode == 0
     url = stack.service("dagster").url
     response = requests.post(f"{url}/graphql", json={"query": ASSETS_QUERY}, timeout=60)
     response.raise_for_status()
@@ -74,3 +80,32 @@ def test_webserver_graphql_lists_assets_with_latest_materializations(stack, stac
         assert node["groupName"] == "database"
         assert node["assetMaterializations"], f"{name} has no materialization in the webserver"
         assert node["assetMaterializations"][0]["runId"]
+
+
+def test_slo_report_backfills_a_partition_range_from_the_cli(stack, stack_env, main_job):
+    """Three days in one run (BackfillPolicy.single_run); days without traffic are stored as no_data."""
+    from datetime import UTC, datetime, timedelta
+
+    last = datetime.now(UTC).date() - timedelta(days=20)
+    first = last - timedelta(days=2)
+    result = _run(
+        [
+            DAGSTER,
+            "asset",
+            "materialize",
+            "-m",
+            "cqox_platform.definitions",
+            "--select",
+            "slo_report",
+            "--partition-range",
+            f"{first}...{last}",
+        ],
+        stack_env,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    with psycopg.connect(**stack.service("postgres").conninfo()) as conn:
+        rows = conn.execute(
+            "SELECT day, status FROM slo_reports WHERE service = 'cqox-engine' AND day BETWEEN %s AND %s", (first, last)
+        ).fetchall()
+    assert {d for d, _s in rows} == {first, first + timedelta(days=1), last}
+    assert {s for _d, s in rows} == {"no_data"}

@@ -21,7 +21,7 @@ from tests.integration.test_vault import _postgres_admin
 
 SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
 TODAY = datetime.now(UTC).date()
-D1, D2, D3, D4 = (TODAY - timedelta(days=n) for n in (6, 5, 4, 3))
+D1, D2, D3, D4, D5 = (TODAY - timedelta(days=n) for n in (7, 6, 5, 4, 3))
 NORMAL = VersionTraffic(rps=100.0, error_ratio=0.00005, latency_median_s=0.05, latency_sigma=0.5)
 OUTAGE = VersionTraffic(rps=100.0, error_ratio=1.0, latency_median_s=0.05, latency_sigma=0.5)
 TRICKLE = VersionTraffic(rps=0.005, error_ratio=0.0, latency_median_s=0.05, latency_sigma=0.5)
@@ -36,6 +36,8 @@ SEGMENTS = [
     Segment(_ts(D2), _ts(D2, 1), {"stable": OUTAGE}),  # a one-hour outage
     Segment(_ts(D2, 1), _ts(D3), {"stable": NORMAL}),
     Segment(_ts(D3), _ts(D4), {"stable": TRICKLE}),  # low traffic; D4 has no series at all
+    Segment(_ts(D5), _ts(D5, 12), {"stable": NORMAL}),
+    Segment(_ts(D5, 12), _ts(D5, 24), {"stable": NORMAL}, reset=True),  # the exporter restarts at noon
 ]
 
 
@@ -125,6 +127,15 @@ def test_backfilled_range_matches_the_generators_truth(stack, history):
     assert rows[(D1, "throughput")]["throughput_mean"] == pytest.approx(100.0, rel=1e-6)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"slo_data_present": False}
+
+
+def test_counter_reset_mid_day_is_not_lost_traffic(stack, history):
+    _materialize(stack, history, D5, D5)
+    d5_total, d5_bad = _truth(SEGMENTS[4:6])
+    r = _rows(stack, history)[(D5, "availability")]
+    assert r["status"] == "ok"
+    assert r["events"] == pytest.approx(d5_total, rel=2e-3)  # increase() treats the drop as a reset
+    assert r["sli"] == pytest.approx(1 - d5_bad / d5_total, abs=2e-6)
 
 
 def test_a_clean_day_passes_the_data_check_and_reruns_are_idempotent(stack, history):

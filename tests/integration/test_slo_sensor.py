@@ -136,3 +136,4 @@ def test_stack_traffic_exporter_is_scraped(stack):
     finally:
         with_traffic.service("traffic").stop()
         stack.config.with_traffic = False
+        stack.config.save()  # `up` recorded the exporter in stack.json; the session stack runs without it

@@ -115,8 +115,22 @@ def slo_report(
         )
     targets = {s.name.split("-")[-1]: s.threshold_seconds for s in spec.slos if isinstance(s, LatencySlo)}
     missing = sorted({f"{r.slo} on {r.day}" for r in run.days if r.status == "no_data"})
+    # Numeric values of the last day: Dagster plots these across partitions in the asset's Plots view.
+    plotted: dict[str, float] = {}
+    for r in last:
+        if r.budget_consumed_30d is not None:
+            plotted[f"budget_remaining_30d/{r.slo}"] = round(1 - r.budget_consumed_30d, 6)
+        if r.sli is not None:
+            plotted[f"sli/{r.slo}"] = r.sli
+    latency_row = next((r for r in last if r.latency_p50 is not None), None)
+    if latency_row is not None:
+        for q in ("p50", "p95", "p99"):
+            value = getattr(latency_row, f"latency_{q}")
+            if value is not None:
+                plotted[f"latency_{q}_ms"] = round(value * 1000, 3)
     return dg.MaterializeResult(
         metadata={
+            **plotted,
             "days": (end - start).days + 1,
             "prometheus_queries": run.queries,
             "violated": dg.MetadataValue.json(

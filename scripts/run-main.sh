@@ -11,6 +11,8 @@ eval "$("$VENV/bin/cqox-platform" stack env)"
 # yesterday's SLO report (daily partitions; --partition-range A...B backfills).
 echo "materializing the asset graph (--select 'not group:datasets and not key:slo_report') ..." >&2
 "$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select 'not group:datasets and not key:slo_report'
+# A week of synthetic traffic history, so the first SLO report has real numbers and a chart (idempotent).
+"$VENV/bin/cqox-platform" slo backfill --days 7
 yesterday=$(date -u -d yesterday +%Y-%m-%d)
 echo "materializing slo_report for $yesterday ..." >&2
 "$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select slo_report --partition "$yesterday"

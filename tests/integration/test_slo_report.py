@@ -150,3 +150,17 @@ def test_a_clean_day_passes_the_data_check_and_reruns_are_idempotent(stack, hist
             "SELECT count(*) FROM slo_reports WHERE service = %s AND day = %s", (history["spec"].service, D1)
         ).fetchone()[0]
     assert count == len(history["spec"].slos)
+
+
+def test_cli_backfill_is_idempotent(stack):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **stack.env()}
+    argv = [sys.executable, "-m", "cqox_platform.cli", "slo", "backfill", "--days", "2"]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=400)
+    assert first.returncode == 0, first.stderr
+    assert "backfilled 2 day(s)" in first.stdout
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0 and "nothing to do" in second.stdout

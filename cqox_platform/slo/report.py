@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from cqox_platform.slo.budget import error_budget
 from cqox_platform.slo.rules import WINDOWS
-from cqox_platform.slo.spec import LatencySlo, RatioSlo, SloSpec, ThroughputSlo
+from cqox_platform.slo.spec import LatencySlo, RatioSlo, SloSpec, ThresholdSlo, ThroughputSlo
 
 QueryRange = Callable[[str, datetime, datetime, str], list[dict[str, Any]]]
 QUANTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
@@ -116,8 +116,8 @@ def compute_reports(
                 )
             continue
         budget = error_budget(slo.objective)
-        if isinstance(slo, RatioSlo) and slo.bad_query:
-            events_s, bad_s = total, None
+        if isinstance(slo, ThresholdSlo) or (isinstance(slo, RatioSlo) and slo.bad_query):
+            events_s, bad_s = total, None  # opaque queries: no event counts, status from the ratio alone
         elif isinstance(slo, RatioSlo):
             code = spec._matchers(f'{m.code_label}=~"{slo.bad_codes}"')
             events_s = total

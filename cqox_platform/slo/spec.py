@@ -60,6 +60,16 @@ class LatencySlo(_SloBase):
     threshold_seconds: float = Field(gt=0)
 
 
+class ThresholdSlo(_SloBase):
+    """OpenSLO threshold SLO: a query's value must satisfy ``op value`` in ``objective`` of the minutes."""
+
+    kind: Literal["threshold"]
+    objective: float = Field(gt=0, lt=1)
+    query: str
+    op: Literal["lt", "lte", "gt", "gte"]
+    value: float
+
+
 class ThroughputSlo(_SloBase):
     """Request rate: reported against its minimum and target; not an error-budget SLO."""
 
@@ -74,7 +84,9 @@ class ThroughputSlo(_SloBase):
         return self
 
 
-Slo = Annotated[RatioSlo | LatencySlo | ThroughputSlo, Field(discriminator="kind")]
+Slo = Annotated[RatioSlo | LatencySlo | ThresholdSlo | ThroughputSlo, Field(discriminator="kind")]
+BudgetedSlo = RatioSlo | LatencySlo | ThresholdSlo
+_PROM_OP = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
 class SloSpec(_Strict):
@@ -93,7 +105,7 @@ class SloSpec(_Strict):
         return self
 
     @property
-    def budgeted(self) -> list[RatioSlo | LatencySlo]:
+    def budgeted(self) -> list[BudgetedSlo]:
         """The SLOs with an error budget (everything but throughput)."""
         return [s for s in self.slos if not isinstance(s, ThroughputSlo)]
 
@@ -105,9 +117,13 @@ class SloSpec(_Strict):
             parts.append(extra)
         return "{" + ",".join(parts) + "}"
 
-    def error_ratio_query(self, slo: RatioSlo | LatencySlo, window: str) -> str:
+    def error_ratio_query(self, slo: BudgetedSlo, window: str) -> str:
         """PromQL for the share of bad events over ``window`` (e.g. ``5m``), by nothing: one series."""
         m = self.metrics
+        if isinstance(slo, ThresholdSlo):
+            # Time slices of one minute: the share of minutes in which the query broke its threshold.
+            good = f"(({slo.query}) {_PROM_OP[slo.op]} bool {slo.value!r})"
+            return f"1 - avg_over_time({good}[{window}:1m])"
         if isinstance(slo, RatioSlo):
             if slo.bad_query and slo.total_query:
                 bad, total = (q.replace("$window", window) for q in (slo.bad_query, slo.total_query))
@@ -137,7 +153,7 @@ def _prom_float(value: float) -> str:
 
 
 #: Pydantic puts the discriminator's branch into error locations; the YAML has no such level.
-_KIND_TAGS = {"ratio", "latency", "throughput"}
+_KIND_TAGS = {"ratio", "latency", "threshold", "throughput"}
 
 
 def _yaml_path(loc: tuple) -> tuple:
@@ -207,10 +223,11 @@ def _windowed(query: str) -> str:
 
 
 def load_openslo(path: Path, *, service: str | None = None, period_days: int = 30) -> SloSpec:
-    """OpenSLO v1 ``kind: SLO`` documents with ``ratioMetric`` indicators (Prometheus queries) as a spec.
+    """OpenSLO v1 ``kind: SLO`` documents with Prometheus ``ratioMetric`` or ``thresholdMetric`` indicators.
 
-    Queries may use ``[$window]``; OpenSLO itself has no window placeholder, so a query without one is used with
-    ``[5m]`` replaced by each window. Threshold (time-slice) SLOs are not supported yet and are refused by name.
+    Ratio queries may use ``[$window]``; OpenSLO itself has no window placeholder, so a query without one is used
+    with ``[5m]`` replaced by each window. A threshold SLO (objective ``op``/``value``/``target``) becomes a
+    one-minute time-slice SLO: the share of minutes in which the query met its threshold.
     """
     text = Path(path).read_text()
     slos = []
@@ -223,9 +240,25 @@ def load_openslo(path: Path, *, service: str | None = None, period_days: int = 3
         spec = doc.get("spec", {})
         indicator = (spec.get("indicator") or {}).get("spec", {})
         ratio = indicator.get("ratioMetric")
+        if ratio is None and "thresholdMetric" in indicator:
+            try:
+                objective = spec["objectives"][0]
+                slos.append(
+                    {
+                        "name": doc["metadata"]["name"],
+                        "description": spec.get("description", ""),
+                        "kind": "threshold",
+                        "objective": float(objective["target"]),
+                        "query": indicator["thresholdMetric"]["metricSource"]["spec"]["query"],
+                        "op": objective["op"],
+                        "value": float(objective["value"]),
+                    }
+                )
+            except (KeyError, TypeError, IndexError, ValueError) as exc:
+                raise SloSpecError(f"{where}: missing or malformed threshold field near {exc!s}.") from None
+            continue
         if ratio is None:
-            kind = "thresholdMetric" if "thresholdMetric" in indicator else "an unknown indicator"
-            raise SloSpecError(f"{where}, field spec.indicator.spec: {kind} is not supported; use ratioMetric.")
+            raise SloSpecError(f"{where}, field spec.indicator.spec: needs ratioMetric or thresholdMetric.")
         try:
             total = ratio["total"]["metricSource"]["spec"]["query"]
             bad_src = ratio.get("bad") or ratio.get("good")

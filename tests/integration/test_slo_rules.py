@@ -78,3 +78,15 @@ def test_asset_loads_the_rules_into_prometheus(stack):
     alerts = groups["cqox-engine-slo-alerts"]["rules"]
     assert {r["name"] for r in alerts} == {"SLOErrorBudgetBurnPage", "SLOErrorBudgetBurnTicket"}
     assert all(r["health"] in ("ok", "unknown") for r in alerts)
+
+
+def test_threshold_slos_generate_valid_timeslice_rules():
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["slos"].append(
+        {"name": "scrape-health", "kind": "threshold", "objective": 0.99, "query": "min(up)", "op": "gte", "value": 1}
+    )
+    from cqox_platform.slo.spec import parse_spec
+
+    validated = validate_rules(parse_spec(yaml.safe_dump(raw)))
+    assert validated.recording_rules == 6 * 7 and validated.alerting_rules == 12
+    assert "avg_over_time(((min(up)) >= bool 1.0)[1h:1m])" in validated.text

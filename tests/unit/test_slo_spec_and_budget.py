@@ -157,6 +157,32 @@ def test_openslo_ratio_slos_are_accepted_and_threshold_refused(tmp_path):
     assert slo.name == "checkout-availability" and slo.objective == 0.999
     query = spec.error_ratio_query(slo, "1h")
     assert "[1h]" in query and "[5m]" not in query and query.startswith("((sum(rate(http_requests_total[1h]))) -")
-    doc.write_text(doc.read_text().replace("ratioMetric:", "thresholdMetric:"))
-    with pytest.raises(SloSpecError, match="thresholdMetric is not supported"):
-        load_openslo(doc)
+
+    threshold = tmp_path / "threshold.yaml"
+    threshold.write_text(
+        textwrap.dedent("""\
+        apiVersion: openslo/v1
+        kind: SLO
+        metadata: {name: queue-latency}
+        spec:
+          service: estimator
+          indicator:
+            metadata: {name: queue-p95}
+            spec:
+              thresholdMetric:
+                metricSource:
+                  type: Prometheus
+                  spec: {query: 'histogram_quantile(0.95, sum by (le) (rate(queue_seconds_bucket[5m])))'}
+          timeWindow: [{duration: 30d, isRolling: true}]
+          budgetingMethod: Timeslices
+          objectives: [{op: lte, value: 2.5, target: 0.99}]
+    """)
+    )
+    spec = load_openslo(threshold)
+    (slo,) = spec.slos
+    assert slo.kind == "threshold" and (slo.op, slo.value, slo.objective) == ("lte", 2.5, 0.99)
+    query = spec.error_ratio_query(slo, "1h")
+    assert query.startswith("1 - avg_over_time(((histogram_quantile(0.95") and "<= bool 2.5)[1h:1m])" in query
+    threshold.write_text(threshold.read_text().replace("thresholdMetric:", "somethingElse:"))
+    with pytest.raises(SloSpecError, match="needs ratioMetric or thresholdMetric"):
+        load_openslo(threshold)

@@ -91,6 +91,10 @@ class VaultPermissionError(VaultError):
     """The token's policies do not allow the request."""
 
 
+class VaultNotFoundError(VaultError):
+    """The secret, key or path does not exist."""
+
+
 # --- datasets ------------------------------------------------------------------------------------------------
 
 

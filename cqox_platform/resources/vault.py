@@ -9,6 +9,7 @@ and no error message carries a token, key or secret value.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import time
@@ -23,7 +24,13 @@ import requests
 from pydantic import PrivateAttr
 
 from cqox_platform.crypto.keys import DataKey
-from cqox_platform.errors import VaultError, VaultPermissionError, VaultSealedError, VaultUnreachableError
+from cqox_platform.errors import (
+    VaultError,
+    VaultNotFoundError,
+    VaultPermissionError,
+    VaultSealedError,
+    VaultUnreachableError,
+)
 
 T = TypeVar("T")
 #: Renew the token when less than this share of its TTL is left.
@@ -91,10 +98,11 @@ class VaultResource(dg.ConfigurableResource):
             raise VaultPermissionError(
                 f"Vault denied {what}: the token's policies do not allow it ({_errors(exc)})."
             ) from None
+        except hvac.exceptions.InvalidPath:
+            raise VaultNotFoundError(f"Vault has nothing at the path used for {what} (404).") from None
         except hvac.exceptions.VaultError as exc:
-            raise VaultError(
-                f"Vault refused {what}: {_errors(exc)} (HTTP {getattr(exc, 'status_code', '?')})."
-            ) from None
+            # hvac's exception class is the HTTP status (InvalidRequest 400, InternalServerError 500, ...).
+            raise VaultError(f"Vault refused {what}: {_errors(exc)} ({type(exc).__name__}).") from None
 
     def client(self) -> hvac.Client:
         """An authenticated client, logged in once and renewed when its token nears expiry."""
@@ -182,11 +190,8 @@ class VaultResource(dg.ConfigurableResource):
     def rotate_secret(self, path: str, field: str = "value", nbytes: int = 32) -> int:
         """Replace ``field`` with fresh random bytes (base64); returns the new version. The value is never returned."""
         current: dict[str, Any] = {}
-        try:
+        with contextlib.suppress(VaultNotFoundError):  # rotating a secret that does not exist yet creates it
             current = self.read_secret(path)
-        except VaultError as exc:
-            if "404" not in str(exc) and "None" not in str(exc):
-                raise
         return self.write_secret(path, {**current, field: base64.b64encode(secrets.token_bytes(nbytes)).decode()})
 
     # --- Transit ---------------------------------------------------------------------------------------------

@@ -290,3 +290,15 @@ def test_platform_token_is_renewed_before_it_expires(stack, configured):
     vault.datakey("cqox-datasets")
     assert vault._token_expires_at > 0
     assert client.token == token  # renewed in place, not a new login
+
+
+def test_kv_secrets_write_read_and_rotate_without_returning_values(stack, configured):
+    vault = _platform(stack)
+    path = f"cqox/test-{os.getpid()}"
+    with pytest.raises(VaultError, match="nothing at the path"):
+        vault.read_secret(path)
+    assert vault.rotate_secret(path) == 1  # creates it
+    first = vault.read_secret(path)["value"]
+    assert len(base64.b64decode(first)) == 32
+    assert vault.rotate_secret(path) == 2
+    assert vault.read_secret(path)["value"] != first

@@ -8,14 +8,16 @@ VENV="${CQOX_VENV:-.venv}"
 eval "$("$VENV/bin/cqox-platform" stack env)"
 # Every unpartitioned asset except group `datasets` (encrypted_datasets has one partition per upload, which the
 # upload sensor materializes; dataset_key_rotation rotates keys, which a routine run should not do), then
-# yesterday's SLO report (daily partitions; --partition-range A...B backfills).
+# the SLO reports of the last seven days, backfilled as one run (daily partitions, BackfillPolicy.single_run).
 echo "materializing the asset graph (--select 'not group:datasets and not key:slo_report') ..." >&2
 "$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select 'not group:datasets and not key:slo_report'
 # A week of synthetic traffic history, so the first SLO report has real numbers and a chart (idempotent).
 "$VENV/bin/cqox-platform" slo backfill --days 7
+first=$(date -u -d '7 days ago' +%Y-%m-%d)
 yesterday=$(date -u -d yesterday +%Y-%m-%d)
-echo "materializing slo_report for $yesterday ..." >&2
-"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select slo_report --partition "$yesterday"
+echo "materializing slo_report for $first...$yesterday (one run) ..." >&2
+"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select slo_report \
+  --partition-range "$first...$yesterday"
 cat <<MSG
 
 Done. Dagster UI: ${CQOX_DAGSTER_URL:-http://127.0.0.1:3000} (runs, asset graph, checks, schedules)

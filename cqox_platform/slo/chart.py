@@ -44,7 +44,10 @@ def _panel(
             f'<line x1="{PAD}" y1="{y(value):.1f}" x2="{W - PAD}" y2="{y(value):.1f}" stroke="{color}" '
             f'stroke-dasharray="5,4" opacity="0.6"/>'
         )
-        out.append(f'<text x="{W - PAD + 2}" y="{y(value) + 3:.1f}" font-size="9" fill="{color}">{escape(name)}</text>')
+        out.append(
+            f'<text x="{W - PAD}" y="{y(value) - 3:.1f}" font-size="10" text-anchor="end" fill="{color}">'
+            f"{escape(name)}</text>"
+        )
     for i, (name, points) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         if points:

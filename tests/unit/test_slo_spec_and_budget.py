@@ -186,3 +186,44 @@ def test_openslo_ratio_slos_are_accepted_and_threshold_refused(tmp_path):
     threshold.write_text(threshold.read_text().replace("thresholdMetric:", "somethingElse:"))
     with pytest.raises(SloSpecError, match="needs ratioMetric or thresholdMetric"):
         load_openslo(threshold)
+
+
+def test_chart_is_valid_svg_with_a_line_per_slo_and_target_lines():
+    import base64
+    import xml.etree.ElementTree as ET
+    from datetime import date, timedelta
+
+    from cqox_platform.slo.chart import render_svg, svg_markdown
+
+    history = []
+    for i in range(5):
+        day = date(2026, 11, 1) + timedelta(days=i)
+        history.append(
+            {
+                "day": day,
+                "slo": "availability",
+                "kind": "ratio",
+                "budget_consumed_30d": 0.1 * i,
+                "p50": None,
+                "p95": None,
+                "p99": None,
+            }
+        )
+        history.append(
+            {
+                "day": day,
+                "slo": "latency-p95",
+                "kind": "latency",
+                "budget_consumed_30d": 0.05,
+                "p50": 0.08,
+                "p95": 0.2,
+                "p99": 0.9,
+            }
+        )
+    svg = render_svg(history, {"p50": 0.1, "p95": 0.5, "p99": 1.0})
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}polyline")) == 2 + 3  # two budget lines, three percentiles
+    assert "2026-11-01 to 2026-11-05" in svg and "p95 target" in svg
+    md = svg_markdown(svg)
+    assert base64.b64decode(md.split("base64,", 1)[1].rstrip(")")).decode() == svg

@@ -23,7 +23,7 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 def main() -> None:
-    """Reliability platform for CQOx: local stack, schema, backups, SLOs, canaries."""
+    """Reliability platform for CQOx: local stack, encryption, datasets, SLOs."""
 
 
 # --- stack ---------------------------------------------------------------------------------------------------

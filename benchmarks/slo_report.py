@@ -29,16 +29,16 @@ SPEC = Path(__file__).resolve().parents[1] / "slo" / "slos.yaml"
 
 def naive(prometheus: PrometheusResource, spec, days: list[date]) -> tuple[dict, int]:
     """One instant query per metric per hour, summed into days: the cron-script way."""
-    m, sel = spec.metrics, spec._matchers()
+    m, sel = spec.metrics, spec.matchers()
     metrics = {"total": f"{m.requests_total}{sel}", "count": f"{m.duration_seconds}_count{sel}"}
     for slo in spec.budgeted:
         if isinstance(slo, RatioSlo):
             metrics[slo.name] = (
-                f"{m.requests_total}{spec._matchers(f'{m.code_label}=~{chr(34)}{slo.bad_codes}{chr(34)}')}"
+                f"{m.requests_total}{spec.matchers(f'{m.code_label}=~{chr(34)}{slo.bad_codes}{chr(34)}')}"
             )
         elif isinstance(slo, LatencySlo):
             metrics[slo.name] = (
-                f"{m.duration_seconds}_bucket{spec._matchers(f'le={chr(34)}{slo.threshold_seconds!r}{chr(34)}')}"
+                f"{m.duration_seconds}_bucket{spec.matchers(f'le={chr(34)}{slo.threshold_seconds!r}{chr(34)}')}"
             )
     queries, sums = 0, {}
     for d in days:

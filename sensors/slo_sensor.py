@@ -1,16 +1,15 @@
 """The error-budget sensor: burn rates every 5 minutes, gauges to the Pushgateway, incident runs on a page."""
 
-import json
 import time
 from pathlib import Path
 
 import dagster as dg
-import requests
 
 from assets.slo import DEFAULT_SPEC
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.slo.burn import current_burn, push_gauges
+from cqox_platform.slo.incidents import notify_webhook, record_incident
 from cqox_platform.slo.spec import load_spec
 
 
@@ -34,19 +33,10 @@ def record_slo_incident(context: dg.OpExecutionContext, config: IncidentConfig, 
         "run_id": context.run_id,
     }
     with postgres.connect(autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO audit_log (user_id, action, resource, details) VALUES ('cqox-platform', 'slo.incident', "
-            "%s, %s)",
-            (config.slo, json.dumps(details)),
-        )
+        record_incident(conn, config.slo, details)
     if config.webhook_url:
-        response = requests.post(
-            config.webhook_url,
-            json={"text": f"SLO {config.slo} burning its error budget ({config.severity})", **details},
-            timeout=10,
-        )
-        response.raise_for_status()
-        context.log.info(f"notified {config.webhook_url.split('?')[0]} (HTTP {response.status_code})")
+        status = notify_webhook(config.webhook_url, config.slo, config.severity, details)
+        context.log.info(f"notified {config.webhook_url.split('?')[0]} (HTTP {status})")
     context.log.warning(f"SLO incident recorded for {config.slo}: burn {config.burn_rates}")
 
 

@@ -157,15 +157,6 @@ class VaultResource(dg.ConfigurableResource):
             )
         return json.loads(_read_private(self.approle_file, "AppRole credentials file"))
 
-    def health(self) -> dict[str, Any]:
-        """Unauthenticated seal/health status."""
-        verify: str | bool = self.cacert if self.cacert else True
-        client = hvac.Client(url=self.addr, verify=verify, timeout=self.timeout)
-        return self.call(
-            "reading health",
-            lambda: client.sys.read_health_status(method="GET", standby_ok=True, sealed_code=200, uninit_code=200),
-        )
-
     # --- KV v2 -----------------------------------------------------------------------------------------------
 
     def read_secret(self, path: str) -> dict[str, Any]:

@@ -6,7 +6,9 @@ second run changes nothing. The report lists engines, policies and key versions,
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,9 +185,6 @@ def _configure_database(client: hvac.Client, state: VaultState, db: DatabaseEngi
 
 
 def _ensure_kv_secret(client: hvac.Client, path: str, state: VaultState) -> None:
-    import base64
-    import secrets
-
     try:
         client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)
     except hvac.exceptions.InvalidPath:

@@ -8,7 +8,6 @@ resets. A day whose total series is absent is ``no_data`` (never counted as good
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,10 +85,10 @@ def compute_reports(
         return _Series(query_range(expr, _day_end(first), _day_end(end), "1d"))
 
     m = spec.metrics
-    sel = spec._matchers()
-    total = q(f"sum(increase({m.requests_total}{sel}[1d]))", month_start)
-    peak = q(f"max_over_time(sum(rate({m.requests_total}{sel}[5m]))[1d:1m])")
-    count = f"{m.duration_seconds}_count{sel}"
+    sel = spec.matchers()
+    total_query = spec.throughput_query("1d", fn="increase")
+    total = q(total_query, month_start)
+    peak = q(f"max_over_time({spec.throughput_query('5m')}[1d:1m])")
     quantiles = {
         name: q(f"histogram_quantile({value}, sum by (le) (increase({m.duration_seconds}_bucket{sel}[1d])))")
         for name, value in QUANTILES.items()
@@ -118,17 +117,10 @@ def compute_reports(
         budget = error_budget(slo.objective)
         if isinstance(slo, ThresholdSlo) or (isinstance(slo, RatioSlo) and slo.bad_query):
             events_s, bad_s = total, None  # opaque queries: no event counts, status from the ratio alone
-        elif isinstance(slo, RatioSlo):
-            code = spec._matchers(f'{m.code_label}=~"{slo.bad_codes}"')
-            events_s = total
-            bad_s = q(
-                f"sum(increase({m.requests_total}{code}[1d])) or (sum(increase({m.requests_total}{sel}[1d])) * 0)",
-                month_start,
-            )
         else:
-            le = spec._matchers(f'le="{slo.threshold_seconds!r}"')
-            events_s = q(f"sum(increase({count}[1d]))", month_start)
-            bad_s = q(f"sum(increase({count}[1d])) - sum(increase({m.duration_seconds}_bucket{le}[1d]))", month_start)
+            bad_query, events_query = spec.event_queries(slo, "1d", fn="increase")
+            events_s = total if events_query == total_query else q(events_query, month_start)
+            bad_s = q(bad_query, month_start)
         ratio_1d = q(spec.error_ratio_query(slo, "1d"))
         ratio_period = q(spec.error_ratio_query(slo, f"{spec.period_days}d"))
         burns = {w: q(spec.error_ratio_query(slo, w)) for w in WINDOWS}
@@ -215,7 +207,3 @@ def history(conn: psycopg.Connection, service: str, until: date, days: int = 30)
     ).fetchall()
     keys = ("day", "slo", "kind", "status", "objective", "sli", "budget_consumed_30d", "p50", "p95", "p99")
     return [dict(zip(keys, r, strict=True)) for r in rows]
-
-
-def to_json(rows: list[SloDay]) -> str:
-    return json.dumps([{**r.__dict__, "day": r.day.isoformat()} for r in rows], default=str)

@@ -111,37 +111,43 @@ class SloSpec(_Strict):
 
     # --- PromQL ---------------------------------------------------------------------------------------------
 
-    def _matchers(self, extra: str = "") -> str:
+    def matchers(self, extra: str = "") -> str:
+        """The spec's label selector, plus ``extra`` (``code=~"5.."``), as ``{...}``."""
         parts = [f'{k}="{v}"' for k, v in sorted(self.selector.items())]
         if extra:
             parts.append(extra)
         return "{" + ",".join(parts) + "}"
 
+    def event_queries(self, slo: RatioSlo | LatencySlo, window: str, fn: str = "rate") -> tuple[str, str]:
+        """(bad, total) events over ``window``: per second with ``rate``, counts with ``increase``.
+
+        A missing bad series counts as zero (``or vector(0)``); a missing total leaves the ratio without data.
+        """
+        m = self.metrics
+        if isinstance(slo, RatioSlo):
+            code = f'{m.code_label}=~"{slo.bad_codes}"'
+            bad = f"(sum({fn}({m.requests_total}{self.matchers(code)}[{window}])) or vector(0))"
+            return bad, self.throughput_query(window, fn)
+        le = f'le="{_prom_float(slo.threshold_seconds)}"'
+        total = f"sum({fn}({m.duration_seconds}_count{self.matchers()}[{window}]))"
+        good = f"sum({fn}({m.duration_seconds}_bucket{self.matchers(le)}[{window}]))"
+        return f"({total} - {good})", total
+
     def error_ratio_query(self, slo: BudgetedSlo, window: str) -> str:
         """PromQL for the share of bad events over ``window`` (e.g. ``5m``), by nothing: one series."""
-        m = self.metrics
         if isinstance(slo, ThresholdSlo):
             # Time slices of one minute: the share of minutes in which the query broke its threshold.
             good = f"(({slo.query}) {_PROM_OP[slo.op]} bool {slo.value!r})"
             return f"1 - avg_over_time({good}[{window}:1m])"
-        if isinstance(slo, RatioSlo):
-            if slo.bad_query and slo.total_query:
-                bad, total = (q.replace("$window", window) for q in (slo.bad_query, slo.total_query))
-                return f"({bad}) / ({total})"
-            code = f'{m.code_label}=~"{slo.bad_codes}"'
-            # `or vector(0)`: no bad series at all means zero errors; a missing total still yields no data.
-            return (
-                f"(sum(rate({m.requests_total}{self._matchers(code)}[{window}])) or vector(0))"
-                f" / sum(rate({m.requests_total}{self._matchers()}[{window}]))"
-            )
-        le = f'le="{_prom_float(slo.threshold_seconds)}"'
-        return (
-            f"1 - (sum(rate({m.duration_seconds}_bucket{self._matchers(le)}[{window}]))"
-            f" / sum(rate({m.duration_seconds}_count{self._matchers()}[{window}])))"
-        )
+        if isinstance(slo, RatioSlo) and slo.bad_query and slo.total_query:
+            bad, total = (q.replace("$window", window) for q in (slo.bad_query, slo.total_query))
+            return f"({bad}) / ({total})"
+        bad, total = self.event_queries(slo, window)
+        return f"{bad} / {total}"
 
-    def throughput_query(self, window: str) -> str:
-        return f"sum(rate({self.metrics.requests_total}{self._matchers()}[{window}]))"
+    def throughput_query(self, window: str, fn: str = "rate") -> str:
+        """All requests over ``window``: requests per second with ``rate``, a count with ``increase``."""
+        return f"sum({fn}({self.metrics.requests_total}{self.matchers()}[{window}]))"
 
 
 def _prom_float(value: float) -> str:

@@ -10,7 +10,7 @@ from dagster_aws.s3 import S3Resource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.secrets.transport import TlsProbe, probe_tls
-from cqox_platform.secrets.vault_setup import DatabaseEngineSettings, configure_vault
+from cqox_platform.secrets.vault_setup import ArchiverSetup, DatabaseEngineSettings, configure_vault
 
 GROUP = "security"
 
@@ -23,19 +23,25 @@ class VaultConfigSettings(dg.Config):
     db_owner_role: str = "cqox_admin"
     db_default_ttl: str = "1h"
     db_max_ttl: str = "24h"
+    #: The WAL archiver's settings file; empty: take CQOX_WAL_ARCHIVER_CONFIG, and skip if that is unset too.
+    archiver_settings_file: str = ""
+    archiver_os_user: str = "postgres"
+    backup_bucket: str = ""  # empty: CQOX_S3_BUCKET
 
 
 @dg.asset(
     group_name=GROUP,
     kinds={"vault"},
-    description="Vault as code: KV v2, Transit key cqox-datasets, policies from deploy/vault/policies, the "
-    "platform's AppRole, audit device, and the database secrets engine for short-lived PostgreSQL users.",
+    description="Vault as code: KV v2, Transit keys cqox-datasets and cqox-backups, policies from "
+    "deploy/vault/policies, the platform's and the WAL archiver's AppRoles, audit device, and the database secrets "
+    "engine for short-lived PostgreSQL users.",
 )
 def vault_config(
     context: dg.AssetExecutionContext,
     config: VaultConfigSettings,
     vault_admin: VaultResource,
     postgres_admin: PostgresResource,
+    s3: S3Resource,
 ) -> dg.MaterializeResult:
     database = None
     if config.configure_database:
@@ -50,11 +56,16 @@ def vault_config(
             default_ttl=config.db_default_ttl,
             max_ttl=config.db_max_ttl,
         )
+    archiver = _archiver_setup(context, config, vault_admin, s3)
     client = vault_admin.client()
     state = vault_admin.call(
         "configuring Vault",
         lambda: configure_vault(
-            client, verify=vault_admin.cacert or True, approle_file=Path(config.approle_file), database=database
+            client,
+            verify=vault_admin.cacert or True,
+            approle_file=Path(config.approle_file),
+            database=database,
+            archiver=archiver,
         ),
     )
     for change in state.changed:
@@ -70,6 +81,33 @@ def vault_config(
             "database_roles": dg.MetadataValue.json(state.database_roles),
             "changed_this_run": dg.MetadataValue.json(state.changed),
         }
+    )
+
+
+def _archiver_setup(
+    context: dg.AssetExecutionContext, config: VaultConfigSettings, vault_admin: VaultResource, s3: S3Resource
+) -> ArchiverSetup | None:
+    """The WAL archiver's identity and S3 target, or ``None`` (logged) when no archiver is configured here."""
+    settings_file = config.archiver_settings_file or os.environ.get("CQOX_WAL_ARCHIVER_CONFIG", "")
+    bucket = config.backup_bucket or os.environ.get("CQOX_S3_BUCKET", "")
+    if not settings_file or not bucket or not s3.endpoint_url:
+        context.log.warning("no WAL archiver settings file, bucket or S3 endpoint configured: skipping the archiver")
+        return None
+    import boto3
+
+    credentials = boto3.Session(profile_name=s3.profile_name).get_credentials()
+    if credentials is None:
+        raise dg.Failure("no S3 credentials found for the backup bucket (AWS_PROFILE / AWS_SHARED_CREDENTIALS_FILE).")
+    frozen = credentials.get_frozen_credentials()
+    return ArchiverSetup(
+        settings_file=Path(settings_file),
+        os_user=config.archiver_os_user,
+        s3_endpoint=s3.endpoint_url,
+        s3_cacert=os.environ.get("AWS_CA_BUNDLE", ""),
+        bucket=bucket,
+        access_key_id=frozen.access_key,
+        secret_access_key=frozen.secret_key,
+        vault_cacert=vault_admin.cacert or "",
     )
 
 

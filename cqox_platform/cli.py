@@ -304,5 +304,13 @@ def _print_status(statuses) -> None:
         click.echo(f"{s.name:<16}{state}{s.port or '-'!s:<7}{s.pid or '-'!s:<9}{s.url:<48}{s.log}")
 
 
+def _register_subcommands() -> None:
+    from cqox_platform import cli_backup
+
+    cli_backup.register(main)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ DEBIAN_PACKAGES=(
   postgresql-15 postgresql-15-partman postgresql-15-pgaudit postgresql-client-15
   prometheus prometheus-pushgateway
   openssl iproute2 util-linux python3 python3-venv
+  pgbackrest
 )
 
 missing=()
@@ -31,8 +32,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   rm -f /usr/sbin/policy-rc.d
 fi
 
-PYTHON="${PYTHON:-python3}"
+# PostgreSQL's archive_command and restore_command run `cqox-platform wal-push/wal-fetch` as the postgres OS
+# user, so the virtualenv's interpreter must be one that user can execute: prefer Debian's /usr/bin/python3
+# over an interpreter under a private home directory (pyenv in /root, for instance).
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+fi
 VENV="${CQOX_VENV:-.venv}"
+if [ -f "$VENV/pyvenv.cfg" ] && [ "$(sed -n 's/^home = //p' "$VENV/pyvenv.cfg")" != "$(dirname "$(command -v "$PYTHON")")" ]; then
+  echo "bootstrap: $VENV was made with another interpreter; recreating it with $PYTHON" >&2
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating virtualenv $VENV" >&2
   "$PYTHON" -m venv "$VENV"

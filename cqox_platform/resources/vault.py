@@ -19,18 +19,11 @@ from typing import Any, TypeVar
 
 import dagster as dg
 import hvac
-import hvac.exceptions
-import requests
 from pydantic import PrivateAttr
 
 from cqox_platform.crypto.keys import DataKey
-from cqox_platform.errors import (
-    VaultError,
-    VaultNotFoundError,
-    VaultPermissionError,
-    VaultSealedError,
-    VaultUnreachableError,
-)
+from cqox_platform.errors import VaultError, VaultNotFoundError
+from cqox_platform.secrets.vault_errors import vault_call
 
 T = TypeVar("T")
 #: Renew the token when less than this share of its TTL is left.
@@ -78,31 +71,7 @@ class VaultResource(dg.ConfigurableResource):
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run one request, translating transport and HTTP failures into the platform's errors."""
-        try:
-            return fn()
-        except requests.exceptions.SSLError as exc:
-            raise VaultUnreachableError(
-                f"TLS to Vault at {self.addr} failed while {what}: the certificate did not verify against "
-                f"{self.cacert or 'the system CAs'} ({type(exc).__name__})."
-            ) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise VaultUnreachableError(
-                f"Vault at {self.addr} is unreachable while {what} ({type(exc).__name__}); is it running? "
-                f"(`cqox-platform stack status`)"
-            ) from None
-        except hvac.exceptions.VaultDown:
-            raise VaultSealedError(
-                f"Vault at {self.addr} is sealed while {what}; unseal it (`cqox-platform stack up` does locally)."
-            ) from None
-        except hvac.exceptions.Forbidden as exc:
-            raise VaultPermissionError(
-                f"Vault denied {what}: the token's policies do not allow it ({_errors(exc)})."
-            ) from None
-        except hvac.exceptions.InvalidPath:
-            raise VaultNotFoundError(f"Vault has nothing at the path used for {what} (404).") from None
-        except hvac.exceptions.VaultError as exc:
-            # hvac's exception class is the HTTP status (InvalidRequest 400, InternalServerError 500, ...).
-            raise VaultError(f"Vault refused {what}: {_errors(exc)} ({type(exc).__name__}).") from None
+        return vault_call(self.addr, self.cacert, what, fn)
 
     def client(self) -> hvac.Client:
         """An authenticated client, logged in once and renewed when its token nears expiry."""
@@ -294,11 +263,6 @@ class TransitKeyProvider:
 
     def unwrap(self, wrapped: str) -> bytes:
         return self.vault.decrypt(self.key_name, wrapped)
-
-
-def _errors(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    return "; ".join(str(e) for e in errors) if errors else type(exc).__name__
 
 
 def _read_private(path: str, what: str) -> str:

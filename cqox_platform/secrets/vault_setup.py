@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
-from cqox_platform.errors import VaultError
+from cqox_platform.backup.archiver_settings import ARCHIVER_APPROLE, BACKUPS_KEY, ArchiverSettings
+from cqox_platform.backup.archiver_settings import S3_SECRET_PATH as ARCHIVER_S3_SECRET
+from cqox_platform.errors import CqoxError, VaultError
 from cqox_platform.stack.files import write_private
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "vault" / "policies"
@@ -56,6 +59,20 @@ class DatabaseEngineSettings:
     owner_role: str
     default_ttl: str = "1h"
     max_ttl: str = "24h"
+
+
+@dataclass(frozen=True)
+class ArchiverSetup:
+    """What PostgreSQL's WAL archiver needs: where its settings file goes, who owns it, and the S3 target."""
+
+    settings_file: Path
+    os_user: str
+    s3_endpoint: str
+    s3_cacert: str
+    bucket: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    vault_cacert: str = ""
 
 
 @dataclass
@@ -108,13 +125,19 @@ def _apply_policies(client: hvac.Client, state: VaultState, policy_dir: Path) ->
         state.policies.append(name)
 
 
-def _ensure_approle(client: hvac.Client, state: VaultState, creds_file: Path, addr: str, verify) -> None:
+def _ensure_approle(
+    client: hvac.Client, state: VaultState, creds_file: Path, addr: str, verify, role: str = APPROLE
+) -> dict[str, str] | None:
+    """Create or update AppRole ``role`` (policy of the same name); issue a secret id unless the file's works.
+
+    Returns fresh credentials when it issued them (the caller writes them), ``None`` when the file is current.
+    """
     if "approle/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method(method_type="approle", path="approle")
         state.changed.append("enabled approle auth")
     client.auth.approle.create_or_update_approle(
-        role_name=APPROLE,
-        token_policies=[APPROLE],
+        role_name=role,
+        token_policies=[role],
         token_ttl="1h",
         token_max_ttl="4h",
         token_type="service",
@@ -122,12 +145,12 @@ def _ensure_approle(client: hvac.Client, state: VaultState, creds_file: Path, ad
         secret_id_num_uses=0,
     )
     state.auth_methods = sorted(client.sys.list_auth_methods()["data"])
-    role_id = client.auth.approle.read_role_id(role_name=APPROLE)["data"]["role_id"]
+    role_id = client.auth.approle.read_role_id(role_name=role)["data"]["role_id"]
     if creds_file.exists() and _approle_login_works(creds_file, role_id, addr, verify):
-        return
-    secret_id = client.auth.approle.generate_secret_id(role_name=APPROLE)["data"]["secret_id"]
-    write_private(creds_file, json.dumps({"role_id": role_id, "secret_id": secret_id}))
-    state.changed.append(f"issued a secret id for AppRole {APPROLE} (written to {creds_file})")
+        return None
+    secret_id = client.auth.approle.generate_secret_id(role_name=role)["data"]["secret_id"]
+    state.changed.append(f"issued a secret id for AppRole {role} (written to {creds_file})")
+    return {"role_id": role_id, "secret_id": secret_id}
 
 
 def _approle_login_works(creds_file: Path, role_id: str, addr: str, verify) -> bool:
@@ -193,6 +216,54 @@ def _ensure_kv_secret(client: hvac.Client, path: str, state: VaultState) -> None
         state.changed.append(f"created secret secret/{path}")
 
 
+def _configure_archiver(client: hvac.Client, state: VaultState, setup: ArchiverSetup, verify) -> None:
+    """The WAL archiver's AppRole, its S3 credentials in KV, and its settings file owned by PostgreSQL's user."""
+    import pwd
+
+    wanted = {"access_key_id": setup.access_key_id, "secret_access_key": setup.secret_access_key}
+    try:
+        current = client.secrets.kv.v2.read_secret_version(
+            path=ARCHIVER_S3_SECRET, mount_point="secret", raise_on_deleted_version=True
+        )["data"]["data"]
+    except hvac.exceptions.InvalidPath:
+        current = None
+    if current != wanted:
+        client.secrets.kv.v2.create_or_update_secret(path=ARCHIVER_S3_SECRET, secret=wanted, mount_point="secret")
+        state.changed.append(f"stored the backup bucket's S3 credentials in secret/{ARCHIVER_S3_SECRET}")
+    settings_ok = False
+    if setup.settings_file.exists():
+        try:
+            existing = ArchiverSettings.load(setup.settings_file)
+            settings_ok = (
+                existing.s3_endpoint == setup.s3_endpoint
+                and existing.bucket == setup.bucket
+                and existing.vault_addr == client.url
+                and existing.vault_cacert == setup.vault_cacert
+                and existing.s3_cacert == setup.s3_cacert
+            )
+        except CqoxError:
+            settings_ok = False
+    fresh = _ensure_approle(client, state, setup.settings_file, client.url, verify, role=ARCHIVER_APPROLE)
+    if settings_ok and fresh is None:
+        return
+    if fresh is None:  # the settings changed but the secret id still works: keep it
+        existing = ArchiverSettings.load(setup.settings_file)
+        fresh = {"role_id": existing.role_id, "secret_id": existing.secret_id}
+    settings = ArchiverSettings(
+        vault_addr=client.url,
+        vault_cacert=setup.vault_cacert,
+        role_id=fresh["role_id"],
+        secret_id=fresh["secret_id"],
+        s3_endpoint=setup.s3_endpoint,
+        s3_cacert=setup.s3_cacert,
+        bucket=setup.bucket,
+    )
+    write_private(setup.settings_file, settings.to_json())
+    user = pwd.getpwnam(setup.os_user)
+    os.chown(setup.settings_file, user.pw_uid, user.pw_gid)
+    state.changed.append(f"wrote the WAL archiver's settings {setup.settings_file} (owner {setup.os_user})")
+
+
 def configure_vault(
     client: hvac.Client,
     *,
@@ -200,6 +271,7 @@ def configure_vault(
     approle_file: Path,
     database: DatabaseEngineSettings | None,
     policy_dir: Path = POLICY_DIR,
+    archiver: ArchiverSetup | None = None,
 ) -> VaultState:
     """Apply the platform's Vault configuration; return what exists afterwards and what this run changed."""
     state = VaultState()
@@ -207,9 +279,14 @@ def configure_vault(
     _ensure_mount(client, "transit", "transit", state)
     _ensure_mount(client, "database", "database", state)
     _ensure_transit_key(client, DATASETS_KEY, state)
+    _ensure_transit_key(client, BACKUPS_KEY, state)
     _ensure_kv_secret(client, DATASET_PATH_KEY, state)
     _apply_policies(client, state, policy_dir)
-    _ensure_approle(client, state, approle_file, client.url, verify)
+    fresh = _ensure_approle(client, state, approle_file, client.url, verify)
+    if fresh is not None:
+        write_private(approle_file, json.dumps(fresh))
+    if archiver is not None:
+        _configure_archiver(client, state, archiver, verify)
     _check_audit(client, state)
     if database is not None:
         _configure_database(client, state, database)

@@ -14,8 +14,11 @@ import hmac
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -42,6 +45,12 @@ def scram_sha256_verifier(password: str, iterations: int = 4096) -> str:
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
+def platform_cli() -> Path:
+    """The ``cqox-platform`` executable of the running installation (override: CQOX_PLATFORM_CLI)."""
+    override = os.environ.get("CQOX_PLATFORM_CLI")
+    return Path(override) if override else Path(sys.executable).parent / "cqox-platform"
+
+
 class PostgresService(Service):
     name = "postgres"
     binaries = ("initdb", "pg_ctl", "postgres", "psql")
@@ -56,9 +65,17 @@ class PostgresService(Service):
         return self.home / "sock"
 
     @property
-    def wal_archive_dir(self) -> Path:
-        """Interim local WAL archive; the backups issue replaces it with encrypted S3 ``wal-push``."""
-        return self.home / "wal-archive"
+    def archiver_dir(self) -> Path:
+        """The WAL archiver's settings (written by ``vault_config``), private to the postgres OS user."""
+        return self.home / "archiver"
+
+    @property
+    def archiver_settings(self) -> Path:
+        return self.archiver_dir / "archiver.json"
+
+    def archive_command(self) -> str:
+        """``cqox-platform wal-push %p`` from this installation, with the archiver's settings file."""
+        return f"{shlex.quote(str(platform_cli()))} wal-push %p --config {shlex.quote(str(self.archiver_settings))}"
 
     @property
     def log_path(self) -> Path:
@@ -114,7 +131,7 @@ class PostgresService(Service):
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _prepare_dirs(self) -> None:
-        for directory in (self.home, self.socket_dir, self.wal_archive_dir):
+        for directory in (self.home, self.socket_dir, self.archiver_dir):
             directory.mkdir(parents=True, exist_ok=True)
             self._own(directory, 0o700)
         if os.geteuid() == 0:
@@ -130,6 +147,14 @@ class PostgresService(Service):
                 raise StackDirError(
                     f"the postgres OS user cannot write {self.home}: every parent directory needs o+x "
                     f"(chmod o+x on each), or choose a stack directory under /tmp with --dir."
+                )
+            # archive_command runs the platform's CLI as that user too: its interpreter must be reachable.
+            probe = self._as_pg_user([str(platform_cli()), "--help"])
+            if subprocess.run(probe, capture_output=True).returncode != 0:
+                raise StackDirError(
+                    f"the postgres OS user cannot run {platform_cli()} (PostgreSQL's archive_command): the "
+                    f"virtualenv and its interpreter must be readable by it. Recreate the virtualenv with "
+                    f"/usr/bin/python3 (scripts/bootstrap.sh does) in a directory whose parents have o+x."
                 )
 
     def _ensure_password(self) -> str:
@@ -178,7 +203,7 @@ ssl_min_protocol_version = 'TLSv1.3'
 password_encryption = 'scram-sha-256'
 wal_level = replica
 archive_mode = on
-archive_command = 'test ! -f {self.wal_archive_dir}/%f && cp %p {self.wal_archive_dir}/%f'
+archive_command = '{self.archive_command().replace("'", "''")}'
 archive_timeout = '5min'
 max_wal_senders = 10
 shared_preload_libraries = 'pgaudit'
@@ -300,6 +325,8 @@ CREATE EXTENSION IF NOT EXISTS pgaudit;
                 f"sslmode=verify-full sslrootcert={tls.ca_cert} passfile={self.passfile}"
             ),
             "CQOX_DAGSTER_PG_DB": DAGSTER_DB_NAME,
+            "CQOX_PG_DATA": str(self.data_dir),
+            "CQOX_WAL_ARCHIVER_CONFIG": str(self.archiver_settings),
             # The Vault database role the platform logs in with once `vault_config` has configured it.
             "CQOX_PG_VAULT_ROLE": "cqox-platform",
             # libpq's own variables, so psql and Dagster's psycopg2 connect verified with no extra flags.

@@ -7,6 +7,10 @@ path "transit/datakey/plaintext/cqox-datasets" { capabilities = ["update"] }
 path "transit/decrypt/cqox-datasets"           { capabilities = ["update"] }
 path "transit/rewrap/cqox-datasets"            { capabilities = ["update"] }
 path "transit/keys/cqox-datasets"              { capabilities = ["read"] }
+path "transit/datakey/plaintext/cqox-backups"  { capabilities = ["update"] }
+path "transit/decrypt/cqox-backups"            { capabilities = ["update"] }
+path "transit/rewrap/cqox-backups"             { capabilities = ["update"] }
+path "transit/keys/cqox-backups"               { capabilities = ["read"] }
 
 # Key rotation job: rotate and raise min_decryption_version; never delete or export.
 path "transit/keys/cqox-datasets/rotate" { capabilities = ["update"] }

@@ -34,14 +34,20 @@ _pgdata = click.option(
 )
 
 
-def _archive_for(config_path: Path, pgdata: Path):
+def _archive_for(config_path: Path, pgdata: Path, bucket: str | None = None):
+    import os
+
+    # Only the settings file counts: a profile or CA bundle inherited from whoever started PostgreSQL points at
+    # files this OS user cannot read (boto3 would fail on them before using the explicit credentials).
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        del os.environ[name]
     from cqox_platform.backup.archive import Archive
     from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
     from cqox_platform.backup.wal import system_identifier
 
     settings = ArchiverSettings.load(config_path)
     clients = archiver_clients(settings)
-    return Archive(clients.s3, clients.bucket, system_identifier(pgdata)), clients.provider
+    return Archive(clients.s3, bucket or clients.bucket, system_identifier(pgdata)), clients.provider
 
 
 @click.command("wal-push")
@@ -73,12 +79,13 @@ def wal_push(path: Path, config_path: Path, pgdata: Path) -> None:
 @click.argument("destination", type=click.Path(path_type=Path))
 @_archiver_config
 @_pgdata
-def wal_fetch(name: str, destination: Path, config_path: Path, pgdata: Path) -> None:
+@click.option("--bucket", default=None, help="Read from this bucket instead (a drill from the DR copy).")
+def wal_fetch(name: str, destination: Path, config_path: Path, pgdata: Path, bucket: str | None) -> None:
     """Restore one WAL file (PostgreSQL's restore_command: `cqox-platform wal-fetch %f %p`)."""
     from cqox_platform.backup.wal import WalMissingError, fetch_wal
 
     try:
-        archive, provider = _archive_for(config_path, pgdata)
+        archive, provider = _archive_for(config_path, pgdata, bucket)
         size = fetch_wal(
             archive, provider, name, pgdata / destination if not destination.is_absolute() else destination
         )

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import requests
-
-from cqox_platform.errors import CqoxError
+from cqox_platform.pushgateway import Sample, push
 from cqox_platform.slo.budget import error_budget
 from cqox_platform.slo.rules import PAGE, TICKET, WINDOWS
 from cqox_platform.slo.spec import SloSpec
@@ -67,20 +65,11 @@ def current_burn(spec: SloSpec, query: InstantQuery) -> list[BurnStatus]:
 
 def push_gauges(pushgateway_url: str, service: str, statuses: list[BurnStatus], timeout: float = 10) -> int:
     """Replace the ``cqox-slo`` group on the Pushgateway with the roadmap's SLOMonitor gauges."""
-    lines = ["# TYPE slo_error_budget_remaining gauge", "# TYPE slo_burn_rate gauge"]
+    samples: list[Sample] = []
     for s in statuses:
         if s.budget_remaining is not None:
-            lines.append(f'slo_error_budget_remaining{{service="{service}",slo="{s.slo}"}} {s.budget_remaining}')
+            samples.append(("slo_error_budget_remaining", {"service": service, "slo": s.slo}, s.budget_remaining))
         for window, rate in s.burn_rates.items():
             if rate is not None:
-                lines.append(f'slo_burn_rate{{service="{service}",slo="{s.slo}",window="{window}"}} {rate}')
-    body = "\n".join(lines) + "\n"
-    try:
-        response = requests.put(f"{pushgateway_url}/metrics/job/cqox-slo/service/{service}", data=body, timeout=timeout)
-    except requests.RequestException as exc:
-        raise CqoxError(f"Pushgateway at {pushgateway_url} is unreachable ({type(exc).__name__}).") from None
-    if response.status_code >= 300:
-        raise CqoxError(
-            f"Pushgateway at {pushgateway_url} refused the gauges: HTTP {response.status_code} {response.text[:200]}"
-        )
-    return len(lines) - 2
+                samples.append(("slo_burn_rate", {"service": service, "slo": s.slo, "window": window}, rate))
+    return push(pushgateway_url, "cqox-slo", {"service": service}, samples, replace=True, timeout=timeout)

@@ -14,7 +14,7 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17
 W, H, PAD = 760, 250, 48
 
 
-def _panel(
+def panel(
     y0: int,
     title: str,
     series: dict[str, list[tuple[int, float]]],
@@ -80,7 +80,7 @@ def render_svg(history: list[dict[str, Any]], latency_targets: dict[str, float])
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{2 * H + 20}" '
         f'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>'
     ]
-    parts += _panel(
+    parts += panel(
         0,
         f"Error budget remaining, rolling 30 days ({span})",
         budget,
@@ -90,7 +90,7 @@ def render_svg(history: list[dict[str, Any]], latency_targets: dict[str, float])
         {"budget exhausted": 0.0},
         "",
     )
-    parts += _panel(
+    parts += panel(
         H + 20,
         "Daily latency percentiles (ms) against targets",
         latency,

@@ -1,0 +1,203 @@
+"""Restore drills: prove a backup restores, to a point whose contents were captured, and measure the RTO.
+
+A drill never raises for a failed restore: it returns a result with ``passed=False`` and the error, so the
+failure is recorded (``restore_drills``), charted and alerted on like a success. Scratch clusters listen on a
+private unix socket only, never archive, and are removed afterwards unless ``keep`` is set.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from cqox_platform.backup.archive import Archive
+from cqox_platform.backup.proof import RestorePoint, compare_checksums, table_checksums
+from cqox_platform.backup.records import BackupRecord
+from cqox_platform.backup.restore import (
+    Progress,
+    RecoveryTarget,
+    ScratchCluster,
+    chown_tree,
+    configure_recovery,
+    download_object,
+    fetch_backup_manifest,
+    pg_bindir,
+    restore_command_for,
+    unpack_backup,
+    verify_backup,
+)
+from cqox_platform.crypto.keys import DataKeyProvider
+from cqox_platform.stack.process import free_port
+
+PHASES = ("download", "decrypt", "extract", "verify", "replay", "checks")
+
+
+@dataclass
+class DrillResult:
+    drill_id: str
+    backup_id: str
+    bucket: str
+    target: RecoveryTarget
+    started_at: datetime
+    finished_at: datetime | None = None
+    passed: bool = False
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    tables_checked: int = 0
+    indexes_checked: int = 0
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rto_seconds(self) -> float:
+        return round(sum(self.seconds.values()), 3)
+
+
+def run_drill(
+    archive: Archive,
+    provider: DataKeyProvider,
+    record: BackupRecord,
+    target: RecoveryTarget,
+    *,
+    expected: RestorePoint | None,
+    cli: Path,
+    settings_file: Path,
+    workdir: Path | None = None,
+    progress: Progress = lambda _m: None,
+    keep: bool = False,
+    replay_timeout: float = 3600,
+) -> DrillResult:
+    result = DrillResult(
+        drill_id=f"{record.backup_id}-{uuid.uuid4().hex[:8]}",
+        backup_id=record.backup_id,
+        bucket=archive.bucket,
+        target=target,
+        started_at=datetime.now(UTC),
+    )
+    scratch = Path(tempfile.mkdtemp(prefix="cqox-drill-", dir=workdir))
+    scratch.chmod(0o755)  # the postgres OS user traverses it to its data directory
+    pgdata = scratch / "pgdata"
+    pgdata.mkdir(mode=0o700)
+    bindir = pg_bindir()
+    cluster = ScratchCluster(pgdata, scratch / "sock", free_port(), scratch / "server.log", bindir)
+    try:
+        where = archive.where(record.object_key)
+        progress(f"drill {result.drill_id}: downloading {where} ({record.stored_bytes / 2**20:.1f} MiB)")
+        encrypted = scratch / "base.tar.zst.enc"
+        result.seconds["download"] = download_object(
+            archive, record.object_key, encrypted, record.stored_bytes, progress
+        )
+        manifest = fetch_backup_manifest(archive, record)
+        result.details["key_version"] = manifest.key_version
+        decrypt_s, extract_s = unpack_backup(encrypted, manifest, provider, pgdata, where)
+        result.seconds["decrypt"], result.seconds["extract"] = decrypt_s, extract_s
+        encrypted.unlink()
+        chown_tree(pgdata)
+        result.seconds["verify"] = verify_backup(pgdata, bindir)
+        configure_recovery(
+            pgdata,
+            port=cluster.port,
+            socket_dir=cluster.socket_dir,
+            restore_command=restore_command_for(cli, settings_file, archive.bucket),
+            target=target,
+        )
+        progress(f"drill {result.drill_id}: recovering to {target.kind} {target.value!r}")
+        started = time.monotonic()
+        cluster.start()
+        cluster.wait_promoted(replay_timeout, progress)
+        result.seconds["replay"] = time.monotonic() - started
+        started = time.monotonic()
+        _check_restored(cluster, expected, result)
+        result.seconds["checks"] = time.monotonic() - started
+        result.passed = not result.mismatches and not result.details.get("amcheck_errors")
+        if not result.passed:
+            result.error = (
+                f"{len(result.mismatches)} table(s) differ from the captured restore point"
+                if result.mismatches
+                else f"amcheck found corrupt indexes: {result.details['amcheck_errors']}"
+            )
+    except Exception as exc:
+        result.passed = False
+        result.error = str(exc)
+        result.details["server_log_tail"] = cluster.log_tail(15)
+    finally:
+        cluster.stop()
+        result.finished_at = datetime.now(UTC)
+        if keep:
+            result.details["scratch_dir"] = str(scratch)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    for phase in PHASES:
+        result.seconds.setdefault(phase, 0.0)
+        result.seconds[phase] = round(result.seconds[phase], 3)
+    return result
+
+
+def _check_restored(cluster: ScratchCluster, expected: RestorePoint | None, result: DrillResult) -> None:
+    database = expected.database if expected else "postgres"
+    with cluster.connect(database) as conn:
+        if expected is not None:
+            actual = table_checksums(conn, sorted(expected.tables))
+            result.mismatches = compare_checksums(expected.tables, actual)
+            result.tables_checked = len(expected.tables)
+            result.details["rows_checked"] = sum(t["rows"] for t in actual.values() if t)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+        indexes = conn.execute(
+            """
+            SELECT c.oid::regclass::text FROM pg_index i
+              JOIN pg_class c ON c.oid = i.indexrelid
+              JOIN pg_am am ON am.oid = c.relam
+             WHERE am.amname = 'btree' AND c.relkind = 'i' AND i.indisvalid AND c.relpersistence <> 't'
+            """
+        ).fetchall()
+        errors = []
+        for (index,) in indexes:
+            try:
+                conn.execute("SELECT bt_index_check(%s::regclass, true)", [index])
+            except psycopg.Error as exc:
+                errors.append(f"{index}: {exc.diag.message_primary or exc}")
+        result.indexes_checked = len(indexes)
+        if errors:
+            result.details["amcheck_errors"] = errors
+
+
+def record_drill(conn: psycopg.Connection, result: DrillResult) -> None:
+    s = result.seconds
+    conn.execute(
+        """
+        INSERT INTO restore_drills (drill_id, backup_id, bucket, target_kind, target, started_at, finished_at,
+            passed, error, rto_seconds, download_seconds, decrypt_seconds, extract_seconds, verify_seconds,
+            replay_seconds, checks_seconds, tables_checked, indexes_checked, details)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        """,
+        [
+            result.drill_id,
+            result.backup_id,
+            result.bucket,
+            result.target.kind,
+            result.target.value,
+            result.started_at,
+            result.finished_at,
+            result.passed,
+            result.error,
+            result.rto_seconds,
+            s.get("download"),
+            s.get("decrypt"),
+            s.get("extract"),
+            s.get("verify"),
+            s.get("replay"),
+            s.get("checks"),
+            result.tables_checked,
+            result.indexes_checked,
+            Jsonb({**result.details, "mismatches": result.mismatches, "target": asdict(result.target)}),
+        ],
+    )

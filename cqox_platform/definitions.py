@@ -9,11 +9,12 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import database, datasets, security, slo
+from assets import backups, database, datasets, security, slo
+from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
-from sensors import database_schedules, datasets_sensor, slo_sensor
+from sensors import backup_schedules, database_schedules, datasets_sensor, slo_sensor
 
 vault = VaultResource.platform_from_env()
 # The platform logs in to PostgreSQL as a short-lived Vault-issued user when a Vault database role is configured
@@ -30,6 +31,8 @@ defs = dg.Definitions.merge(
     database_schedules.defs,
     datasets_sensor.defs,
     slo_sensor.defs,
+    backups.defs,
+    backup_schedules.defs,
     dg.Definitions(
         resources={
             "postgres": postgres,
@@ -38,6 +41,7 @@ defs = dg.Definitions.merge(
             "vault_admin": VaultResource.admin_from_env(),
             "prometheus": PrometheusResource.from_env(),
             # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`.
+            "backups": BackupStorageResource.from_env(),
             "s3": S3Resource(endpoint_url=dg.EnvVar("CQOX_S3_ENDPOINT"), region_name="us-east-1"),
         }
     ),

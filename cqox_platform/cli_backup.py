@@ -97,6 +97,175 @@ def wal_fetch(name: str, destination: Path, config_path: Path, pgdata: Path, buc
     click.echo(f"wal-fetch: restored {name} ({size / 2**20:.1f} MiB)", err=True)
 
 
+# --- backups -------------------------------------------------------------------------------------------------
+
+
+@click.group("backup")
+def backup() -> None:
+    """Base backups of the stack's PostgreSQL in S3."""
+
+
+def _backup_context():
+    """Admin connection settings, the S3 client and the backup key provider from `stack env`."""
+    import os
+
+    import psycopg
+
+    from cqox_platform.cli import _env, _platform_vault, _s3_client
+    from cqox_platform.resources.postgres import PostgresResource
+
+    admin = PostgresResource(
+        host=_env("CQOX_PG_HOST"),
+        port=int(_env("CQOX_PG_PORT")),
+        dbname=_env("CQOX_PG_DB"),
+        user=_env("CQOX_PG_USER"),
+        sslrootcert=_env("CQOX_PG_SSLROOTCERT"),
+        passfile=_env("CQOX_PG_PASSFILE"),
+    )
+    conninfo = admin.conninfo()
+    dsn = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in conninfo.items()})
+    provider = _platform_vault().key_provider(os.environ.get("CQOX_BACKUP_TRANSIT_KEY", "cqox-backups"))
+    return conninfo, dsn, _s3_client(), provider, _env("CQOX_S3_BUCKET")
+
+
+@backup.command("create")
+def backup_create() -> None:
+    """Take a base backup now (the same as materializing postgres_basebackup)."""
+    import psycopg
+
+    from cqox_platform.backup.operations import cluster_archive, take_backup
+    from cqox_platform.backup.restore import pg_bindir
+
+    conninfo, dsn, s3, provider, bucket = _backup_context()
+    with psycopg.connect(**conninfo, autocommit=True) as conn:
+        archive = cluster_archive(conn, s3, bucket)
+        record, point = take_backup(
+            conn,
+            archive,
+            provider,
+            dsn,
+            pg_basebackup=str(pg_bindir() / "pg_basebackup"),
+            progress=lambda m: click.echo(m, err=True),
+        )
+    click.echo(f"{record.backup_id}  {archive.where(record.object_key)}  restore point {point.name}")
+
+
+@backup.command("list")
+@click.option("--bucket", default=None, help="List another bucket (e.g. the DR copy).")
+def backup_list(bucket: str | None) -> None:
+    """Backups of this cluster in S3, oldest first, with whether a drill verified them."""
+    import psycopg
+
+    from cqox_platform.backup.operations import cluster_archive, latest_drill
+    from cqox_platform.backup.records import list_backups
+
+    conninfo, _dsn, s3, _provider, default_bucket = _backup_context()
+    with psycopg.connect(**conninfo, autocommit=True) as conn:
+        archive = cluster_archive(conn, s3, bucket or default_bucket)
+        records = list_backups(archive)
+        drills = {r.backup_id: latest_drill(conn, r.backup_id) for r in records}
+    click.echo(
+        f"{'BACKUP':<18}{'TL':<4}{'START LSN':<14}{'STOP LSN':<14}{'READ MiB':>10}{'STORED MiB':>12}  LAST DRILL"
+    )
+    for r in records:
+        drill = drills[r.backup_id]
+        verdict = "-" if drill is None else ("passed" if drill["passed"] else "FAILED") + f" {drill['rto_seconds']} s"
+        click.echo(
+            f"{r.backup_id:<18}{r.timeline:<4}{r.start_lsn:<14}{r.stop_lsn:<14}"
+            f"{r.database_bytes / 2**20:>10.1f}{r.stored_bytes / 2**20:>12.1f}  {verdict}"
+        )
+    if not records:
+        click.echo(f"(no backups in {archive.where(archive.root + '/base/')})")
+
+
+@click.command("restore")
+@click.option("--backup", "backup_id", required=True, help="Backup id (`cqox-platform backup list`).")
+@click.option("--target-time", default=None, help="Recover to this time (e.g. '2026-11-26 06:30:00+00').")
+@click.option("--target-name", default=None, help="Recover to this named restore point.")
+@click.option("--pgdata", type=click.Path(path_type=Path), required=True, help="New, empty data directory.")
+@click.option("--bucket", default=None, help="Restore from another bucket (e.g. the DR copy).")
+@click.option("--port", type=int, default=None, help="Port of the restored server (default: a free one).")
+@click.option("--start/--no-start", default=True, help="Start it and wait until recovery has promoted it.")
+def restore(
+    backup_id: str,
+    target_time: str | None,
+    target_name: str | None,
+    pgdata: Path,
+    bucket: str | None,
+    port: int | None,
+    start: bool,
+) -> None:
+    """Restore a backup into PGDATA and recover it (to the end of the archive, or to a target).
+
+    The restored server listens on a private unix socket next to PGDATA and does not archive, so no client
+    or archive mixes it up with the primary; open it by editing listen_addresses when you decide to.
+    """
+    import os
+
+    from cqox_platform.backup.archive import Archive
+    from cqox_platform.backup.records import find_backup
+    from cqox_platform.backup.restore import (
+        RecoveryTarget,
+        ScratchCluster,
+        chown_tree,
+        configure_recovery,
+        download_object,
+        fetch_backup_manifest,
+        pg_bindir,
+        restore_command_for,
+        unpack_backup,
+        verify_backup,
+    )
+    from cqox_platform.stack.postgres import platform_cli
+    from cqox_platform.stack.process import free_port
+
+    if target_time and target_name:
+        raise click.UsageError("give --target-time or --target-name, not both.")
+    if pgdata.exists() and any(pgdata.iterdir()):
+        raise click.UsageError(f"{pgdata} is not empty; restore into a new directory.")
+    _conninfo, _dsn, s3, provider, default_bucket = _backup_context()
+    bucket = bucket or default_bucket
+    record = find_backup(s3, bucket, backup_id)
+    archive = Archive(s3, bucket, record.system_id)
+    pgdata.mkdir(parents=True, exist_ok=True)
+    pgdata.chmod(0o700)
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    staging = pgdata.parent / f".{pgdata.name}.download"
+    try:
+        took = download_object(archive, record.object_key, staging, record.stored_bytes, say)
+        say(f"downloaded {record.stored_bytes / 2**20:.1f} MiB in {took:.1f} s")
+        decrypt_s, extract_s = unpack_backup(
+            staging, fetch_backup_manifest(archive, record), provider, pgdata, archive.where(record.object_key)
+        )
+        say(f"decrypted in {decrypt_s:.1f} s, extracted in {extract_s:.1f} s")
+    finally:
+        staging.unlink(missing_ok=True)
+    chown_tree(pgdata)
+    say(f"pg_verifybackup passed in {verify_backup(pgdata, pg_bindir()):.1f} s")
+    if target_time:
+        target = RecoveryTarget("time", target_time)
+    elif target_name:
+        target = RecoveryTarget("restore_point", target_name)
+    else:
+        target = RecoveryTarget("end_of_archive")
+    socket_dir = pgdata.parent / f"{pgdata.name}.sock"
+    port = port or free_port()
+    configure_recovery(
+        pgdata,
+        port=port,
+        socket_dir=socket_dir,
+        restore_command=restore_command_for(platform_cli(), Path(os.environ["CQOX_WAL_ARCHIVER_CONFIG"]), bucket),
+        target=target,
+    )
+    cluster = ScratchCluster(pgdata, socket_dir, port, pgdata.parent / f"{pgdata.name}.log", pg_bindir())
+    if not start:
+        click.echo(f"restored into {pgdata}; start it with: runuser -u postgres -- pg_ctl -D {pgdata} start")
+        return
+    cluster.start()
+    cluster.wait_promoted(24 * 3600, say)
+    click.echo(f"restored and promoted: psql -h {socket_dir} -p {port} -U postgres   (log: {cluster.log})")
+
+
 def register(main: click.Group) -> None:
-    for command in (wal_push, wal_fetch):
+    for command in (wal_push, wal_fetch, backup, restore):
         main.add_command(command)

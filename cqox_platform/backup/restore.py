@@ -40,7 +40,7 @@ class RestoreError(CqoxError):
 class RecoveryTarget:
     """Where recovery stops: a named restore point, a time, or the end of the backup (``immediate``)."""
 
-    kind: str  # "restore_point" | "time" | "backup_end"
+    kind: str  # "restore_point" | "time" | "backup_end" | "end_of_archive"
     value: str = ""
 
     def settings(self) -> dict[str, str]:
@@ -50,6 +50,8 @@ class RecoveryTarget:
             return {"recovery_target_time": self.value, "recovery_target_inclusive": "on"}
         if self.kind == "backup_end":
             return {"recovery_target": "immediate"}
+        if self.kind == "end_of_archive":
+            return {}
         raise RestoreError(f"unknown recovery target kind {self.kind!r}")
 
 
@@ -184,7 +186,11 @@ def configure_recovery(
     target: RecoveryTarget,
     extra: dict[str, str] | None = None,
 ) -> None:
-    """Make ``pgdata`` a private recovering cluster: unix socket only, no archiving, this restore target."""
+    """Make ``pgdata`` a private recovering cluster: unix socket only, no archiving, this restore target.
+
+    Private on purpose, for drills and for real restores alike: clients must not reach a restored copy (and
+    write to it, or take it for the primary) until a person decides to open it (``listen_addresses``).
+    """
     settings = {
         "port": str(port),
         "listen_addresses": "",

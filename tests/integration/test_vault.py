@@ -55,8 +55,9 @@ def _postgres_admin(stack) -> PostgresResource:
 def _materialize_vault_config(stack) -> dg.ExecuteInProcessResult:
 
     env = stack.env()
-    # The check trusts for S3 what boto3 trusts: AWS_CA_BUNDLE, which `stack env` exports.
-    with mock.patch.dict(os.environ, {"AWS_CA_BUNDLE": env["AWS_CA_BUNDLE"]}):
+    # As under `eval "$(cqox-platform stack env)"`: the check trusts for S3 what boto3 trusts (AWS_CA_BUNDLE),
+    # and the WAL archiver's settings file, bucket and S3 credentials come from the same variables.
+    with mock.patch.dict(os.environ, env):
         return _materialize(stack, env)
 
 
@@ -90,8 +91,9 @@ def _meta(result, key):
 
 def test_vault_config_materializes_idempotently_and_lists_no_secret(stack, configured):
     assert set(_meta(configured, "engines")) >= {"secret", "transit", "database"}
-    assert _meta(configured, "policies") == ["cqox-platform"]
+    assert _meta(configured, "policies") == ["cqox-platform", "cqox-wal-archiver"]
     assert _meta(configured, "transit_keys")["cqox-datasets"]["type"] == "aes256-gcm96"
+    assert _meta(configured, "transit_keys")["cqox-backups"]["type"] == "aes256-gcm96"
     assert _meta(configured, "audit_devices") == ["file/"]
     assert _meta(configured, "database_roles") == ["cqox-platform"]
     again = _materialize_vault_config(stack)
@@ -117,6 +119,26 @@ def test_approle_identity_is_least_privilege(stack, configured):
             "reading another path",
             lambda: vault.client().secrets.kv.v2.read_secret_version(path="other/thing", mount_point="secret"),
         )
+
+
+def test_wal_archiver_identity_is_least_privilege_and_its_file_belongs_to_postgres(stack, configured):
+    import pwd
+
+    from cqox_platform.backup.archiver_settings import ArchiverSettings, LightVault
+
+    path = Path(stack.env()["CQOX_WAL_ARCHIVER_CONFIG"])
+    st = path.stat()
+    assert st.st_mode & 0o777 == 0o600 and st.st_uid == pwd.getpwnam("postgres").pw_uid
+    settings = ArchiverSettings.load(path)
+    assert settings.secret_id not in repr(settings)
+    vault = LightVault(settings.vault_addr, settings.vault_cacert, settings.role_id, settings.secret_id)
+    key = vault.key_provider("cqox-backups").generate_data_key()
+    assert vault.key_provider("cqox-backups").unwrap(key.wrapped) == key.plaintext
+    assert set(vault.read_secret("cqox/backups/s3")) == {"access_key_id", "secret_access_key"}
+    with pytest.raises(VaultPermissionError):
+        vault.key_provider("cqox-datasets").generate_data_key()
+    with pytest.raises(VaultPermissionError):
+        vault.read_secret("cqox/datasets-path-key")
 
 
 def test_platform_logs_in_to_postgres_with_vault_issued_users_over_tls13(stack, configured):

@@ -1,0 +1,501 @@
+"""Backups, WAL archiving, drills, retention and the DR copy against the real stack, faults included.
+
+Order matters in this module (one cluster, one archive): archiving first, then backups and drills, the faults,
+and retention last because it deletes backups.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import boto3
+import dagster as dg
+import psycopg
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from assets import backups as backup_assets
+from cqox_platform.backup.archive import Archive
+from cqox_platform.backup.operations import cluster_archive
+from cqox_platform.backup.records import list_backups
+from cqox_platform.resources.backups import BackupStorageResource
+from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.schema import MigrationRunner
+from cqox_platform.stack.s3 import client_config
+from sensors.backup_schedules import new_backup_drill_sensor, restore_drill_job
+from tests.conftest import make_world_traversable_tmpdir
+from tests.integration.test_vault import _admin, _materialize_vault_config, _platform, _postgres_admin
+
+CLI = [sys.executable, "-m", "cqox_platform.cli"]
+SEGMENT = 16 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def env(stack):
+    with mock.patch.dict(os.environ, stack.env()):
+        assert _materialize_vault_config(stack).success
+        with _postgres_admin(stack).connect(autocommit=True) as conn:
+            MigrationRunner().migrate(conn)
+            # Enough data that a backup takes a moment (the kill -9 test needs time to aim).
+            conn.execute("CREATE TABLE IF NOT EXISTS backup_payload (id int PRIMARY KEY, body text)")
+            conn.execute(
+                "INSERT INTO backup_payload SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 60000) g "
+                "ON CONFLICT DO NOTHING"
+            )
+        yield stack.env()
+
+
+def _s3(env):
+    return boto3.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"], config=client_config())
+
+
+def _conn(stack) -> psycopg.Connection:
+    return psycopg.connect(**_postgres_admin(stack).conninfo(), autocommit=True)
+
+
+def _archive(stack, env, bucket=None) -> Archive:
+    with _conn(stack) as conn:
+        return cluster_archive(conn, _s3(env), bucket or env["CQOX_S3_BUCKET"])
+
+
+def _resources(stack, env) -> dict:
+    return {
+        "postgres_admin": _postgres_admin(stack),
+        "vault": _platform(stack),
+        "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
+        "backups": BackupStorageResource(
+            bucket=env["CQOX_S3_BUCKET"],
+            dr_bucket=env["CQOX_S3_DR_BUCKET"],
+            archiver_settings=env["CQOX_WAL_ARCHIVER_CONFIG"],
+        ),
+        "prometheus": PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"]),
+    }
+
+
+def _materialize(stack, env, assets, config=None, instance=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        assets,
+        resources=_resources(stack, env),
+        run_config={"ops": config or {}},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def _meta(result, node):
+    (event,) = result.asset_materializations_for_node(node)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def _checks(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def _cli(env, *args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def _archived_count(stack) -> tuple[int, int]:
+    with _conn(stack) as conn:
+        return conn.execute("SELECT archived_count, failed_count FROM pg_stat_archiver").fetchone()
+
+
+def _switch_and_wait(stack, timeout=60) -> str:
+    """Write a little, switch segments, and wait until PostgreSQL reports that segment archived."""
+    with _conn(stack) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS wal_probe (at timestamptz)")
+        conn.execute("INSERT INTO wal_probe VALUES (now())")
+        name = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+            if last and last >= name:
+                return name
+            time.sleep(0.5)
+    raise AssertionError(f"{name} was not archived within {timeout} s")
+
+
+def _fake_pgdata(tmp_path: Path, system_id: int) -> Path:
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "global").mkdir(parents=True)
+    (pgdata / "pg_wal").mkdir()
+    (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", system_id) + b"\0" * 8184)
+    return pgdata
+
+
+# --- WAL archiving -------------------------------------------------------------------------------------------
+
+
+def test_postgres_archives_through_wal_push_into_s3(stack, env):
+    name = _switch_and_wait(stack)
+    archive = _archive(stack, env)
+    assert name in archive.archived_wal()
+    raw = archive.get_bytes(archive.wal_key(name))
+    assert raw[:4] != b"\xd1\x00" and b"wal_probe" not in raw  # stored encrypted, not as a WAL page
+
+
+def test_wal_push_is_idempotent_refuses_other_content_and_fetch_verifies(stack, env, tmp_path):
+    pgdata = _fake_pgdata(tmp_path, 4242)
+    seg = pgdata / "pg_wal" / "000000010000000000000001"
+    seg.write_bytes(os.urandom(1024) * (SEGMENT // 1024))
+    args = ["--config", env["CQOX_WAL_ARCHIVER_CONFIG"], "--pgdata", str(pgdata)]
+    first = _cli(env, "wal-push", "pg_wal/000000010000000000000001", *args)
+    assert first.returncode == 0, first.stderr
+    again = _cli(env, "wal-push", "pg_wal/000000010000000000000001", *args)
+    assert again.returncode == 0 and "already archived" in again.stderr
+    original = seg.read_bytes()
+    seg.write_bytes(b"\1" * SEGMENT)
+    conflict = _cli(env, "wal-push", "pg_wal/000000010000000000000001", *args)
+    assert conflict.returncode == 1 and "different content" in conflict.stderr
+    out = tmp_path / "fetched"
+    fetched = _cli(env, "wal-fetch", "000000010000000000000001", str(out), *args)
+    assert fetched.returncode == 0, fetched.stderr
+    assert out.read_bytes() == original
+    missing = _cli(env, "wal-fetch", "000000010000000000000002", str(tmp_path / "none"), *args)
+    assert missing.returncode == 1 and not (tmp_path / "none").exists()
+    # A corrupted object is not "missing": recovery must stop (exit > 125), naming the object.
+    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4242")
+    key = archive.wal_key("000000010000000000000001")
+    data = bytearray(archive.get_bytes(key))
+    data[len(data) // 2] ^= 0xFF
+    archive.put_bytes(key, bytes(data))
+    corrupt = _cli(env, "wal-fetch", "000000010000000000000001", str(tmp_path / "bad"), *args)
+    assert corrupt.returncode == 255 and key in corrupt.stderr and not (tmp_path / "bad").exists()
+    bad_name = _cli(env, "wal-push", "../etc/passwd", *args)
+    assert bad_name.returncode == 1 and "not a WAL" in bad_name.stderr
+
+
+def test_s3_down_during_archiving_fails_then_catches_up_without_gap(stack, env, tmp_path):
+    pgdata = _fake_pgdata(tmp_path, 4343)
+    (pgdata / "pg_wal" / "000000010000000000000007").write_bytes(b"\0" * SEGMENT)
+    args = ["--config", env["CQOX_WAL_ARCHIVER_CONFIG"], "--pgdata", str(pgdata)]
+    s3 = stack.service("s3")
+    _, failed_before = _archived_count(stack)
+    s3.stop()
+    try:
+        down = _cli(env, "wal-push", "pg_wal/000000010000000000000007", *args)
+        assert down.returncode == 1 and "unreachable" in down.stderr
+        with _conn(stack) as conn:
+            conn.execute("INSERT INTO wal_probe VALUES (now())")
+            stuck = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 60
+        while _archived_count(stack)[1] <= failed_before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _archived_count(stack)[1] > failed_before, "PostgreSQL should have seen wal-push fail"
+        ready = Path(env["CQOX_PG_DATA"]) / "pg_wal" / "archive_status" / f"{stuck}.ready"
+        assert ready.exists(), "PostgreSQL keeps the segment until it is archived"
+    finally:
+        s3.start()
+        s3.after_start()
+    _switch_and_wait(stack, timeout=120)
+    assert stuck in _archive(stack, env).archived_wal()
+
+
+def test_vault_sealed_during_archiving_loses_no_wal(stack, env, tmp_path):
+    pgdata = _fake_pgdata(tmp_path, 4444)
+    (pgdata / "pg_wal" / "000000010000000000000009").write_bytes(b"\0" * SEGMENT)
+    args = ["--config", env["CQOX_WAL_ARCHIVER_CONFIG"], "--pgdata", str(pgdata)]
+    admin = _admin(stack)
+    admin.client().sys.seal()
+    try:
+        sealed = _cli(env, "wal-push", "pg_wal/000000010000000000000009", *args)
+        assert sealed.returncode == 1 and "sealed" in sealed.stderr
+        with _conn(stack) as conn:
+            conn.execute("INSERT INTO wal_probe VALUES (now())")
+            held = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+        time.sleep(3)
+        ready = Path(env["CQOX_PG_DATA"]) / "pg_wal" / "archive_status" / f"{held}.ready"
+        assert ready.exists()
+    finally:
+        stack.service("openbao").after_start()  # unseals
+    _switch_and_wait(stack, timeout=120)
+    assert held in _archive(stack, env).archived_wal()
+
+
+# --- base backups and drills ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def first_backup(stack, env):
+    with dg.instance_for_test() as instance:
+        result = _materialize(stack, env, [backup_assets.postgres_basebackup], instance=instance)
+        assert result.success
+        yield _meta(result, "postgres_basebackup"), instance
+
+
+def test_base_backup_is_recorded_in_s3_and_the_table(stack, env, first_backup):
+    meta, _ = first_backup
+    archive = _archive(stack, env)
+    (record,) = [r for r in list_backups(archive) if r.backup_id == meta["backup_id"]]
+    assert record.stored_bytes < record.database_bytes and record.key_name == "cqox-backups"
+    assert record.start_wal <= record.stop_wal and record.timeline == 1
+    with _conn(stack) as conn:
+        row = conn.execute("SELECT stop_lsn::text, stored_bytes FROM backups WHERE backup_id = %s", [record.backup_id])
+        assert row.fetchone() == (record.stop_lsn, record.stored_bytes)
+    assert "svg" in meta["size_history"]
+    listed = _cli(env, "backup", "list")
+    assert listed.returncode == 0 and record.backup_id in listed.stdout
+
+
+def test_new_backup_sensor_requests_one_drill_per_backup(stack, env, first_backup):
+    meta, instance = first_backup
+    defs = dg.Definitions(
+        assets=[backup_assets.postgres_basebackup, backup_assets.restore_drill],
+        jobs=[restore_drill_job],
+        sensors=[new_backup_drill_sensor],
+        resources=_resources(stack, env),
+    )
+    context = dg.build_sensor_context(instance=instance, definitions=defs)
+    (request,) = new_backup_drill_sensor.evaluate_tick(context).run_requests
+    assert request.run_key == f"drill:{meta['backup_id']}"
+    assert request.run_config["ops"]["restore_drill"]["config"]["backup_id"] == meta["backup_id"]
+    again = dg.build_sensor_context(instance=instance, definitions=defs, cursor=context.cursor)
+    assert not new_backup_drill_sensor.evaluate_tick(again).run_requests
+
+
+def test_drill_restores_proves_data_and_reports_rto(stack, env, first_backup):
+    meta, _ = first_backup
+    result = _materialize(
+        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": meta["backup_id"]}}}
+    )
+    drill = _meta(result, "restore_drill")
+    assert drill["passed"], drill["error"]
+    assert _checks(result) == {"drill_passed": True, "latest_backup_verified_restorable": True}
+    assert drill["tables_checked"] >= 10 and drill["indexes_checked"] >= 10 and drill["rows_checked"] >= 60000
+    assert drill["rto_seconds"] > 0 and drill["rto_history"].startswith("![RTO history](data:image/svg+xml")
+    for phase in ("download", "decrypt", "extract", "verify", "replay", "checks"):
+        assert phase in drill["rto_breakdown"]
+    with _conn(stack) as conn:
+        row = conn.execute("SELECT passed, replay_seconds FROM restore_drills WHERE drill_id = %s", [drill["drill_id"]])
+        passed, replay = row.fetchone()
+    assert passed and replay > 0
+
+
+def test_wal_status_reports_rpo_continuity_and_an_idle_cluster_is_not_stale(stack, env, first_backup):
+    result = _materialize(stack, env, [backup_assets.wal_archive_status])
+    meta = _meta(result, "wal_archive_status")
+    assert _checks(result) == {
+        "wal_rpo_within_target": True,
+        "wal_archive_continuous": True,
+        "wal_archiver_healthy": True,
+    }
+    assert meta["required_segments"] >= 1 and meta["gaps"] == []
+    assert meta["rpo_seconds"] < 900
+    # A fresh unarchived tail (younger than switch_after, so no forced switch) against a tiny target fails.
+    with _conn(stack) as conn:
+        conn.execute("INSERT INTO wal_probe VALUES (now())")
+    time.sleep(1.1)
+    failing = _materialize(
+        stack,
+        env,
+        [backup_assets.wal_archive_status],
+        {
+            "wal_archive_status": {
+                "config": {"rpo_target_seconds": 0.5, "switch_after_seconds": 3600, "capture_restore_point": False}
+            }
+        },
+    )
+    assert _checks(failing)["wal_rpo_within_target"] is False
+    assert _meta(failing, "wal_archive_status")["rpo_bytes"] > 0
+
+
+def test_wal_gap_fails_the_continuity_check(stack, env, first_backup):
+    archive = _archive(stack, env)
+    names = sorted(n for n in archive.archived_wal() if len(n) == 24)
+    victim = names[-2]
+    manifest = archive.get_bytes(archive.wal_manifest_key(victim))
+    head = archive.head(archive.wal_manifest_key(victim))
+    archive.delete(archive.wal_manifest_key(victim))
+    try:
+        result = _materialize(
+            stack,
+            env,
+            [backup_assets.wal_archive_status],
+            {"wal_archive_status": {"config": {"capture_restore_point": False}}},
+        )
+        assert _checks(result)["wal_archive_continuous"] is False
+        assert victim in _meta(result, "wal_archive_status")["gaps"]
+    finally:
+        archive.put_bytes(archive.wal_manifest_key(victim), manifest, metadata=head["Metadata"])
+
+
+def test_corrupted_or_truncated_backup_fails_the_drill_naming_the_object(stack, env, first_backup):
+    meta, _ = first_backup
+    archive = _archive(stack, env)
+    (record,) = [r for r in list_backups(archive) if r.backup_id == meta["backup_id"]]
+    original = archive.get_bytes(record.object_key)
+    try:
+        flipped = bytearray(original)
+        flipped[len(flipped) // 2] ^= 0x01
+        for broken in (bytes(flipped), original[: len(original) // 2]):
+            archive.put_bytes(record.object_key, broken)
+            result = _materialize(
+                stack,
+                env,
+                [backup_assets.restore_drill],
+                {"restore_drill": {"config": {"backup_id": record.backup_id}}},
+            )
+            drill = _meta(result, "restore_drill")
+            assert not drill["passed"] and record.object_key in drill["error"]
+            assert _checks(result)["drill_passed"] is False
+    finally:
+        archive.put_bytes(record.object_key, original)
+
+
+def test_corrupted_wal_segment_stops_recovery_naming_it(stack, env, first_backup):
+    meta, _ = first_backup
+    archive = _archive(stack, env)
+    (record,) = [r for r in list_backups(archive) if r.backup_id == meta["backup_id"]]
+    key = archive.wal_key(record.stop_wal)
+    original = archive.get_bytes(key)
+    try:
+        broken = bytearray(original)
+        broken[-100] ^= 0x01
+        archive.put_bytes(key, bytes(broken))
+        result = _materialize(
+            stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": record.backup_id}}}
+        )
+        drill = _meta(result, "restore_drill")
+        assert not drill["passed"] and key in drill["error"]
+    finally:
+        archive.put_bytes(key, original)
+
+
+def test_kill_9_mid_backup_leaves_no_backup_and_no_stray_upload(stack, env):
+    archive = _archive(stack, env)
+    before = {r.backup_id for r in list_backups(archive)}
+    proc = subprocess.Popen([*CLI, "backup", "create"], env={**os.environ, **env}, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        uploads = archive.s3.list_multipart_uploads(Bucket=archive.bucket, Prefix=f"{archive.root}/base/")
+        if uploads.get("Uploads"):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the backup never started its multipart upload")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    assert {r.backup_id for r in list_backups(archive)} == before
+    # The next backup (it holds the backup lock) aborts what the killed one left; nothing stays half-written.
+    result = _materialize(stack, env, [backup_assets.postgres_basebackup])
+    assert result.success
+    leftover = archive.s3.list_multipart_uploads(Bucket=archive.bucket, Prefix=f"{archive.root}/base/")
+    assert not leftover.get("Uploads")
+
+
+def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):
+    archive = _archive(stack, env)
+    backup_id = list_backups(archive)[-1].backup_id
+    with _conn(stack) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS pitr_probe (label text)")
+        conn.execute("INSERT INTO pitr_probe VALUES ('before')")
+        target = conn.execute("SELECT now()::text").fetchone()[0]
+        time.sleep(0.5)
+        conn.execute("INSERT INTO pitr_probe VALUES ('after')")
+    _switch_and_wait(stack)
+    pgdata = make_world_traversable_tmpdir("cqox-pitr-") / "restored"  # the postgres user must reach it
+    done = _cli(env, "restore", "--backup", backup_id, "--target-time", target, "--pgdata", str(pgdata))
+    assert done.returncode == 0, done.stderr[-3000:]
+    port = int(
+        [line for line in (pgdata / "postgresql.auto.conf").read_text().splitlines() if line.startswith("port")][
+            -1
+        ].split("'")[1]
+    )
+    try:
+        with psycopg.connect(host=f"{pgdata}.sock", port=port, user="postgres", dbname=env["CQOX_PG_DB"]) as conn:
+            labels = {r[0] for r in conn.execute("SELECT label FROM pitr_probe")}
+    finally:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "/usr/lib/postgresql/15/bin/pg_ctl",
+                "-D",
+                str(pgdata),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+        )
+    assert "before" in labels and "after" not in labels
+
+
+# --- second region, metrics ----------------------------------------------------------------------------------
+
+
+def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env):
+    result = _materialize(stack, env, [backup_assets.backups_dr_copy])
+    assert _checks(result) == {"dr_copy_verified": True}
+    assert _meta(result, "backups_dr_copy")["mismatched"] == []
+    again = _materialize(stack, env, [backup_assets.backups_dr_copy])
+    assert _meta(again, "backups_dr_copy")["copied_objects"] == 0
+    drill = _materialize(stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"source": "dr"}}})
+    meta = _meta(drill, "restore_drill")
+    assert meta["passed"], meta["error"]
+    assert env["CQOX_S3_DR_BUCKET"] in meta["source"]
+
+
+def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
+    result = _materialize(stack, env, [backup_assets.backup_alert_rules])
+    assert result.success
+    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"])
+    assert any(g == "cqox-backups" for g in _meta(result, "backup_alert_rules")["loaded_groups"])
+    deadline = time.monotonic() + 90
+    found: dict[str, bool] = {}
+    names = [
+        "cqox_backup_last_success_timestamp_seconds",
+        "cqox_wal_rpo_seconds",
+        "cqox_restore_drill_rto_seconds",
+        "cqox_wal_archive_failed_count",
+        "cqox_backup_dr_lag_seconds",
+    ]
+    while time.monotonic() < deadline and not all(found.get(n) for n in names):
+        for name in names:
+            found[name] = bool(prometheus.query(name))
+        time.sleep(2)
+    assert all(found.values()), found
+
+
+# --- retention (last: it deletes) ----------------------------------------------------------------------------
+
+
+def test_retention_keeps_the_newest_verified_backup_and_the_wal_it_needs(stack, env):
+    archive = _archive(stack, env)
+    before = list_backups(archive)
+    assert len(before) >= 2
+    dry = _materialize(
+        stack,
+        env,
+        [backup_assets.backup_retention],
+        {"backup_retention": {"config": {"keep_days": 0, "dry_run": True}}},
+    )
+    plan = _meta(dry, "backup_retention")
+    assert len(list_backups(archive)) == len(before)  # a dry run deletes nothing
+    assert plan["backups_kept"] and set(plan["backups_deleted"]) | set(plan["backups_kept"]) == {
+        r.backup_id for r in before
+    }
+    real = _materialize(
+        stack, env, [backup_assets.backup_retention], {"backup_retention": {"config": {"keep_days": 0}}}
+    )
+    assert real.success
+    after = list_backups(archive)
+    assert [r.backup_id for r in after] == plan["backups_kept"]
+    # What is left still restores: the kept backup's WAL survived.
+    drill = _materialize(
+        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": after[-1].backup_id}}}
+    )
+    assert _meta(drill, "restore_drill")["passed"], _meta(drill, "restore_drill")["error"]

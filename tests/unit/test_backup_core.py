@@ -1,0 +1,117 @@
+"""Pure parts of the backup code: the tar sniffer, retention plans, the Pushgateway format, backup labels."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cqox_platform.backup.basebackup import parse_backup_label
+from cqox_platform.backup.records import BackupRecord
+from cqox_platform.backup.retention import plan_retention
+from cqox_platform.backup.tarsniff import TarSniffer
+from cqox_platform.backup.walnames import segment_name
+from cqox_platform.pushgateway import render
+
+NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@settings(max_examples=40)
+@given(st.binary(max_size=5000), st.binary(max_size=3000), st.integers(min_value=1, max_value=2000))
+def test_tar_sniffer_passes_bytes_through_and_captures_members(other, label, read_size):
+    stream = _tar({"base/1/1234": other, "backup_label": label, "global/pg_control": b"x" * 700})
+    sniffer = TarSniffer(io.BytesIO(stream), {"backup_label", "backup_manifest"})
+    out = bytearray()
+    while chunk := sniffer.read(read_size):
+        out += chunk
+    assert bytes(out) == stream
+    assert sniffer.captured == {"backup_label": label}
+
+
+def test_backup_label_parses():
+    label = parse_backup_label(
+        "START WAL LOCATION: 0/2D000028 (file 00000001000000000000002D)\nCHECKPOINT LOCATION: 0/2D000060\n"
+        "BACKUP METHOD: streamed\nSTART TIME: 2026-11-26 06:21:48 UTC\nLABEL: 20261126T062148Z\nSTART TIMELINE: 1\n"
+    )
+    assert label["START TIMELINE"] == "1" and label["START WAL LOCATION"].startswith("0/2D000028")
+
+
+def _record(backup_id: str, stopped: datetime, start_segno: int) -> BackupRecord:
+    return BackupRecord(
+        backup_id=backup_id,
+        system_id="1",
+        bucket="b",
+        label=backup_id,
+        timeline=1,
+        start_lsn="0/0",
+        stop_lsn="0/0",
+        start_wal=segment_name(1, start_segno),
+        stop_wal=segment_name(1, start_segno),
+        start_time=stopped.isoformat(),
+        stop_time=stopped.isoformat(),
+        database_bytes=1,
+        compressed_bytes=1,
+        stored_bytes=1,
+        duration_seconds=1,
+        throughput_mib_s=1,
+        key_name="k",
+        key_version=1,
+        object_key="o",
+        manifest_key="m",
+        pg_version="15",
+    )
+
+
+def test_retention_keeps_the_window_and_the_wal_its_oldest_backup_needs():
+    old = _record("20261001T030000Z", NOW - timedelta(days=56), 10)
+    mid = _record("20261110T030000Z", NOW - timedelta(days=16), 20)
+    new = _record("20261125T030000Z", NOW - timedelta(days=1), 30)
+    wal = [segment_name(1, n) for n in range(8, 34)] + ["00000002.history", segment_name(1, 12) + ".00000028.backup"]
+    plan = plan_retention([old, mid, new], {"20261125T030000Z"}, wal, now=NOW, keep_days=30)
+    assert [r.backup_id for r in plan.delete] == [old.backup_id]
+    assert plan.wal_keep_from == mid.start_wal
+    assert segment_name(1, 19) in plan.wal_delete and segment_name(1, 20) not in plan.wal_delete
+    assert "00000002.history" not in plan.wal_delete
+    assert segment_name(1, 12) + ".00000028.backup" in plan.wal_delete
+
+
+def test_retention_never_deletes_the_newest_verified_backup():
+    ancient = _record("20260101T030000Z", NOW - timedelta(days=300), 5)
+    unverified = _record("20260601T030000Z", NOW - timedelta(days=150), 9)
+    plan = plan_retention([ancient, unverified], {ancient.backup_id}, [], now=NOW, keep_days=30)
+    assert [r.backup_id for r in plan.keep] == [ancient.backup_id]
+    assert "verified" in plan.reasons[ancient.backup_id]
+    assert [r.backup_id for r in plan.delete] == [unverified.backup_id]
+
+
+def test_retention_without_any_kept_backup_deletes_no_wal():
+    gone = _record("20260101T030000Z", NOW - timedelta(days=300), 5)
+    plan = plan_retention([gone], set(), [segment_name(1, 1)], now=NOW, keep_days=30)
+    assert plan.wal_delete == [] and plan.keep == []
+
+
+def test_backup_record_json_round_trips_and_ignores_unknown_fields():
+    record = replace(_record("20261125T030000Z", NOW, 3), extra={"a": 1})
+    data = json.loads(record.to_json())
+    data["future_field"] = "ignored"
+    assert BackupRecord.from_json(json.dumps(data), where="test") == record
+
+
+def test_pushgateway_text_format_escapes_labels_and_skips_missing_values():
+    text = render([("m", {"a": 'x"y\\z'}, 1.5), ("m", {"a": "b"}, None), ("n", {}, 2)])
+    assert text.splitlines() == ["# TYPE m gauge", 'm{a="x\\"y\\\\z"} 1.5', "# TYPE n gauge", "n 2.0"]

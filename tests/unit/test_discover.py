@@ -22,7 +22,7 @@ def _write(directory: Path, names: list[str]) -> None:
 def test_repository_migrations_cover_both_dialects():
     for dialect in Dialect:
         migrations = discover(SQL_DIR, dialect)
-        assert [m.version for m in migrations] == [1, 2, 3, 4, 5, 6]
+        assert [m.version for m in migrations] == list(range(1, len(migrations) + 1)) and len(migrations) >= 7
         for m in migrations:
             assert m.path.name.endswith(f".{dialect.value}.sql") or m.path.name.count(".") == 1
 

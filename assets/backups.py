@@ -37,12 +37,12 @@ from cqox_platform.backup.wal_status import measure
 from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
 from cqox_platform.errors import CqoxError
+from cqox_platform.installation import platform_cli
 from cqox_platform.pushgateway import Sample, push
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
-from cqox_platform.stack.postgres import platform_cli
 
 GROUP = "backups"
 ALERT_RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "backup-alerts.yml"

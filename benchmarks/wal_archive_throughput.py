@@ -45,20 +45,25 @@ def main() -> None:
         with psycopg.connect(**info, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")
             time.sleep(3)
-            t0, lsn0, backlog0, archived0 = _sample(conn)
+            t0, lsn0, _backlog0, archived0 = _sample(conn)
             bench = subprocess.Popen(
                 ["pgbench", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds), "-n", dsn],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             samples = []
             while bench.poll() is None:
                 time.sleep(2)
                 samples.append(_sample(conn))
                 t, lsn, backlog, archived = samples[-1]
-                print(f"  t={t - t0:5.1f}s  WAL {(lsn - lsn0) / 2**20:7.0f} MiB  backlog {backlog:3d} segments  "
-                      f"archived {archived - archived0}", flush=True)
+                print(
+                    f"  t={t - t0:5.1f}s  WAL {(lsn - lsn0) / 2**20:7.0f} MiB  backlog {backlog:3d} segments  "
+                    f"archived {archived - archived0}",
+                    flush=True,
+                )
             output = bench.stdout.read() if bench.stdout else ""
-            t1, lsn1, backlog1, archived1 = _sample(conn)
+            t1, lsn1, backlog1, _archived1 = _sample(conn)
             drain_start = time.monotonic()
             while _sample(conn)[2] > 0 and time.monotonic() - drain_start < 600:
                 time.sleep(0.5)

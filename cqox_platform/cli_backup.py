@@ -54,8 +54,25 @@ def _archive_for(config_path: Path, pgdata: Path, bucket: str | None = None):
 @click.argument("path", type=click.Path(path_type=Path))
 @_archiver_config
 @_pgdata
-def wal_push(path: Path, config_path: Path, pgdata: Path) -> None:
+@click.option(
+    "--async",
+    "asynchronous",
+    is_flag=True,
+    help="Hand the file to the background pusher (started on demand) and report its result.",
+)
+def wal_push(path: Path, config_path: Path, pgdata: Path, asynchronous: bool) -> None:
     """Archive one WAL file (PostgreSQL's archive_command: `cqox-platform wal-push %p`)."""
+    if asynchronous:
+        from cqox_platform.backup.wal_async_client import push_async
+        from cqox_platform.installation import platform_cli
+
+        try:
+            push_async(config_path, pgdata.resolve(), path, platform_cli())
+        except CqoxError as exc:
+            click.echo(f"wal-push: {path.name} NOT archived: {exc}", err=True)
+            sys.exit(1)
+        return
+
     from cqox_platform.backup.wal import push_wal
 
     try:
@@ -72,6 +89,20 @@ def wal_push(path: Path, config_path: Path, pgdata: Path) -> None:
         )
     else:
         click.echo(f"wal-push: {result.name} was already archived with the same content", err=True)
+
+
+@click.command("wal-push-daemon", hidden=True)
+@_archiver_config
+@_pgdata
+def wal_push_daemon(config_path: Path, pgdata: Path) -> None:
+    """The background pusher behind `wal-push --async` (started by it; exits when idle)."""
+    import os
+
+    from cqox_platform.backup.wal_async import run_daemon
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        del os.environ[name]
+    run_daemon(config_path, pgdata.resolve(), log=lambda m: click.echo(m, err=True))
 
 
 @click.command("wal-fetch")
@@ -216,7 +247,7 @@ def restore(
         unpack_backup,
         verify_backup,
     )
-    from cqox_platform.stack.postgres import platform_cli
+    from cqox_platform.installation import platform_cli
     from cqox_platform.stack.process import free_port
 
     if target_time and target_name:
@@ -267,5 +298,5 @@ def restore(
 
 
 def register(main: click.Group) -> None:
-    for command in (wal_push, wal_fetch, backup, restore):
+    for command in (wal_push, wal_push_daemon, wal_fetch, backup, restore):
         main.add_command(command)

@@ -146,3 +146,10 @@ class Archive:
             else:
                 sizes[name] = int(obj["Size"])
         return {name: size for name, size in sizes.items() if name in manifests}
+
+    def purge(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` (benchmarks and tests clean up after themselves)."""
+        keys = [o["Key"] for o in self.list(prefix)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)

@@ -18,12 +18,12 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 
 from cqox_platform.errors import StackDirError
+from cqox_platform.installation import platform_cli
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME
 from cqox_platform.stack.files import write_private
@@ -43,12 +43,6 @@ def scram_sha256_verifier(password: str, iterations: int = 4096) -> str:
     server_key = hmac.new(salted, b"Server Key", "sha256").digest()
     b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
-def platform_cli() -> Path:
-    """The ``cqox-platform`` executable of the running installation (override: CQOX_PLATFORM_CLI)."""
-    override = os.environ.get("CQOX_PLATFORM_CLI")
-    return Path(override) if override else Path(sys.executable).parent / "cqox-platform"
 
 
 class PostgresService(Service):

@@ -1,0 +1,130 @@
+"""Asynchronous WAL archiving, the pusher: it works ahead of PostgreSQL's archive_command.
+
+``wal-push --async`` keeps archive_command's cost per segment at a process start and a file check: a daemon
+(one per data directory, started on demand by the first call, gone after a minute of idleness) watches
+``pg_wal/archive_status/*.ready``, pushes every ready segment with one Vault login, one S3 client and a data
+key it holds in memory only (rotated every ``KEY_MAX_USES`` objects or ``KEY_MAX_AGE`` seconds), and leaves a
+marker per result in the spool directory. archive_command then only reports the marker: ``ok`` -> exit 0,
+``error`` -> exit 1 with the daemon's message (PostgreSQL retries), nothing yet -> wait, then exit 1.
+Semantics are those of the synchronous push: a segment counts as archived only once its manifest is in S3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cqox_platform.backup.archive import Archive
+from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
+from cqox_platform.backup.wal import push_wal, system_identifier
+from cqox_platform.backup.wal_async_client import marker, spool_dir, write_marker
+from cqox_platform.crypto.keys import DataKey, DataKeyProvider
+from cqox_platform.errors import CqoxError
+
+KEY_MAX_USES = 256
+KEY_MAX_AGE = 300.0
+IDLE_EXIT = 60.0
+
+
+class CachingKeyProvider:
+    """Reuses one data key for a bounded number of objects and time; the plaintext lives in memory only.
+
+    Safe with the envelope format: each object gets a random 56-bit nonce prefix and its own object id as
+    associated data, and the bound keeps nonce-prefix collisions negligible.
+    """
+
+    def __init__(self, inner: DataKeyProvider, max_uses: int = KEY_MAX_USES, max_age: float = KEY_MAX_AGE) -> None:
+        self.inner, self.key_name = inner, inner.key_name
+        self.max_uses, self.max_age = max_uses, max_age
+        self._key: DataKey | None = None
+        self._lock = threading.Lock()
+        self._uses = 0
+        self._born = 0.0
+
+    def generate_data_key(self) -> DataKey:
+        with self._lock:
+            return self._next_key()
+
+    def _next_key(self) -> DataKey:
+        if self._key is None or self._uses >= self.max_uses or time.monotonic() - self._born > self.max_age:
+            self._key, self._uses, self._born = self.inner.generate_data_key(), 0, time.monotonic()
+        self._uses += 1
+        return self._key
+
+    def unwrap(self, wrapped: str) -> bytes:
+        return self.inner.unwrap(wrapped)
+
+
+def _push_batch(archive, provider, spool: Path, pgdata: Path, todo: list[str], workers: int, log):
+    """Push ready files on ``workers`` threads (zstd, AES and sockets release the GIL); return the failures."""
+    failures: list[tuple[str, CqoxError]] = []
+
+    def one(name: str) -> None:
+        try:
+            result = push_wal(archive, provider, pgdata / "pg_wal" / name)
+        except CqoxError as exc:
+            failures.append((name, exc))
+            return
+        marker(spool, "error", name).unlink(missing_ok=True)
+        write_marker(spool, "ok", name)
+        verb = "archived" if result.uploaded else "already archived"
+        log(f"wal-push-daemon: {verb} {name} ({result.seconds:.2f} s)")
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-push") as pool:
+        list(pool.map(one, todo))
+    return failures
+
+
+def run_daemon(settings_path: Path, pgdata: Path, idle_exit: float = IDLE_EXIT, workers: int = 2, log=print) -> None:
+    """Push ready segments until idle for ``idle_exit`` seconds. Exits at once if another daemon runs."""
+    spool = spool_dir(settings_path, pgdata)
+    spool.mkdir(parents=True, exist_ok=True)
+    lock = open(spool / "daemon.lock", "a")  # noqa: SIM115 - held for the life of the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    status_dir = Path(pgdata) / "pg_wal" / "archive_status"
+    archive: Archive | None = None
+    provider: CachingKeyProvider | None = None
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < idle_exit:
+        if not status_dir.is_dir():
+            log(f"{status_dir} is gone: exiting")
+            return
+        ready = sorted(p.name[: -len(".ready")] for p in status_dir.glob("*.ready"))
+        todo = [n for n in ready if not marker(spool, "ok", n).exists()]
+        if not todo:
+            time.sleep(0.1)
+            continue
+        idle_since = time.monotonic()
+        try:
+            if archive is None or provider is None:
+                settings = ArchiverSettings.load(settings_path)
+                clients = archiver_clients(settings)
+                archive = Archive(clients.s3, clients.bucket, system_identifier(pgdata))
+                provider = CachingKeyProvider(clients.provider)
+            failures = _push_batch(archive, provider, spool, Path(pgdata), todo, workers, log)
+        except CqoxError as exc:  # no clients (Vault sealed or unreachable, settings unreadable)
+            failures = [(todo[0], exc)]
+        for name, exc in failures:
+            write_marker(spool, "error", name, str(exc))
+            log(f"wal-push-daemon: {name} NOT archived: {exc}")
+        if failures:
+            archive = provider = None  # log in again next time (Vault may have been sealed)
+            time.sleep(1.0)
+        _clean_stale_markers(spool)
+    with contextlib.suppress(OSError):
+        lock.close()
+
+
+def _clean_stale_markers(spool: Path, older_than: float = 3600.0) -> None:
+    cutoff = time.time() - older_than
+    for done in (spool / "ok").glob("*"):
+        with contextlib.suppress(OSError):
+            if done.stat().st_mtime < cutoff:
+                done.unlink()

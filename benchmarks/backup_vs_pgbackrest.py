@@ -112,6 +112,20 @@ pg1-user={PG}
     return conf
 
 
+def _wait_archived(dsn: str, timeout: float = 900) -> None:
+    """Let the archiver catch up first: pg_basebackup waits for it, pgBackRest (archive-check=n) would not."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        current = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+            if last and last[:24] >= current:
+                return
+            time.sleep(0.5)
+    raise SystemExit("the WAL archiver did not catch up; is wal-push failing? (pg_stat_archiver)")
+
+
 def _pgbackrest(conf: Path, *args: str) -> None:
     result = _as_pg(["pgbackrest", f"--config={conf}", "--stanza=cqox", *args])
     if result.returncode != 0:
@@ -121,7 +135,7 @@ def _pgbackrest(conf: Path, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=68, help="pgbench scale (68 is about 1 GB)")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--segments", type=int, default=8, help="WAL segments pushed per tool")
     args = parser.parse_args()
 
@@ -154,6 +168,7 @@ def main() -> None:
             results: dict[str, dict[str, list[float]]] = {"backup": {}, "restore": {}}
             records = []
             for _ in range(args.repeat):
+                _wait_archived(admin_dsn)
                 results["backup"].setdefault("cqox", []).append(
                     _timed(
                         lambda: records.append(

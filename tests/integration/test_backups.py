@@ -222,6 +222,69 @@ def test_vault_sealed_during_archiving_loses_no_wal(stack, env, tmp_path):
     assert held in _archive(stack, env).archived_wal()
 
 
+def test_async_push_reports_the_pushers_results_and_recovers_after_s3_returns(stack, env, tmp_path):
+    pgdata = make_world_traversable_tmpdir("cqox-async-") / "pgdata"
+    fake = _fake_pgdata(pgdata.parent, 4545)
+    status = fake / "pg_wal" / "archive_status"
+    status.mkdir()
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 4)]
+    for name in names:
+        (fake / "pg_wal" / name).write_bytes(os.urandom(4096) * (SEGMENT // 4096))
+        (status / f"{name}.ready").touch()
+    subprocess.run(["chown", "-R", "postgres", str(fake.parent)], check=True)
+    cli = str(Path(sys.executable).parent / "cqox-platform")
+
+    def push(name: str) -> subprocess.CompletedProcess:
+        # As PostgreSQL runs it: the postgres OS user, the console script, inside the data directory.
+        done = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                cli,
+                "wal-push",
+                f"pg_wal/{name}",
+                "--async",
+                "--config",
+                env["CQOX_WAL_ARCHIVER_CONFIG"],
+                "--pgdata",
+                str(fake),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=fake,
+        )
+        if done.returncode == 0:
+            os.replace(status / f"{name}.ready", status / f"{name}.done")
+        return done
+
+    first = push(names[0])
+    assert first.returncode == 0, first.stderr
+    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4545")
+    assert names[0] in archive.archived_wal()
+    s3 = stack.service("s3")
+    s3.stop()
+    try:
+        time.sleep(1.5)  # the pusher may have sent names[1] already; names[2] arrives while S3 is down
+        (fake / "pg_wal" / "0000000100000000000000AA").write_bytes(b"\0" * SEGMENT)
+        (status / "0000000100000000000000AA.ready").touch()
+        subprocess.run(["chown", "-R", "postgres", str(fake)], check=True)
+        down = push("0000000100000000000000AA")
+        assert down.returncode == 1 and "NOT archived" in down.stderr
+    finally:
+        s3.start()
+        s3.after_start()
+    for name in [*names[1:], "0000000100000000000000AA"]:
+        deadline = time.monotonic() + 60
+        while (done := push(name)).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert done.returncode == 0, done.stderr
+    assert set(names) | {"0000000100000000000000AA"} <= set(archive.archived_wal())
+    archive.purge(f"{archive.root}/")
+
+
 # --- base backups and drills ---------------------------------------------------------------------------------
 
 

@@ -172,7 +172,8 @@ class WalCheckConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     kinds={"postgres", "s3"},
-    deps=["vault_config", "cqox_schema"],
+    # Continuity is anchored at the oldest backup, so in a run with both the backup comes first.
+    deps=["vault_config", "cqox_schema", "postgres_basebackup"],
     description="WAL archiving health: pg_stat_archiver, the newest archived segment's age, continuity from the "
     "oldest backup to now across timelines, and the RPO in seconds and bytes.",
     check_specs=[

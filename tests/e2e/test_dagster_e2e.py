@@ -43,8 +43,20 @@ def test_main_job_materializes_from_the_cli_and_records_the_run_in_postgres(stac
     assert result.returncode == 0, output[-5000:]
     assert "RUN_SUCCESS" in output
     checks = [line for line in output.splitlines() if "ASSET_CHECK_EVALUATION" in line]
-    assert len(checks) == 4  # schema_drift, rollups_fresh, retention_enforced, transport_security
-    assert all(line.rstrip().endswith("passed.") for line in checks), checks
+    expected = {
+        "schema_drift",
+        "rollups_fresh",
+        "retention_enforced",
+        "transport_security",
+        "wal_rpo_within_target",
+        "wal_archive_continuous",
+        "wal_archiver_healthy",
+        "drill_passed",
+        "latest_backup_verified_restorable",
+        "dr_copy_verified",
+    }
+    assert {line.split("Asset check '")[1].split("'")[0] for line in checks} == expected
+    assert all("' passed." in line for line in checks), checks
     info = stack.service("postgres").conninfo(DAGSTER_DB_NAME)
     with psycopg.connect(**info) as conn:
         status = conn.execute("SELECT status FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()

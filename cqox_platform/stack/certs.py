@@ -46,10 +46,32 @@ def ensure_tls(directory: Path) -> TlsFiles:
     if all(p.exists() for p in (files.ca_cert, files.ca_key, files.server_cert, files.server_key)):
         return files
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
+    ca_cert, ca_key = new_ca("cqox-platform local stack CA")
 
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = issue_certificate(
+        ca_cert,
+        ca_key,
+        server_key.public_key(),
+        common_name="localhost",
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1",),
+        server=True,
+        client=True,
+    )
+
+    _write_private(files.ca_key, ca_key)
+    _write_private(files.server_key, server_key)
+    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def new_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA that may sign leaf certificates only (path length 0)."""
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cqox-platform local stack CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -76,32 +98,15 @@ def ensure_tls(directory: Path) -> TlsFiles:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = issue_certificate(
-        ca_cert,
-        ca_key,
-        server_key.public_key(),
-        common_name="localhost",
-        dns_names=("localhost",),
-        ip_addresses=("127.0.0.1",),
-        server=True,
-        client=True,
-    )
-
-    _write_private(files.ca_key, ca_key)
-    _write_private(files.server_key, server_key)
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    return files
+    return ca_cert, ca_key
 
 
-def load_ca(files: TlsFiles) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """The stack CA, for services that issue further certificates from it (the Kubernetes API's users)."""
-    cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
-    key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA made by ``new_ca``, for services that issue further certificates from it (the Kubernetes API's)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise TypeError(f"{files.ca_key} does not hold the stack CA's ECDSA key")
+        raise TypeError(f"{key_path} does not hold an ECDSA CA key")
     return cert, key
 
 

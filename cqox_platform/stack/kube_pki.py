@@ -8,7 +8,10 @@ Kubernetes authenticates client certificates by their CN (user) and O (groups). 
   answers 403 Forbidden;
 - ``controller-manager``: user ``system:kube-controller-manager``, which the API server's bootstrap RBAC policy
   already authorises;
-- ``sa.key``/``sa.pub``: the key pair that signs and verifies service-account tokens.
+- ``sa.key``/``sa.pub``: the key pair that signs and verifies service-account tokens;
+- ``etcd-ca``, ``etcd-server``, ``etcd-client``: a separate CA for the storage link. kine (the etcd API) requires
+  a client certificate from it and only the API server holds one, so no user certificate of the stack CA can
+  reach the stored objects around RBAC.
 
 Everything is made once per stack directory and reused; private keys and kubeconfigs are owner-only.
 """
@@ -23,7 +26,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cqox_platform.stack.certs import issue_certificate, load_ca, tls_files, write_key
+from cqox_platform.stack.certs import issue_certificate, load_ca, new_ca, tls_files, write_key
 from cqox_platform.stack.files import write_private
 
 #: The first address of the service range is the ``kubernetes`` Service's cluster IP, so it is in the cert.
@@ -75,6 +78,22 @@ class KubePki:
         return self._pair("controller-manager")
 
     @property
+    def etcd_ca_cert(self) -> Path:
+        return self.directory / "etcd-ca.crt"
+
+    @property
+    def etcd_ca_key(self) -> Path:
+        return self.directory / "etcd-ca.key"
+
+    @property
+    def etcd_server(self) -> Identity:
+        return self._pair("etcd-server")
+
+    @property
+    def etcd_client(self) -> Identity:
+        return self._pair("etcd-client")
+
+    @property
     def service_account_key(self) -> Path:
         return self.directory / "sa.key"
 
@@ -92,13 +111,21 @@ def ensure_kube_pki(tls_dir: Path) -> KubePki:
     pki = kube_pki(tls_dir)
     pki.directory.mkdir(parents=True, exist_ok=True)
     pki.directory.chmod(0o700)
-    ca_cert, ca_key = load_ca(tls_files(tls_dir))
+    stack_ca = tls_files(tls_dir)
+    ca_cert, ca_key = load_ca(stack_ca.ca_cert, stack_ca.ca_key)
+    if not (pki.etcd_ca_cert.exists() and pki.etcd_ca_key.exists()):
+        etcd_ca_cert, etcd_ca_key = new_ca("cqox-platform local etcd CA")
+        write_key(pki.etcd_ca_key, etcd_ca_key)
+        pki.etcd_ca_cert.write_bytes(etcd_ca_cert.public_bytes(serialization.Encoding.PEM))
+        for stale in (pki.etcd_server, pki.etcd_client):  # issued by a CA that no longer exists
+            stale.cert.unlink(missing_ok=True)
+    etcd_ca = load_ca(pki.etcd_ca_cert, pki.etcd_ca_key)
 
-    def leaf(identity: Identity, common_name: str, **kwargs) -> None:
+    def leaf(identity: Identity, common_name: str, ca=(ca_cert, ca_key), **kwargs) -> None:
         if identity.cert.exists() and identity.key.exists():
             return
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = issue_certificate(ca_cert, ca_key, key.public_key(), common_name=common_name, **kwargs)
+        cert = issue_certificate(*ca, key.public_key(), common_name=common_name, **kwargs)
         write_key(identity.key, key)
         identity.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
@@ -112,6 +139,8 @@ def ensure_kube_pki(tls_dir: Path) -> KubePki:
     leaf(pki.admin, ADMIN_USER, organizations=("system:masters",), client=True)
     leaf(pki.restricted, RESTRICTED_USER, client=True)
     leaf(pki.controller_manager, CONTROLLER_MANAGER_USER, client=True)
+    leaf(pki.etcd_server, "kine", ca=etcd_ca, dns_names=("localhost",), ip_addresses=("127.0.0.1",), server=True)
+    leaf(pki.etcd_client, "kube-apiserver-etcd-client", ca=etcd_ca, client=True)
     if not (pki.service_account_key.exists() and pki.service_account_pub.exists()):
         sa_key = ec.generate_private_key(ec.SECP256R1())
         write_key(pki.service_account_key, sa_key)

@@ -32,7 +32,10 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
 class KineService(Service):
-    """kine serves the etcd v3 API from a SQLite file in its home directory (its default endpoint)."""
+    """kine serves the etcd v3 API from a SQLite file in its home directory (its default endpoint).
+
+    It listens with TLS and requires a client certificate of the separate etcd CA, which only the API server has.
+    """
 
     name = "kine"
     binaries = ("kine",)
@@ -43,24 +46,34 @@ class KineService(Service):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     def healthy(self) -> bool:
-        """The gRPC health service kine registers next to the etcd API."""
+        """The gRPC health service kine registers next to the etcd API, asked over mutual TLS."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        pki = kube_pki(self.stack.tls_dir)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki.etcd_ca_cert.read_bytes(),
+            private_key=pki.etcd_client.key.read_bytes(),
+            certificate_chain=pki.etcd_client.cert.read_bytes(),
+        )
+        with grpc.secure_channel(f"127.0.0.1:{self.port}", credentials) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def start(self) -> None:
+        pki = ensure_kube_pki(self.stack.tls_dir)
         self.home.mkdir(parents=True, exist_ok=True)
         pid = spawn(
             [
                 find_binary("kine", self.binary_dirs),
                 f"--listen-address=127.0.0.1:{self.port}",
                 "--metrics-bind-address=0",
+                f"--server-cert-file={pki.etcd_server.cert}",
+                f"--server-key-file={pki.etcd_server.key}",
+                f"--trusted-ca-file={pki.etcd_ca_cert}",
             ],
             log_path=self.log_path,
             cwd=self.home,  # the default endpoint is ./db/state.db
@@ -132,7 +145,10 @@ class KubeApiserverService(Service):
         (self.home / "certs").mkdir(parents=True, exist_ok=True)
         argv = [
             find_binary("kube-apiserver", self.binary_dirs),
-            f"--etcd-servers=http://127.0.0.1:{self.stack.ports['kine']}",
+            f"--etcd-servers=https://127.0.0.1:{self.stack.ports['kine']}",
+            f"--etcd-cafile={pki.etcd_ca_cert}",
+            f"--etcd-certfile={pki.etcd_client.cert}",
+            f"--etcd-keyfile={pki.etcd_client.key}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={self.port}",

@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cqox_platform.stack import Stack
 from cqox_platform.stack.kube_build import kube_build
+from cqox_platform.stack.kube_pki import kube_pki
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +172,25 @@ def test_kubeconfigs_are_private_and_env_holds_only_paths(stack):
         assert path.startswith(str(stack.config.secrets_dir))
         assert (stack.config.secrets_dir / path.rsplit("/", 1)[1]).stat().st_mode & 0o777 == 0o600
     assert env["KUBECONFIG"] == env["CQOX_KUBECONFIG"]
+
+
+def test_storage_accepts_only_the_api_servers_certificate(stack):
+    """kine holds every object, Secrets included: a stack-CA user certificate must not reach it around RBAC."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    kine = stack.service("kine")
+    assert kine.healthy()  # with the API server's etcd client certificate
+    pki = kube_pki(stack.config.tls_dir)
+    for identity in (pki.admin, pki.restricted):
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki.etcd_ca_cert.read_bytes(),
+            private_key=identity.key.read_bytes(),
+            certificate_chain=identity.cert.read_bytes(),
+        )
+        channel = grpc.secure_channel(f"127.0.0.1:{kine.port}", credentials)
+        with channel, pytest.raises(grpc.RpcError) as refused:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    with grpc.insecure_channel(f"127.0.0.1:{kine.port}") as channel, pytest.raises(grpc.RpcError):
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)

@@ -47,6 +47,11 @@ def test_pki_identities_carry_the_user_and_groups_rbac_reads(tmp_path):
     assert list(usages) == [ExtendedKeyUsageOID.SERVER_AUTH]
     for key in (pki.admin.key, pki.restricted.key, pki.serving.key, pki.service_account_key):
         assert key.stat().st_mode & 0o777 == 0o600
+    etcd_ca = x509.load_pem_x509_certificate(pki.etcd_ca_cert.read_bytes())
+    stack_ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    assert etcd_ca.subject != stack_ca.subject
+    for identity in (pki.etcd_server, pki.etcd_client):
+        assert _subject(identity.cert)[2].issuer == etcd_ca.subject  # not the CA of the users' certificates
     before = pki.admin.cert.read_bytes()
     assert ensure_kube_pki(tmp_path).admin.cert.read_bytes() == before  # reused, not reissued
 

@@ -297,11 +297,11 @@ def slo_backfill(days: int, wait: bool) -> None:
 
 
 def _print_status(statuses) -> None:
-    click.echo(f"{'SERVICE':<16}{'STATE':<11}{'PORT':<7}{'PID':<9}{'URL':<48}LOG")
+    click.echo(f"{'SERVICE':<25}{'STATE':<11}{'PORT':<7}{'PID':<9}{'URL':<48}LOG")
     for s in statuses:
         color = {"running": "green", "unhealthy": "yellow"}.get(s.state, "red")
         state = click.style(f"{s.state:<11}", fg=color)
-        click.echo(f"{s.name:<16}{state}{s.port or '-'!s:<7}{s.pid or '-'!s:<9}{s.url:<48}{s.log}")
+        click.echo(f"{s.name:<25}{state}{s.port or '-'!s:<7}{s.pid or '-'!s:<9}{s.url:<48}{s.log}")
 
 
 def _register_subcommands() -> None:

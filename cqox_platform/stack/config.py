@@ -23,6 +23,9 @@ DEFAULT_PORTS: dict[str, int] = {
     "pushgateway": 59091,
     "dagster": 3000,
     "traffic": 59100,
+    "kine": 52379,
+    "kube_apiserver": 56443,
+    "kube_controller_manager": 50257,
 }
 
 #: Environment variable overriding each port.
@@ -35,6 +38,9 @@ PORT_ENV: dict[str, str] = {
     "pushgateway": "CQOX_PUSHGATEWAY_PORT",
     "dagster": "CQOX_DAGSTER_PORT",
     "traffic": "CQOX_TRAFFIC_PORT",
+    "kine": "CQOX_KINE_PORT",
+    "kube_apiserver": "CQOX_KUBE_APISERVER_PORT",
+    "kube_controller_manager": "CQOX_KUBE_CONTROLLER_MANAGER_PORT",
 }
 
 DB_NAME = "cqox_prod"

@@ -35,14 +35,25 @@ BINARY_SOURCES: dict[str, str] = {
     "dagster-daemon": "PyPI package dagster (pip install -e '.[dev]')",
     "node": "Debian package nodejs",
     "npm": "Debian package npm",
+    "kube-apiserver": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",
+    "kube-controller-manager": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",
+    "kine": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",
 }
 
 #: Binaries that Debian installs outside PATH.
 EXTRA_BIN_DIRS = ("/usr/lib/postgresql/15/bin",)
 
 
-def find_binary(name: str) -> str:
-    """Return the absolute path of ``name`` or raise naming the package that provides it."""
+def find_binary(name: str, extra_dirs: Sequence[Path] = ()) -> str:
+    """Return the absolute path of ``name`` or raise naming the package that provides it.
+
+    ``extra_dirs`` come first: a service that builds its own binaries into a cache names that cache, so the
+    pinned build wins over whatever another ``kube-apiserver`` on PATH may be.
+    """
+    for directory in extra_dirs:
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
     found = shutil.which(name)
     if found:
         return found
@@ -55,7 +66,8 @@ def find_binary(name: str) -> str:
     if venv_bin.is_file():
         return str(venv_bin)
     source = BINARY_SOURCES.get(name, "its package")
-    raise MissingBinaryError(f"`{name}` is not installed or not on PATH; install it from {source}.")
+    where = f" (looked in {', '.join(map(str, extra_dirs))} and PATH)" if extra_dirs else ""
+    raise MissingBinaryError(f"`{name}` is not installed or not on PATH{where}; install it from {source}.")
 
 
 def port_owner(port: int) -> str | None:

@@ -35,6 +35,11 @@ class Service(ABC):
         self.stack = stack
 
     @property
+    def binary_dirs(self) -> tuple[Path, ...]:
+        """Directories searched for ``binaries`` before PATH (a build cache of the service's own binaries)."""
+        return ()
+
+    @property
     def port(self) -> int | None:
         return self.stack.ports.get(self.name)
 

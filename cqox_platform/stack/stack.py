@@ -14,6 +14,7 @@ from cqox_platform.stack.dagster_services import (
     dagster_home,
     prepare_dagster_home,
 )
+from cqox_platform.stack.kubernetes import KineService, KubeApiserverService, KubeControllerManagerService
 from cqox_platform.stack.openbao import OpenBaoService
 from cqox_platform.stack.postgres import PostgresService
 from cqox_platform.stack.process import ensure_port_free, ensure_writable_dir, find_binary
@@ -26,16 +27,21 @@ Progress = Callable[[str], None]
 
 
 class Stack:
-    """Real services under one directory: PostgreSQL, OpenBao, S3, Prometheus, Pushgateway, Dagster."""
+    """Real services under one directory: PostgreSQL, OpenBao, S3, Prometheus, Pushgateway, the Kubernetes API
+    (kine, kube-apiserver, kube-controller-manager), Dagster."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
+        apiserver = KubeApiserverService(config)
         core: list[Service] = [
             PostgresService(config),
             OpenBaoService(config),
             S3Service(config),
             PrometheusService(config),
             PushgatewayService(config),
+            KineService(config),
+            apiserver,
+            KubeControllerManagerService(config, apiserver),
         ]
         if config.with_traffic:
             core.append(TrafficService(config))
@@ -69,7 +75,7 @@ class Stack:
         pending = [s for s in self.services if not s.running()]
         for service in pending:
             for binary in service.binaries:
-                find_binary(binary)
+                find_binary(binary, service.binary_dirs)
             if service.port is not None:
                 ensure_port_free(service.port, service.name)
         for service in self.services:

@@ -32,12 +32,13 @@ def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
 def test_status_lists_every_service_running_with_port_and_pid(stack):
     result = _cli(stack, "status")
     assert result.returncode == 0, result.stdout + result.stderr
-    for service in ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster"):
+    services = ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster")
+    for service in (*services, "kine", "kube-apiserver", "kube-controller-manager"):
         line = next(row for row in result.stdout.splitlines() if row.startswith(service + " "))
         assert "running" in line
         pid = stack.service(service).read_pid()
         assert str(pid) in line
-        port = stack.config.ports.get(service)
+        port = stack.service(service).port
         if port:
             assert str(port) in line
 
@@ -86,6 +87,8 @@ def test_env_is_ready_for_eval_and_holds_no_secret(stack):
         "CQOX_PROMETHEUS_URL",
         "DAGSTER_HOME",
         "PGSSLROOTCERT",
+        "KUBECONFIG",
+        "CQOX_KUBE_RESTRICTED_KUBECONFIG",
     ):
         assert f"export {var}=" in result.stdout
 
@@ -179,6 +182,15 @@ def test_missing_binary_names_the_package_and_starts_nothing(monkeypatch):
     with pytest.raises(MissingBinaryError, match=r"prometheus.*apt-get install prometheus"):
         Stack(config).up()
     assert not (config.run_dir).exists() or not any(config.run_dir.iterdir())
+    assert not (config.root / "postgres" / "data" / "PG_VERSION").exists()
+
+
+def test_missing_kube_build_says_to_run_the_build_script(monkeypatch, tmp_path):
+    config = _fresh_config()
+    monkeypatch.setenv("CQOX_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no kine or kube-apiserver of another origin
+    with pytest.raises(MissingBinaryError, match=r"`kine`.*empty-cache.*run scripts/build-kube\.sh"):
+        Stack(config).up()
     assert not (config.root / "postgres" / "data" / "PG_VERSION").exists()
 
 

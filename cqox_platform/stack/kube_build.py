@@ -1,0 +1,55 @@
+"""Where ``scripts/build-kube.sh`` puts the Kubernetes binaries, and which versions it pins.
+
+No package repository ships kube-apiserver, so the build script compiles it from Go modules into a cache
+directory keyed by version. This module reads the same ``deploy/kube-build/versions.env`` as the script, so the
+stack always starts the binaries of the pinned release and never a stale build of another.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VERSIONS_FILE = REPO_ROOT / "deploy" / "kube-build" / "versions.env"
+CRDS_DIR = REPO_ROOT / "deploy" / "crds"
+DEFAULT_CACHE_DIR = Path("/var/cache/cqox-platform")
+
+
+@dataclass(frozen=True)
+class KubeBuild:
+    """The pinned versions and the directories holding their binaries."""
+
+    kubernetes_version: str
+    kine_version: str
+    cache_dir: Path
+
+    @property
+    def kube_bin_dir(self) -> Path:
+        return self.cache_dir / "kube" / self.kubernetes_version / "bin"
+
+    @property
+    def kine_bin_dir(self) -> Path:
+        return self.cache_dir / "kine" / self.kine_version / "bin"
+
+
+def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    """Parse the ``KEY=value`` lines of the versions file (comments and blank lines skipped)."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip().strip('"')
+    return values
+
+
+def kube_build() -> KubeBuild:
+    """The build this checkout pins; ``CQOX_CACHE_DIR`` moves the cache as it does for the build script."""
+    versions = read_versions()
+    return KubeBuild(
+        kubernetes_version=versions["K8S_VERSION"],
+        kine_version=versions["KINE_VERSION"],
+        cache_dir=Path(os.environ.get("CQOX_CACHE_DIR") or DEFAULT_CACHE_DIR),
+    )

@@ -1,0 +1,203 @@
+"""``KubernetesResource``: the official Kubernetes client, from a kubeconfig or in-cluster, with clear errors.
+
+Every request goes through ``call``, which turns the client's exceptions into the platform's errors: the API
+server unreachable (or its certificate untrusted), forbidden (naming the user and verb when the server says),
+not found, conflict (a stale ``resourceVersion``: the caller re-reads and retries), invalid (the server's
+validation message). Timeouts apply to every request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dagster as dg
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from pydantic import PrivateAttr
+
+from cqox_platform.errors import CqoxError
+
+T = TypeVar("T")
+
+
+class KubernetesError(CqoxError):
+    """The Kubernetes API refused or failed a request."""
+
+
+class KubernetesUnreachableError(KubernetesError):
+    """The API server did not answer, or its certificate did not verify."""
+
+
+class KubernetesForbiddenError(KubernetesError):
+    """RBAC denied the request (403) or the credentials were rejected (401)."""
+
+
+class KubernetesNotFoundError(KubernetesError):
+    """The object or the API does not exist (404)."""
+
+
+class KubernetesConflictError(KubernetesError):
+    """The object changed since it was read (409): re-read and retry."""
+
+
+class KubernetesInvalidError(KubernetesError):
+    """The API server's validation rejected the object (422)."""
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body or "{}").get("message") or exc.reason or str(exc.status)
+    except (ValueError, TypeError):
+        return exc.reason or str(exc.status)
+
+
+def translate(server: str, what: str, fn: Callable[[], T]) -> T:
+    """Run one request, mapping client failures to the platform's errors."""
+    try:
+        return fn()
+    except ApiException as exc:
+        reason = _reason(exc)
+        if exc.status in (401, 403):
+            raise KubernetesForbiddenError(f"the API server {server} denied {what}: {reason}") from None
+        if exc.status == 404:
+            raise KubernetesNotFoundError(f"{what}: not found on {server} ({reason})") from None
+        if exc.status == 409:
+            raise KubernetesConflictError(f"{what}: conflict on {server} ({reason})") from None
+        if exc.status == 422:
+            raise KubernetesInvalidError(f"the API server {server} rejected {what}: {reason}") from None
+        raise KubernetesError(f"{what} failed on {server}: HTTP {exc.status} {reason}") from None
+    except urllib3.exceptions.SSLError:
+        raise KubernetesUnreachableError(
+            f"TLS to the API server {server} failed while {what}: its certificate did not verify against the "
+            f"kubeconfig's CA."
+        ) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise KubernetesUnreachableError(
+            f"the API server {server} is unreachable while {what} ({type(exc).__name__}); is it running? "
+            f"(`cqox-platform stack status`)"
+        ) from None
+
+
+class KubernetesResource(dg.ConfigurableResource):
+    """A Kubernetes API client. ``kubeconfig`` empty: in-cluster service-account credentials."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str = "cqox"
+    request_timeout: float = 15.0
+    field_manager: str = "cqox-platform"
+
+    _api: k8s.ApiClient | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_env(cls) -> KubernetesResource:
+        return cls(kubeconfig=dg.EnvVar("CQOX_KUBECONFIG"))
+
+    def api_client(self) -> k8s.ApiClient:
+        if self._api is None:
+            configuration = k8s.Configuration()
+            try:
+                if self.kubeconfig:
+                    k8s_config.load_kube_config(
+                        config_file=self.kubeconfig, context=self.context, client_configuration=configuration
+                    )
+                else:
+                    k8s_config.load_incluster_config(client_configuration=configuration)
+            except (k8s_config.ConfigException, OSError) as exc:
+                raise KubernetesError(
+                    f"cannot load Kubernetes credentials ({self.kubeconfig or 'in-cluster'}): {exc}"
+                ) from None
+            configuration.retries = 1
+            self._api = k8s.ApiClient(configuration)
+        return self._api
+
+    @property
+    def server(self) -> str:
+        return self.api_client().configuration.host
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        return translate(self.server, what, fn)
+
+    # --- typed APIs -------------------------------------------------------------------------------------------
+
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api_client())
+
+    def apps(self) -> k8s.AppsV1Api:
+        return k8s.AppsV1Api(self.api_client())
+
+    def batch(self) -> k8s.BatchV1Api:
+        return k8s.BatchV1Api(self.api_client())
+
+    def custom(self) -> k8s.CustomObjectsApi:
+        return k8s.CustomObjectsApi(self.api_client())
+
+    def dynamic(self) -> DynamicClient:
+        return self.call("discovering the API", lambda: DynamicClient(self.api_client()))
+
+    # --- objects ----------------------------------------------------------------------------------------------
+
+    def get_custom(self, group: str, version: str, plural: str, name: str, namespace: str | None = None) -> dict:
+        ns = namespace or self.namespace
+        return self.call(
+            f"reading {plural}/{name} in {ns}",
+            lambda: self.custom().get_namespaced_custom_object(
+                group, version, ns, plural, name, _request_timeout=self.request_timeout
+            ),
+        )
+
+    def replace_custom(self, group: str, version: str, plural: str, body: dict, namespace: str | None = None) -> dict:
+        """PUT the whole object: guarded by the ``resourceVersion`` it carries (409 if it changed)."""
+        ns = namespace or self.namespace
+        name = body["metadata"]["name"]
+        return self.call(
+            f"updating {plural}/{name} in {ns}",
+            lambda: self.custom().replace_namespaced_custom_object(
+                group, version, ns, plural, name, body, _request_timeout=self.request_timeout
+            ),
+        )
+
+    def apply(self, manifest: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+        """Server-side apply one manifest with field manager ``cqox-platform``; returns the live object."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        namespace = manifest["metadata"].get("namespace")
+        resource = self.call(
+            f"finding the API of {manifest['apiVersion']} {kind}",
+            lambda: self.dynamic().resources.get(api_version=manifest["apiVersion"], kind=kind),
+        )
+        applied = self.call(
+            f"applying {kind}/{name}",
+            lambda: resource.server_side_apply(
+                body=manifest,
+                name=name,
+                namespace=namespace if resource.namespaced else None,
+                field_manager=self.field_manager,
+                force_conflicts=force,
+                _request_timeout=self.request_timeout,
+            ),
+        )
+        return applied.to_dict()
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        resource = self.call(
+            f"finding the API of {api_version} {kind}",
+            lambda: self.dynamic().resources.get(api_version=api_version, kind=kind),
+        )
+        return self.call(
+            f"reading {kind}/{name}",
+            lambda: resource.get(
+                name=name,
+                namespace=(namespace or self.namespace) if resource.namespaced else None,
+                _request_timeout=self.request_timeout,
+            ),
+        ).to_dict()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None

@@ -1,0 +1,50 @@
+"""Evidence for a canary decision: the policy's PromQL for canary and stable, and the SLO's error budget.
+
+``query`` is any instant-query function (``PrometheusResource.query``); ``at`` evaluates in the past, which
+is how the backtest replays history through the same code. A failed query makes the whole evidence
+"Prometheus unavailable", never a partial picture that could promote by accident.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from cqox_platform.canary.decision import Evidence, MetricValue
+from cqox_platform.canary.policy import CanaryPolicy
+from cqox_platform.errors import CqoxError
+
+Query = Callable[..., list[dict]]
+
+
+def scalar(result: list[dict]) -> float | None:
+    """The single value of an instant vector; None for no series or NaN (0/0 on an idle version)."""
+    if not result:
+        return None
+    value = float(result[0]["value"][1])
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def gather_evidence(
+    policy: CanaryPolicy,
+    query: Query,
+    *,
+    at: float | None = None,
+    budget_remaining: Callable[[], float | None] | None = None,
+) -> Evidence:
+    p = policy.prometheus
+    queries: dict[str, str] = {}
+    try:
+        canary_q = policy.render(policy.requests_query, p.canary_version)
+        stable_q = policy.render(policy.requests_query, p.stable_version)
+        canary_requests = scalar(query(canary_q, at=at))
+        stable_requests = scalar(query(stable_q, at=at))
+        queries["requests"] = canary_q
+        metrics = []
+        for check in policy.metrics:
+            cq, sq = policy.render(check.query, p.canary_version), policy.render(check.query, p.stable_version)
+            metrics.append(MetricValue(check.name, scalar(query(cq, at=at)), scalar(query(sq, at=at)), cq, sq))
+        budget = budget_remaining() if budget_remaining else None
+    except CqoxError as exc:
+        return Evidence(None, None, prometheus_ok=False, error=str(exc)[:300])
+    return Evidence(canary_requests, stable_requests, tuple(metrics), budget)

@@ -1,0 +1,159 @@
+"""Canary policies: one YAML file per service (``deploy/canary/<service>.yaml``), validated on load.
+
+A policy says how traffic moves (steps, interval), what counts as evidence (a minimum number of canary
+requests per interval), which metrics judge the canary and how (absolute thresholds and thresholds relative
+to stable), how patient to be (failures and consecutive holds before rolling back) and when the error budget
+forbids going past the first step. Errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cqox_platform.errors import CqoxError
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "canary"
+
+
+class PolicyError(CqoxError):
+    """A canary policy file is invalid."""
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    name: str
+    query: str
+    max: float | None = None
+    max_over_stable: float | None = None  # canary - stable <= this
+    max_ratio_to_stable: float | None = None  # canary / stable <= this
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class KubeTarget:
+    namespace: str
+    virtual_service: str
+    route: str
+    stable_subset: str
+    canary_subset: str
+    canary_deployment: str
+    container: str
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    selector: str
+    version_label: str = "version"
+    stable_version: str = "stable"
+    canary_version: str = "canary"
+
+
+@dataclass(frozen=True)
+class BudgetGate:
+    slo: str
+    min_remaining: float
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    service: str
+    version: int
+    kubernetes: KubeTarget
+    steps: tuple[int, ...]
+    interval_seconds: int
+    min_requests: int
+    failure_limit: int
+    max_consecutive_holds: int
+    prometheus: PrometheusSettings
+    metrics: tuple[MetricCheck, ...]
+    requests_query: str
+    budget_gate: BudgetGate | None = None
+    source: str = field(default="", compare=False)
+
+    @property
+    def window(self) -> str:
+        return f"{self.interval_seconds}s"
+
+    def render(self, template: str, version: str, window: str | None = None) -> str:
+        """A PromQL template with ``{selector}``, ``{version_label}``, ``{version}``, ``{window}`` filled in."""
+        p = self.prometheus
+        return " ".join(
+            template.format(
+                selector=p.selector, version_label=p.version_label, version=version, window=window or self.window
+            ).split()
+        )
+
+
+def _require(data: dict[str, Any], key: str, where: str) -> Any:
+    if key not in data:
+        raise PolicyError(f"{where}: `{key}` is missing.")
+    return data[key]
+
+
+def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> CanaryPolicy:
+    if not isinstance(data, dict):
+        raise PolicyError(f"{where}: expected a mapping at the top level.")
+    try:
+        steps = tuple(int(s) for s in _require(data, "steps", where))
+        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+            raise PolicyError(f"{where}: `steps` must rise strictly within 1..100 and end at 100, got {list(steps)}.")
+        metrics = []
+        for i, m in enumerate(_require(data, "metrics", where)):
+            check = MetricCheck(
+                name=str(_require(m, "name", f"{where} metrics[{i}]")),
+                query=str(_require(m, "query", f"{where} metrics[{i}]")),
+                max=m.get("max"),
+                max_over_stable=m.get("max_over_stable"),
+                max_ratio_to_stable=m.get("max_ratio_to_stable"),
+                description=m.get("description", ""),
+            )
+            if check.max is None and check.max_over_stable is None and check.max_ratio_to_stable is None:
+                raise PolicyError(f"{where} metrics[{i}] ({check.name}): give at least one threshold.")
+            metrics.append(check)
+        gate = data.get("budget_gate")
+        policy = CanaryPolicy(
+            service=str(_require(data, "service", where)),
+            version=int(_require(data, "version", where)),
+            kubernetes=KubeTarget(**_require(data, "kubernetes", where)),
+            steps=steps,
+            interval_seconds=int(_require(data, "interval_seconds", where)),
+            min_requests=int(_require(data, "min_requests", where)),
+            failure_limit=int(_require(data, "failure_limit", where)),
+            max_consecutive_holds=int(_require(data, "max_consecutive_holds", where)),
+            prometheus=PrometheusSettings(**_require(data, "prometheus", where)),
+            metrics=tuple(metrics),
+            requests_query=str(_require(data, "requests_query", where)),
+            budget_gate=BudgetGate(str(gate["slo"]), float(gate["min_remaining"])) if gate else None,
+            source=where,
+        )
+    except (TypeError, ValueError, KeyError) as exc:
+        raise PolicyError(f"{where}: {exc}") from None
+    if policy.interval_seconds < 1 or policy.failure_limit < 1 or policy.max_consecutive_holds < 0:
+        raise PolicyError(f"{where}: interval_seconds and failure_limit must be >= 1, max_consecutive_holds >= 0.")
+    for template in [policy.requests_query, *(m.query for m in policy.metrics)]:
+        try:
+            policy.render(template, "x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise PolicyError(f"{where}: query template {template[:60]!r}... has a bad placeholder: {exc}") from None
+    return policy
+
+
+def load_policy(path: Path) -> CanaryPolicy:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise PolicyError(f"cannot read canary policy {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path} is not valid YAML: {exc}") from None
+    return parse_policy(data, where=str(path))
+
+
+def policy_for(service: str, directory: Path = POLICY_DIR) -> CanaryPolicy:
+    path = directory / f"{service}.yaml"
+    if not path.exists():
+        raise PolicyError(f"no canary policy for {service!r}: expected {path}.")
+    return load_policy(path)

@@ -1,0 +1,209 @@
+"""The canary decision function, branch by branch, and policy validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cqox_platform.canary.decision import (
+    COMPLETE,
+    HOLD,
+    NONE,
+    PROMOTE,
+    PROMOTED,
+    ROLLBACK,
+    ROLLED_BACK,
+    Evidence,
+    MetricValue,
+    RolloutState,
+    decide,
+)
+from cqox_platform.canary.policy import POLICY_DIR, PolicyError, load_policy, parse_policy
+
+POLICY = load_policy(POLICY_DIR / "cqox-engine.yaml")
+
+
+def good(requests=5000, err=0.001, err_stable=0.001, p99=0.3, p99_stable=0.3, budget=0.9) -> Evidence:
+    return Evidence(
+        requests,
+        requests * 9,
+        (MetricValue("error_ratio", err, err_stable), MetricValue("latency_p99", p99, p99_stable)),
+        budget_remaining=budget,
+    )
+
+
+CASES = [
+    # (name, state, evidence, action, weight_after, state after, reason fragment)
+    ("promote from first step", RolloutState(0), good(), PROMOTE, 50, RolloutState(1), "10 % -> 50 %"),
+    ("promote to last step", RolloutState(1), good(), PROMOTE, 100, RolloutState(2), "50 % -> 100 %"),
+    ("complete at 100", RolloutState(2), good(), COMPLETE, 100, RolloutState(2, status=PROMOTED), "complete"),
+    (
+        "finished rollout",
+        RolloutState(1, status=ROLLED_BACK),
+        good(),
+        NONE,
+        50,
+        RolloutState(1, status=ROLLED_BACK),
+        "already",
+    ),
+    (
+        "prometheus down holds, uncounted",
+        RolloutState(1, failures=1, consecutive_holds=2),
+        Evidence(None, None, prometheus_ok=False, error="refused"),
+        HOLD,
+        50,
+        RolloutState(1, failures=1, consecutive_holds=2),
+        "Prometheus unavailable",
+    ),
+    (
+        "too few requests holds",
+        RolloutState(0),
+        good(requests=10),
+        HOLD,
+        10,
+        RolloutState(0, consecutive_holds=1),
+        "insufficient evidence",
+    ),
+    (
+        "no canary data holds",
+        RolloutState(0, consecutive_holds=1),
+        Evidence(5000, 5000, (MetricValue("error_ratio", None, 0.001), MetricValue("latency_p99", 0.2, 0.2)), 0.9),
+        HOLD,
+        10,
+        RolloutState(0, consecutive_holds=2),
+        "no data for error_ratio",
+    ),
+    (
+        "holds past the limit roll back",
+        RolloutState(1, consecutive_holds=3),
+        good(requests=0),
+        ROLLBACK,
+        0,
+        RolloutState(1, consecutive_holds=3, status=ROLLED_BACK),
+        "insufficient evidence for 4",
+    ),
+    (
+        "absolute threshold fails once: hold",
+        RolloutState(1),
+        good(err=0.02, err_stable=0.019),
+        HOLD,
+        50,
+        RolloutState(1, failures=1),
+        "> max 0.01",
+    ),
+    (
+        "relative threshold fails",
+        RolloutState(1),
+        good(err=0.008, err_stable=0.001),
+        HOLD,
+        50,
+        RolloutState(1, failures=1),
+        "exceeds stable",
+    ),
+    (
+        "ratio to stable fails",
+        RolloutState(1),
+        good(p99=0.9, p99_stable=0.3),
+        HOLD,
+        50,
+        RolloutState(1, failures=1),
+        "3.00x stable",
+    ),
+    (
+        "second failure rolls back",
+        RolloutState(1, failures=1),
+        good(err=0.05),
+        ROLLBACK,
+        0,
+        RolloutState(1, failures=1, status=ROLLED_BACK),
+        "failed 2 time(s)",
+    ),
+    (
+        "low budget stops at the first step",
+        RolloutState(0),
+        good(budget=0.1),
+        HOLD,
+        10,
+        RolloutState(0),
+        "error budget of availability",
+    ),
+    (
+        "unknown budget stops at the first step",
+        RolloutState(0),
+        good(budget=None),
+        HOLD,
+        10,
+        RolloutState(0),
+        "unknown",
+    ),
+    ("low budget does not stop later steps", RolloutState(1), good(budget=0.1), PROMOTE, 100, RolloutState(2), "50 %"),
+    (
+        "no stable data: absolute thresholds only",
+        RolloutState(1),
+        Evidence(5000, None, (MetricValue("error_ratio", 0.002, None), MetricValue("latency_p99", 0.3, None)), 0.9),
+        PROMOTE,
+        100,
+        RolloutState(2),
+        "passed",
+    ),
+    (
+        "passing analysis resets holds",
+        RolloutState(0, consecutive_holds=2),
+        good(),
+        PROMOTE,
+        50,
+        RolloutState(1),
+        "passed",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "state", "evidence", "action", "weight", "after", "reason"), CASES, ids=[c[0] for c in CASES]
+)
+def test_decide(name, state, evidence, action, weight, after, reason):
+    decision = decide(POLICY, state, evidence)
+    assert decision.action == action
+    assert decision.weight_after == weight
+    assert decision.state == after
+    assert reason in decision.reason
+
+
+def test_verdicts_carry_values_and_reasons():
+    decision = decide(POLICY, RolloutState(1), good(err=0.03, err_stable=0.001))
+    (err, p99) = decision.verdicts
+    assert err.passed is False and err.canary == 0.03 and len(err.reasons) == 2
+    assert p99.passed is True
+
+
+def test_policy_renders_queries_per_version():
+    q = POLICY.render(POLICY.metrics[0].query, "canary")
+    assert 'version="canary"' in q and "[600s]" in q and "{" not in q.replace("{job", "").split("sum(rate(")[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": [10, 50]}, "end at 100"),
+        ({"steps": [50, 10, 100]}, "rise strictly"),
+        ({"metrics": [{"name": "x", "query": "up"}]}, "at least one threshold"),
+        ({"metrics": [{"name": "x", "query": "rate(x[{windw}])", "max": 1}]}, "bad placeholder"),
+        ({"failure_limit": 0}, "failure_limit"),
+    ],
+)
+def test_policy_validation_names_the_problem(change, message):
+    import yaml
+
+    data = {**yaml.safe_load((POLICY_DIR / "cqox-engine.yaml").read_text()), **change}
+    with pytest.raises(PolicyError, match=message):
+        parse_policy(data, where="test.yaml")
+
+
+def test_missing_policy_file_is_named(tmp_path: Path):
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+def test_repository_policy_matches_the_roadmap():
+    assert POLICY.steps == (10, 50, 100) and POLICY.interval_seconds == 600  # 10 % -> 50 % -> 100 %, ten minutes

@@ -305,9 +305,10 @@ def _print_status(statuses) -> None:
 
 
 def _register_subcommands() -> None:
-    from cqox_platform import cli_backup
+    from cqox_platform import cli_backup, cli_canary
 
     cli_backup.register(main)
+    cli_canary.register(main)
 
 
 _register_subcommands()

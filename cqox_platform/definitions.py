@@ -9,12 +9,13 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import backups, database, datasets, security, slo
+from assets import backups, canary, database, datasets, security, slo
 from cqox_platform.resources.backups import BackupStorageResource
+from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
-from sensors import backup_schedules, database_schedules, datasets_sensor, slo_sensor
+from sensors import backup_schedules, canary_sensor, database_schedules, datasets_sensor, slo_sensor
 
 vault = VaultResource.platform_from_env()
 # The platform logs in to PostgreSQL as a short-lived Vault-issued user when a Vault database role is configured
@@ -33,6 +34,8 @@ defs = dg.Definitions.merge(
     slo_sensor.defs,
     backups.defs,
     backup_schedules.defs,
+    canary.defs,
+    canary_sensor.defs,
     dg.Definitions(
         resources={
             "postgres": postgres,
@@ -42,6 +45,7 @@ defs = dg.Definitions.merge(
             "prometheus": PrometheusResource.from_env(),
             # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`.
             "backups": BackupStorageResource.from_env(),
+            "kubernetes": KubernetesResource.from_env(),
             "s3": S3Resource(endpoint_url=dg.EnvVar("CQOX_S3_ENDPOINT"), region_name="us-east-1"),
         }
     ),

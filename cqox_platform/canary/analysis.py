@@ -13,6 +13,8 @@ from collections.abc import Callable
 from cqox_platform.canary.decision import Evidence, MetricValue
 from cqox_platform.canary.policy import CanaryPolicy
 from cqox_platform.errors import CqoxError
+from cqox_platform.slo.budget import error_budget
+from cqox_platform.slo.spec import SloSpec
 
 Query = Callable[..., list[dict]]
 
@@ -48,3 +50,12 @@ def gather_evidence(
     except CqoxError as exc:
         return Evidence(None, None, prometheus_ok=False, error=str(exc)[:300])
     return Evidence(canary_requests, stable_requests, tuple(metrics), budget)
+
+
+def slo_budget_remaining(spec: SloSpec, slo_name: str, query: Query, at: float | None = None) -> float | None:
+    """Share of the SLO's error budget left over its period (1 = untouched, below 0 = overspent)."""
+    slo = next((s for s in spec.budgeted if s.name == slo_name), None)
+    if slo is None:
+        raise CqoxError(f"the budget gate names SLO {slo_name!r}, which {spec.service}'s SLO file does not define.")
+    ratio = scalar(query(spec.error_ratio_query(slo, f"{spec.period_days}d"), at=at))
+    return None if ratio is None else 1 - ratio / error_budget(slo.objective)

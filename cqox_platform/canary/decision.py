@@ -50,6 +50,12 @@ class Evidence:
     error: str = ""
 
 
+def evidence_from_dict(data: dict[str, Any]) -> Evidence:
+    """Inverse of ``asdict(evidence)``: the sensor hands evidence to the run as JSON."""
+    metrics = tuple(MetricValue(**m) for m in data.get("metrics", ()))
+    return Evidence(**{**data, "metrics": metrics})
+
+
 @dataclass(frozen=True)
 class MetricVerdict:
     name: str

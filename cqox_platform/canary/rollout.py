@@ -83,5 +83,3 @@ def backtest(
         state = decision.state
         at += policy.interval_seconds
     return steps
-
-

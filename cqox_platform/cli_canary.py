@@ -1,0 +1,106 @@
+"""`cqox-platform canary start | status | backtest`."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+
+@click.group("canary")
+def canary() -> None:
+    """Canary rollouts: start one, see them all, replay history through a policy."""
+
+
+def _policy(service: str, policy_file: Path | None):
+    from cqox_platform.canary.policy import POLICY_DIR, load_policy, policy_for
+
+    if policy_file:
+        return load_policy(policy_file)
+    return policy_for(service, Path(os.environ.get("CQOX_CANARY_POLICY_DIR") or POLICY_DIR))
+
+
+def _kube():
+    from cqox_platform.cli import _env
+    from cqox_platform.resources.kubernetes import KubernetesResource
+
+    return KubernetesResource(kubeconfig=_env("CQOX_KUBECONFIG"))
+
+
+@canary.command("start")
+@click.argument("service")
+@click.option("--image", required=True, help="The new image for the canary Deployment.")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=Path), default=None)
+def canary_start(service: str, image: str, policy_file: Path | None) -> None:
+    """Set SERVICE's canary image and the first step's weight; canary_sensor takes it from there."""
+    from cqox_platform.canary.rollout import start_rollout
+    from cqox_platform.cli import _postgres
+
+    policy = _policy(service, policy_file)
+    with _postgres().connect(autocommit=True) as conn:
+        rollout, change = start_rollout(conn, _kube(), policy, image)
+    click.echo(
+        f"{rollout.rollout_id}: {image} at {rollout.weight} % (was {rollout.previous_image}); VirtualService "
+        f"resourceVersion {change.resource_version_before} -> {change.resource_version_after}"
+    )
+
+
+@canary.command("status")
+@click.option("--limit", default=20, show_default=True)
+def canary_status(limit: int) -> None:
+    """Every rollout, newest first: step, weight, counters and the last decision with its reason."""
+    from cqox_platform.canary.store import all_rollouts
+    from cqox_platform.cli import _postgres
+
+    with _postgres().connect() as conn:
+        rollouts = all_rollouts(conn, limit)
+    click.echo(
+        f"{'ROLLOUT':<34}{'STATUS':<13}{'STEP':<6}{'WEIGHT':<8}{'FAIL':<6}{'HOLDS':<7}{'IMAGE':<30}LAST DECISION"
+    )
+    for r in rollouts:
+        last = f"{r.last_decision}: {r.last_reason}" if r.last_decision else "-"
+        click.echo(
+            f"{r.rollout_id:<34}{r.status:<13}{r.step_index:<6}{r.weight:<8}{r.failures:<6}{r.consecutive_holds:<7}"
+            f"{r.image:<30}{last}"
+        )
+    if not rollouts:
+        click.echo("(no rollouts)")
+
+
+@canary.command("backtest")
+@click.argument("service")
+@click.option("--start", "start_at", required=True, help="ISO time the rollout would have started.")
+@click.option("--end", "end_at", default=None, help="ISO time to stop (default now).")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=Path), default=None)
+def canary_backtest(service: str, start_at: str, end_at: str | None, policy_file: Path | None) -> None:
+    """Replay Prometheus history through a policy: when it would have promoted, held or rolled back."""
+    from assets.canary import budget_for
+    from cqox_platform.canary.rollout import backtest
+    from cqox_platform.cli import _env
+    from cqox_platform.resources.prometheus import PrometheusResource
+
+    policy = _policy(service, policy_file)
+    prometheus = PrometheusResource(url=_env("CQOX_PROMETHEUS_URL"))
+    start = _when(start_at)
+    end = _when(end_at) if end_at else datetime.now(UTC).timestamp()
+    steps = backtest(policy, prometheus.query, start, end, budget_at=lambda t: budget_for(policy, prometheus, at=t))
+    for step in steps:
+        at = datetime.fromtimestamp(step.at, UTC).isoformat(timespec="seconds")
+        d = step.decision
+        click.echo(f"{at}  {d.action:<9}{d.weight_before:>4} % -> {d.weight_after:>3} %  {d.reason}")
+    final = steps[-1].decision.state.status if steps else "no full interval in the range"
+    click.echo(f"policy {policy.source} v{policy.version}: {len(steps)} interval(s), outcome: {final}")
+
+
+def _when(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-26T10:00:00+00:00).") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def register(main: click.Group) -> None:
+    main.add_command(canary)

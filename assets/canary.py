@@ -115,7 +115,6 @@ def canary_rollout(
 canary_decision_job = dg.define_asset_job(
     "canary_decision_job",
     selection=dg.AssetSelection.assets(canary_rollout),
-    partitions_def=canary_partitions,
     description="Apply one canary decision (requested by canary_sensor).",
 )
 

@@ -1,0 +1,320 @@
+"""Canary rollouts on the stack's real Kubernetes API server and Prometheus, with synthetic traffic.
+
+Each scenario gets its own namespace (VirtualService, canary Deployment), its own traffic exporter scraped under
+its own job, and a policy whose queries select that job. Time between analyses is compressed: the test moves
+``last_decision_at`` back instead of waiting ten minutes; everything else (queries, decisions, weight changes,
+materializations) is the real path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from unittest import mock
+
+import dagster as dg
+import psycopg
+import pytest
+import yaml
+
+from assets.canary import canary_decision_job, canary_partitions, canary_rollout
+from cqox_platform.canary.policy import POLICY_DIR, load_policy
+from cqox_platform.canary.rollout import start_rollout
+from cqox_platform.canary.router import VS, shift_weights
+from cqox_platform.canary.store import get_rollout
+from cqox_platform.resources.kubernetes import KubernetesForbiddenError, KubernetesInvalidError, KubernetesResource
+from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.schema import MigrationRunner
+from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
+from cqox_platform.stack.process import free_port
+from sensors.canary_sensor import canary_sensor
+from tests.integration.test_vault import _postgres_admin
+
+SLO_SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+SCENARIOS = {
+    "good": {"stable": VersionTraffic(rps=100), "canary": VersionTraffic(rps=40)},
+    "bad": {"stable": VersionTraffic(rps=100), "canary": VersionTraffic(rps=40, error_ratio=0.2)},
+    "silent": {"stable": VersionTraffic(rps=100), "canary": VersionTraffic(rps=0.0)},
+    "burnt": {
+        "stable": VersionTraffic(rps=100, error_ratio=0.004),
+        "canary": VersionTraffic(rps=40, error_ratio=0.004),
+    },
+}
+
+
+def _kube(stack, restricted: bool = False) -> KubernetesResource:
+    env = stack.env()
+    return KubernetesResource(kubeconfig=env["CQOX_KUBE_RESTRICTED_KUBECONFIG" if restricted else "CQOX_KUBECONFIG"])
+
+
+def _objects(namespace: str) -> list[dict]:
+    labels = {"app": "cqox-engine", "track": "canary"}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "cqox-engine-canary", "namespace": namespace},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "cqox-engine", "image": "cqox/engine:v1"}]},
+                },
+            },
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "cqox-engine", "namespace": namespace},
+            "spec": {
+                "hosts": ["cqox-engine"],
+                "http": [
+                    {"name": "health", "route": [{"destination": {"host": "cqox-engine", "subset": "v1"}}]},
+                    {
+                        "name": "primary",
+                        "timeout": "30s",
+                        "route": [
+                            {"destination": {"host": "cqox-engine", "subset": "v1"}, "weight": 100},
+                            {"destination": {"host": "cqox-engine", "subset": "v2"}, "weight": 0},
+                        ],
+                    },
+                ],
+            },
+        },
+    ]
+
+
+def _policy_dir(root: Path, name: str, namespace: str, job: str, **overrides) -> Path:
+    raw = yaml.safe_load((POLICY_DIR / "cqox-engine.yaml").read_text())
+    raw["kubernetes"]["namespace"] = namespace
+    raw["prometheus"]["selector"] = f'job="{job}"'
+    raw.update({"interval_seconds": 60, "min_requests": 200, "max_consecutive_holds": 2, **overrides})
+    directory = root / f"policies-{name}"
+    directory.mkdir(exist_ok=True)
+    (directory / "cqox-engine.yaml").write_text(yaml.safe_dump(raw))
+    spec = yaml.safe_load(SLO_SPEC.read_text())
+    spec["selector"] = {"job": job}
+    (directory / "slos.yaml").write_text(yaml.safe_dump(spec))
+    return directory
+
+
+def _scraped(prometheus: PrometheusResource, job: str) -> bool:
+    # Two scrapes inside the 60 s window, so rate() has a value for both versions.
+    result = prometheus.query(f'count_over_time(http_requests_total{{job="{job}",code="200"}}[60s])')
+    return len(result) >= 1 and all(float(r["value"][1]) >= 3 for r in result)
+
+
+@pytest.fixture(scope="module")
+def world(stack):
+    env = stack.env()
+    with mock.patch.dict(os.environ, env), _postgres_admin(stack).connect(autocommit=True) as conn:
+        MigrationRunner().migrate(conn)
+    kube = _kube(stack)
+    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"])
+    root = Path(stack.config.root)
+    scenarios, servers, targets = {}, [], []
+    for name, versions in SCENARIOS.items():
+        job = f"canary-{name}-{uuid.uuid4().hex[:6]}"
+        namespace = f"canary-{name}-{uuid.uuid4().hex[:6]}"
+        for obj in _objects(namespace):
+            kube.apply(obj)
+        port = free_port()
+        servers.append(serve(TrafficModel(dict(versions)), "127.0.0.1", port))
+        target = stack.service("prometheus").home / "targets" / f"{job}.json"
+        target.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"job": job}}]))
+        targets.append(target)
+        scenarios[name] = {"job": job, "namespace": namespace, "policies": _policy_dir(root, name, namespace, job)}
+    deadline = time.monotonic() + 180
+    while not all(_scraped(prometheus, s["job"]) for s in scenarios.values()):
+        assert time.monotonic() < deadline, "Prometheus did not scrape the canary exporters"
+        time.sleep(3)
+    yield {"kube": kube, "prometheus": prometheus, "scenarios": scenarios}
+    for target in targets:
+        target.unlink()
+    for server in servers:
+        server.shutdown()
+
+
+def _conn(stack) -> psycopg.Connection:
+    return psycopg.connect(**_postgres_admin(stack).conninfo(), autocommit=True)
+
+
+def _start(stack, world, name: str):
+    scenario = world["scenarios"][name]
+    policy = load_policy(scenario["policies"] / "cqox-engine.yaml")
+    with _conn(stack) as conn:
+        conn.execute("UPDATE canary_rollouts SET status = 'rolled_back' WHERE status = 'progressing'")
+        rollout, _ = start_rollout(conn, world["kube"], policy, f"cqox/engine:{name}")
+    return policy, rollout
+
+
+def _tick(stack, world, name: str, instance, prometheus=None):
+    """One sensor evaluation (time compressed) and, if it requested one, the decision run."""
+    scenario = world["scenarios"][name]
+    env = {
+        **stack.env(),
+        "CQOX_CANARY_POLICY_DIR": str(scenario["policies"]),
+        "CQOX_SLO_SPEC": str(scenario["policies"] / "slos.yaml"),
+    }
+    with _conn(stack) as conn:
+        conn.execute(
+            "UPDATE canary_rollouts SET last_decision_at = now() - interval '1 hour', "
+            "started_at = started_at - interval '1 hour' WHERE status = 'progressing'"
+        )
+    with _conn(stack) as conn:
+        active = [r[0] for r in conn.execute("SELECT rollout_id FROM canary_rollouts WHERE status = 'progressing'")]
+    # As canary_start_job does; a rollout started from the CLI gets its partition from the sensor's result.
+    instance.add_dynamic_partitions(canary_partitions.name, active)
+    resources = {
+        "postgres": _postgres_admin(stack),
+        "prometheus": prometheus or world["prometheus"],
+        "kubernetes": world["kube"],
+    }
+    defs = dg.Definitions(
+        assets=[canary_rollout], jobs=[canary_decision_job], sensors=[canary_sensor], resources=resources
+    )
+    with (
+        mock.patch.dict(os.environ, env),
+        dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as context,
+    ):
+        result = canary_sensor.evaluate_tick(context)
+        if not result.run_requests:
+            return None, result.skip_message
+        (request,) = result.run_requests
+        for partitions_request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(canary_partitions.name, list(partitions_request.partition_keys))
+        run = dg.materialize(
+            [canary_rollout],
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            resources={"postgres": _postgres_admin(stack), "kubernetes": world["kube"]},
+            instance=instance,
+        )
+    (event,) = run.asset_materializations_for_node("canary_rollout")
+    return {k: v.value for k, v in event.metadata.items()}, request.run_key
+
+
+def _weights(world, name: str) -> dict[str, int]:
+    ns = world["scenarios"][name]["namespace"]
+    vs = world["kube"].get_custom(*VS, "cqox-engine", ns)
+    primary = next(r for r in vs["spec"]["http"] if r["name"] == "primary")
+    return {d["destination"]["subset"]: d["weight"] for d in primary["route"]}
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_a_good_canary_is_promoted_to_100_with_its_evidence_recorded(stack, world, instance):
+    _policy, rollout = _start(stack, world, "good")
+    assert _weights(world, "good") == {"v1": 90, "v2": 10}
+    seen = []
+    for _ in range(3):
+        meta, run_key = _tick(stack, world, "good", instance)
+        assert meta is not None, run_key
+        seen.append((meta["action"], meta["weight_after"]))
+        assert (
+            meta["canary_requests"] >= 200
+            and "error_ratio" in meta["metrics"]
+            and 'version="canary"' in meta["metrics"]
+            and "{version}" not in meta["metrics"]
+        )
+        assert meta["policy"].endswith("v1") and run_key.startswith(rollout.rollout_id)
+    assert seen == [("promote", 50), ("promote", 100), ("complete", 100)]
+    assert meta["resource_version_before"] and meta["resource_version_after"]
+    assert _weights(world, "good") == {"v1": 0, "v2": 100}
+    with _conn(stack) as conn:
+        assert get_rollout(conn, rollout.rollout_id).status == "promoted"
+    meta, reason = _tick(stack, world, "good", instance)
+    assert meta is None and "no canary rollout" in reason
+
+
+def test_a_canary_whose_error_ratio_rises_rolls_back_within_two_intervals(stack, world, instance):
+    _start(stack, world, "bad")
+    first, _ = _tick(stack, world, "bad", instance)
+    second, _ = _tick(stack, world, "bad", instance)
+    assert first["action"] == "hold" and "analysis failed (1 of 2)" in first["reason"]
+    assert second["action"] == "rollback" and second["weight_after"] == 0
+    assert _weights(world, "bad") == {"v1": 100, "v2": 0}
+    deployment = (
+        world["kube"].apps().read_namespaced_deployment("cqox-engine-canary", world["scenarios"]["bad"]["namespace"])
+    )
+    assert deployment.spec.template.spec.containers[0].image == "cqox/engine:v1"  # image reverted
+
+
+def test_no_data_holds_and_past_the_limit_rolls_back(stack, world, instance):
+    _start(stack, world, "silent")
+    actions = [_tick(stack, world, "silent", instance)[0]["action"] for _ in range(3)]
+    assert actions == ["hold", "hold", "rollback"]
+    assert _weights(world, "silent")["v2"] == 0
+
+
+def test_prometheus_down_holds_rather_than_promotes(stack, world, instance):
+    _start(stack, world, "good")
+    down = PrometheusResource(url=f"http://127.0.0.1:{free_port()}")
+    meta, _ = _tick(stack, world, "good", instance, prometheus=down)
+    assert meta["action"] == "hold" and "Prometheus unavailable" in meta["reason"] and meta["prometheus_ok"] is False
+    assert _weights(world, "good")["v2"] == 10
+
+
+def test_a_low_error_budget_stops_promotion_at_the_first_step(stack, world, instance):
+    _start(stack, world, "burnt")
+    meta, _ = _tick(stack, world, "burnt", instance)
+    assert meta["action"] == "hold" and "error budget of availability" in meta["reason"]
+    assert meta["budget_remaining"] < 0.25
+    assert _weights(world, "burnt")["v2"] == 10
+
+
+class _RacingKube:
+    """Lets another writer change the VirtualService right after our first read."""
+
+    def __init__(self, kube: KubernetesResource, namespace: str) -> None:
+        self.kube, self.namespace, self.raced = kube, namespace, False
+
+    def get_custom(self, *args):
+        vs = self.kube.get_custom(*args)
+        if not self.raced:
+            self.raced = True
+            other = self.kube.get_custom(*args)
+            other["spec"]["http"][1]["retries"] = {"attempts": 3}
+            self.kube.replace_custom(*VS, other, self.namespace)
+        return vs
+
+    def replace_custom(self, *args):
+        return self.kube.replace_custom(*args)
+
+
+def test_a_concurrent_writers_change_survives_a_weight_change(stack, world):
+    scenario = world["scenarios"]["good"]
+    policy = load_policy(scenario["policies"] / "cqox-engine.yaml")
+    change = shift_weights(_RacingKube(world["kube"], scenario["namespace"]), policy.kubernetes, 30)
+    assert change.attempts == 2 and change.changed  # the first write hit 409 and was retried on a fresh read
+    vs = world["kube"].get_custom(*VS, "cqox-engine", scenario["namespace"])
+    primary = vs["spec"]["http"][1]
+    assert primary["retries"] == {"attempts": 3} and primary["timeout"] == "30s"
+    assert {d["destination"]["subset"]: d["weight"] for d in primary["route"]} == {"v1": 70, "v2": 30}
+    assert vs["spec"]["http"][0]["name"] == "health"
+
+
+def test_the_api_server_rejects_a_weight_of_150(stack, world):
+    scenario = world["scenarios"]["good"]
+    policy = load_policy(scenario["policies"] / "cqox-engine.yaml")
+    with pytest.raises(KubernetesInvalidError, match="weight"):
+        shift_weights(world["kube"], policy.kubernetes, 150)
+
+
+def test_a_forbidden_identity_gets_a_clear_error_and_no_rollout_is_recorded(stack, world):
+    scenario = world["scenarios"]["good"]
+    policy = load_policy(scenario["policies"] / "cqox-engine.yaml")
+    with _conn(stack) as conn:
+        conn.execute("UPDATE canary_rollouts SET status = 'rolled_back' WHERE status = 'progressing'")
+        with pytest.raises(KubernetesForbiddenError, match="cqox-restricted"):
+            start_rollout(conn, _kube(stack, restricted=True), policy, "cqox/engine:nope")
+        assert conn.execute("SELECT count(*) FROM canary_rollouts WHERE image = 'cqox/engine:nope'").fetchone() == (0,)

@@ -133,7 +133,7 @@ def world(stack):
     while not all(_scraped(prometheus, s["job"]) for s in scenarios.values()):
         assert time.monotonic() < deadline, "Prometheus did not scrape the canary exporters"
         time.sleep(3)
-    yield {"kube": kube, "prometheus": prometheus, "scenarios": scenarios}
+    yield {"kube": kube, "prometheus": prometheus, "scenarios": scenarios, "scraped_at": time.time()}
     for target in targets:
         target.unlink()
     for server in servers:
@@ -181,6 +181,8 @@ def _tick(stack, world, name: str, instance, prometheus=None):
     with (
         mock.patch.dict(os.environ, env),
         dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as context,
+        # evaluate_tick resolves partitioned run requests against the current partition-loading store.
+        dg.partition_loading_context(dynamic_partitions_store=instance),
     ):
         result = canary_sensor.evaluate_tick(context)
         if not result.run_requests:
@@ -318,3 +320,44 @@ def test_a_forbidden_identity_gets_a_clear_error_and_no_rollout_is_recorded(stac
         with pytest.raises(KubernetesForbiddenError, match="cqox-restricted"):
             start_rollout(conn, _kube(stack, restricted=True), policy, "cqox/engine:nope")
         assert conn.execute("SELECT count(*) FROM canary_rollouts WHERE image = 'cqox/engine:nope'").fetchone() == (0,)
+
+
+def test_backtest_replays_prometheus_history_through_the_policy(stack, world):
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    scenario = world["scenarios"]["bad"]
+    raw = yaml.safe_load((scenario["policies"] / "cqox-engine.yaml").read_text())
+    policy_file = scenario["policies"] / "backtest.yaml"
+    policy_file.write_text(yaml.safe_dump({**raw, "interval_seconds": 30}))
+    begin = world["scraped_at"] - 30
+    time.sleep(max(0.0, begin + 65 - time.time()))  # two whole intervals of history
+    start = datetime.fromtimestamp(begin, UTC).isoformat()
+    env = {
+        **os.environ,
+        **stack.env(),
+        "CQOX_CANARY_POLICY_DIR": str(scenario["policies"]),
+        "CQOX_SLO_SPEC": str(scenario["policies"] / "slos.yaml"),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cqox_platform.cli",
+            "canary",
+            "backtest",
+            "cqox-engine",
+            "--start",
+            start,
+            "--policy",
+            str(policy_file),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert "analysis failed" in done.stdout and lines[-1].endswith("outcome: rolled_back"), done.stdout

@@ -207,3 +207,21 @@ def test_missing_policy_file_is_named(tmp_path: Path):
 
 def test_repository_policy_matches_the_roadmap():
     assert POLICY.steps == (10, 50, 100) and POLICY.interval_seconds == 600  # 10 % -> 50 % -> 100 %, ten minutes
+
+
+def test_backtest_replays_intervals_until_the_rollout_ends():
+    from cqox_platform.canary.rollout import backtest
+
+    def query(expr: str, at=None):
+        # A canary that turns bad after its second interval: 5000 requests per interval, p99 300 ms.
+        if "increase(" in expr:
+            return [{"value": [at, "5000"]}]
+        if "histogram_quantile" in expr:
+            return [{"value": [at, "0.3"]}]
+        bad = 'version="canary"' in expr and at > 1_000_000 + 2 * POLICY.interval_seconds
+        return [{"value": [at, "0.2" if bad else "0.001"]}]
+
+    steps = backtest(POLICY, query, 1_000_000, 1_000_000 + 10 * POLICY.interval_seconds, budget_at=lambda _t: 0.9)
+    assert [s.decision.action for s in steps] == ["promote", "promote", "hold", "rollback"]
+    assert steps[-1].decision.state.status == "rolled_back"
+    assert [s.at - 1_000_000 for s in steps] == [600, 1200, 1800, 2400]

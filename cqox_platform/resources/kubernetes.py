@@ -226,14 +226,21 @@ class KubernetesResource(dg.ConfigurableResource):
             ),
         )
 
+    def _resource(self, api_version: str, kind: str) -> Any:
+        """The dynamic client's API of a kind; ``KubernetesNotFoundError`` when the server serves none."""
+        return self.call(
+            f"finding the API of {api_version} {kind}",
+            lambda: self.dynamic().resources.get(api_version=api_version, kind=kind),
+        )
+
     def apply(self, manifest: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
-        """Server-side apply one manifest with field manager ``cqox-platform``; returns the live object."""
+        """Server-side apply one manifest with field manager ``cqox-platform``; returns the live object.
+
+        ``force`` takes over fields another manager set (a hand edit); without it such a field is a conflict.
+        """
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         namespace = manifest["metadata"].get("namespace")
-        resource = self.call(
-            f"finding the API of {manifest['apiVersion']} {kind}",
-            lambda: self.dynamic().resources.get(api_version=manifest["apiVersion"], kind=kind),
-        )
+        resource = self._resource(manifest["apiVersion"], kind)
         applied = self.call(
             f"applying {kind}/{name}",
             lambda: resource.server_side_apply(
@@ -248,10 +255,7 @@ class KubernetesResource(dg.ConfigurableResource):
         return applied.to_dict()
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        resource = self.call(
-            f"finding the API of {api_version} {kind}",
-            lambda: self.dynamic().resources.get(api_version=api_version, kind=kind),
-        )
+        resource = self._resource(api_version, kind)
         return self.call(
             f"reading {kind}/{name}",
             lambda: resource.get(
@@ -260,6 +264,14 @@ class KubernetesResource(dg.ConfigurableResource):
                 _request_timeout=self.request_timeout,
             ),
         ).to_dict()
+
+    def find(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """Like ``get``, but ``None`` when the object does not exist (a missing API still raises)."""
+        self._resource(api_version, kind)
+        try:
+            return self.get(api_version, kind, name, namespace)
+        except KubernetesNotFoundError:
+            return None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()

@@ -9,8 +9,9 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import backups, database, datasets, security, slo
+from assets import backups, database, datasets, deploy, security, slo
 from cqox_platform.resources.backups import BackupStorageResource
+from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
@@ -33,6 +34,7 @@ defs = dg.Definitions.merge(
     slo_sensor.defs,
     backups.defs,
     backup_schedules.defs,
+    deploy.defs,
     dg.Definitions(
         resources={
             "postgres": postgres,
@@ -43,6 +45,8 @@ defs = dg.Definitions.merge(
             # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`.
             "backups": BackupStorageResource.from_env(),
             "s3": S3Resource(endpoint_url=dg.EnvVar("CQOX_S3_ENDPOINT"), region_name="us-east-1"),
+            # The stack's admin kubeconfig (CQOX_KUBECONFIG); in a cluster, the pod's service account.
+            "kubernetes": KubernetesResource.from_env(),
         }
     ),
 )

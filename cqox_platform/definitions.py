@@ -9,7 +9,7 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import backups, canary, database, datasets, security, slo
+from assets import backups, canary, database, datasets, deploy, security, slo
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
@@ -36,6 +36,7 @@ defs = dg.Definitions.merge(
     backup_schedules.defs,
     canary.defs,
     canary_sensor.defs,
+    deploy.defs,
     dg.Definitions(
         resources={
             "postgres": postgres,
@@ -45,8 +46,9 @@ defs = dg.Definitions.merge(
             "prometheus": PrometheusResource.from_env(),
             # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`.
             "backups": BackupStorageResource.from_env(),
-            "kubernetes": KubernetesResource.from_env(),
             "s3": S3Resource(endpoint_url=dg.EnvVar("CQOX_S3_ENDPOINT"), region_name="us-east-1"),
+            # The stack's admin kubeconfig (CQOX_KUBECONFIG); in a cluster, the pod's service account.
+            "kubernetes": KubernetesResource.from_env(),
         }
     ),
 )

@@ -3,12 +3,14 @@
 Every request goes through ``call``, which turns the client's exceptions into the platform's errors: the API
 server unreachable (or its certificate untrusted), forbidden (naming the user and verb when the server says),
 not found, conflict (a stale ``resourceVersion``: the caller re-reads and retries), invalid (the server's
-validation message). Timeouts apply to every request.
+validation message). Every request has a connect and read timeout (``request_timeout``), discovery included.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +20,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from pydantic import PrivateAttr
 
 from cqox_platform.errors import CqoxError
@@ -56,6 +59,25 @@ def _reason(exc: ApiException) -> str:
         return exc.reason or str(exc.status)
 
 
+def _transport_cause(exc: BaseException) -> BaseException:
+    """The underlying failure: urllib3 wraps it in ``MaxRetryError`` once its retries are spent."""
+    while isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        return "no answer within the request timeout"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "connection dropped"
+    return type(exc).__name__
+
+
 def translate(server: str, what: str, fn: Callable[[], T]) -> T:
     """Run one request, mapping client failures to the platform's errors."""
     try:
@@ -67,20 +89,53 @@ def translate(server: str, what: str, fn: Callable[[], T]) -> T:
         if exc.status == 404:
             raise KubernetesNotFoundError(f"{what}: not found on {server} ({reason})") from None
         if exc.status == 409:
-            raise KubernetesConflictError(f"{what}: conflict on {server} ({reason})") from None
+            raise KubernetesConflictError(
+                f"{what}: conflict on {server} ({reason}); re-read the object and retry"
+            ) from None
         if exc.status == 422:
             raise KubernetesInvalidError(f"the API server {server} rejected {what}: {reason}") from None
+        if not exc.status:
+            # The client turns some transport failures (a TLS error on the first try) into a status-0 exception.
+            if "SSL" in str(exc.reason):
+                raise KubernetesUnreachableError(
+                    f"TLS to the API server {server} failed while {what}: its certificate did not verify against "
+                    f"the kubeconfig's CA ({str(exc.reason).splitlines()[-1]})."
+                ) from None
+            raise KubernetesUnreachableError(
+                f"the API server {server} is unreachable while {what} ({reason}); is it running? "
+                f"(`cqox-platform stack status`)"
+            ) from None
         raise KubernetesError(f"{what} failed on {server}: HTTP {exc.status} {reason}") from None
-    except urllib3.exceptions.SSLError:
-        raise KubernetesUnreachableError(
-            f"TLS to the API server {server} failed while {what}: its certificate did not verify against the "
-            f"kubeconfig's CA."
+    except ResourceNotFoundError:
+        raise KubernetesNotFoundError(
+            f"{what}: the API server {server} serves no such API; is its CustomResourceDefinition installed?"
         ) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
+        cause = _transport_cause(exc)
+        if isinstance(cause, urllib3.exceptions.SSLError | ssl.SSLError):
+            raise KubernetesUnreachableError(
+                f"TLS to the API server {server} failed while {what}: its certificate did not verify against the "
+                f"kubeconfig's CA ({cause})."
+            ) from None
         raise KubernetesUnreachableError(
-            f"the API server {server} is unreachable while {what} ({type(exc).__name__}); is it running? "
+            f"the API server {server} is unreachable while {what} ({_describe(cause)}); is it running? "
             f"(`cqox-platform stack status`)"
         ) from None
+
+
+def _default_timeout(api: k8s.ApiClient, seconds: float) -> None:
+    """Give every request of this client a connect and read timeout unless the caller passed its own.
+
+    The generated client sends no timeout unless each call names ``_request_timeout`` (discovery never does),
+    and an API server that accepts the connection but never answers would then hang a run forever.
+    """
+    rest = api.rest_client
+    send = rest.request
+
+    def request(method: str, url: str, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return send(method, url, *args, _request_timeout=_request_timeout or (seconds, seconds), **kwargs)
+
+    rest.request = request
 
 
 class KubernetesResource(dg.ConfigurableResource):
@@ -93,10 +148,14 @@ class KubernetesResource(dg.ConfigurableResource):
     field_manager: str = "cqox-platform"
 
     _api: k8s.ApiClient | None = PrivateAttr(default=None)
+    _dynamic: DynamicClient | None = PrivateAttr(default=None)
 
     @classmethod
     def from_env(cls) -> KubernetesResource:
-        return cls(kubeconfig=dg.EnvVar("CQOX_KUBECONFIG"))
+        """``CQOX_KUBECONFIG`` when set (the local stack, a workstation); in-cluster credentials otherwise."""
+        if os.environ.get("CQOX_KUBECONFIG"):
+            return cls(kubeconfig=dg.EnvVar("CQOX_KUBECONFIG"))
+        return cls()
 
     def api_client(self) -> k8s.ApiClient:
         if self._api is None:
@@ -113,7 +172,9 @@ class KubernetesResource(dg.ConfigurableResource):
                     f"cannot load Kubernetes credentials ({self.kubeconfig or 'in-cluster'}): {exc}"
                 ) from None
             configuration.retries = 1
-            self._api = k8s.ApiClient(configuration)
+            api = k8s.ApiClient(configuration)
+            _default_timeout(api, self.request_timeout)
+            self._api = api
         return self._api
 
     @property
@@ -138,7 +199,10 @@ class KubernetesResource(dg.ConfigurableResource):
         return k8s.CustomObjectsApi(self.api_client())
 
     def dynamic(self) -> DynamicClient:
-        return self.call("discovering the API", lambda: DynamicClient(self.api_client()))
+        """The dynamic client, created once (its discovery is cached and refreshed when a kind is missing)."""
+        if self._dynamic is None:
+            self._dynamic = self.call("discovering the API", lambda: DynamicClient(self.api_client()))
+        return self._dynamic
 
     # --- objects ----------------------------------------------------------------------------------------------
 
@@ -162,14 +226,21 @@ class KubernetesResource(dg.ConfigurableResource):
             ),
         )
 
+    def _resource(self, api_version: str, kind: str) -> Any:
+        """The dynamic client's API of a kind; ``KubernetesNotFoundError`` when the server serves none."""
+        return self.call(
+            f"finding the API of {api_version} {kind}",
+            lambda: self.dynamic().resources.get(api_version=api_version, kind=kind),
+        )
+
     def apply(self, manifest: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
-        """Server-side apply one manifest with field manager ``cqox-platform``; returns the live object."""
+        """Server-side apply one manifest with field manager ``cqox-platform``; returns the live object.
+
+        ``force`` takes over fields another manager set (a hand edit); without it such a field is a conflict.
+        """
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         namespace = manifest["metadata"].get("namespace")
-        resource = self.call(
-            f"finding the API of {manifest['apiVersion']} {kind}",
-            lambda: self.dynamic().resources.get(api_version=manifest["apiVersion"], kind=kind),
-        )
+        resource = self._resource(manifest["apiVersion"], kind)
         applied = self.call(
             f"applying {kind}/{name}",
             lambda: resource.server_side_apply(
@@ -184,10 +255,7 @@ class KubernetesResource(dg.ConfigurableResource):
         return applied.to_dict()
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        resource = self.call(
-            f"finding the API of {api_version} {kind}",
-            lambda: self.dynamic().resources.get(api_version=api_version, kind=kind),
-        )
+        resource = self._resource(api_version, kind)
         return self.call(
             f"reading {kind}/{name}",
             lambda: resource.get(
@@ -197,7 +265,19 @@ class KubernetesResource(dg.ConfigurableResource):
             ),
         ).to_dict()
 
+    def find(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """Like ``get``, but ``None`` when the object does not exist (a missing API still raises)."""
+        self._resource(api_version, kind)
+        try:
+            return self.get(api_version, kind, name, namespace)
+        except KubernetesNotFoundError:
+            return None
+
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self._api is not None:
             self._api.close()
             self._api = None
+            self._dynamic = None

@@ -75,8 +75,11 @@ def test_crd_files_serve_the_versions_the_platform_uses_with_bounded_weights():
         "virtualservices.networking.istio.io",
         "destinationrules.networking.istio.io",
         "peerauthentications.security.istio.io",
+        "clusters.postgresql.cnpg.io",
     }
-    for crd in crds.values():
+    for name, crd in crds.items():
+        if not name.endswith(".istio.io"):
+            continue
         versions = {v["name"]: v for v in crd["spec"]["versions"]}
         assert {"v1", "v1beta1"} <= {name for name, v in versions.items() if v["served"]}
         assert [name for name, v in versions.items() if v["storage"]] == ["v1"]
@@ -86,3 +89,13 @@ def test_crd_files_serve_the_versions_the_platform_uses_with_bounded_weights():
         route = spec["properties"]["http"]["items"]["properties"]["route"]["items"]
         weight = route["properties"]["weight"]
         assert (weight["type"], weight["minimum"], weight["maximum"]) == ("integer", 0, 100)
+
+
+def test_cloudnative_pg_cluster_crd_requires_at_least_one_instance():
+    crds = {crd["metadata"]["name"]: crd for crd in load_crds(CRDS_DIR)}
+    (version,) = crds["clusters.postgresql.cnpg.io"]["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1", True, True)
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["required"] == ["instances"]
+    assert (spec["properties"]["instances"]["type"], spec["properties"]["instances"]["minimum"]) == ("integer", 1)
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.instances"

@@ -1,0 +1,209 @@
+"""Kubernetes manifests as assets (group ``deploy``): what runs CQOx in the cluster, applied and checked.
+
+Each asset is one file of ``deploy/k8s`` (the namespace, the engine's Deployments and Service, its HPA, strict
+mTLS, the canary traffic objects, the CloudNativePG cluster), rendered with the run's namespace and images and
+applied by server-side apply as field manager ``cqox-platform``. Server-side apply makes a re-run a no-op when
+nothing changed, and takes back any field a hand edit changed, so materializing an asset is how an operator
+repairs drift. Its metadata names every object with its resourceVersion and generation and what the apply
+changed; the check ``manifests_in_sync`` tells, between runs, whether somebody changed the live objects since.
+"""
+
+from dataclasses import dataclass
+
+import dagster as dg
+import yaml
+
+from cqox_platform.deploy.manifests import (
+    MANIFEST_DIR,
+    DriftReport,
+    apply_manifests,
+    check_drift,
+    render,
+    runtime_owned,
+)
+from cqox_platform.resources.kubernetes import KubernetesResource
+
+GROUP = "deploy"
+CHECK_NAME = "manifests_in_sync"
+
+
+class ManifestConfig(dg.Config):
+    """What the manifests leave open: where CQOx runs and which images it runs."""
+
+    namespace: str = "cqox"
+    #: The stable engine's image; the canary starts on it too until a rollout sets the canary's own.
+    engine_image: str = "cqox/engine:1.0.0"
+    #: PostgreSQL 15 (the roadmap's major version) in an image the CloudNativePG operator can run.
+    postgres_image: str = "ghcr.io/cloudnative-pg/postgresql:15"
+
+    def values(self) -> dict[str, str]:
+        return {"NAMESPACE": self.namespace, "ENGINE_IMAGE": self.engine_image, "POSTGRES_IMAGE": self.postgres_image}
+
+
+@dataclass(frozen=True)
+class ManifestAsset:
+    name: str
+    file: str
+    deps: tuple[str, ...]
+    description: str
+
+
+MANIFEST_ASSETS = (
+    ManifestAsset(
+        "k8s_namespace",
+        "namespace.yaml",
+        (),
+        "The namespace CQOx runs in, labelled for Istio's sidecar injection (strict mTLS needs a sidecar).",
+    ),
+    ManifestAsset(
+        "k8s_engine_workloads",
+        "engine.yaml",
+        ("k8s_namespace",),
+        "The CQOx engine: stable (v1) and canary (v2) Deployments and their Service; the HPA owns the stable "
+        "replica count, the canary router the canary's image.",
+    ),
+    ManifestAsset(
+        "k8s_engine_hpa",
+        "hpa.yaml",
+        ("k8s_engine_workloads",),
+        "autoscaling/v2 HPA of the stable engine: 3 to 10 pods at 70 % CPU, scale-in after 5 calm minutes.",
+    ),
+    ManifestAsset(
+        "k8s_istio_mtls",
+        "istio-mtls.yaml",
+        ("k8s_namespace",),
+        "Strict mutual TLS: PeerAuthentication STRICT and an ISTIO_MUTUAL DestinationRule for the namespace.",
+    ),
+    ManifestAsset(
+        "k8s_engine_traffic",
+        "engine-traffic.yaml",
+        ("k8s_engine_workloads", "k8s_istio_mtls"),
+        "Canary traffic: DestinationRule subsets v1/v2 (ISTIO_MUTUAL) and the VirtualService `cqox-engine` whose "
+        "route `primary` the canary router moves; its weights stay the router's.",
+    ),
+    ManifestAsset(
+        "k8s_postgres_cluster",
+        "postgres-cluster.yaml",
+        ("k8s_namespace",),
+        "CloudNativePG cluster: three PostgreSQL 15 instances, failover after 30 s, base backups and WAL to "
+        "s3://cqox-backups-dr/postgres/ kept 30 days.",
+    ),
+)
+
+
+def _md_table(header: list[str], rows: list[list[object]]) -> dg.MetadataValue:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
+    path = MANIFEST_DIR / spec.file
+
+    @dg.asset(
+        name=spec.name,
+        group_name=GROUP,
+        kinds={"kubernetes"},
+        deps=list(spec.deps),
+        description=f"{spec.description} Applied from deploy/k8s/{spec.file} by server-side apply.",
+    )
+    def _apply(
+        context: dg.AssetExecutionContext, config: ManifestConfig, kubernetes: KubernetesResource
+    ) -> dg.MaterializeResult:
+        manifests = render(path, config.values())
+        applied = apply_manifests(kubernetes, manifests)
+        for obj in applied:
+            changed = f": {', '.join(c.path for c in obj.changes)}" if obj.changes else ""
+            context.log.info(f"{obj.identity} {obj.action} (resourceVersion {obj.resource_version}){changed}")
+        changes = [[obj.identity, c.path, c.live, c.desired] for obj in applied for c in obj.changes]
+        owned = {f"{m['kind']}/{m['metadata']['name']}": runtime_owned(m) for m in manifests if runtime_owned(m)}
+        return dg.MaterializeResult(
+            metadata={
+                "manifest": str(path),
+                "api_server": kubernetes.server,
+                "field_manager": kubernetes.field_manager,
+                "render_values": dg.MetadataValue.json(config.values()),
+                "created": sum(o.action == "created" for o in applied),
+                "updated": sum(o.action == "updated" for o in applied),
+                "unchanged": sum(o.action == "unchanged" for o in applied),
+                "objects": _md_table(
+                    ["object", "action", "resourceVersion", "generation", "changed fields"],
+                    [[o.identity, o.action, o.resource_version, o.generation, len(o.changes)] for o in applied],
+                ),
+                "applied": dg.MetadataValue.json([o.summary() for o in applied]),
+                "diff": _md_table(["object", "field", "was", "now"], changes)
+                if changes
+                else dg.MetadataValue.md("No field changed."),
+                "runtime_owned": dg.MetadataValue.json(owned),
+                "rendered": dg.MetadataValue.md(f"```yaml\n{_yaml(manifests)}```"),
+            }
+        )
+
+    return _apply
+
+
+def _yaml(manifests: list[dict]) -> str:
+    return "---\n".join(yaml.safe_dump(m, sort_keys=False) for m in manifests)
+
+
+def _manifest_check(spec: ManifestAsset) -> dg.AssetChecksDefinition:
+    path = MANIFEST_DIR / spec.file
+
+    @dg.asset_check(
+        asset=spec.name,
+        name=CHECK_NAME,
+        description="Every object of the manifest exists and the fields the manifest sets have the desired "
+        "values (server defaults and runtime-owned fields aside); fails listing each differing field.",
+    )
+    def _check(context: dg.AssetCheckExecutionContext, kubernetes: KubernetesResource) -> dg.AssetCheckResult:
+        values = _last_render_values(context, spec.name)
+        reports = check_drift(kubernetes, render(path, values))
+        missing = [r.identity for r in reports if not r.present]
+        drifted = [(r.identity, d) for r in reports for d in r.differences]
+        paths = [f"{who}: {d.path}" for who, d in drifted]
+        if missing or drifted:
+            description = "; ".join([*(f"{m} is missing" for m in missing), *paths])
+        else:
+            description = f"{len(reports)} object(s) match {spec.file}."
+        return dg.AssetCheckResult(
+            passed=not missing and not drifted,
+            description=description,
+            metadata={
+                "objects": _md_table(
+                    ["object", "state", "resourceVersion", "differing fields"],
+                    [[r.identity, _state(r), r.resource_version, len(r.differences)] for r in reports],
+                ),
+                "missing": dg.MetadataValue.json(missing),
+                "drifted_paths": dg.MetadataValue.json(paths),
+                "differences": _md_table(
+                    ["object", "field", "desired", "live"], [[who, d.path, d.desired, d.live] for who, d in drifted]
+                )
+                if drifted
+                else dg.MetadataValue.md("None."),
+                "render_values": dg.MetadataValue.json(values),
+            },
+        )
+
+    return _check
+
+
+def _state(report: DriftReport) -> str:
+    if not report.present:
+        return "missing"
+    return "in sync" if report.in_sync else "drifted"
+
+
+def _last_render_values(context: dg.AssetCheckExecutionContext, asset_name: str) -> dict[str, str]:
+    """What the asset last applied with, so the check compares against that (defaults before any apply)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset_name))
+    if event is not None and event.asset_materialization is not None:
+        recorded = event.asset_materialization.metadata.get("render_values")
+        if recorded is not None and isinstance(recorded.value, dict):
+            return {str(k): str(v) for k, v in recorded.value.items()}
+    return ManifestConfig().values()
+
+
+deploy_assets = [_manifest_asset(spec) for spec in MANIFEST_ASSETS]
+deploy_checks = [_manifest_check(spec) for spec in MANIFEST_ASSETS]
+
+defs = dg.Definitions(assets=deploy_assets, asset_checks=deploy_checks)

@@ -1,0 +1,1 @@
+"""Kubernetes manifests of the platform: rendering, server-side apply and drift (no Dagster import)."""

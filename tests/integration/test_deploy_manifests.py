@@ -1,0 +1,241 @@
+"""The ``deploy`` assets on the real API server: apply, idempotence, the drift check, runtime-owned fields."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+from kubernetes import client as k8s
+
+from assets.deploy import MANIFEST_ASSETS, deploy_assets, deploy_checks
+from cqox_platform.deploy.manifests import MANIFEST_DIR, render
+from cqox_platform.resources.kubernetes import KubernetesInvalidError, KubernetesResource
+from cqox_platform.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+ALL_DEFS = [*deploy_assets, *deploy_checks]
+
+
+@pytest.fixture(scope="module")
+def kube(stack: Stack) -> Iterator[KubernetesResource]:
+    resource = KubernetesResource(kubeconfig=stack.env()["CQOX_KUBECONFIG"])
+    yield resource
+    resource.close()
+
+
+@pytest.fixture
+def target(kube: KubernetesResource) -> Iterator[dict]:
+    """A namespace of its own (the e2e main job uses `cqox`) and an instance to remember materializations."""
+    namespace = f"deploy-{uuid.uuid4().hex[:8]}"
+    instance = dg.DagsterInstance.ephemeral()
+    yield {"namespace": namespace, "instance": instance}
+    kube.call(f"deleting {namespace}", lambda: kube.core().delete_namespace(namespace))
+    instance.dispose()
+
+
+def _run_config(namespace: str) -> dict:
+    return {"ops": {spec.name: {"config": {"namespace": namespace}} for spec in MANIFEST_ASSETS}}
+
+
+def _check(name: str) -> dg.AssetChecksDefinition:
+    return next(c for c in deploy_checks if any(k.asset_key.path == [name] for k in c.check_keys))
+
+
+def _run_check(kube, target, asset: str) -> dg.AssetCheckEvaluation:
+    result = dg.materialize(
+        ALL_DEFS,
+        resources={"kubernetes": kube},
+        instance=target["instance"],
+        selection=dg.AssetSelection.checks(_check(asset)),
+        raise_on_error=False,
+    )
+    assert result.success
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def _materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {
+        e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def _apply_assets(kube, target, *names: str) -> dict[str, dict]:
+    result = dg.materialize(
+        ALL_DEFS,
+        resources={"kubernetes": kube},
+        instance=target["instance"],
+        run_config={"ops": {n: {"config": {"namespace": target["namespace"]}} for n in names}},
+        selection=list(names),
+        raise_on_error=False,
+    )
+    assert result.success
+    return _materializations(result)
+
+
+def _apply_all(kube, target) -> dg.ExecuteInProcessResult:
+    result = dg.materialize(
+        ALL_DEFS,
+        resources={"kubernetes": kube},
+        instance=target["instance"],
+        run_config=_run_config(target["namespace"]),
+        raise_on_error=False,
+    )
+    assert result.success
+    return result
+
+
+def test_manifests_apply_record_their_objects_and_pass_the_drift_check(kube, target):
+    ns = target["namespace"]
+    result = _apply_all(kube, target)
+    meta = _materializations(result)
+    assert set(meta) == {spec.name for spec in MANIFEST_ASSETS}
+    values = {"NAMESPACE": ns, "ENGINE_IMAGE": "i", "POSTGRES_IMAGE": "p"}
+    expected = {spec.name: len(render(MANIFEST_DIR / spec.file, values)) for spec in MANIFEST_ASSETS}
+    for name, md in meta.items():
+        assert md["created"].value == expected[name], name
+        assert md["field_manager"].value == "cqox-platform"
+        for obj in md["applied"].value:
+            assert obj["kind"] and obj["name"] and obj["resourceVersion"]
+            assert obj["action"] == "created"
+    hpa = meta["k8s_engine_hpa"]["applied"].value[0]
+    assert (hpa["kind"], hpa["name"], hpa["namespace"]) == ("HorizontalPodAutoscaler", "cqox-engine", ns)
+    stable = meta["k8s_engine_workloads"]["applied"].value[0]
+    assert (stable["kind"], stable["name"], stable["generation"]) == ("Deployment", "cqox-engine", 1)
+    checks = result.get_asset_check_evaluations()
+    assert {(c.asset_key.path[-1], c.check_name) for c in checks} == {
+        (spec.name, "manifests_in_sync") for spec in MANIFEST_ASSETS
+    }
+    assert all(c.passed for c in checks), [c.description for c in checks if not c.passed]
+
+    # What the API server holds is what the roadmap asks for.
+    live_hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "cqox-engine", ns)
+    assert (live_hpa["spec"]["minReplicas"], live_hpa["spec"]["maxReplicas"]) == (3, 10)
+    assert live_hpa["spec"]["behavior"]["scaleDown"]["policies"]  # a server default, not drift
+    pg = kube.get("postgresql.cnpg.io/v1", "Cluster", "cqox-postgres-cluster", ns)
+    assert pg["spec"]["instances"] == 3
+    assert pg["spec"]["backup"]["barmanObjectStore"]["destinationPath"] == "s3://cqox-backups-dr/postgres/"
+    assert kube.get("security.istio.io/v1", "PeerAuthentication", "default", ns)["spec"]["mtls"]["mode"] == "STRICT"
+    vs = kube.get_custom("networking.istio.io", "v1", "virtualservices", "cqox-engine", ns)
+    primary = next(r for r in vs["spec"]["http"] if r["name"] == "primary")
+    assert [(r["destination"]["subset"], r["weight"]) for r in primary["route"]] == [("v1", 100), ("v2", 0)]
+
+    # Again: server-side apply changes nothing.
+    again = _materializations(_apply_all(kube, target))
+    for name, md in again.items():
+        assert (md["created"].value, md["updated"].value) == (0, 0), name
+        assert md["unchanged"].value == expected[name]
+        assert md["diff"].value == "No field changed."
+
+
+def test_a_hand_edit_fails_the_check_and_rematerializing_repairs_it(kube, target):
+    ns = target["namespace"]
+    _apply_all(kube, target)
+    autoscaling = k8s.AutoscalingV2Api(kube.api_client())
+    kube.call(
+        "editing the HPA by hand",
+        lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler(
+            "cqox-engine", ns, {"spec": {"maxReplicas": 20}}, field_manager="kubectl-edit"
+        ),
+    )
+
+    failed = _run_check(kube, target, "k8s_engine_hpa")
+    assert not failed.passed
+    assert f"HorizontalPodAutoscaler/{ns}/cqox-engine: spec.maxReplicas" in failed.description
+    assert failed.metadata["drifted_paths"].value == [f"HorizontalPodAutoscaler/{ns}/cqox-engine: spec.maxReplicas"]
+    assert "| 10 | 20 |" in failed.metadata["differences"].value
+    assert _run_check(kube, target, "k8s_engine_workloads").passed  # the others are unaffected
+
+    repaired = _apply_assets(kube, target, "k8s_engine_hpa")["k8s_engine_hpa"]
+    (applied,) = repaired["applied"].value
+    assert applied["action"] == "updated"
+    assert applied["changed_paths"] == ["spec.maxReplicas"]
+    assert "| spec.maxReplicas | 20 | 10 |" in repaired["diff"].value
+    live = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "cqox-engine", ns)
+    assert live["spec"]["maxReplicas"] == 10
+    assert _run_check(kube, target, "k8s_engine_hpa").passed
+
+
+def test_deleted_objects_fail_the_check_and_come_back(kube, target):
+    ns = target["namespace"]
+    _apply_all(kube, target)
+    kube.call(
+        "deleting the PeerAuthentication",
+        lambda: kube.custom().delete_namespaced_custom_object(
+            "security.istio.io", "v1", ns, "peerauthentications", "default"
+        ),
+    )
+    failed = _run_check(kube, target, "k8s_istio_mtls")
+    assert not failed.passed
+    assert f"PeerAuthentication/{ns}/default is missing" in failed.description
+    restored = _apply_assets(kube, target, "k8s_istio_mtls")["k8s_istio_mtls"]
+    assert [o["action"] for o in restored["applied"].value] == ["created", "unchanged"]
+    assert _run_check(kube, target, "k8s_istio_mtls").passed
+
+
+def test_the_canary_routers_weights_and_image_survive_a_reapply(kube, target):
+    """Weights and the canary's image are runtime-owned: neither drift nor reset by the next materialization."""
+    ns = target["namespace"]
+    _apply_all(kube, target)
+    vs = kube.get_custom("networking.istio.io", "v1", "virtualservices", "cqox-engine", ns)
+    primary = next(r for r in vs["spec"]["http"] if r["name"] == "primary")
+    primary["route"][0]["weight"], primary["route"][1]["weight"] = 90, 10
+    kube.replace_custom("networking.istio.io", "v1", "virtualservices", vs, ns)  # as the router does
+    kube.call(
+        "setting the canary image",
+        lambda: kube.apps().patch_namespaced_deployment(
+            "cqox-engine-canary",
+            ns,
+            {"spec": {"template": {"spec": {"containers": [{"name": "cqox-engine", "image": "cqox/engine:2.0.0"}]}}}},
+            field_manager="cqox-canary",
+        ),
+    )
+    assert _run_check(kube, target, "k8s_engine_traffic").passed
+    assert _run_check(kube, target, "k8s_engine_workloads").passed
+
+    # A field nobody else owns still counts: the engine's DestinationRule losing ISTIO_MUTUAL is drift.
+    kube.call(
+        "weakening the DestinationRule",
+        lambda: kube.custom().patch_namespaced_custom_object(
+            "networking.istio.io",
+            "v1",
+            ns,
+            "destinationrules",
+            "cqox-engine",
+            {"spec": {"trafficPolicy": {"tls": {"mode": "DISABLE"}}}},
+        ),
+    )
+    failed = _run_check(kube, target, "k8s_engine_traffic")
+    assert not failed.passed
+    assert "spec.trafficPolicy.tls.mode" in failed.description
+
+    md = _apply_assets(kube, target, "k8s_engine_traffic", "k8s_engine_workloads")
+    assert [o["changed_paths"] for o in md["k8s_engine_traffic"]["applied"].value] == [
+        ["spec.trafficPolicy.tls.mode"],
+        [],
+    ]
+    vs = kube.get_custom("networking.istio.io", "v1", "virtualservices", "cqox-engine", ns)
+    primary = next(r for r in vs["spec"]["http"] if r["name"] == "primary")
+    assert [r["weight"] for r in primary["route"]] == [90, 10]
+    canary = kube.get("apps/v1", "Deployment", "cqox-engine-canary", ns)
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "cqox/engine:2.0.0"
+    dr = kube.get_custom("networking.istio.io", "v1", "destinationrules", "cqox-engine", ns)
+    assert dr["spec"]["trafficPolicy"]["tls"]["mode"] == "ISTIO_MUTUAL"
+    assert _run_check(kube, target, "k8s_engine_traffic").passed
+
+
+def test_the_cluster_crd_rejects_a_cluster_without_instances(kube, target):
+    ns = target["namespace"]
+    _apply_assets(kube, target, "k8s_namespace")
+    (cluster,) = render(MANIFEST_DIR / "postgres-cluster.yaml", {"NAMESPACE": ns, "POSTGRES_IMAGE": "p"})
+    cluster["spec"]["instances"] = 0
+    with pytest.raises(KubernetesInvalidError, match="should be greater than or equal to 1"):
+        kube.apply(cluster)
+    cluster["spec"]["instances"] = 3
+    cluster["spec"]["backup"]["retentionPolicy"] = "30 days"
+    with pytest.raises(KubernetesInvalidError, match="retentionPolicy"):
+        kube.apply(cluster)

@@ -1,0 +1,188 @@
+"""The manifests of deploy/k8s and the drift logic, without an API server."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from cqox_platform.deploy.manifests import (
+    ABSENT,
+    MANIFEST_DIR,
+    ManifestError,
+    drift,
+    keep_runtime_owned,
+    render,
+    runtime_owned,
+)
+
+VALUES = {"NAMESPACE": "cqox", "ENGINE_IMAGE": "cqox/engine:1.2.3", "POSTGRES_IMAGE": "example/postgresql:15"}
+
+
+def _all() -> dict[tuple[str, str], dict]:
+    objects = {}
+    for path in sorted(MANIFEST_DIR.glob("*.yaml")):
+        for obj in render(path, VALUES):
+            objects[(obj["kind"], obj["metadata"]["name"])] = obj
+    return objects
+
+
+def test_every_file_renders_and_names_its_namespace():
+    objects = _all()
+    assert ("Namespace", "cqox") in objects
+    for (kind, _name), obj in objects.items():
+        if kind != "Namespace":
+            assert obj["metadata"]["namespace"] == "cqox"
+        assert "${" not in str(obj)
+
+
+def test_hpa_targets_the_stable_deployment_which_leaves_replicas_to_it():
+    objects = _all()
+    hpa = objects[("HorizontalPodAutoscaler", "cqox-engine")]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+    stable = objects[("Deployment", target["name"])]
+    assert "replicas" not in stable["spec"]  # the HPA owns it
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["minReplicas"] >= 2  # one pod down must not take the engine down
+    cpu = hpa["spec"]["metrics"][0]["resource"]
+    assert cpu["name"] == "cpu" and cpu["target"]["type"] == "Utilization"
+    for container in stable["spec"]["template"]["spec"]["containers"]:
+        assert container["resources"]["requests"]["cpu"]  # utilisation is a share of the request
+
+
+def test_strict_mtls_and_istio_mutual_everywhere():
+    objects = _all()
+    assert objects[("PeerAuthentication", "default")]["spec"]["mtls"]["mode"] == "STRICT"
+    rules = [obj for (kind, _), obj in objects.items() if kind == "DestinationRule"]
+    assert len(rules) == 2
+    for rule in rules:  # Istio does not merge a host's rule with the wildcard one: each must say ISTIO_MUTUAL
+        assert rule["spec"]["trafficPolicy"]["tls"]["mode"] == "ISTIO_MUTUAL"
+    assert objects[("DestinationRule", "cqox-mtls")]["spec"]["host"] == "*.cqox.svc.cluster.local"
+
+
+def test_virtualservice_routes_reach_the_deployments_through_the_subsets():
+    objects = _all()
+    vs = objects[("VirtualService", "cqox-engine")]
+    subsets = {s["name"]: s["labels"] for s in objects[("DestinationRule", "cqox-engine")]["spec"]["subsets"]}
+    assert set(subsets) == {"v1", "v2"}
+    primary = next(r for r in vs["spec"]["http"] if r["name"] == "primary")
+    assert [d["destination"]["subset"] for d in primary["route"]] == ["v1", "v2"]
+    assert sum(d["weight"] for d in primary["route"]) == 100
+    deployments = {"v1": objects[("Deployment", "cqox-engine")], "v2": objects[("Deployment", "cqox-engine-canary")]}
+    service = objects[("Service", "cqox-engine")]
+    for subset, deployment in deployments.items():
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert subsets[subset].items() <= pod_labels.items()
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert runtime_owned(vs) == ["spec.http[*].route[*].weight"]
+
+
+def test_postgres_cluster_has_the_roadmaps_instances_and_backups():
+    cluster = _all()[("Cluster", "cqox-postgres-cluster")]
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    spec = cluster["spec"]
+    assert spec["instances"] == 3
+    assert spec["failoverDelay"] == 30
+    assert spec["backup"]["barmanObjectStore"]["destinationPath"] == "s3://cqox-backups-dr/postgres/"
+    assert spec["backup"]["retentionPolicy"] == "30d"
+    assert spec["imageName"] == VALUES["POSTGRES_IMAGE"]
+    assert all(isinstance(v, str) for v in spec["postgresql"]["parameters"].values())
+
+
+def test_render_names_a_missing_placeholder_and_bad_documents(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: ${NAMESPACE}}\n")
+    with pytest.raises(ManifestError, match=r"placeholder \$\{NAMESPACE\} has no value"):
+        render(path, {})
+    path.write_text("kind: ConfigMap\nmetadata: {}\n")
+    with pytest.raises(ManifestError, match=r"lacks apiVersion, metadata\.name"):
+        render(path, {})
+
+
+HPA = {
+    "apiVersion": "autoscaling/v2",
+    "kind": "HorizontalPodAutoscaler",
+    "metadata": {"name": "e", "namespace": "cqox", "labels": {"app.kubernetes.io/part-of": "cqox"}},
+    "spec": {"minReplicas": 3, "maxReplicas": 10, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}},
+}
+
+
+def _live(desired: dict) -> dict:
+    """What a server returns: the desired fields plus defaults, status and server metadata."""
+    live = copy.deepcopy(desired)
+    live["metadata"].update({"resourceVersion": "7", "uid": "u", "managedFields": []})
+    live["metadata"]["labels"]["added-by-server"] = "x"
+    live["spec"]["behavior"]["scaleDown"]["policies"] = [{"type": "Percent", "value": 100}]
+    live["spec"]["behavior"]["scaleUp"] = {"stabilizationWindowSeconds": 0}
+    live["status"] = {"desiredReplicas": 3}
+    return live
+
+
+def test_server_defaults_and_status_are_not_drift():
+    assert drift(HPA, _live(HPA)) == []
+
+
+def test_drift_lists_each_changed_or_missing_field_by_path():
+    live = _live(HPA)
+    live["spec"]["maxReplicas"] = 20
+    del live["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+    live["metadata"]["labels"]["app.kubernetes.io/part-of"] = "other"
+    found = {d.path: (d.desired, d.live) for d in drift(HPA, live)}
+    assert found == {
+        "spec.maxReplicas": (10, 20),
+        "spec.behavior.scaleDown.stabilizationWindowSeconds": (300, ABSENT),
+        'metadata.labels["app.kubernetes.io/part-of"]': ("cqox", "other"),
+    }
+
+
+def test_lists_compare_item_by_item_and_by_length():
+    desired = {"kind": "X", "metadata": {"name": "x"}, "spec": {"ports": [{"port": 80}, {"port": 443}]}}
+    live = copy.deepcopy(desired)
+    live["spec"]["ports"][1]["protocol"] = "TCP"  # a default inside an item: fine
+    assert drift(desired, live) == []
+    live["spec"]["ports"][1]["port"] = 8443
+    assert [d.path for d in drift(desired, live)] == ["spec.ports[1].port"]
+    live["spec"]["ports"].append({"port": 9000})
+    assert [d.path for d in drift(desired, live)] == ["spec.ports"]
+
+
+def test_booleans_are_not_numbers():
+    desired = {"kind": "X", "metadata": {"name": "x"}, "spec": {"flag": 1}}
+    assert [d.path for d in drift(desired, {**desired, "spec": {"flag": True}})] == ["spec.flag"]
+
+
+VS = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "VirtualService",
+    "metadata": {
+        "name": "cqox-engine",
+        "annotations": {"platform.cqox.io/runtime-owned": "spec.http[*].route[*].weight"},
+    },
+    "spec": {
+        "hosts": ["cqox-engine"],
+        "http": [
+            {"name": "primary", "route": [{"destination": {"subset": "v1"}, "weight": 100}, {"weight": 0}]},
+        ],
+    },
+}
+
+
+def test_runtime_owned_fields_keep_their_live_values_and_are_not_drift():
+    live = copy.deepcopy(VS)
+    live["spec"]["http"][0]["route"][0]["weight"], live["spec"]["http"][0]["route"][1]["weight"] = 90, 10
+    assert drift(VS, live) == []
+    body = keep_runtime_owned(VS, live)
+    assert [r["weight"] for r in body["spec"]["http"][0]["route"]] == [90, 10]
+    assert [r["weight"] for r in VS["spec"]["http"][0]["route"]] == [100, 0]  # the desired manifest is untouched
+    live["spec"]["hosts"] = ["elsewhere"]
+    assert [d.path for d in drift(VS, live)] == ["spec.hosts[0]"]  # other fields are still checked
+    assert keep_runtime_owned(VS, None) == VS  # nothing live: the manifest's values
+
+
+def test_runtime_owned_field_missing_live_takes_the_desired_value():
+    live = copy.deepcopy(VS)
+    del live["spec"]["http"][0]["route"][1]["weight"]
+    assert [r.get("weight") for r in keep_runtime_owned(VS, live)["spec"]["http"][0]["route"]] == [100, 0]

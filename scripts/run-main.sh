@@ -7,10 +7,11 @@ VENV="${CQOX_VENV:-.venv}"
 "$VENV/bin/cqox-platform" stack up --traffic
 eval "$("$VENV/bin/cqox-platform" stack env)"
 # Every unpartitioned asset except group `datasets` (encrypted_datasets has one partition per upload, which the
-# upload sensor materializes; dataset_key_rotation rotates keys, which a routine run should not do), then
+# upload sensor materializes; dataset_key_rotation rotates keys, which a routine run should not do) and group
+# `canary` (one partition per rollout, materialized by the canary sensor), then
 # the SLO reports of the last seven days, backfilled as one run (daily partitions, BackfillPolicy.single_run).
-echo "materializing the asset graph (--select 'not group:datasets and not key:slo_report') ..." >&2
-"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select 'not group:datasets and not key:slo_report'
+echo "materializing the asset graph (--select 'not group:datasets and not group:canary and not key:slo_report') ..." >&2
+"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select 'not group:datasets and not group:canary and not key:slo_report'
 # A week of synthetic traffic history, so the first SLO report has real numbers and a chart (idempotent).
 "$VENV/bin/cqox-platform" slo backfill --days 7
 first=$(date -u -d '7 days ago' +%Y-%m-%d)

@@ -176,7 +176,21 @@ def _postgres():
         return PostgresResource(
             **base, user="vault-issued", vault=_platform_vault(), vault_db_role=os.environ["CQOX_PG_VAULT_ROLE"]
         )
-    return PostgresResource(**base, user=_env("CQOX_PG_USER"), passfile=_env("CQOX_PG_PASSFILE"))
+    return _postgres_admin()
+
+
+def _postgres_admin():
+    """The admin login (passfile): backups need a superuser for pg_basebackup and restore points."""
+    from cqox_platform.resources.postgres import PostgresResource
+
+    return PostgresResource(
+        host=_env("CQOX_PG_HOST"),
+        port=int(_env("CQOX_PG_PORT")),
+        dbname=_env("CQOX_PG_DB"),
+        sslrootcert=_env("CQOX_PG_SSLROOTCERT"),
+        user=_env("CQOX_PG_USER"),
+        passfile=_env("CQOX_PG_PASSFILE"),
+    )
 
 
 @datasets.command("upload")

@@ -142,17 +142,9 @@ def _backup_context():
 
     import psycopg
 
-    from cqox_platform.cli import _env, _platform_vault, _s3_client
-    from cqox_platform.resources.postgres import PostgresResource
+    from cqox_platform.cli import _env, _platform_vault, _postgres_admin, _s3_client
 
-    admin = PostgresResource(
-        host=_env("CQOX_PG_HOST"),
-        port=int(_env("CQOX_PG_PORT")),
-        dbname=_env("CQOX_PG_DB"),
-        user=_env("CQOX_PG_USER"),
-        sslrootcert=_env("CQOX_PG_SSLROOTCERT"),
-        passfile=_env("CQOX_PG_PASSFILE"),
-    )
+    admin = _postgres_admin()
     conninfo = admin.conninfo()
     dsn = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in conninfo.items()})
     provider = _platform_vault().key_provider(os.environ.get("CQOX_BACKUP_TRANSIT_KEY", "cqox-backups"))

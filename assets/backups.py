@@ -6,11 +6,9 @@ window no longer needs, ``backups_dr_copy`` keeps the second region current, and
 the alerts on the gauges all of them push. Every result lands in the metadata an operator reads in the UI.
 """
 
-import contextlib
 import os
 import random
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,13 +47,6 @@ ALERT_RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "b
 
 
 # --- shared helpers ----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _admin(postgres_admin: PostgresResource) -> Iterator[psycopg.Connection]:
-    """An autocommit superuser connection: pg_basebackup, restore points and pg_switch_wal need one."""
-    with psycopg.connect(**postgres_admin.conninfo(), autocommit=True) as conn:
-        yield conn
 
 
 def _dsn(postgres_admin: PostgresResource) -> str:
@@ -102,7 +93,7 @@ def postgres_basebackup(
     backups: BackupStorageResource,
 ) -> dg.MaterializeResult:
     provider = vault.key_provider(backups.transit_key)
-    with _admin(postgres_admin) as conn:
+    with postgres_admin.connect(autocommit=True) as conn:
         archive = cluster_archive(conn, s3.get_client(), backups.bucket)
         record, point = take_backup(
             conn,
@@ -191,7 +182,7 @@ def wal_archive_status(
     backups: BackupStorageResource,
 ) -> dg.MaterializeResult:
     provider = vault.key_provider(backups.transit_key)
-    with _admin(postgres_admin) as conn:
+    with postgres_admin.connect(autocommit=True) as conn:
         archive = cluster_archive(conn, s3.get_client(), backups.bucket)
         point = checkpoint_restore_point(conn) if config.capture_restore_point else None
         records = list_backups(archive)
@@ -315,7 +306,7 @@ def restore_drill(
 ) -> dg.MaterializeResult:
     provider = vault.key_provider(backups.transit_key)
     bucket = backups.dr_bucket if config.source == "dr" else backups.bucket
-    with _admin(postgres_admin) as conn:
+    with postgres_admin.connect(autocommit=True) as conn:
         archive = cluster_archive(conn, s3.get_client(), bucket)
         records = list_backups(archive)
         if not records:
@@ -443,7 +434,7 @@ def backup_retention(
     s3: S3Resource,
     backups: BackupStorageResource,
 ) -> dg.MaterializeResult:
-    with _admin(postgres_admin) as conn:
+    with postgres_admin.connect(autocommit=True) as conn:
         archive = cluster_archive(conn, s3.get_client(), backups.bucket)
         records = list_backups(archive)
         names = {o["Key"].rsplit("/", 1)[1].removesuffix(MANIFEST_SUFFIX) for o in archive.list(f"{archive.root}/wal/")}
@@ -490,7 +481,7 @@ def backups_dr_copy(
     s3: S3Resource,
     backups: BackupStorageResource,
 ) -> dg.MaterializeResult:
-    with _admin(postgres_admin) as conn:
+    with postgres_admin.connect(autocommit=True) as conn:
         primary = cluster_archive(conn, s3.get_client(), backups.bucket)
     result = copy_to_dr(primary, primary.with_bucket(backups.dr_bucket), progress=context.log.info)
     context.log.info(

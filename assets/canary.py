@@ -8,40 +8,27 @@ policy version, and the VirtualService ``resourceVersion`` before and after.
 """
 
 import json
-import os
 from dataclasses import asdict
-from pathlib import Path
 
 import dagster as dg
 
-from assets.slo import DEFAULT_SPEC
-from cqox_platform.canary.analysis import gather_evidence, slo_budget_remaining
+from cqox_platform.canary.analysis import budget_gate_remaining, gather_evidence
 from cqox_platform.canary.decision import Decision, Evidence, decide, evidence_from_dict
-from cqox_platform.canary.policy import POLICY_DIR, CanaryPolicy, policy_for
+from cqox_platform.canary.policy import CanaryPolicy, policy_for
 from cqox_platform.canary.rollout import apply_decision, start_rollout
 from cqox_platform.canary.store import get_rollout
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
-from cqox_platform.slo.spec import load_spec
 
 GROUP = "canary"
 canary_partitions = dg.DynamicPartitionsDefinition(name="canary_rollouts")
 
 
-def policy_dir() -> Path:
-    return Path(os.environ.get("CQOX_CANARY_POLICY_DIR") or POLICY_DIR)
-
-
-def budget_for(policy: CanaryPolicy, prometheus: PrometheusResource, at: float | None = None) -> float | None:
-    if policy.budget_gate is None:
-        return None
-    spec = load_spec(Path(os.environ.get("CQOX_SLO_SPEC") or DEFAULT_SPEC))
-    return slo_budget_remaining(spec, policy.budget_gate.slo, prometheus.query, at=at)
-
-
 def collect(policy: CanaryPolicy, prometheus: PrometheusResource) -> Evidence:
-    return gather_evidence(policy, prometheus.query, budget_remaining=lambda: budget_for(policy, prometheus))
+    return gather_evidence(
+        policy, prometheus.query, budget_remaining=lambda: budget_gate_remaining(policy, prometheus.query)
+    )
 
 
 def _verdict_table(policy: CanaryPolicy, decision: Decision, evidence: Evidence) -> dg.MetadataValue:
@@ -82,7 +69,7 @@ def canary_rollout(
     evidence = evidence_from_dict(json.loads(config.evidence))
     with postgres.connect(autocommit=True) as conn:
         rollout = get_rollout(conn, context.partition_key)
-        policy = policy_for(rollout.service, policy_dir())
+        policy = policy_for(rollout.service)
         decision = decide(policy, rollout.state, evidence)
         change = apply_decision(conn, kubernetes, policy, rollout, decision)
     context.log.info(f"{rollout.rollout_id}: {decision.action} - {decision.reason}")
@@ -131,7 +118,7 @@ def start_canary(
     postgres: PostgresResource,
     kubernetes: KubernetesResource,
 ) -> None:
-    policy = policy_for(config.service, policy_dir())
+    policy = policy_for(config.service)
     with postgres.connect(autocommit=True) as conn:
         rollout, change = start_rollout(conn, kubernetes, policy, config.image)
     context.instance.add_dynamic_partitions(canary_partitions.name, [rollout.rollout_id])

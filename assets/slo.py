@@ -10,10 +10,11 @@ from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.slo.chart import render_svg, svg_markdown
 from cqox_platform.slo.report import compute_reports, history, store_reports
 from cqox_platform.slo.rules import ALERT_NAMES, PAGE, TICKET, validate_rules
+from cqox_platform.slo.spec import DEFAULT_SPEC as SLO_SPEC_FILE
 from cqox_platform.slo.spec import LatencySlo, load_spec
 
 GROUP = "slo"
-DEFAULT_SPEC = str(Path(__file__).resolve().parents[1] / "slo" / "slos.yaml")
+DEFAULT_SPEC = str(SLO_SPEC_FILE)
 RULES_FILE = "cqox-slo-rules.yml"
 
 

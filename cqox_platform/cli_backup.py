@@ -230,14 +230,10 @@ def restore(
     from cqox_platform.backup.restore import (
         RecoveryTarget,
         ScratchCluster,
-        chown_tree,
         configure_recovery,
-        download_object,
-        fetch_backup_manifest,
         pg_bindir,
         restore_command_for,
-        unpack_backup,
-        verify_backup,
+        restore_files,
     )
     from cqox_platform.installation import platform_cli
     from cqox_platform.stack.process import free_port
@@ -253,18 +249,8 @@ def restore(
     pgdata.mkdir(parents=True, exist_ok=True)
     pgdata.chmod(0o700)
     say = lambda m: click.echo(m, err=True)  # noqa: E731
-    staging = pgdata.parent / f".{pgdata.name}.download"
-    try:
-        took = download_object(archive, record.object_key, staging, record.stored_bytes, say)
-        say(f"downloaded {record.stored_bytes / 2**20:.1f} MiB in {took:.1f} s")
-        decrypt_s, extract_s = unpack_backup(
-            staging, fetch_backup_manifest(archive, record), provider, pgdata, archive.where(record.object_key)
-        )
-        say(f"decrypted in {decrypt_s:.1f} s, extracted in {extract_s:.1f} s")
-    finally:
-        staging.unlink(missing_ok=True)
-    chown_tree(pgdata)
-    say(f"pg_verifybackup passed in {verify_backup(pgdata, pg_bindir()):.1f} s")
+    files = restore_files(archive, provider, record, pgdata, pgdata.parent / f".{pgdata.name}.download", say)
+    say("restored files: " + ", ".join(f"{phase} {secs:.1f} s" for phase, secs in files.seconds.items()))
     if target_time:
         target = RecoveryTarget("time", target_time)
     elif target_name:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,11 +14,9 @@ def canary() -> None:
 
 
 def _policy(service: str, policy_file: Path | None):
-    from cqox_platform.canary.policy import POLICY_DIR, load_policy, policy_for
+    from cqox_platform.canary.policy import load_policy, policy_for
 
-    if policy_file:
-        return load_policy(policy_file)
-    return policy_for(service, Path(os.environ.get("CQOX_CANARY_POLICY_DIR") or POLICY_DIR))
+    return load_policy(policy_file) if policy_file else policy_for(service)
 
 
 def _kube():
@@ -76,7 +73,7 @@ def canary_status(limit: int) -> None:
 @click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=Path), default=None)
 def canary_backtest(service: str, start_at: str, end_at: str | None, policy_file: Path | None) -> None:
     """Replay Prometheus history through a policy: when it would have promoted, held or rolled back."""
-    from assets.canary import budget_for
+    from cqox_platform.canary.analysis import budget_gate_remaining
     from cqox_platform.canary.rollout import backtest
     from cqox_platform.cli import _env
     from cqox_platform.resources.prometheus import PrometheusResource
@@ -85,7 +82,9 @@ def canary_backtest(service: str, start_at: str, end_at: str | None, policy_file
     prometheus = PrometheusResource(url=_env("CQOX_PROMETHEUS_URL"))
     start = _when(start_at)
     end = _when(end_at) if end_at else datetime.now(UTC).timestamp()
-    steps = backtest(policy, prometheus.query, start, end, budget_at=lambda t: budget_for(policy, prometheus, at=t))
+    steps = backtest(
+        policy, prometheus.query, start, end, budget_at=lambda t: budget_gate_remaining(policy, prometheus.query, at=t)
+    )
     for step in steps:
         at = datetime.fromtimestamp(step.at, UTC).isoformat(timespec="seconds")
         d = step.decision

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets.canary import canary_decision_job, canary_partitions, collect, policy_dir
+from assets.canary import canary_decision_job, canary_partitions, collect
 from cqox_platform.canary.decision import decide
 from cqox_platform.canary.policy import policy_for
 from cqox_platform.canary.store import active_rollouts
@@ -36,7 +36,7 @@ def canary_sensor(
     now = datetime.now(UTC)
     requests, waiting, partitions = [], [], []
     for rollout in rollouts:
-        policy = policy_for(rollout.service, policy_dir())
+        policy = policy_for(rollout.service)
         since = (now - (rollout.last_decision_at or rollout.started_at)).total_seconds()
         if since < policy.interval_seconds:
             waiting.append(f"{rollout.rollout_id}: next analysis in {policy.interval_seconds - since:.0f} s")

@@ -1,16 +1,14 @@
 """The error-budget sensor: burn rates every 5 minutes, gauges to the Pushgateway, incident runs on a page."""
 
 import time
-from pathlib import Path
 
 import dagster as dg
 
-from assets.slo import DEFAULT_SPEC
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.slo.burn import current_burn, push_gauges
 from cqox_platform.slo.incidents import notify_webhook, record_incident
-from cqox_platform.slo.spec import load_spec
+from cqox_platform.slo.spec import load_spec, spec_path_from_env
 
 
 class IncidentConfig(dg.Config):
@@ -54,8 +52,7 @@ def slo_incident_job() -> None:
 def error_budget_sensor(
     context: dg.SensorEvaluationContext, prometheus: PrometheusResource
 ) -> dg.SensorResult | dg.SkipReason:
-    spec_path = dg.EnvVar("CQOX_SLO_SPEC").get_value() or DEFAULT_SPEC
-    spec = load_spec(Path(spec_path))
+    spec = load_spec(spec_path_from_env())
     statuses = current_burn(spec, prometheus.query)
     pushgateway = dg.EnvVar("CQOX_PUSHGATEWAY_URL").get_value()
     pushed = push_gauges(pushgateway, spec.service, statuses) if pushgateway else 0

@@ -26,14 +26,10 @@ from cqox_platform.backup.restore import (
     Progress,
     RecoveryTarget,
     ScratchCluster,
-    chown_tree,
     configure_recovery,
-    download_object,
-    fetch_backup_manifest,
     pg_bindir,
     restore_command_for,
-    unpack_backup,
-    verify_backup,
+    restore_files,
 )
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.stack.process import free_port
@@ -92,17 +88,9 @@ def run_drill(
     try:
         where = archive.where(record.object_key)
         progress(f"drill {result.drill_id}: downloading {where} ({record.stored_bytes / 2**20:.1f} MiB)")
-        encrypted = scratch / "base.tar.zst.enc"
-        result.seconds["download"] = download_object(
-            archive, record.object_key, encrypted, record.stored_bytes, progress
-        )
-        manifest = fetch_backup_manifest(archive, record)
-        result.details["key_version"] = manifest.key_version
-        decrypt_s, extract_s = unpack_backup(encrypted, manifest, provider, pgdata, where)
-        result.seconds["decrypt"], result.seconds["extract"] = decrypt_s, extract_s
-        encrypted.unlink()
-        chown_tree(pgdata)
-        result.seconds["verify"] = verify_backup(pgdata, bindir)
+        files = restore_files(archive, provider, record, pgdata, scratch / "base.tar.zst.enc", progress, bindir)
+        result.seconds.update(files.seconds)
+        result.details["key_version"] = files.key_version
         configure_recovery(
             pgdata,
             port=cluster.port,

@@ -321,3 +321,35 @@ def fetch_backup_manifest(archive: Archive, record: BackupRecord) -> Manifest:
     if text is None:
         raise ArchiveError(f"{archive.where(record.manifest_key)} is missing: the backup cannot be decrypted.")
     return Manifest.from_json(text, where=archive.where(record.manifest_key))
+
+
+@dataclass(frozen=True)
+class RestoredFiles:
+    """Seconds per phase of putting a backup's files in place, and the key version that decrypted them."""
+
+    seconds: dict[str, float]
+    key_version: int
+
+
+def restore_files(
+    archive: Archive,
+    provider: DataKeyProvider,
+    record: BackupRecord,
+    pgdata: Path,
+    staging: Path,
+    progress: Progress,
+    bindir: Path | None = None,
+) -> RestoredFiles:
+    """Download (to ``staging``, removed afterwards), decrypt, extract, hand to postgres, pg_verifybackup."""
+    seconds: dict[str, float] = {}
+    try:
+        seconds["download"] = download_object(archive, record.object_key, staging, record.stored_bytes, progress)
+        manifest = fetch_backup_manifest(archive, record)
+        seconds["decrypt"], seconds["extract"] = unpack_backup(
+            staging, manifest, provider, pgdata, archive.where(record.object_key)
+        )
+    finally:
+        staging.unlink(missing_ok=True)
+    chown_tree(pgdata)
+    seconds["verify"] = verify_backup(pgdata, bindir or pg_bindir())
+    return RestoredFiles(seconds, manifest.key_version)

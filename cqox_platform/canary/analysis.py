@@ -14,7 +14,7 @@ from cqox_platform.canary.decision import Evidence, MetricValue
 from cqox_platform.canary.policy import CanaryPolicy
 from cqox_platform.errors import CqoxError
 from cqox_platform.slo.budget import error_budget
-from cqox_platform.slo.spec import SloSpec
+from cqox_platform.slo.spec import SloSpec, load_spec, spec_path_from_env
 
 Query = Callable[..., list[dict]]
 
@@ -59,3 +59,10 @@ def slo_budget_remaining(spec: SloSpec, slo_name: str, query: Query, at: float |
         raise CqoxError(f"the budget gate names SLO {slo_name!r}, which {spec.service}'s SLO file does not define.")
     ratio = scalar(query(spec.error_ratio_query(slo, f"{spec.period_days}d"), at=at))
     return None if ratio is None else 1 - ratio / error_budget(slo.objective)
+
+
+def budget_gate_remaining(policy: CanaryPolicy, query: Query, at: float | None = None) -> float | None:
+    """The remaining budget of the SLO the policy's gate names (``None`` without a gate), from the SLO file."""
+    if policy.budget_gate is None:
+        return None
+    return slo_budget_remaining(load_spec(spec_path_from_env()), policy.budget_gate.slo, query, at=at)

@@ -8,6 +8,7 @@ forbids going past the first step. Errors name the file and the field.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,13 @@ def load_policy(path: Path) -> CanaryPolicy:
     return parse_policy(data, where=str(path))
 
 
-def policy_for(service: str, directory: Path = POLICY_DIR) -> CanaryPolicy:
-    path = directory / f"{service}.yaml"
+def policy_dir() -> Path:
+    """Where policies are read: ``CQOX_CANARY_POLICY_DIR``, else the repository's ``deploy/canary``."""
+    return Path(os.environ.get("CQOX_CANARY_POLICY_DIR") or POLICY_DIR)
+
+
+def policy_for(service: str, directory: Path | None = None) -> CanaryPolicy:
+    path = (directory or policy_dir()) / f"{service}.yaml"
     if not path.exists():
         raise PolicyError(f"no canary policy for {service!r}: expected {path}.")
     return load_policy(path)

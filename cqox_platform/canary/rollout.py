@@ -25,13 +25,12 @@ from cqox_platform.canary.decision import (
     decide,
 )
 from cqox_platform.canary.policy import CanaryPolicy
-from cqox_platform.canary.router import WeightChange, set_canary_image, shift_weights
+from cqox_platform.canary.router import KubeClient, WeightChange, set_canary_image, shift_weights
 from cqox_platform.canary.store import Rollout, get_rollout, insert_rollout, new_rollout_id, record_decision
-from cqox_platform.resources.kubernetes import KubernetesResource
 
 
 def start_rollout(
-    conn: psycopg.Connection, kube: KubernetesResource, policy: CanaryPolicy, image: str
+    conn: psycopg.Connection, kube: KubeClient, policy: CanaryPolicy, image: str
 ) -> tuple[Rollout, WeightChange]:
     """Set the canary's image and the first step's weight, and record the rollout."""
     rollout_id = new_rollout_id(policy.service)
@@ -45,7 +44,7 @@ def start_rollout(
 
 
 def apply_decision(
-    conn: psycopg.Connection, kube: KubernetesResource, policy: CanaryPolicy, rollout: Rollout, decision: Decision
+    conn: psycopg.Connection, kube: KubeClient, policy: CanaryPolicy, rollout: Rollout, decision: Decision
 ) -> WeightChange | None:
     change = None
     if decision.action in (PROMOTE, COMPLETE, ROLLBACK):

@@ -9,14 +9,35 @@ and retries, which is what keeps the other writer's change.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cqox_platform.canary.policy import KubeTarget
 from cqox_platform.errors import CqoxError
-from cqox_platform.resources.kubernetes import KubernetesConflictError, KubernetesResource
+from cqox_platform.kubernetes_errors import KubernetesConflictError
 
+T = TypeVar("T")
 VS = ("networking.istio.io", "v1", "virtualservices")
+
+
+class KubeClient(Protocol):
+    """What the router needs of a Kubernetes client (``KubernetesResource`` in the code location)."""
+
+    request_timeout: float
+    field_manager: str
+
+    def get_custom(self, group: str, version: str, plural: str, name: str, namespace: str | None = None) -> dict: ...
+
+    def replace_custom(
+        self, group: str, version: str, plural: str, body: dict, namespace: str | None = None
+    ) -> dict: ...
+
+    def apps(self) -> Any: ...
+
+    def call(self, what: str, fn: Callable[[], T]) -> T: ...
+
+
 PREVIOUS_IMAGE = "cqox.io/previous-image"
 
 
@@ -63,7 +84,7 @@ def current_weight(vs: dict[str, Any], target: KubeTarget) -> int | None:
     return None
 
 
-def shift_weights(kube: KubernetesResource, target: KubeTarget, canary_weight: int, retries: int = 5) -> WeightChange:
+def shift_weights(kube: KubeClient, target: KubeTarget, canary_weight: int, retries: int = 5) -> WeightChange:
     group, version, plural = VS
     for attempt in range(1, retries + 1):
         vs = kube.get_custom(group, version, plural, target.virtual_service, target.namespace)
@@ -82,7 +103,7 @@ def shift_weights(kube: KubernetesResource, target: KubeTarget, canary_weight: i
     )
 
 
-def set_canary_image(kube: KubernetesResource, target: KubeTarget, image: str) -> str | None:
+def set_canary_image(kube: KubeClient, target: KubeTarget, image: str) -> str | None:
     """Point the canary Deployment's container at ``image``; returns the image it had (kept for rollback)."""
     apps = kube.apps()
     where = f"Deployment {target.namespace}/{target.canary_deployment}"

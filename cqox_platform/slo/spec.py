@@ -6,6 +6,7 @@ pydantic location tuple. Every SLI is turned into PromQL here, once, so rules, r
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,6 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cqox_platform.errors import SloSpecError
+
+#: The repository's SLO file; ``CQOX_SLO_SPEC`` points elsewhere (``spec_path_from_env``).
+DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+
+
+def spec_path_from_env() -> Path:
+    return Path(os.environ.get("CQOX_SLO_SPEC") or DEFAULT_SPEC)
+
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

@@ -41,9 +41,7 @@ def kube(stack: Stack) -> Iterator[KubernetesResource]:
 @pytest.fixture
 def production_instance(stack, plain_db, tmp_path, monkeypatch) -> Iterator[dg.DagsterInstance]:
     config = yaml.safe_load(PRODUCTION_YAML.read_text())
-    config["run_launcher"]["config"].update(
-        load_incluster_config=False, kubeconfig_file=stack.env()["CQOX_KUBECONFIG"]
-    )
+    config["run_launcher"]["config"].update(load_incluster_config=False, kubeconfig_file=stack.env()["CQOX_KUBECONFIG"])
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
     info = plain_db.resource
     password = Path(info.passfile).read_text().strip().rsplit(":", 1)[1]

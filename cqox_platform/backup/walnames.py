@@ -106,6 +106,32 @@ def parse_history(text: str, *, where: str = "history file") -> list[TimelineSwi
     return switches
 
 
+def timeline_ranges(end_timeline: int, ancestry: list[TimelineSwitch]) -> list[tuple[int, int, int]]:
+    """``(timeline, from_lsn, to_lsn)`` along the path to ``end_timeline``, oldest first, ``to_lsn`` exclusive.
+
+    ``ancestry`` is ``end_timeline``'s parsed history file: each ancestor runs up to its switch point, then
+    ``end_timeline`` runs on without end.
+    """
+    ranges: list[tuple[int, int, int]] = []
+    previous_end = 0
+    for switch in ancestry:
+        ranges.append((switch.parent, previous_end, switch.switch_lsn))
+        previous_end = switch.switch_lsn
+    ranges.append((end_timeline, previous_end, 1 << 64))
+    return ranges
+
+
+def segment_timeline(segno: int, ranges: list[tuple[int, int, int]]) -> int:
+    """The timeline recovery reads segment ``segno`` from, given ``timeline_ranges``.
+
+    The newest timeline whose range overlaps the segment: the segment holding a switch point exists on both
+    timelines and the child's copy is the one recovery reads.
+    """
+    seg_start = segno * WAL_SEGMENT_SIZE
+    seg_end = seg_start + WAL_SEGMENT_SIZE
+    return next(tli for tli, lo, hi in reversed(ranges) if lo < seg_end and seg_start < hi)
+
+
 def required_segments(
     start_timeline: int,
     start_lsn: int,
@@ -116,31 +142,20 @@ def required_segments(
     """Every segment a restore from ``start`` to ``end`` replays, in order, following timeline switches.
 
     ``histories[t]`` is the parsed ``t.history`` file (its lines are the ancestors of ``t``). The timeline
-    branch points of ``end_timeline`` decide which timeline each LSN range is read from; the segment holding a
-    switch point exists on both timelines and the child's copy is the one recovery reads.
+    branch points of ``end_timeline`` decide which timeline each LSN range is read from (``segment_timeline``).
     """
     if end_lsn < start_lsn:
         raise WalNameError(f"end {format_lsn(end_lsn)} is before start {format_lsn(start_lsn)}.")
-    # Ranges (timeline, from_lsn, to_lsn) along the path to end_timeline.
     ancestry = histories.get(end_timeline, []) if end_timeline != 1 else []
     if end_timeline != 1 and not ancestry:
         raise WalNameError(f"timeline {end_timeline} has no history file in the archive ({end_timeline:08X}.history).")
-    ranges: list[tuple[int, int, int]] = []
-    previous_end = 0
-    for switch in ancestry:
-        ranges.append((switch.parent, previous_end, switch.switch_lsn))
-        previous_end = switch.switch_lsn
-    ranges.append((end_timeline, previous_end, 1 << 64))
+    ranges = timeline_ranges(end_timeline, ancestry)
     if start_timeline not in {tli for tli, _, _ in ranges}:
         raise WalNameError(f"timeline {start_timeline} (the backup's) is not an ancestor of timeline {end_timeline}.")
-    segments: list[Segment] = []
-    for segno in range(segment_number(start_lsn), segment_number(end_lsn) + 1):
-        seg_start = segno * WAL_SEGMENT_SIZE
-        seg_end = seg_start + WAL_SEGMENT_SIZE
-        # The newest timeline whose range overlaps this segment: a switch segment is read from the child.
-        timeline = next(tli for tli, lo, hi in reversed(ranges) if lo < seg_end and seg_start < hi)
-        segments.append(Segment(timeline, segno))
-    return segments
+    return [
+        Segment(segment_timeline(segno, ranges), segno)
+        for segno in range(segment_number(start_lsn), segment_number(end_lsn) + 1)
+    ]
 
 
 def find_gaps(required: list[Segment], archived: set[str]) -> list[str]:

@@ -74,10 +74,12 @@ def wal_push(path: Path, config_path: Path, pgdata: Path, asynchronous: bool) ->
         return
 
     from cqox_platform.backup.wal import push_wal
+    from cqox_platform.backup.walnames import HISTORY_RE
 
+    full_path = pgdata / path if not path.is_absolute() else path
     try:
         archive, provider = _archive_for(config_path, pgdata)
-        result = push_wal(archive, provider, pgdata / path if not path.is_absolute() else path)
+        result = push_wal(archive, provider, full_path)
     except CqoxError as exc:
         click.echo(f"wal-push: {path.name} NOT archived: {exc}", err=True)
         sys.exit(1)
@@ -89,6 +91,15 @@ def wal_push(path: Path, config_path: Path, pgdata: Path, asynchronous: bool) ->
         )
     else:
         click.echo(f"wal-push: {result.name} was already archived with the same content", err=True)
+    if HISTORY_RE.match(result.name):
+        # A new timeline: archive what the old leader completed but never pushed (see wal_catchup).
+        from cqox_platform.backup.wal_catchup import catch_up_ancestors
+
+        try:
+            catch_up_ancestors(archive, provider, full_path, log=lambda m: click.echo(f"wal-push: {m}", err=True))
+        except CqoxError as exc:
+            click.echo(f"wal-push: {result.name} NOT done, its parent timeline is not caught up: {exc}", err=True)
+            sys.exit(1)
 
 
 @click.command("wal-push-daemon", hidden=True)

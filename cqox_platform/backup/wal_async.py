@@ -22,6 +22,8 @@ from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
 from cqox_platform.backup.wal import push_wal, system_identifier
 from cqox_platform.backup.wal_async_client import marker, spool_dir, write_marker
+from cqox_platform.backup.wal_catchup import catch_up_ancestors
+from cqox_platform.backup.walnames import HISTORY_RE
 from cqox_platform.crypto.keys import DataKey, DataKeyProvider
 from cqox_platform.errors import CqoxError
 
@@ -66,6 +68,8 @@ def _push_batch(archive, provider, spool: Path, pgdata: Path, todo: list[str], w
     def one(name: str) -> None:
         try:
             result = push_wal(archive, provider, pgdata / "pg_wal" / name)
+            if HISTORY_RE.match(name):  # a new timeline: push what the old leader never did (see wal_catchup)
+                catch_up_ancestors(archive, provider, pgdata / "pg_wal" / name, lambda m: log(f"wal-push-daemon: {m}"))
         except CqoxError as exc:
             failures.append((name, exc))
             return

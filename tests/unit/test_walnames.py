@@ -92,3 +92,39 @@ def test_find_gaps_names_the_missing_segment():
     segs = required_segments(1, 0, 1, 3 * MiB16, {})
     archived = {s.name for s in segs} - {segment_name(1, 2)}
     assert find_gaps(segs, archived) == [segment_name(1, 2)]
+
+
+@pytest.mark.parametrize("switch", ["0/5000100", "0/5000000", "0/5FFFFF8"])
+def test_old_timeline_before_the_switch_segment_plus_new_timeline_from_it_is_continuous(switch):
+    # What an HA catch-up leaves in the archive: TL1 below the switch segment (pushed by the old leader or
+    # by the catch-up after 00000002.history), TL2 from the switch segment on (the new leader's own).
+    from cqox_platform.backup.wal_catchup import segments_to_catch_up
+
+    history = f"1\t{switch}\tno recovery target specified\n"
+    switch_segno = parse_lsn(switch) // MiB16
+    pg_wal = [segment_name(1, n) for n in range(0, 8)] + [segment_name(2, n) for n in range(switch_segno, 8)]
+    caught_up = segments_to_catch_up(pg_wal, "00000002.history", history)
+    assert caught_up == [segment_name(1, n) for n in range(switch_segno)]
+    archived = {*caught_up, *(segment_name(2, n) for n in range(switch_segno, 8))}
+    required = required_segments(1, 0, 2, 8 * MiB16 - 1, {2: parse_history(history)})
+    assert find_gaps(required, archived) == []
+    assert {s.name for s in required} == archived  # and nothing pushed that a restore would not read
+    # Without the catch-up, the segment just before the switch is the gap a failover leaves.
+    assert segment_name(1, switch_segno - 1) in find_gaps(required, archived - {segment_name(1, switch_segno - 1)})
+
+
+@given(
+    st.integers(min_value=MiB16, max_value=40 * MiB16),
+    st.integers(min_value=0, max_value=30 * MiB16),
+    st.integers(min_value=0, max_value=50),
+)
+def test_catch_up_selects_exactly_the_ancestor_segments_a_restore_reads(first_switch, gap, extra):
+    from cqox_platform.backup.wal_catchup import segments_to_catch_up
+
+    second_switch = first_switch + gap
+    history = f"1\t{format_lsn(first_switch)}\tx\n2\t{format_lsn(second_switch)}\tx\n"
+    last = second_switch // MiB16 + extra
+    pg_wal = [segment_name(tli, n) for tli in (1, 2, 3) for n in range(last + 1)]
+    required = required_segments(1, 0, 3, last * MiB16, {3: parse_history(history)})
+    ancestors_read = [s.name for s in required if s.timeline != 3]
+    assert segments_to_catch_up(pg_wal, "00000003.history", history) == ancestors_read

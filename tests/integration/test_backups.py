@@ -285,6 +285,61 @@ def test_async_push_reports_the_pushers_results_and_recovers_after_s3_returns(st
     archive.purge(f"{archive.root}/")
 
 
+def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(stack, env, tmp_path):
+    # A promoted standby's pg_wal: TL1 segments the killed leader completed but never archived (the standby's
+    # walreceiver marked them .done), the switch segment in both timelines, and the new timeline's history.
+    from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.backup.wal import read_wal
+
+    system_id = int.from_bytes(os.urandom(8), "little")
+    pgdata = _fake_pgdata(tmp_path, system_id)
+    pg_wal = pgdata / "pg_wal"
+    old = [f"0000000100000000000000{n:02X}" for n in range(1, 5)]
+    switch_tl1, switch_tl2 = "000000010000000000000005", "000000020000000000000005"
+    contents = {name: os.urandom(4096) * (SEGMENT // 4096) for name in [*old, switch_tl1, switch_tl2]}
+    for name, body in contents.items():
+        (pg_wal / name).write_bytes(body)
+    (pg_wal / f"{switch_tl1}.partial").write_bytes(os.urandom(SEGMENT))
+    (pg_wal / "00000002.history").write_text("1\t0/5000100\tno recovery target specified\n")
+    args = ["--config", env["CQOX_WAL_ARCHIVER_CONFIG"]]
+    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(system_id))
+    cli = str(Path(sys.executable).parent / "cqox-platform")
+
+    def push_history() -> subprocess.CompletedProcess:
+        # As PostgreSQL runs archive_command: the console script, %p relative, inside the data directory.
+        return subprocess.run(
+            [cli, "wal-push", "pg_wal/00000002.history", *args],
+            env={**os.environ, **env},
+            cwd=pgdata,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    try:
+        # The old leader did archive one of them.
+        before = _cli(env, "wal-push", f"pg_wal/{old[1]}", *args, "--pgdata", str(pgdata))
+        assert before.returncode == 0, before.stderr
+        etags = {k: archive.head(k)["ETag"] for k in (archive.wal_key(old[1]), archive.wal_manifest_key(old[1]))}
+        pushed = push_history()
+        assert pushed.returncode == 0, pushed.stderr
+        for name in (old[0], old[2], old[3]):
+            assert f"catch-up: archived {name}" in pushed.stderr, pushed.stderr
+        assert "3 unarchived segment(s) of timeline(s) 1" in pushed.stderr and "1 already archived" in pushed.stderr
+        archived = set(archive.archived_wal())
+        assert {*old, "00000002.history"} <= archived
+        assert not {switch_tl1, switch_tl2, f"{switch_tl1}.partial"} & archived
+        provider = archiver_clients(ArchiverSettings.load(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]))).provider
+        for name in old:
+            assert read_wal(archive, provider, name) == contents[name]
+        assert etags == {k: archive.head(k)["ETag"] for k in etags}, "an archived segment was uploaded again"
+        # PostgreSQL retrying the history file (say after a failed catch-up) pushes nothing twice.
+        again = push_history()
+        assert again.returncode == 0 and "0 unarchived segment(s)" in again.stderr, again.stderr
+    finally:
+        archive.purge(f"{archive.root}/")
+
+
 # --- base backups and drills ---------------------------------------------------------------------------------
 
 

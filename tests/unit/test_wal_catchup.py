@@ -154,3 +154,22 @@ def test_a_segment_postgresql_removed_meanwhile_is_a_logged_gap_not_a_retry_loop
     result = catch_up_ancestors(FakeArchive(set()), None, pg_wal / "00000002.history", lines.append)
     assert result.skipped == [seg(1, 3)] and [r.name for r in result.pushed] == [seg(1, 4)]
     assert "a gap remains" in lines[0] and "1 NOT archivable" in lines[-1]
+
+
+def test_the_async_pusher_catches_up_after_a_history_file_and_reports_a_failure(tmp_path, monkeypatch):
+    from cqox_platform.backup import wal_async
+
+    calls: list[str] = []
+    monkeypatch.setattr(wal_async, "push_wal", lambda a, p, path: PushResult(path.name, True, 1, 1, 0.0))
+
+    def catch_up(archive, provider, history_path, log):
+        calls.append(history_path.name)
+        raise CatchUpError("000000010000000000000004: S3 is down")
+
+    monkeypatch.setattr(wal_async, "catch_up_ancestors", catch_up)
+    spool = tmp_path / "spool"
+    todo = ["000000020000000000000005", "00000002.history"]
+    failures = wal_async._push_batch(None, None, spool, tmp_path, todo, 2, lambda m: None)
+    assert calls == ["00000002.history"]
+    assert [(name, str(exc)) for name, exc in failures] == [("00000002.history", f"{seg(1, 4)}: S3 is down")]
+    assert (spool / "ok" / "000000020000000000000005").exists() and not (spool / "ok" / "00000002.history").exists()

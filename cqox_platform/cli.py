@@ -48,15 +48,27 @@ def stack() -> None:
 @click.option("--port-base", type=int, default=None, help="Use consecutive ports from this one (new stacks).")
 @click.option("--no-dagster", is_flag=True, help="Do not start the Dagster webserver and daemon.")
 @click.option("--traffic", is_flag=True, help="Also run the synthetic CQOx traffic exporter (stable, canary).")
-def stack_up(stack_dir: Path | None, port_base: int | None, no_dagster: bool, traffic: bool) -> None:
+@click.option("--ha", is_flag=True, help="New stacks: etcd and three Patroni nodes behind HAProxy, not one node.")
+@click.option("--sync", "ha_sync", is_flag=True, help="With --ha: Patroni synchronous mode (no loss on failover).")
+def stack_up(
+    stack_dir: Path | None, port_base: int | None, no_dagster: bool, traffic: bool, ha: bool, ha_sync: bool
+) -> None:
     """Start every service (a no-op for those already running) and wait until each is healthy."""
     from cqox_platform.stack import Stack
 
+    if ha_sync and not ha:
+        raise click.UsageError("--sync is a mode of the HA cluster: use it with --ha.")
     st = Stack.from_dir(
-        stack_dir, port_base=port_base, with_dagster=False if no_dagster else None, with_traffic=traffic or None
+        stack_dir,
+        port_base=port_base,
+        with_dagster=False if no_dagster else None,
+        with_traffic=traffic or None,
+        ha=ha or None,
+        ha_sync=ha_sync or None,
     )
     statuses = st.up(progress=lambda msg: click.echo(f"  {msg}", err=True))
     _print_status(statuses)
+    _print_ha(st)
 
 
 @stack.command("down")
@@ -75,9 +87,11 @@ def stack_status(stack_dir: Path | None) -> None:
     """What runs, on which port, with which PID. Exit 3 when something is not running and healthy."""
     from cqox_platform.stack import Stack
 
-    statuses = Stack.from_dir(stack_dir).status()
+    st = Stack.from_dir(stack_dir)
+    statuses = st.status()
     _print_status(statuses)
-    if any(s.state != "running" for s in statuses):
+    healthy_cluster = _print_ha(st)
+    if any(s.state != "running" for s in statuses) or not healthy_cluster:
         sys.exit(3)
 
 
@@ -316,6 +330,29 @@ def _print_status(statuses) -> None:
         color = {"running": "green", "unhealthy": "yellow"}.get(s.state, "red")
         state = click.style(f"{s.state:<11}", fg=color)
         click.echo(f"{s.name:<25}{state}{s.port or '-'!s:<7}{s.pid or '-'!s:<9}{s.url:<48}{s.log}")
+
+
+def _print_ha(st) -> bool:
+    """The Patroni cluster of an HA stack: leader, replicas, timeline and lag. False when it is unhealthy."""
+    if not st.config.ha:
+        return True
+    from cqox_platform.ha.patroni_client import PatroniError
+
+    try:
+        state = st.service("patroni").client().cluster()
+    except PatroniError as exc:
+        click.echo(click.style(f"\nPatroni cluster: {exc}", fg="red"))
+        return False
+    click.echo(f"\nPatroni cluster cqox-cluster (timeline {state.timeline or '?'}, answered by {state.answered_by})")
+    click.echo(f"{'MEMBER':<10}{'ROLE':<15}{'STATE':<20}{'TL':<5}{'LAG BYTES':<11}ENDPOINT")
+    for m in state.members:
+        lag = "-" if m.is_leader else ("unknown" if m.lag is None else str(m.lag))
+        color = "green" if m.state in ("running", "streaming") else "red"
+        click.echo(
+            f"{m.name:<10}{m.role:<15}{click.style(f'{m.state:<20}', fg=color)}{m.timeline or '-'!s:<5}"
+            f"{lag:<11}{m.host}:{m.port}"
+        )
+    return state.leader is not None and all(m.state in ("running", "streaming") for m in state.members)
 
 
 def _register_subcommands() -> None:

@@ -122,8 +122,17 @@ def wal_push_daemon(config_path: Path, pgdata: Path) -> None:
 @_archiver_config
 @_pgdata
 @click.option("--bucket", default=None, help="Read from this bucket instead (a drill from the DR copy).")
-def wal_fetch(name: str, destination: Path, config_path: Path, pgdata: Path, bucket: str | None) -> None:
-    """Restore one WAL file (PostgreSQL's restore_command: `cqox-platform wal-fetch %f %p`)."""
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="For a streaming standby (Patroni): any failure means 'not available', never stop the server.",
+)
+def wal_fetch(name: str, destination: Path, config_path: Path, pgdata: Path, bucket: str | None, standby: bool) -> None:
+    """Restore one WAL file (PostgreSQL's restore_command: `cqox-platform wal-fetch %f %p`).
+
+    A standby never ends recovery on its own, so an archive it cannot use yet (settings not written, S3 down)
+    only means "stream it instead"; stopping it there would take a healthy replica down with the archive.
+    """
     from cqox_platform.backup.wal import WalMissingError, fetch_wal
 
     try:
@@ -134,6 +143,9 @@ def wal_fetch(name: str, destination: Path, config_path: Path, pgdata: Path, buc
     except WalMissingError:
         sys.exit(1)  # PostgreSQL probes for files past the end of the archive; not an error
     except CqoxError as exc:
+        if standby:
+            click.echo(f"wal-fetch: {name} not fetched, the standby streams it instead: {exc}", err=True)
+            sys.exit(1)
         click.echo(f"wal-fetch: {name} is in the archive but UNUSABLE, stopping recovery: {exc}", err=True)
         sys.exit(FETCH_FATAL)
     click.echo(f"wal-fetch: restored {name} ({size / 2**20:.1f} MiB)", err=True)

@@ -11,6 +11,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cqox_platform.errors import StackDirError
+
 DEFAULT_DIR = Path(".cqox")
 
 #: Default ports, chosen away from the well-known ones so a developer's own PostgreSQL or Prometheus can run.
@@ -26,6 +28,17 @@ DEFAULT_PORTS: dict[str, int] = {
     "kine": 52379,
     "kube_apiserver": 56443,
     "kube_controller_manager": 50257,
+    # High availability (`stack up --ha`): etcd, three Patroni nodes (PostgreSQL and REST API), HAProxy.
+    "etcd": 52390,
+    "etcd_peer": 52391,
+    "patroni1": 58441,
+    "patroni2": 58442,
+    "patroni3": 58443,
+    "pg1": 55441,
+    "pg2": 55442,
+    "pg3": 55443,
+    "postgres_replicas": 55439,
+    "haproxy_stats": 58404,
 }
 
 #: Environment variable overriding each port.
@@ -41,6 +54,16 @@ PORT_ENV: dict[str, str] = {
     "kine": "CQOX_KINE_PORT",
     "kube_apiserver": "CQOX_KUBE_APISERVER_PORT",
     "kube_controller_manager": "CQOX_KUBE_CONTROLLER_MANAGER_PORT",
+    "etcd": "CQOX_ETCD_PORT",
+    "etcd_peer": "CQOX_ETCD_PEER_PORT",
+    "patroni1": "CQOX_PATRONI1_PORT",
+    "patroni2": "CQOX_PATRONI2_PORT",
+    "patroni3": "CQOX_PATRONI3_PORT",
+    "pg1": "CQOX_PG1_PORT",
+    "pg2": "CQOX_PG2_PORT",
+    "pg3": "CQOX_PG3_PORT",
+    "postgres_replicas": "CQOX_PG_REPLICAS_PORT",
+    "haproxy_stats": "CQOX_HAPROXY_STATS_PORT",
 }
 
 DB_NAME = "cqox_prod"
@@ -61,6 +84,10 @@ class StackConfig:
     with_daemon: bool = True
     #: The synthetic traffic exporter (``stack up --traffic``).
     with_traffic: bool = False
+    #: Three Patroni-managed nodes behind HAProxy instead of one PostgreSQL (``stack up --ha``).
+    ha: bool = False
+    #: Patroni's synchronous mode (``--ha --sync``): a commit waits for one standby, so failover loses nothing.
+    ha_sync: bool = False
 
     @property
     def state_file(self) -> Path:
@@ -98,6 +125,8 @@ class StackConfig:
         port_base: int | None = None,
         with_dagster: bool | None = None,
         with_traffic: bool | None = None,
+        ha: bool | None = None,
+        ha_sync: bool | None = None,
     ) -> StackConfig:
         """Read ``stack.json`` when the stack exists; otherwise build the config from flags and environment."""
         root = (root or Path(os.environ.get("CQOX_STACK_DIR", DEFAULT_DIR))).absolute()
@@ -110,7 +139,14 @@ class StackConfig:
                 with_dagster=data.get("with_dagster", True),
                 with_daemon=data.get("with_daemon", True),
                 with_traffic=data.get("with_traffic", False),
+                ha=data.get("ha", False),
+                ha_sync=data.get("ha_sync", False),
             )
+            if ha and not config.ha:
+                raise StackDirError(
+                    f"the stack in {root} was created as a single PostgreSQL node; `--ha` needs a new stack: "
+                    f"`cqox-platform stack down`, then remove {root} or choose another directory with --dir."
+                )
             if with_dagster is not None:
                 config.with_dagster = with_dagster
             if with_traffic:
@@ -127,4 +163,6 @@ class StackConfig:
             ports=ports,
             with_dagster=True if with_dagster is None else with_dagster,
             with_traffic=bool(with_traffic),
+            ha=bool(ha),
+            ha_sync=bool(ha_sync),
         )

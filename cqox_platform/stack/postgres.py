@@ -25,7 +25,7 @@ import psycopg
 from cqox_platform.errors import StackDirError
 from cqox_platform.installation import platform_cli
 from cqox_platform.stack.certs import tls_files
-from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME
+from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME, StackConfig
 from cqox_platform.stack.files import write_private
 from cqox_platform.stack.process import find_binary, run_checked, stop_pid, wait_until
 from cqox_platform.stack.service import Service
@@ -185,44 +185,11 @@ class PostgresService(Service):
             dest = self.data_dir / name
             shutil.copyfile(src, dest)
             self._own(dest, 0o600)
-        config = f"""# Written by cqox-platform stack; changes are overwritten on `stack up`.
-listen_addresses = '127.0.0.1'
-port = {self.port}
-unix_socket_directories = '{self.socket_dir}'
-ssl = on
-ssl_cert_file = 'server.crt'
-ssl_key_file = 'server.key'
-ssl_ca_file = 'ca.crt'
-ssl_min_protocol_version = 'TLSv1.3'
-password_encryption = 'scram-sha-256'
-wal_level = replica
-archive_mode = on
-archive_command = '{self.archive_command().replace("'", "''")}'
-archive_timeout = '5min'
-max_wal_senders = 10
-shared_preload_libraries = 'pgaudit'
-pgaudit.log = 'ddl, role'
-pgaudit.log_parameter = off
-# Tuning from the CQOx roadmap (phase 1), for a 2-core development machine as for production.
-max_connections = 200
-shared_buffers = '2GB'
-effective_cache_size = '6GB'
-maintenance_work_mem = '512MB'
-checkpoint_completion_target = 0.9
-wal_buffers = '16MB'
-default_statistics_target = 100
-random_page_cost = 1.1
-effective_io_concurrency = 200
-work_mem = '10MB'
-min_wal_size = '1GB'
-max_wal_size = '4GB'
-max_worker_processes = 4
-max_parallel_workers_per_gather = 2
-max_parallel_workers = 4
-max_parallel_maintenance_workers = 2
-log_line_prefix = '%m [%p] %q%u@%d '
-log_min_messages = warning
-"""
+        settings = server_settings(self.port, self.socket_dir, self.archive_command())
+        settings.update(ssl_cert_file="server.crt", ssl_key_file="server.key", ssl_ca_file="ca.crt")
+        config = "# Written by cqox-platform stack; changes are overwritten on `stack up`.\n" + "".join(
+            f"{key} = {conf_literal(value)}\n" for key, value in settings.items()
+        )
         conf = self.data_dir / "cqox.conf"
         conf.write_text(config)
         self._own(conf, 0o600)
@@ -233,9 +200,7 @@ log_min_messages = warning
         hba = self.data_dir / "pg_hba.conf"
         hba.write_text(
             "# TCP only with TLS and SCRAM; the unix socket only for the postgres OS user (bootstrap).\n"
-            f"local   all          {PG_OS_USER}                 peer\n"
-            "hostssl all          all          127.0.0.1/32    scram-sha-256\n"
-            "hostssl replication  all          127.0.0.1/32    scram-sha-256\n"
+            + "".join(f"{rule}\n" for rule in HBA_RULES)
         )
         self._own(hba, 0o600)
 
@@ -265,8 +230,102 @@ log_min_messages = warning
 
     def after_start(self) -> None:
         password = self._ensure_password()
-        verifier = scram_sha256_verifier(password)
-        sql = f"""
+        provision_roles(self._as_pg_user, self.socket_dir, self.port, password)
+        wait_until(self.healthy, timeout=30, what="PostgreSQL TLS login as cqox_admin", log_path=self.log_path)
+
+    def stop(self) -> None:
+        pid = self.read_pid()
+        if pid is not None:
+            stop_pid(pid, sig=signal.SIGINT, timeout=60)  # SIGINT = fast shutdown
+
+    def env(self) -> dict[str, str]:
+        return {**client_env(self.stack, self.port, self.passfile), "CQOX_PG_DATA": str(self.data_dir)}
+
+
+def client_env(stack: StackConfig, port: int, passfile: Path) -> dict[str, str]:
+    """What clients of the CQOX database read: the single node's port, or HAProxy's in front of Patroni."""
+    tls = tls_files(stack.tls_dir)
+    return {
+        "CQOX_PG_HOST": "127.0.0.1",
+        "CQOX_PG_PORT": str(port),
+        "CQOX_PG_DB": DB_NAME,
+        "CQOX_PG_USER": DB_ADMIN_USER,
+        "CQOX_PG_SSLROOTCERT": str(tls.ca_cert),
+        "CQOX_PG_PASSFILE": str(passfile),
+        "CQOX_PG_DSN": (
+            f"host=127.0.0.1 port={port} dbname={DB_NAME} user={DB_ADMIN_USER} "
+            f"sslmode=verify-full sslrootcert={tls.ca_cert} passfile={passfile}"
+        ),
+        "CQOX_DAGSTER_PG_DB": DAGSTER_DB_NAME,
+        # The Vault database role the platform logs in with once `vault_config` has configured it.
+        "CQOX_PG_VAULT_ROLE": "cqox-platform",
+        # libpq's own variables, so psql and Dagster's psycopg2 connect verified with no extra flags.
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(port),
+        "PGDATABASE": DB_NAME,
+        "PGUSER": DB_ADMIN_USER,
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": str(tls.ca_cert),
+        "PGPASSFILE": str(passfile),
+    }
+
+
+#: Client authentication: TCP only with TLS and SCRAM; the unix socket only for the postgres OS user.
+HBA_RULES = (
+    f"local   all          {PG_OS_USER}                 peer",
+    "hostssl all          all          127.0.0.1/32    scram-sha-256",
+    "hostssl replication  all          127.0.0.1/32    scram-sha-256",
+)
+
+
+def conf_literal(value: object) -> str:
+    """A postgresql.conf value: quoted, with quotes doubled (every GUC type accepts the quoted form)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def server_settings(port: int, socket_dir: Path, archive_command: str) -> dict[str, object]:
+    """The server settings every CQOX node shares, single or under Patroni: TLS 1.3, SCRAM, archiving, tuning."""
+    return {
+        "listen_addresses": "127.0.0.1",
+        "port": port,
+        "unix_socket_directories": str(socket_dir),
+        "ssl": "on",
+        "ssl_min_protocol_version": "TLSv1.3",
+        "password_encryption": "scram-sha-256",
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": archive_command,
+        "archive_timeout": "5min",
+        "max_wal_senders": 10,
+        "shared_preload_libraries": "pgaudit",
+        "pgaudit.log": "ddl, role",
+        "pgaudit.log_parameter": "off",
+        # Tuning from the CQOX roadmap (phase 1), for a 2-core development machine as for production.
+        "max_connections": 200,
+        "shared_buffers": "2GB",
+        "effective_cache_size": "6GB",
+        "maintenance_work_mem": "512MB",
+        "checkpoint_completion_target": 0.9,
+        "wal_buffers": "16MB",
+        "default_statistics_target": 100,
+        "random_page_cost": 1.1,
+        "effective_io_concurrency": 200,
+        "work_mem": "10MB",
+        "min_wal_size": "1GB",
+        "max_wal_size": "4GB",
+        "max_worker_processes": 4,
+        "max_parallel_workers_per_gather": 2,
+        "max_parallel_workers": 4,
+        "max_parallel_maintenance_workers": 2,
+        "log_line_prefix": "%m [%p] %q%u@%d ",
+        "log_min_messages": "warning",
+    }
+
+
+def provision_roles(as_pg_user, socket_dir: Path, port: int, password: str) -> None:
+    """Create the ``cqox_admin`` role (SCRAM verifier only), the CQOX and Dagster databases and pgAudit."""
+    verifier = scram_sha256_verifier(password)
+    sql = f"""
 SELECT format('CREATE ROLE %I LOGIN SUPERUSER', '{DB_ADMIN_USER}')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DB_ADMIN_USER}') \\gexec
 ALTER ROLE {DB_ADMIN_USER} PASSWORD '{verifier}';
@@ -277,58 +336,24 @@ SELECT format('CREATE DATABASE %I OWNER %I', '{DAGSTER_DB_NAME}', '{DB_ADMIN_USE
 \\connect {DB_NAME}
 CREATE EXTENSION IF NOT EXISTS pgaudit;
 """
-        run_checked(
-            self._as_pg_user(
-                [
-                    find_binary("psql"),
-                    "-X",
-                    "-q",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-h",
-                    str(self.socket_dir),
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    PG_OS_USER,
-                    "-d",
-                    "postgres",
-                ]
-            ),
-            what="creating the cqox_admin role and databases",
-            input_text=sql,
-        )
-        wait_until(self.healthy, timeout=30, what="PostgreSQL TLS login as cqox_admin", log_path=self.log_path)
-
-    def stop(self) -> None:
-        pid = self.read_pid()
-        if pid is not None:
-            stop_pid(pid, sig=signal.SIGINT, timeout=60)  # SIGINT = fast shutdown
-
-    def env(self) -> dict[str, str]:
-        tls = tls_files(self.stack.tls_dir)
-        return {
-            "CQOX_PG_HOST": "127.0.0.1",
-            "CQOX_PG_PORT": str(self.port),
-            "CQOX_PG_DB": DB_NAME,
-            "CQOX_PG_USER": DB_ADMIN_USER,
-            "CQOX_PG_SSLROOTCERT": str(tls.ca_cert),
-            "CQOX_PG_PASSFILE": str(self.passfile),
-            "CQOX_PG_DSN": (
-                f"host=127.0.0.1 port={self.port} dbname={DB_NAME} user={DB_ADMIN_USER} "
-                f"sslmode=verify-full sslrootcert={tls.ca_cert} passfile={self.passfile}"
-            ),
-            "CQOX_DAGSTER_PG_DB": DAGSTER_DB_NAME,
-            "CQOX_PG_DATA": str(self.data_dir),
-            "CQOX_WAL_ARCHIVER_CONFIG": str(self.archiver_settings),
-            # The Vault database role the platform logs in with once `vault_config` has configured it.
-            "CQOX_PG_VAULT_ROLE": "cqox-platform",
-            # libpq's own variables, so psql and Dagster's psycopg2 connect verified with no extra flags.
-            "PGHOST": "127.0.0.1",
-            "PGPORT": str(self.port),
-            "PGDATABASE": DB_NAME,
-            "PGUSER": DB_ADMIN_USER,
-            "PGSSLMODE": "verify-full",
-            "PGSSLROOTCERT": str(tls.ca_cert),
-            "PGPASSFILE": str(self.passfile),
-        }
+    run_checked(
+        as_pg_user(
+            [
+                find_binary("psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(socket_dir),
+                "-p",
+                str(port),
+                "-U",
+                PG_OS_USER,
+                "-d",
+                "postgres",
+            ]
+        ),
+        what="creating the cqox_admin role and databases",
+        input_text=sql,
+    )

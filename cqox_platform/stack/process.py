@@ -34,6 +34,9 @@ BINARY_SOURCES: dict[str, str] = {
     "dagster-webserver": "PyPI package dagster-webserver (pip install -e '.[dev]')",
     "dagster-daemon": "PyPI package dagster (pip install -e '.[dev]')",
     "node": "Debian package nodejs",
+    "etcd": "Debian package etcd-server (apt-get install etcd-server)",
+    "patroni": "Debian package patroni (apt-get install patroni)",
+    "haproxy": "Debian package haproxy (apt-get install haproxy)",
     "npm": "Debian package npm",
     "kube-apiserver": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",
     "kube-controller-manager": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",
@@ -142,8 +145,14 @@ def spawn(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    user: str | None = None,
 ) -> int:
-    """Start ``argv`` in the background in its own session, appending stdout and stderr to ``log_path``."""
+    """Start ``argv`` in the background in its own session, appending stdout and stderr to ``log_path``.
+
+    ``user`` runs it as that OS user (with only that user's group) when the stack runs as root, so the recorded
+    PID is the service itself rather than a ``runuser`` wrapper.
+    """
+    as_user = {"user": user, "group": user, "extra_groups": []} if user and os.geteuid() == 0 else {}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -154,6 +163,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
+            **as_user,
         )
     return proc.pid
 

@@ -14,8 +14,11 @@ from cqox_platform.stack.dagster_services import (
     dagster_home,
     prepare_dagster_home,
 )
+from cqox_platform.stack.etcd import EtcdService
+from cqox_platform.stack.haproxy import HaproxyService
 from cqox_platform.stack.kubernetes import KineService, KubeApiserverService, KubeControllerManagerService
 from cqox_platform.stack.openbao import OpenBaoService
+from cqox_platform.stack.patroni import PatroniClusterService
 from cqox_platform.stack.postgres import PostgresService
 from cqox_platform.stack.process import ensure_port_free, ensure_writable_dir, find_binary
 from cqox_platform.stack.prometheus import PrometheusService, PushgatewayService
@@ -27,14 +30,14 @@ Progress = Callable[[str], None]
 
 
 class Stack:
-    """Real services under one directory: PostgreSQL, OpenBao, S3, Prometheus, Pushgateway, the Kubernetes API
-    (kine, kube-apiserver, kube-controller-manager), Dagster."""
+    """Real services under one directory: PostgreSQL (one node, or a Patroni cluster behind HAProxy), OpenBao,
+    S3, Prometheus, Pushgateway, the Kubernetes API (kine, kube-apiserver, kube-controller-manager), Dagster."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         apiserver = KubeApiserverService(config)
         core: list[Service] = [
-            PostgresService(config),
+            *self._postgres_services(config),
             OpenBaoService(config),
             S3Service(config),
             PrometheusService(config),
@@ -51,6 +54,14 @@ class Stack:
             self.services = [*core, DagsterWebserverService(config, base_env)]
             if config.with_daemon:
                 self.services.append(DagsterDaemonService(config, base_env))
+
+    @staticmethod
+    def _postgres_services(config: StackConfig) -> list[Service]:
+        """One PostgreSQL, or (``--ha``) etcd, three Patroni nodes and HAProxy as the ``postgres`` endpoint."""
+        if not config.ha:
+            return [PostgresService(config)]
+        cluster = PatroniClusterService(config)
+        return [EtcdService(config), cluster, HaproxyService(config, cluster)]
 
     @classmethod
     def from_dir(cls, root: Path | None = None, **kwargs) -> Stack:

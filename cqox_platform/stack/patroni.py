@@ -1,0 +1,332 @@
+"""Three PostgreSQL 15 nodes managed by Patroni 3.0 (Debian's), scope ``cqox-cluster``, for ``stack up --ha``.
+
+Every node runs the single node's server settings (TLS 1.3, SCRAM, pgAudit, ``archive_command = cqox-platform
+wal-push``; with ``archive_mode = on`` only the leader archives) and restores from the same archive with
+``wal-fetch``. The three are started together and waited for together: starting one alone after a full stop
+would let a lagging node take the leader key before the others are back.
+
+Timing: ``loop_wait`` 2 s, ``retry_timeout`` 4 s and ``ttl`` 12 s (Patroni requires loop_wait + 2 x
+retry_timeout <= ttl). ``primary_start_timeout`` 0 makes a crashed leader hand over to a healthy replica
+instead of restarting PostgreSQL in place, which is what the roadmap's failover means. The secrets Patroni
+needs (superuser, replication and REST passwords) are generated into the stack's ``secrets/`` and written only
+into each node's ``patroni.yml`` (mode 0600, owned by the postgres OS user).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
+from cqox_platform.installation import platform_cli
+from cqox_platform.stack.certs import tls_files
+from cqox_platform.stack.config import StackConfig
+from cqox_platform.stack.etcd import NODE_COUNT, node_address
+from cqox_platform.stack.files import write_private
+from cqox_platform.stack.postgres import HBA_RULES, PG_OS_USER, PostgresService, provision_roles, server_settings
+from cqox_platform.stack.process import find_binary, pid_alive, spawn, stop_pid, wait_until
+from cqox_platform.stack.service import Service
+
+SCOPE = "cqox-cluster"
+PG_BIN_DIR = "/usr/lib/postgresql/15/bin"
+REST_USER = "cqox-patroni"
+
+#: Patroni's dynamic configuration at bootstrap; afterwards ``PATCH /config`` (or ``ha`` jobs) change it.
+TTL, LOOP_WAIT, RETRY_TIMEOUT = 12, 2, 4
+
+#: Settings Patroni requires to be equal on every node, so they live in the DCS rather than in each node's file.
+CLUSTER_WIDE = ("max_connections", "max_wal_senders", "max_worker_processes", "wal_level")
+AUDIT_SETTING = "pgaudit.log"
+
+
+@dataclass(frozen=True)
+class PatroniNode:
+    """One node: its ports, its directory (owned by the postgres OS user) and its Patroni process."""
+
+    stack: StackConfig
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"node{self.index}"
+
+    @property
+    def pg_port(self) -> int:
+        return self.stack.ports[f"pg{self.index}"]
+
+    @property
+    def rest_port(self) -> int:
+        return self.stack.ports[f"patroni{self.index}"]
+
+    @property
+    def rest_url(self) -> str:
+        return f"https://127.0.0.1:{self.rest_port}"
+
+    @property
+    def home(self) -> Path:
+        return self.stack.path("patroni", self.name)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.home / "sock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "patroni.yml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.stack.logs_dir / f"patroni-{self.name}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.stack.run_dir / f"patroni-{self.name}.pid"
+
+    def read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def postmaster_pid(self) -> int | None:
+        """The PID of this node's PostgreSQL (what a failover test kills), or None when it is not running."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return pid_alive(self.read_pid())
+
+
+class PatroniClusterService(Service):
+    """The three nodes as one service: started together, stopped replicas first, reported through REST."""
+
+    name = "patroni"
+    binaries = ("patroni", "initdb", "pg_ctl", "postgres", "psql", "pg_basebackup", "pg_rewind")
+    start_timeout = 180.0
+
+    def __init__(self, stack: StackConfig) -> None:
+        super().__init__(stack)
+        # The single node's helpers own what both layouts share: archiver settings, admin password, OS user.
+        self.base = PostgresService(stack)
+        self.nodes = [PatroniNode(stack, i) for i in range(1, NODE_COUNT + 1)]
+
+    @property
+    def port(self) -> int | None:
+        return self.nodes[0].rest_port
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.rest_url for node in self.nodes)
+
+    @property
+    def log_path(self) -> Path:
+        return self.nodes[0].log_path
+
+    def read_pid(self) -> int | None:
+        return next((node.read_pid() for node in self.nodes if node.running()), None)
+
+    def running(self) -> bool:
+        return any(node.running() for node in self.nodes)
+
+    # --- secrets and client ---------------------------------------------------------------------------------
+
+    def _secret(self, name: str) -> str:
+        path = self.stack.secrets_dir / name
+        if not path.exists():
+            write_private(path, secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    @property
+    def rest_password_file(self) -> Path:
+        return self.stack.secrets_dir / "patroni-rest-password"
+
+    def client(self) -> PatroniClient:
+        return PatroniClient(
+            urls=[node.rest_url for node in self.nodes],
+            cacert=str(tls_files(self.stack.tls_dir).ca_cert),
+            username=REST_USER,
+            password_file=str(self.rest_password_file),
+        )
+
+    def healthy(self) -> bool:
+        state = self.client().cluster()
+        return state.leader is not None and all(m.state in ("running", "streaming") for m in state.members)
+
+    # --- configuration --------------------------------------------------------------------------------------
+
+    def node_config(self, node: PatroniNode) -> dict:
+        ca = str(node.home / "ca.crt")
+        cert, key = str(node.home / "server.crt"), str(node.home / "server.key")
+        settings = server_settings(node.pg_port, node.socket_dir, self.base.archive_command())
+        for managed in ("listen_addresses", "port"):  # Patroni sets these from `listen`
+            settings.pop(managed)
+        cluster_wide = {name: settings.pop(name) for name in CLUSTER_WIDE}
+        # Patroni's bootstrap sets role passwords in clear SQL; pgAudit would log them, so auditing is switched
+        # on cluster-wide only after bootstrap (see ``after_start``).
+        settings.pop(AUDIT_SETTING)
+        settings.update(ssl_cert_file=cert, ssl_key_file=key, ssl_ca_file=ca)
+        tls_client = {"sslmode": "verify-full", "sslrootcert": ca}
+        fetch = f"{platform_cli()} wal-fetch %f %p --standby --config {self.base.archiver_settings}"
+        return {
+            "scope": SCOPE,
+            "namespace": "/service/",
+            "name": node.name,
+            "log": {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"},
+            "restapi": {
+                "listen": f"127.0.0.1:{node.rest_port}",
+                "connect_address": f"127.0.0.1:{node.rest_port}",
+                "certfile": cert,
+                "keyfile": key,
+                "authentication": {"username": REST_USER, "password": self._secret("patroni-rest-password")},
+            },
+            # Patroni's own calls to other members' REST APIs verify them against the stack CA.
+            "ctl": {"cacert": ca},
+            "etcd3": {
+                "hosts": [f"{node_address(node.index)}:{self.stack.ports['etcd']}"],
+                "protocol": "https",
+                "cacert": ca,
+                "cert": cert,
+                "key": key,
+                # Keep the node on its own etcd address: no discovery of etcd's advertised URL.
+                "use_proxies": True,
+            },
+            "bootstrap": {
+                "dcs": {
+                    "ttl": TTL,
+                    "loop_wait": LOOP_WAIT,
+                    "retry_timeout": RETRY_TIMEOUT,
+                    "maximum_lag_on_failover": 16 * 1024 * 1024,
+                    "primary_start_timeout": 0,
+                    "synchronous_mode": self.stack.ha_sync,
+                    "postgresql": {
+                        "use_pg_rewind": True,
+                        "use_slots": True,
+                        "parameters": {
+                            **cluster_wide,
+                            "max_replication_slots": 10,
+                            "hot_standby": "on",
+                            "wal_log_hints": "on",
+                            # Keeps streamed segments of the old timeline on a new leader long enough for
+                            # wal-push to archive any the old leader had not (see backup.wal_catchup).
+                            "wal_keep_size": "512MB",
+                        },
+                    },
+                },
+                "initdb": [
+                    {"encoding": "UTF8"},
+                    {"locale": "C.UTF-8"},
+                    "data-checksums",
+                    {"auth-local": "peer"},
+                    {"auth-host": "scram-sha-256"},
+                ],
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{node.pg_port}",
+                "connect_address": f"127.0.0.1:{node.pg_port}",
+                "data_dir": str(node.data_dir),
+                "bin_dir": PG_BIN_DIR,
+                "pgpass": str(node.home / "pgpass"),
+                "use_unix_socket": True,
+                "authentication": {
+                    "superuser": {
+                        "username": PG_OS_USER,
+                        "password": self._secret("patroni-superuser-password"),
+                        **tls_client,
+                    },
+                    "replication": {
+                        "username": "replicator",
+                        "password": self._secret("patroni-replication-password"),
+                        **tls_client,
+                    },
+                },
+                "parameters": settings,
+                "recovery_conf": {"restore_command": fetch},
+                "pg_hba": list(HBA_RULES),
+            },
+        }
+
+    def _write_node(self, node: PatroniNode) -> None:
+        for directory in (node.home.parent, node.home, node.socket_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            self.base._own(directory, 0o700 if directory != node.home.parent else 0o755)
+        tls = tls_files(self.stack.tls_dir)
+        for src, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key"), (tls.ca_cert, "ca.crt")):
+            shutil.copyfile(src, node.home / name)
+            self.base._own(node.home / name, 0o600)
+        # YAML is a superset of JSON: no YAML writer needed.
+        node.config_path.write_text(json.dumps(self.node_config(node), indent=2) + "\n")
+        self.base._own(node.config_path, 0o600)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.base._prepare_dirs()
+        self.base._ensure_password()
+        patroni = find_binary("patroni")
+        for node in self.nodes:
+            if node.running():
+                continue
+            self._write_node(node)
+            pid = spawn(
+                [patroni, str(node.config_path)],
+                log_path=node.log_path,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(node.home)},
+                cwd=node.home,
+                user=PG_OS_USER,
+            )
+            node.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            node.pid_file.write_text(f"{pid}\n")
+        wait_until(
+            self.healthy,
+            timeout=self.start_timeout,
+            what="Patroni cluster (one leader, every replica streaming)",
+            log_path=self.nodes[0].log_path,
+            alive=lambda: all(node.running() for node in self.nodes),
+            interval=1.0,
+        )
+
+    def leader_node(self) -> PatroniNode:
+        leader = self.client().cluster().leader
+        node = next((n for n in self.nodes if n.name == leader), None)
+        if node is None:
+            raise PatroniError(f"the cluster has no leader (members answered at {self.url}).")
+        return node
+
+    def after_start(self) -> None:
+        client = self.client()
+        audit = server_settings(0, Path("."), "")[AUDIT_SETTING]
+        if client.config().get("postgresql", {}).get("parameters", {}).get(AUDIT_SETTING) != audit:
+            client.patch_config({"postgresql": {"parameters": {AUDIT_SETTING: audit}}})
+        leader = self.leader_node()
+        provision_roles(self.base._as_pg_user, leader.socket_dir, leader.pg_port, self.base._ensure_password())
+
+    def stop(self) -> None:
+        """Replicas first, then the leader, so stopping never triggers a failover."""
+        leader: str | None = None
+        with contextlib.suppress(PatroniError):
+            leader = self.client().cluster().leader
+        for node in sorted(self.nodes, key=lambda n: n.name == leader):
+            pid = node.read_pid()
+            if pid is not None:
+                stop_pid(pid, timeout=90)
+            with contextlib.suppress(FileNotFoundError):
+                node.pid_file.unlink()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "CQOX_PATRONI_URLS": self.url,
+            "CQOX_PATRONI_USER": REST_USER,
+            "CQOX_PATRONI_PASSWORD_FILE": str(self.rest_password_file),
+            "CQOX_PATRONI_CACERT": str(tls_files(self.stack.tls_dir).ca_cert),
+        }

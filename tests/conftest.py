@@ -58,6 +58,26 @@ def stack() -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
+def ha_stack() -> Iterator[Stack]:
+    """A second stack with the Patroni cluster (`stack up --ha`), asynchronous replication, no Dagster.
+
+    Tests that need synchronous mode switch it on through Patroni's dynamic configuration and off again.
+    """
+    root = make_world_traversable_tmpdir("cqox-test-ha-stack-")
+    config = StackConfig(
+        root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_dagster=False, with_daemon=False, ha=True
+    )
+    st = Stack(config)
+    try:
+        st.up()
+        yield st
+    finally:
+        st.down()
+        if not os.environ.get("CQOX_KEEP_TEST_STACK"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def stack_env(stack: Stack) -> dict[str, str]:
     """The process environment with `cqox-platform stack env` applied, for subprocesses."""
     return {**os.environ, **stack.env()}

@@ -22,8 +22,10 @@ from cqox_platform.backup.drill import DrillResult, record_drill, run_drill
 from cqox_platform.backup.operations import (
     checkpoint_restore_point,
     cluster_archive,
+    ensure_point_archived,
     latest_drill,
     plan_for_backup,
+    plan_latest_point_drill,
     plan_random_drill,
     take_backup,
     verified_backup_ids,
@@ -256,7 +258,8 @@ class DrillConfig(dg.Config):
     #: Backup to drill; empty: the newest backup (mode "for_backup") or the one before the chosen point ("random").
     backup_id: str = ""
     #: "for_backup": restore to the point captured right after the backup; "random": a random captured point
-    #: inside the retention window (the daily schedule).
+    #: inside the retention window (the daily schedule); "latest_point": the newest captured point (after a
+    #: failover: across the timeline switch), from ``backup_id`` or the newest backup before it.
     mode: str = "for_backup"
     #: "primary" or "dr": drill from the second-region copy.
     source: str = "primary"
@@ -312,6 +315,8 @@ def restore_drill(
         if not records:
             raise dg.Failure(f"no base backup in {archive.where(archive.root + '/base/')} to drill.")
         record, target, expected = _choose_drill(conn, config, records)
+        if config.mode == "latest_point" and config.source == "primary" and expected is not None:
+            ensure_point_archived(conn, archive, expected)  # the newest point may sit in the open segment
         context.log.info(f"drilling backup {record.backup_id} from {bucket} to {target.kind} {target.value!r}")
         result = run_drill(
             archive,
@@ -378,8 +383,17 @@ def _choose_drill(conn: psycopg.Connection, config: DrillConfig, records: list[B
                 "materialize wal_archive_status (it captures one per run)."
             )
         return plan
+    if config.mode == "latest_point":
+        plan = plan_latest_point_drill(conn, records, config.backup_id)
+        if plan is None:
+            raise dg.Failure(
+                "no captured restore point follows "
+                + (f"backup {config.backup_id}" if config.backup_id else "any backup")
+                + "; materialize wal_archive_status (it captures one per run)."
+            )
+        return plan
     if config.mode != "for_backup":
-        raise dg.Failure(f"unknown drill mode {config.mode!r}: use 'for_backup' or 'random'.")
+        raise dg.Failure(f"unknown drill mode {config.mode!r}: use 'for_backup', 'random' or 'latest_point'.")
     if config.backup_id:
         matching = [r for r in records if r.backup_id == config.backup_id]
         if not matching:

@@ -352,7 +352,11 @@ def _print_ha(st) -> bool:
             f"{m.name:<10}{m.role:<15}{click.style(f'{m.state:<20}', fg=color)}{m.timeline or '-'!s:<5}"
             f"{lag:<11}{m.host}:{m.port}"
         )
-    return state.leader is not None and all(m.state in ("running", "streaming") for m in state.members)
+    missing = {n.name for n in st.service("patroni").nodes} - {m.name for m in state.members}
+    for name in sorted(missing):
+        click.echo(f"{name:<10}{'-':<15}" + click.style(f"{'not registered':<20}", fg="red"))
+    running = all(m.state in ("running", "streaming") for m in state.members)
+    return state.leader is not None and not missing and running
 
 
 def _register_subcommands() -> None:

@@ -7,6 +7,7 @@ restore points and ``pg_switch_wal`` need a superuser or replication role.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from cqox_platform.backup.basebackup import BackupError, create_base_backup
 from cqox_platform.backup.proof import RestorePoint, capture_restore_point, load_restore_point
 from cqox_platform.backup.records import BackupRecord, upsert_backup
 from cqox_platform.backup.restore import RecoveryTarget
-from cqox_platform.backup.walnames import parse_lsn
+from cqox_platform.backup.walnames import parse_lsn, segment_name, segment_number
 from cqox_platform.crypto.keys import DataKeyProvider
 
 #: Session advisory lock held for the whole base backup: one backup per cluster at a time.
@@ -97,13 +98,60 @@ def plan_random_drill(
         point = load_restore_point(conn, name)
         if point is None:
             continue
-        usable = [r for r in records if parse_lsn(r.stop_lsn) <= point.lsn_int and r.timeline <= point.timeline]
+        usable = backups_before(records, point)
         if usable:
             candidates.append((max(usable, key=lambda r: parse_lsn(r.stop_lsn)), point))
     if not candidates:
         return None
     record, point = rng.choice(candidates)
     return record, RecoveryTarget("restore_point", point.name), point
+
+
+def backups_before(records: list[BackupRecord], point: RestorePoint) -> list[BackupRecord]:
+    """Backups a restore to ``point`` can start from: finished before it, on its timeline or an ancestor's."""
+    return [r for r in records if parse_lsn(r.stop_lsn) <= point.lsn_int and r.timeline <= point.timeline]
+
+
+def plan_latest_point_drill(
+    conn: psycopg.Connection, records: list[BackupRecord], backup_id: str = ""
+) -> tuple[BackupRecord, RecoveryTarget, RestorePoint] | None:
+    """The newest captured restore point, from ``backup_id`` (or the newest backup before it).
+
+    After a failover this is the drill that proves a restore crosses the timeline switch: an old timeline's
+    backup replayed through the history file to a point on the new timeline.
+    """
+    row = conn.execute(
+        "SELECT name FROM restore_points WHERE database = current_database() ORDER BY created_at DESC LIMIT 1"
+    ).fetchone()
+    point = load_restore_point(conn, row[0]) if row else None
+    if point is None:
+        return None
+    usable = [r for r in backups_before(records, point) if not backup_id or r.backup_id == backup_id]
+    if not usable:
+        return None
+    return max(usable, key=lambda r: parse_lsn(r.stop_lsn)), RecoveryTarget("restore_point", point.name), point
+
+
+def ensure_point_archived(
+    conn: psycopg.Connection, archive: Archive, point: RestorePoint, timeout: float = 120.0
+) -> None:
+    """Switch WAL and wait until the segment holding ``point`` is archived, so a restore can reach it.
+
+    A point captured moments ago (the newest, by the WAL check) sits in the segment being written; without
+    this a drill to it ends with "recovery ended before the configured recovery target was reached".
+    """
+    name = segment_name(point.timeline, segment_number(point.lsn_int))
+    if archive.head(archive.wal_manifest_key(name)) is not None:
+        return
+    conn.execute("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + timeout
+    while archive.head(archive.wal_manifest_key(name)) is None:
+        if time.monotonic() > deadline:
+            raise BackupError(
+                f"{archive.where(archive.wal_key(name))}, which holds restore point {point.name}, was not archived "
+                f"within {timeout:.0f} s; check wal_archive_status."
+            )
+        time.sleep(0.5)
 
 
 def checkpoint_restore_point(conn: psycopg.Connection, prefix: str = "check") -> RestorePoint:

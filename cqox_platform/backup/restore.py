@@ -202,6 +202,9 @@ def configure_recovery(
         "recovery_target_timeline": "latest",
         "shared_buffers": "256MB",
         "hot_standby": "on",
+        # A Patroni node's postgresql.conf names its own data directory's files; the copy must use its own.
+        "hba_file": str(pgdata / "pg_hba.conf"),
+        "ident_file": str(pgdata / "pg_ident.conf"),
         **target.settings(),
         **(extra or {}),
     }
@@ -280,7 +283,9 @@ class ScratchCluster:
                 if time.monotonic() - last_note > 10:
                     last_note = time.monotonic()
                     progress(f"replaying WAL: at {lsn}")
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
+                if "authentication failed" in str(exc):  # waiting would never end
+                    raise RestoreError(f"cannot log in to the restored server: {exc}") from None
                 pass  # not accepting connections until consistent
             time.sleep(0.2)
         raise RestoreError(f"recovery did not finish within {timeout:.0f} s. Log tail:\n{self.log_tail()}")

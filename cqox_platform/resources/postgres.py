@@ -154,6 +154,9 @@ class PostgresResource(dg.ConfigurableResource):
                 name="cqox-postgres",
                 # Recycle connections well inside a Vault lease so none outlives its user.
                 max_lifetime=600.0,
+                # A connection the server or HAProxy closed (a failover, a restart) is replaced on checkout
+                # instead of failing the caller's first query.
+                check=ConnectionPool.check_connection,
             )
         with self._pool.connection() as conn:
             yield conn

@@ -1,4 +1,8 @@
-"""Three PostgreSQL 15 nodes managed by Patroni 3.0 (Debian's), scope ``cqox-cluster``, for ``stack up --ha``.
+"""Three PostgreSQL 15 nodes managed by Patroni, scope ``cqox-cluster``, for ``stack up --ha``.
+
+Patroni comes from this installation's virtualenv (a pinned dependency), not from Debian: Debian 12's 3.0.2
+updates the etcd3 leader key without compare-and-swap, and the partition drill showed what that means (an old
+leader, cut off from etcd and healed, took the key back from the leader elected in its absence).
 
 Every node runs the single node's server settings (TLS 1.3, SCRAM, pgAudit, ``archive_command = cqox-platform
 wal-push``; with ``archive_mode = on`` only the leader archives) and restores from the same archive with
@@ -18,13 +22,14 @@ import contextlib
 import json
 import secrets
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
 from cqox_platform.installation import platform_cli
 from cqox_platform.stack.certs import tls_files
-from cqox_platform.stack.config import StackConfig
+from cqox_platform.stack.config import DB_ADMIN_USER, StackConfig
 from cqox_platform.stack.etcd import NODE_COUNT, node_address
 from cqox_platform.stack.files import write_private
 from cqox_platform.stack.postgres import HBA_RULES, PG_OS_USER, PostgresService, provision_roles, server_settings
@@ -126,6 +131,10 @@ class PatroniClusterService(Service):
         return self.nodes[0].rest_port
 
     @property
+    def binary_dirs(self) -> tuple[Path, ...]:
+        return (platform_cli().parent,)  # the virtualenv's patroni
+
+    @property
     def url(self) -> str:
         return ",".join(node.rest_url for node in self.nodes)
 
@@ -161,7 +170,11 @@ class PatroniClusterService(Service):
 
     def healthy(self) -> bool:
         state = self.client().cluster()
-        return state.leader is not None and all(m.state in ("running", "streaming") for m in state.members)
+        return (
+            state.leader is not None
+            and len(state.members) == len(self.nodes)
+            and all(m.state in ("running", "streaming") for m in state.members)
+        )
 
     # --- configuration --------------------------------------------------------------------------------------
 
@@ -270,10 +283,17 @@ class PatroniClusterService(Service):
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
+    def _write_passfile(self) -> None:
+        """The admin's passfile for HAProxy's port and every node's, so tools can also reach one node."""
+        password = self.base._ensure_password()
+        ports = [self.stack.ports["postgres"], self.stack.ports["postgres_replicas"]]
+        ports += [node.pg_port for node in self.nodes]
+        write_private(self.base.passfile, "".join(f"127.0.0.1:{p}:*:{DB_ADMIN_USER}:{password}\n" for p in ports))
+
     def start(self) -> None:
         self.base._prepare_dirs()
-        self.base._ensure_password()
-        patroni = find_binary("patroni")
+        self._write_passfile()
+        patroni = find_binary("patroni", self.binary_dirs)
         for node in self.nodes:
             if node.running():
                 continue
@@ -310,6 +330,7 @@ class PatroniClusterService(Service):
             client.patch_config({"postgresql": {"parameters": {AUDIT_SETTING: audit}}})
         leader = self.leader_node()
         provision_roles(self.base._as_pg_user, leader.socket_dir, leader.pg_port, self.base._ensure_password())
+        self._write_passfile()
 
     def stop(self) -> None:
         """Replicas first, then the leader, so stopping never triggers a failover."""
@@ -320,6 +341,10 @@ class PatroniClusterService(Service):
             pid = node.read_pid()
             if pid is not None:
                 stop_pid(pid, timeout=90)
+            # Patroni stops PostgreSQL on SIGTERM; if it had to be killed, PostgreSQL would outlive it.
+            postmaster = node.postmaster_pid()
+            if postmaster is not None:
+                stop_pid(postmaster, sig=signal.SIGINT, timeout=60)
             with contextlib.suppress(FileNotFoundError):
                 node.pid_file.unlink()
 
@@ -329,4 +354,6 @@ class PatroniClusterService(Service):
             "CQOX_PATRONI_USER": REST_USER,
             "CQOX_PATRONI_PASSWORD_FILE": str(self.rest_password_file),
             "CQOX_PATRONI_CACERT": str(tls_files(self.stack.tls_dir).ca_cert),
+            # Shared by the three nodes: whichever leads archives with it.
+            "CQOX_WAL_ARCHIVER_CONFIG": str(self.base.archiver_settings),
         }

@@ -35,7 +35,7 @@ BINARY_SOURCES: dict[str, str] = {
     "dagster-daemon": "PyPI package dagster (pip install -e '.[dev]')",
     "node": "Debian package nodejs",
     "etcd": "Debian package etcd-server (apt-get install etcd-server)",
-    "patroni": "Debian package patroni (apt-get install patroni)",
+    "patroni": "PyPI package patroni[etcd3] (pip install -e .; it is a dependency of cqox-platform)",
     "haproxy": "Debian package haproxy (apt-get install haproxy)",
     "npm": "Debian package npm",
     "kube-apiserver": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",

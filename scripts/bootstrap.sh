@@ -11,6 +11,8 @@ DEBIAN_PACKAGES=(
   prometheus prometheus-pushgateway
   openssl iproute2 util-linux python3 python3-venv
   pgbackrest
+  # `stack up --ha`: the DCS, the PostgreSQL endpoint in front of Patroni, and partition drills.
+  etcd-server haproxy nftables
 )
 
 missing=()

@@ -9,8 +9,8 @@ wal-push``; with ``archive_mode = on`` only the leader archives) and restores fr
 ``wal-fetch``. The three are started together and waited for together: starting one alone after a full stop
 would let a lagging node take the leader key before the others are back.
 
-Timing: ``loop_wait`` 2 s, ``retry_timeout`` 4 s and ``ttl`` 12 s (Patroni requires loop_wait + 2 x
-retry_timeout <= ttl). ``primary_start_timeout`` 0 makes a crashed leader hand over to a healthy replica
+Timing: ``loop_wait`` 2 s, ``retry_timeout`` 4 s and ``ttl`` 20 s (Patroni's minimum; it requires loop_wait +
+2 x retry_timeout <= ttl). ``primary_start_timeout`` 0 makes a crashed leader hand over to a healthy replica
 instead of restarting PostgreSQL in place, which is what the roadmap's failover means. The secrets Patroni
 needs (superuser, replication and REST passwords) are generated into the stack's ``secrets/`` and written only
 into each node's ``patroni.yml`` (mode 0600, owned by the postgres OS user).
@@ -41,7 +41,7 @@ PG_BIN_DIR = "/usr/lib/postgresql/15/bin"
 REST_USER = "cqox-patroni"
 
 #: Patroni's dynamic configuration at bootstrap; afterwards ``PATCH /config`` (or ``ha`` jobs) change it.
-TTL, LOOP_WAIT, RETRY_TIMEOUT = 12, 2, 4
+TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 4
 
 #: Settings Patroni requires to be equal on every node, so they live in the DCS rather than in each node's file.
 CLUSTER_WIDE = ("max_connections", "max_wal_senders", "max_worker_processes", "wal_level")

@@ -4,14 +4,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 VENV="${CQOX_VENV:-.venv}"
-"$VENV/bin/cqox-platform" stack up --traffic
+# CQOX_HA=1: a new stack with etcd and three Patroni nodes behind HAProxy (`stack up --ha`), and group `ha`.
+HA_FLAG=()
+SELECT='not group:datasets and not group:canary and not group:ha and not key:slo_report'
+if [ "${CQOX_HA:-0}" = "1" ]; then
+  HA_FLAG=(--ha)
+  SELECT='not group:datasets and not group:canary and not key:slo_report'
+fi
+"$VENV/bin/cqox-platform" stack up --traffic "${HA_FLAG[@]}"
 eval "$("$VENV/bin/cqox-platform" stack env)"
 # Every unpartitioned asset except group `datasets` (encrypted_datasets has one partition per upload, which the
 # upload sensor materializes; dataset_key_rotation rotates keys, which a routine run should not do) and group
-# `canary` (one partition per rollout, materialized by the canary sensor), then
+# `canary` (one partition per rollout, materialized by the canary sensor) and, on a single node, group `ha`
+# (the Patroni cluster's status needs `--ha`), then
 # the SLO reports of the last seven days, backfilled as one run (daily partitions, BackfillPolicy.single_run).
-echo "materializing the asset graph (--select 'not group:datasets and not group:canary and not key:slo_report') ..." >&2
-"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select 'not group:datasets and not group:canary and not key:slo_report'
+echo "materializing the asset graph (--select '$SELECT') ..." >&2
+"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select "$SELECT"
 # A week of synthetic traffic history, so the first SLO report has real numbers and a chart (idempotent).
 "$VENV/bin/cqox-platform" slo backfill --days 7
 first=$(date -u -d '7 days ago' +%Y-%m-%d)

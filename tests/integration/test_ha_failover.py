@@ -272,3 +272,23 @@ def test_resources_config_is_the_single_endpoint(ha_stack, env):
     with resources["postgres_admin"].connect(autocommit=True) as conn:
         port = conn.execute("SELECT inet_server_port()").fetchone()[0]
     assert port == _node(ha_stack, _cluster(ha_stack).leader).pg_port
+
+
+def test_no_secret_reaches_any_log_of_the_ha_stack(ha_stack, env):
+    """Patroni's bootstrap sets role passwords in SQL; pgAudit and every log must still never show one."""
+    secrets_dir = ha_stack.config.secrets_dir
+    secrets = [
+        (secrets_dir / name).read_text().strip()
+        for name in (
+            "postgres-password",
+            "patroni-superuser-password",
+            "patroni-replication-password",
+            "patroni-rest-password",
+        )
+    ]
+    logs = list(ha_stack.config.logs_dir.glob("*.log"))
+    assert any("patroni-node" in log.name for log in logs)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"a secret appears in {log}"

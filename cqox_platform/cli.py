@@ -333,37 +333,21 @@ def _print_status(statuses) -> None:
 
 
 def _print_ha(st) -> bool:
-    """The Patroni cluster of an HA stack: leader, replicas, timeline and lag. False when it is unhealthy."""
+    """The Patroni cluster of an HA stack (see `ha status`). False when it is unhealthy."""
     if not st.config.ha:
         return True
-    from cqox_platform.ha.patroni_client import PatroniError
+    from cqox_platform.cli_ha import print_cluster
 
-    try:
-        state = st.service("patroni").client().cluster()
-    except PatroniError as exc:
-        click.echo(click.style(f"\nPatroni cluster: {exc}", fg="red"))
-        return False
-    click.echo(f"\nPatroni cluster cqox-cluster (timeline {state.timeline or '?'}, answered by {state.answered_by})")
-    click.echo(f"{'MEMBER':<10}{'ROLE':<15}{'STATE':<20}{'TL':<5}{'LAG BYTES':<11}ENDPOINT")
-    for m in state.members:
-        lag = "-" if m.is_leader else ("unknown" if m.lag is None else str(m.lag))
-        color = "green" if m.state in ("running", "streaming") else "red"
-        click.echo(
-            f"{m.name:<10}{m.role:<15}{click.style(f'{m.state:<20}', fg=color)}{m.timeline or '-'!s:<5}"
-            f"{lag:<11}{m.host}:{m.port}"
-        )
-    missing = {n.name for n in st.service("patroni").nodes} - {m.name for m in state.members}
-    for name in sorted(missing):
-        click.echo(f"{name:<10}{'-':<15}" + click.style(f"{'not registered':<20}", fg="red"))
-    running = all(m.state in ("running", "streaming") for m in state.members)
-    return state.leader is not None and not missing and running
+    cluster = st.service("patroni")
+    return print_cluster(cluster.client(), expected=[node.name for node in cluster.nodes])
 
 
 def _register_subcommands() -> None:
-    from cqox_platform import cli_backup, cli_canary
+    from cqox_platform import cli_backup, cli_canary, cli_ha
 
     cli_backup.register(main)
     cli_canary.register(main)
+    cli_ha.register(main)
 
 
 _register_subcommands()

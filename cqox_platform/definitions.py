@@ -9,13 +9,14 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import backups, canary, database, datasets, deploy, security, slo
+from assets import backups, canary, database, datasets, deploy, ha, security, slo
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.kubernetes import KubernetesResource
+from cqox_platform.resources.patroni import PatroniResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
-from sensors import backup_schedules, canary_sensor, database_schedules, datasets_sensor, slo_sensor
+from sensors import backup_schedules, canary_sensor, database_schedules, datasets_sensor, ha_sensors, slo_sensor
 
 vault = VaultResource.platform_from_env()
 # The platform logs in to PostgreSQL as a short-lived Vault-issued user when a Vault database role is configured
@@ -37,6 +38,8 @@ defs = dg.Definitions.merge(
     canary.defs,
     canary_sensor.defs,
     deploy.defs,
+    ha.defs,
+    ha_sensors.defs,
     dg.Definitions(
         resources={
             "postgres": postgres,
@@ -49,6 +52,9 @@ defs = dg.Definitions.merge(
             "s3": S3Resource(endpoint_url=dg.EnvVar("CQOX_S3_ENDPOINT"), region_name="us-east-1"),
             # The stack's admin kubeconfig (CQOX_KUBECONFIG); in a cluster, the pod's service account.
             "kubernetes": KubernetesResource.from_env(),
+            # An HA stack's Patroni REST API (CQOX_PATRONI_*); left unconfigured on a single node, where the
+            # ha asset fails with what to do and the timeline sensor skips.
+            "patroni": PatroniResource.from_env(),
         }
     ),
 )

@@ -51,6 +51,14 @@ daily_retention_schedule = dg.ScheduleDefinition(
 )
 
 
+def _planned_assets(context: dg.SensorEvaluationContext, run_id: str) -> set[dg.AssetKey]:
+    """The assets a run planned to materialize (its ASSET_MATERIALIZATION_PLANNED events)."""
+    records = context.instance.get_records_for_run(
+        run_id=run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=1000
+    ).records
+    return {r.event_log_entry.dagster_event.asset_key for r in records if r.event_log_entry.dagster_event}
+
+
 @dg.asset_sensor(
     asset_key=dg.AssetKey("postgres_basebackup"),
     job=restore_drill_job,
@@ -63,6 +71,9 @@ def new_backup_drill_sensor(context: dg.SensorEvaluationContext, asset_event: dg
     if backup_id is None:
         return dg.SkipReason("the materialization carries no backup_id")
     backup_id = backup_id.value
+    if asset_event.run_id and dg.AssetKey("restore_drill") in _planned_assets(context, asset_event.run_id):
+        # The main job and timeline_backup_job drill in the same run; a second drill would prove nothing new.
+        return dg.SkipReason(f"backup {backup_id} is drilled by its own run {asset_event.run_id}")
     return dg.RunRequest(
         run_key=f"drill:{backup_id}",
         run_config={"ops": {"restore_drill": {"config": {"backup_id": backup_id, "mode": "for_backup"}}}},

@@ -251,6 +251,9 @@ class PatroniClusterService(Service):
                 "bin_dir": PG_BIN_DIR,
                 "pgpass": str(node.home / "pgpass"),
                 "use_unix_socket": True,
+                # New replicas and reinit clone with pg_basebackup; a spread checkpoint would make them wait
+                # for minutes on a busy leader.
+                "basebackup": [{"checkpoint": "fast"}],
                 "authentication": {
                     "superuser": {
                         "username": PG_OS_USER,

@@ -239,7 +239,11 @@ class PostgresService(Service):
             stop_pid(pid, sig=signal.SIGINT, timeout=60)  # SIGINT = fast shutdown
 
     def env(self) -> dict[str, str]:
-        return {**client_env(self.stack, self.port, self.passfile), "CQOX_PG_DATA": str(self.data_dir)}
+        return {
+            **client_env(self.stack, self.port, self.passfile),
+            "CQOX_PG_DATA": str(self.data_dir),
+            "CQOX_WAL_ARCHIVER_CONFIG": str(self.archiver_settings),
+        }
 
 
 def client_env(stack: StackConfig, port: int, passfile: Path) -> dict[str, str]:

@@ -379,6 +379,12 @@ def test_new_backup_sensor_requests_one_drill_per_backup(stack, env, first_backu
     assert request.run_config["ops"]["restore_drill"]["config"]["backup_id"] == meta["backup_id"]
     again = dg.build_sensor_context(instance=instance, definitions=defs, cursor=context.cursor)
     assert not new_backup_drill_sensor.evaluate_tick(again).run_requests
+    # A run that backs up and drills together (the main job, timeline_backup_job) needs no second drill.
+    both = _materialize(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill], instance=instance)
+    assert both.success
+    later = dg.build_sensor_context(instance=instance, definitions=defs, cursor=again.cursor)
+    tick = new_backup_drill_sensor.evaluate_tick(later)
+    assert not tick.run_requests and "drilled by its own run" in tick.skip_message
 
 
 def test_drill_restores_proves_data_and_reports_rto(stack, env, first_backup):

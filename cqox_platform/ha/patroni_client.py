@@ -8,6 +8,7 @@ an object that could be logged. TLS is verified against the stack CA.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,17 +165,30 @@ class PatroniClient:
     def patch_config(self, change: dict[str, Any]) -> str:
         return self._write("PATCH", "/config", change)
 
-    def switchover(self, candidate: str) -> str:
-        """A planned switchover to ``candidate`` (a healthy replica); Patroni waits for it to take over."""
-        state = self.cluster()
-        if state.leader is None:
-            raise PatroniError("switchover needs a leader; the cluster has none (use failover instead).")
-        if candidate == state.leader:
-            raise PatroniError(f"{candidate} is already the leader.")
-        if state.member(candidate) is None:
-            names = ", ".join(m.name for m in state.members)
-            raise PatroniError(f"{candidate} is not a member of the cluster ({names}).")
-        return self._write("POST", "/switchover", {"leader": state.leader, "candidate": candidate})
+    def switchover(self, candidate: str, attempts: int = 3) -> str:
+        """A planned switchover to ``candidate`` (a healthy replica); Patroni waits for it to take over.
+
+        Sent to the leader's own REST API: a node that has just rejoined may still hold a stale view of the
+        leader and answer 412 "leader name does not match"; then the cluster is read again and it is retried.
+        """
+        for attempt in range(1, attempts + 1):
+            state = self.cluster()
+            if state.leader is None:
+                raise PatroniError("switchover needs a leader; the cluster has none (use failover instead).")
+            if candidate == state.leader:
+                raise PatroniError(f"{candidate} is already the leader.")
+            if state.member(candidate) is None:
+                names = ", ".join(m.name for m in state.members)
+                raise PatroniError(f"{candidate} is not a member of the cluster ({names}).")
+            leader_api = state.member(state.leader).api_url.rsplit("/patroni", 1)[0]
+            body = {"leader": state.leader, "candidate": candidate}
+            try:
+                return self._write("POST", "/switchover", body, url=leader_api or None)
+            except PatroniError as exc:
+                if "(412)" not in str(exc) or attempt == attempts:
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
 
     def reinitialize(self, member: str) -> str:
         """Wipe ``member``'s data directory and clone it again from the leader (a broken replica's cure)."""

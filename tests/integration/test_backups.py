@@ -53,7 +53,10 @@ def env(stack):
 
 
 def _s3(env):
-    return boto3.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"], config=client_config())
+    # A session of its own: boto3's default session keeps the first credentials it resolved, and the HA tests
+    # run a second stack with other S3 keys in the same process.
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"], config=client_config())
 
 
 def _conn(stack) -> psycopg.Connection:

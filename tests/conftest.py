@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +42,11 @@ def distinct_free_ports(names) -> dict[str, int]:
     return ports
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    root = make_world_traversable_tmpdir("cqox-test-stack-")
-    config = StackConfig(
-        root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_dagster=True, with_daemon=False
-    )
-    st = Stack(config)
+@contextmanager
+def _running_stack(prefix: str, **options) -> Iterator[Stack]:
+    """A stack on free ports in a new world-traversable directory, stopped (and removed) afterwards."""
+    root = make_world_traversable_tmpdir(prefix)
+    st = Stack(StackConfig(root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_daemon=False, **options))
     try:
         st.up()
         yield st
@@ -55,6 +54,12 @@ def stack() -> Iterator[Stack]:
         st.down()
         if not os.environ.get("CQOX_KEEP_TEST_STACK"):
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    with _running_stack("cqox-test-stack-", with_dagster=True) as st:
+        yield st
 
 
 @pytest.fixture(scope="session")
@@ -63,18 +68,8 @@ def ha_stack() -> Iterator[Stack]:
 
     Tests that need synchronous mode switch it on through Patroni's dynamic configuration and off again.
     """
-    root = make_world_traversable_tmpdir("cqox-test-ha-stack-")
-    config = StackConfig(
-        root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_dagster=False, with_daemon=False, ha=True
-    )
-    st = Stack(config)
-    try:
-        st.up()
+    with _running_stack("cqox-test-ha-stack-", with_dagster=False, ha=True) as st:
         yield st
-    finally:
-        st.down()
-        if not os.environ.get("CQOX_KEEP_TEST_STACK"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

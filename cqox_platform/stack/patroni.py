@@ -32,7 +32,14 @@ from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DB_ADMIN_USER, StackConfig
 from cqox_platform.stack.etcd import NODE_COUNT, node_address
 from cqox_platform.stack.files import write_private
-from cqox_platform.stack.postgres import HBA_RULES, PG_OS_USER, PostgresService, provision_roles, server_settings
+from cqox_platform.stack.postgres import (
+    HBA_RULES,
+    PG_OS_USER,
+    PostgresService,
+    postmaster_pid,
+    provision_roles,
+    server_settings,
+)
 from cqox_platform.stack.process import find_binary, pid_alive, spawn, stop_pid, wait_until
 from cqox_platform.stack.service import Service
 
@@ -103,10 +110,7 @@ class PatroniNode:
 
     def postmaster_pid(self) -> int | None:
         """The PID of this node's PostgreSQL (what a failover test kills), or None when it is not running."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        pid = postmaster_pid(self.data_dir)
         return pid if pid_alive(pid) else None
 
     def running(self) -> bool:

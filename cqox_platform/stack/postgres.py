@@ -89,10 +89,7 @@ class PostgresService(Service):
         return f"postgresql://{DB_ADMIN_USER}@127.0.0.1:{self.port}/{DB_NAME}"
 
     def read_pid(self) -> int | None:
-        try:
-            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        return postmaster_pid(self.data_dir)
 
     def conninfo(self, dbname: str = DB_NAME) -> dict[str, str | int]:
         return {
@@ -244,6 +241,14 @@ class PostgresService(Service):
             "CQOX_PG_DATA": str(self.data_dir),
             "CQOX_WAL_ARCHIVER_CONFIG": str(self.archiver_settings),
         }
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The PID PostgreSQL recorded in ``postmaster.pid`` (whether or not that process still runs)."""
+    try:
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def client_env(stack: StackConfig, port: int, passfile: Path) -> dict[str, str]:

@@ -339,7 +339,20 @@ def _print_ha(st) -> bool:
     from cqox_platform.cli_ha import print_cluster
 
     cluster = st.service("patroni")
-    return print_cluster(cluster.client(), expected=[node.name for node in cluster.nodes])
+    healthy = print_cluster(cluster.client(), expected=[node.name for node in cluster.nodes])
+    try:
+        backends = st.service("postgres").backends()
+    except Exception as exc:  # HAProxy down: the service table above already says so
+        click.echo(f"HAProxy routing unknown: {type(exc).__name__}")
+        return healthy
+    for listener in ("postgres_primary", "postgres_replicas"):
+        up = [
+            name.split("/", 1)[1]
+            for name, state in sorted(backends.items())
+            if name.startswith(f"{listener}/") and state == "UP"
+        ]
+        click.echo(f"HAProxy {listener}: {', '.join(up) or click.style('no server UP', fg='red')}")
+    return healthy
 
 
 def _register_subcommands() -> None:

@@ -151,6 +151,23 @@ def issue_certificate(
     return builder.sign(ca_key, hashes.SHA256())
 
 
+def ensure_leaf(
+    cert_path: Path,
+    key_path: Path,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    *,
+    common_name: str,
+    **names_and_usages,
+) -> None:
+    """Issue a leaf certificate and key signed by ``ca`` unless both files already exist."""
+    if cert_path.exists() and key_path.exists():
+        return
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue_certificate(*ca, key.public_key(), common_name=common_name, **names_and_usages)
+    write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
 def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Write a private key as PKCS#8 PEM, owner-only."""
     _write_private(path, key)

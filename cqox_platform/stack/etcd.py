@@ -11,10 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from cqox_platform.stack.certs import issue_certificate, load_ca, tls_files, write_key
+from cqox_platform.stack.certs import ensure_leaf, load_ca, tls_files
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 
@@ -47,15 +45,11 @@ class EtcdService(Service):
 
     def _ensure_cert(self) -> None:
         """A server certificate naming every address etcd listens on, signed by the stack CA."""
-        if self.cert.exists() and self.key.exists():
-            return
         tls = tls_files(self.stack.tls_dir)
-        ca_cert, ca_key = load_ca(tls.ca_cert, tls.ca_key)
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = issue_certificate(
-            ca_cert,
-            ca_key,
-            key.public_key(),
+        ensure_leaf(
+            self.cert,
+            self.key,
+            load_ca(tls.ca_cert, tls.ca_key),
             common_name="cqox-etcd",
             dns_names=("localhost",),
             ip_addresses=("127.0.0.1", *(node_address(i) for i in range(1, NODE_COUNT + 1))),
@@ -63,8 +57,6 @@ class EtcdService(Service):
             # etcd's gRPC gateway dials etcd itself with this certificate when client certificates are required.
             client=True,
         )
-        write_key(self.key, key)
-        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def healthy(self) -> bool:
         tls = tls_files(self.stack.tls_dir)

@@ -26,7 +26,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cqox_platform.stack.certs import issue_certificate, load_ca, new_ca, tls_files, write_key
+from cqox_platform.stack.certs import ensure_leaf, load_ca, new_ca, tls_files, write_key
 from cqox_platform.stack.files import write_private
 
 #: The first address of the service range is the ``kubernetes`` Service's cluster IP, so it is in the cert.
@@ -122,12 +122,7 @@ def ensure_kube_pki(tls_dir: Path) -> KubePki:
     etcd_ca = load_ca(pki.etcd_ca_cert, pki.etcd_ca_key)
 
     def leaf(identity: Identity, common_name: str, ca=(ca_cert, ca_key), **kwargs) -> None:
-        if identity.cert.exists() and identity.key.exists():
-            return
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = issue_certificate(*ca, key.public_key(), common_name=common_name, **kwargs)
-        write_key(identity.key, key)
-        identity.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        ensure_leaf(identity.cert, identity.key, ca, common_name=common_name, **kwargs)
 
     leaf(
         pki.serving,

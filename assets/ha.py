@@ -155,8 +155,28 @@ class ReinitConfig(dg.Config):
     timeout_seconds: float = operations.REINIT_TIMEOUT
 
 
-def _connect(postgres_admin: PostgresResource):
-    return lambda: postgres_admin.connect(autocommit=True)
+def _run_operation(
+    context: dg.OpExecutionContext,
+    operation,
+    target: str,
+    timeout: float,
+    patroni: PatroniResource,
+    postgres_admin: PostgresResource,
+) -> None:
+    """Run one of ``cqox_platform.ha.operations`` as this run (who = run id), failing the op on its error."""
+    try:
+        result = operation(
+            _client(patroni),
+            target,
+            who=context.run_id,
+            via="dagster",
+            connect=lambda: postgres_admin.connect(autocommit=True),
+            timeout=timeout,
+            log=context.log.info,
+        )
+    except CqoxError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    context.log.info(f"{result.action} {result.target} done in {result.seconds} s: {result.details}")
 
 
 @dg.op(description="Planned switchover to the configured replica; waits until the old leader streams from it.")
@@ -166,19 +186,7 @@ def ha_switchover(
     patroni: PatroniResource,
     postgres_admin: PostgresResource,
 ) -> None:
-    try:
-        result = operations.switchover(
-            _client(patroni),
-            config.candidate,
-            who=context.run_id,
-            via="dagster",
-            connect=_connect(postgres_admin),
-            timeout=config.timeout_seconds,
-            log=context.log.info,
-        )
-    except CqoxError as exc:
-        raise dg.Failure(description=str(exc)) from None
-    context.log.info(f"switchover done in {result.seconds} s: {result.details}")
+    _run_operation(context, operations.switchover, config.candidate, config.timeout_seconds, patroni, postgres_admin)
 
 
 @dg.op(description="Re-clone the configured replica from the leader; waits until it streams again.")
@@ -188,19 +196,7 @@ def ha_reinit(
     patroni: PatroniResource,
     postgres_admin: PostgresResource,
 ) -> None:
-    try:
-        result = operations.reinitialize(
-            _client(patroni),
-            config.member,
-            who=context.run_id,
-            via="dagster",
-            connect=_connect(postgres_admin),
-            timeout=config.timeout_seconds,
-            log=context.log.info,
-        )
-    except CqoxError as exc:
-        raise dg.Failure(description=str(exc)) from None
-    context.log.info(f"reinit done in {result.seconds} s: {result.details}")
+    _run_operation(context, operations.reinitialize, config.member, config.timeout_seconds, patroni, postgres_admin)
 
 
 @dg.job(

@@ -185,10 +185,11 @@ class PatroniClient:
             try:
                 return self._write("POST", "/switchover", body, url=leader_api or None)
             except PatroniError as exc:
-                if "(412)" not in str(exc) or attempt == attempts:
+                stale_view = "(412)" in str(exc)
+                if not stale_view or attempt == attempts:
                     raise
-                time.sleep(1.0)
-        raise AssertionError("unreachable")
+            time.sleep(1.0)
+        raise PatroniError(f"switchover to {candidate}: no attempt was made (attempts={attempts}).")
 
     def reinitialize(self, member: str) -> str:
         """Wipe ``member``'s data directory and clone it again from the leader (a broken replica's cure)."""

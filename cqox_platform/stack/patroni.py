@@ -52,7 +52,6 @@ TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 4
 
 #: Settings Patroni requires to be equal on every node, so they live in the DCS rather than in each node's file.
 CLUSTER_WIDE = ("max_connections", "max_wal_senders", "max_worker_processes", "wal_level")
-AUDIT_SETTING = "pgaudit.log"
 
 
 @dataclass(frozen=True)
@@ -189,9 +188,7 @@ class PatroniClusterService(Service):
         for managed in ("listen_addresses", "port"):  # Patroni sets these from `listen`
             settings.pop(managed)
         cluster_wide = {name: settings.pop(name) for name in CLUSTER_WIDE}
-        # Patroni's bootstrap sets role passwords in clear SQL; pgAudit would log them, so auditing is switched
-        # on cluster-wide only after bootstrap (see ``after_start``).
-        settings.pop(AUDIT_SETTING)
+        # pgAudit stays on from the start: Patroni sets `pgaudit.log TO none` while it creates roles with passwords.
         settings.update(ssl_cert_file=cert, ssl_key_file=key, ssl_ca_file=ca)
         tls_client = {"sslmode": "verify-full", "sslrootcert": ca}
         fetch = f"{platform_cli()} wal-fetch %f %p --standby --config {self.base.archiver_settings}"
@@ -331,10 +328,6 @@ class PatroniClusterService(Service):
         return node
 
     def after_start(self) -> None:
-        client = self.client()
-        audit = server_settings(0, Path("."), "")[AUDIT_SETTING]
-        if client.config().get("postgresql", {}).get("parameters", {}).get(AUDIT_SETTING) != audit:
-            client.patch_config({"postgresql": {"parameters": {AUDIT_SETTING: audit}}})
         leader = self.leader_node()
         provision_roles(self.base._as_pg_user, leader.socket_dir, leader.pg_port, self.base._ensure_password())
         self._write_passfile()

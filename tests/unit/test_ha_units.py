@@ -13,7 +13,6 @@ from cqox_platform.stack.config import DEFAULT_PORTS, StackConfig
 from cqox_platform.stack.etcd import node_address
 from cqox_platform.stack.haproxy import HaproxyService
 from cqox_platform.stack.patroni import (
-    AUDIT_SETTING,
     CLUSTER_WIDE,
     LOOP_WAIT,
     RETRY_TIMEOUT,
@@ -87,7 +86,7 @@ def test_every_node_runs_the_single_nodes_settings(tmp_path):
             assert str(merged[key]) == str(single[key]), key
         assert "wal-push %p" in local["archive_command"]
         assert set(CLUSTER_WIDE) <= set(dcs["postgresql"]["parameters"])
-        assert AUDIT_SETTING not in local  # switched on after bootstrap, cluster-wide
+        assert local["pgaudit.log"] == single["pgaudit.log"]  # audited from bootstrap on
         assert dcs["synchronous_mode"] is True and dcs["primary_start_timeout"] == 0
         assert LOOP_WAIT + 2 * RETRY_TIMEOUT <= TTL == dcs["ttl"]
         assert conf["etcd3"]["hosts"] == [f"{node_address(node.index)}:{config.ports['etcd']}"]

@@ -16,6 +16,7 @@ import dagster as dg
 import psycopg
 from dagster_aws.s3 import S3Resource
 
+from assets.metadata import md_table
 from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.dr_copy import copy_to_dr
 from cqox_platform.backup.drill import DrillResult, record_drill, run_drill
@@ -66,11 +67,6 @@ def _push(context: dg.AssetExecutionContext, system_id: str, samples: list[Sampl
     except CqoxError as exc:
         context.log.warning(f"gauges not pushed: {exc}")
 
-
-def _md_table(header: list[str], rows: list[list[object]]) -> dg.MetadataValue:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 def _mib(n: float) -> float:
@@ -415,7 +411,7 @@ def _drill_metadata(result: DrillResult, archive: Archive, record: BackupRecord,
         "passed": result.passed,
         "error": result.error or "",
         "rto_seconds": result.rto_seconds,
-        "rto_breakdown": _md_table(
+        "rto_breakdown": md_table(
             ["phase", "seconds"], [[phase, s.get(phase)] for phase in s] + [["total (RTO)", result.rto_seconds]]
         ),
         "tables_checked": result.tables_checked,

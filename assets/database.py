@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from assets.metadata import md_table
 from cqox_platform.errors import MigrationError
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.schema import MigrationRunner
@@ -25,11 +26,6 @@ GROUP = "database"
 #: Rollups may trail the raw data by this many complete buckets before the freshness check fails.
 MAX_ROLLUP_BUCKETS_BEHIND = 2
 
-
-def _md_table(header: list[str], rows: list[list[object]]) -> dg.MetadataValue:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 def _bytes(n: int) -> str:
@@ -67,11 +63,11 @@ def cqox_schema(context: dg.AssetExecutionContext, postgres: PostgresResource) -
             "schema_version": report.current_version,
             "applied_this_run": dg.MetadataValue.json([m.filename for m in report.applied]),
             "lock_wait_s": round(report.waited_for_lock_s, 3),
-            "migrations": _md_table(
+            "migrations": md_table(
                 ["version", "file", "sha256", "applied at", "ms"],
                 [[f"{v:04d}", f, c, a.isoformat(timespec="seconds"), d] for v, f, c, a, d in history],
             ),
-            "tables": _md_table(["table", "rows", "size"], [[s.name, s.rows, _bytes(s.total_bytes)] for s in stats]),
+            "tables": md_table(["table", "rows", "size"], [[s.name, s.rows, _bytes(s.total_bytes)] for s in stats]),
             "total_rows": sum(s.rows for s in stats),
             "total_bytes": sum(s.total_bytes for s in stats),
         }
@@ -151,7 +147,7 @@ def metrics_rollups(context: dg.AssetExecutionContext, postgres: PostgresResourc
         metadata={
             "dialect": dialect.value,
             **{f"{r.rollup}_rows": r.rows for r in refreshed},
-            "refresh": _md_table(
+            "refresh": md_table(
                 ["rollup", "window start", "window end", "rows", "seconds", "buckets behind"],
                 [
                     [

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import dagster as dg
 import yaml
 
+from assets.metadata import md_table
 from cqox_platform.deploy.manifests import (
     MANIFEST_DIR,
     DriftReport,
@@ -91,11 +92,6 @@ MANIFEST_ASSETS = (
 )
 
 
-def _md_table(header: list[str], rows: list[list[object]]) -> dg.MetadataValue:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
-    return dg.MetadataValue.md("\n".join(lines))
-
 
 def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
     path = MANIFEST_DIR / spec.file
@@ -126,12 +122,12 @@ def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
                 "created": sum(o.action == "created" for o in applied),
                 "updated": sum(o.action == "updated" for o in applied),
                 "unchanged": sum(o.action == "unchanged" for o in applied),
-                "objects": _md_table(
+                "objects": md_table(
                     ["object", "action", "resourceVersion", "generation", "changed fields"],
                     [[o.identity, o.action, o.resource_version, o.generation, len(o.changes)] for o in applied],
                 ),
                 "applied": dg.MetadataValue.json([o.summary() for o in applied]),
-                "diff": _md_table(["object", "field", "was", "now"], changes)
+                "diff": md_table(["object", "field", "was", "now"], changes)
                 if changes
                 else dg.MetadataValue.md("No field changed."),
                 "runtime_owned": dg.MetadataValue.json(owned),
@@ -169,13 +165,13 @@ def _manifest_check(spec: ManifestAsset) -> dg.AssetChecksDefinition:
             passed=not missing and not drifted,
             description=description,
             metadata={
-                "objects": _md_table(
+                "objects": md_table(
                     ["object", "state", "resourceVersion", "differing fields"],
                     [[r.identity, _state(r), r.resource_version, len(r.differences)] for r in reports],
                 ),
                 "missing": dg.MetadataValue.json(missing),
                 "drifted_paths": dg.MetadataValue.json(paths),
-                "differences": _md_table(
+                "differences": md_table(
                     ["object", "field", "desired", "live"], [[who, d.path, d.desired, d.live] for who, d in drifted]
                 )
                 if drifted

@@ -9,6 +9,7 @@ run config; they share ``cqox_platform.ha.operations`` with the CLI, so both wai
 
 import dagster as dg
 
+from assets.metadata import md_table
 from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.errors import CqoxError
 from cqox_platform.ha import operations
@@ -36,11 +37,6 @@ class ClusterStatusConfig(dg.Config):
     expected_members: int = 3
 
 
-def _md_table(header: list[str], rows: list[list[object]]) -> dg.MetadataValue:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
-    return dg.MetadataValue.md("\n".join(lines))
-
 
 def _client(patroni: PatroniResource) -> PatroniClient:
     try:
@@ -66,7 +62,7 @@ def _members_table(obs: Observation) -> dg.MetadataValue:
                 "-" if m.is_leader or row is None or row.replay_lag_seconds is None else row.replay_lag_seconds,
             ]
         )
-    return _md_table(
+    return md_table(
         ["member", "role", "Patroni state", "timeline", "address", "streaming", "sync", "lag bytes", "lag s"], rows
     )
 

@@ -68,7 +68,6 @@ def _push(context: dg.AssetExecutionContext, system_id: str, samples: list[Sampl
         context.log.warning(f"gauges not pushed: {exc}")
 
 
-
 def _mib(n: float) -> float:
     return round(n / 2**20, 2)
 

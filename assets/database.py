@@ -27,7 +27,6 @@ GROUP = "database"
 MAX_ROLLUP_BUCKETS_BEHIND = 2
 
 
-
 def _bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -11,6 +11,7 @@ from cqox_platform.datasets.validation import DatasetSchema
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.secrets.vault_setup import DATASET_PATH_KEY, DATASETS_KEY
+from cqox_platform.settings import get_settings
 
 GROUP = "datasets"
 datasets_partitions = dg.DynamicPartitionsDefinition(name="datasets")
@@ -20,7 +21,6 @@ class DatasetIngestConfig(dg.Config):
     """Which upload to ingest and the CQOx schema it must match."""
 
     landing_key: str
-    bucket: str = dg.EnvVar("CQOX_S3_BUCKET")  # type: ignore[assignment]
     key_name: str = DATASETS_KEY
     treatment: str = "treatment"
     outcome: str = "outcome"
@@ -44,6 +44,7 @@ def encrypted_datasets(
     postgres: PostgresResource,
     vault: VaultResource,
 ) -> dg.MaterializeResult:
+    bucket = get_settings().require("s3_bucket")
     landing = parse_landing_key(config.landing_key)
     if landing.name != context.partition_key:
         raise dg.Failure(
@@ -61,7 +62,7 @@ def encrypted_datasets(
     with postgres.connect(autocommit=True) as conn:
         result = ingest_upload(
             s3=s3.get_client(),
-            bucket=config.bucket,
+            bucket=bucket,
             key=config.landing_key,
             conn=conn,
             provider=vault.key_provider(config.key_name),
@@ -75,7 +76,7 @@ def encrypted_datasets(
             metadata={
                 "problems": dg.MetadataValue.json(result.problems),
                 "dataset_id": result.dataset_id,
-                "quarantine": f"s3://{config.bucket}/{result.quarantine_key}",
+                "quarantine": f"s3://{bucket}/{result.quarantine_key}",
             },
         )
     manifest, profile = result.manifest, result.profile
@@ -93,7 +94,7 @@ def encrypted_datasets(
             "treated": profile["treated"],
             "control": profile["control"],
             "schema": dg.MetadataValue.md(dtypes),
-            "object": f"s3://{config.bucket}/{result.object_key}",
+            "object": f"s3://{bucket}/{result.object_key}",
             "source_bytes": result.source_bytes,
             "parquet_bytes": manifest.plaintext_bytes,
             "encrypted_bytes": manifest.ciphertext_bytes,
@@ -106,7 +107,6 @@ def encrypted_datasets(
 
 
 class KeyRotationConfig(dg.Config):
-    bucket: str = dg.EnvVar("CQOX_S3_BUCKET")  # type: ignore[assignment]
     key_name: str = DATASETS_KEY
     raise_min_decryption_version: bool = False
 
@@ -125,12 +125,13 @@ def dataset_key_rotation(
     postgres: PostgresResource,
     vault: VaultResource,
 ) -> dg.MaterializeResult:
+    bucket = get_settings().require("s3_bucket")
     started = time.monotonic()
     with postgres.connect(autocommit=True) as conn:
         report = rotate_dataset_keys(
             conn=conn,
             s3=s3.get_client(),
-            bucket=config.bucket,
+            bucket=bucket,
             vault=vault,
             key_name=config.key_name,
             raise_min_decryption_version=config.raise_min_decryption_version,

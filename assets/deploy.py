@@ -92,7 +92,6 @@ MANIFEST_ASSETS = (
 )
 
 
-
 def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
     path = MANIFEST_DIR / spec.file
 

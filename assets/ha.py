@@ -37,7 +37,6 @@ class ClusterStatusConfig(dg.Config):
     expected_members: int = 3
 
 
-
 def _client(patroni: PatroniResource) -> PatroniClient:
     try:
         return patroni.client()

@@ -1,6 +1,5 @@
 """Vault configuration and transport security as assets and checks (group ``security``)."""
 
-import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -11,22 +10,23 @@ from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.secrets.transport import TlsProbe, probe_tls
 from cqox_platform.secrets.vault_setup import ArchiverSetup, DatabaseEngineSettings, configure_vault
+from cqox_platform.settings import Settings, get_settings
 
 GROUP = "security"
 
 
 class VaultConfigSettings(dg.Config):
-    """Where the platform's AppRole credentials go, and whether to set up the database secrets engine."""
+    """Whether to set up the database secrets engine, and its roles' lifetimes.
 
-    approle_file: str = dg.EnvVar("CQOX_VAULT_APPROLE_FILE")  # type: ignore[assignment]
+    Where credentials are written (the platform's AppRole file, the archiver's settings file and its OS user)
+    and which bucket the archiver writes to come from the settings only: anyone who can launch a run could
+    otherwise have a fresh secret-id written where they can read it.
+    """
+
     configure_database: bool = True
     db_owner_role: str = "cqox_admin"
     db_default_ttl: str = "1h"
     db_max_ttl: str = "24h"
-    #: The WAL archiver's settings file; empty: take CQOX_WAL_ARCHIVER_CONFIG, and skip if that is unset too.
-    archiver_settings_file: str = ""
-    archiver_os_user: str = "postgres"
-    backup_bucket: str = ""  # empty: CQOX_S3_BUCKET
 
 
 @dg.asset(
@@ -56,14 +56,15 @@ def vault_config(
             default_ttl=config.db_default_ttl,
             max_ttl=config.db_max_ttl,
         )
-    archiver = _archiver_setup(context, config, vault_admin, s3)
+    settings = get_settings()
+    archiver = _archiver_setup(context, settings, vault_admin, s3)
     client = vault_admin.client()
     state = vault_admin.call(
         "configuring Vault",
         lambda: configure_vault(
             client,
             verify=vault_admin.cacert or True,
-            approle_file=Path(config.approle_file),
+            approle_file=Path(settings.require("vault_approle_file")),
             database=database,
             archiver=archiver,
         ),
@@ -85,11 +86,10 @@ def vault_config(
 
 
 def _archiver_setup(
-    context: dg.AssetExecutionContext, config: VaultConfigSettings, vault_admin: VaultResource, s3: S3Resource
+    context: dg.AssetExecutionContext, settings: Settings, vault_admin: VaultResource, s3: S3Resource
 ) -> ArchiverSetup | None:
     """The WAL archiver's identity and S3 target, or ``None`` (logged) when no archiver is configured here."""
-    settings_file = config.archiver_settings_file or os.environ.get("CQOX_WAL_ARCHIVER_CONFIG", "")
-    bucket = config.backup_bucket or os.environ.get("CQOX_S3_BUCKET", "")
+    settings_file, bucket = settings.wal_archiver_config, settings.s3_bucket
     if not settings_file or not bucket or not s3.endpoint_url:
         context.log.warning("no WAL archiver settings file, bucket or S3 endpoint configured: skipping the archiver")
         return None
@@ -101,9 +101,9 @@ def _archiver_setup(
     frozen = credentials.get_frozen_credentials()
     return ArchiverSetup(
         settings_file=Path(settings_file),
-        os_user=config.archiver_os_user,
+        os_user=settings.pg_os_user,
         s3_endpoint=s3.endpoint_url,
-        s3_cacert=os.environ.get("AWS_CA_BUNDLE", ""),
+        s3_cacert=str(settings.aws_ca_bundle or ""),
         bucket=bucket,
         access_key_id=frozen.access_key,
         secret_access_key=frozen.secret_key,
@@ -129,7 +129,8 @@ def transport_security(postgres: PostgresResource, vault: VaultResource, s3: S3R
     if s3.endpoint_url:
         s3_host, s3_port = _endpoint(s3.endpoint_url)
         # boto3 reads its CA bundle from AWS_CA_BUNDLE; the probe trusts exactly what the S3 client trusts.
-        probes.append(probe_tls("s3", s3_host, s3_port, os.environ.get("AWS_CA_BUNDLE")))
+        ca_bundle = get_settings().aws_ca_bundle
+        probes.append(probe_tls("s3", s3_host, s3_port, str(ca_bundle) if ca_bundle else None))
     rows = [
         "| endpoint | address | protocol | certificate verifies | accepts < TLS 1.3 | expires | days left | error |",
         "|---|---|---|---|---|---|---|---|",

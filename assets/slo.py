@@ -1,7 +1,6 @@
 """SLOs as assets (group ``slo``): alerting rules generated from the spec, validated, tested and loaded."""
 
 from datetime import timedelta
-from pathlib import Path
 
 import dagster as dg
 
@@ -10,16 +9,10 @@ from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.slo.chart import render_svg, svg_markdown
 from cqox_platform.slo.report import compute_reports, history, store_reports
 from cqox_platform.slo.rules import ALERT_NAMES, PAGE, TICKET, validate_rules
-from cqox_platform.slo.spec import DEFAULT_SPEC as SLO_SPEC_FILE
-from cqox_platform.slo.spec import LatencySlo, load_spec
+from cqox_platform.slo.spec import LatencySlo, load_spec, spec_path
 
 GROUP = "slo"
-DEFAULT_SPEC = str(SLO_SPEC_FILE)
 RULES_FILE = "cqox-slo-rules.yml"
-
-
-class SloRulesConfig(dg.Config):
-    spec_path: str = DEFAULT_SPEC
 
 
 @dg.asset(
@@ -28,10 +21,9 @@ class SloRulesConfig(dg.Config):
     description="Multiwindow multi-burn-rate recording and alerting rules from slo/slos.yaml, checked and unit-"
     "tested with promtool, then loaded into Prometheus through its lifecycle API.",
 )
-def slo_alert_rules(
-    context: dg.AssetExecutionContext, config: SloRulesConfig, prometheus: PrometheusResource
-) -> dg.MaterializeResult:
-    spec = load_spec(Path(config.spec_path))
+def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusResource) -> dg.MaterializeResult:
+    path = spec_path()
+    spec = load_spec(path)
     validated = validate_rules(spec)
     context.log.info(
         f"promtool: {validated.recording_rules} recording and {validated.alerting_rules} alerting "
@@ -47,7 +39,7 @@ def slo_alert_rules(
             )
     return dg.MaterializeResult(
         metadata={
-            "spec": config.spec_path,
+            "spec": str(path),
             "slos": dg.MetadataValue.json([s.name for s in spec.budgeted]),
             "recording_rules": validated.recording_rules,
             "alerting_rules": validated.alerting_rules,
@@ -63,7 +55,6 @@ slo_partitions = dg.DailyPartitionsDefinition(start_date="2025-11-01", timezone=
 
 
 class SloReportConfig(dg.Config):
-    spec_path: str = DEFAULT_SPEC
     #: Fewer events than this in a day is "insufficient events", never a 100 % day.
     min_events: float = 1000.0
 
@@ -96,7 +87,7 @@ def slo_report(
 ) -> dg.MaterializeResult:
     window = context.partition_time_window
     start, end = window.start.date(), (window.end - timedelta(days=1)).date()
-    spec = load_spec(Path(config.spec_path))
+    spec = load_spec(spec_path())
     run = compute_reports(spec, prometheus.query_range, start, end, min_events=config.min_events)
     with postgres.connect(autocommit=True) as conn:
         stored = store_reports(conn, run.days)

@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     # --- the local stack -------------------------------------------------------------------------------------
     stack_dir: Path = _f(Path(".cqox"), "directory of the local stack (state, data, logs, certificates)")
     cache_dir: Path | None = _f(
-        None, "where built binaries (kube-apiserver, kine) are cached (default ~/.cache/cqox-platform)", "operator"
+        None, "where built binaries (kube-apiserver, kine) are cached (default /var/cache/cqox-platform)", "operator"
     )
     platform_cli: Path | None = _f(
         None, "the cqox-platform executable PostgreSQL runs (default: beside the running interpreter)", "operator"
@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     pg_data: Path | None = _f(None, "data directory of the single PostgreSQL node")
     dagster_pg_db: str | None = _f(None, "database of Dagster's instance storage")
     wal_archiver_config: Path | None = _f(None, "archiver settings file wal-push and wal-fetch read (postgres-owned)")
+    pg_os_user: str = _f("postgres", "OS user PostgreSQL runs as; owns the archiver settings file", "operator")
     pg_replicas_port: int | None = _f(None, "HAProxy's read-only port in front of the replicas (HA stack)")
 
     # --- Vault -----------------------------------------------------------------------------------------------
@@ -213,8 +214,9 @@ class Settings(BaseSettings):
         """The value of a field a command cannot do without; one clear line when it is not set."""
         value = getattr(self, field)
         if value is None or value == "":
+            meaning = type(self).model_fields[field].description
             raise SettingsError(
-                f"{self.env_name(field)} is not set ({self.model_fields[field].description}); for the local stack run "
+                f"{self.env_name(field)} is not set ({meaning}); for the local stack run "
                 f'`eval "$(cqox-platform stack env)"` first.'
             )
         return value.get_secret_value() if isinstance(value, SecretStr) else value

@@ -8,6 +8,7 @@ from dagster_aws.s3 import S3Resource
 from assets.datasets import dataset_ingest_job, datasets_partitions
 from cqox_platform.datasets.store import LANDING, parse_landing_key
 from cqox_platform.errors import InvalidDatasetNameError
+from cqox_platform.settings import Settings, get_settings
 
 #: Upper bound of run requests per tick, so a burst of uploads never pushes a tick past its timeout.
 MAX_REQUESTS_PER_TICK = 25
@@ -20,9 +21,9 @@ MAX_REQUESTS_PER_TICK = 25
     description="New CSV/Parquet uploads under landing/<name>/ become dataset ingest runs.",
 )
 def dataset_upload_sensor(context: dg.SensorEvaluationContext, s3: S3Resource) -> dg.SensorResult | dg.SkipReason:
-    bucket = dg.EnvVar("CQOX_S3_BUCKET").get_value()
+    bucket = get_settings().s3_bucket
     if not bucket:
-        return dg.SkipReason("CQOX_S3_BUCKET is not set; run with the stack environment.")
+        return dg.SkipReason(f"{Settings.env_name('s3_bucket')} is not set; run with the stack environment.")
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     client = s3.get_client()
     listed: dict[str, str] = {}

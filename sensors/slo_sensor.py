@@ -1,14 +1,16 @@
 """The error-budget sensor: burn rates every 5 minutes, gauges to the Pushgateway, incident runs on a page."""
 
 import time
+from urllib.parse import urlparse
 
 import dagster as dg
 
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.settings import get_settings
 from cqox_platform.slo.burn import current_burn, push_gauges
 from cqox_platform.slo.incidents import notify_webhook, record_incident
-from cqox_platform.slo.spec import load_spec, spec_path_from_env
+from cqox_platform.slo.spec import load_spec, spec_path
 
 
 class IncidentConfig(dg.Config):
@@ -17,7 +19,6 @@ class IncidentConfig(dg.Config):
     burn_rates: dict[str, float | None]
     budget_remaining: float | None = None
     window_start: str
-    webhook_url: str = ""
 
 
 @dg.op(description="Record an SLO incident in audit_log and notify the configured webhook.")
@@ -32,9 +33,13 @@ def record_slo_incident(context: dg.OpExecutionContext, config: IncidentConfig, 
     }
     with postgres.connect(autocommit=True) as conn:
         record_incident(conn, config.slo, details)
-    if config.webhook_url:
-        status = notify_webhook(config.webhook_url, config.slo, config.severity, details)
-        context.log.info(f"notified {config.webhook_url.split('?')[0]} (HTTP {status})")
+    # The webhook URL is a secret for chat webhooks: it comes from the settings, never from run config, and is
+    # never logged (only its host is).
+    webhook = get_settings().slo_webhook_url
+    if webhook is not None:
+        url = webhook.get_secret_value()
+        status = notify_webhook(url, config.slo, config.severity, details)
+        context.log.info(f"notified the SLO webhook on {urlparse(url).hostname} (HTTP {status})")
     context.log.warning(f"SLO incident recorded for {config.slo}: burn {config.burn_rates}")
 
 
@@ -52,9 +57,10 @@ def slo_incident_job() -> None:
 def error_budget_sensor(
     context: dg.SensorEvaluationContext, prometheus: PrometheusResource
 ) -> dg.SensorResult | dg.SkipReason:
-    spec = load_spec(spec_path_from_env())
+    settings = get_settings()
+    spec = load_spec(spec_path(settings))
     statuses = current_burn(spec, prometheus.query)
-    pushgateway = dg.EnvVar("CQOX_PUSHGATEWAY_URL").get_value()
+    pushgateway = settings.pushgateway_url
     pushed = push_gauges(pushgateway, spec.service, statuses) if pushgateway else 0
     window_start = time.strftime("%Y-%m-%dT%H:00Z", time.gmtime())  # one incident per SLO per hour of burning
     requests_ = []
@@ -72,7 +78,6 @@ def error_budget_sensor(
                                     "burn_rates": s.burn_rates,
                                     "budget_remaining": s.budget_remaining,
                                     "window_start": window_start,
-                                    "webhook_url": dg.EnvVar("CQOX_SLO_WEBHOOK_URL").get_value() or "",
                                 }
                             }
                         }

@@ -27,6 +27,7 @@ from cqox_platform.backup.records import BackupRecord
 from cqox_platform.crypto.envelope import Manifest, decrypt_from
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
+from cqox_platform.settings import child_env
 
 Progress = Callable[[str], None]
 PG_OS_USER = "postgres"
@@ -236,7 +237,7 @@ class ScratchCluster:
         self.log.touch()
         chown_tree_file(self.log)
         # A clean environment: the restored server and its restore_command see no client settings of ours.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PG", "VAULT_", "BAO_", "CQOX_"))}
+        env = child_env(drop_prefixes=("AWS_", "PG", "VAULT_", "BAO_", "CQOX_"))
         subprocess.run(
             as_pg_user([str(self.pg_bindir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log), "-W", "start"]),
             check=True,

@@ -14,7 +14,7 @@ from cqox_platform.canary.decision import Evidence, MetricValue
 from cqox_platform.canary.policy import CanaryPolicy
 from cqox_platform.errors import CqoxError
 from cqox_platform.slo.budget import error_budget
-from cqox_platform.slo.spec import SloSpec, load_spec, spec_path_from_env
+from cqox_platform.slo.spec import SloSpec, load_spec, spec_path
 
 Query = Callable[..., list[dict]]
 
@@ -65,4 +65,4 @@ def budget_gate_remaining(policy: CanaryPolicy, query: Query, at: float | None =
     """The remaining budget of the SLO the policy's gate names (``None`` without a gate), from the SLO file."""
     if policy.budget_gate is None:
         return None
-    return slo_budget_remaining(load_spec(spec_path_from_env()), policy.budget_gate.slo, query, at=at)
+    return slo_budget_remaining(load_spec(spec_path()), policy.budget_gate.slo, query, at=at)

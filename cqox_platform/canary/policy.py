@@ -8,7 +8,6 @@ forbids going past the first step. Errors name the file and the field.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from cqox_platform.errors import CqoxError
+from cqox_platform.settings import get_settings
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "canary"
 
@@ -154,8 +154,8 @@ def load_policy(path: Path) -> CanaryPolicy:
 
 
 def policy_dir() -> Path:
-    """Where policies are read: ``CQOX_CANARY_POLICY_DIR``, else the repository's ``deploy/canary``."""
-    return Path(os.environ.get("CQOX_CANARY_POLICY_DIR") or POLICY_DIR)
+    """Where policies are read: the ``canary_policy_dir`` setting, else the repository's ``deploy/canary``."""
+    return get_settings().canary_policy_dir or POLICY_DIR
 
 
 def policy_for(service: str, directory: Path | None = None) -> CanaryPolicy:

@@ -6,7 +6,6 @@ pydantic location tuple. Every SLI is turned into PromQL here, once, so rules, r
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,13 +14,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cqox_platform.errors import SloSpecError
+from cqox_platform.settings import Settings, get_settings
 
-#: The repository's SLO file; ``CQOX_SLO_SPEC`` points elsewhere (``spec_path_from_env``).
+#: The repository's SLO file; the ``slo_spec`` setting (``CQOX_SLO_SPEC``) points elsewhere.
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
 
 
-def spec_path_from_env() -> Path:
-    return Path(os.environ.get("CQOX_SLO_SPEC") or DEFAULT_SPEC)
+def spec_path(settings: Settings | None = None) -> Path:
+    """The one SLO spec of this installation: alert rules, reports, the burn-rate sensor and the canary gate all
+    read it, so alerts and budgets can never come from different files."""
+    return (settings or get_settings()).slo_spec or DEFAULT_SPEC
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

@@ -7,13 +7,11 @@ The first ``stack up`` writes ``stack.json`` in the stack directory; later comma
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cqox_platform.errors import StackDirError
-
-DEFAULT_DIR = Path(".cqox")
+from cqox_platform.settings import get_settings
 
 #: Default ports, chosen away from the well-known ones so a developer's own PostgreSQL or Prometheus can run.
 DEFAULT_PORTS: dict[str, int] = {
@@ -39,31 +37,6 @@ DEFAULT_PORTS: dict[str, int] = {
     "pg3": 55443,
     "postgres_replicas": 55439,
     "haproxy_stats": 58404,
-}
-
-#: Environment variable overriding each port.
-PORT_ENV: dict[str, str] = {
-    "postgres": "CQOX_PG_PORT",
-    "openbao": "CQOX_OPENBAO_PORT",
-    "openbao_cluster": "CQOX_OPENBAO_CLUSTER_PORT",
-    "s3": "CQOX_S3_PORT",
-    "prometheus": "CQOX_PROMETHEUS_PORT",
-    "pushgateway": "CQOX_PUSHGATEWAY_PORT",
-    "dagster": "CQOX_DAGSTER_PORT",
-    "traffic": "CQOX_TRAFFIC_PORT",
-    "kine": "CQOX_KINE_PORT",
-    "kube_apiserver": "CQOX_KUBE_APISERVER_PORT",
-    "kube_controller_manager": "CQOX_KUBE_CONTROLLER_MANAGER_PORT",
-    "etcd": "CQOX_ETCD_PORT",
-    "etcd_peer": "CQOX_ETCD_PEER_PORT",
-    "patroni1": "CQOX_PATRONI1_PORT",
-    "patroni2": "CQOX_PATRONI2_PORT",
-    "patroni3": "CQOX_PATRONI3_PORT",
-    "pg1": "CQOX_PG1_PORT",
-    "pg2": "CQOX_PG2_PORT",
-    "pg3": "CQOX_PG3_PORT",
-    "postgres_replicas": "CQOX_PG_REPLICAS_PORT",
-    "haproxy_stats": "CQOX_HAPROXY_STATS_PORT",
 }
 
 DB_NAME = "cqox_prod"
@@ -129,7 +102,8 @@ class StackConfig:
         ha_sync: bool | None = None,
     ) -> StackConfig:
         """Read ``stack.json`` when the stack exists; otherwise build the config from flags and environment."""
-        root = (root or Path(os.environ.get("CQOX_STACK_DIR", DEFAULT_DIR))).absolute()
+        settings = get_settings()
+        root = (root or settings.stack_dir).absolute()
         state = root / "stack.json"
         if state.exists():
             data = json.loads(state.read_text())
@@ -155,9 +129,7 @@ class StackConfig:
         ports = dict(DEFAULT_PORTS)
         if port_base is not None:
             ports = {name: port_base + i for i, name in enumerate(DEFAULT_PORTS)}
-        for name, var in PORT_ENV.items():
-            if os.environ.get(var):
-                ports[name] = int(os.environ[var])
+        ports.update(settings.port_overrides())
         return cls(
             root=root,
             ports=ports,

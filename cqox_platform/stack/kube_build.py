@@ -7,9 +7,10 @@ stack always starts the binaries of the pinned release and never a stale build o
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from cqox_platform.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "deploy" / "kube-build" / "versions.env"
@@ -46,10 +47,11 @@ def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
 
 
 def kube_build() -> KubeBuild:
-    """The build this checkout pins; ``CQOX_CACHE_DIR`` moves the cache as it does for the build script."""
+    """The build this checkout pins; the ``cache_dir`` setting (``CQOX_CACHE_DIR``) moves the cache as it does for
+    the build script."""
     versions = read_versions()
     return KubeBuild(
         kubernetes_version=versions["K8S_VERSION"],
         kine_version=versions["KINE_VERSION"],
-        cache_dir=Path(os.environ.get("CQOX_CACHE_DIR") or DEFAULT_CACHE_DIR),
+        cache_dir=get_settings().cache_dir or DEFAULT_CACHE_DIR,
     )

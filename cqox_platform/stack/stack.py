@@ -6,6 +6,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from cqox_platform.settings import render_stack_env
 from cqox_platform.stack.certs import ensure_tls
 from cqox_platform.stack.config import StackConfig
 from cqox_platform.stack.dagster_services import (
@@ -116,7 +117,7 @@ class Stack:
         }
         for service in services:
             env.update(service.env())
-        return env
+        return render_stack_env(env)
 
     def env(self) -> dict[str, str]:
         """What resources and clients read; paths to secrets, never secrets themselves."""

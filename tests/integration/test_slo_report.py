@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 import psycopg
@@ -71,13 +73,14 @@ def _materialize(stack, history, first: date, last: date) -> dg.ExecuteInProcess
         "dagster/asset_partition_range_start": first.isoformat(),
         "dagster/asset_partition_range_end": last.isoformat(),
     }
-    return dg.materialize(
-        [slo_assets.slo_report],
-        tags=tags,
-        raise_on_error=False,
-        resources={"prometheus": history["prometheus"], "postgres": _postgres_admin(stack)},
-        run_config={"ops": {"slo_report": {"config": {"spec_path": history["spec_path"]}}}},
-    )
+    # The spec comes from the one SLO spec setting, as for the rules, the sensor and the canary gate.
+    with mock.patch.dict(os.environ, {"CQOX_SLO_SPEC": history["spec_path"]}):
+        return dg.materialize(
+            [slo_assets.slo_report],
+            tags=tags,
+            raise_on_error=False,
+            resources={"prometheus": history["prometheus"], "postgres": _postgres_admin(stack)},
+        )
 
 
 def _rows(stack, history) -> dict[tuple[date, str], dict]:

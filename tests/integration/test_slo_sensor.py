@@ -97,11 +97,18 @@ def test_page_burn_requests_incident_runs_and_pushes_gauges(stack, burning):
     with _postgres_admin(stack).connect(autocommit=True) as conn:
         MigrationRunner().migrate(conn)
     config = by_slo["availability"].run_config
-    config["ops"]["record_slo_incident"]["config"]["webhook_url"] = f"http://127.0.0.1:{hook.server_port}/hook"
-    run = slo_incident_job.execute_in_process(run_config=config, resources={"postgres": _postgres_admin(stack)})
+    # The webhook URL (a secret for chat webhooks) comes from the settings, never from run config.
+    assert "webhook_url" not in config["ops"]["record_slo_incident"]["config"]
+    secret_url = f"http://127.0.0.1:{hook.server_port}/hook/T000-secret-path"
+    with mock.patch.dict(os.environ, {"CQOX_SLO_WEBHOOK_URL": secret_url}), dg.instance_for_test() as instance:
+        run = slo_incident_job.execute_in_process(
+            run_config=config, resources={"postgres": _postgres_admin(stack)}, instance=instance
+        )
+        logged = " ".join(entry.message for entry in instance.all_logs(run.run_id))
     hook.shutdown()
     assert run.success
     assert _Webhook.received and _Webhook.received[-1]["slo"] == "availability"
+    assert "notified the SLO webhook on 127.0.0.1" in logged and "T000-secret-path" not in logged
     with psycopg.connect(**_postgres_admin(stack).conninfo()) as conn:
         row = conn.execute(
             "SELECT details FROM audit_log WHERE action = 'slo.incident' AND resource = 'availability' "

@@ -73,7 +73,6 @@ def _materialize(stack, env) -> dg.ExecuteInProcessResult:
             "vault": _platform(stack),
             "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
         },
-        run_config={"ops": {"vault_config": {"config": {"approle_file": env["CQOX_VAULT_APPROLE_FILE"]}}}},
     )
 
 

@@ -20,6 +20,13 @@ RULES_FILE = "cqox-slo-rules.yml"
     kinds={"prometheus"},
     description="Multiwindow multi-burn-rate recording and alerting rules from slo/slos.yaml, checked and unit-"
     "tested with promtool, then loaded into Prometheus through its lifecycle API.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "slo_alerts_can_fire",
+            asset="slo_alert_rules",
+            description="Every burn-rate condition can fire: its threshold is an error ratio below 100 %.",
+        )
+    ],
 )
 def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusResource) -> dg.MaterializeResult:
     path = spec_path()
@@ -29,6 +36,8 @@ def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusRes
         f"promtool: {validated.recording_rules} recording and {validated.alerting_rules} alerting "
         f"rules valid; {validated.tests} alert test cases passed"
     )
+    for problem in validated.unfireable:
+        context.log.warning(problem)
     groups = prometheus.install_rules(RULES_FILE, validated.text)
     factors = ["| alert | long / short window | budget spent | burn factor |", "|---|---|---|---|"]
     for severity, pair in (("page", PAGE), ("ticket", TICKET)):
@@ -47,7 +56,19 @@ def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusRes
             "burn_factors": dg.MetadataValue.md("\n".join(factors)),
             "loaded_groups": dg.MetadataValue.json(groups),
             "rules": dg.MetadataValue.md(f"```yaml\n{validated.text}```"),
-        }
+            "alerts_that_cannot_fire": dg.MetadataValue.json(list(validated.unfireable)),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="slo_alerts_can_fire",
+                passed=not validated.unfireable,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"cannot_fire": dg.MetadataValue.json(list(validated.unfireable))},
+                description=(
+                    f"{len(validated.unfireable)} burn-rate conditions can never fire" if validated.unfireable else None
+                ),
+            )
+        ],
     )
 
 

@@ -104,6 +104,24 @@ def generate_rules(spec: SloSpec) -> dict[str, Any]:
     }
 
 
+def unfireable_alerts(spec: SloSpec) -> list[str]:
+    """Burn-rate conditions that can never fire: their threshold (factor x budget) is an error ratio of 100 % or
+    more. A low objective (``latency-p50`` at 0.5) makes a 14.4x page impossible; the person reading the spec
+    must be told, not left believing the SLO pages."""
+    out = []
+    for slo in spec.budgeted:
+        budget = 1 - slo.objective
+        for alert in (*PAGE, *TICKET):
+            threshold = alert.factor(spec.period_days) * budget
+            if threshold >= 1:
+                out.append(
+                    f"{slo.name}: the {alert.severity} alert over {alert.long}/{alert.short} needs an error ratio of "
+                    f"{threshold:.3g} ({alert.factor(spec.period_days):g}x the budget {budget:.3g}) and can never "
+                    f"fire; raise the objective or alert on this SLO another way"
+                )
+    return out
+
+
 def _fires(spec: SloSpec, slo, severity: str, error_ratio: float) -> bool:
     pair = PAGE if severity == "page" else TICKET
     return any(error_ratio > a.factor(spec.period_days) * (1 - slo.objective) for a in pair)
@@ -179,6 +197,8 @@ class ValidatedRules:
     tests: int
     check_output: str
     test_output: str
+    #: Conditions that can never fire (``unfireable_alerts``): flagged, since the rules are valid PromQL anyway.
+    unfireable: tuple[str, ...] = ()
 
 
 def validate_rules(spec: SloSpec) -> ValidatedRules:
@@ -200,4 +220,5 @@ def validate_rules(spec: SloSpec) -> ValidatedRules:
         tests=sum(len(t["alert_rule_test"]) for t in tests["tests"]),
         check_output=check.strip(),
         test_output=test.strip(),
+        unfireable=tuple(unfireable_alerts(spec)),
     )

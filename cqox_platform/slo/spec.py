@@ -132,12 +132,18 @@ class SloSpec(_Strict):
     def event_queries(self, slo: RatioSlo | LatencySlo, window: str, fn: str = "rate") -> tuple[str, str]:
         """(bad, total) events over ``window``: per second with ``rate``, counts with ``increase``.
 
-        A missing bad series counts as zero (``or vector(0)``); a missing total leaves the ratio without data.
+        A missing bad series counts as zero only while the requests carry the code label at all: a service that
+        never failed has no 5xx series, but a spec naming the wrong ``code_label`` must read as "no data", not as
+        a perfect SLI (``or vector(0)`` used to hide exactly that). A missing total leaves the ratio without data.
         """
         m = self.metrics
         if isinstance(slo, RatioSlo):
             code = f'{m.code_label}=~"{slo.bad_codes}"'
-            bad = f"(sum({fn}({m.requests_total}{self.matchers(code)}[{window}])) or vector(0))"
+            labelled = f'{m.code_label}!=""'
+            bad = (
+                f"(sum({fn}({m.requests_total}{self.matchers(code)}[{window}])) or "
+                f"0 * sum({fn}({m.requests_total}{self.matchers(labelled)}[{window}])))"
+            )
             return bad, self.throughput_query(window, fn)
         le = f'le="{_prom_float(slo.threshold_seconds)}"'
         total = f"sum({fn}({m.duration_seconds}_count{self.matchers()}[{window}]))"

@@ -226,6 +226,22 @@ class Settings(BaseSettings):
         return {svc: getattr(self, f) for svc, f in PORT_SETTINGS.items() if getattr(self, f) is not None}
 
 
+def settings_table() -> str:
+    """The Markdown table of every setting (README's "Configuration" section is this text, checked by a test)."""
+    from cqox_platform.markdown import table
+
+    def default(field: str) -> str:
+        value = Settings.model_fields[field].default
+        return "" if value is None else f"`{value}`"
+
+    rows = [
+        [f"`{Settings.env_name(f)}`", Settings.source(f), default(f), Settings.model_fields[f].description]
+        for f in Settings.model_fields
+    ]
+    rows += [[f"`{name}`", "stack (for libraries)", "", meaning] for name, meaning in LIBRARY_ENV.items()]
+    return table(["variable", "set by", "default", "meaning"], rows)
+
+
 def get_settings() -> Settings:
     """The settings as the environment holds them now (cheap; read afresh so tests and sub-commands agree)."""
     return Settings()

@@ -11,9 +11,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cqox_platform.package_data import package_path
+
+# The build inputs belong to the checkout, not to the package: scripts/build-kube.sh sources versions.env and
+# compiles the binaries from a clone, and an installed package without a checkout cannot build them either. So
+# this one stays a repository path. The CRDs the stack installs are package data.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "deploy" / "kube-build" / "versions.env"
-CRDS_DIR = REPO_ROOT / "deploy" / "crds"
+CRDS_DIR = package_path("cqox_platform.stack", "crds")
 DEFAULT_CACHE_DIR = Path("/var/cache/cqox-platform")
 
 

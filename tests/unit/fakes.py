@@ -14,6 +14,8 @@ import copy
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+from dagster_aws.s3 import S3Resource
+
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.patroni import PatroniResource
 from cqox_platform.resources.prometheus import PrometheusResource
@@ -86,3 +88,17 @@ class FakePatroni(PatroniResource):
     def client(self):  # type: ignore[override]
         state = self.cluster_state
         return SimpleNamespace(cluster=lambda: state)
+
+
+class FakeS3(S3Resource):
+    """A bucket listing: ``list_objects_v2`` pages over the objects a test puts in ``listing`` (key -> ETag)."""
+
+    listing: ClassVar[dict[str, str]] = {}
+
+    def get_client(self):  # type: ignore[override]
+        contents = [{"Key": k, "ETag": f'"{etag}"'} for k, etag in sorted(self.listing.items())]
+
+        def paginate(Bucket: str, Prefix: str):
+            yield {"Contents": [c for c in contents if c["Key"].startswith(Prefix)]}
+
+        return SimpleNamespace(get_paginator=lambda name: SimpleNamespace(paginate=paginate))

@@ -17,6 +17,7 @@ import psycopg
 from dagster_aws.s3 import S3Resource
 
 from assets.metadata import md_table
+from cqox_platform.alerts import BACKUP_ALERT_RULES
 from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.dr_copy import copy_to_dr
 from cqox_platform.backup.drill import DrillResult, record_drill, run_drill
@@ -46,8 +47,7 @@ from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
 
 GROUP = "backups"
-ALERT_RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "backup-alerts.yml"
-
+ALERT_RULES = BACKUP_ALERT_RULES
 
 # --- shared helpers ----------------------------------------------------------------------------------------------
 
@@ -535,7 +535,7 @@ def backups_dr_copy(
 @dg.asset(
     group_name=GROUP,
     kinds={"prometheus"},
-    description="Alert rules on the backup gauges (deploy/prometheus/backup-alerts.yml), checked with promtool "
+    description="Alert rules on the backup gauges (cqox_platform/alerts/backup-alerts.yml), checked with promtool "
     "and loaded into Prometheus.",
 )
 def backup_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusResource) -> dg.MaterializeResult:

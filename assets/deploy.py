@@ -1,11 +1,12 @@
 """Kubernetes manifests as assets (group ``deploy``): what runs CQOx in the cluster, applied and checked.
 
-Each asset is one file of ``deploy/k8s`` (the namespace, the engine's Deployments and Service, its HPA, strict
-mTLS, the canary traffic objects, the CloudNativePG cluster), rendered with the run's namespace and images and
-applied by server-side apply as field manager ``cqox-platform``. Server-side apply makes a re-run a no-op when
-nothing changed, and takes back any field a hand edit changed, so materializing an asset is how an operator
-repairs drift. Its metadata names every object with its resourceVersion and generation and what the apply
-changed; the check ``manifests_in_sync`` tells, between runs, whether somebody changed the live objects since.
+Each asset is one file of ``cqox_platform/deploy/k8s`` (the namespace, the engine's Deployments and Service, its
+HPA, strict mTLS, the canary traffic objects, the CloudNativePG cluster), rendered with the run's namespace and
+images and applied by server-side apply as field manager ``cqox-platform``. Server-side apply makes a re-run a
+no-op when nothing changed, and takes back any field a hand edit changed, so materializing an asset is how an
+operator repairs drift. Its metadata names every object with its resourceVersion and generation and what the
+apply changed; the check ``manifests_in_sync`` tells, between runs, whether somebody changed the live objects
+since.
 """
 
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"kubernetes"},
         deps=list(spec.deps),
-        description=f"{spec.description} Applied from deploy/k8s/{spec.file} by server-side apply.",
+        description=f"{spec.description} Applied from cqox_platform/deploy/k8s/{spec.file} by server-side apply.",
     )
     def _apply(
         context: dg.AssetExecutionContext, config: ManifestConfig, kubernetes: KubernetesResource

@@ -33,7 +33,7 @@ class VaultConfigSettings(dg.Config):
     group_name=GROUP,
     kinds={"vault"},
     description="Vault as code: KV v2, Transit keys cqox-datasets and cqox-backups, policies from "
-    "deploy/vault/policies, the platform's and the WAL archiver's AppRoles, audit device, and the database secrets "
+    "secrets/policies, the platform's and the WAL archiver's AppRoles, audit device, and the database secrets "
     "engine for short-lived PostgreSQL users.",
 )
 def vault_config(

@@ -21,10 +21,10 @@ import yaml
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.slo.backfill import backfill, wait_for_series
 from cqox_platform.slo.report import compute_reports
-from cqox_platform.slo.spec import LatencySlo, RatioSlo, parse_spec
+from cqox_platform.slo.spec import DEFAULT_SPEC, LatencySlo, RatioSlo, parse_spec
 from cqox_platform.slo.traffic import Segment, VersionTraffic, history_openmetrics
 
-SPEC = Path(__file__).resolve().parents[1] / "slo" / "slos.yaml"
+SPEC = DEFAULT_SPEC
 
 
 def naive(prometheus: PrometheusResource, spec, days: list[date]) -> tuple[dict, int]:

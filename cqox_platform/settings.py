@@ -147,13 +147,15 @@ class Settings(BaseSettings):
     traffic_url: str | None = _f(None, "the synthetic CQOx traffic exporter (stack up --traffic)")
     slo_spec: Path | None = _f(
         None,
-        "SLO spec file for rules, reports, the burn-rate sensor and the canary gate (default slo/slos.yaml)",
+        "SLO spec for rules, reports, the burn-rate sensor and the canary gate (default cqox_platform/slo/slos.yaml)",
         "operator",
     )
     slo_webhook_url: SecretStr | None = _f(
         None, "incident webhook the error-budget sensor posts to (a secret for chat webhooks)", "operator"
     )
-    canary_policy_dir: Path | None = _f(None, "directory of canary policies (default deploy/canary)", "operator")
+    canary_policy_dir: Path | None = _f(
+        None, "directory of canary policies (default cqox_platform/canary/policies)", "operator"
+    )
 
     # --- Dagster, Kubernetes, HA -----------------------------------------------------------------------------
     dagster_url: str | None = _f(None, "the Dagster webserver's URL")

@@ -11,7 +11,7 @@ VENV="${CQOX_VENV:-.venv}"
 POLICY_DIR="$(mktemp -d /tmp/cqox-canary-demo-XXXX)"
 "$VENV/bin/python" - "$POLICY_DIR" <<'PY'
 import sys, yaml, pathlib
-src = pathlib.Path("deploy/canary/cqox-engine.yaml")
+src = pathlib.Path("cqox_platform/canary/policies/cqox-engine.yaml")
 raw = yaml.safe_load(src.read_text())
 raw.update(interval_seconds=60, min_requests=200)
 (pathlib.Path(sys.argv[1]) / "cqox-engine.yaml").write_text(yaml.safe_dump(raw))

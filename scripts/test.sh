@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 VENV="${CQOX_VENV:-.venv}"
 "$VENV/bin/ruff" check .
+"$VENV/bin/lint-imports"
 exec "$VENV/bin/pytest" -p no:cacheprovider "$@"

@@ -1,6 +1,7 @@
 """The error-budget sensor: burn rates every 5 minutes, gauges to the Pushgateway, incident runs on a page."""
 
 import time
+from typing import Literal
 from urllib.parse import urlparse
 
 import dagster as dg
@@ -15,7 +16,8 @@ from cqox_platform.slo.spec import load_spec, spec_path
 
 class IncidentConfig(dg.Config):
     slo: str
-    severity: str
+    #: The burn-rate alert tier (cqox_platform.slo.rules PAGE / TICKET); the launchpad offers exactly these.
+    severity: Literal["page", "ticket"]
     burn_rates: dict[str, float | None]
     budget_remaining: float | None = None
     window_start: str

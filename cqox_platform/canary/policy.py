@@ -1,4 +1,4 @@
-"""Canary policies: one YAML file per service (``deploy/canary/<service>.yaml``), validated on load.
+"""Canary policies: one YAML file per service (``cqox_platform/canary/policies/<service>.yaml``), validated on load.
 
 A policy says how traffic moves (steps, interval), what counts as evidence (a minimum number of canary
 requests per interval), which metrics judge the canary and how (absolute thresholds and thresholds relative
@@ -15,9 +15,10 @@ from typing import Any
 import yaml
 
 from cqox_platform.errors import CqoxError
+from cqox_platform.package_data import package_path
 from cqox_platform.settings import get_settings
 
-POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "canary"
+POLICY_DIR = package_path("cqox_platform.canary", "policies")
 
 
 class PolicyError(CqoxError):
@@ -154,7 +155,7 @@ def load_policy(path: Path) -> CanaryPolicy:
 
 
 def policy_dir() -> Path:
-    """Where policies are read: the ``canary_policy_dir`` setting, else the repository's ``deploy/canary``."""
+    """Where policies are read: the ``canary_policy_dir`` setting, else the package's ``canary/policies``."""
     return get_settings().canary_policy_dir or POLICY_DIR
 
 

@@ -24,8 +24,9 @@ from typing import Any, Protocol
 import yaml
 
 from cqox_platform.errors import CqoxError
+from cqox_platform.package_data import package_path
 
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+MANIFEST_DIR = package_path("cqox_platform.deploy", "k8s")
 RUNTIME_OWNED = "platform.cqox.io/runtime-owned"
 #: What drift compares besides the top-level fields other than these (``spec``, ``data``, ...).
 COMPARED_METADATA = ("labels", "annotations")

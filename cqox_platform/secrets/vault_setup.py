@@ -20,9 +20,10 @@ import hvac.exceptions
 from cqox_platform.backup.archiver_settings import ARCHIVER_APPROLE, BACKUPS_KEY, ArchiverSettings
 from cqox_platform.backup.archiver_settings import S3_SECRET_PATH as ARCHIVER_S3_SECRET
 from cqox_platform.errors import CqoxError, VaultError
+from cqox_platform.package_data import package_path
 from cqox_platform.stack.files import write_private
 
-POLICY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "vault" / "policies"
+POLICY_DIR = package_path("cqox_platform.secrets", "policies")
 DATASETS_KEY = "cqox-datasets"
 APPROLE = "cqox-platform"
 DB_CONNECTION = "cqox-prod"

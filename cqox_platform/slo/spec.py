@@ -1,4 +1,4 @@
-"""The SLO spec: a small YAML format (``slo/slos.yaml``) or OpenSLO v1 ratio SLOs, validated by pydantic.
+"""The SLO spec: a small YAML format (``cqox_platform/slo/slos.yaml``) or OpenSLO v1 ratio SLOs, validated by pydantic.
 
 Errors name the file, the line and the field, because the person fixing a spec is reading the YAML, not a
 pydantic location tuple. Every SLI is turned into PromQL here, once, so rules, reports and sensors agree.
@@ -14,10 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cqox_platform.errors import SloSpecError
+from cqox_platform.package_data import package_path
 from cqox_platform.settings import Settings, get_settings
 
-#: The repository's SLO file; the ``slo_spec`` setting (``CQOX_SLO_SPEC``) points elsewhere.
-DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+#: The SLO file shipped with the platform; the ``slo_spec`` setting (``CQOX_SLO_SPEC``) points elsewhere.
+DEFAULT_SPEC = package_path("cqox_platform.slo", "slos.yaml")
 
 
 def spec_path(settings: Settings | None = None) -> Path:

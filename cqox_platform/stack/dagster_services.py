@@ -1,8 +1,10 @@
 """The Dagster instance of the local stack: webserver and daemon, storage on the stack's PostgreSQL.
 
-``DAGSTER_HOME`` is ``<stack>/dagster``; the repository's ``dagster.yaml`` is copied there on every ``up`` so
-the instance config is reviewed in git but the run history stays with the stack. The webserver and daemon
-load the repository's ``workspace.yaml``.
+``DAGSTER_HOME`` is ``<stack>/dagster``. On every ``up`` the package's ``stack/dagster.yaml`` (package data, so an
+installed package starts the stack as well as a checkout) is copied there, so the instance config is reviewed in
+git but the run history stays with the stack; next to it the stack writes the workspace that loads
+``cqox_platform.definitions``, the same one as the repository's ``workspace.yaml`` (a unit test holds them equal).
+The webserver and daemon run in ``DAGSTER_HOME``, so no ``dagster.yaml`` of a working directory is picked up.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import shutil
 from pathlib import Path
 
 import requests
+import yaml
 
-from cqox_platform.errors import StackError
+from cqox_platform.package_data import package_path
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INSTANCE_CONFIG = package_path("cqox_platform.stack", "dagster.yaml")
+WORKSPACE = {
+    "load_from": [{"python_module": {"module_name": "cqox_platform.definitions", "location_name": "cqox_platform"}}]
+}
 
 
 def dagster_home(stack_root: Path) -> Path:
@@ -25,14 +31,16 @@ def dagster_home(stack_root: Path) -> Path:
 
 
 def prepare_dagster_home(stack_root: Path) -> Path:
-    """Create DAGSTER_HOME with the repository's instance config."""
+    """Create DAGSTER_HOME with the instance config and the workspace of the code location."""
     home = dagster_home(stack_root)
     home.mkdir(parents=True, exist_ok=True)
-    source = PROJECT_ROOT / "dagster.yaml"
-    if not source.exists():
-        raise StackError(f"{source} is missing; run the stack from a checkout installed with `pip install -e .`.")
-    shutil.copyfile(source, home / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
+    (home / "workspace.yaml").write_text(yaml.safe_dump(WORKSPACE, sort_keys=False))
     return home
+
+
+def workspace_file(stack_root: Path) -> Path:
+    return dagster_home(stack_root) / "workspace.yaml"
 
 
 class _DagsterProcess(Service):
@@ -46,9 +54,9 @@ class _DagsterProcess(Service):
         raise NotImplementedError
 
     def start(self) -> None:
-        prepare_dagster_home(self.stack.root)
         env = {**os.environ, **self.stack_env}
-        pid = spawn(self.argv(), log_path=self.log_path, env=env, cwd=PROJECT_ROOT)
+        home = prepare_dagster_home(self.stack.root)
+        pid = spawn(self.argv(), log_path=self.log_path, env=env, cwd=home)
         self.write_pid(pid)
         wait_until(self.healthy, timeout=self.start_timeout, what=self.name, log_path=self.log_path, alive=self.running)
 
@@ -66,7 +74,7 @@ class DagsterWebserverService(_DagsterProcess):
         return [
             find_binary("dagster-webserver"),
             "-w",
-            str(PROJECT_ROOT / "workspace.yaml"),
+            str(workspace_file(self.stack.root)),
             "-h",
             "127.0.0.1",
             "-p",
@@ -92,7 +100,7 @@ class DagsterDaemonService(_DagsterProcess):
         return "-"
 
     def argv(self) -> list[str]:
-        return [find_binary("dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")]
+        return [find_binary("dagster-daemon"), "run", "-w", str(workspace_file(self.stack.root))]
 
     def healthy(self) -> bool:
         return self.running()

@@ -3,6 +3,10 @@
 No package repository ships kube-apiserver, so the build script compiles it from Go modules into a cache
 directory keyed by version. This module reads the same ``deploy/kube-build/versions.env`` as the script, so the
 stack always starts the binaries of the pinned release and never a stale build of another.
+
+``deploy/kube-build`` stays a path in the checkout, not package data: it is the input of a build that only a
+checkout can run (``scripts/build-kube.sh`` sources ``versions.env`` and compiles from a clone), so an installed
+package has nothing to build with. The CRDs the stack installs are package data (``stack/crds``).
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cqox_platform.package_data import package_path
 from cqox_platform.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "deploy" / "kube-build" / "versions.env"
-CRDS_DIR = REPO_ROOT / "deploy" / "crds"
+CRDS_DIR = package_path("cqox_platform.stack", "crds")
 DEFAULT_CACHE_DIR = Path("/var/cache/cqox-platform")
 
 

@@ -1,4 +1,4 @@
-"""Install the CustomResourceDefinitions in ``deploy/crds`` (the Istio kinds the platform uses) into an API server.
+"""Install the CustomResourceDefinitions in ``stack/crds`` (the Istio kinds the platform uses) into an API server.
 
 Server-side apply with one field manager makes the install idempotent: re-applying an unchanged file changes
 nothing, and an edited file updates the CRD in place. The install waits until every CRD is ``Established``, so a
@@ -27,7 +27,7 @@ def load_crds(directory: Path) -> list[dict]:
             if not doc:
                 continue
             if doc.get("kind") != "CustomResourceDefinition":
-                raise ServiceStartError(f"{path} holds a {doc.get('kind')!r}; deploy/crds is for CRDs only.")
+                raise ServiceStartError(f"{path} holds a {doc.get('kind')!r}; stack/crds is for CRDs only.")
             crds.append(doc)
     return crds
 

@@ -28,12 +28,13 @@ from cqox_platform.canary.store import get_rollout
 from cqox_platform.resources.kubernetes import KubernetesForbiddenError, KubernetesInvalidError, KubernetesResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
+from cqox_platform.slo.spec import DEFAULT_SPEC
 from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
 from cqox_platform.stack.process import free_port
 from sensors.canary_sensor import canary_sensor
 from tests.integration.test_vault import _postgres_admin
 
-SLO_SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+SLO_SPEC = DEFAULT_SPEC
 SCENARIOS = {
     "good": {"stable": VersionTraffic(rps=100), "canary": VersionTraffic(rps=40)},
     "bad": {"stable": VersionTraffic(rps=100), "canary": VersionTraffic(rps=40, error_ratio=0.2)},

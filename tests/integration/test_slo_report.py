@@ -17,11 +17,11 @@ from assets import slo as slo_assets
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.slo.backfill import backfill, wait_for_series
-from cqox_platform.slo.spec import parse_spec
+from cqox_platform.slo.spec import DEFAULT_SPEC, parse_spec
 from cqox_platform.slo.traffic import Segment, Totals, VersionTraffic, history_openmetrics
 from tests.integration.test_vault import _postgres_admin
 
-SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+SPEC = DEFAULT_SPEC
 TODAY = datetime.now(UTC).date()
 D1, D2, D3, D4, D5 = (TODAY - timedelta(days=n) for n in (7, 6, 5, 4, 3))
 NORMAL = VersionTraffic(rps=100.0, error_ratio=0.00005, latency_median_s=0.05, latency_sigma=0.5)

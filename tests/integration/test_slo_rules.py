@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -14,9 +13,9 @@ from cqox_platform.errors import RuleValidationError
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.slo import rules as rules_mod
 from cqox_platform.slo.rules import generate_rule_tests, generate_rules, validate_rules
-from cqox_platform.slo.spec import load_spec
+from cqox_platform.slo.spec import DEFAULT_SPEC, load_spec
 
-SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+SPEC = DEFAULT_SPEC
 
 
 def test_generated_rules_pass_promtool_check_and_their_alert_tests():

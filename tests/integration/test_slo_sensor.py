@@ -19,13 +19,14 @@ import yaml
 
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
+from cqox_platform.slo.spec import DEFAULT_SPEC
 from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
 from cqox_platform.stack import Stack
 from cqox_platform.stack.process import free_port
 from sensors.slo_sensor import error_budget_sensor, slo_incident_job
 from tests.integration.test_vault import _postgres_admin
 
-SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+SPEC = DEFAULT_SPEC
 
 
 def _spec_for(stack, job: str) -> str:

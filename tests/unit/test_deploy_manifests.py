@@ -1,4 +1,4 @@
-"""The manifests of deploy/k8s and the drift logic, without an API server."""
+"""The manifests of cqox_platform/deploy/k8s and the drift logic, without an API server."""
 
 from __future__ import annotations
 

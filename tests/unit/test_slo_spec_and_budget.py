@@ -10,9 +10,17 @@ import pytest
 from cqox_platform.errors import SloSpecError
 from cqox_platform.slo.budget import budget_minutes, budget_remaining, burn_rate, error_budget
 from cqox_platform.slo.rules import PAGE, TICKET, generate_rules
-from cqox_platform.slo.spec import LatencySlo, RatioSlo, ThroughputSlo, load_openslo, load_spec, parse_spec
+from cqox_platform.slo.spec import (
+    DEFAULT_SPEC,
+    LatencySlo,
+    RatioSlo,
+    ThroughputSlo,
+    load_openslo,
+    load_spec,
+    parse_spec,
+)
 
-SPEC = Path(__file__).resolve().parents[2] / "slo" / "slos.yaml"
+SPEC = DEFAULT_SPEC
 
 
 def test_default_spec_has_the_roadmap_slos():

@@ -1,0 +1,86 @@
+"""Data files are package data: found with importlib.resources, declared for the wheel, unchanged by the move."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cqox_platform
+from cqox_platform.alerts import BACKUP_ALERT_RULES
+from cqox_platform.canary.policy import POLICY_DIR as CANARY_POLICY_DIR
+from cqox_platform.deploy.manifests import MANIFEST_DIR
+from cqox_platform.schema.migrations import SQL_DIR
+from cqox_platform.secrets.vault_setup import POLICY_DIR as VAULT_POLICY_DIR
+from cqox_platform.slo.spec import DEFAULT_SPEC
+from cqox_platform.stack.dagster_services import INSTANCE_CONFIG, WORKSPACE, prepare_dagster_home
+from cqox_platform.stack.kube_build import CRDS_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = Path(cqox_platform.__file__).parent
+DATA = {
+    "migrations": SQL_DIR,
+    "SLO spec": DEFAULT_SPEC,
+    "canary policies": CANARY_POLICY_DIR,
+    "manifests": MANIFEST_DIR,
+    "Vault policies": VAULT_POLICY_DIR,
+    "backup alert rules": BACKUP_ALERT_RULES,
+    "stack instance config": INSTANCE_CONFIG,
+    "stack CRDs": CRDS_DIR,
+}
+
+# Released migrations are never edited: the runner refuses a database whose recorded checksum differs. Moving
+# sql/ into the package must not change a byte; a new migration adds a line here.
+RELEASED_MIGRATIONS = {
+    "0001_extensions.sql": "cfc6b90bb6ed87ea14d598fd0e2042136c207288b3a7a67eedcdcd89a6875101",
+    "0002_core_tables.sql": "ec0963ffc9357c714a7e96f72fc0b4935af58de8f93a4e18d1fa19fa303544e8",
+    "0003_metrics.plain.sql": "df7858afc2a23a7e50f39bebf7aae4571c74b40c710546bc7e850955b83c74c8",
+    "0003_metrics.timescaledb.sql": "b66e8c908cb5e71f8cb432ba2c5bb03053678e67e8350c395f379b879d4ac81f",
+    "0004_rollups.plain.sql": "180879b905886d348ebe9b968b9b16a274150389715539a9a74c2acfd7278a53",
+    "0004_rollups.timescaledb.sql": "b52d463188ab7208447468df0d7a0911b78a73b9ed23d48b4f5f0c709ca10c5d",
+    "0005_dataset_encryption.plain.sql": "df4749a64c7fe083ac57614799933023fd9655559aeb1f46e9821e286238fe7b",
+    "0005_dataset_encryption.timescaledb.sql": "f8cbe5f8ffb3d5052230f51fc205bb29a34457e7bd9c844d19984ae40761f2aa",
+    "0006_slo_reports.plain.sql": "cac208472bfe0027f6f4d8b535a9ea0e8201f6e31b61604250df5e87776e1ce1",
+    "0006_slo_reports.timescaledb.sql": "bb5de728d48f50d209237e36a1291084a9e09b66870ed26783c77801e66f11b6",
+    "0007_backups.sql": "266c7f08f4031e532a86abced5062dcc1d0fd48272f6e2f9b42965db745ceb96",
+    "0008_canary.sql": "065875b70b78d6a1b56e6d543546f58d063b24f3c8b72fc6a1ce7a9ef3735b80",
+}
+
+
+@pytest.mark.parametrize("what", sorted(DATA))
+def test_data_is_inside_the_package(what: str) -> None:
+    path = DATA[what]
+    assert path.exists(), f"{what}: {path} is missing"
+    assert path.is_relative_to(PACKAGE), f"{what}: {path} is outside the package"
+
+
+def data_files() -> list[str]:
+    return sorted(
+        str(file.relative_to(PACKAGE))
+        for path in DATA.values()
+        for file in ([path] if path.is_file() else path.iterdir())
+        if file.is_file()
+    )
+
+
+def test_every_data_file_is_declared_as_package_data() -> None:
+    """A file not matched by ``[tool.setuptools.package-data]`` would be missing from a wheel."""
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    undeclared = [f for f in data_files() if not any(fnmatch.fnmatch(f, p) for p in patterns["cqox_platform"])]
+    assert undeclared == []
+
+
+def test_released_migrations_are_byte_for_byte_unchanged() -> None:
+    found = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(SQL_DIR.glob("*.sql"))}
+    assert {name: found.get(name) for name in RELEASED_MIGRATIONS} == RELEASED_MIGRATIONS
+
+
+def test_the_stack_workspace_is_the_repositorys(tmp_path: Path) -> None:
+    home = prepare_dagster_home(tmp_path)
+    assert yaml.safe_load((home / "workspace.yaml").read_text()) == WORKSPACE
+    assert yaml.safe_load((REPO / "workspace.yaml").read_text()) == WORKSPACE
+    assert (home / "dagster.yaml").read_bytes() == INSTANCE_CONFIG.read_bytes()

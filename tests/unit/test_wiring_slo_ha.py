@@ -1,0 +1,116 @@
+"""Groups ``slo`` and ``ha`` wired with fakes: rules generated and loaded, burn-rate and timeline sensors.
+
+``slo_report`` stores its days in PostgreSQL (``store_reports``/``history``), and ``postgres_cluster_status``
+reads the leader's ``pg_stat_replication``: a fake database is not worth it, the integration tests run those.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import dagster as dg
+import pytest
+
+from assets import slo
+from cqox_platform.resources.patroni import PatroniResource
+from cqox_platform.resources.postgres import PostgresResource
+from cqox_platform.slo.spec import DEFAULT_SPEC, load_spec
+from sensors.ha_sensors import timeline_change_sensor
+from sensors.slo_sensor import error_budget_sensor, slo_incident_job
+from tests.unit.fakes import FakePatroni, FakePrometheus
+
+
+@pytest.fixture(autouse=True)
+def _no_pushgateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CQOX_PUSHGATEWAY_URL", raising=False)
+    monkeypatch.delenv("CQOX_SLO_SPEC", raising=False)
+    monkeypatch.delenv("CQOX_SLO_WEBHOOK_URL", raising=False)
+
+
+def test_slo_alert_rules_are_checked_by_promtool_and_loaded() -> None:
+    FakePrometheus.reset()
+    result = dg.materialize([slo.slo_alert_rules], resources={"prometheus": FakePrometheus(url="http://fake")})
+    assert result.success
+    (event,) = result.asset_materializations_for_node("slo_alert_rules")
+    metadata = event.metadata
+    assert metadata["spec"].value == str(DEFAULT_SPEC)
+    assert metadata["slos"].value == [s.name for s in load_spec(DEFAULT_SPEC).budgeted]
+    assert metadata["alerting_rules"].value > 0 and metadata["promtool_test_cases"].value > 0
+    assert metadata["loaded_groups"].value == [f"{slo.RULES_FILE}:group"]
+    assert "alert:" in FakePrometheus.installed[slo.RULES_FILE]
+
+
+def burn_tick(error_ratio: float) -> dg.SensorResult | dg.SkipReason:
+    FakePrometheus.reset({"": error_ratio})  # every error-ratio query answers this
+    context = dg.build_sensor_context(resources={"prometheus": FakePrometheus(url="http://fake")})
+    return error_budget_sensor(context)
+
+
+def test_error_budget_sensor_skips_without_burn() -> None:
+    result = burn_tick(0.0)
+    assert isinstance(result, dg.SkipReason)
+    assert "no page-level burn" in result.skip_message
+
+
+def test_error_budget_sensor_pages_with_a_valid_incident_run() -> None:
+    result = burn_tick(0.5)
+    assert isinstance(result, dg.SensorResult)
+    # A 50 % bad-event ratio burns every budget of the roadmap's SLOs at a page rate except the median latency's,
+    # whose 50 % objective leaves a budget that size (burn 1x).
+    assert {r.tags["cqox/slo"] for r in result.run_requests} == {
+        "availability",
+        "error-rate",
+        "latency-p95",
+        "latency-p99",
+    }
+    for request in result.run_requests:
+        assert request.run_key.startswith(f"slo-incident:{request.tags['cqox/slo']}:")
+        config = request.run_config["ops"]["record_slo_incident"]["config"]
+        assert config["severity"] == "page"
+        # The run config the sensor builds is one the incident job accepts (raises otherwise).
+        dg.validate_run_config(slo_incident_job, request.run_config)
+
+
+def test_incident_job_rejects_an_unknown_severity() -> None:
+    config = {"slo": "x", "severity": "pager", "burn_rates": {}, "window_start": "2026-01-01T00:00Z"}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="severity"):
+        dg.validate_run_config(slo_incident_job, {"ops": {"record_slo_incident": {"config": config}}})
+
+
+def timeline_tick(cursor: str | None, timeline: int | None) -> tuple[dg.RunRequest | dg.SkipReason, str | None]:
+    FakePatroni.cluster_state = SimpleNamespace(timeline=timeline, leader="node2", answered_by="fake")
+    context = dg.build_sensor_context(cursor=cursor, resources={"patroni": FakePatroni(urls="https://fake:8008")})
+    return timeline_change_sensor(context), context.cursor
+
+
+def test_timeline_sensor_requests_one_backup_per_new_timeline() -> None:
+    first, cursor = timeline_tick(None, 3)
+    assert isinstance(first, dg.SkipReason) and cursor == "3"
+    same, cursor = timeline_tick(cursor, 3)
+    assert isinstance(same, dg.SkipReason) and "unchanged" in same.skip_message
+    failover, cursor = timeline_tick(cursor, 4)
+    assert isinstance(failover, dg.RunRequest)
+    assert failover.run_key == "timeline:4" and failover.tags["cqox/timeline_from"] == "3"
+    assert cursor == "4"
+    back, cursor = timeline_tick(cursor, 2)
+    assert isinstance(back, dg.SkipReason) and cursor == "2"
+
+
+def test_timeline_sensor_skips_without_a_leader_or_a_cluster() -> None:
+    no_leader, cursor = timeline_tick("5", None)
+    assert isinstance(no_leader, dg.SkipReason) and cursor == "5"
+    context = dg.build_sensor_context(resources={"patroni": PatroniResource()})
+    assert "nothing to watch" in timeline_change_sensor(context).skip_message
+
+
+def test_cluster_status_fails_with_what_to_do_on_a_single_node() -> None:
+    from assets import ha
+
+    result = dg.materialize(
+        [ha.postgres_cluster_status],
+        resources={"patroni": PatroniResource(), "postgres_admin": PostgresResource(host="unused", dbname="unused")},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("postgres_cluster_status")
+    assert "CQOX_PATRONI_URLS" in failure.user_failure_data.description

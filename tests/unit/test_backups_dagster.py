@@ -53,6 +53,8 @@ class World:
     records: list = field(default_factory=list)
     verified: set = field(default_factory=set)
     drills_pass: bool = True
+    #: A drill that crashes (scratch cluster never starts) instead of reporting a failed proof.
+    drills_crash: bool = False
     deleted: list = field(default_factory=list)
     backup_started: list = field(default_factory=list)
     #: When set, a base backup waits on it (to hold the pool slot while a second backup is requested).
@@ -109,6 +111,8 @@ def world(monkeypatch) -> World:
         return rec, point
 
     def run_drill(archive, provider, rec, target, **kwargs):
+        if w.drills_crash:
+            raise RuntimeError("scratch cluster did not start")
         result = DrillResult("d", rec.backup_id, "b", target, datetime.now(UTC), datetime.now(UTC))
         result.seconds = {"download": 0.1, "replay": 0.2}
         result.passed = w.drills_pass
@@ -279,14 +283,19 @@ def test_each_new_backup_gets_one_drill_but_a_run_that_drilled_it_needs_none(wor
         assert set(ticks.at(at(10, 4))) == {"backups_dr_copy"}
 
 
-def test_a_failing_drill_check_blocks_retention_until_the_newest_backup_is_verified(world):
+@pytest.mark.parametrize("failure", ["proof fails", "drill crashes"])
+def test_a_failing_drill_check_blocks_retention_until_the_newest_backup_is_verified(world, failure):
     defs = dg.Definitions(assets=BACKUP_ASSETS, resources=RESOURCES)
     with dg.instance_for_test() as instance:
         materialize([backups.postgres_basebackup, backups.restore_drill], instance)
         world.drills_pass = False
+        world.drills_crash = failure == "drill crashes"
         materialize([backups.postgres_basebackup], instance)
         failed = materialize([backups.restore_drill], instance)
-        assert checks(failed)["latest_backup_verified_restorable"] is False
+        assert not failed.success  # blocking check failed, or the step raised before any check ran
+        if failure == "proof fails":
+            assert checks(failed)["latest_backup_verified_restorable"] is False
+        world.drills_crash = False
         ticks = Ticks(defs, instance)
         ticks.at(at(4, 59))
         assert "backup_retention" not in ticks.at(at(5, 0))  # the 05:00 tick passed, the check is failing

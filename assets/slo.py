@@ -88,6 +88,15 @@ def _pct(value: float | None, digits: int = 4) -> str:
     group_name=GROUP,
     partitions_def=slo_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    # Yesterday's partition (the latest complete day) at 00:30 UTC, by sensors/backup_schedules.py's
+    # slo_automation_sensor. Not on_cron: that would also wait for cqox_schema to update after every tick.
+    automation_condition=(
+        dg.AutomationCondition.in_latest_time_window()
+        & dg.AutomationCondition.cron_tick_passed("30 0 * * *", "UTC").since_last_handled()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("yesterday's partition daily at 00:30 UTC"),
+    # Yesterday's report must exist by 03:00 UTC: a day without one fails freshness until it is made.
+    freshness_policy=dg.FreshnessPolicy.cron(deadline_cron="0 3 * * *", lower_bound_delta=timedelta(hours=3)),
     kinds={"prometheus", "postgres"},
     deps=[dg.AssetKey("cqox_schema")],
     check_specs=[

@@ -1,88 +1,55 @@
-"""Backup schedules from the roadmap's crontab, and the sensor that drills every new base backup.
+"""What sets the backup chain (and the daily SLO report) in motion: one automation sensor and one schedule.
 
-Roadmap crontab: base backup daily at 03:00, WAL archive check every 15 minutes, verification at 04:30 (UTC).
-The sensor makes verification continuous: each new backup gets its own drill (run key = backup id), and the
-04:30 drill restores to a random captured point inside the retention window.
+The chain's order is the asset graph, not the clock: each backup asset carries an automation condition
+(``assets/backups/common.py``) and ``backup_automation_sensor`` evaluates them, so one 03:00 tick requests the base
+backup, its drill, the WAL check and the DR copy as one run in graph order, and retention at 05:00 waits for the
+newest backup's blocking drill check. ``slo_automation_sensor`` does the same for ``slo_report``
+(yesterday's partition, every day). Each sensor targets only its own assets, so switching one on never starts
+unrelated assets that happen to carry conditions.
+
+The random-point drill stays a schedule because it needs run config (``mode: random``), which automation cannot
+pass; the drill of each new backup is automation (``eager`` on ``restore_drill``), replacing the old asset sensor.
+Backups taken outside Dagster (``cqox-platform backup create``) are not materializations and get no automatic
+drill; the 04:30 random drill still covers the window they are in.
 """
 
 import dagster as dg
 
-base_backup_job = dg.define_asset_job(
-    "base_backup_job",
-    selection=dg.AssetSelection.assets("postgres_basebackup", "backups_dr_copy"),
-    description="Daily base backup, then its copy to the DR bucket.",
-)
-wal_check_job = dg.define_asset_job(
-    "wal_check_job",
-    selection=dg.AssetSelection.assets("wal_archive_status", "backups_dr_copy"),
-    description="WAL archiving health and RPO; new WAL to the DR bucket.",
-)
+BACKUP_ASSETS = dg.AssetSelection.groups("backups")
+SLO_REPORT = dg.AssetSelection.assets("slo_report")
+
 restore_drill_job = dg.define_asset_job(
     "restore_drill_job", selection=dg.AssetSelection.assets("restore_drill"), description="One restore drill."
 )
-backup_retention_job = dg.define_asset_job(
-    "backup_retention_job", selection=dg.AssetSelection.assets("backup_retention"), description="Backup retention."
-)
 
-daily_base_backup_schedule = dg.ScheduleDefinition(
-    job=base_backup_job,
-    cron_schedule="0 3 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-wal_check_schedule = dg.ScheduleDefinition(
-    job=wal_check_job,
-    cron_schedule="*/15 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
 daily_restore_drill_schedule = dg.ScheduleDefinition(
     job=restore_drill_job,
     cron_schedule="30 4 * * *",
     execution_timezone="UTC",
     run_config={"ops": {"restore_drill": {"config": {"mode": "random"}}}},
     default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-daily_retention_schedule = dg.ScheduleDefinition(
-    job=backup_retention_job,
-    cron_schedule="0 5 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="A drill to a random captured point inside the retention window (the whole window gets proven).",
 )
 
-
-def _planned_assets(context: dg.SensorEvaluationContext, run_id: str) -> set[dg.AssetKey]:
-    """The assets a run planned to materialize (its ASSET_MATERIALIZATION_PLANNED events)."""
-    records = context.instance.get_records_for_run(
-        run_id=run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=1000
-    ).records
-    return {r.event_log_entry.dagster_event.asset_key for r in records if r.event_log_entry.dagster_event}
-
-
-@dg.asset_sensor(
-    asset_key=dg.AssetKey("postgres_basebackup"),
-    job=restore_drill_job,
+backup_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "backup_automation_sensor",
+    target=BACKUP_ASSETS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests a restore drill of every new base backup (run key = backup id).",
+    minimum_interval_seconds=30,
+    description="Evaluates the backup chain's automation conditions: base backup 03:00, drill of each new backup, "
+    "WAL check and DR copy every 15 min, retention 05:00 once the newest backup is verified restorable.",
 )
-def new_backup_drill_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    materialization = asset_event.asset_materialization
-    backup_id = materialization.metadata.get("backup_id") if materialization else None
-    if backup_id is None:
-        return dg.SkipReason("the materialization carries no backup_id")
-    backup_id = backup_id.value
-    if asset_event.run_id and dg.AssetKey("restore_drill") in _planned_assets(context, asset_event.run_id):
-        # The main job and timeline_backup_job drill in the same run; a second drill would prove nothing new.
-        return dg.SkipReason(f"backup {backup_id} is drilled by its own run {asset_event.run_id}")
-    return dg.RunRequest(
-        run_key=f"drill:{backup_id}",
-        run_config={"ops": {"restore_drill": {"config": {"backup_id": backup_id, "mode": "for_backup"}}}},
-        tags={"cqox/backup_id": backup_id},
-    )
 
+slo_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "slo_automation_sensor",
+    target=SLO_REPORT,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Requests yesterday's slo_report partition every day (its on_cron condition).",
+)
 
 defs = dg.Definitions(
-    jobs=[base_backup_job, wal_check_job, restore_drill_job, backup_retention_job],
-    schedules=[daily_base_backup_schedule, wal_check_schedule, daily_restore_drill_schedule, daily_retention_schedule],
-    sensors=[new_backup_drill_sensor],
+    jobs=[restore_drill_job],
+    schedules=[daily_restore_drill_schedule],
+    sensors=[backup_automation_sensor, slo_automation_sensor],
 )

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.records import BackupRecord
 from cqox_platform.backup.walnames import BACKUP_HISTORY_RE, PARTIAL_RE, SEGMENT_RE, Segment
+from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
 
 
 @dataclass
@@ -86,3 +87,9 @@ def apply_retention(archive: Archive, plan: RetentionPlan) -> int:
         archive.delete(archive.wal_key(name))
         deleted += 2
     return deleted
+
+
+def archived_wal_names(archive: Archive) -> list[str]:
+    """WAL file names in the archive (segments, partials, history files), from their manifests, sorted."""
+    keys = (o["Key"] for o in archive.list(f"{archive.root}/wal/"))
+    return sorted({key.rsplit("/", 1)[1].removesuffix(MANIFEST_SUFFIX) for key in keys})

@@ -29,7 +29,6 @@ from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.stack.s3 import client_config
-from sensors.backup_schedules import new_backup_drill_sensor, restore_drill_job
 from tests.conftest import make_world_traversable_tmpdir
 from tests.integration.test_vault import _admin, _materialize_vault_config, _platform, _postgres_admin
 
@@ -368,26 +367,30 @@ def test_base_backup_is_recorded_in_s3_and_the_table(stack, env, first_backup):
     assert listed.returncode == 0 and record.backup_id in listed.stdout
 
 
-def test_new_backup_sensor_requests_one_drill_per_backup(stack, env, first_backup):
-    meta, instance = first_backup
+def test_each_new_backup_gets_one_drill_from_automation(stack, env, first_backup):
+    _, instance = first_backup
     defs = dg.Definitions(
-        assets=[backup_assets.postgres_basebackup, backup_assets.restore_drill],
-        jobs=[restore_drill_job],
-        sensors=[new_backup_drill_sensor],
-        resources=_resources(stack, env),
+        assets=[backup_assets.postgres_basebackup, backup_assets.restore_drill], resources=_resources(stack, env)
     )
-    context = dg.build_sensor_context(instance=instance, definitions=defs)
-    (request,) = new_backup_drill_sensor.evaluate_tick(context).run_requests
-    assert request.run_key == f"drill:{meta['backup_id']}"
-    assert request.run_config["ops"]["restore_drill"]["config"]["backup_id"] == meta["backup_id"]
-    again = dg.build_sensor_context(instance=instance, definitions=defs, cursor=context.cursor)
-    assert not new_backup_drill_sensor.evaluate_tick(again).run_requests
+    cursor = None
+
+    def drills_requested() -> int:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        cursor = result.cursor
+        return result.get_num_requested(dg.AssetKey("restore_drill"))
+
+    assert drills_requested() == 0  # the sensor's first tick only records where it starts
+    backup = _materialize(stack, env, [backup_assets.postgres_basebackup], instance=instance)
+    assert backup.success
+    assert drills_requested() == 1  # the new backup's drill (default config: for_backup, the newest backup)
+    assert drills_requested() == 0
     # A run that backs up and drills together (the main job, timeline_backup_job) needs no second drill.
     both = _materialize(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill], instance=instance)
     assert both.success
-    later = dg.build_sensor_context(instance=instance, definitions=defs, cursor=again.cursor)
-    tick = new_backup_drill_sensor.evaluate_tick(later)
-    assert not tick.run_requests and "drilled by its own run" in tick.skip_message
+    assert drills_requested() == 0
+    # What that run drilled with the default config is its own, newest backup.
+    assert _meta(both, "restore_drill")["backup_id"] == _meta(both, "postgres_basebackup")["backup_id"]
 
 
 def test_drill_restores_proves_data_and_reports_rto(stack, env, first_backup):

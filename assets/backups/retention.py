@@ -1,0 +1,66 @@
+"""``backup_retention``: what the window no longer needs goes; never while the newest backup is unproven."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from assets.backups.common import GROUP, retention_automation
+from assets.backups.drill import restore_drill
+from cqox_platform.backup.history import retire_backups
+from cqox_platform.backup.operations import cluster_archive, verified_backup_ids
+from cqox_platform.backup.records import list_backups
+from cqox_platform.backup.retention import apply_retention, archived_wal_names, plan_retention
+from cqox_platform.resources.backups import BackupStorageResource
+from cqox_platform.resources.postgres import PostgresResource
+
+
+class RetentionConfig(dg.Config):
+    keep_days: int = 30
+    dry_run: bool = False
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"s3"},
+    deps=[restore_drill],
+    automation_condition=retention_automation,
+    description="Deletes backups older than the window (never the newest verified one) and WAL no kept backup "
+    "needs; a dry run lists what would go. Runs only while the newest backup's drill check passes.",
+)
+def backup_retention(
+    context: dg.AssetExecutionContext,
+    config: RetentionConfig,
+    postgres_admin: PostgresResource,
+    s3: S3Resource,
+    backups: BackupStorageResource,
+) -> dg.MaterializeResult:
+    with postgres_admin.connect(autocommit=True) as conn:
+        archive = cluster_archive(conn, s3.get_client(), backups.bucket)
+        records = list_backups(archive)
+        plan = plan_retention(
+            records,
+            verified_backup_ids(conn),
+            archived_wal_names(archive),
+            now=datetime.now(UTC),
+            keep_days=config.keep_days,
+        )
+        deleted = 0
+        if not config.dry_run:
+            deleted = apply_retention(archive, plan)
+            retire_backups(conn, records, plan.delete)
+    verb = "would delete" if config.dry_run else "deleted"
+    context.log.info(f"retention {verb} {len(plan.delete)} backup(s) and {len(plan.wal_delete)} WAL file(s)")
+    summary = plan.summary()
+    return dg.MaterializeResult(
+        metadata={
+            "dry_run": config.dry_run,
+            "keep_days": config.keep_days,
+            "backups_kept": dg.MetadataValue.json(summary["keep"]),
+            "backups_deleted": dg.MetadataValue.json(summary["delete"]),
+            "reasons": dg.MetadataValue.json(plan.reasons),
+            "wal_files_deleted": len(plan.wal_delete),
+            "wal_kept_from": plan.wal_keep_from or "",
+            "objects_deleted": deleted,
+        }
+    )

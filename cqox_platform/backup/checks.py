@@ -1,0 +1,123 @@
+"""The verdicts on backups, WAL archiving, drills and the DR copy, computed from what was measured (pure).
+
+Like ``ha/cluster_checks.py``: each function takes the result a core operation returned and says passed or not,
+why in one sentence, and the numbers behind it. The asset modules only map a :class:`CheckVerdict` onto a
+Dagster check result, so the rules can be read and table-tested here without Dagster or a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cqox_platform.backup.dr_copy import DrCopyResult
+from cqox_platform.backup.drill import DrillResult
+from cqox_platform.backup.wal_status import WalStatus
+
+#: The RPO the operators hold us to (DESIGN.md: RPO < 1 h); the WAL check's own default target is tighter.
+RPO_TARGET_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class CheckVerdict:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: A warning: worth a look, never blocks what runs downstream.
+    warn_only: bool = False
+
+
+def archiving_failing(status: WalStatus) -> bool:
+    """PostgreSQL's archiver failed after its last success (a failure followed by a success is history)."""
+    if not status.last_failed_time:
+        return False
+    return not status.last_archived_time or status.last_failed_time > status.last_archived_time
+
+
+def wal_rpo_within_target(status: WalStatus, target_seconds: float) -> CheckVerdict:
+    passed = status.rpo_seconds is not None and status.rpo_seconds <= target_seconds
+    rpo = "never archived" if status.rpo_seconds is None else f"{status.rpo_seconds:.0f} s"
+    return CheckVerdict(
+        "wal_rpo_within_target",
+        passed,
+        f"RPO {rpo} and {status.rpo_bytes} bytes (target {target_seconds:.0f} s)",
+        {
+            "rpo_seconds": status.rpo_seconds if status.rpo_seconds is not None else -1.0,
+            "rpo_bytes": status.rpo_bytes,
+            "target_seconds": target_seconds,
+        },
+    )
+
+
+def wal_archive_continuous(status: WalStatus, has_backup: bool) -> CheckVerdict:
+    if not has_backup:
+        description = "no base backup yet: continuity has no anchor"
+    else:
+        description = (
+            f"{len(status.gaps)} gap(s) in {status.required_segments} segments "
+            f"{status.continuity_from}..{status.continuity_to}"
+        )
+    return CheckVerdict(
+        "wal_archive_continuous",
+        has_backup and not status.gaps,
+        description,
+        {"gaps": status.gaps[:50], "required_segments": status.required_segments},
+    )
+
+
+def wal_archiver_healthy(status: WalStatus) -> CheckVerdict:
+    failing = archiving_failing(status)
+    return CheckVerdict(
+        "wal_archiver_healthy",
+        not failing,
+        f"archiving is failing since {status.last_failed_time} at {status.last_failed_wal}"
+        if failing
+        else f"{status.failed_count} failure(s) since stats reset, none since the last success",
+        warn_only=True,
+    )
+
+
+def wal_verdicts(status: WalStatus, *, has_backup: bool, rpo_target_seconds: float) -> list[CheckVerdict]:
+    return [
+        wal_rpo_within_target(status, rpo_target_seconds),
+        wal_archive_continuous(status, has_backup),
+        wal_archiver_healthy(status),
+    ]
+
+
+def drill_passed(result: DrillResult) -> CheckVerdict:
+    return CheckVerdict(
+        "drill_passed",
+        result.passed,
+        result.error or f"restored and proven in {result.rto_seconds:.1f} s",
+        {"rto_seconds": result.rto_seconds},
+    )
+
+
+def latest_backup_verified_restorable(
+    newest_backup_id: str, verified: set[str], newest_drill: dict[str, Any] | None
+) -> CheckVerdict:
+    """The newest backup has a passing drill: what retention waits for (any drill of it counts, any source)."""
+    passed = newest_backup_id in verified
+    if passed:
+        description = f"newest backup {newest_backup_id} has a passing drill"
+    else:
+        description = f"newest backup {newest_backup_id} has no passing drill"
+        if newest_drill:
+            description += f" (last: {newest_drill.get('error')})"
+    return CheckVerdict(
+        "latest_backup_verified_restorable",
+        passed,
+        description,
+        {"newest_backup_id": newest_backup_id, "last_drill_id": (newest_drill or {}).get("drill_id", "")},
+    )
+
+
+def dr_copy_verified(result: DrCopyResult) -> CheckVerdict:
+    return CheckVerdict(
+        "dr_copy_verified",
+        not result.mismatched,
+        f"{result.verified} copied object(s) verified; {len(result.mismatched)} differ",
+        {"mismatched": result.mismatched[:50]},
+    )

@@ -1,0 +1,55 @@
+"""The bookkeeping tables as the operator reads them: recent backup sizes, recent drill RTOs, retired backups.
+
+The rows feed the charts in the assets' metadata; ``retire_backups`` is retention's last step in the database
+(the objects are already gone from the archive by then, so the table never lists a backup that cannot restore).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from cqox_platform.backup.records import BackupRecord, sync_backups_table
+
+
+@dataclass(frozen=True)
+class BackupSize:
+    backup_id: str
+    stored_bytes: int
+    database_bytes: int
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class DrillTiming:
+    rto_seconds: float
+    restore_seconds: float  # download + decrypt + extract
+    replay_seconds: float
+    passed: bool
+
+
+def recent_backup_sizes(conn: psycopg.Connection, system_id: str, limit: int = 30) -> list[BackupSize]:
+    """The last ``limit`` backups of the cluster, oldest first."""
+    rows = conn.execute(
+        "SELECT backup_id, stored_bytes, database_bytes, duration_seconds FROM backups "
+        "WHERE system_id = %s ORDER BY backup_id DESC LIMIT %s",
+        [system_id, limit],
+    ).fetchall()
+    return [BackupSize(*row) for row in reversed(rows)]
+
+
+def recent_drill_timings(conn: psycopg.Connection, limit: int = 30) -> list[DrillTiming]:
+    """The last ``limit`` drills, oldest first."""
+    rows = conn.execute(
+        "SELECT rto_seconds, download_seconds + decrypt_seconds + extract_seconds, replay_seconds, passed "
+        "FROM restore_drills ORDER BY finished_at DESC LIMIT %s",
+        [limit],
+    ).fetchall()
+    return [DrillTiming(*row) for row in reversed(rows)]
+
+
+def retire_backups(conn: psycopg.Connection, listed: list[BackupRecord], deleted: list[BackupRecord]) -> None:
+    """After retention deleted ``deleted`` from the archive: the table keeps the rest and dates the deletions."""
+    sync_backups_table(conn, [r for r in listed if r not in deleted])
+    conn.execute("UPDATE backups SET deleted_at = now() WHERE backup_id = ANY(%s)", [[r.backup_id for r in deleted]])

@@ -1,0 +1,180 @@
+"""The backup verdicts, drill selection, gauges and WAL listing of the core, from values (no cluster, no Dagster)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from cqox_platform.backup.checks import (
+    archiving_failing,
+    dr_copy_verified,
+    drill_passed,
+    latest_backup_verified_restorable,
+    wal_verdicts,
+)
+from cqox_platform.backup.dr_copy import DrCopyResult
+from cqox_platform.backup.drill import DrillResult
+from cqox_platform.backup.drill_plan import DrillMode, DrillPlanError, select_backup
+from cqox_platform.backup.gauges import NEVER_ARCHIVED_SECONDS, base_backup_samples, wal_samples
+from cqox_platform.backup.records import BackupRecord
+from cqox_platform.backup.restore import RecoveryTarget
+from cqox_platform.backup.retention import archived_wal_names
+from cqox_platform.backup.wal_status import WalStatus
+from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
+
+T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+T1 = datetime(2026, 3, 1, 3, 5, tzinfo=UTC)
+
+
+def wal_status(**overrides) -> WalStatus:
+    values = {
+        "archived_count": 10,
+        "failed_count": 0,
+        "last_archived_wal": "000000010000000000000009",
+        "last_archived_time": T1,
+        "last_failed_wal": None,
+        "last_failed_time": None,
+        "timeline": 1,
+        "current_lsn": "0/A000000",
+        "newest_archived_segment": "000000010000000000000009",
+        "newest_archived_age_seconds": 30.0,
+        "rpo_bytes": 0,
+        "rpo_seconds": 30.0,
+        "forced_switch": False,
+        "segments_in_archive": 10,
+        "continuity_from": "000000010000000000000002",
+        "continuity_to": "000000010000000000000009",
+        "required_segments": 8,
+    }
+    return WalStatus(**{**values, **overrides})
+
+
+def record(backup_id: str) -> BackupRecord:
+    return BackupRecord(
+        backup_id=backup_id,
+        system_id="7",
+        bucket="b",
+        label=backup_id,
+        timeline=1,
+        start_lsn="0/2000028",
+        stop_lsn="0/2000100",
+        start_wal="000000010000000000000002",
+        stop_wal="000000010000000000000002",
+        start_time=T0.isoformat(),
+        stop_time=T1.isoformat(),
+        database_bytes=100,
+        compressed_bytes=40,
+        stored_bytes=50,
+        duration_seconds=2.0,
+        throughput_mib_s=1.0,
+        key_name="cqox-backups",
+        key_version=1,
+        object_key=f"k/{backup_id}",
+        manifest_key=f"k/{backup_id}.manifest",
+        pg_version="15",
+    )
+
+
+@pytest.mark.parametrize(
+    ("failed_at", "archived_at", "failing"),
+    [
+        (None, T1, False),  # never failed
+        (T0, T1, False),  # failed, then archived again: history
+        (T1, T0, True),  # failed after the last success
+        (T0, None, True),  # failed and never archived
+    ],
+)
+def test_archiver_failing_only_after_its_last_success(failed_at, archived_at, failing):
+    status = wal_status(last_failed_time=failed_at, last_archived_time=archived_at, last_failed_wal="X")
+    assert archiving_failing(status) is failing
+    (_, _, healthy) = wal_verdicts(status, has_backup=True, rpo_target_seconds=900)
+    assert healthy.passed is (not failing) and healthy.warn_only
+
+
+@pytest.mark.parametrize(
+    ("rpo", "target", "passed", "text"),
+    [(30.0, 900, True, "RPO 30 s"), (901.0, 900, False, "RPO 901 s"), (None, 900, False, "never archived")],
+)
+def test_rpo_verdict(rpo, target, passed, text):
+    rpo_check, _, _ = wal_verdicts(wal_status(rpo_seconds=rpo), has_backup=True, rpo_target_seconds=target)
+    assert (rpo_check.name, rpo_check.passed) == ("wal_rpo_within_target", passed)
+    assert text in rpo_check.description and rpo_check.metadata["target_seconds"] == target
+    assert rpo_check.metadata["rpo_seconds"] == (rpo if rpo is not None else -1.0)
+
+
+@pytest.mark.parametrize(
+    ("has_backup", "gaps", "passed", "text"),
+    [
+        (True, [], True, "0 gap(s) in 8 segments"),
+        (True, ["000000010000000000000005"], False, "1 gap(s)"),
+        (False, [], False, "no base backup yet"),
+    ],
+)
+def test_continuity_verdict_needs_an_anchor_and_no_gaps(has_backup, gaps, passed, text):
+    _, continuity, _ = wal_verdicts(wal_status(gaps=gaps), has_backup=has_backup, rpo_target_seconds=900)
+    assert continuity.passed is passed and text in continuity.description
+    assert continuity.metadata["gaps"] == gaps
+
+
+def test_drill_verdicts():
+    ok = DrillResult("d1", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, passed=True, seconds={"a": 2.5})
+    assert drill_passed(ok).passed and "2.5 s" in drill_passed(ok).description
+    bad = DrillResult("d2", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, error="checksum of t differs")
+    assert not drill_passed(bad).passed and drill_passed(bad).description == "checksum of t differs"
+
+
+@pytest.mark.parametrize(
+    ("verified", "last", "passed", "text"),
+    [
+        ({"b2"}, None, True, "newest backup b2 has a passing drill"),
+        ({"b1"}, None, False, "newest backup b2 has no passing drill"),
+        (set(), {"drill_id": "d9", "error": "replay stopped"}, False, "(last: replay stopped)"),
+    ],
+)
+def test_newest_backup_verified(verified, last, passed, text):
+    verdict = latest_backup_verified_restorable("b2", verified, last)
+    assert verdict.name == "latest_backup_verified_restorable" and verdict.passed is passed
+    assert text in verdict.description
+
+
+def test_dr_copy_verdict():
+    assert dr_copy_verified(DrCopyResult(verified=3)).passed
+    verdict = dr_copy_verified(DrCopyResult(verified=3, mismatched=["a"]))
+    assert not verdict.passed and "1 differ" in verdict.description
+
+
+def test_select_backup_defaults_to_the_newest_and_names_a_missing_one():
+    records = [record("b1"), record("b2")]
+    assert select_backup(records).backup_id == "b2"
+    assert select_backup(records, "b1").backup_id == "b1"
+    with pytest.raises(DrillPlanError, match="b3 is not in the bucket"):
+        select_backup(records, "b3")
+    with pytest.raises(DrillPlanError, match="no base backup"):
+        select_backup([])
+    assert DrillMode["random"] is DrillMode("random")  # run config names members; names equal values
+
+
+def test_gauges():
+    samples = dict((name, value) for name, _, value in base_backup_samples("7", record("b1")))
+    assert samples["cqox_backup_last_success_timestamp_seconds"] == T1.timestamp()
+    assert samples["cqox_backup_stored_bytes"] == 50
+    wal = {name: value for name, _, value in wal_samples("7", wal_status(rpo_seconds=None, gaps=["x"]), failing=True)}
+    assert wal["cqox_wal_rpo_seconds"] == NEVER_ARCHIVED_SECONDS
+    assert wal["cqox_wal_archive_failing"] == 1.0 and wal["cqox_wal_archive_gaps"] == 1
+
+
+def test_archived_wal_names_from_manifests_and_data_objects():
+    class Listing:
+        root = "r/7"
+
+        def list(self, prefix):
+            assert prefix == "r/7/wal/"
+            names = ["000000010000000000000003", "000000010000000000000002", "00000002.history"]
+            return [{"Key": f"r/7/wal/{n}{suffix}"} for n in names for suffix in ("", MANIFEST_SUFFIX)]
+
+    assert archived_wal_names(Listing()) == [
+        "000000010000000000000002",
+        "000000010000000000000003",
+        "00000002.history",
+    ]

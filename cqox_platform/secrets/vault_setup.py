@@ -166,7 +166,7 @@ def secret_id_needs_renewal(lookup: dict[str, Any] | None, limits: AppRoleLimits
     expires = lookup.get("expiration_time") or ""
     if not expires or expires.startswith("0001-"):
         return "it never expires"
-    if sorted(lookup.get("cidr_list") or []) != sorted(limits.bound_cidrs):
+    if _normalise(list(lookup.get("cidr_list") or [])) != _normalise(list(limits.bound_cidrs)):
         return "its CIDR binding differs"
     left = datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp() - now
     if left < limits.ttl_seconds / 2:
@@ -229,7 +229,19 @@ def _ensure_approle(
 
 
 def _normalise(value: Any) -> Any:
-    return sorted(value) if isinstance(value, list) else value
+    """Compare role settings as Vault means them: lists unordered, a /32 or /128 the same as a bare address."""
+    if isinstance(value, list):
+        return sorted(_cidr(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _cidr(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
 
 
 def _retire_secret_id(client: hvac.Client, state: VaultState, role: str, secret_id: str | None) -> None:

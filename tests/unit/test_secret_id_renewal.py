@@ -47,3 +47,7 @@ def test_secret_id_ttl_parses(text, seconds):
 def test_secret_id_ttl_must_be_a_positive_duration(text):
     with pytest.raises(VaultError):
         _ = AppRoleLimits(secret_id_ttl=text).ttl_seconds
+
+
+def test_a_bare_address_is_the_same_binding_as_its_slash_32():
+    assert secret_id_needs_renewal(_lookup(700, cidrs=("127.0.0.1",)), LIMITS, NOW.timestamp()) is None

@@ -9,7 +9,7 @@ from dagster_aws.s3 import S3Resource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.secrets.transport import TlsProbe, probe_tls
-from cqox_platform.secrets.vault_setup import ArchiverSetup, DatabaseEngineSettings, configure_vault
+from cqox_platform.secrets.vault_setup import AppRoleLimits, ArchiverSetup, DatabaseEngineSettings, configure_vault
 from cqox_platform.settings import Settings, get_settings
 
 GROUP = "security"
@@ -67,6 +67,10 @@ def vault_config(
             approle_file=Path(settings.require("vault_approle_file")),
             database=database,
             archiver=archiver,
+            approle_limits=AppRoleLimits(
+                secret_id_ttl=settings.vault_secret_id_ttl,
+                bound_cidrs=tuple(c.strip() for c in settings.vault_approle_cidrs.split(",") if c.strip()),
+            ),
         ),
     )
     for change in state.changed:
@@ -153,4 +157,15 @@ def transport_security(postgres: PostgresResource, vault: VaultResource, s3: S3R
     )
 
 
-defs = dg.Definitions(assets=[vault_config], asset_checks=[transport_security])
+vault_config_job = dg.define_asset_job("vault_config_job", selection=[vault_config])
+vault_config_schedule = dg.ScheduleDefinition(
+    job=vault_config_job,
+    cron_schedule="15 2 * * *",
+    execution_timezone="UTC",
+    description="Daily: re-applies Vault's configuration and renews the AppRole secret-ids once half of their "
+    "lifetime (CQOX_VAULT_SECRET_ID_TTL) has passed, long before they expire.",
+)
+
+defs = dg.Definitions(
+    assets=[vault_config], asset_checks=[transport_security], jobs=[vault_config_job], schedules=[vault_config_schedule]
+)

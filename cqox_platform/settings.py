@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     vault_root_token_file: Path | None = _f(None, "the local stack's root token (bootstrap only: vault_config)")
     vault_audit_log: Path | None = _f(None, "Vault's audit log file (the secret-leak tests scan it)")
     backup_transit_key: str = _f("cqox-backups", "Transit key that wraps backup and WAL data keys", "operator")
+    vault_approle_cidrs: str = _f(
+        "127.0.0.1/32",
+        "comma-separated CIDRs the AppRoles' secret-ids and tokens are bound to (where the platform and archiver run)",
+        "operator",
+    )
+    vault_secret_id_ttl: str = _f(
+        "720h", "lifetime of an AppRole secret-id; vault_config re-issues one once half of it has passed", "operator"
+    )
 
     # --- S3 --------------------------------------------------------------------------------------------------
     s3_endpoint: str | None = _f(None, "S3 endpoint URL")

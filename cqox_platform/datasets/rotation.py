@@ -4,6 +4,12 @@ Data objects are never rewritten: a rewrap changes only the small manifest and t
 rewritten first and the row second, so a crash in between leaves a manifest newer than its row, which both
 still decrypt (old versions stay decryptable until ``min_decryption_version`` is raised, and that happens only
 after every DEK was rewrapped).
+
+Rotation holds the key's lock exclusively (``key_lock``) while ingests hold it shared from data key to row, so no
+DEK of the old version can reach the table after the scan. Retiring old versions follows Vault's own procedure
+for Transit: rotate, rewrap everything, and raise ``min_decryption_version`` only once a re-count of the rows
+finds nothing on an older version; if it finds any (a writer that bypassed the lock), the minimum stays where
+it is and the rotation fails naming them, because a retired version that a row still uses is data loss.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any, Protocol
 import psycopg
 
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX, Manifest
+from cqox_platform.datasets.key_lock import transit_key_lock
+from cqox_platform.errors import DatasetError
 
 
 class TransitKeys(Protocol):
@@ -44,7 +52,23 @@ def rotate_dataset_keys(
     raise_min_decryption_version: bool = False,
     log: Callable[[str], None] = lambda _m: None,
 ) -> RotationReport:
-    """Rotate ``key_name`` and rewrap every ready dataset's DEK under the new version. ``conn``: autocommit."""
+    """Rotate ``key_name`` and rewrap every ready dataset's DEK under the new version. ``conn``: autocommit.
+
+    Waits for ingests holding data keys of ``key_name`` to commit, and holds new ones back until it is done.
+    """
+    with transit_key_lock(conn, key_name, exclusive=True):
+        return _rotate_locked(conn, s3, bucket, vault, key_name, raise_min_decryption_version, log)
+
+
+def _rotate_locked(
+    conn: psycopg.Connection,
+    s3: Any,
+    bucket: str,
+    vault: TransitKeys,
+    key_name: str,
+    raise_min_decryption_version: bool,
+    log: Callable[[str], None],
+) -> RotationReport:
     before = dict(
         conn.execute(
             "SELECT key_version, count(*) FROM datasets WHERE status = 'ready' AND key_name = %s GROUP BY 1",
@@ -91,6 +115,18 @@ def rotate_dataset_keys(
             (key_name, new_version, report.rewrapped),
         )
     if raise_min_decryption_version:
+        stale = conn.execute(
+            "SELECT id::text, key_version FROM datasets WHERE status = 'ready' AND key_name = %s "
+            "AND (key_version IS NULL OR key_version < %s) ORDER BY created_at LIMIT 20",
+            (key_name, new_version),
+        ).fetchall()
+        if stale:
+            listed = ", ".join(f"{i} (v{v})" for i, v in stale)
+            raise DatasetError(
+                f"{key_name} rotated to v{new_version}, but datasets are still on an older key version ({listed}), "
+                "so min_decryption_version was NOT raised (that would make them unreadable). Find what wrote "
+                "them without the rotation lock, then run the rotation again."
+            )
         vault.set_min_decryption_version(key_name, new_version)
         report.min_decryption_version = new_version
     log(f"{key_name}: v{report.old_version} -> v{new_version}, {report.rewrapped} DEKs rewrapped")

@@ -30,6 +30,7 @@ from psycopg.types.json import Jsonb
 
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX, Manifest, decrypt_from, encrypt_to
 from cqox_platform.crypto.keys import DataKeyProvider
+from cqox_platform.datasets.key_lock import transit_key_lock
 from cqox_platform.datasets.validation import (
     SUPPORTED_SUFFIXES,
     DatasetSchema,
@@ -135,26 +136,28 @@ def ingest_upload(
         del frame
         encrypted = Path(tmp) / "data.parquet.enc"
         result.object_key = f"{DATASETS}{result.dataset_id}/data.parquet.enc"
-        with open(parquet, "rb") as src, open(encrypted, "wb") as dst:
-            result.manifest = encrypt_to(src, dst, provider, object_id=result.object_key)
-        log(
-            f"{landing.name}: {profile.rows} rows, {result.manifest.plaintext_bytes} bytes of Parquet encrypted "
-            f"under {provider.key_name} v{result.manifest.key_version}"
-        )
-        try:
-            s3.upload_file(str(encrypted), bucket, result.object_key)  # multipart above 8 MiB, bounded memory
-            s3.put_object(
-                Bucket=bucket,
-                Key=result.object_key + MANIFEST_SUFFIX,
-                Body=result.manifest.to_json().encode(),
-                ContentType="application/json",
+        # From the data key to the committed row, a rotation of this key waits (and this waits for one).
+        with transit_key_lock(conn, provider.key_name, exclusive=False):
+            with open(parquet, "rb") as src, open(encrypted, "wb") as dst:
+                result.manifest = encrypt_to(src, dst, provider, object_id=result.object_key)
+            log(
+                f"{landing.name}: {profile.rows} rows, {result.manifest.plaintext_bytes} bytes of Parquet encrypted "
+                f"under {provider.key_name} v{result.manifest.key_version}"
             )
-            _insert_ready(conn, result, path_key)
-        except BaseException:
-            for leftover in (result.object_key + MANIFEST_SUFFIX, result.object_key):
-                with contextlib.suppress(Exception):
-                    s3.delete_object(Bucket=bucket, Key=leftover)
-            raise
+            try:
+                s3.upload_file(str(encrypted), bucket, result.object_key)  # multipart above 8 MiB, bounded memory
+                s3.put_object(
+                    Bucket=bucket,
+                    Key=result.object_key + MANIFEST_SUFFIX,
+                    Body=result.manifest.to_json().encode(),
+                    ContentType="application/json",
+                )
+                _insert_ready(conn, result, path_key)
+            except BaseException:
+                for leftover in (result.object_key + MANIFEST_SUFFIX, result.object_key):
+                    with contextlib.suppress(Exception):
+                        s3.delete_object(Bucket=bucket, Key=leftover)
+                raise
     s3.delete_object(Bucket=bucket, Key=key)
     result.seconds = time.monotonic() - started
     return result

@@ -126,43 +126,145 @@ def _apply_policies(client: hvac.Client, state: VaultState, policy_dir: Path) ->
         state.policies.append(name)
 
 
-def _ensure_approle(
-    client: hvac.Client, state: VaultState, creds_file: Path, addr: str, verify, role: str = APPROLE
-) -> dict[str, str] | None:
-    """Create or update AppRole ``role`` (policy of the same name); issue a secret id unless the file's works.
+@dataclass(frozen=True)
+class AppRoleLimits:
+    """How far a leaked secret-id reaches: for how long, and from where (Vault's ``secret_id_ttl`` and CIDRs).
 
-    Returns fresh credentials when it issued them (the caller writes them), ``None`` when the file is current.
+    The secret-id is renewed by ``vault_config`` (scheduled daily): once less than half its lifetime is left, a
+    new one is written to the credentials file and the old one destroyed, so a consumer reading the file always
+    has at least half a lifetime in hand; a missed week of schedules at the default 720 h changes nothing.
     """
+
+    secret_id_ttl: str = "720h"
+    bound_cidrs: tuple[str, ...] = ("127.0.0.1/32",)
+
+    @property
+    def ttl_seconds(self) -> int:
+        return _duration_seconds(self.secret_id_ttl)
+
+
+def _duration_seconds(text: str) -> int:
+    """A positive lifetime: 0 would mean "never expires" to Vault, which is what the limit exists to prevent."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    number, unit = (text, "s") if text.isdigit() else (text[:-1], text[-1:])
+    if not number.isdigit() or unit not in units or int(number) == 0:
+        raise VaultError(f"secret-id lifetime {text!r} must be positive, like 720h, 30d, 3600s or 3600.")
+    return int(number) * units[unit]
+
+
+def secret_id_needs_renewal(lookup: dict[str, Any] | None, limits: AppRoleLimits, now: float) -> str | None:
+    """Why the secret-id described by Vault's ``lookup`` must be replaced, or ``None`` while it is current.
+
+    Fails closed: an unknown, unbounded (issued before secret-ids had a lifetime), unbound or half-spent
+    secret-id is replaced.
+    """
+    from datetime import datetime
+
+    if not lookup:
+        return "Vault does not know it"
+    expires = lookup.get("expiration_time") or ""
+    if not expires or expires.startswith("0001-"):
+        return "it never expires"
+    if _normalise(list(lookup.get("cidr_list") or [])) != _normalise(list(limits.bound_cidrs)):
+        return "its CIDR binding differs"
+    left = datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp() - now
+    if left < limits.ttl_seconds / 2:
+        return f"less than half its lifetime is left ({max(left, 0) / 3600:.0f} h)"
+    return None
+
+
+def _ensure_approle(
+    client: hvac.Client,
+    state: VaultState,
+    creds_file: Path,
+    addr: str,
+    verify,
+    role: str = APPROLE,
+    limits: AppRoleLimits = AppRoleLimits(),
+) -> tuple[dict[str, str] | None, str | None]:
+    """Create or update AppRole ``role`` (policy of the same name); issue a secret id unless the file's is current.
+
+    Returns fresh credentials when it issued them (the caller writes them, then destroys the replaced secret-id
+    it also returns), ``(None, None)`` when the file's secret-id works and has half its lifetime left.
+    """
+    import time
+
     if "approle/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method(method_type="approle", path="approle")
         state.changed.append("enabled approle auth")
-    client.auth.approle.create_or_update_approle(
-        role_name=role,
-        token_policies=[role],
-        token_ttl="1h",
-        token_max_ttl="4h",
-        token_type="service",
-        secret_id_ttl="0",
-        secret_id_num_uses=0,
-    )
+    cidrs = list(limits.bound_cidrs)
+    wanted = {
+        "token_policies": [role],
+        "token_ttl": 3600,
+        "token_max_ttl": 4 * 3600,
+        "token_type": "service",
+        "secret_id_ttl": limits.ttl_seconds,
+        "secret_id_num_uses": 0,
+        "secret_id_bound_cidrs": cidrs,
+        "token_bound_cidrs": cidrs,
+    }
+    try:
+        current = client.auth.approle.read_role(role_name=role)["data"]
+    except hvac.exceptions.InvalidPath:
+        current = {}
+    if any(_normalise(current.get(k)) != _normalise(v) for k, v in wanted.items()):
+        client.auth.approle.create_or_update_approle(role_name=role, **wanted)
+        state.changed.append(f"configured AppRole {role} (secret-id TTL {limits.secret_id_ttl}, bound to {cidrs})")
     state.auth_methods = sorted(client.sys.list_auth_methods()["data"])
     role_id = client.auth.approle.read_role_id(role_name=role)["data"]["role_id"]
-    if creds_file.exists() and _approle_login_works(creds_file, role_id, addr, verify):
-        return None
-    secret_id = client.auth.approle.generate_secret_id(role_name=role)["data"]["secret_id"]
-    state.changed.append(f"issued a secret id for AppRole {role} (written to {creds_file})")
-    return {"role_id": role_id, "secret_id": secret_id}
+    old_secret = _current_secret_id(creds_file, role_id, addr, verify)
+    reason = "the credentials file has no working secret-id"
+    if old_secret is not None:
+        try:
+            lookup = client.auth.approle.read_secret_id(role_name=role, secret_id=old_secret)
+        except hvac.exceptions.VaultError:
+            lookup = None
+        reason = secret_id_needs_renewal((lookup or {}).get("data"), limits, time.time())
+        if reason is None:
+            return None, None
+    secret_id = client.auth.approle.generate_secret_id(role_name=role, cidr_list=cidrs)["data"]["secret_id"]
+    state.changed.append(f"issued a secret id for AppRole {role} ({reason}; written to {creds_file})")
+    return {"role_id": role_id, "secret_id": secret_id}, old_secret
 
 
-def _approle_login_works(creds_file: Path, role_id: str, addr: str, verify) -> bool:
+def _normalise(value: Any) -> Any:
+    """Compare role settings as Vault means them: lists unordered, a /32 or /128 the same as a bare address."""
+    if isinstance(value, list):
+        return sorted(_cidr(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _cidr(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
+
+
+def _retire_secret_id(client: hvac.Client, state: VaultState, role: str, secret_id: str | None) -> None:
+    """Destroy a replaced secret-id once its successor is on disk, so only one per identity is ever valid."""
+    if secret_id is None:
+        return
+    try:
+        client.auth.approle.destroy_secret_id(role_name=role, secret_id=secret_id)
+        state.changed.append(f"destroyed the replaced secret id of AppRole {role}")
+    except hvac.exceptions.VaultError:
+        pass  # already expired or gone: nothing left to retire
+
+
+def _current_secret_id(creds_file: Path, role_id: str, addr: str, verify) -> str | None:
+    """The file's secret-id if it still logs in, else ``None``."""
     try:
         creds = json.loads(creds_file.read_text())
         if creds.get("role_id") != role_id:
-            return False
+            return None
         hvac.Client(url=addr, verify=verify).auth.approle.login(role_id=role_id, secret_id=creds["secret_id"])
-        return True
-    except (ValueError, KeyError, hvac.exceptions.VaultError):
-        return False
+        return creds["secret_id"]
+    except (OSError, ValueError, KeyError, hvac.exceptions.VaultError):
+        return None
 
 
 def _check_audit(client: hvac.Client, state: VaultState) -> None:
@@ -217,7 +319,9 @@ def _ensure_kv_secret(client: hvac.Client, path: str, state: VaultState) -> None
         state.changed.append(f"created secret secret/{path}")
 
 
-def _configure_archiver(client: hvac.Client, state: VaultState, setup: ArchiverSetup, verify) -> None:
+def _configure_archiver(
+    client: hvac.Client, state: VaultState, setup: ArchiverSetup, verify, limits: AppRoleLimits
+) -> None:
     """The WAL archiver's AppRole, its S3 credentials in KV, and its settings file owned by PostgreSQL's user."""
     import pwd
 
@@ -244,7 +348,9 @@ def _configure_archiver(client: hvac.Client, state: VaultState, setup: ArchiverS
             )
         except CqoxError:
             settings_ok = False
-    fresh = _ensure_approle(client, state, setup.settings_file, client.url, verify, role=ARCHIVER_APPROLE)
+    fresh, replaced = _ensure_approle(
+        client, state, setup.settings_file, client.url, verify, role=ARCHIVER_APPROLE, limits=limits
+    )
     if settings_ok and fresh is None:
         return
     if fresh is None:  # the settings changed but the secret id still works: keep it
@@ -263,6 +369,7 @@ def _configure_archiver(client: hvac.Client, state: VaultState, setup: ArchiverS
     user = pwd.getpwnam(setup.os_user)
     os.chown(setup.settings_file, user.pw_uid, user.pw_gid)
     state.changed.append(f"wrote the WAL archiver's settings {setup.settings_file} (owner {setup.os_user})")
+    _retire_secret_id(client, state, ARCHIVER_APPROLE, replaced)
 
 
 def configure_vault(
@@ -273,6 +380,7 @@ def configure_vault(
     database: DatabaseEngineSettings | None,
     policy_dir: Path = POLICY_DIR,
     archiver: ArchiverSetup | None = None,
+    approle_limits: AppRoleLimits = AppRoleLimits(),
 ) -> VaultState:
     """Apply the platform's Vault configuration; return what exists afterwards and what this run changed."""
     state = VaultState()
@@ -283,11 +391,12 @@ def configure_vault(
     _ensure_transit_key(client, BACKUPS_KEY, state)
     _ensure_kv_secret(client, DATASET_PATH_KEY, state)
     _apply_policies(client, state, policy_dir)
-    fresh = _ensure_approle(client, state, approle_file, client.url, verify)
+    fresh, replaced = _ensure_approle(client, state, approle_file, client.url, verify, limits=approle_limits)
     if fresh is not None:
         write_private(approle_file, json.dumps(fresh))
+        _retire_secret_id(client, state, APPROLE, replaced)
     if archiver is not None:
-        _configure_archiver(client, state, archiver, verify)
+        _configure_archiver(client, state, archiver, verify, approle_limits)
     _check_audit(client, state)
     if database is not None:
         _configure_database(client, state, database)

@@ -41,13 +41,22 @@ def tls_files(directory: Path) -> TlsFiles:
 
 
 def ensure_tls(directory: Path) -> TlsFiles:
-    """Create the CA and a server certificate for 127.0.0.1 and localhost unless they already exist."""
-    files = tls_files(directory)
-    if all(p.exists() for p in (files.ca_cert, files.ca_key, files.server_cert, files.server_key)):
-        return files
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_cert, ca_key = new_ca("cqox-platform local stack CA")
+    """Create the CA and a server certificate for 127.0.0.1 and localhost unless they already exist.
 
+    The server certificate is server-only: its key is copied to services that run as other users (PostgreSQL
+    reads it), so it must not double as a client identity anywhere. One issued with client auth by an older
+    version is re-issued.
+    """
+    files = tls_files(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (files.ca_cert.exists() and files.ca_key.exists()):
+        ca_cert, ca_key = new_ca("cqox-platform local stack CA")
+        _write_private(files.ca_key, ca_key)
+        files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        files.server_cert.unlink(missing_ok=True)
+    if files.server_cert.exists() and files.server_key.exists() and not allows_client_auth(files.server_cert):
+        return files
+    ca_cert, ca_key = load_ca(files.ca_cert, files.ca_key)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = issue_certificate(
         ca_cert,
@@ -57,14 +66,29 @@ def ensure_tls(directory: Path) -> TlsFiles:
         dns_names=("localhost",),
         ip_addresses=("127.0.0.1",),
         server=True,
-        client=True,
     )
-
-    _write_private(files.ca_key, ca_key)
     _write_private(files.server_key, server_key)
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     return files
+
+
+def allows_client_auth(cert_path: Path) -> bool:
+    """Whether the certificate may be presented as a TLS client identity."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True  # no EKU: any usage
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usages
+
+
+def ensure_ca(cert_path: Path, key_path: Path, common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA made once (``new_ca``) and loaded afterwards; the key owner-only."""
+    if not (cert_path.exists() and key_path.exists()):
+        cert, key = new_ca(common_name)
+        _write_private(key_path, key)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return load_ca(cert_path, key_path)
 
 
 def new_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

@@ -4,6 +4,19 @@ Each Patroni node reaches etcd through its own loopback address (127.0.0.11, .12
 the whole 127.0.0.0/8 is local on Linux, so etcd simply listens on all four, and a network partition of one
 node from etcd is a firewall rule on that node's address (``cqox_platform.ha.partition``) that leaves the
 others and every PostgreSQL replication link untouched.
+
+Trust (issue 13, item 11): whoever can write the DCS can make any node leader, so etcd trusts one CA of its own,
+``tls/etcd/ca.crt`` (key root-only), and nothing the stack CA signs: not the shared server certificate whose key
+PostgreSQL can read, not a Kubernetes user certificate. That CA issues exactly:
+
+- one client-only certificate per Patroni node (CN ``patroni-nodeN``), copied into that node's directory;
+- the stack's own probe identity (CN ``cqox-stack-probe``, root-only) for health checks;
+- etcd's serving certificate, which also carries client auth because etcd 3.4's gRPC gateway (the JSON API
+  Patroni's etcd3 client speaks) dials etcd itself with the serving certificate and is refused otherwise; its key
+  stays in etcd's root-only home. etcd 3.5 adds ``--client-cert-file`` to separate the two; with it this
+  certificate can become server-only.
+
+This is etcd's and Patroni's documented setup: a CA dedicated to DCS clients, not the CA that signs services.
 """
 
 from __future__ import annotations
@@ -12,16 +25,42 @@ from pathlib import Path
 
 import requests
 
-from cqox_platform.stack.certs import ensure_leaf, load_ca, tls_files
+from cqox_platform.stack.certs import ensure_ca, ensure_leaf
+from cqox_platform.stack.config import StackConfig
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 
 NODE_COUNT = 3
+PROBE_IDENTITY = "cqox-stack-probe"
 
 
 def node_address(index: int) -> str:
     """The loopback address node ``index`` (1-based) uses to reach etcd."""
     return f"127.0.0.{10 + index}"
+
+
+def etcd_pki_dir(stack: StackConfig) -> Path:
+    return stack.tls_dir / "etcd"
+
+
+def etcd_ca_cert(stack: StackConfig) -> Path:
+    """The CA etcd trusts for clients and Patroni trusts for etcd."""
+    return etcd_pki_dir(stack) / "ca.crt"
+
+
+def _etcd_ca(stack: StackConfig):
+    directory = etcd_pki_dir(stack)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return ensure_ca(directory / "ca.crt", directory / "ca.key", "cqox-platform local etcd CA (Patroni DCS)")
+
+
+def ensure_etcd_client(stack: StackConfig, name: str) -> tuple[Path, Path]:
+    """A client-only certificate and key from the etcd CA for identity ``name`` (root-only until copied)."""
+    directory = etcd_pki_dir(stack)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    ensure_leaf(cert, key, _etcd_ca(stack), common_name=name, client=True)
+    return cert, key
 
 
 class EtcdService(Service):
@@ -44,25 +83,27 @@ class EtcdService(Service):
         return [self.url] + [f"https://{node_address(i)}:{self.port}" for i in range(1, NODE_COUNT + 1)]
 
     def _ensure_cert(self) -> None:
-        """A server certificate naming every address etcd listens on, signed by the stack CA."""
-        tls = tls_files(self.stack.tls_dir)
+        """etcd's serving certificate for every address it listens on, from the etcd CA (see the module doc)."""
+        ca = _etcd_ca(self.stack)
+        if self.cert.exists() and _issuer(self.cert) != ca[0].subject:  # from the stack CA, before issue 13
+            self.cert.unlink()
         ensure_leaf(
             self.cert,
             self.key,
-            load_ca(tls.ca_cert, tls.ca_key),
+            ca,
             common_name="cqox-etcd",
             dns_names=("localhost",),
             ip_addresses=("127.0.0.1", *(node_address(i) for i in range(1, NODE_COUNT + 1))),
             server=True,
-            # etcd's gRPC gateway dials etcd itself with this certificate when client certificates are required.
+            # etcd 3.4's gRPC gateway dials etcd itself with this certificate when client certificates are required.
             client=True,
         )
 
     def healthy(self) -> bool:
-        tls = tls_files(self.stack.tls_dir)
+        cert, key = ensure_etcd_client(self.stack, PROBE_IDENTITY)
         # verify= per request: a Session's verify loses to REQUESTS_CA_BUNDLE from the environment.
         response = requests.get(
-            f"{self.url}/health", verify=str(tls.ca_cert), cert=(str(tls.server_cert), str(tls.server_key)), timeout=2
+            f"{self.url}/health", verify=str(etcd_ca_cert(self.stack)), cert=(str(cert), str(key)), timeout=2
         )
         return response.json().get("health") == "true"
 
@@ -70,7 +111,6 @@ class EtcdService(Service):
         self.home.mkdir(parents=True, exist_ok=True)
         self.home.chmod(0o700)
         self._ensure_cert()
-        tls = tls_files(self.stack.tls_dir)
         # A single member: the peer listener only has to exist, so it stays plain HTTP on loopback.
         peer = f"http://127.0.0.1:{self.stack.ports['etcd_peer']}"
         pid = spawn(
@@ -87,7 +127,7 @@ class EtcdService(Service):
                 f"--cert-file={self.cert}",
                 f"--key-file={self.key}",
                 "--client-cert-auth",
-                f"--trusted-ca-file={tls.ca_cert}",
+                f"--trusted-ca-file={etcd_ca_cert(self.stack)}",
                 "--logger=zap",
                 "--log-level=warn",
             ],
@@ -98,3 +138,9 @@ class EtcdService(Service):
 
     def env(self) -> dict[str, str]:
         return {"CQOX_ETCD_URL": self.url}
+
+
+def _issuer(cert_path: Path):
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert_path.read_bytes()).issuer

@@ -30,7 +30,7 @@ from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
 from cqox_platform.installation import platform_cli
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DB_ADMIN_USER, StackConfig
-from cqox_platform.stack.etcd import NODE_COUNT, node_address
+from cqox_platform.stack.etcd import NODE_COUNT, ensure_etcd_client, etcd_ca_cert, node_address
 from cqox_platform.stack.files import write_private
 from cqox_platform.stack.postgres import (
     HBA_RULES,
@@ -206,12 +206,13 @@ class PatroniClusterService(Service):
             },
             # Patroni's own calls to other members' REST APIs verify them against the stack CA.
             "ctl": {"cacert": ca},
+            # The node's own DCS identity from etcd's CA; etcd trusts nothing the stack CA signs (see stack.etcd).
             "etcd3": {
                 "hosts": [f"{node_address(node.index)}:{self.stack.ports['etcd']}"],
                 "protocol": "https",
-                "cacert": ca,
-                "cert": cert,
-                "key": key,
+                "cacert": str(node.home / "etcd-ca.crt"),
+                "cert": str(node.home / "etcd-client.crt"),
+                "key": str(node.home / "etcd-client.key"),
                 # Keep the node on its own etcd address: no discovery of etcd's advertised URL.
                 "use_proxies": True,
             },
@@ -278,7 +279,15 @@ class PatroniClusterService(Service):
             directory.mkdir(parents=True, exist_ok=True)
             self.base._own(directory, 0o700 if directory != node.home.parent else 0o755)
         tls = tls_files(self.stack.tls_dir)
-        for src, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key"), (tls.ca_cert, "ca.crt")):
+        etcd_cert, etcd_key = ensure_etcd_client(self.stack, f"patroni-{node.name}")
+        for src, name in (
+            (tls.server_cert, "server.crt"),
+            (tls.server_key, "server.key"),
+            (tls.ca_cert, "ca.crt"),
+            (etcd_cert, "etcd-client.crt"),
+            (etcd_key, "etcd-client.key"),
+            (etcd_ca_cert(self.stack), "etcd-ca.crt"),
+        ):
             shutil.copyfile(src, node.home / name)
             self.base._own(node.home / name, 0o600)
         # YAML is a superset of JSON: no YAML writer needed.

@@ -1,7 +1,14 @@
 """Prometheus and the Pushgateway of the local stack, each with its own config and data directory.
 
-Prometheus runs with the lifecycle API on so generated rule files can be loaded with a reload, and scrapes the
-Pushgateway with ``honor_labels`` so pushed job/instance labels survive.
+Prometheus runs with the lifecycle API on so generated rule files can be loaded with a reload; its admin API
+(delete series, snapshots) stays off: nothing here needs it (history is backfilled with ``promtool tsdb
+create-blocks-from``) and any local process could otherwise erase the evidence the canary and SLOs read.
+
+The Pushgateway accepts pushes from any local process, so what it serves is treated as untrusted: it is scraped
+with ``honor_labels: false`` (a pushed ``job="cqox-traffic"`` becomes ``exported_job`` and cannot pose as a
+scraped target) and only the series the platform pushes are kept (``PUSHED_METRICS``); a pushed
+``http_requests_total{version="canary"}`` never enters the TSDB, so it cannot dilute the canary's evidence.
+Nothing queries the gauges by ``job``: alerts select them by name and ``system_id``/``service``/``slo`` labels.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 
 SCRAPE_INTERVAL = "15s"
+#: What the platform pushes (backup gauges, SLO gauges) and the Pushgateway's own bookkeeping: an allow-list,
+#: so a new name someone pushes is dropped rather than trusted.
+PUSHED_METRICS = "cqox_.+|slo_.+|push_time_seconds|push_failure_time_seconds"
 
 
 class PrometheusService(Service):
@@ -48,9 +58,13 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{self.port}"]
   - job_name: pushgateway
-    honor_labels: true
+    honor_labels: false
     static_configs:
       - targets: ["127.0.0.1:{pushgateway_port}"]
+    metric_relabel_configs:
+      - source_labels: [__name__]
+        regex: "{PUSHED_METRICS}"
+        action: keep
   - job_name: cqox-traffic
     file_sd_configs:
       - files: ["{self.home}/targets/*.json"]
@@ -68,7 +82,6 @@ scrape_configs:
                 f"--storage.tsdb.path={self.home / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-lifecycle",
-                "--web.enable-admin-api",
                 "--storage.tsdb.retention.time=400d",
             ],
             log_path=self.log_path,

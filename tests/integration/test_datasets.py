@@ -301,3 +301,170 @@ def test_no_secret_reaches_logs_event_log_or_metadata(stack, env, instance, tmp_
     for where, text in haystacks.items():
         for secret in secrets:
             assert secret not in text, f"a secret ({secret[:4]}...) leaked into {where}"
+
+
+# --- issue 13 item 6: key rotation races ingest ------------------------------------------------------------------
+
+
+class _PausedAfterKeying:
+    """A data-key provider that holds the ingest between getting its DEK and storing it, as a slow upload would."""
+
+    def __init__(self, inner, keyed, release) -> None:
+        self.inner, self.keyed, self.release = inner, keyed, release
+        self.key_name = inner.key_name
+
+    def generate_data_key(self):
+        key = self.inner.generate_data_key()
+        self.keyed.set()
+        self.release.wait(30)
+        return key
+
+    def unwrap(self, wrapped):
+        return self.inner.unwrap(wrapped)
+
+
+def _store_args(stack, env):
+    import boto3
+
+    from cqox_platform.secrets.vault_setup import DATASET_PATH_KEY
+
+    vault = _platform(stack)
+    return {
+        "s3": boto3.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"]),
+        "bucket": env["CQOX_S3_BUCKET"],
+        "vault": vault,
+        "path_key": vault.read_secret(DATASET_PATH_KEY)["value"],
+    }
+
+
+def test_rotation_during_an_ingest_leaves_the_new_dataset_readable(stack, env, tmp_path):
+    """An ingest keyed before a rotation and stored after its row scan must not be stranded on a retired version."""
+    import threading
+
+    from cqox_platform.datasets.rotation import rotate_dataset_keys
+    from cqox_platform.datasets.store import get_dataset, ingest_upload
+    from cqox_platform.datasets.validation import DatasetSchema
+
+    frame = _frame(40)
+    landing = _upload(env, tmp_path, "race-ingest", frame)
+    args = _store_args(stack, env)
+    vault, key_name = args["vault"], "cqox-datasets"
+    keyed, release = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def ingest() -> None:
+        with _resources(stack)["postgres"].connect(autocommit=True) as conn:
+            try:
+                outcome["ingest"] = ingest_upload(
+                    s3=args["s3"],
+                    bucket=args["bucket"],
+                    key=landing,
+                    conn=conn,
+                    provider=_PausedAfterKeying(vault.key_provider(key_name), keyed, release),
+                    path_key=args["path_key"],
+                    schema=DatasetSchema(),
+                )
+            except BaseException as exc:  # reported by the assertions below
+                outcome["ingest"] = exc
+
+    def rotate() -> None:
+        with _resources(stack)["postgres"].connect(autocommit=True) as conn:
+            try:
+                outcome["rotation"] = rotate_dataset_keys(
+                    conn=conn,
+                    s3=args["s3"],
+                    bucket=args["bucket"],
+                    vault=vault,
+                    key_name=key_name,
+                    raise_min_decryption_version=True,
+                )
+            except BaseException as exc:
+                outcome["rotation"] = exc
+
+    ingester = threading.Thread(target=ingest)
+    ingester.start()
+    assert keyed.wait(60), "the ingest never asked for a data key"
+    rotator = threading.Thread(target=rotate)
+    rotator.start()
+    rotator.join(5)  # today's rotation finishes here, before the ingest has stored its row
+    release.set()
+    ingester.join(60)
+    rotator.join(120)
+    assert not ingester.is_alive() and not rotator.is_alive()
+    result, report = outcome["ingest"], outcome["rotation"]
+    assert not isinstance(result, BaseException), result
+    assert not isinstance(report, BaseException), report
+    with _db(stack) as conn:
+        (version,) = conn.execute("SELECT key_version FROM datasets WHERE id = %s", (result.dataset_id,)).fetchone()
+    info = vault.key_info(key_name)
+    assert version >= info["min_decryption_version"], (
+        f"dataset {result.dataset_id} stayed on v{version} while min_decryption_version is "
+        f"{info['min_decryption_version']}: unreadable"
+    )
+    out = tmp_path / "race.parquet"
+    with _db(stack) as conn:
+        get_dataset(
+            s3=args["s3"],
+            bucket=args["bucket"],
+            conn=conn,
+            dataset_id=result.dataset_id,
+            provider_for=vault.key_provider,
+            path_key=args["path_key"],
+            out=out,
+        )
+    pd.testing.assert_frame_equal(pd.read_parquet(out), frame)
+
+
+def test_rotation_does_not_retire_a_version_a_dataset_still_uses(stack, env, tmp_path, instance):
+    """The minimum is raised only after a re-count finds nothing older: a row written around the lock (an old
+    platform version during a deploy) must stop the retirement, loudly, and leave every dataset readable."""
+    from cqox_platform.datasets.rotation import rotate_dataset_keys
+    from cqox_platform.errors import DatasetError
+
+    landing = _upload(env, tmp_path, "late-writer", _frame(20))
+    assert _ingest(stack, instance, "late-writer", landing).success
+    args = _store_args(stack, env)
+    vault, key_name = args["vault"], "cqox-datasets"
+    late_id: list[str] = []
+
+    class LateWriter:
+        """Rewraps like Vault, and on the first call stores a row on the old version without the lock."""
+
+        def rotate(self, key):
+            return vault.rotate(key)
+
+        def set_min_decryption_version(self, key, version):
+            return vault.set_min_decryption_version(key, version)
+
+        def rewrap(self, key, ciphertext):
+            if not late_id:
+                with _db(stack) as conn:
+                    (new_id,) = conn.execute(
+                        "INSERT INTO datasets (id, name, status, rows, columns, metadata, encrypted_data_path, "
+                        "wrapped_dek, key_name, key_version, plaintext_sha256) "
+                        "SELECT gen_random_uuid(), 'late-row', status, rows, columns, metadata, encrypted_data_path,"
+                        " wrapped_dek, key_name, key_version, plaintext_sha256 FROM datasets "
+                        "WHERE wrapped_dek = %s RETURNING id::text",
+                        (ciphertext,),
+                    ).fetchone()
+                late_id.append(new_id)
+            return vault.rewrap(key, ciphertext)
+
+    before = vault.key_info(key_name)["min_decryption_version"]
+    try:
+        with (
+            _resources(stack)["postgres"].connect(autocommit=True) as conn,
+            pytest.raises(DatasetError, match="still on an older key version"),
+        ):
+            rotate_dataset_keys(
+                conn=conn,
+                s3=args["s3"],
+                bucket=args["bucket"],
+                vault=LateWriter(),
+                key_name=key_name,
+                raise_min_decryption_version=True,
+            )
+        assert vault.key_info(key_name)["min_decryption_version"] == before
+    finally:
+        with _db(stack) as conn:
+            conn.execute("DELETE FROM datasets WHERE id = ANY(%s::uuid[])", (late_id,))

@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import uuid
 
 import hvac
 import psycopg
@@ -163,9 +165,73 @@ def test_prometheus_scrapes_the_pushgateway(stack):
     assert "cqox_stack_test_metric" in requests.get(f"{push}/metrics", timeout=5).text
     config = requests.get(f"{prom}/api/v1/status/config", timeout=5).json()["data"]["yaml"]
     assert "job_name: pushgateway" in config
-    assert "honor_labels: true" in config
     flags = requests.get(f"{prom}/api/v1/status/flags", timeout=5).json()["data"]
     assert flags["web.enable-lifecycle"] == "true"
+
+
+def _scraped(prom: str, query: str, timeout: float = 90) -> list[dict]:
+    """The result of ``query`` once it has any, waiting for a scrape of the Pushgateway."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = requests.get(f"{prom}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(1)
+
+
+def test_pushed_canary_traffic_never_reaches_the_canary_queries(stack):
+    """Issue 13, 11 (b): any local process can push; it must not be able to vote in a canary analysis."""
+    from cqox_platform.canary.policy import load_policy
+    from cqox_platform.package_data import package_path
+    from cqox_platform.pushgateway import push
+
+    push_url = stack.service("pushgateway").url
+    prom = stack.service("prometheus").url
+    run = uuid.uuid4().hex[:12]
+    fake = (
+        "# TYPE http_requests_total counter\n"
+        f'http_requests_total{{job="cqox-traffic",instance="forged",version="canary",code="200",run="{run}"}} 1e6\n'
+    )
+    # Grouped under the job the canary's selector names, as a forger would.
+    group = f"{push_url}/metrics/job/cqox-traffic/run/{run}"
+    assert requests.put(group, data=fake, timeout=5).status_code == 200
+    # The platform's own gauges, pushed the way backups and the SLO sensor push them, in the same scrape.
+    push(push_url, "cqox-backups", {"system_id": run}, [("cqox_backup_last_success_timestamp_seconds", {}, 1.0)])
+    push(push_url, "cqox-slo", {"service": run}, [("slo_burn_rate", {"slo": "availability", "window": "1h"}, 2.0)])
+    try:
+        # Backup and SLO gauges keep the labels their alerts and readers select on.
+        assert _scraped(prom, f'time() - cqox_backup_last_success_timestamp_seconds{{system_id="{run}"}} > 0')
+        assert _scraped(prom, f'slo_burn_rate{{service="{run}",slo="availability",window="1h"}}')
+        policy = load_policy(package_path("cqox_platform.canary", "policies") / "cqox-engine.yaml")
+        for query in (
+            policy.render(policy.requests_query, policy.prometheus.canary_version, "10m"),
+            f'http_requests_total{{run="{run}"}}',
+        ):
+            series = requests.get(f"{prom}/api/v1/query", params={"query": query}, timeout=5).json()["data"]
+            assert not [s for s in series["result"] if s["metric"].get("run") == run or float(s["value"][1]) >= 1e6], (
+                f"a pushed series answered the canary's query {query}: {series['result']}"
+            )
+    finally:
+        requests.delete(group, timeout=5)
+        requests.delete(f"{push_url}/metrics/job/cqox-backups/system_id/{run}", timeout=5)
+        requests.delete(f"{push_url}/metrics/job/cqox-slo/service/{run}", timeout=5)
+
+
+def test_prometheus_admin_api_is_off(stack):
+    """Issue 13, 11 (c): nobody can delete series or snapshot the TSDB through the HTTP API."""
+    prom = stack.service("prometheus").url
+    flags = requests.get(f"{prom}/api/v1/status/flags", timeout=5).json()["data"]
+    assert flags["web.enable-admin-api"] == "false"
+    # Prometheus answers a disabled admin API with errorType "unavailable" (HTTP 500 in Debian's build).
+    for path, params in (
+        ("/api/v1/admin/tsdb/snapshot", {}),
+        ("/api/v1/admin/tsdb/clean_tombstones", {}),
+        ("/api/v1/admin/tsdb/delete_series", {"match[]": "up"}),
+    ):
+        response = requests.post(f"{prom}{path}", params=params, timeout=5)
+        assert response.status_code >= 400, f"{path} answered {response.status_code}"
+        assert response.json() == {"status": "error", "errorType": "unavailable", "error": "admin APIs disabled"}
+    assert requests.get(f"{prom}/api/v1/query", params={"query": "up"}, timeout=5).json()["data"]["result"]
 
 
 # --- bad input ------------------------------------------------------------------------------------------------

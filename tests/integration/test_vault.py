@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import socket
@@ -323,3 +324,80 @@ def test_kv_secrets_write_read_and_rotate_without_returning_values(stack, config
     assert len(base64.b64decode(first)) == 32
     assert vault.rotate_secret(path) == 2
     assert vault.read_secret(path)["value"] != first
+
+
+# --- issue 13 item 11 (d): the platform cannot loosen its keys; secret-ids expire and are bound to an address --
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"exportable": True},
+        {"deletion_allowed": True},
+        {"allow_plaintext_backup": True},
+        {"min_decryption_version": 1, "deletion_allowed": True},  # smuggled next to the allowed parameter
+    ],
+    ids=["exportable", "deletion_allowed", "allow_plaintext_backup", "smuggled"],
+)
+def test_platform_cannot_change_transit_key_settings(stack, configured, change):
+    vault = _platform(stack)
+    with pytest.raises(VaultPermissionError):
+        vault.call(
+            "changing transit key settings",
+            lambda: vault.client().secrets.transit.update_key_configuration(name="cqox-datasets", **change),
+        )
+    key = _admin(stack).client().secrets.transit.read_key(name="cqox-datasets")["data"]
+    assert key["exportable"] is False and key["deletion_allowed"] is False
+
+
+def test_platform_can_still_rotate_and_retire_key_versions(stack, configured):
+    vault = _platform(stack)
+    info = vault.key_info("cqox-datasets")
+    assert vault.rotate("cqox-datasets") == info["latest_version"] + 1
+    vault.set_min_decryption_version("cqox-datasets", info["min_decryption_version"])  # allowed, and a no-op here
+    assert vault.key_info("cqox-datasets")["min_decryption_version"] == info["min_decryption_version"]
+
+
+def _login_from(stack, source: str, role_id: str, secret_id: str) -> int:
+    """HTTP status of an AppRole login whose TCP connection comes from loopback address ``source``."""
+    import http.client
+    from urllib.parse import urlparse
+
+    env = stack.env()
+    url = urlparse(env["VAULT_ADDR"])
+    context = ssl.create_default_context(cafile=env["VAULT_CACERT"])
+    conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, source_address=(source, 0), timeout=10)
+    try:
+        conn.request(
+            "POST",
+            "/v1/auth/approle/login",
+            body=json.dumps({"role_id": role_id, "secret_id": secret_id}),
+            headers={"Content-Type": "application/json"},
+        )
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_approle_secret_ids_expire_and_log_in_only_from_the_bound_address(stack, configured):
+    from datetime import UTC, datetime
+
+    from cqox_platform.backup.archiver_settings import ArchiverSettings
+
+    env = stack.env()
+    platform = json.loads(Path(env["CQOX_VAULT_APPROLE_FILE"]).read_text())
+    archiver = ArchiverSettings.load(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]))
+    admin = _admin(stack).client()
+    for role, role_id, secret_id in (
+        ("cqox-platform", platform["role_id"], platform["secret_id"]),
+        ("cqox-wal-archiver", archiver.role_id, archiver.secret_id),
+    ):
+        config = admin.auth.approle.read_role(role_name=role)["data"]
+        assert config["secret_id_ttl"] > 0, f"{role}: secret-ids never expire"
+        for field in ("secret_id_bound_cidrs", "token_bound_cidrs"):  # Vault may print a /32 as a bare address
+            assert [str(ipaddress.ip_network(c)) for c in config[field]] == ["127.0.0.1/32"], f"{role}: {field}"
+        lookup = admin.auth.approle.read_secret_id(role_name=role, secret_id=secret_id)["data"]
+        expires = datetime.fromisoformat(lookup["expiration_time"].replace("Z", "+00:00"))
+        assert expires.year > 1 and expires > datetime.now(UTC), f"{role}: the secret-id in use never expires"
+        assert _login_from(stack, "127.0.0.1", role_id, secret_id) == 200
+        assert _login_from(stack, "127.0.0.2", role_id, secret_id) in (400, 403), f"{role}: login from anywhere"

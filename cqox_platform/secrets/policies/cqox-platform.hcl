@@ -12,9 +12,14 @@ path "transit/decrypt/cqox-backups"            { capabilities = ["update"] }
 path "transit/rewrap/cqox-backups"             { capabilities = ["update"] }
 path "transit/keys/cqox-backups"               { capabilities = ["read"] }
 
-# Key rotation job: rotate and raise min_decryption_version; never delete or export.
+# Key rotation job: rotate and raise min_decryption_version; never delete or export. The config endpoint also
+# sets `exportable`, `deletion_allowed`, `allow_plaintext_backup` (one-way switches that let the key leave Vault
+# or be deleted), so Vault's own parameter constraint admits `min_decryption_version` and nothing else.
 path "transit/keys/cqox-datasets/rotate" { capabilities = ["update"] }
-path "transit/keys/cqox-datasets/config" { capabilities = ["update"] }
+path "transit/keys/cqox-datasets/config" {
+  capabilities       = ["update"]
+  allowed_parameters = { "min_decryption_version" = [] }
+}
 
 # Application secrets under secret/cqox/ only.
 path "secret/data/cqox/*"     { capabilities = ["create", "read", "update"] }

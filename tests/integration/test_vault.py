@@ -307,10 +307,10 @@ def test_transport_check_fails_when_an_endpoint_is_tls12(stack, configured):
 
 
 def test_platform_token_is_renewed_before_it_expires(stack, configured):
-    vault = _platform(stack)
+    vault = _platform(stack).vault_client()
     client = vault.client()
     token = client.token
-    assert vault._token_ttl > 0
+    assert vault._token_ttl > 0  # from the AppRole login's answer
     vault._token_expires_at = 0.0  # pretend the TTL ran out: the next call must renew (same token) or re-login
     vault.datakey("cqox-datasets")
     assert vault._token_expires_at > 0

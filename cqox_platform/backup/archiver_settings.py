@@ -96,15 +96,7 @@ class ArchiverClients:
     bucket: str
 
 
-def drop_inherited_aws_variables() -> None:
-    """Only the settings file counts: a profile or CA bundle inherited from whoever started PostgreSQL points at
-    files this OS user cannot read (boto3 would fail on them before using the explicit credentials)."""
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        del os.environ[name]
-
-
 def archiver_clients(settings: ArchiverSettings) -> ArchiverClients:
-    drop_inherited_aws_variables()
     vault = VaultClient(
         settings.vault_addr, settings.vault_cacert, role_id=settings.role_id, secret_id=settings.secret_id
     )

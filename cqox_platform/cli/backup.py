@@ -43,7 +43,18 @@ def _config(config_path: Path | None) -> Path:
     return Path(context.settings().require("wal_archiver_config"))
 
 
+def _archiver_process() -> None:
+    """An archiver process trusts only its settings file: a profile or CA bundle inherited from whoever started
+    PostgreSQL points at files this OS user cannot read (boto3 would fail on them before using the explicit
+    credentials). Done here, per process, never in the library (a Dagster run or a test keeps its variables)."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        del os.environ[name]
+
+
 def _archive_for(config_path: Path | None, pgdata: Path, bucket: str | None = None):
+    _archiver_process()
     from cqox_platform.backup.archive import Archive
     from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
     from cqox_platform.backup.wal import system_identifier
@@ -112,6 +123,7 @@ def wal_push_daemon(config_path: Path | None, pgdata: Path) -> None:
     """The background pusher behind `wal-push --async` (started by it; exits when idle)."""
     from cqox_platform.backup.wal_async import run_daemon
 
+    _archiver_process()
     run_daemon(_config(config_path), pgdata.resolve(), log=lambda m: click.echo(m, err=True))
 
 

@@ -1,10 +1,9 @@
 """Composition root of the code location: the only module that imports ``assets`` and ``sensors``.
 
-Each domain module declares its own ``defs``; this module merges them and binds the resources, which read
-their configuration from the environment (``eval "$(cqox-platform stack env)"`` for the local stack).
+Each domain module declares its own ``defs``; this module merges them and binds the resources, each built
+from the settings contract (``cqox_platform.settings``; ``eval "$(cqox-platform stack env)"`` for the local
+stack). Loading needs no environment: a value a run needs but nobody set fails that run, naming the variable.
 """
-
-import os
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -16,14 +15,11 @@ from cqox_platform.resources.patroni import PatroniResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
+from cqox_platform.settings import get_settings
 from sensors import backup_schedules, canary_sensor, database_schedules, datasets_sensor, ha_sensors, slo_sensor
 
-vault = VaultResource.platform_from_env()
-# The platform logs in to PostgreSQL as a short-lived Vault-issued user when a Vault database role is configured
-# (the local stack sets CQOX_PG_VAULT_ROLE); without one it uses the passfile login.
-postgres = (
-    PostgresResource.from_env_with_vault(vault) if os.environ.get("CQOX_PG_VAULT_ROLE") else PostgresResource.from_env()
-)
+settings = get_settings()
+vault = VaultResource.from_settings(settings)
 
 defs = dg.Definitions.merge(
     database.defs,
@@ -42,19 +38,22 @@ defs = dg.Definitions.merge(
     ha_sensors.defs,
     dg.Definitions(
         resources={
-            "postgres": postgres,
-            "postgres_admin": PostgresResource.from_env(),
+            # A short-lived Vault-issued user when a Vault database role is configured (the local stack sets
+            # CQOX_PG_VAULT_ROLE); without one the passfile login.
+            "postgres": PostgresResource.from_settings(settings, vault=vault),
+            "postgres_admin": PostgresResource.from_settings(settings),
             "vault": vault,
-            "vault_admin": VaultResource.admin_from_env(),
-            "prometheus": PrometheusResource.from_env(),
-            # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`.
-            "backups": BackupStorageResource.from_env(),
-            "s3": S3Resource(endpoint_url=dg.EnvVar("CQOX_S3_ENDPOINT"), region_name="us-east-1"),
+            "vault_admin": VaultResource.from_settings(settings, admin=True),
+            "prometheus": PrometheusResource.from_settings(settings),
+            "backups": BackupStorageResource.from_settings(settings),
+            # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`; no
+            # endpoint means AWS's own.
+            "s3": S3Resource(endpoint_url=settings.s3_endpoint, region_name="us-east-1"),
             # The stack's admin kubeconfig (CQOX_KUBECONFIG); in a cluster, the pod's service account.
-            "kubernetes": KubernetesResource.from_env(),
+            "kubernetes": KubernetesResource.from_settings(settings),
             # An HA stack's Patroni REST API (CQOX_PATRONI_*); left unconfigured on a single node, where the
             # ha asset fails with what to do and the timeline sensor skips.
-            "patroni": PatroniResource.from_env(),
+            "patroni": PatroniResource.from_settings(settings),
         }
     ),
 )

@@ -33,11 +33,12 @@ def _fast_async_push(argv: list[str]) -> int | None:
 
     from cqox_platform.backup.wal_async_client import push_async
     from cqox_platform.errors import CqoxError
-    from cqox_platform.installation import platform_cli
 
     path = Path(positional[0])
+    # The executable PostgreSQL ran is the one to start the pusher with: no settings to load on this path.
+    executable = Path(sys.argv[0]).absolute()
     try:
-        push_async(Path(options["--config"]), Path(options.get("--pgdata", ".")).resolve(), path, platform_cli())
+        push_async(Path(options["--config"]), Path(options.get("--pgdata", ".")).resolve(), path, executable)
     except CqoxError as exc:
         print(f"wal-push: {path.name} NOT archived: {exc}", file=sys.stderr)
         return 1

@@ -1,27 +1,24 @@
-"""What ``wal-push`` and ``wal-fetch`` need, from one file PostgreSQL's OS user can read, and light clients.
+"""What ``wal-push`` and ``wal-fetch`` need, from one file PostgreSQL's OS user can read, and their clients.
 
 PostgreSQL runs ``archive_command`` as its own OS user, which must not read the platform's secrets directory.
 ``vault_config`` therefore issues a separate AppRole (``cqox-wal-archiver``, allowed only to create and unwrap
 data keys of ``transit/cqox-backups`` and to read the S3 credentials in ``secret/cqox/backups/s3``) and writes
 its credentials to a 0600 file owned by that user. The S3 credentials themselves live in Vault, not on disk.
 
-Nothing here imports Dagster: one archiver process starts per WAL segment and must start fast.
+Nothing here imports Dagster or the settings contract: one archiver process starts per WAL segment and must
+start fast. Vault is reached through the platform's one ``VaultClient``, which is light for that reason.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hvac
-
-from cqox_platform.crypto.keys import DataKey
 from cqox_platform.errors import CqoxError
-from cqox_platform.secrets.vault_errors import vault_call
+from cqox_platform.secrets.vault_client import TransitKeyProvider, VaultClient
 
 BACKUPS_KEY = "cqox-backups"
 ARCHIVER_APPROLE = "cqox-wal-archiver"
@@ -67,65 +64,6 @@ class ArchiverSettings:
             raise ArchiverConfigError(f"archiver settings {path} are not valid: {exc}.") from None
 
 
-class LightVault:
-    """AppRole login, one KV read and Transit data keys, with the platform's error messages."""
-
-    def __init__(self, addr: str, cacert: str | None, role_id: str, secret_id: str, timeout: float = 10) -> None:
-        self.addr, self.cacert = addr, cacert
-        self._creds = (role_id, secret_id)
-        self._client: hvac.Client | None = None
-        self.timeout = timeout
-
-    def _call(self, what: str, fn):
-        return vault_call(self.addr, self.cacert, what, fn)
-
-    def client(self) -> hvac.Client:
-        if self._client is None:
-            client = hvac.Client(url=self.addr, verify=self.cacert or True, timeout=self.timeout)
-            role_id, secret_id = self._creds
-            self._call(
-                "logging in with AppRole", lambda: client.auth.approle.login(role_id=role_id, secret_id=secret_id)
-            )
-            self._client = client
-        return self._client
-
-    def read_secret(self, path: str) -> dict[str, Any]:
-        c = self.client()
-        response = self._call(
-            f"reading secret secret/{path}",
-            lambda: c.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True),
-        )
-        return response["data"]["data"]
-
-    def key_provider(self, key: str) -> LightKeyProvider:
-        return LightKeyProvider(self, key)
-
-
-class LightKeyProvider:
-    """``DataKeyProvider`` over ``LightVault``."""
-
-    def __init__(self, vault: LightVault, key_name: str) -> None:
-        self.vault, self.key_name = vault, key_name
-
-    def generate_data_key(self) -> DataKey:
-        c = self.vault.client()
-        data = self.vault._call(
-            f"creating a data key under transit/{self.key_name}",
-            lambda: c.secrets.transit.generate_data_key(name=self.key_name, key_type="plaintext"),
-        )["data"]
-        return DataKey(
-            plaintext=base64.b64decode(data["plaintext"]), wrapped=data["ciphertext"], key_name=self.key_name
-        )
-
-    def unwrap(self, wrapped: str) -> bytes:
-        c = self.vault.client()
-        data = self.vault._call(
-            f"decrypting with transit/{self.key_name}",
-            lambda: c.secrets.transit.decrypt_data(name=self.key_name, ciphertext=wrapped),
-        )["data"]
-        return base64.b64decode(data["plaintext"])
-
-
 def s3_client(endpoint: str, cacert: str | None, access_key: str, secret_key: str, region: str = "us-east-1"):
     """A boto3 S3 client with verified TLS; checksums only when required (the local S3 server needs that)."""
     import boto3
@@ -154,12 +92,14 @@ class ArchiverClients:
     """The S3 client and key provider one archiver process uses."""
 
     s3: Any
-    provider: LightKeyProvider
+    provider: TransitKeyProvider
     bucket: str
 
 
 def archiver_clients(settings: ArchiverSettings) -> ArchiverClients:
-    vault = LightVault(settings.vault_addr, settings.vault_cacert, settings.role_id, settings.secret_id)
+    vault = VaultClient(
+        settings.vault_addr, settings.vault_cacert, role_id=settings.role_id, secret_id=settings.secret_id
+    )
     creds = vault.read_secret(settings.s3_secret_path)
     try:
         s3 = s3_client(

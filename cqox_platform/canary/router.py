@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from cqox_platform.canary.policy import KubeTarget
 from cqox_platform.errors import CqoxError
-from cqox_platform.kubernetes_errors import KubernetesConflictError
+from cqox_platform.kube.errors import KubernetesConflictError
 
 T = TypeVar("T")
 VS = ("networking.istio.io", "v1", "virtualservices")

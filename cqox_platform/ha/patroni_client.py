@@ -202,3 +202,37 @@ class PatroniClient:
             raise PatroniError(f"{member} is the leader; switch over first, then reinitialise it as a replica.")
         base = target.api_url.rsplit("/patroni", 1)[0]
         return self._write("POST", "/reinitialize", {"force": True}, url=base)
+
+
+NO_CLUSTER_MESSAGE = "this stack has no Patroni cluster (start it with `stack up --ha`)"
+
+
+class NoPatroniClusterError(PatroniError):
+    """The platform runs against a single PostgreSQL node: there is no Patroni cluster to ask."""
+
+
+def url_list(urls: str | None) -> list[str]:
+    """The comma-separated REST URLs of ``CQOX_PATRONI_URLS`` as a list."""
+    return [u.strip().rstrip("/") for u in (urls or "").split(",") if u.strip()]
+
+
+def connect_patroni(
+    urls: str | None,
+    cacert: str | None,
+    username: str | None = None,
+    password_file: str | None = None,
+    timeout: float = TIMEOUT,
+) -> PatroniClient:
+    """A client of a configured cluster, or the clear error when there is none (the resource and the CLI)."""
+    if not url_list(urls):
+        raise NoPatroniClusterError(f"{NO_CLUSTER_MESSAGE}: CQOX_PATRONI_URLS is not set.")
+    if not cacert:
+        # requests treats an empty `verify` as "do not verify": never talk to Patroni like that.
+        raise PatroniError("CQOX_PATRONI_CACERT is not set: Patroni's certificate could not be verified.")
+    return PatroniClient(
+        urls=url_list(urls),
+        cacert=cacert,
+        username=username or None,
+        password_file=password_file or None,
+        timeout=timeout,
+    )

@@ -1,28 +1,24 @@
-"""``PatroniResource``: the REST API of the stack's Patroni cluster, configured from ``CQOX_PATRONI_*``.
+"""``PatroniResource``: the Dagster adapter over the core ``PatroniClient``, configured from the settings.
 
 The code location also serves single-node stacks, where ``stack env`` exports no ``CQOX_PATRONI_*``: the
-resource then stays unconfigured (empty fields rather than unset ``EnvVar``s, which would fail every run
-that binds it), ``configured`` is False, and ``client()`` raises ``NoPatroniClusterError`` with what to do.
-Only the path of the REST password file is configuration; the password is read from it per request.
+resource then stays unconfigured (empty fields), ``configured`` is False, and ``client()`` raises
+``NoPatroniClusterError`` with what to do. Only the path of the REST password file is configuration; the
+password is read from it per request.
 """
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
-from cqox_platform.ha.patroni_client import TIMEOUT, PatroniClient, PatroniError
-
-NO_CLUSTER_MESSAGE = "this stack has no Patroni cluster (start it with `stack up --ha`)"
-
-
-class NoPatroniClusterError(PatroniError):
-    """The platform runs against a single PostgreSQL node: there is no Patroni cluster to ask."""
-
-
-def _env_or_empty(name: str) -> str | dg.EnvVar:
-    return dg.EnvVar(name) if os.environ.get(name) else ""
+from cqox_platform.ha.patroni_client import (  # noqa: F401 - re-exported for the asset and sensor
+    NO_CLUSTER_MESSAGE,
+    TIMEOUT,
+    NoPatroniClusterError,
+    PatroniClient,
+    connect_patroni,
+    url_list,
+)
+from cqox_platform.settings import Settings, get_settings
 
 
 class PatroniResource(dg.ConfigurableResource):
@@ -36,33 +32,23 @@ class PatroniResource(dg.ConfigurableResource):
     timeout: float = TIMEOUT
 
     @classmethod
-    def from_env(cls) -> PatroniResource:
+    def from_settings(cls, settings: Settings | None = None) -> PatroniResource:
         """``CQOX_PATRONI_URLS``, ``_CACERT``, ``_USER``, ``_PASSWORD_FILE`` as `stack env` exports them."""
+        s = settings or get_settings()
         return cls(
-            urls=_env_or_empty("CQOX_PATRONI_URLS"),
-            cacert=_env_or_empty("CQOX_PATRONI_CACERT"),
-            username=_env_or_empty("CQOX_PATRONI_USER"),
-            password_file=_env_or_empty("CQOX_PATRONI_PASSWORD_FILE"),
+            urls=s.patroni_urls or "",
+            cacert=str(s.patroni_cacert or ""),
+            username=s.patroni_user or "",
+            password_file=str(s.patroni_password_file or ""),
         )
 
     @property
     def url_list(self) -> list[str]:
-        return [u.strip().rstrip("/") for u in self.urls.split(",") if u.strip()]
+        return url_list(self.urls)
 
     @property
     def configured(self) -> bool:
         return bool(self.url_list)
 
     def client(self) -> PatroniClient:
-        if not self.configured:
-            raise NoPatroniClusterError(f"{NO_CLUSTER_MESSAGE}: CQOX_PATRONI_URLS is not set.")
-        if not self.cacert:
-            # requests treats an empty `verify` as "do not verify": never talk to Patroni like that.
-            raise PatroniError("CQOX_PATRONI_CACERT is not set: Patroni's certificate could not be verified.")
-        return PatroniClient(
-            urls=self.url_list,
-            cacert=self.cacert,
-            username=self.username or None,
-            password_file=self.password_file or None,
-            timeout=self.timeout,
-        )
+        return connect_patroni(self.urls, self.cacert, self.username, self.password_file, self.timeout)

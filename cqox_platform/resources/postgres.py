@@ -1,31 +1,26 @@
-"""``PostgresResource``: psycopg 3 connections to the CQOx database over verified TLS.
+"""``PostgresResource``: the Dagster adapter over the core ``PostgresClient`` (``cqox_platform.db.client``).
 
-Credentials come from one of two places, neither of them a config value that could reach the event log:
-short-lived users issued by Vault's database secrets engine (``vault`` + ``vault_db_role``; leases are renewed
-and replaced before they expire), or a libpq ``passfile`` (the local stack's bootstrap admin).
+Built from the settings two ways: the admin login (passfile) with ``from_settings(settings)``, and the
+platform's login with ``from_settings(settings, vault=...)``, which takes short-lived Vault-issued users when a
+Vault database role is configured (``CQOX_PG_VAULT_ROLE``) and the passfile login otherwise.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import psycopg
-from psycopg_pool import ConnectionPool
 from pydantic import PrivateAttr
 
-from cqox_platform.errors import VaultError
+from cqox_platform.db.client import LEASE_RENEW_FRACTION, PostgresClient  # noqa: F401 - re-exported
+from cqox_platform.resources.settings_backed import SettingsBackedResource, path_str, unset
 from cqox_platform.resources.vault import VaultResource
-
-#: Renew a database lease when less than this share of it is left; replace it when renewal cannot extend it.
-LEASE_RENEW_FRACTION = 1 / 3
+from cqox_platform.settings import Settings, get_settings
 
 
-class PostgresResource(dg.ConfigurableResource):
+class PostgresResource(SettingsBackedResource):
     """Connections to the CQOx database through a small pool, verified TLS by default."""
 
     host: str = "127.0.0.1"
@@ -44,130 +39,76 @@ class PostgresResource(dg.ConfigurableResource):
     vault: VaultResource | None = None
     vault_db_role: str | None = None
 
-    _pool: ConnectionPool | None = PrivateAttr(default=None)
-    _lease: dict[str, Any] | None = PrivateAttr(default=None)
-    _lease_expires_at: float = PrivateAttr(default=0.0)
+    _client: PostgresClient | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_env(cls) -> PostgresResource:
-        """The resource the code location uses: every field from ``CQOX_PG_*`` variables."""
-        return cls(
-            host=dg.EnvVar("CQOX_PG_HOST"),
-            port=dg.EnvVar.int("CQOX_PG_PORT"),
-            dbname=dg.EnvVar("CQOX_PG_DB"),
-            user=dg.EnvVar("CQOX_PG_USER"),
-            sslrootcert=dg.EnvVar("CQOX_PG_SSLROOTCERT"),
-            passfile=dg.EnvVar("CQOX_PG_PASSFILE"),
-        )
+    def from_settings(cls, settings: Settings | None = None, *, vault: VaultResource | None = None) -> PostgresResource:
+        """The admin login (passfile); with ``vault``, Vault-issued users when ``CQOX_PG_VAULT_ROLE`` is set."""
+        s = settings or get_settings()
+        server = ["pg_host", "pg_port", "pg_db", "pg_sslrootcert"]
+        fields = {
+            "host": s.pg_host or "",
+            "port": s.pg_port or 5432,
+            "dbname": s.pg_db or "",
+            "sslrootcert": path_str(s.pg_sslrootcert),
+        }
+        if vault is not None and s.pg_vault_role:
+            return cls(
+                **fields,
+                user="vault-issued",
+                vault=vault,
+                vault_db_role=s.pg_vault_role,
+                unset_settings=unset(s, *server),
+            )
+        login = {"user": s.pg_user or "", "passfile": path_str(s.pg_passfile)}
+        return cls(**fields, **login, unset_settings=unset(s, *server, "pg_user", "pg_passfile"))
 
-    @classmethod
-    def from_env_with_vault(cls, vault: VaultResource) -> PostgresResource:
-        """Same server as ``from_env`` but logging in as a Vault-issued user of role ``CQOX_PG_VAULT_ROLE``."""
-        return cls(
-            host=dg.EnvVar("CQOX_PG_HOST"),
-            port=dg.EnvVar.int("CQOX_PG_PORT"),
-            dbname=dg.EnvVar("CQOX_PG_DB"),
-            user="vault-issued",
-            sslrootcert=dg.EnvVar("CQOX_PG_SSLROOTCERT"),
-            vault=vault,
-            vault_db_role=dg.EnvVar("CQOX_PG_VAULT_ROLE"),
-        )
+    def client(self) -> PostgresClient:
+        if self._client is None:
+            self.require_settings()
+            self._client = PostgresClient(
+                self.host,
+                self.port,
+                self.dbname,
+                self.user,
+                sslmode=self.sslmode,
+                sslrootcert=self.sslrootcert,
+                passfile=self.passfile,
+                connect_timeout=self.connect_timeout,
+                application_name=self.application_name,
+                prepare_threshold=self.prepare_threshold,
+                pool_max_size=self.pool_max_size,
+                vault=self.vault if self.vault_db_role else None,
+                vault_db_role=self.vault_db_role,
+            )
+        return self._client
 
-    def _vault_credentials(self) -> dict[str, Any]:
-        """A live lease: reuse it, renew it when a third is left, or get a new one when renewal falls short."""
-        assert self.vault is not None and self.vault_db_role
-        now = time.monotonic()
-        if self._lease is not None:
-            remaining = self._lease_expires_at - now
-            if remaining > self._lease["lease_duration"] * LEASE_RENEW_FRACTION:
-                return self._lease
-            try:
-                duration = self.vault.renew_lease(self._lease["lease_id"], self._lease["lease_duration"])
-                if duration > remaining + 1:  # renewal extended it; at max TTL it cannot
-                    self._lease_expires_at = now + duration
-                    return self._lease
-            except VaultError:
-                pass  # expired or revoked: fall through to a fresh user
-        self._lease = self.vault.database_credentials(self.vault_db_role)
-        self._lease_expires_at = now + self._lease["lease_duration"]
-        return self._lease
+    # --- delegation -------------------------------------------------------------------------------------------
 
     @property
     def uses_vault(self) -> bool:
         return self.vault is not None and bool(self.vault_db_role)
 
     def conninfo(self) -> dict[str, str | int]:
-        params: dict[str, str | int] = {
-            "host": self.host,
-            "port": self.port,
-            "dbname": self.dbname,
-            "user": self.user,
-            "sslmode": self.sslmode,
-            "connect_timeout": self.connect_timeout,
-            "application_name": self.application_name,
-        }
-        if self.sslrootcert:
-            params["sslrootcert"] = self.sslrootcert
-        if self.uses_vault:
-            lease = self._vault_credentials()
-            params["user"], params["password"] = lease["username"], lease["password"]
-        elif self.passfile:
-            params["passfile"] = self.passfile
-        return params
+        return self.client().conninfo()
 
     def admin_password(self) -> str:
-        """The passfile's password for this host, port and user (to hand the admin login to Vault's engine)."""
-        if not self.passfile:
-            raise VaultError("no passfile configured: the database admin password is unknown.")
-        for line in Path(self.passfile).read_text().splitlines():
-            host, port, _db, user, password = line.split(":", 4)
-            if host in (self.host, "*") and port in (str(self.port), "*") and user == self.user:
-                return password
-        raise VaultError(f"passfile {self.passfile} has no entry for {self.user}@{self.host}:{self.port}.")
+        return self.client().admin_password()
 
     def describe(self) -> str:
-        """Where this resource points, for error messages and metadata (no secret in it)."""
-        user = f"vault:{self.vault_db_role}" if self.uses_vault else self.user
-        return f"postgresql://{user}@{self.host}:{self.port}/{self.dbname}"
+        return self.client().describe()
 
     @contextmanager
     def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-        """A dedicated connection (for migrations and COPY); closed on exit, committed unless it raised."""
-        conn = psycopg.connect(**self.conninfo(), autocommit=autocommit)
-        conn.prepare_threshold = self.prepare_threshold
-        try:
-            with conn:
-                yield conn
-        finally:
-            conn.close()
+        with self.client().connect(autocommit=autocommit) as conn:
+            yield conn
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection for short queries; the transaction commits when the block succeeds."""
-        if self._pool is None:
-            self._pool = ConnectionPool(
-                # A callable: each new pooled connection gets current (possibly renewed) credentials.
-                kwargs=lambda: {**self.conninfo(), "prepare_threshold": self.prepare_threshold},
-                min_size=0,
-                max_size=self.pool_max_size,
-                open=True,
-                name="cqox-postgres",
-                # Recycle connections well inside a Vault lease so none outlives its user.
-                max_lifetime=600.0,
-                # A connection the server or HAProxy closed (a failover, a restart) is replaced on checkout
-                # instead of failing the caller's first query.
-                check=ConnectionPool.check_connection,
-            )
-        with self._pool.connection() as conn:
+        with self.client().connection() as conn:
             yield conn
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-        if self._lease is not None and self.vault is not None:
-            try:  # a step's user should not outlive the step; Vault would drop it at TTL anyway
-                self.vault.revoke_lease(self._lease["lease_id"])
-            except VaultError as exc:
-                context.log.warning(f"could not revoke the database lease early: {exc}")
-            self._lease = None
+        if self._client is not None:
+            self._client.close(warn=context.log.warning if context.log else None)
+            self._client = None

@@ -1,76 +1,46 @@
-"""``PrometheusResource``: queries through prometheus-api-client, and rule files loaded with a reload.
-
-Rule files are written atomically into the directory Prometheus reads (``rule_files`` in its config) and
-activated through the lifecycle API (``POST /-/reload``); the resource then confirms the groups are loaded.
-"""
+"""``PrometheusResource``: the Dagster adapter over the core ``PrometheusClient`` (``cqox_platform.metrics``)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
+from pydantic import PrivateAttr
 
-import dagster as dg
-import requests
-from prometheus_api_client import PrometheusConnect
+from cqox_platform.metrics.prometheus import PrometheusClient, PrometheusError
+from cqox_platform.resources.settings_backed import SettingsBackedResource, path_str, unset
+from cqox_platform.settings import Settings, get_settings
 
-from cqox_platform.errors import CqoxError
+__all__ = ["PrometheusError", "PrometheusResource"]
 
 
-class PrometheusError(CqoxError):
-    """Prometheus refused a request or is unreachable."""
-
-
-class PrometheusResource(dg.ConfigurableResource):
-    url: str
+class PrometheusResource(SettingsBackedResource):
+    url: str = ""
     rules_dir: str | None = None
     timeout: int = 30
 
-    @classmethod
-    def from_env(cls) -> PrometheusResource:
-        return cls(url=dg.EnvVar("CQOX_PROMETHEUS_URL"), rules_dir=dg.EnvVar("CQOX_PROMETHEUS_RULES_DIR"))
+    _client: PrometheusClient | None = PrivateAttr(default=None)
 
-    def client(self) -> PrometheusConnect:
-        return PrometheusConnect(url=self.url, disable_ssl=False)
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> PrometheusResource:
+        s = settings or get_settings()
+        return cls(
+            url=s.prometheus_url or "",
+            rules_dir=path_str(s.prometheus_rules_dir),
+            unset_settings=unset(s, "prometheus_url"),
+        )
+
+    def client(self) -> PrometheusClient:
+        if self._client is None:
+            self.require_settings()
+            self._client = PrometheusClient(self.url, self.rules_dir, self.timeout)
+        return self._client
 
     def query_range(self, expr: str, start, end, step: str) -> list[dict]:
-        """One range query; an unreachable server or a bad expression raises ``PrometheusError``."""
-        try:
-            return self.client().custom_query_range(query=expr, start_time=start, end_time=end, step=step)
-        except Exception as exc:  # the client raises its own types and requests' ones
-            raise PrometheusError(f"Prometheus at {self.url} failed `{expr[:120]}`: {exc}") from None
+        return self.client().query_range(expr, start, end, step)
 
     def query(self, expr: str, at=None) -> list[dict]:
-        params = {"time": at} if at is not None else None
-        try:
-            return self.client().custom_query(query=expr, params=params)
-        except Exception as exc:
-            raise PrometheusError(f"Prometheus at {self.url} failed `{expr[:120]}`: {exc}") from None
-
-    def _request(self, method: str, path: str) -> requests.Response:
-        try:
-            response = requests.request(method, f"{self.url}{path}", timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise PrometheusError(f"Prometheus at {self.url} is unreachable ({type(exc).__name__}).") from None
-        if response.status_code >= 400:
-            raise PrometheusError(
-                f"Prometheus at {self.url} answered {response.status_code} to {method} {path}: {response.text[:300]}"
-            )
-        return response
+        return self.client().query(expr, at)
 
     def rule_groups(self) -> dict[str, dict]:
-        data = self._request("GET", "/api/v1/rules").json()["data"]["groups"]
-        return {g["name"]: g for g in data}
+        return self.client().rule_groups()
 
     def install_rules(self, filename: str, text: str) -> list[str]:
-        """Write ``text`` as ``rules_dir/filename``, reload Prometheus, return the loaded group names."""
-        if not self.rules_dir:
-            raise PrometheusError("no rules_dir configured (CQOX_PROMETHEUS_RULES_DIR).")
-        directory = Path(self.rules_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=directory)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, directory / filename)
-        self._request("POST", "/-/reload")
-        return sorted(self.rule_groups())
+        return self.client().install_rules(filename, text)

@@ -132,15 +132,15 @@ def test_missing_kubeconfig_and_no_cluster_are_clear(tmp_path, monkeypatch):
         KubernetesResource().api_client()
 
 
-def test_from_env_uses_the_kubeconfig_when_set_and_in_cluster_otherwise(stack, monkeypatch):
+def test_from_settings_uses_the_kubeconfig_when_set_and_in_cluster_otherwise(stack, monkeypatch):
     monkeypatch.setenv("CQOX_KUBECONFIG", stack.env()["CQOX_KUBECONFIG"])
-    with dg.build_resources({"kubernetes": KubernetesResource.from_env()}) as resources:
-        kube = resources.kubernetes  # as a run sees it: the EnvVar resolved
+    with dg.build_resources({"kubernetes": KubernetesResource.from_settings()}) as resources:
+        kube = resources.kubernetes  # as a run sees it
         assert kube.kubeconfig == stack.env()["CQOX_KUBECONFIG"]
         assert kube.server == stack.env()["CQOX_KUBE_API_URL"]
         assert kube.get("v1", "Namespace", "default")["metadata"]["name"] == "default"
     monkeypatch.delenv("CQOX_KUBECONFIG")
-    assert KubernetesResource.from_env().kubeconfig is None
+    assert KubernetesResource.from_settings().kubeconfig is None
 
 
 # --- forbidden, not found ----------------------------------------------------------------------------------

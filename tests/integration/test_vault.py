@@ -124,14 +124,18 @@ def test_approle_identity_is_least_privilege(stack, configured):
 def test_wal_archiver_identity_is_least_privilege_and_its_file_belongs_to_postgres(stack, configured):
     import pwd
 
-    from cqox_platform.backup.archiver_settings import ArchiverSettings, LightVault
+    from cqox_platform.backup.archiver_settings import ArchiverSettings
+    from cqox_platform.secrets.vault_client import VaultClient
 
     path = Path(stack.env()["CQOX_WAL_ARCHIVER_CONFIG"])
     st = path.stat()
     assert st.st_mode & 0o777 == 0o600 and st.st_uid == pwd.getpwnam("postgres").pw_uid
     settings = ArchiverSettings.load(path)
     assert settings.secret_id not in repr(settings)
-    vault = LightVault(settings.vault_addr, settings.vault_cacert, settings.role_id, settings.secret_id)
+    vault = VaultClient(
+        settings.vault_addr, settings.vault_cacert, role_id=settings.role_id, secret_id=settings.secret_id
+    )
+    assert settings.secret_id not in repr(vault)
     key = vault.key_provider("cqox-backups").generate_data_key()
     assert vault.key_provider("cqox-backups").unwrap(key.wrapped) == key.plaintext
     assert set(vault.read_secret("cqox/backups/s3")) == {"access_key_id", "secret_access_key"}
@@ -157,17 +161,17 @@ def test_platform_logs_in_to_postgres_with_vault_issued_users_over_tls13(stack, 
         ).fetchone()
     assert session_user.startswith("v-approle-cqox-pla")
     assert tls == "TLSv1.3"
-    first_lease = pg._lease["lease_id"]
+    first_lease = pg.client()._lease["lease_id"]
 
     # Near expiry the lease is renewed, same user.
-    pg._lease_expires_at = 0.0 + pg._lease_expires_at - pg._lease["lease_duration"] * 0.9
+    pg.client()._lease_expires_at = 0.0 + pg.client()._lease_expires_at - pg.client()._lease["lease_duration"] * 0.9
     with pg.connect() as conn:
         assert conn.execute("SELECT session_user").fetchone()[0] == session_user
-    assert pg._lease["lease_id"] == first_lease
+    assert pg.client()._lease["lease_id"] == first_lease
 
     # A revoked lease (its user dropped) is replaced by a fresh user on the next connect.
     _platform(stack).revoke_lease(first_lease)
-    pg._lease_expires_at = 0.0
+    pg.client()._lease_expires_at = 0.0
     with pg.connect() as conn:
         new_user = conn.execute("SELECT session_user").fetchone()[0]
     assert new_user != session_user
@@ -304,10 +308,10 @@ def test_transport_check_fails_when_an_endpoint_is_tls12(stack, configured):
 
 
 def test_platform_token_is_renewed_before_it_expires(stack, configured):
-    vault = _platform(stack)
+    vault = _platform(stack).vault_client()
     client = vault.client()
     token = client.token
-    assert vault._token_ttl > 0
+    assert vault._token_ttl > 0  # from the AppRole login's answer
     vault._token_expires_at = 0.0  # pretend the TTL ran out: the next call must renew (same token) or re-login
     vault.datakey("cqox-datasets")
     assert vault._token_expires_at > 0

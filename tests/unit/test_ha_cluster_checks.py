@@ -130,7 +130,7 @@ def test_sync_standby_needs_both_views_in_sync_mode():
 def test_resource_without_patroni_env_is_unconfigured_with_a_clear_message(monkeypatch):
     for name in ("CQOX_PATRONI_URLS", "CQOX_PATRONI_CACERT", "CQOX_PATRONI_USER", "CQOX_PATRONI_PASSWORD_FILE"):
         monkeypatch.delenv(name, raising=False)
-    resource = PatroniResource.from_env()
+    resource = PatroniResource.from_settings()
     assert not resource.configured
     with pytest.raises(NoPatroniClusterError, match="start it with `stack up --ha`"):
         resource.client()

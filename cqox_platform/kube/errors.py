@@ -1,6 +1,6 @@
-"""Kubernetes client failures as the platform's errors (shared by the resource and the core canary code).
+"""Kubernetes client failures as the platform's errors (raised by ``KubernetesClient``, caught by core code).
 
-Core modules (``cqox_platform.canary``) catch these without importing Dagster; ``KubernetesResource.call``
+Core modules (``cqox_platform.canary``) catch these without importing Dagster; ``KubernetesClient.call``
 raises them through ``translate``.
 """
 

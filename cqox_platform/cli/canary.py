@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cqox_platform.cli import context
+
 
 @click.group("canary")
 def canary() -> None:
@@ -19,13 +21,6 @@ def _policy(service: str, policy_file: Path | None):
     return load_policy(policy_file) if policy_file else policy_for(service)
 
 
-def _kube():
-    from cqox_platform.cli import _env
-    from cqox_platform.resources.kubernetes import KubernetesResource
-
-    return KubernetesResource(kubeconfig=_env("CQOX_KUBECONFIG"))
-
-
 @canary.command("start")
 @click.argument("service")
 @click.option("--image", required=True, help="The new image for the canary Deployment.")
@@ -33,11 +28,10 @@ def _kube():
 def canary_start(service: str, image: str, policy_file: Path | None) -> None:
     """Set SERVICE's canary image and the first step's weight; canary_sensor takes it from there."""
     from cqox_platform.canary.rollout import start_rollout
-    from cqox_platform.cli import _postgres
 
     policy = _policy(service, policy_file)
-    with _postgres().connect(autocommit=True) as conn:
-        rollout, change = start_rollout(conn, _kube(), policy, image)
+    with context.postgres().connect(autocommit=True) as conn:
+        rollout, change = start_rollout(conn, context.kubernetes(), policy, image)
     click.echo(
         f"{rollout.rollout_id}: {image} at {rollout.weight} % (was {rollout.previous_image}); VirtualService "
         f"resourceVersion {change.resource_version_before} -> {change.resource_version_after}"
@@ -49,9 +43,8 @@ def canary_start(service: str, image: str, policy_file: Path | None) -> None:
 def canary_status(limit: int) -> None:
     """Every rollout, newest first: step, weight, counters and the last decision with its reason."""
     from cqox_platform.canary.store import all_rollouts
-    from cqox_platform.cli import _postgres
 
-    with _postgres().connect() as conn:
+    with context.postgres().connect() as conn:
         rollouts = all_rollouts(conn, limit)
     click.echo(
         f"{'ROLLOUT':<34}{'STATUS':<13}{'STEP':<6}{'WEIGHT':<8}{'FAIL':<6}{'HOLDS':<7}{'IMAGE':<30}LAST DECISION"
@@ -75,11 +68,9 @@ def canary_backtest(service: str, start_at: str, end_at: str | None, policy_file
     """Replay Prometheus history through a policy: when it would have promoted, held or rolled back."""
     from cqox_platform.canary.analysis import budget_gate_remaining
     from cqox_platform.canary.rollout import backtest
-    from cqox_platform.cli import _env
-    from cqox_platform.resources.prometheus import PrometheusResource
 
     policy = _policy(service, policy_file)
-    prometheus = PrometheusResource(url=_env("CQOX_PROMETHEUS_URL"))
+    prometheus = context.prometheus()
     start = _when(start_at)
     end = _when(end_at) if end_at else datetime.now(UTC).timestamp()
     steps = backtest(
@@ -99,7 +90,3 @@ def _when(text: str) -> float:
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-26T10:00:00+00:00).") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def register(main: click.Group) -> None:
-    main.add_command(canary)

@@ -21,8 +21,7 @@ _archiver_config = click.option(
     "--config",
     "config_path",
     type=click.Path(path_type=Path),
-    envvar="CQOX_WAL_ARCHIVER_CONFIG",
-    required=True,
+    default=None,
     help="Archiver settings file (written by `vault_config`; env CQOX_WAL_ARCHIVER_CONFIG).",
 )
 _pgdata = click.option(
@@ -34,18 +33,33 @@ _pgdata = click.option(
 )
 
 
-def _archive_for(config_path: Path, pgdata: Path, bucket: str | None = None):
+def _config(config_path: Path | None) -> Path:
+    """``--config``, or the settings' ``CQOX_WAL_ARCHIVER_CONFIG`` (PostgreSQL always passes ``--config``, so the
+    archiving path never loads the settings)."""
+    if config_path is not None:
+        return config_path
+    from cqox_platform.cli import context
+
+    return Path(context.settings().require("wal_archiver_config"))
+
+
+def _archiver_process() -> None:
+    """An archiver process trusts only its settings file: a profile or CA bundle inherited from whoever started
+    PostgreSQL points at files this OS user cannot read (boto3 would fail on them before using the explicit
+    credentials). Done here, per process, never in the library (a Dagster run or a test keeps its variables)."""
     import os
 
-    # Only the settings file counts: a profile or CA bundle inherited from whoever started PostgreSQL points at
-    # files this OS user cannot read (boto3 would fail on them before using the explicit credentials).
     for name in [n for n in os.environ if n.startswith("AWS_")]:
         del os.environ[name]
+
+
+def _archive_for(config_path: Path | None, pgdata: Path, bucket: str | None = None):
+    _archiver_process()
     from cqox_platform.backup.archive import Archive
     from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
     from cqox_platform.backup.wal import system_identifier
 
-    settings = ArchiverSettings.load(config_path)
+    settings = ArchiverSettings.load(_config(config_path))
     clients = archiver_clients(settings)
     return Archive(clients.s3, bucket or clients.bucket, system_identifier(pgdata)), clients.provider
 
@@ -60,14 +74,14 @@ def _archive_for(config_path: Path, pgdata: Path, bucket: str | None = None):
     is_flag=True,
     help="Hand the file to the background pusher (started on demand) and report its result.",
 )
-def wal_push(path: Path, config_path: Path, pgdata: Path, asynchronous: bool) -> None:
+def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: bool) -> None:
     """Archive one WAL file (PostgreSQL's archive_command: `cqox-platform wal-push %p`)."""
     if asynchronous:
         from cqox_platform.backup.wal_async_client import push_async
         from cqox_platform.installation import platform_cli
 
         try:
-            push_async(config_path, pgdata.resolve(), path, platform_cli())
+            push_async(_config(config_path), pgdata.resolve(), path, platform_cli())
         except CqoxError as exc:
             click.echo(f"wal-push: {path.name} NOT archived: {exc}", err=True)
             sys.exit(1)
@@ -105,15 +119,12 @@ def wal_push(path: Path, config_path: Path, pgdata: Path, asynchronous: bool) ->
 @click.command("wal-push-daemon", hidden=True)
 @_archiver_config
 @_pgdata
-def wal_push_daemon(config_path: Path, pgdata: Path) -> None:
+def wal_push_daemon(config_path: Path | None, pgdata: Path) -> None:
     """The background pusher behind `wal-push --async` (started by it; exits when idle)."""
-    import os
-
     from cqox_platform.backup.wal_async import run_daemon
 
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        del os.environ[name]
-    run_daemon(config_path, pgdata.resolve(), log=lambda m: click.echo(m, err=True))
+    _archiver_process()
+    run_daemon(_config(config_path), pgdata.resolve(), log=lambda m: click.echo(m, err=True))
 
 
 @click.command("wal-fetch")
@@ -127,7 +138,9 @@ def wal_push_daemon(config_path: Path, pgdata: Path) -> None:
     is_flag=True,
     help="For a streaming standby (Patroni): any failure means 'not available', never stop the server.",
 )
-def wal_fetch(name: str, destination: Path, config_path: Path, pgdata: Path, bucket: str | None, standby: bool) -> None:
+def wal_fetch(
+    name: str, destination: Path, config_path: Path | None, pgdata: Path, bucket: str | None, standby: bool
+) -> None:
     """Restore one WAL file (PostgreSQL's restore_command: `cqox-platform wal-fetch %f %p`).
 
     A standby never ends recovery on its own, so an archive it cannot use yet (settings not written, S3 down)
@@ -160,18 +173,14 @@ def backup() -> None:
 
 
 def _backup_context():
-    """Admin connection settings, the S3 client and the backup key provider from `stack env`."""
-    import os
-
+    """Admin connection settings, the S3 client and the backup key provider from the settings."""
     import psycopg
 
-    from cqox_platform.cli import _env, _platform_vault, _postgres_admin, _s3_client
+    from cqox_platform.cli import context
 
-    admin = _postgres_admin()
-    conninfo = admin.conninfo()
+    conninfo = context.postgres_admin().conninfo()
     dsn = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in conninfo.items()})
-    provider = _platform_vault().key_provider(os.environ.get("CQOX_BACKUP_TRANSIT_KEY", "cqox-backups"))
-    return conninfo, dsn, _s3_client(), provider, _env("CQOX_S3_BUCKET")
+    return conninfo, dsn, context.s3(), context.backup_key_provider(), context.bucket()
 
 
 @backup.command("create")
@@ -246,8 +255,6 @@ def restore(
     The restored server listens on a private unix socket next to PGDATA and does not archive, so no client
     or archive mixes it up with the primary; open it by editing listen_addresses when you decide to.
     """
-    import os
-
     from cqox_platform.backup.archive import Archive
     from cqox_platform.backup.records import find_backup
     from cqox_platform.backup.restore import (
@@ -286,7 +293,7 @@ def restore(
         pgdata,
         port=port,
         socket_dir=socket_dir,
-        restore_command=restore_command_for(platform_cli(), Path(os.environ["CQOX_WAL_ARCHIVER_CONFIG"]), bucket),
+        restore_command=restore_command_for(platform_cli(), _config(None), bucket),
         target=target,
     )
     cluster = ScratchCluster(pgdata, socket_dir, port, pgdata.parent / f"{pgdata.name}.log", pg_bindir())
@@ -296,8 +303,3 @@ def restore(
     cluster.start()
     cluster.wait_promoted(24 * 3600, say)
     click.echo(f"restored and promoted: psql -h {socket_dir} -p {port} -U postgres   (log: {cluster.log})")
-
-
-def register(main: click.Group) -> None:
-    for command in (wal_push, wal_push_daemon, wal_fetch, backup, restore):
-        main.add_command(command)

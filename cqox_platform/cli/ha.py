@@ -13,30 +13,13 @@ from collections.abc import Iterable
 
 import click
 
+from cqox_platform.cli import context
 from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
 
 
 @click.group("ha")
 def ha() -> None:
     """The Patroni cluster of an HA stack: status, planned switchover, reinitialise a replica."""
-
-
-def _client() -> PatroniClient:
-    import os
-
-    from cqox_platform.cli import _env
-    from cqox_platform.resources.patroni import NO_CLUSTER_MESSAGE
-
-    if not os.environ.get("CQOX_PATRONI_URLS"):
-        raise click.UsageError(
-            f'{NO_CLUSTER_MESSAGE}; or CQOX_PATRONI_URLS is not set: run `eval "$(cqox-platform stack env)"`.'
-        )
-    return PatroniClient(
-        urls=[u for u in _env("CQOX_PATRONI_URLS").split(",") if u],
-        cacert=_env("CQOX_PATRONI_CACERT"),
-        username=_env("CQOX_PATRONI_USER"),
-        password_file=_env("CQOX_PATRONI_PASSWORD_FILE"),
-    )
 
 
 def print_cluster(client: PatroniClient, expected: Iterable[str] = ()) -> bool:
@@ -73,16 +56,14 @@ def print_cluster(client: PatroniClient, expected: Iterable[str] = ()) -> bool:
 @ha.command("status")
 def ha_status() -> None:
     """Members with role, state, timeline and lag. Exit 3 when there is no leader or a member is not running."""
-    if not print_cluster(_client()):
+    if not print_cluster(context.patroni()):
         sys.exit(3)
 
 
 def _run(operation, target: str, timeout: float) -> None:
-    from cqox_platform.cli import _postgres_admin
-
-    admin = _postgres_admin()
+    admin = context.postgres_admin()
     result = operation(
-        _client(),
+        context.patroni(),
         target,
         who=getpass.getuser(),
         via="cli",
@@ -115,7 +96,3 @@ def ha_reinit(member: str, timeout: float) -> None:
     from cqox_platform.ha.operations import reinitialize
 
     _run(reinitialize, member, timeout)
-
-
-def register(main: click.Group) -> None:
-    main.add_command(ha)

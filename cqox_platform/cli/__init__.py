@@ -1,0 +1,37 @@
+"""`cqox-platform`: the command line of the platform, one module per command group.
+
+``context`` builds every client the commands use (core clients from the settings contract, no Dagster);
+``group`` holds the error-handling group class. This module only assembles the groups: the command modules
+never import it back, so there is no import cycle.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cqox_platform.cli import backup, canary, datasets, encryption, ha, slo, stack
+from cqox_platform.cli.group import ErrorGroup
+
+
+@click.group(cls=ErrorGroup)
+def main() -> None:
+    """Reliability platform for CQOx: local stack, encryption, datasets, SLOs."""
+
+
+for _command in (
+    stack.stack,
+    encryption.encrypt_cmd,
+    encryption.decrypt_cmd,
+    datasets.datasets,
+    slo.slo,
+    backup.wal_push,
+    backup.wal_push_daemon,
+    backup.wal_fetch,
+    backup.backup,
+    backup.restore,
+    canary.canary,
+    ha.ha,
+):
+    main.add_command(_command)
+
+__all__ = ["main"]

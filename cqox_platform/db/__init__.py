@@ -1,0 +1,1 @@
+"""The PostgreSQL client of the platform, without Dagster."""

@@ -1,0 +1,1 @@
+"""The Kubernetes API client and its errors, without Dagster."""

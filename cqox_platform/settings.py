@@ -282,3 +282,10 @@ def child_env(extra: Mapping[str, str] | None = None, *, drop_prefixes: tuple[st
     )
     env.update(extra or {})
     return env
+
+
+def forget_inherited(prefix: str) -> None:
+    """Drop variables this process inherited under ``prefix``, for a process that must trust only its own files
+    (the WAL archiver: boto3 would follow an inherited ``AWS_PROFILE`` to files its OS user cannot read)."""
+    for name in [n for n in os.environ if n.startswith(prefix)]:
+        del os.environ[name]

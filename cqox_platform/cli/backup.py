@@ -47,10 +47,9 @@ def _archiver_process() -> None:
     """An archiver process trusts only its settings file: a profile or CA bundle inherited from whoever started
     PostgreSQL points at files this OS user cannot read (boto3 would fail on them before using the explicit
     credentials). Done here, per process, never in the library (a Dagster run or a test keeps its variables)."""
-    import os
+    from cqox_platform.settings import forget_inherited
 
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        del os.environ[name]
+    forget_inherited("AWS_")
 
 
 def _archive_for(config_path: Path | None, pgdata: Path, bucket: str | None = None):

@@ -9,7 +9,6 @@ The webserver and daemon run in ``DAGSTER_HOME``, so no ``dagster.yaml`` of a wo
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import requests
 import yaml
 
 from cqox_platform.package_data import package_path
+from cqox_platform.settings import child_env
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 
@@ -54,7 +54,7 @@ class _DagsterProcess(Service):
         raise NotImplementedError
 
     def start(self) -> None:
-        env = {**os.environ, **self.stack_env}
+        env = child_env(self.stack_env)
         home = prepare_dagster_home(self.stack.root)
         pid = spawn(self.argv(), log_path=self.log_path, env=env, cwd=home)
         self.write_pid(pid)

@@ -68,7 +68,7 @@ def canary_rollout(
 ) -> dg.MaterializeResult:
     with postgres.connect(autocommit=True) as conn:
         run = run_decision(
-            conn, kubernetes, prometheus.query, context.partition_key, config.state_version, run_id=context.run_id
+            conn, kubernetes, prometheus.query, context.partition_key, config.state_version, run_id=context.run.run_id
         )
     rollout, policy, change = run.rollout, run.policy, run.change
     evidence = run.evidence or Evidence(None, None)

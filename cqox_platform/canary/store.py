@@ -77,7 +77,9 @@ _SELECT = "SELECT * FROM canary_rollouts"
 
 
 def new_rollout_id(service: str, now: datetime | None = None) -> str:
-    return f"{service}-{(now or datetime.now(UTC)).strftime('%Y%m%dt%H%M%S')}"
+    """``<service>-<UTC time to the millisecond>``: a rollback and a new start within one second get two ids."""
+    now = now or datetime.now(UTC)
+    return f"{service}-{now:%Y%m%dt%H%M%S}{now.microsecond // 1000:03d}"
 
 
 def insert_rollout(
@@ -105,7 +107,9 @@ def insert_rollout(
                 PROGRESSING,
             ],
         )
-    except psycopg.errors.UniqueViolation:
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != "idx_canary_one_active":
+            raise RolloutError(f"a rollout {rollout_id!r} exists already; start again.") from None
         raise RolloutError(
             f"{service} already has a rollout in progress (`cqox-platform canary status`); "
             "finish or roll it back first."

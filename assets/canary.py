@@ -1,56 +1,55 @@
 """Canary rollouts as assets and jobs (group ``canary``).
 
-Each decision of the canary sensor is a materialization of ``canary_rollout`` in the rollout's partition: the
-run re-applies the pure decision function to the evidence the sensor gathered (same inputs, same answer, but
-against the rollout's state as it is now), changes the VirtualService and records the outcome. The metadata is
-the evidence a reviewer needs: resolved PromQL, canary and stable values, request counts, thresholds, the
-policy version, and the VirtualService ``resourceVersion`` before and after.
+Each decision run of the canary sensor is a materialization of ``canary_rollout`` in the rollout's partition.
+The run is told only which state of the rollout it is for (``state_version``); it locks the rollout's row,
+checks the rollout is still in that state, gathers the evidence from Prometheus itself (run config is not
+evidence: anyone who can launch a run could write it), decides with the policy stored with the rollout, changes
+the VirtualService and records the outcome (``cqox_platform.canary.rollout.run_decision``). A run for a state
+that moved on is ``stale`` and changes nothing. The metadata is what a reviewer needs: the outcome, resolved
+PromQL, canary and stable values, request counts, thresholds, the policy, the VirtualService
+``resourceVersion`` before and after.
+
+At most one decision run per rollout runs at a time: the row lock guarantees it; the run queue's tag limit on
+``cqox/rollout`` (dagster.yaml) keeps the second run queued instead of waiting on the lock in a run worker.
 """
 
-import json
 from dataclasses import asdict
 
 import dagster as dg
 
-from cqox_platform.canary.analysis import budget_gate_remaining, gather_evidence
-from cqox_platform.canary.decision import Decision, Evidence, decide, evidence_from_dict
+from assets.metadata import md_table
+from cqox_platform.canary.decision import Evidence
 from cqox_platform.canary.policy import CanaryPolicy, policy_for
-from cqox_platform.canary.rollout import apply_decision, start_rollout
-from cqox_platform.canary.store import get_rollout
+from cqox_platform.canary.rollout import DecisionRun, run_decision, start_rollout
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 
 GROUP = "canary"
+ROLLOUT_TAG = "cqox/rollout"
 canary_partitions = dg.DynamicPartitionsDefinition(name="canary_rollouts")
 
 
-def collect(policy: CanaryPolicy, prometheus: PrometheusResource) -> Evidence:
-    return gather_evidence(
-        policy, prometheus.query, budget_remaining=lambda: budget_gate_remaining(policy, prometheus.query)
-    )
-
-
-def _verdict_table(policy: CanaryPolicy, decision: Decision, evidence: Evidence) -> dg.MetadataValue:
+def _verdict_table(policy: CanaryPolicy, run: DecisionRun) -> dg.MetadataValue:
     checks = {c.name: c for c in policy.metrics}
-    values = {m.name: m for m in evidence.metrics}
-    rows = [
-        "| metric | canary | stable | max | max over stable | max ratio to stable | passed | canary PromQL |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for v in decision.verdicts:
+    values = {m.name: m for m in (run.evidence.metrics if run.evidence else ())}
+    header = ["metric", "canary", "stable", "max", "max over stable", "max ratio to stable", "passed", "canary PromQL"]
+    rows = []
+    for v in run.decision.verdicts if run.decision else ():
         c, m = checks[v.name], values.get(v.name)
-        query = (m.canary_query if m else "").replace("|", "\\|")
-        rows.append(
-            f"| {v.name} | {v.canary} | {v.stable} | {c.max} | {c.max_over_stable} | {c.max_ratio_to_stable} "
-            f"| {v.passed} | `{query}` |"
-        )
-    return dg.MetadataValue.md("\n".join(rows))
+        query = f"`{m.canary_query}`" if m else ""
+        rows.append([v.name, v.canary, v.stable, c.max, c.max_over_stable, c.max_ratio_to_stable, v.passed, query])
+    return md_table(header, rows)
 
 
 class CanaryDecisionConfig(dg.Config):
-    #: The evidence the sensor gathered, as JSON (``dataclasses.asdict(Evidence)``).
-    evidence: str
+    #: The rollout state (``canary_rollouts.state_version``) this decision is for; the sensor sets it. A run for
+    #: any other state is recorded as stale and changes nothing.
+    state_version: int
+
+
+def _number(value: float | None) -> float:
+    return value if value is not None else -1.0
 
 
 @dg.asset(
@@ -58,38 +57,42 @@ class CanaryDecisionConfig(dg.Config):
     partitions_def=canary_partitions,
     kinds={"kubernetes", "prometheus"},
     description="One canary decision per materialization (partition = rollout): promote, hold, roll back or "
-    "complete, applied to the VirtualService, with its evidence.",
+    "complete, applied to the VirtualService with the evidence the run gathered; or stale, changing nothing.",
 )
 def canary_rollout(
     context: dg.AssetExecutionContext,
     config: CanaryDecisionConfig,
     postgres: PostgresResource,
     kubernetes: KubernetesResource,
+    prometheus: PrometheusResource,
 ) -> dg.MaterializeResult:
-    evidence = evidence_from_dict(json.loads(config.evidence))
     with postgres.connect(autocommit=True) as conn:
-        rollout = get_rollout(conn, context.partition_key)
-        policy = policy_for(rollout.service)
-        decision = decide(policy, rollout.state, evidence)
-        change = apply_decision(conn, kubernetes, policy, rollout, decision)
-    context.log.info(f"{rollout.rollout_id}: {decision.action} - {decision.reason}")
+        run = run_decision(
+            conn, kubernetes, prometheus.query, context.partition_key, config.state_version, run_id=context.run.run_id
+        )
+    rollout, policy, change = run.rollout, run.policy, run.change
+    evidence = run.evidence or Evidence(None, None)
+    context.log.info(f"{rollout.rollout_id}: {run.outcome} {run.action} - {run.reason}")
     return dg.MaterializeResult(
         metadata={
             "rollout": rollout.rollout_id,
             "image": rollout.image,
-            "action": decision.action,
-            "reason": decision.reason,
-            "weight_before": decision.weight_before,
-            "weight_after": decision.weight_after,
-            "status": decision.state.status,
-            "failures": decision.state.failures,
-            "consecutive_holds": decision.state.consecutive_holds,
-            "canary_requests": evidence.canary_requests if evidence.canary_requests is not None else -1.0,
-            "stable_requests": evidence.stable_requests if evidence.stable_requests is not None else -1.0,
-            "budget_remaining": evidence.budget_remaining if evidence.budget_remaining is not None else -1.0,
-            "prometheus_ok": evidence.prometheus_ok,
-            "metrics": _verdict_table(policy, decision, evidence),
-            "evidence": dg.MetadataValue.json(asdict(evidence)),
+            "outcome": run.outcome,
+            "action": run.action,
+            "reason": run.reason,
+            "state_version_before": rollout.state_version,
+            "state_version_after": run.state_version_after,
+            "weight_before": rollout.weight,
+            "weight_after": run.weight_after,
+            "status": run.decision.state.status if run.decision else rollout.status,
+            "failures": run.decision.state.failures if run.decision else rollout.failures,
+            "consecutive_holds": run.decision.state.consecutive_holds if run.decision else rollout.consecutive_holds,
+            "canary_requests": _number(evidence.canary_requests),
+            "stable_requests": _number(evidence.stable_requests),
+            "budget_remaining": _number(evidence.budget_remaining),
+            "prometheus_ok": evidence.prometheus_ok if run.evidence else False,
+            "metrics": _verdict_table(policy, run),
+            "evidence": dg.MetadataValue.json(asdict(run.evidence) if run.evidence else {}),
             "policy": f"{policy.source} v{policy.version}",
             "virtual_service": f"{policy.kubernetes.namespace}/{policy.kubernetes.virtual_service}",
             "resource_version_before": change.resource_version_before if change else "",

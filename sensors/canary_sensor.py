@@ -1,34 +1,29 @@
-"""The canary sensor: once per analysis interval per active rollout, gather evidence and request a decision run.
+"""The canary sensor: once per analysis interval per active rollout, request that rollout's decision run.
 
-It decides with the same pure function the run uses, so the run key says what will happen (rollout, step,
-action, interval number) and a repeated tick within an interval requests nothing new. Between intervals it
-skips with the reason; it reads the database and runs a handful of instant queries, far inside the sensor
-timeout.
+It requests one run per rollout per interval whatever the decision will be (the run key has no action in it),
+for the rollout's current ``state_version``; the run gathers the evidence and decides itself, so nothing the
+sensor saw (or anyone could write into run config) is taken as evidence, and a run whose state moved on is
+stale. Between intervals it skips with the reason; it reads one table, far inside the sensor timeout.
 """
 
-import json
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets.canary import canary_decision_job, canary_partitions, collect
-from cqox_platform.canary.decision import decide
-from cqox_platform.canary.policy import policy_for
-from cqox_platform.canary.store import active_rollouts
+from assets.canary import ROLLOUT_TAG, canary_decision_job, canary_partitions
+from cqox_platform.canary.policy import PolicyError
+from cqox_platform.canary.store import active_rollouts, rollout_policy
+from cqox_platform.canary.transition import decision_run_key
 from cqox_platform.resources.postgres import PostgresResource
-from cqox_platform.resources.prometheus import PrometheusResource
 
 
 @dg.sensor(
     job=canary_decision_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Analyses every active canary rollout once per policy interval and requests its decision run.",
+    description="Requests one decision run per active canary rollout and policy interval.",
 )
-def canary_sensor(
-    context: dg.SensorEvaluationContext, postgres: PostgresResource, prometheus: PrometheusResource
-) -> dg.SensorResult | dg.SkipReason:
+def canary_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource) -> dg.SensorResult | dg.SkipReason:
     with postgres.connect() as conn:
         rollouts = active_rollouts(conn)
     if not rollouts:
@@ -36,24 +31,26 @@ def canary_sensor(
     now = datetime.now(UTC)
     requests, waiting, partitions = [], [], []
     for rollout in rollouts:
-        policy = policy_for(rollout.service)
+        try:
+            policy = rollout_policy(rollout)
+        except PolicyError as exc:
+            waiting.append(f"{rollout.rollout_id}: {exc}")
+            context.log.error(str(exc))
+            continue
         since = (now - (rollout.last_decision_at or rollout.started_at)).total_seconds()
         if since < policy.interval_seconds:
             waiting.append(f"{rollout.rollout_id}: next analysis in {policy.interval_seconds - since:.0f} s")
             continue
-        evidence = collect(policy, prometheus)
-        decision = decide(policy, rollout.state, evidence)
-        interval_no = int((now - rollout.started_at).total_seconds() // policy.interval_seconds)
         partitions.append(rollout.rollout_id)
         requests.append(
             dg.RunRequest(
-                run_key=f"{rollout.rollout_id}:{rollout.step_index}:{decision.action}:{interval_no}",
+                run_key=decision_run_key(rollout.rollout_id, rollout.started_at, now, policy.interval_seconds),
                 partition_key=rollout.rollout_id,
-                run_config={"ops": {"canary_rollout": {"config": {"evidence": json.dumps(asdict(evidence))}}}},
-                tags={"cqox/rollout": rollout.rollout_id, "cqox/decision": decision.action},
+                run_config={"ops": {"canary_rollout": {"config": {"state_version": rollout.state_version}}}},
+                tags={ROLLOUT_TAG: rollout.rollout_id, "cqox/state-version": str(rollout.state_version)},
             )
         )
-        context.log.info(f"{rollout.rollout_id}: {decision.action} ({decision.reason})")
+        context.log.info(f"{rollout.rollout_id}: decision requested for step {rollout.step_index}")
     if not requests:
         return dg.SkipReason("; ".join(waiting))
     return dg.SensorResult(

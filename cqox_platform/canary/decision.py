@@ -3,13 +3,16 @@
 Order of reasoning, each branch a row in the unit tests:
 
 1. a finished rollout is left alone;
-2. Prometheus unreachable: hold, without counting against the canary (the monitoring failed, not the canary);
+2. no usable evidence (Prometheus unreachable, a query answering several series): hold, without counting
+   against the canary (the monitoring failed, not the canary);
 3. too few canary requests or a metric without data: hold for insufficient evidence; past
-   ``max_consecutive_holds`` such holds, roll back (a canary that gets no traffic cannot be judged);
+   ``max_consecutive_holds`` such holds, roll back (a canary that gets no traffic cannot be judged). A relative
+   threshold without stable data to compare to is no data, never a pass;
 4. a metric over its absolute or stable-relative threshold: a failed analysis; at ``failure_limit`` roll back,
    otherwise hold;
-5. all metrics pass: at the last step, complete; at the first step with the error budget under the gate, hold
-   (not counted: the canary is fine, the service is not); otherwise promote to the next step.
+5. all metrics pass: at the last step, complete; with the error budget unknown or under the gate, hold (not
+   counted: the canary is fine, the service is not), at every step, since every promotion moves traffic;
+   otherwise promote to the next step.
 """
 
 from __future__ import annotations
@@ -50,12 +53,6 @@ class Evidence:
     error: str = ""
 
 
-def evidence_from_dict(data: dict[str, Any]) -> Evidence:
-    """Inverse of ``asdict(evidence)``: the sensor hands evidence to the run as JSON."""
-    metrics = tuple(MetricValue(**m) for m in data.get("metrics", ()))
-    return Evidence(**{**data, "metrics": metrics})
-
-
 @dataclass(frozen=True)
 class MetricVerdict:
     name: str
@@ -79,9 +76,15 @@ class Decision:
 
 
 def judge(check: MetricCheck, value: MetricValue) -> MetricVerdict:
-    """One metric against its thresholds; no canary value means no verdict."""
+    """One metric against its thresholds; no canary value, or no stable value for a relative threshold, means no
+    verdict (a comparison with nothing must not pass)."""
     if value.canary is None:
         return MetricVerdict(check.name, None, value.stable, None, ("no data for the canary",))
+    relative = check.max_over_stable is not None or check.max_ratio_to_stable is not None
+    if relative and value.stable is None:
+        return MetricVerdict(check.name, value.canary, None, None, ("no data for stable",))
+    if check.max_ratio_to_stable is not None and value.stable is not None and value.stable <= 0:
+        return MetricVerdict(check.name, value.canary, value.stable, None, ("stable is 0: no ratio to judge",))
     reasons = []
     if check.max is not None and value.canary > check.max:
         reasons.append(f"{value.canary:.6g} > max {check.max:g}")
@@ -90,11 +93,7 @@ def judge(check: MetricCheck, value: MetricValue) -> MetricVerdict:
             reasons.append(
                 f"{value.canary:.6g} exceeds stable {value.stable:.6g} by more than {check.max_over_stable:g}"
             )
-        if (
-            check.max_ratio_to_stable is not None
-            and value.stable > 0
-            and value.canary / value.stable > check.max_ratio_to_stable
-        ):
+        if check.max_ratio_to_stable is not None and value.canary / value.stable > check.max_ratio_to_stable:
             reasons.append(
                 f"{value.canary:.6g} is {value.canary / value.stable:.2f}x stable {value.stable:.6g} "
                 f"(limit {check.max_ratio_to_stable:g}x)"
@@ -114,7 +113,7 @@ def decide(policy: CanaryPolicy, state: RolloutState, evidence: Evidence) -> Dec
         return Decision(ROLLBACK, reason, weight, 0, replace(state, status=ROLLED_BACK), tuple(verdicts))
 
     if not evidence.prometheus_ok:
-        return hold(f"Prometheus unavailable ({evidence.error or 'no answer'}): holding, not judging", state)
+        return hold(f"no usable evidence ({evidence.error or 'Prometheus unavailable'}): holding, not judging", state)
 
     by_name = {m.name: m for m in evidence.metrics}
     verdicts = [judge(c, by_name.get(c.name, MetricValue(c.name, None, None))) for c in policy.metrics]
@@ -163,13 +162,13 @@ def decide(policy: CanaryPolicy, state: RolloutState, evidence: Evidence) -> Dec
             tuple(verdicts),
         )
     gate = policy.budget_gate
-    if state.step_index == 0 and gate is not None:
+    if gate is not None:
         if evidence.budget_remaining is None:
-            return hold(f"error budget of {gate.slo} unknown: not promoting past the first step", state, verdicts)
+            return hold(f"error budget of {gate.slo} unknown: not promoting past {weight} %", state, verdicts)
         if evidence.budget_remaining < gate.min_remaining:
             return hold(
                 f"error budget of {gate.slo} at {evidence.budget_remaining:.1%} < {gate.min_remaining:.0%}: "
-                f"not promoting past the first step",
+                f"not promoting past {weight} %",
                 state,
                 verdicts,
             )

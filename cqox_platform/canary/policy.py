@@ -8,7 +8,7 @@ forbids going past the first step. Errors name the file and the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,9 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
             if check.max is None and check.max_over_stable is None and check.max_ratio_to_stable is None:
                 raise PolicyError(f"{where} metrics[{i}] ({check.name}): give at least one threshold.")
             metrics.append(check)
+        if not metrics:
+            # Without a metric the only evidence is the request count: any canary with traffic would promote.
+            raise PolicyError(f"{where}: `metrics` is empty; give at least one metric to judge the canary by.")
         gate = data.get("budget_gate")
         policy = CanaryPolicy(
             service=str(_require(data, "service", where)),
@@ -142,6 +145,15 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
         except (KeyError, IndexError, ValueError) as exc:
             raise PolicyError(f"{where}: query template {template[:60]!r}... has a bad placeholder: {exc}") from None
     return policy
+
+
+def policy_document(policy: CanaryPolicy) -> dict[str, Any]:
+    """The policy as the JSON mapping ``parse_policy`` reads: stored with a rollout, so the rollout is decided by
+    the policy it started with (``canary start --policy F``), not by whatever file is in place later."""
+    doc = asdict(policy)
+    doc["steps"] = list(policy.steps)
+    doc["metrics"] = [asdict(m) for m in policy.metrics]
+    return doc
 
 
 def load_policy(path: Path) -> CanaryPolicy:

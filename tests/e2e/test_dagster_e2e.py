@@ -55,6 +55,7 @@ def test_main_job_materializes_from_the_cli_and_records_the_run_in_postgres(stac
         "latest_backup_verified_restorable",
         "dr_copy_verified",
         "manifests_in_sync",
+        "slo_alerts_can_fire",
     }
     assert {line.split("Asset check '")[1].split("'")[0] for line in checks} == expected
     assert all("' passed." in line for line in checks), checks

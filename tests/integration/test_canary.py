@@ -26,6 +26,7 @@ from cqox_platform.canary.rollout import start_rollout
 from cqox_platform.canary.router import VS, shift_weights
 from cqox_platform.canary.store import get_rollout
 from cqox_platform.resources.kubernetes import KubernetesForbiddenError, KubernetesInvalidError, KubernetesResource
+from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.slo.spec import DEFAULT_SPEC
@@ -154,14 +155,17 @@ def _start(stack, world, name: str):
     return policy, rollout
 
 
-def _tick(stack, world, name: str, instance, prometheus=None):
-    """One sensor evaluation (time compressed) and, if it requested one, the decision run."""
+def _scenario_env(stack, world, name: str) -> dict[str, str]:
     scenario = world["scenarios"][name]
-    env = {
+    return {
         **stack.env(),
         "CQOX_CANARY_POLICY_DIR": str(scenario["policies"]),
         "CQOX_SLO_SPEC": str(scenario["policies"] / "slos.yaml"),
     }
+
+
+def _sense(stack, world, name: str, instance, prometheus=None):
+    """One sensor evaluation with time compressed: the request it made (or None) and its skip message."""
     with _conn(stack) as conn:
         conn.execute(
             "UPDATE canary_rollouts SET last_decision_at = now() - interval '1 hour', "
@@ -180,26 +184,46 @@ def _tick(stack, world, name: str, instance, prometheus=None):
         assets=[canary_rollout], jobs=[canary_decision_job], sensors=[canary_sensor], resources=resources
     )
     with (
-        mock.patch.dict(os.environ, env),
+        mock.patch.dict(os.environ, _scenario_env(stack, world, name)),
         dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as context,
         # evaluate_tick resolves partitioned run requests against the current partition-loading store.
         dg.partition_loading_context(dynamic_partitions_store=instance),
     ):
         result = canary_sensor.evaluate_tick(context)
-        if not result.run_requests:
-            return None, result.skip_message
-        (request,) = result.run_requests
-        for partitions_request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(canary_partitions.name, list(partitions_request.partition_keys))
+    if not result.run_requests:
+        return None, result.skip_message
+    (request,) = result.run_requests
+    for partitions_request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(canary_partitions.name, list(partitions_request.partition_keys))
+    return request, None
+
+
+def _run(stack, world, name: str, request: dg.RunRequest, instance, prometheus=None) -> dict:
+    """The decision run the request asks for, as the daemon would launch it; its materialization's metadata."""
+    instance.add_dynamic_partitions(canary_partitions.name, [request.partition_key])
+    with mock.patch.dict(os.environ, _scenario_env(stack, world, name)):
         run = dg.materialize(
             [canary_rollout],
             partition_key=request.partition_key,
             run_config=request.run_config,
-            resources={"postgres": _postgres_admin(stack), "kubernetes": world["kube"]},
+            tags=request.tags,
+            resources={
+                "postgres": _postgres_admin(stack),
+                "kubernetes": world["kube"],
+                "prometheus": prometheus or world["prometheus"],
+            },
             instance=instance,
         )
     (event,) = run.asset_materializations_for_node("canary_rollout")
-    return {k: v.value for k, v in event.metadata.items()}, request.run_key
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def _tick(stack, world, name: str, instance, prometheus=None):
+    """One sensor evaluation (time compressed) and, if it requested one, the decision run."""
+    request, skipped = _sense(stack, world, name, instance, prometheus)
+    if request is None:
+        return None, skipped
+    return _run(stack, world, name, request, instance, prometheus), request.run_key
 
 
 def _weights(world, name: str) -> dict[str, int]:
@@ -273,6 +297,124 @@ def test_a_low_error_budget_stops_promotion_at_the_first_step(stack, world, inst
     assert meta["action"] == "hold" and "error budget of availability" in meta["reason"]
     assert meta["budget_remaining"] < 0.25
     assert _weights(world, "burnt")["v2"] == 10
+
+
+def _decisions(stack, rollout_id: str) -> list[tuple[str, str]]:
+    with _conn(stack) as conn:
+        return conn.execute(
+            "SELECT outcome, action FROM canary_decisions WHERE rollout_id = %s ORDER BY decision_id", [rollout_id]
+        ).fetchall()
+
+
+def _decision_run_process(env: dict, request: dict, barrier, results) -> None:
+    """A decision run in a process of its own, as a run worker launches it (Dagster's in-process execution is
+    not safe from two threads of one process: its log handlers deadlock on the logging lock)."""
+    os.environ.update(env)
+    try:
+        resources = {
+            "postgres": PostgresResource(
+                host=env["CQOX_PG_HOST"],
+                port=int(env["CQOX_PG_PORT"]),
+                dbname=env["CQOX_PG_DB"],
+                user=env["CQOX_PG_USER"],
+                sslrootcert=env["CQOX_PG_SSLROOTCERT"],
+                passfile=env["CQOX_PG_PASSFILE"],
+            ),
+            "kubernetes": KubernetesResource(kubeconfig=env["CQOX_KUBECONFIG"]),
+            "prometheus": PrometheusResource(url=env["CQOX_PROMETHEUS_URL"]),
+        }
+        with dg.instance_for_test() as own:
+            own.add_dynamic_partitions(canary_partitions.name, [request["partition_key"]])
+            barrier.wait(timeout=120)
+            run = dg.materialize([canary_rollout], instance=own, resources=resources, **request)
+        (event,) = run.asset_materializations_for_node("canary_rollout")
+        results.put(
+            {
+                k: v.value
+                for k, v in event.metadata.items()
+                if k in ("outcome", "action", "reason", "weight_before", "weight_after")
+            }
+        )
+    except BaseException as exc:
+        results.put({"error": repr(exc)})
+
+
+def test_two_decision_runs_for_one_interval_apply_once_and_the_other_is_recorded_stale(stack, world, instance):
+    """Issue 13 item 2: the same interval's decision launched twice at once (a retry, a second daemon, a click in
+    the UI), in two processes. Before, both decided on whatever state they found: 10 -> 50 -> 100 % at once."""
+    import multiprocessing
+    import queue
+
+    _policy, rollout = _start(stack, world, "good")
+    request, skipped = _sense(stack, world, "good", instance)
+    assert request is not None, skipped
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(2), spawn.Queue()
+    args = {"partition_key": request.partition_key, "run_config": request.run_config, "tags": request.tags}
+    procs = [
+        spawn.Process(target=_decision_run_process, args=(_scenario_env(stack, world, "good"), args, barrier, results))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    metas = []
+    try:
+        for _ in procs:
+            metas.append(results.get(timeout=300))
+    except queue.Empty:
+        pytest.fail(f"a decision run did not finish: {metas}")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert all("error" not in m for m in metas), metas
+    assert _weights(world, "good") == {"v1": 50, "v2": 50}
+    assert sorted(m["outcome"] for m in metas) == ["applied", "stale"]
+    stale = next(m for m in metas if m["outcome"] == "stale")
+    assert "stale" in stale["reason"] and stale["weight_after"] == stale["weight_before"] == 50
+    with _conn(stack) as conn:
+        assert get_rollout(conn, rollout.rollout_id).step_index == 1
+    assert sorted(_decisions(stack, rollout.rollout_id)) == [("applied", "promote"), ("stale", "none")]
+
+
+def test_a_stale_promote_cannot_skip_the_50_percent_observation_window(stack, world, instance):
+    """The run of an interval, launched again after it promoted, finds a newer state: it changes nothing. A run
+    forged for the new state (right version, launched from the UI at once) waits for the window."""
+    _start(stack, world, "good")
+    request, skipped = _sense(stack, world, "good", instance)
+    assert request is not None, skipped
+    first = _run(stack, world, "good", request, instance)
+    assert (first["action"], first["weight_after"]) == ("promote", 50)
+    again = _run(stack, world, "good", request, instance)
+    assert _weights(world, "good")["v2"] == 50
+    assert again["outcome"] == "stale" and again["weight_after"] == 50
+    forged = dg.RunRequest(
+        partition_key=request.partition_key,
+        run_config={"ops": {"canary_rollout": {"config": {"state_version": first["state_version_after"]}}}},
+        tags=request.tags,
+    )
+    early = _run(stack, world, "good", forged, instance)
+    assert early["outcome"] == "stale" and "observation window" in early["reason"]
+    assert _weights(world, "good")["v2"] == 50
+
+
+def test_the_sensor_decides_with_the_policy_the_rollout_started_with(stack, world, instance):
+    """`canary start --policy F` starts with F (it loads F and calls start_rollout, as here); the decisions
+    must follow F too, not the policy file in the policy directory."""
+    scenario = world["scenarios"]["good"]
+    raw = yaml.safe_load((scenario["policies"] / "cqox-engine.yaml").read_text())
+    policy_file = scenario["policies"] / "two-steps.yaml"
+    policy_file.write_text(yaml.safe_dump({**raw, "steps": [25, 100]}))
+    with _conn(stack) as conn:
+        conn.execute("UPDATE canary_rollouts SET status = 'rolled_back' WHERE status = 'progressing'")
+        start_rollout(conn, world["kube"], load_policy(policy_file), "cqox/engine:f")
+    assert _weights(world, "good")["v2"] == 25
+    meta, run_key = _tick(stack, world, "good", instance)
+    assert meta is not None, run_key
+    assert (meta["action"], meta["weight_after"]) == ("promote", 100), meta["reason"]
+    assert _weights(world, "good")["v2"] == 100
+    assert "two-steps.yaml" in meta["policy"]
 
 
 class _RacingKube:

@@ -50,7 +50,7 @@ CASES = [
     (
         "prometheus down holds, uncounted",
         RolloutState(1, failures=1, consecutive_holds=2),
-        Evidence(None, None, prometheus_ok=False, error="refused"),
+        Evidence(None, None, prometheus_ok=False, error="Prometheus unavailable: refused"),
         HOLD,
         50,
         RolloutState(1, failures=1, consecutive_holds=2),
@@ -137,15 +137,35 @@ CASES = [
         RolloutState(0),
         "unknown",
     ),
-    ("low budget does not stop later steps", RolloutState(1), good(budget=0.1), PROMOTE, 100, RolloutState(2), "50 %"),
+    # Issue 13 item 2: the gate guards every promotion, not only the first (10 % -> 50 % -> 100 % all move traffic).
     (
-        "no stable data: absolute thresholds only",
+        "low budget stops every promotion",
+        RolloutState(1),
+        good(budget=0.1),
+        HOLD,
+        50,
+        RolloutState(1),
+        "error budget of availability",
+    ),
+    ("unknown budget stops every promotion", RolloutState(1), good(budget=None), HOLD, 50, RolloutState(1), "unknown"),
+    # A relative threshold with nothing to compare to is no data (hold), never a pass.
+    (
+        "no stable data: relative thresholds cannot pass",
         RolloutState(1),
         Evidence(5000, None, (MetricValue("error_ratio", 0.002, None), MetricValue("latency_p99", 0.3, None)), 0.9),
-        PROMOTE,
-        100,
-        RolloutState(2),
-        "passed",
+        HOLD,
+        50,
+        RolloutState(1, consecutive_holds=1),
+        "no data for error_ratio, latency_p99",
+    ),
+    (
+        "stable p99 of zero: the ratio cannot be judged",
+        RolloutState(1),
+        good(p99_stable=0.0),
+        HOLD,
+        50,
+        RolloutState(1, consecutive_holds=1),
+        "no data for latency_p99",
     ),
     (
         "passing analysis resets holds",
@@ -190,6 +210,7 @@ def test_policy_renders_queries_per_version():
         ({"metrics": [{"name": "x", "query": "up"}]}, "at least one threshold"),
         ({"metrics": [{"name": "x", "query": "rate(x[{windw}])", "max": 1}]}, "bad placeholder"),
         ({"failure_limit": 0}, "failure_limit"),
+        ({"metrics": []}, "at least one metric"),  # nothing to judge would promote on request counts alone
     ],
 )
 def test_policy_validation_names_the_problem(change, message):
@@ -225,3 +246,18 @@ def test_backtest_replays_intervals_until_the_rollout_ends():
     assert [s.decision.action for s in steps] == ["promote", "promote", "hold", "rollback"]
     assert steps[-1].decision.state.status == "rolled_back"
     assert [s.at - 1_000_000 for s in steps] == [600, 1200, 1800, 2400]
+
+
+def test_a_query_answering_several_series_is_an_error_and_holds():
+    """``scalar`` used to take the first of several series: an arbitrary one could promote the canary."""
+    from cqox_platform.canary.analysis import gather_evidence
+
+    def query(expr: str, at=None):
+        if "histogram_quantile" in expr:  # e.g. a `sum by (le, pod)` left in by mistake
+            return [{"metric": {"pod": "a"}, "value": [0, "0.3"]}, {"metric": {"pod": "b"}, "value": [0, "9"]}]
+        return [{"metric": {}, "value": [0, "5000" if "increase(" in expr else "0.001"]}]
+
+    evidence = gather_evidence(POLICY, query, budget_remaining=lambda: 0.9)
+    assert evidence.prometheus_ok is False and "2 series" in evidence.error
+    decision = decide(POLICY, RolloutState(0), evidence)
+    assert decision.action == HOLD and "2 series" in decision.reason and decision.state == RolloutState(0)

@@ -65,7 +65,10 @@ def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusRes
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"cannot_fire": dg.MetadataValue.json(list(validated.unfireable))},
                 description=(
-                    f"{len(validated.unfireable)} burn-rate conditions can never fire" if validated.unfireable else None
+                    f"{len(validated.unfireable)} burn-rate conditions can never fire (SLOs: "
+                    f"{', '.join(sorted({p.split(':', 1)[0] for p in validated.unfireable}))})"
+                    if validated.unfireable
+                    else None
                 ),
             )
         ],

@@ -603,29 +603,58 @@ def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
 # --- retention (last: it deletes) ----------------------------------------------------------------------------
 
 
-def test_retention_keeps_the_newest_verified_backup_and_the_wal_it_needs(stack, env):
+def _age_backups(archive: Archive, records, days: int) -> None:
+    """Make backups look ``days`` older (their records' times); their ids and objects stay as they are."""
+    import json
+    from datetime import datetime, timedelta
+
+    for record in records:
+        key = archive.backup_record_key(record.backup_id)
+        data = json.loads(archive.get_bytes(key))
+        for field in ("start_time", "stop_time"):
+            data[field] = (datetime.fromisoformat(data[field]) - timedelta(days=days)).isoformat()
+        archive.put_bytes(key, json.dumps(data).encode())
+
+
+def test_retention_refuses_a_zero_day_window(stack, env):
     archive = _archive(stack, env)
     before = list_backups(archive)
-    assert len(before) >= 2
-    dry = _materialize(
+    result = _materialize(stack, env, [backup_assets.backup_retention], {"backup_retention": {"config": {"keep_days": 0}}})
+    assert not result.success and list_backups(archive) == before
+    cli = _cli(env, "backup", "expire", "--keep-days", "0")
+    assert cli.returncode == 2 and "keep-days" in cli.stderr
+
+
+def test_retention_keeps_the_newest_backups_and_the_wal_they_need(stack, env):
+    archive = _archive(stack, env)
+    before = list_backups(archive)
+    assert len(before) >= 4
+    _age_backups(archive, before[:-1], days=100)  # all but the newest fall outside any window
+    dry = _cli(env, "backup", "expire", "--dry-run", "--json", "--keep-days", "1", "--keep-full", "1")
+    assert dry.returncode == 0, dry.stderr
+    import json
+
+    plan = json.loads(dry.stdout)
+    assert len(list_backups(archive)) == len(before)  # a dry run deletes nothing
+    rows = {r["backup_id"]: r for r in plan["backups"]}
+    assert set(rows) == {r.backup_id for r in before} and all(r["reason"] for r in rows.values())
+    newest, second = before[-1].backup_id, before[-2].backup_id
+    assert rows[newest]["action"] == "keep" and "newest 1" in rows[newest]["reason"]
+    assert rows[second]["action"] == "keep" and "before the 1-day window" in rows[second]["reason"]
+    assert plan["delete"], plan  # the older ones go
+    real = _materialize(
         stack,
         env,
         [backup_assets.backup_retention],
-        {"backup_retention": {"config": {"keep_days": 0, "dry_run": True}}},
-    )
-    plan = _meta(dry, "backup_retention")
-    assert len(list_backups(archive)) == len(before)  # a dry run deletes nothing
-    assert plan["backups_kept"] and set(plan["backups_deleted"]) | set(plan["backups_kept"]) == {
-        r.backup_id for r in before
-    }
-    real = _materialize(
-        stack, env, [backup_assets.backup_retention], {"backup_retention": {"config": {"keep_days": 0}}}
+        {"backup_retention": {"config": {"keep_days": 1, "keep_full": 1}}},
     )
     assert real.success
     after = list_backups(archive)
-    assert [r.backup_id for r in after] == plan["backups_kept"]
-    # What is left still restores: the kept backup's WAL survived.
+    assert [r.backup_id for r in after] == plan["keep"]
+    for gone in plan["delete"]:
+        assert not list(archive.list(archive.backup_prefix(gone)))  # every object of it, by its id
+    # What is left still restores: the kept backups' WAL survived.
     drill = _materialize(
-        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": after[-1].backup_id}}}
+        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": after[0].backup_id}}}
     )
     assert _meta(drill, "restore_drill")["passed"], _meta(drill, "restore_drill")["error"]

@@ -382,3 +382,24 @@ def test_a_second_base_backup_waits_for_the_pool_slot_then_runs(world):
         second.join(60)
     assert results["first"].success and results["second"].success
     assert len(world.records) == 2
+
+
+# --- retention's config (issue 13 items 1 and 10) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [{"keep_days": 0}, {"keep_days": -5}, {"keep_full": 0}])
+def test_retention_refuses_a_window_or_count_below_one_and_deletes_nothing(world, bad):
+    with dg.instance_for_test() as instance:
+        materialize([backups.postgres_basebackup, backups.restore_drill], instance)
+        result = materialize([backups.backup_retention], instance, {"backup_retention": {"config": bad}})
+    assert not result.success and not world.deleted
+    assert "at least 1" in str(result.get_step_failure_events()[0].event_specific_data.error)
+
+
+def test_retention_metadata_says_why_each_backup_stays_or_goes(world):
+    with dg.instance_for_test() as instance:
+        for _ in range(3):
+            materialize([backups.postgres_basebackup, backups.restore_drill], instance)
+        result = materialize([backups.backup_retention], instance, {"backup_retention": {"config": {"keep_full": 1}}})
+    plan = meta(result, "backup_retention")
+    assert plan["keep_full"] == 1 and "| backup | action | reason |" in plan["plan"]

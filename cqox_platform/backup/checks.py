@@ -51,16 +51,30 @@ def wal_rpo_within_target(status: WalStatus, target_seconds: float) -> CheckVerd
 
 
 def wal_archive_continuous(status: WalStatus, has_backup: bool) -> CheckVerdict:
+    """Every segment from the oldest backup's start to the newest archived one is in the archive.
+
+    Fails closed: with no base backup there is no anchor, and with no WAL archived since the backup there is
+    nothing to be continuous (zero gaps among zero segments is not a pass: no backup restores without its WAL).
+    """
+    passed = False
     if not has_backup:
         description = "no base backup yet: continuity has no anchor"
+    elif status.required_segments == 0 or status.newest_archived_segment is None:
+        description = (
+            f"no WAL archived since the oldest backup (archive holds {status.segments_in_archive} segment(s), "
+            f"newest {status.newest_archived_segment or 'none'}): no backup can be restored. Check PostgreSQL's "
+            "archive_mode and archive_command, pg_stat_archiver (last_failed_wal) and the `wal-push` lines in "
+            "PostgreSQL's log; the archiver's settings come from `vault_config`."
+        )
     else:
+        passed = not status.gaps
         description = (
             f"{len(status.gaps)} gap(s) in {status.required_segments} segments "
             f"{status.continuity_from}..{status.continuity_to}"
         )
     return CheckVerdict(
         "wal_archive_continuous",
-        has_backup and not status.gaps,
+        passed,
         description,
         {"gaps": status.gaps[:50], "required_segments": status.required_segments},
     )

@@ -117,6 +117,23 @@ def test_continuity_verdict_needs_an_anchor_and_no_gaps(has_backup, gaps, passed
     assert continuity.metadata["gaps"] == gaps
 
 
+@pytest.mark.parametrize(
+    "never_archived",
+    [
+        # A backup exists but no WAL segment was ever archived (archive_command failing since initdb).
+        {"newest_archived_segment": None, "continuity_from": None, "continuity_to": None, "required_segments": 0,
+         "archived_count": 0, "segments_in_archive": 0},
+        # Archived WAL exists, but none at or after the backup: nothing anchors continuity.
+        {"continuity_from": None, "continuity_to": None, "required_segments": 0},
+    ],
+)
+def test_continuity_fails_closed_when_no_wal_was_archived_since_the_backup(never_archived):
+    """Issue 13 item 7: no gaps among zero required segments is not continuity."""
+    _, continuity, _ = wal_verdicts(wal_status(**never_archived), has_backup=True, rpo_target_seconds=900)
+    assert continuity.passed is False
+    assert "no WAL archived" in continuity.description and "pg_stat_archiver" in continuity.description
+
+
 def test_drill_verdicts():
     ok = DrillResult("d1", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, passed=True, seconds={"a": 2.5})
     assert drill_passed(ok).passed and "2.5 s" in drill_passed(ok).description

@@ -564,7 +564,114 @@ def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):
     assert "before" in labels and "after" not in labels
 
 
+# --- backups made outside Dagster, drills that prove nothing (issue 13 items 4 and 8) ----------------------------
+
+
+def _sensor_requests(stack, env, instance, cursor=None):
+    from sensors.backup_schedules import new_backup_drill_sensor
+
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"postgres_admin": _postgres_admin(stack)}
+    )
+    result = new_backup_drill_sensor(context)
+    requests = list(result.run_requests or []) if hasattr(result, "run_requests") else list(result or [])
+    return [r for r in requests if isinstance(r, dg.RunRequest)], context.cursor
+
+
+def test_a_backup_from_the_cli_gets_exactly_one_drill(stack, env):
+    """Item 8: drills are driven by the backups table, so `backup create` (no Dagster) is drilled too, once."""
+    created = _cli(env, "backup", "create")
+    assert created.returncode == 0, created.stderr[-2000:]
+    backup_id = created.stdout.split()[0]
+    with dg.instance_for_test() as instance:
+        requests, cursor = _sensor_requests(stack, env, instance)
+        mine = [r for r in requests if r.run_key == f"drill-{backup_id}"]
+        assert len(mine) == 1, [r.run_key for r in requests]
+        assert mine[0].run_config["ops"]["restore_drill"]["config"]["backup_id"] == backup_id
+        # Drill every requested backup (as the daemon would), then nothing is requested again.
+        for request in requests:
+            drill_id = request.run_config["ops"]["restore_drill"]["config"]["backup_id"]
+            done = _materialize(
+                stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": drill_id}}}
+            )
+            assert _meta(done, "restore_drill")["passed"], _meta(done, "restore_drill")["error"]
+        again, _ = _sensor_requests(stack, env, instance, cursor)
+        assert not again
+    listed = _cli(env, "backup", "list")
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(backup_id))
+    assert "passed" in line
+
+
+def test_a_drill_without_a_captured_point_is_partial_and_verifies_nothing(stack, env):
+    """Item 4: without a restore point a drill checks the `postgres` database only: no proof of the backup."""
+    from cqox_platform.backup.operations import backup_point_name, verified_backup_ids
+
+    created = _cli(env, "backup", "create")
+    assert created.returncode == 0, created.stderr[-2000:]
+    backup_id = created.stdout.split()[0]
+    with _conn(stack) as conn:
+        conn.execute("DELETE FROM restore_points WHERE name = %s", [backup_point_name(backup_id)])
+    result = _materialize(
+        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": backup_id}}}
+    )
+    drill = _meta(result, "restore_drill")
+    assert not drill["passed"] and drill["status"] == "partial", drill
+    assert _checks(result)["latest_backup_verified_restorable"] is False
+    with _conn(stack) as conn:
+        assert backup_id not in verified_backup_ids(conn)
+        status = conn.execute("SELECT status FROM restore_drills WHERE drill_id = %s", [drill["drill_id"]])
+        assert status.fetchone()[0] == "partial"
+    # The newest backup must be verified for what follows (retention waits for it): take one that is.
+    fresh = _materialize(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill])
+    assert _meta(fresh, "restore_drill")["passed"], _meta(fresh, "restore_drill")["error"]
+
+
 # --- second region, metrics ----------------------------------------------------------------------------------
+
+
+def test_dr_copy_verifies_by_hash_retries_a_corrupted_copy_and_never_lists_it(stack, env, monkeypatch):
+    """Item 5: a copy whose bytes differ (same size) is caught by SHA-256; its manifest and record are not
+    copied, the check fails, and the next run copies it again."""
+    import hashlib
+
+    from cqox_platform.backup import dr_copy
+
+    primary, dr = _archive(stack, env), _archive(stack, env, env["CQOX_S3_DR_BUCKET"])
+    created = _cli(env, "backup", "create")
+    assert created.returncode == 0, created.stderr[-2000:]
+    backup_id = created.stdout.split()[0]
+    victim = primary.backup_data_key(backup_id)
+    real_copy = dr_copy.copy_object
+
+    def corrupting_copy(src, dst, key, size):
+        sent = real_copy(src, dst, key, size)
+        if key == victim:  # the bytes that arrived differ from those sent, size unchanged
+            body = bytearray(dst.get_bytes(key))
+            body[len(body) // 2] ^= 0x01
+            head = dst.head(key) or {}
+            dst.put_bytes(key, bytes(body), metadata=head.get("Metadata"))
+        return sent
+
+    monkeypatch.setattr(dr_copy, "copy_object", corrupting_copy)
+    bad = _materialize(stack, env, [backup_assets.backups_dr_copy])
+    assert _checks(bad) == {"dr_copy_verified": False}
+    assert victim in _meta(bad, "backups_dr_copy")["mismatched"]
+    assert dr.head(dr.backup_record_key(backup_id)) is None  # the DR bucket does not list it
+    assert dr.head(dr.backup_manifest_key(backup_id)) is None
+    assert backup_id not in {r.backup_id for r in list_backups(dr)}
+    monkeypatch.setattr(dr_copy, "copy_object", real_copy)
+    good = _materialize(stack, env, [backup_assets.backups_dr_copy])
+    assert _checks(good) == {"dr_copy_verified": True}, _meta(good, "backups_dr_copy")
+    assert _meta(good, "backups_dr_copy")["mismatched"] == []
+    assert hashlib.sha256(dr.get_bytes(victim)).digest() == hashlib.sha256(primary.get_bytes(victim)).digest()
+    assert backup_id in {r.backup_id for r in list_backups(dr)}
+    # A copy corrupted later in the DR bucket (same size) is found and replaced too.
+    body = bytearray(dr.get_bytes(victim))
+    body[10] ^= 0x01
+    dr.put_bytes(victim, bytes(body), metadata=(dr.head(victim) or {}).get("Metadata"))
+    healed = _materialize(stack, env, [backup_assets.backups_dr_copy], {"backups_dr_copy": {"config": {"reverify": True}}})
+    assert _checks(healed) == {"dr_copy_verified": True}
+    assert dr.get_bytes(victim) == primary.get_bytes(victim)
 
 
 def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env):

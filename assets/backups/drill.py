@@ -106,6 +106,8 @@ def restore_drill(
     push_gauges(context, archive.system_id, drill_samples(archive.system_id, result))
     if result.passed:
         context.log.info(f"drill passed: RTO {result.rto_seconds:.1f} s {result.seconds}")
+    elif result.status == "partial":
+        context.log.warning(f"drill PARTIAL (verifies nothing): {result.error}")
     else:
         context.log.error(f"drill FAILED: {result.error}")
     return dg.MaterializeResult(
@@ -131,6 +133,7 @@ def _metadata(result: DrillResult, archive: Archive, record: BackupRecord, histo
         "source": archive.where(record.object_key),
         "target": f"{result.target.kind} {result.target.value}".strip(),
         "passed": result.passed,
+        "status": result.status,
         "error": result.error or "",
         "rto_seconds": result.rto_seconds,
         "rto_breakdown": md_table(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cqox_platform.backup.dr_copy import DrCopyResult
-from cqox_platform.backup.drill import DrillResult
+from cqox_platform.backup.drill import PARTIAL, DrillResult
 from cqox_platform.backup.wal_status import WalStatus
 
 #: The RPO the operators hold us to (DESIGN.md: RPO < 1 h); the WAL check's own default target is tighter.
@@ -101,18 +101,20 @@ def wal_verdicts(status: WalStatus, *, has_backup: bool, rpo_target_seconds: flo
 
 
 def drill_passed(result: DrillResult) -> CheckVerdict:
+    """Passed only for a drill that verified its backup; a partial one (nothing compared) is a warning."""
     return CheckVerdict(
         "drill_passed",
         result.passed,
         result.error or f"restored and proven in {result.rto_seconds:.1f} s",
-        {"rto_seconds": result.rto_seconds},
+        {"rto_seconds": result.rto_seconds, "status": result.status},
+        warn_only=result.status == PARTIAL,
     )
 
 
 def latest_backup_verified_restorable(
     newest_backup_id: str, verified: set[str], newest_drill: dict[str, Any] | None
 ) -> CheckVerdict:
-    """The newest backup has a passing drill: what retention waits for (any drill of it counts, any source)."""
+    """The newest backup has a verifying drill (status "passed", any source): what retention waits for."""
     passed = newest_backup_id in verified
     if passed:
         description = f"newest backup {newest_backup_id} has a passing drill"

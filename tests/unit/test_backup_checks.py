@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -14,9 +15,10 @@ from cqox_platform.backup.checks import (
     wal_verdicts,
 )
 from cqox_platform.backup.dr_copy import DrCopyResult
-from cqox_platform.backup.drill import DrillResult
+from cqox_platform.backup.drill import DrillResult, drill_verdict
 from cqox_platform.backup.drill_plan import DrillMode, DrillPlanError, select_backup
 from cqox_platform.backup.gauges import NEVER_ARCHIVED_SECONDS, base_backup_samples, wal_samples
+from cqox_platform.backup.proof import RestorePoint
 from cqox_platform.backup.records import BackupRecord
 from cqox_platform.backup.restore import RecoveryTarget
 from cqox_platform.backup.retention import archived_wal_names
@@ -135,10 +137,39 @@ def test_continuity_fails_closed_when_no_wal_was_archived_since_the_backup(never
 
 
 def test_drill_verdicts():
-    ok = DrillResult("d1", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, passed=True, seconds={"a": 2.5})
+    ok = DrillResult(
+        "d1", "b1", "bucket", RecoveryTarget("restore_point", "p"), T0, T1, passed=True, seconds={"a": 2.5},
+        status="passed",
+    )
     assert drill_passed(ok).passed and "2.5 s" in drill_passed(ok).description
     bad = DrillResult("d2", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, error="checksum of t differs")
     assert not drill_passed(bad).passed and drill_passed(bad).description == "checksum of t differs"
+
+
+POINT = RestorePoint("backup-b1", "0/3000000", 1, T1, "cqox", {"public.t": {"rows": 1}})
+
+
+@pytest.mark.parametrize(
+    ("expected", "tables", "mismatches", "amcheck", "status", "text"),
+    [
+        (POINT, 1, [], None, "passed", None),
+        # Issue 13 item 4: no captured point means nothing was compared; it verifies nothing.
+        (None, 0, [], None, "partial", "no restore point was captured"),
+        (replace(POINT, tables={}), 0, [], None, "partial", "captured no tables"),
+        (POINT, 1, [{"table": "public.t"}], None, "failed", "1 table(s) differ"),
+        (None, 0, [], ["i: bad"], "failed", "amcheck found corrupt indexes"),
+    ],
+)
+def test_only_a_drill_that_compared_a_captured_point_verifies(expected, tables, mismatches, amcheck, status, text):
+    got, error = drill_verdict(expected, tables, mismatches, amcheck)
+    assert got == status
+    assert (error is None) if text is None else (text in error)
+
+
+def test_a_partial_drill_warns_and_does_not_pass():
+    partial = DrillResult("d3", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, status="partial", error="partial: x")
+    verdict = drill_passed(partial)
+    assert not verdict.passed and verdict.warn_only and verdict.metadata["status"] == "partial"
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,7 @@ def world(monkeypatch) -> World:
         result = DrillResult("d", rec.backup_id, "b", target, datetime.now(UTC), datetime.now(UTC))
         result.seconds = {"download": 0.1, "replay": 0.2}
         result.passed = w.drills_pass
+        result.status = "passed" if w.drills_pass else "failed"
         result.error = None if w.drills_pass else "checksum of public.t differs"
         if result.passed:
             w.verified.add(rec.backup_id)

@@ -48,6 +48,7 @@ RELEASED_MIGRATIONS = {
     "0006_slo_reports.timescaledb.sql": "bb5de728d48f50d209237e36a1291084a9e09b66870ed26783c77801e66f11b6",
     "0007_backups.sql": "266c7f08f4031e532a86abced5062dcc1d0fd48272f6e2f9b42965db745ceb96",
     "0008_canary.sql": "065875b70b78d6a1b56e6d543546f58d063b24f3c8b72fc6a1ce7a9ef3735b80",
+    "0010_drill_status.sql": "f504e809f8801d41dd14dae68812776b8dc5bd57a3386e5cb7d983214eb30cc9",
 }
 
 

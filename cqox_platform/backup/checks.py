@@ -131,9 +131,11 @@ def latest_backup_verified_restorable(
 
 
 def dr_copy_verified(result: DrCopyResult) -> CheckVerdict:
+    """Fails while any copy differs from its source by SHA-256 (those units are retried by the next run)."""
     return CheckVerdict(
         "dr_copy_verified",
         not result.mismatched,
-        f"{result.verified} copied object(s) verified; {len(result.mismatched)} differ",
+        f"{result.verified} copied object(s) verified by SHA-256; {len(result.mismatched)} differ or failed "
+        "and are copied again next run",
         {"mismatched": result.mismatched[:50]},
     )

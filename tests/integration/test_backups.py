@@ -367,30 +367,20 @@ def test_base_backup_is_recorded_in_s3_and_the_table(stack, env, first_backup):
     assert listed.returncode == 0 and record.backup_id in listed.stdout
 
 
-def test_each_new_backup_gets_one_drill_from_automation(stack, env, first_backup):
+def test_each_new_backup_gets_one_drill_from_the_sensor(stack, env, first_backup):
     _, instance = first_backup
-    defs = dg.Definitions(
-        assets=[backup_assets.postgres_basebackup, backup_assets.restore_drill], resources=_resources(stack, env)
-    )
-    cursor = None
-
-    def drills_requested() -> int:
-        nonlocal cursor
-        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-        cursor = result.cursor
-        return result.get_num_requested(dg.AssetKey("restore_drill"))
-
-    assert drills_requested() == 0  # the sensor's first tick only records where it starts
     backup = _materialize(stack, env, [backup_assets.postgres_basebackup], instance=instance)
     assert backup.success
-    assert drills_requested() == 1  # the new backup's drill (default config: for_backup, the newest backup)
-    assert drills_requested() == 0
+    backup_id = _meta(backup, "postgres_basebackup")["backup_id"]
+    requests, _ = _sensor_requests(stack, env, instance)
+    assert [r.run_key for r in requests] == [f"drill-{backup_id}"]  # the newest backup first
     # A run that backs up and drills together (the main job, timeline_backup_job) needs no second drill.
     both = _materialize(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill], instance=instance)
     assert both.success
-    assert drills_requested() == 0
     # What that run drilled with the default config is its own, newest backup.
     assert _meta(both, "restore_drill")["backup_id"] == _meta(both, "postgres_basebackup")["backup_id"]
+    requests, _ = _sensor_requests(stack, env, instance)
+    assert _meta(both, "postgres_basebackup")["backup_id"] not in [r.run_key[6:] for r in requests]
 
 
 def test_drill_restores_proves_data_and_reports_rto(stack, env, first_backup):
@@ -574,8 +564,7 @@ def _sensor_requests(stack, env, instance, cursor=None):
         instance=instance, cursor=cursor, resources={"postgres_admin": _postgres_admin(stack)}
     )
     result = new_backup_drill_sensor(context)
-    requests = list(result.run_requests or []) if hasattr(result, "run_requests") else list(result or [])
-    return [r for r in requests if isinstance(r, dg.RunRequest)], context.cursor
+    return list(result.run_requests or []), context.cursor
 
 
 def test_a_backup_from_the_cli_gets_exactly_one_drill(stack, env):
@@ -583,23 +572,22 @@ def test_a_backup_from_the_cli_gets_exactly_one_drill(stack, env):
     created = _cli(env, "backup", "create")
     assert created.returncode == 0, created.stderr[-2000:]
     backup_id = created.stdout.split()[0]
+    requested: list[str] = []
     with dg.instance_for_test() as instance:
-        requests, cursor = _sensor_requests(stack, env, instance)
-        mine = [r for r in requests if r.run_key == f"drill-{backup_id}"]
-        assert len(mine) == 1, [r.run_key for r in requests]
-        assert mine[0].run_config["ops"]["restore_drill"]["config"]["backup_id"] == backup_id
-        # Drill every requested backup (as the daemon would), then nothing is requested again.
-        for request in requests:
-            drill_id = request.run_config["ops"]["restore_drill"]["config"]["backup_id"]
-            done = _materialize(
-                stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": drill_id}}}
-            )
-            assert _meta(done, "restore_drill")["passed"], _meta(done, "restore_drill")["error"]
-        again, _ = _sensor_requests(stack, env, instance, cursor)
-        assert not again
+        for _ in range(8):  # as the daemon would: one drill per tick until every recent backup has one
+            requests, _ = _sensor_requests(stack, env, instance)
+            if not requests:
+                break
+            (request,) = requests
+            drilled = request.run_config["ops"]["restore_drill"]["config"]["backup_id"]
+            assert request.run_key == f"drill-{drilled}" and drilled not in requested
+            requested.append(drilled)
+            _materialize(stack, env, [backup_assets.restore_drill], request.run_config["ops"])
+        assert requested and requested[0] == backup_id, requested  # the newest first, exactly once
+        assert _sensor_requests(stack, env, instance)[0] == []
     listed = _cli(env, "backup", "list")
     line = next(line for line in listed.stdout.splitlines() if line.startswith(backup_id))
-    assert "passed" in line
+    assert "passed" in line, line
 
 
 def test_a_drill_without_a_captured_point_is_partial_and_verifies_nothing(stack, env):

@@ -62,9 +62,7 @@ def drill_run_key(backup_id: str) -> str:
     description="Requests the drill of each backup in the backups table that has none (Dagster's or the CLI's), "
     "newest first, one at a time; run key = backup id, so each backup is drilled once.",
 )
-def new_backup_drill_sensor(
-    context: dg.SensorEvaluationContext, postgres_admin: PostgresResource
-) -> dg.SensorResult:
+def new_backup_drill_sensor(context: dg.SensorEvaluationContext, postgres_admin: PostgresResource) -> dg.SensorResult:
     active = context.instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE), limit=100)
     busy = [r.run_id for r in active if dg.AssetKey("restore_drill") in (r.asset_selection or ())]
     if busy:

@@ -37,7 +37,9 @@ def backups_dr_copy(
 ) -> dg.MaterializeResult:
     with postgres_admin.connect(autocommit=True) as conn:
         primary = cluster_archive(conn, s3.get_client(), backups.bucket)
-    result = copy_to_dr(primary, primary.with_bucket(backups.dr_bucket), progress=context.log.info, reverify=config.reverify)
+    result = copy_to_dr(
+        primary, primary.with_bucket(backups.dr_bucket), progress=context.log.info, reverify=config.reverify
+    )
     context.log.info(
         f"DR copy: {len(result.copied)} object(s), {mib(result.copied_bytes)} MiB copied and verified; "
         f"lag before this run {result.lag_seconds:.0f} s"

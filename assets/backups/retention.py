@@ -78,7 +78,9 @@ def backup_retention(
             "dry_run": config.dry_run,
             "keep_days": config.keep_days,
             "keep_full": config.keep_full,
-            "plan": md_table(["backup", "action", "reason"], [[r["backup_id"], r["action"], r["reason"]] for r in plan.rows()]),
+            "plan": md_table(
+                ["backup", "action", "reason"], [[r["backup_id"], r["action"], r["reason"]] for r in plan.rows()]
+            ),
             "backups_kept": dg.MetadataValue.json(summary["keep"]),
             "backups_deleted": dg.MetadataValue.json(summary["delete"]),
             "reasons": dg.MetadataValue.json(plan.reasons),

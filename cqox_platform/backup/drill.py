@@ -6,8 +6,10 @@ failure is recorded (``restore_drills``), charted and alerted on like a success.
 Only a drill that replayed to a captured restore point and compared the CQOX database's tables with what was
 captured there verifies a backup (``status`` "passed"). Without a captured point the scratch cluster is only
 started and amcheck-ed (in the ``postgres`` database): that proves the files extract and the server starts, not
-that the backup holds the data, so it is recorded as "partial" and verifies nothing (``passed`` stays false). Scratch clusters listen on a
-private unix socket only, never archive, and are removed afterwards unless ``keep`` is set.
+that the backup holds the data, so it is recorded as "partial" and verifies nothing (``passed`` stays false).
+
+Scratch clusters listen on a private unix socket only, never archive, and are removed afterwards unless
+``keep`` is set.
 """
 
 from __future__ import annotations
@@ -150,8 +152,10 @@ def drill_verdict(
     if amcheck_errors:
         return FAILED, f"amcheck found corrupt indexes: {amcheck_errors}"
     if expected is None or tables_checked == 0:
-        what = "no restore point was captured after this backup" if expected is None else (
-            f"restore point {expected.name} captured no tables"
+        what = (
+            "no restore point was captured after this backup"
+            if expected is None
+            else (f"restore point {expected.name} captured no tables")
         )
         return PARTIAL, (
             f"partial: {what}, so the restore was only started and amcheck-ed, no data compared; it verifies "

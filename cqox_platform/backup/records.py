@@ -87,7 +87,9 @@ def check_record_location(archive: Archive, key: str, record: BackupRecord) -> N
         "object_key": archive.backup_data_key(backup_id),
         "manifest_key": archive.backup_manifest_key(backup_id),
     }
-    wrong = [f"{name} is {getattr(record, name)!r}" for name, value in expected.items() if getattr(record, name) != value]
+    wrong = [
+        f"{name} is {getattr(record, name)!r}" for name, value in expected.items() if getattr(record, name) != value
+    ]
     if wrong:
         raise ArchiveError(
             f"{archive.where(key)} does not describe backup {backup_id}: {', '.join(wrong)}. Nothing trusts it; "

@@ -111,9 +111,7 @@ def _keep_reasons(
         )
     newest_verified = [r for r in records if r.backup_id in verified]
     if newest_verified:
-        reasons.setdefault(newest_verified[-1].backup_id, []).append(
-            "newest verified backup (kept whatever its age)"
-        )
+        reasons.setdefault(newest_verified[-1].backup_id, []).append("newest verified backup (kept whatever its age)")
     return reasons
 
 

@@ -223,7 +223,11 @@ def backup_list(bucket: str | None) -> None:
     )
     for r in records:
         drill = drills[r.backup_id]
-        verdict = "-" if drill is None else f"{drill['status'] if drill['passed'] else drill['status'].upper()} {drill['rto_seconds']} s"
+        verdict = (
+            "-"
+            if drill is None
+            else f"{drill['status'] if drill['passed'] else drill['status'].upper()} {drill['rto_seconds']} s"
+        )
         click.echo(
             f"{r.backup_id:<18}{r.timeline:<4}{r.start_lsn:<14}{r.stop_lsn:<14}"
             f"{r.database_bytes / 2**20:>10.1f}{r.stored_bytes / 2**20:>12.1f}  {verdict}"

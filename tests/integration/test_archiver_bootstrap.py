@@ -8,6 +8,7 @@ This stack is its own (the session stack's archiver has long been configured by 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -59,7 +60,7 @@ def fresh_stack():
 
 
 def test_a_fresh_stack_archives_without_vault_config_and_without_failures(fresh_stack):
-    name, archived, failed = _switch_and_wait(fresh_stack)
+    _, archived, failed = _switch_and_wait(fresh_stack)
     assert archived >= 1 and failed == 0, _failures(fresh_stack)
     assert _failures(fresh_stack) == []
 
@@ -78,15 +79,15 @@ def test_vault_config_keeps_what_the_stack_configured(fresh_stack, monkeypatch):
     from tests.integration.test_vault import _materialize_vault_config
 
     settings_file = fresh_stack.env()["CQOX_WAL_ARCHIVER_CONFIG"]
-    before = open(settings_file).read()  # noqa: PTH123 - root reads it as the test
+    before = Path(settings_file).read_text()
     for key in list(os.environ):
         if key.startswith(("CQOX_", "AWS_", "VAULT_", "BAO_")):
             monkeypatch.delenv(key)
     result = _materialize_vault_config(fresh_stack)
     assert result.success
-    changed = [e for e in result.get_asset_materialization_events()][0]
+    changed = next(iter(result.get_asset_materialization_events()))
     changes = changed.event_specific_data.materialization.metadata["changed_this_run"].value
     assert not any("archiver" in c or "cqox-wal-archiver" in c for c in changes), changes
-    assert open(settings_file).read() == before  # noqa: PTH123
+    assert Path(settings_file).read_text() == before
     _, _, failed = _switch_and_wait(fresh_stack)
     assert failed == 0

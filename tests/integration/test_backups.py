@@ -657,7 +657,9 @@ def test_dr_copy_verifies_by_hash_retries_a_corrupted_copy_and_never_lists_it(st
     body = bytearray(dr.get_bytes(victim))
     body[10] ^= 0x01
     dr.put_bytes(victim, bytes(body), metadata=(dr.head(victim) or {}).get("Metadata"))
-    healed = _materialize(stack, env, [backup_assets.backups_dr_copy], {"backups_dr_copy": {"config": {"reverify": True}}})
+    healed = _materialize(
+        stack, env, [backup_assets.backups_dr_copy], {"backups_dr_copy": {"config": {"reverify": True}}}
+    )
     assert _checks(healed) == {"dr_copy_verified": True}
     assert dr.get_bytes(victim) == primary.get_bytes(victim)
 
@@ -714,7 +716,9 @@ def _age_backups(archive: Archive, records, days: int) -> None:
 def test_retention_refuses_a_zero_day_window(stack, env):
     archive = _archive(stack, env)
     before = list_backups(archive)
-    result = _materialize(stack, env, [backup_assets.backup_retention], {"backup_retention": {"config": {"keep_days": 0}}})
+    result = _materialize(
+        stack, env, [backup_assets.backup_retention], {"backup_retention": {"config": {"keep_days": 0}}}
+    )
     assert not result.success and list_backups(archive) == before
     cli = _cli(env, "backup", "expire", "--keep-days", "0")
     assert cli.returncode == 2 and "keep-days" in cli.stderr

@@ -123,8 +123,14 @@ def test_continuity_verdict_needs_an_anchor_and_no_gaps(has_backup, gaps, passed
     "never_archived",
     [
         # A backup exists but no WAL segment was ever archived (archive_command failing since initdb).
-        {"newest_archived_segment": None, "continuity_from": None, "continuity_to": None, "required_segments": 0,
-         "archived_count": 0, "segments_in_archive": 0},
+        {
+            "newest_archived_segment": None,
+            "continuity_from": None,
+            "continuity_to": None,
+            "required_segments": 0,
+            "archived_count": 0,
+            "segments_in_archive": 0,
+        },
         # Archived WAL exists, but none at or after the backup: nothing anchors continuity.
         {"continuity_from": None, "continuity_to": None, "required_segments": 0},
     ],
@@ -138,7 +144,14 @@ def test_continuity_fails_closed_when_no_wal_was_archived_since_the_backup(never
 
 def test_drill_verdicts():
     ok = DrillResult(
-        "d1", "b1", "bucket", RecoveryTarget("restore_point", "p"), T0, T1, passed=True, seconds={"a": 2.5},
+        "d1",
+        "b1",
+        "bucket",
+        RecoveryTarget("restore_point", "p"),
+        T0,
+        T1,
+        passed=True,
+        seconds={"a": 2.5},
         status="passed",
     )
     assert drill_passed(ok).passed and "2.5 s" in drill_passed(ok).description
@@ -167,7 +180,9 @@ def test_only_a_drill_that_compared_a_captured_point_verifies(expected, tables, 
 
 
 def test_a_partial_drill_warns_and_does_not_pass():
-    partial = DrillResult("d3", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, status="partial", error="partial: x")
+    partial = DrillResult(
+        "d3", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, status="partial", error="partial: x"
+    )
     verdict = drill_passed(partial)
     assert not verdict.passed and verdict.warn_only and verdict.metadata["status"] == "partial"
 

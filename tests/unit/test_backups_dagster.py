@@ -153,7 +153,9 @@ def world(monkeypatch) -> World:
             "apply_retention": lambda a, plan: w.deleted.extend(plan.delete) or 3 * len(plan.delete),
             "retire_backups": lambda conn, listed, deleted: None,
         },
-        dr_copy_module: {"copy_to_dr": lambda primary, dr, progress, reverify=False: DrCopyResult(copied=["x"], verified=1)},
+        dr_copy_module: {
+            "copy_to_dr": lambda primary, dr, progress, reverify=False: DrCopyResult(copied=["x"], verified=1)
+        },
     }
     for module, names in fakes.items():
         monkeypatch.setattr(module, "cluster_archive", lambda conn, s3, bucket: archive)

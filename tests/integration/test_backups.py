@@ -560,11 +560,10 @@ def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):
 def _sensor_requests(stack, env, instance, cursor=None):
     from sensors.backup_schedules import new_backup_drill_sensor
 
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"postgres_admin": _postgres_admin(stack)}
-    )
-    result = new_backup_drill_sensor(context)
-    return list(result.run_requests or []), context.cursor
+    resources = {"postgres_admin": _postgres_admin(stack)}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = new_backup_drill_sensor(context)
+        return list(result.run_requests or []), context.cursor
 
 
 def test_a_backup_from_the_cli_gets_exactly_one_drill(stack, env):

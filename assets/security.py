@@ -67,10 +67,7 @@ def vault_config(
             approle_file=Path(settings.require("vault_approle_file")),
             database=database,
             archiver=archiver,
-            approle_limits=AppRoleLimits(
-                secret_id_ttl=settings.vault_secret_id_ttl,
-                bound_cidrs=tuple(c.strip() for c in settings.vault_approle_cidrs.split(",") if c.strip()),
-            ),
+            approle_limits=AppRoleLimits.from_settings(settings),
         ),
     )
     for change in state.changed:

@@ -8,12 +8,21 @@ newest backup's blocking drill check. ``slo_automation_sensor`` does the same fo
 unrelated assets that happen to carry conditions.
 
 The random-point drill stays a schedule because it needs run config (``mode: random``), which automation cannot
-pass; the drill of each new backup is automation (``eager`` on ``restore_drill``), replacing the old asset sensor.
-Backups taken outside Dagster (``cqox-platform backup create``) are not materializations and get no automatic
-drill; the 04:30 random drill still covers the window they are in.
+pass. The drill of each new backup is ``new_backup_drill_sensor``: it reads the ``backups`` table, not
+materializations, so a backup from ``cqox-platform backup create`` (or any tool that records its backup there)
+is drilled as surely as one from Dagster, even when the CLI could not reach Dagster. Exactly once: the run key
+is the backup id (Dagster never launches a run key twice for a sensor), a backup with any recorded drill is not
+requested, and nothing is requested while a drill is queued or running (a run that backs up and drills
+together has not recorded its drill yet).
 """
 
+from datetime import UTC, datetime, timedelta
+
 import dagster as dg
+
+from cqox_platform.backup.history import undrilled_backups
+from cqox_platform.backup.operations import system_id
+from cqox_platform.resources.postgres import PostgresResource
 
 BACKUP_ASSETS = dg.AssetSelection.groups("backups")
 SLO_REPORT = dg.AssetSelection.assets("slo_report")
@@ -31,13 +40,56 @@ daily_restore_drill_schedule = dg.ScheduleDefinition(
     description="A drill to a random captured point inside the retention window (the whole window gets proven).",
 )
 
+#: Backups older than this are not drilled by the sensor (switching it on over a long history would queue a
+#: drill for every old backup); the daily random drill covers the window they are in.
+DRILL_LOOKBACK = timedelta(days=3)
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def drill_run_key(backup_id: str) -> str:
+    return f"drill-{backup_id}"
+
+
+@dg.sensor(
+    job=restore_drill_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests the drill of each backup in the backups table that has none (Dagster's or the CLI's), "
+    "newest first, one at a time; run key = backup id, so each backup is drilled once.",
+)
+def new_backup_drill_sensor(context: dg.SensorEvaluationContext, postgres_admin: PostgresResource) -> dg.SensorResult:
+    active = context.instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE), limit=100)
+    busy = [r.run_id for r in active if dg.AssetKey("restore_drill") in (r.asset_selection or ())]
+    if busy:
+        return dg.SensorResult(skip_reason=f"a drill is queued or running (run {busy[0]}); one at a time")
+    with postgres_admin.connect(autocommit=True) as conn:
+        waiting = undrilled_backups(conn, system_id(conn), since=datetime.now(UTC) - DRILL_LOOKBACK)
+    if not waiting:
+        return dg.SensorResult(skip_reason="every backup of the last 3 days has a drill")
+    backup_id = waiting[0]
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=drill_run_key(backup_id),
+                run_config={"ops": {"restore_drill": {"config": {"backup_id": backup_id, "mode": "for_backup"}}}},
+                tags={"cqox/backup_id": backup_id},
+            )
+        ]
+    )
+
+
 backup_automation_sensor = dg.AutomationConditionSensorDefinition(
     "backup_automation_sensor",
     target=BACKUP_ASSETS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    description="Evaluates the backup chain's automation conditions: base backup 03:00, drill of each new backup, "
-    "WAL check and DR copy every 15 min, retention 05:00 once the newest backup is verified restorable.",
+    description="Evaluates the backup chain's automation conditions: base backup 03:00, WAL check and DR copy "
+    "every 15 min, retention 05:00 once the newest backup is verified restorable.",
 )
 
 slo_automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -51,5 +103,5 @@ slo_automation_sensor = dg.AutomationConditionSensorDefinition(
 defs = dg.Definitions(
     jobs=[restore_drill_job],
     schedules=[daily_restore_drill_schedule],
-    sensors=[backup_automation_sensor, slo_automation_sensor],
+    sensors=[new_backup_drill_sensor, backup_automation_sensor, slo_automation_sensor],
 )

@@ -19,13 +19,13 @@ BASE_BACKUP_POOL = "cqox_base_backup"
 
 # --- the backup chain's order (the asset graph; evaluated by sensors/backup_schedules.py's automation sensor) --
 #
-#   03:00  postgres_basebackup ─┬─► restore_drill (for_backup) ─► [latest_backup_verified_restorable]
+#   03:00  postgres_basebackup ─┬─► restore_drill (for_backup; new_backup_drill_sensor, from the backups table)
 #                               ├─► backups_dr_copy   (once per new backup; and every 15 min for new WAL)
 #                               └─► wal_archive_status (every 15 min; anchored at the oldest backup)
 #   05:00  backup_retention: only when the newest backup's drill check passed and no drill is running
 #
-# All of one tick's requests go into one run, so at 03:00 the backup, its drill, the WAL check and the DR copy
-# run once each, in graph order.
+# All of one tick's requests go into one run, so at 03:00 the backup, the WAL check and the DR copy run once
+# each, in graph order; the drill sensor then sees the new row in ``backups`` and requests its drill.
 
 DAILY_BACKUP_CRON = "0 3 * * *"
 WAL_CHECK_CRON = "*/15 * * * *"
@@ -43,9 +43,9 @@ wal_check_automation = (
     & ~dg.AutomationCondition.in_progress()
 ).with_label("every 15 minutes")
 
-#: Every new base backup gets its drill; a run that already drilled it (timeline_backup_job) is not repeated
-#: (``any_deps_updated`` ignores updates from runs that also materialized the target).
-drill_automation = dg.AutomationCondition.eager()
+# The drill of each new backup is not an automation condition: ``new_backup_drill_sensor``
+# (sensors/backup_schedules.py) requests it from the ``backups`` table, so a backup taken outside Dagster
+# (`cqox-platform backup create`) is drilled too, exactly once (run key = backup id).
 
 dr_copy_automation = (
     (

@@ -10,7 +10,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from assets.backups.base_backup import postgres_basebackup
-from assets.backups.common import DRILL_FRESHNESS, GROUP, check_result, drill_automation, push_gauges
+from assets.backups.common import DRILL_FRESHNESS, GROUP, check_result, push_gauges
 from assets.metadata import md_table
 from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.checks import drill_passed, latest_backup_verified_restorable
@@ -44,7 +44,6 @@ class DrillConfig(dg.Config):
     group_name=GROUP,
     kinds={"postgres", "s3"},
     deps=[postgres_basebackup],
-    automation_condition=drill_automation,
     freshness_policy=DRILL_FRESHNESS,
     description="Restores a backup into a scratch cluster (download, decrypt, extract, pg_verifybackup, WAL replay "
     "to a captured restore point), proves row counts, checksums and indexes (amcheck), and records the RTO.",
@@ -106,6 +105,8 @@ def restore_drill(
     push_gauges(context, archive.system_id, drill_samples(archive.system_id, result))
     if result.passed:
         context.log.info(f"drill passed: RTO {result.rto_seconds:.1f} s {result.seconds}")
+    elif result.status == "partial":
+        context.log.warning(f"drill PARTIAL (verifies nothing): {result.error}")
     else:
         context.log.error(f"drill FAILED: {result.error}")
     return dg.MaterializeResult(
@@ -131,6 +132,7 @@ def _metadata(result: DrillResult, archive: Archive, record: BackupRecord, histo
         "source": archive.where(record.object_key),
         "target": f"{result.target.kind} {result.target.value}".strip(),
         "passed": result.passed,
+        "status": result.status,
         "error": result.error or "",
         "rto_seconds": result.rto_seconds,
         "rto_breakdown": md_table(

@@ -1,4 +1,7 @@
-"""``backup_retention``: what the window no longer needs goes; never while the newest backup is unproven."""
+"""``backup_retention``: what the window no longer needs goes; never while the newest backup is unproven.
+
+The rules (count and time, as pgBackRest) are the core's: ``cqox_platform.backup.retention``.
+"""
 
 from datetime import UTC, datetime
 
@@ -7,16 +10,28 @@ from dagster_aws.s3 import S3Resource
 
 from assets.backups.common import GROUP, retention_automation
 from assets.backups.drill import restore_drill
+from assets.metadata import md_table
 from cqox_platform.backup.history import retire_backups
 from cqox_platform.backup.operations import cluster_archive, verified_backup_ids
 from cqox_platform.backup.records import list_backups
-from cqox_platform.backup.retention import apply_retention, archived_wal_names, plan_retention
+from cqox_platform.backup.retention import (
+    DEFAULT_KEEP_DAYS,
+    DEFAULT_KEEP_FULL,
+    RetentionError,
+    apply_retention,
+    archived_wal_names,
+    check_retention,
+    plan_retention,
+)
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 
 
 class RetentionConfig(dg.Config):
-    keep_days: int = 30
+    #: Backups that finished inside this many days stay, and the newest one before the window (at least 1).
+    keep_days: int = DEFAULT_KEEP_DAYS
+    #: The newest this many complete backups always stay, however old (pgBackRest repo-retention-full; >= 1).
+    keep_full: int = DEFAULT_KEEP_FULL
     dry_run: bool = False
 
 
@@ -25,8 +40,9 @@ class RetentionConfig(dg.Config):
     kinds={"s3"},
     deps=[restore_drill],
     automation_condition=retention_automation,
-    description="Deletes backups older than the window (never the newest verified one) and WAL no kept backup "
-    "needs; a dry run lists what would go. Runs only while the newest backup's drill check passes.",
+    description="Deletes backups outside the window beyond the newest keep_full (never the newest verified one, "
+    "nor the one the window's start needs) and WAL no kept backup needs; a dry run lists what would go. Runs "
+    "only while the newest backup's drill check passes.",
 )
 def backup_retention(
     context: dg.AssetExecutionContext,
@@ -35,6 +51,10 @@ def backup_retention(
     s3: S3Resource,
     backups: BackupStorageResource,
 ) -> dg.MaterializeResult:
+    try:
+        check_retention(config.keep_days, config.keep_full)  # before touching anything
+    except RetentionError as exc:
+        raise dg.Failure(str(exc)) from exc
     with postgres_admin.connect(autocommit=True) as conn:
         archive = cluster_archive(conn, s3.get_client(), backups.bucket)
         records = list_backups(archive)
@@ -44,6 +64,7 @@ def backup_retention(
             archived_wal_names(archive),
             now=datetime.now(UTC),
             keep_days=config.keep_days,
+            keep_full=config.keep_full,
         )
         deleted = 0
         if not config.dry_run:
@@ -56,6 +77,10 @@ def backup_retention(
         metadata={
             "dry_run": config.dry_run,
             "keep_days": config.keep_days,
+            "keep_full": config.keep_full,
+            "plan": md_table(
+                ["backup", "action", "reason"], [[r["backup_id"], r["action"], r["reason"]] for r in plan.rows()]
+            ),
             "backups_kept": dg.MetadataValue.json(summary["keep"]),
             "backups_deleted": dg.MetadataValue.json(summary["delete"]),
             "reasons": dg.MetadataValue.json(plan.reasons),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cqox_platform.backup.dr_copy import DrCopyResult
-from cqox_platform.backup.drill import DrillResult
+from cqox_platform.backup.drill import PARTIAL, DrillResult
 from cqox_platform.backup.wal_status import WalStatus
 
 #: The RPO the operators hold us to (DESIGN.md: RPO < 1 h); the WAL check's own default target is tighter.
@@ -51,16 +51,30 @@ def wal_rpo_within_target(status: WalStatus, target_seconds: float) -> CheckVerd
 
 
 def wal_archive_continuous(status: WalStatus, has_backup: bool) -> CheckVerdict:
+    """Every segment from the oldest backup's start to the newest archived one is in the archive.
+
+    Fails closed: with no base backup there is no anchor, and with no WAL archived since the backup there is
+    nothing to be continuous (zero gaps among zero segments is not a pass: no backup restores without its WAL).
+    """
+    passed = False
     if not has_backup:
         description = "no base backup yet: continuity has no anchor"
+    elif status.required_segments == 0 or status.newest_archived_segment is None:
+        description = (
+            f"no WAL archived since the oldest backup (archive holds {status.segments_in_archive} segment(s), "
+            f"newest {status.newest_archived_segment or 'none'}): no backup can be restored. Check PostgreSQL's "
+            "archive_mode and archive_command, pg_stat_archiver (last_failed_wal) and the `wal-push` lines in "
+            "PostgreSQL's log; the archiver's settings come from `vault_config`."
+        )
     else:
+        passed = not status.gaps
         description = (
             f"{len(status.gaps)} gap(s) in {status.required_segments} segments "
             f"{status.continuity_from}..{status.continuity_to}"
         )
     return CheckVerdict(
         "wal_archive_continuous",
-        has_backup and not status.gaps,
+        passed,
         description,
         {"gaps": status.gaps[:50], "required_segments": status.required_segments},
     )
@@ -87,18 +101,20 @@ def wal_verdicts(status: WalStatus, *, has_backup: bool, rpo_target_seconds: flo
 
 
 def drill_passed(result: DrillResult) -> CheckVerdict:
+    """Passed only for a drill that verified its backup; a partial one (nothing compared) is a warning."""
     return CheckVerdict(
         "drill_passed",
         result.passed,
         result.error or f"restored and proven in {result.rto_seconds:.1f} s",
-        {"rto_seconds": result.rto_seconds},
+        {"rto_seconds": result.rto_seconds, "status": result.status},
+        warn_only=result.status == PARTIAL,
     )
 
 
 def latest_backup_verified_restorable(
     newest_backup_id: str, verified: set[str], newest_drill: dict[str, Any] | None
 ) -> CheckVerdict:
-    """The newest backup has a passing drill: what retention waits for (any drill of it counts, any source)."""
+    """The newest backup has a verifying drill (status "passed", any source): what retention waits for."""
     passed = newest_backup_id in verified
     if passed:
         description = f"newest backup {newest_backup_id} has a passing drill"
@@ -115,9 +131,11 @@ def latest_backup_verified_restorable(
 
 
 def dr_copy_verified(result: DrCopyResult) -> CheckVerdict:
+    """Fails while any copy differs from its source by SHA-256 (those units are retried by the next run)."""
     return CheckVerdict(
         "dr_copy_verified",
         not result.mismatched,
-        f"{result.verified} copied object(s) verified; {len(result.mismatched)} differ",
+        f"{result.verified} copied object(s) verified by SHA-256; {len(result.mismatched)} differ or failed "
+        "and are copied again next run",
         {"mismatched": result.mismatched[:50]},
     )

@@ -1,9 +1,14 @@
 """The second region: copy backups and WAL to the DR bucket, verify both sides, report the lag.
 
 Objects are streamed through this process (as a copy to another region's endpoint would be) while hashing;
-the DR object carries the source's SHA-256 in its metadata and is read back and hashed to verify. Order
-matters as in the primary: data objects first, then manifests, then backup records, so the DR bucket never
-lists a backup or a WAL file whose data has not arrived.
+the DR object carries the source's SHA-256 in its metadata and is read back and hashed to verify (sizes prove
+nothing: a flipped bit keeps the size).
+
+A backup (data, manifest, record) and a WAL file (data, manifest) are copied as a unit, in that order, and the
+unit stops at the first object whose read-back hash differs: the bad copy is deleted and the unit's manifest
+and record are not written, so the DR bucket never lists a backup or WAL file whose data did not arrive
+intact, and the next run (which sees the unit incomplete) copies it again. ``reverify`` also re-reads every
+complete unit in the DR bucket and re-copies any whose bytes no longer match the hash recorded at copy time.
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ SHA_META = "sha256"
 SMALL = 16 * 1024 * 1024 + 65536  # a WAL segment with its envelope overhead goes in one PUT
 
 Progress = Callable[[str], None]
+
+
+def unit_of(key: str) -> str:
+    """What is copied together: a backup's directory, a WAL file with its manifest, else the object itself."""
+    parts = key.split("/")
+    if len(parts) >= 5 and parts[-3] == "base":
+        return "/".join(parts[:-1]) + "/"
+    return key.removesuffix(".sha256").removesuffix(MANIFEST_SUFFIX)
 
 
 @dataclass
@@ -73,28 +86,65 @@ def copy_object(src: Archive, dst: Archive, key: str, size: int) -> str:
     return digest.hexdigest()
 
 
-def copy_to_dr(primary: Archive, dr: Archive, progress: Progress = lambda _m: None) -> DrCopyResult:
+def _recorded_hash(dr: Archive, key: str) -> str | None:
+    """The SHA-256 recorded when ``key`` was copied (object metadata, or the side object of a multipart copy)."""
+    head = dr.head(key)
+    if head is None:
+        return None
+    recorded = (head.get("Metadata") or {}).get(SHA_META)
+    if recorded:
+        return recorded
+    side = dr.get_bytes(key + ".sha256")
+    return side.decode().strip() if side else None
+
+
+def _intact(dr: Archive, key: str) -> bool:
+    return (recorded := _recorded_hash(dr, key)) is not None and _hash_stream(dr, key) == recorded
+
+
+def copy_to_dr(
+    primary: Archive, dr: Archive, progress: Progress = lambda _m: None, *, reverify: bool = False
+) -> DrCopyResult:
     result = DrCopyResult()
     prefix = f"{primary.root}/"
     source = {o["Key"]: o for o in primary.list(prefix)}
     target = {o["Key"]: o for o in dr.list(prefix)}
     result.primary_objects = len(source)
-    missing = [k for k, o in source.items() if k not in target or int(target[k]["Size"]) != int(o["Size"])]
+    units: dict[str, list[str]] = {}
+    for key in source:
+        units.setdefault(unit_of(key), []).append(key)
+    pending_units = set()
+    for unit, keys in units.items():
+        if any(k not in target or int(target[k]["Size"]) != int(source[k]["Size"]) for k in keys):
+            pending_units.add(unit)
+        elif reverify and not all(_intact(dr, k) for k in keys):
+            progress(f"DR copy: {unit} no longer matches the hash recorded when it was copied; copying it again")
+            pending_units.add(unit)
+    missing = [k for u in pending_units for k in units[u]]
     result.pending_before = len(missing)
     if missing:
         oldest = min(source[k]["LastModified"] for k in missing)
         result.lag_seconds = (datetime.now(UTC) - oldest).total_seconds()
-    for key in sorted(missing, key=lambda k: (_order(k), k)):
-        size = int(source[key]["Size"])
-        sent = copy_object(primary, dr, key, size)
-        got = _hash_stream(dr, key)
-        if got != sent:
-            result.mismatched.append(key)
-            continue
-        result.verified += 1
-        result.copied.append(key)
-        result.copied_bytes += size
-        if size > SMALL:
-            progress(f"DR copy: {key} ({size / 2**20:.1f} MiB) copied and verified")
-    result.dr_objects = len(target) + len(result.copied)
+    for unit in sorted(pending_units):
+        for key in sorted(units[unit], key=lambda k: (_order(k), k)):
+            size = int(source[key]["Size"])
+            try:
+                sent = copy_object(primary, dr, key, size)
+                got = _hash_stream(dr, key)
+            except ArchiveError as exc:
+                progress(f"DR copy: {key} not copied ({exc}); the next run tries {unit} again")
+                result.mismatched.append(key)
+                break
+            if got != sent:
+                # Never leave bytes that differ under the name, nor write what would make them look complete.
+                dr.delete(key)
+                progress(f"DR copy: {dr.where(key)} differs from what was sent (SHA-256); {unit} copied next run")
+                result.mismatched.append(key)
+                break
+            result.verified += 1
+            result.copied.append(key)
+            result.copied_bytes += size
+            if size > SMALL:
+                progress(f"DR copy: {key} ({size / 2**20:.1f} MiB) copied and verified")
+    result.dr_objects = len(set(target) | set(result.copied))
     return result

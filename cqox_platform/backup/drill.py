@@ -1,8 +1,15 @@
 """Restore drills: prove a backup restores, to a point whose contents were captured, and measure the RTO.
 
 A drill never raises for a failed restore: it returns a result with ``passed=False`` and the error, so the
-failure is recorded (``restore_drills``), charted and alerted on like a success. Scratch clusters listen on a
-private unix socket only, never archive, and are removed afterwards unless ``keep`` is set.
+failure is recorded (``restore_drills``), charted and alerted on like a success.
+
+Only a drill that replayed to a captured restore point and compared the CQOX database's tables with what was
+captured there verifies a backup (``status`` "passed"). Without a captured point the scratch cluster is only
+started and amcheck-ed (in the ``postgres`` database): that proves the files extract and the server starts, not
+that the backup holds the data, so it is recorded as "partial" and verifies nothing (``passed`` stays false).
+
+Scratch clusters listen on a private unix socket only, never archive, and are removed afterwards unless
+``keep`` is set.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.stack.process import free_port
 
 PHASES = ("download", "decrypt", "extract", "verify", "replay", "checks")
+#: ``restore_drills.status``: only "passed" verifies a backup (migration 0010).
+PASSED, PARTIAL, FAILED = "passed", "partial", "failed"
 
 
 @dataclass
@@ -45,8 +54,10 @@ class DrillResult:
     target: RecoveryTarget
     started_at: datetime
     finished_at: datetime | None = None
+    #: True only when ``status`` is "passed": this drill verified the backup.
     passed: bool = False
     error: str | None = None
+    status: str = FAILED
     seconds: dict[str, float] = field(default_factory=dict)
     tables_checked: int = 0
     indexes_checked: int = 0
@@ -106,15 +117,13 @@ def run_drill(
         started = time.monotonic()
         _check_restored(cluster, expected, result)
         result.seconds["checks"] = time.monotonic() - started
-        result.passed = not result.mismatches and not result.details.get("amcheck_errors")
-        if not result.passed:
-            result.error = (
-                f"{len(result.mismatches)} table(s) differ from the captured restore point"
-                if result.mismatches
-                else f"amcheck found corrupt indexes: {result.details['amcheck_errors']}"
-            )
+        result.status, result.error = drill_verdict(
+            expected, result.tables_checked, result.mismatches, result.details.get("amcheck_errors")
+        )
+        result.passed = result.status == PASSED
     except Exception as exc:
         result.passed = False
+        result.status = FAILED
         result.error = str(exc)
         result.details["server_log_tail"] = cluster.log_tail(15)
     finally:
@@ -128,6 +137,32 @@ def run_drill(
         result.seconds.setdefault(phase, 0.0)
         result.seconds[phase] = round(result.seconds[phase], 3)
     return result
+
+
+def drill_verdict(
+    expected: RestorePoint | None,
+    tables_checked: int,
+    mismatches: list[dict[str, Any]],
+    amcheck_errors: list[str] | None,
+) -> tuple[str, str | None]:
+    """(status, error) of a drill whose restore finished: "passed" only when tables were compared with a
+    captured point and all matched, "partial" when nothing was compared, "failed" when anything differed."""
+    if mismatches:
+        return FAILED, f"{len(mismatches)} table(s) differ from the captured restore point"
+    if amcheck_errors:
+        return FAILED, f"amcheck found corrupt indexes: {amcheck_errors}"
+    if expected is None or tables_checked == 0:
+        what = (
+            "no restore point was captured after this backup"
+            if expected is None
+            else (f"restore point {expected.name} captured no tables")
+        )
+        return PARTIAL, (
+            f"partial: {what}, so the restore was only started and amcheck-ed, no data compared; it verifies "
+            "nothing. Capture a point (materialize wal_archive_status, or take backups with `backup create` / "
+            "postgres_basebackup, which capture one) and drill again."
+        )
+    return PASSED, None
 
 
 def _check_restored(cluster: ScratchCluster, expected: RestorePoint | None, result: DrillResult) -> None:
@@ -163,9 +198,9 @@ def record_drill(conn: psycopg.Connection, result: DrillResult) -> None:
     conn.execute(
         """
         INSERT INTO restore_drills (drill_id, backup_id, bucket, target_kind, target, started_at, finished_at,
-            passed, error, rto_seconds, download_seconds, decrypt_seconds, extract_seconds, verify_seconds,
+            passed, status, error, rto_seconds, download_seconds, decrypt_seconds, extract_seconds, verify_seconds,
             replay_seconds, checks_seconds, tables_checked, indexes_checked, details)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         """,
         [
             result.drill_id,
@@ -176,6 +211,7 @@ def record_drill(conn: psycopg.Connection, result: DrillResult) -> None:
             result.started_at,
             result.finished_at,
             result.passed,
+            result.status,
             result.error,
             result.rto_seconds,
             s.get("download"),

@@ -1,4 +1,5 @@
-"""The bookkeeping tables as the operator reads them: recent backup sizes, recent drill RTOs, retired backups.
+"""The bookkeeping tables as the operator reads them: recent backup sizes, recent drill RTOs, retired backups,
+and which backups still wait for their drill.
 
 The rows feed the charts in the assets' metadata; ``retire_backups`` is retention's last step in the database
 (the objects are already gone from the archive by then, so the table never lists a backup that cannot restore).
@@ -7,6 +8,7 @@ The rows feed the charts in the assets' metadata; ``retire_backups`` is retentio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
@@ -47,6 +49,18 @@ def recent_drill_timings(conn: psycopg.Connection, limit: int = 30) -> list[Dril
         [limit],
     ).fetchall()
     return [DrillTiming(*row) for row in reversed(rows)]
+
+
+def undrilled_backups(conn: psycopg.Connection, system_id: str, *, since: datetime) -> list[str]:
+    """Backups of the cluster in the table (not retired) that finished since ``since`` and have no drill of any
+    outcome yet, newest first: what the drill sensor requests, whoever took the backup (Dagster or the CLI)."""
+    rows = conn.execute(
+        "SELECT b.backup_id FROM backups b WHERE b.system_id = %s AND b.deleted_at IS NULL AND b.stop_time >= %s "
+        "AND NOT EXISTS (SELECT 1 FROM restore_drills d WHERE d.backup_id = b.backup_id) "
+        "ORDER BY b.backup_id DESC",
+        [system_id, since],
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def retire_backups(conn: psycopg.Connection, listed: list[BackupRecord], deleted: list[BackupRecord]) -> None:

@@ -161,15 +161,17 @@ def checkpoint_restore_point(conn: psycopg.Connection, prefix: str = "check") ->
 
 
 def verified_backup_ids(conn: psycopg.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT DISTINCT backup_id FROM restore_drills WHERE passed").fetchall()}
+    """Backups a drill verified: replayed to a captured point and compared ("partial" drills do not count)."""
+    rows = conn.execute("SELECT DISTINCT backup_id FROM restore_drills WHERE status = 'passed'").fetchall()
+    return {r[0] for r in rows}
 
 
 def latest_drill(conn: psycopg.Connection, backup_id: str) -> dict[str, Any] | None:
     row = conn.execute(
-        "SELECT drill_id, passed, error, rto_seconds, finished_at FROM restore_drills WHERE backup_id = %s "
+        "SELECT drill_id, passed, status, error, rto_seconds, finished_at FROM restore_drills WHERE backup_id = %s "
         "ORDER BY finished_at DESC LIMIT 1",
         [backup_id],
     ).fetchone()
     if row is None:
         return None
-    return dict(zip(["drill_id", "passed", "error", "rto_seconds", "finished_at"], row, strict=True))
+    return dict(zip(["drill_id", "passed", "status", "error", "rto_seconds", "finished_at"], row, strict=True))

@@ -71,8 +71,30 @@ def list_backups(archive: Archive) -> list[BackupRecord]:
         if obj["Key"].endswith("/backup.json"):
             text = archive.get_bytes(obj["Key"])
             if text is not None:
-                records.append(BackupRecord.from_json(text, where=archive.where(obj["Key"])))
+                record = BackupRecord.from_json(text, where=archive.where(obj["Key"]))
+                check_record_location(archive, obj["Key"], record)
+                records.append(record)
     return sorted(records, key=lambda r: r.backup_id)
+
+
+def check_record_location(archive: Archive, key: str, record: BackupRecord) -> None:
+    """A record describes the backup it sits beside, nothing else: its id is its directory's, and the objects it
+    names are that backup's. A damaged or forged ``backup.json`` would otherwise point a restore at another
+    backup's data, or retention at another backup's objects; it is refused, naming where it is."""
+    backup_id = key.rsplit("/", 2)[-2]
+    expected = {
+        "backup_id": backup_id,
+        "object_key": archive.backup_data_key(backup_id),
+        "manifest_key": archive.backup_manifest_key(backup_id),
+    }
+    wrong = [
+        f"{name} is {getattr(record, name)!r}" for name, value in expected.items() if getattr(record, name) != value
+    ]
+    if wrong:
+        raise ArchiveError(
+            f"{archive.where(key)} does not describe backup {backup_id}: {', '.join(wrong)}. Nothing trusts it; "
+            f"restore the record from the DR copy or move it aside (`cqox-platform backup list` shows the rest)."
+        )
 
 
 def find_backup(s3: Any, bucket: str, backup_id: str) -> BackupRecord:
@@ -86,7 +108,9 @@ def find_backup(s3: Any, bucket: str, backup_id: str) -> BackupRecord:
         if key.endswith(f"/base/{backup_id}/backup.json"):
             text = probe.get_bytes(key)
             if text is not None:
-                return BackupRecord.from_json(text, where=probe.where(key))
+                record = BackupRecord.from_json(text, where=probe.where(key))
+                check_record_location(Archive(s3, bucket, key.split("/")[1]), key, record)
+                return record
     raise ArchiveError(f"no backup {backup_id} in s3://{bucket}/{ROOT}/ (`cqox-platform backup list` shows them).")
 
 

@@ -1,9 +1,20 @@
 """Retention: which backups and WAL files may go, decided by a pure plan that a dry run prints.
 
-Rules: keep every backup that finished inside the window; never delete the newest backup a drill verified,
-however old; never delete WAL that a kept backup needs (anything from the oldest kept backup's start segment
-on, on any timeline) nor any timeline history file. Deleting goes record first, so a backup stops being
-listed before any of its objects disappear.
+Count and time, as pgBackRest does it (``repo-retention-full`` with ``repo-retention-full-type``), and never
+fewer than it promises:
+
+- the newest ``keep_full`` complete backups stay, however old (pgBackRest's count retention; at least 1);
+- every backup that finished inside the ``keep_days`` window stays, and so does the newest one that finished
+  before the window opened, since only it can restore a point at the window's start (pgBackRest's time
+  retention keeps "enough backups to restore to any point in the window" the same way);
+- the newest backup a drill verified stays, however old: if every newer one turns out unrestorable, it is the
+  one that restores;
+- WAL stays from the oldest kept backup's start segment on (on any timeline), and history files always.
+
+``keep_days`` and ``keep_full`` below 1 are refused here, not only in the asset's config: a plan that may delete
+every backup is never computed. Objects are deleted by keys derived from the backup id (the record's own
+``object_key`` and ``manifest_key`` are never trusted), record first, so a backup stops being listed before
+any of its objects disappear.
 """
 
 from __future__ import annotations
@@ -12,9 +23,30 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cqox_platform.backup.archive import Archive
+from cqox_platform.backup.basebackup import BackupError
 from cqox_platform.backup.records import BackupRecord
 from cqox_platform.backup.walnames import BACKUP_HISTORY_RE, PARTIAL_RE, SEGMENT_RE, Segment
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
+
+#: pgBackRest's default is unset (it warns); two full backups is what its documentation's examples keep.
+DEFAULT_KEEP_FULL = 2
+DEFAULT_KEEP_DAYS = 30
+
+
+class RetentionError(BackupError):
+    """A retention setting would allow deleting every backup; nothing was planned or deleted."""
+
+
+def check_retention(keep_days: int, keep_full: int) -> None:
+    if keep_days < 1:
+        raise RetentionError(
+            f"keep_days is {keep_days}: it must be at least 1 day (0 or less would put every backup outside the "
+            "window); set backup_retention's keep_days (or `backup expire --keep-days`) to 1 or more."
+        )
+    if keep_full < 1:
+        raise RetentionError(
+            f"keep_full is {keep_full}: at least 1 complete backup must always stay; set keep_full to 1 or more."
+        )
 
 
 @dataclass
@@ -24,12 +56,31 @@ class RetentionPlan:
     reasons: dict[str, str] = field(default_factory=dict)
     wal_delete: list[str] = field(default_factory=list)
     wal_keep_from: str | None = None
+    keep_days: int = DEFAULT_KEEP_DAYS
+    keep_full: int = DEFAULT_KEEP_FULL
+
+    def rows(self) -> list[dict[str, str]]:
+        """One row per backup, oldest first: what happens to it and why (``backup expire`` prints these)."""
+        kept = {r.backup_id for r in self.keep}
+        every = sorted([*self.keep, *self.delete], key=lambda r: r.backup_id)
+        return [
+            {
+                "backup_id": r.backup_id,
+                "stop_time": r.stop_time,
+                "action": "keep" if r.backup_id in kept else "delete",
+                "reason": self.reasons[r.backup_id],
+            }
+            for r in every
+        ]
 
     def summary(self) -> dict[str, object]:
         return {
+            "keep_days": self.keep_days,
+            "keep_full": self.keep_full,
             "keep": [r.backup_id for r in self.keep],
             "delete": [r.backup_id for r in self.delete],
             "reasons": self.reasons,
+            "backups": self.rows(),
             "wal_delete_count": len(self.wal_delete),
             "wal_keep_from": self.wal_keep_from,
         }
@@ -43,6 +94,27 @@ def _segment_of(name: str) -> Segment | None:
     return None  # history files are always kept
 
 
+def _keep_reasons(
+    records: list[BackupRecord], verified: set[str], cutoff: datetime, keep_days: int, keep_full: int
+) -> dict[str, list[str]]:
+    """backup id -> every reason it stays (records sorted oldest first)."""
+    reasons: dict[str, list[str]] = {}
+    for record in records[-keep_full:]:
+        reasons.setdefault(record.backup_id, []).append(f"one of the newest {keep_full} complete backups")
+    for record in records:
+        if record.stop_datetime >= cutoff:
+            reasons.setdefault(record.backup_id, []).append(f"finished inside the {keep_days}-day window")
+    before = [r for r in records if r.stop_datetime < cutoff]
+    if before:
+        reasons.setdefault(before[-1].backup_id, []).append(
+            f"newest backup before the {keep_days}-day window: restores its first points"
+        )
+    newest_verified = [r for r in records if r.backup_id in verified]
+    if newest_verified:
+        reasons.setdefault(newest_verified[-1].backup_id, []).append("newest verified backup (kept whatever its age)")
+    return reasons
+
+
 def plan_retention(
     records: list[BackupRecord],
     verified: set[str],
@@ -50,20 +122,23 @@ def plan_retention(
     *,
     now: datetime,
     keep_days: int,
+    keep_full: int = DEFAULT_KEEP_FULL,
 ) -> RetentionPlan:
-    plan = RetentionPlan()
+    check_retention(keep_days, keep_full)
+    plan = RetentionPlan(keep_days=keep_days, keep_full=keep_full)
     cutoff = now - timedelta(days=keep_days)
-    newest_verified = max((r for r in records if r.backup_id in verified), key=lambda r: r.backup_id, default=None)
-    for record in sorted(records, key=lambda r: r.backup_id):
-        if record.stop_datetime >= cutoff:
+    ordered = sorted(records, key=lambda r: r.backup_id)
+    keeps = _keep_reasons(ordered, verified, cutoff, keep_days, keep_full)
+    for record in ordered:
+        if record.backup_id in keeps:
             plan.keep.append(record)
-            plan.reasons[record.backup_id] = f"inside the {keep_days}-day window"
-        elif newest_verified is not None and record.backup_id == newest_verified.backup_id:
-            plan.keep.append(record)
-            plan.reasons[record.backup_id] = "newest verified backup (kept whatever its age)"
+            plan.reasons[record.backup_id] = "; ".join(keeps[record.backup_id])
         else:
             plan.delete.append(record)
-            plan.reasons[record.backup_id] = f"finished {record.stop_time}, before {cutoff.isoformat()}"
+            plan.reasons[record.backup_id] = (
+                f"finished {record.stop_time}, before the window ({cutoff.isoformat()}); not among the newest "
+                f"{keep_full}, not the newest verified, and a newer backup covers the window's start"
+            )
     if plan.keep:
         oldest = min(plan.keep, key=lambda r: Segment.parse(r.start_wal).segno)
         keep_from = Segment.parse(oldest.start_wal).segno
@@ -76,10 +151,19 @@ def plan_retention(
 
 
 def apply_retention(archive: Archive, plan: RetentionPlan) -> int:
-    """Delete what the plan says; returns the number of objects deleted."""
+    """Delete what the plan says; returns the number of objects deleted.
+
+    Keys come from the backup id alone (``Archive.backup_*_key`` validate it): a damaged or forged
+    ``backup.json`` naming another backup's objects cannot make retention delete them.
+    """
     deleted = 0
     for record in plan.delete:
-        for key in (archive.backup_record_key(record.backup_id), record.manifest_key, record.object_key):
+        backup_id = record.backup_id
+        for key in (
+            archive.backup_record_key(backup_id),
+            archive.backup_manifest_key(backup_id),
+            archive.backup_data_key(backup_id),
+        ):
             archive.delete(key)
             deleted += 1
     for name in plan.wal_delete:

@@ -156,8 +156,9 @@ def measure(
             newest.end_lsn - 1,
             histories,
         )
-        status.continuity_from = required[0].name
-        status.continuity_to = required[-1].name
-        status.required_segments = len(required)
-        status.gaps = find_gaps(required, set(archived))
+        if required:  # empty when nothing was archived since the backup started: the check fails on that
+            status.continuity_from = required[0].name
+            status.continuity_to = required[-1].name
+            status.required_segments = len(required)
+            status.gaps = find_gaps(required, set(archived))
     return status

@@ -223,13 +223,81 @@ def backup_list(bucket: str | None) -> None:
     )
     for r in records:
         drill = drills[r.backup_id]
-        verdict = "-" if drill is None else ("passed" if drill["passed"] else "FAILED") + f" {drill['rto_seconds']} s"
+        verdict = (
+            "-"
+            if drill is None
+            else f"{drill['status'] if drill['passed'] else drill['status'].upper()} {drill['rto_seconds']} s"
+        )
         click.echo(
             f"{r.backup_id:<18}{r.timeline:<4}{r.start_lsn:<14}{r.stop_lsn:<14}"
             f"{r.database_bytes / 2**20:>10.1f}{r.stored_bytes / 2**20:>12.1f}  {verdict}"
         )
     if not records:
         click.echo(f"(no backups in {archive.where(archive.root + '/base/')})")
+
+
+@backup.command("expire")
+@click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (one object) instead of a table.")
+@click.option(
+    "--keep-days", type=click.IntRange(min=1), default=None, help="Retention window in days (default 30; >= 1)."
+)
+@click.option(
+    "--keep-full",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The newest N complete backups always stay (default 2; >= 1; pgBackRest repo-retention-full).",
+)
+def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full: int | None) -> None:
+    """Apply retention (what `backup_retention` does): delete backups and WAL no kept backup needs.
+
+    Prints one line per backup, oldest first: keep or delete, and why. Always kept: the newest KEEP_FULL
+    backups, those inside the window and the newest one before it, and the newest verified backup.
+    """
+    import json
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from cqox_platform.backup.history import retire_backups
+    from cqox_platform.backup.operations import cluster_archive, verified_backup_ids
+    from cqox_platform.backup.records import list_backups
+    from cqox_platform.backup.retention import (
+        DEFAULT_KEEP_DAYS,
+        DEFAULT_KEEP_FULL,
+        apply_retention,
+        archived_wal_names,
+        plan_retention,
+    )
+    from cqox_platform.cli import context
+
+    with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
+        archive = cluster_archive(conn, context.s3(), context.bucket())
+        records = list_backups(archive)
+        plan = plan_retention(
+            records,
+            verified_backup_ids(conn),
+            archived_wal_names(archive),
+            now=datetime.now(UTC),
+            keep_days=keep_days or DEFAULT_KEEP_DAYS,
+            keep_full=keep_full or DEFAULT_KEEP_FULL,
+        )
+        deleted = 0
+        if not dry_run:
+            deleted = apply_retention(archive, plan)
+            retire_backups(conn, records, plan.delete)
+    if as_json:
+        click.echo(json.dumps({**plan.summary(), "dry_run": dry_run, "objects_deleted": deleted}, indent=2))
+        return
+    click.echo(f"{'BACKUP':<18}{'ACTION':<8}REASON")
+    for row in plan.rows():
+        click.echo(f"{row['backup_id']:<18}{row['action']:<8}{row['reason']}")
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {len(plan.delete)} backup(s) and {len(plan.wal_delete)} WAL file(s); WAL kept from "
+        f"{plan.wal_keep_from or '-'} ({archive.where(archive.root + '/')})",
+        err=True,
+    )
 
 
 @click.command("restore")

@@ -142,6 +142,12 @@ class AppRoleLimits:
     def ttl_seconds(self) -> int:
         return _duration_seconds(self.secret_id_ttl)
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> AppRoleLimits:
+        """The limits the settings contract names (``vault_config`` and the stack's bootstrap use the same)."""
+        cidrs = tuple(c.strip() for c in settings.vault_approle_cidrs.split(",") if c.strip())
+        return cls(secret_id_ttl=settings.vault_secret_id_ttl, bound_cidrs=cidrs)
+
 
 def _duration_seconds(text: str) -> int:
     """A positive lifetime: 0 would mean "never expires" to Vault, which is what the limit exists to prevent."""
@@ -370,6 +376,28 @@ def _configure_archiver(
     os.chown(setup.settings_file, user.pw_uid, user.pw_gid)
     state.changed.append(f"wrote the WAL archiver's settings {setup.settings_file} (owner {setup.os_user})")
     _retire_secret_id(client, state, ARCHIVER_APPROLE, replaced)
+
+
+def configure_archiver(
+    client: hvac.Client,
+    *,
+    verify: str | bool,
+    archiver: ArchiverSetup,
+    policy_dir: Path = POLICY_DIR,
+    approle_limits: AppRoleLimits = AppRoleLimits(),
+) -> VaultState:
+    """Only what the WAL archiver needs: KV and Transit, the backups key, the policies, its AppRole and settings.
+
+    The local stack runs this during ``up``, before PostgreSQL starts, so the first WAL segment already has a
+    working archiver; ``configure_vault`` (``vault_config``) runs the same steps and finds them done.
+    """
+    state = VaultState()
+    _ensure_mount(client, "secret", "kv", state, options={"version": "2"})
+    _ensure_mount(client, "transit", "transit", state)
+    _ensure_transit_key(client, BACKUPS_KEY, state)
+    _apply_policies(client, state, policy_dir)
+    _configure_archiver(client, state, archiver, verify, approle_limits)
+    return state
 
 
 def configure_vault(

@@ -121,6 +121,10 @@ class PostgresService(Service):
             entry = pwd.getpwnam(PG_OS_USER)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
+    def prepare_archiver_dir(self) -> None:
+        """The directories the archiver's settings file goes into, owned by the postgres OS user."""
+        self._prepare_dirs()
+
     def _prepare_dirs(self) -> None:
         for directory in (self.home, self.socket_dir, self.archiver_dir):
             directory.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,10 @@ class S3Service(Service):
         )
         return session.client("s3", endpoint_url=self.url, verify=self.ca_cert, config=client_config())
 
+    def credentials(self) -> tuple[str, str]:
+        """The stack's S3 access key pair (the stack gives the WAL archiver's Vault entry the same)."""
+        return self._credentials()
+
     def _credentials(self) -> tuple[str, str]:
         if not self.credentials_file.exists():
             access_key, secret_key = "cqox-" + secrets.token_hex(8), secrets.token_urlsafe(30)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cqox_platform.settings import render_stack_env
+from cqox_platform.stack.archiver_bootstrap import configure_stack_archiver
 from cqox_platform.stack.certs import ensure_tls
 from cqox_platform.stack.config import StackConfig
 from cqox_platform.stack.dagster_services import (
@@ -37,10 +38,14 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         apiserver = KubeApiserverService(config)
+        # OpenBao and S3 before PostgreSQL: its archive_command needs both from the first segment on (and on
+        # `down`, PostgreSQL stops first, archiving its last segments while they are still up).
+        self.openbao, self.s3 = OpenBaoService(config), S3Service(config)
+        self.postgres_services = self._postgres_services(config)
         core: list[Service] = [
-            *self._postgres_services(config),
-            OpenBaoService(config),
-            S3Service(config),
+            self.openbao,
+            self.s3,
+            *self.postgres_services,
             PrometheusService(config),
             PushgatewayService(config),
             KineService(config),
@@ -68,6 +73,12 @@ class Stack:
     def from_dir(cls, root: Path | None = None, **kwargs) -> Stack:
         return cls(StackConfig.load(root, **kwargs))
 
+    @property
+    def archiver_owner(self) -> PostgresService:
+        """Whose archiver settings file PostgreSQL's archive_command reads (HA: shared by the three nodes)."""
+        first = next(s for s in self.postgres_services if isinstance(s, PostgresService | PatroniClusterService))
+        return first.base if isinstance(first, PatroniClusterService) else first
+
     def service(self, name: str) -> Service:
         return next(s for s in self.services if s.name == name)
 
@@ -91,6 +102,9 @@ class Stack:
             if service.port is not None:
                 ensure_port_free(service.port, service.name)
         for service in self.services:
+            if service is self.postgres_services[0]:
+                for change in configure_stack_archiver(self.openbao, self.s3, self.archiver_owner):
+                    progress(f"WAL archiver: {change}")
             if service in pending:
                 progress(f"starting {service.name} on port {service.port} (log: {service.log_path})")
                 service.start()

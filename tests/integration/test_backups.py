@@ -367,30 +367,20 @@ def test_base_backup_is_recorded_in_s3_and_the_table(stack, env, first_backup):
     assert listed.returncode == 0 and record.backup_id in listed.stdout
 
 
-def test_each_new_backup_gets_one_drill_from_automation(stack, env, first_backup):
+def test_each_new_backup_gets_one_drill_from_the_sensor(stack, env, first_backup):
     _, instance = first_backup
-    defs = dg.Definitions(
-        assets=[backup_assets.postgres_basebackup, backup_assets.restore_drill], resources=_resources(stack, env)
-    )
-    cursor = None
-
-    def drills_requested() -> int:
-        nonlocal cursor
-        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-        cursor = result.cursor
-        return result.get_num_requested(dg.AssetKey("restore_drill"))
-
-    assert drills_requested() == 0  # the sensor's first tick only records where it starts
     backup = _materialize(stack, env, [backup_assets.postgres_basebackup], instance=instance)
     assert backup.success
-    assert drills_requested() == 1  # the new backup's drill (default config: for_backup, the newest backup)
-    assert drills_requested() == 0
+    backup_id = _meta(backup, "postgres_basebackup")["backup_id"]
+    requests, _ = _sensor_requests(stack, env, instance)
+    assert [r.run_key for r in requests] == [f"drill-{backup_id}"]  # the newest backup first
     # A run that backs up and drills together (the main job, timeline_backup_job) needs no second drill.
     both = _materialize(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill], instance=instance)
     assert both.success
-    assert drills_requested() == 0
     # What that run drilled with the default config is its own, newest backup.
     assert _meta(both, "restore_drill")["backup_id"] == _meta(both, "postgres_basebackup")["backup_id"]
+    requests, _ = _sensor_requests(stack, env, instance)
+    assert _meta(both, "postgres_basebackup")["backup_id"] not in [r.run_key[6:] for r in requests]
 
 
 def test_drill_restores_proves_data_and_reports_rto(stack, env, first_backup):
@@ -564,7 +554,113 @@ def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):
     assert "before" in labels and "after" not in labels
 
 
+# --- backups made outside Dagster, drills that prove nothing (issue 13 items 4 and 8) ----------------------------
+
+
+def _sensor_requests(stack, env, instance, cursor=None):
+    from sensors.backup_schedules import new_backup_drill_sensor
+
+    resources = {"postgres_admin": _postgres_admin(stack)}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = new_backup_drill_sensor(context)
+        return list(result.run_requests or []), context.cursor
+
+
+def test_a_backup_from_the_cli_gets_exactly_one_drill(stack, env):
+    """Item 8: drills are driven by the backups table, so `backup create` (no Dagster) is drilled too, once."""
+    created = _cli(env, "backup", "create")
+    assert created.returncode == 0, created.stderr[-2000:]
+    backup_id = created.stdout.split()[0]
+    requested: list[str] = []
+    with dg.instance_for_test() as instance:
+        for _ in range(8):  # as the daemon would: one drill per tick until every recent backup has one
+            requests, _ = _sensor_requests(stack, env, instance)
+            if not requests:
+                break
+            (request,) = requests
+            drilled = request.run_config["ops"]["restore_drill"]["config"]["backup_id"]
+            assert request.run_key == f"drill-{drilled}" and drilled not in requested
+            requested.append(drilled)
+            _materialize(stack, env, [backup_assets.restore_drill], request.run_config["ops"])
+        assert requested and requested[0] == backup_id, requested  # the newest first, exactly once
+        assert _sensor_requests(stack, env, instance)[0] == []
+    listed = _cli(env, "backup", "list")
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(backup_id))
+    assert "passed" in line, line
+
+
+def test_a_drill_without_a_captured_point_is_partial_and_verifies_nothing(stack, env):
+    """Item 4: without a restore point a drill checks the `postgres` database only: no proof of the backup."""
+    from cqox_platform.backup.operations import backup_point_name, verified_backup_ids
+
+    created = _cli(env, "backup", "create")
+    assert created.returncode == 0, created.stderr[-2000:]
+    backup_id = created.stdout.split()[0]
+    with _conn(stack) as conn:
+        conn.execute("DELETE FROM restore_points WHERE name = %s", [backup_point_name(backup_id)])
+    result = _materialize(
+        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": backup_id}}}
+    )
+    drill = _meta(result, "restore_drill")
+    assert not drill["passed"] and drill["status"] == "partial", drill
+    assert _checks(result)["latest_backup_verified_restorable"] is False
+    with _conn(stack) as conn:
+        assert backup_id not in verified_backup_ids(conn)
+        status = conn.execute("SELECT status FROM restore_drills WHERE drill_id = %s", [drill["drill_id"]])
+        assert status.fetchone()[0] == "partial"
+    # The newest backup must be verified for what follows (retention waits for it): take one that is.
+    fresh = _materialize(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill])
+    assert _meta(fresh, "restore_drill")["passed"], _meta(fresh, "restore_drill")["error"]
+
+
 # --- second region, metrics ----------------------------------------------------------------------------------
+
+
+def test_dr_copy_verifies_by_hash_retries_a_corrupted_copy_and_never_lists_it(stack, env, monkeypatch):
+    """Item 5: a copy whose bytes differ (same size) is caught by SHA-256; its manifest and record are not
+    copied, the check fails, and the next run copies it again."""
+    import hashlib
+
+    from cqox_platform.backup import dr_copy
+
+    primary, dr = _archive(stack, env), _archive(stack, env, env["CQOX_S3_DR_BUCKET"])
+    created = _cli(env, "backup", "create")
+    assert created.returncode == 0, created.stderr[-2000:]
+    backup_id = created.stdout.split()[0]
+    victim = primary.backup_data_key(backup_id)
+    real_copy = dr_copy.copy_object
+
+    def corrupting_copy(src, dst, key, size):
+        sent = real_copy(src, dst, key, size)
+        if key == victim:  # the bytes that arrived differ from those sent, size unchanged
+            body = bytearray(dst.get_bytes(key))
+            body[len(body) // 2] ^= 0x01
+            head = dst.head(key) or {}
+            dst.put_bytes(key, bytes(body), metadata=head.get("Metadata"))
+        return sent
+
+    monkeypatch.setattr(dr_copy, "copy_object", corrupting_copy)
+    bad = _materialize(stack, env, [backup_assets.backups_dr_copy])
+    assert _checks(bad) == {"dr_copy_verified": False}
+    assert victim in _meta(bad, "backups_dr_copy")["mismatched"]
+    assert dr.head(dr.backup_record_key(backup_id)) is None  # the DR bucket does not list it
+    assert dr.head(dr.backup_manifest_key(backup_id)) is None
+    assert backup_id not in {r.backup_id for r in list_backups(dr)}
+    monkeypatch.setattr(dr_copy, "copy_object", real_copy)
+    good = _materialize(stack, env, [backup_assets.backups_dr_copy])
+    assert _checks(good) == {"dr_copy_verified": True}, _meta(good, "backups_dr_copy")
+    assert _meta(good, "backups_dr_copy")["mismatched"] == []
+    assert hashlib.sha256(dr.get_bytes(victim)).digest() == hashlib.sha256(primary.get_bytes(victim)).digest()
+    assert backup_id in {r.backup_id for r in list_backups(dr)}
+    # A copy corrupted later in the DR bucket (same size) is found and replaced too.
+    body = bytearray(dr.get_bytes(victim))
+    body[10] ^= 0x01
+    dr.put_bytes(victim, bytes(body), metadata=(dr.head(victim) or {}).get("Metadata"))
+    healed = _materialize(
+        stack, env, [backup_assets.backups_dr_copy], {"backups_dr_copy": {"config": {"reverify": True}}}
+    )
+    assert _checks(healed) == {"dr_copy_verified": True}
+    assert dr.get_bytes(victim) == primary.get_bytes(victim)
 
 
 def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env):
@@ -603,29 +699,60 @@ def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
 # --- retention (last: it deletes) ----------------------------------------------------------------------------
 
 
-def test_retention_keeps_the_newest_verified_backup_and_the_wal_it_needs(stack, env):
+def _age_backups(archive: Archive, records, days: int) -> None:
+    """Make backups look ``days`` older (their records' times); their ids and objects stay as they are."""
+    import json
+    from datetime import datetime, timedelta
+
+    for record in records:
+        key = archive.backup_record_key(record.backup_id)
+        data = json.loads(archive.get_bytes(key))
+        for field in ("start_time", "stop_time"):
+            data[field] = (datetime.fromisoformat(data[field]) - timedelta(days=days)).isoformat()
+        archive.put_bytes(key, json.dumps(data).encode())
+
+
+def test_retention_refuses_a_zero_day_window(stack, env):
     archive = _archive(stack, env)
     before = list_backups(archive)
-    assert len(before) >= 2
-    dry = _materialize(
+    result = _materialize(
+        stack, env, [backup_assets.backup_retention], {"backup_retention": {"config": {"keep_days": 0}}}
+    )
+    assert not result.success and list_backups(archive) == before
+    cli = _cli(env, "backup", "expire", "--keep-days", "0")
+    assert cli.returncode == 2 and "keep-days" in cli.stderr
+
+
+def test_retention_keeps_the_newest_backups_and_the_wal_they_need(stack, env):
+    archive = _archive(stack, env)
+    before = list_backups(archive)
+    assert len(before) >= 4
+    _age_backups(archive, before[:-1], days=100)  # all but the newest fall outside any window
+    dry = _cli(env, "backup", "expire", "--dry-run", "--json", "--keep-days", "1", "--keep-full", "1")
+    assert dry.returncode == 0, dry.stderr
+    import json
+
+    plan = json.loads(dry.stdout)
+    assert len(list_backups(archive)) == len(before)  # a dry run deletes nothing
+    rows = {r["backup_id"]: r for r in plan["backups"]}
+    assert set(rows) == {r.backup_id for r in before} and all(r["reason"] for r in rows.values())
+    newest, second = before[-1].backup_id, before[-2].backup_id
+    assert rows[newest]["action"] == "keep" and "newest 1" in rows[newest]["reason"]
+    assert rows[second]["action"] == "keep" and "before the 1-day window" in rows[second]["reason"]
+    assert plan["delete"], plan  # the older ones go
+    real = _materialize(
         stack,
         env,
         [backup_assets.backup_retention],
-        {"backup_retention": {"config": {"keep_days": 0, "dry_run": True}}},
-    )
-    plan = _meta(dry, "backup_retention")
-    assert len(list_backups(archive)) == len(before)  # a dry run deletes nothing
-    assert plan["backups_kept"] and set(plan["backups_deleted"]) | set(plan["backups_kept"]) == {
-        r.backup_id for r in before
-    }
-    real = _materialize(
-        stack, env, [backup_assets.backup_retention], {"backup_retention": {"config": {"keep_days": 0}}}
+        {"backup_retention": {"config": {"keep_days": 1, "keep_full": 1}}},
     )
     assert real.success
     after = list_backups(archive)
-    assert [r.backup_id for r in after] == plan["backups_kept"]
-    # What is left still restores: the kept backup's WAL survived.
+    assert [r.backup_id for r in after] == plan["keep"]
+    for gone in plan["delete"]:
+        assert not list(archive.list(archive.backup_prefix(gone)))  # every object of it, by its id
+    # What is left still restores: the kept backups' WAL survived.
     drill = _materialize(
-        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": after[-1].backup_id}}}
+        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": after[0].backup_id}}}
     )
     assert _meta(drill, "restore_drill")["passed"], _meta(drill, "restore_drill")["error"]

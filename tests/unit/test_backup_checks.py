@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -14,9 +15,10 @@ from cqox_platform.backup.checks import (
     wal_verdicts,
 )
 from cqox_platform.backup.dr_copy import DrCopyResult
-from cqox_platform.backup.drill import DrillResult
+from cqox_platform.backup.drill import DrillResult, drill_verdict
 from cqox_platform.backup.drill_plan import DrillMode, DrillPlanError, select_backup
 from cqox_platform.backup.gauges import NEVER_ARCHIVED_SECONDS, base_backup_samples, wal_samples
+from cqox_platform.backup.proof import RestorePoint
 from cqox_platform.backup.records import BackupRecord
 from cqox_platform.backup.restore import RecoveryTarget
 from cqox_platform.backup.retention import archived_wal_names
@@ -117,11 +119,72 @@ def test_continuity_verdict_needs_an_anchor_and_no_gaps(has_backup, gaps, passed
     assert continuity.metadata["gaps"] == gaps
 
 
+@pytest.mark.parametrize(
+    "never_archived",
+    [
+        # A backup exists but no WAL segment was ever archived (archive_command failing since initdb).
+        {
+            "newest_archived_segment": None,
+            "continuity_from": None,
+            "continuity_to": None,
+            "required_segments": 0,
+            "archived_count": 0,
+            "segments_in_archive": 0,
+        },
+        # Archived WAL exists, but none at or after the backup: nothing anchors continuity.
+        {"continuity_from": None, "continuity_to": None, "required_segments": 0},
+    ],
+)
+def test_continuity_fails_closed_when_no_wal_was_archived_since_the_backup(never_archived):
+    """Issue 13 item 7: no gaps among zero required segments is not continuity."""
+    _, continuity, _ = wal_verdicts(wal_status(**never_archived), has_backup=True, rpo_target_seconds=900)
+    assert continuity.passed is False
+    assert "no WAL archived" in continuity.description and "pg_stat_archiver" in continuity.description
+
+
 def test_drill_verdicts():
-    ok = DrillResult("d1", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, passed=True, seconds={"a": 2.5})
+    ok = DrillResult(
+        "d1",
+        "b1",
+        "bucket",
+        RecoveryTarget("restore_point", "p"),
+        T0,
+        T1,
+        passed=True,
+        seconds={"a": 2.5},
+        status="passed",
+    )
     assert drill_passed(ok).passed and "2.5 s" in drill_passed(ok).description
     bad = DrillResult("d2", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, error="checksum of t differs")
     assert not drill_passed(bad).passed and drill_passed(bad).description == "checksum of t differs"
+
+
+POINT = RestorePoint("backup-b1", "0/3000000", 1, T1, "cqox", {"public.t": {"rows": 1}})
+
+
+@pytest.mark.parametrize(
+    ("expected", "tables", "mismatches", "amcheck", "status", "text"),
+    [
+        (POINT, 1, [], None, "passed", None),
+        # Issue 13 item 4: no captured point means nothing was compared; it verifies nothing.
+        (None, 0, [], None, "partial", "no restore point was captured"),
+        (replace(POINT, tables={}), 0, [], None, "partial", "captured no tables"),
+        (POINT, 1, [{"table": "public.t"}], None, "failed", "1 table(s) differ"),
+        (None, 0, [], ["i: bad"], "failed", "amcheck found corrupt indexes"),
+    ],
+)
+def test_only_a_drill_that_compared_a_captured_point_verifies(expected, tables, mismatches, amcheck, status, text):
+    got, error = drill_verdict(expected, tables, mismatches, amcheck)
+    assert got == status
+    assert (error is None) if text is None else (text in error)
+
+
+def test_a_partial_drill_warns_and_does_not_pass():
+    partial = DrillResult(
+        "d3", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, status="partial", error="partial: x"
+    )
+    verdict = drill_passed(partial)
+    assert not verdict.passed and verdict.warn_only and verdict.metadata["status"] == "partial"
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,7 @@ def world(monkeypatch) -> World:
         result = DrillResult("d", rec.backup_id, "b", target, datetime.now(UTC), datetime.now(UTC))
         result.seconds = {"download": 0.1, "replay": 0.2}
         result.passed = w.drills_pass
+        result.status = "passed" if w.drills_pass else "failed"
         result.error = None if w.drills_pass else "checksum of public.t differs"
         if result.passed:
             w.verified.add(rec.backup_id)
@@ -152,7 +153,9 @@ def world(monkeypatch) -> World:
             "apply_retention": lambda a, plan: w.deleted.extend(plan.delete) or 3 * len(plan.delete),
             "retire_backups": lambda conn, listed, deleted: None,
         },
-        dr_copy_module: {"copy_to_dr": lambda primary, dr, progress: DrCopyResult(copied=["x"], verified=1)},
+        dr_copy_module: {
+            "copy_to_dr": lambda primary, dr, progress, reverify=False: DrCopyResult(copied=["x"], verified=1)
+        },
     }
     for module, names in fakes.items():
         monkeypatch.setattr(module, "cluster_archive", lambda conn, s3, bucket: archive)
@@ -263,25 +266,55 @@ def test_the_0300_tick_requests_backup_drill_wal_check_and_dr_copy_once_and_not_
     with dg.instance_for_test() as instance:
         ticks = Ticks(defs, instance)
         assert ticks.at(at(2, 59)) == {}  # first evaluation: nothing pending yet
-        assert set(ticks.at(at(3, 0))) == {
+        assert set(ticks.at(at(3, 0))) == {  # the drill follows from the backups table (new_backup_drill_sensor)
             "postgres_basebackup",
-            "restore_drill",
             "wal_archive_status",
             "backups_dr_copy",
         }
         assert ticks.at(at(3, 1)) == {}  # handled: no second request of anything
 
 
-def test_each_new_backup_gets_one_drill_but_a_run_that_drilled_it_needs_none(world):
+def test_a_new_backup_gets_no_drill_from_automation_only_its_dr_copy(world):
     defs = dg.Definitions(assets=BACKUP_ASSETS, resources=RESOURCES)
     with dg.instance_for_test() as instance:
         ticks = Ticks(defs, instance)
         ticks.at(at(10, 1))
         materialize([backups.postgres_basebackup], instance)  # e.g. from the UI
-        assert set(ticks.at(at(10, 2))) == {"restore_drill", "backups_dr_copy"}
-        assert ticks.at(at(10, 3)) == {}
-        materialize([backups.postgres_basebackup, backups.restore_drill], instance)  # timeline_backup_job
-        assert set(ticks.at(at(10, 4))) == {"backups_dr_copy"}
+        assert set(ticks.at(at(10, 2))) == {"backups_dr_copy"}  # its drill comes from new_backup_drill_sensor
+
+
+def _drill_sensor(instance, monkeypatch, waiting):
+    monkeypatch.setattr(backup_schedules, "system_id", lambda conn: "7001")
+    monkeypatch.setattr(backup_schedules, "undrilled_backups", lambda conn, sid, since: list(waiting))
+    context = dg.build_sensor_context(instance=instance, resources={"postgres_admin": FakePostgres()})
+    return backup_schedules.new_backup_drill_sensor(context)
+
+
+def test_the_drill_sensor_requests_the_newest_undrilled_backup_keyed_by_its_id(monkeypatch):
+    with dg.instance_for_test() as instance:
+        result = _drill_sensor(instance, monkeypatch, ["20260302T030000Z", "20260301T030000Z"])
+        (request,) = result.run_requests
+        assert request.run_key == "drill-20260302T030000Z"
+        assert request.run_config["ops"]["restore_drill"]["config"] == {
+            "backup_id": "20260302T030000Z",
+            "mode": "for_backup",
+        }
+        nothing = _drill_sensor(instance, monkeypatch, [])
+        assert not nothing.run_requests and "has a drill" in nothing.skip_reason.skip_message
+
+
+def test_the_drill_sensor_waits_while_a_drill_is_queued_or_running(monkeypatch):
+    with dg.instance_for_test() as instance:
+        instance.add_run(
+            dg.DagsterRun(
+                job_name="restore_drill_job",
+                run_id="r1",
+                status=dg.DagsterRunStatus.STARTED,
+                asset_selection=frozenset({dg.AssetKey("restore_drill")}),
+            )
+        )
+        result = _drill_sensor(instance, monkeypatch, ["20260302T030000Z"])
+        assert not result.run_requests and "one at a time" in result.skip_reason.skip_message
 
 
 @pytest.mark.parametrize("failure", ["proof fails", "drill crashes"])
@@ -382,3 +415,24 @@ def test_a_second_base_backup_waits_for_the_pool_slot_then_runs(world):
         second.join(60)
     assert results["first"].success and results["second"].success
     assert len(world.records) == 2
+
+
+# --- retention's config (issue 13 items 1 and 10) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [{"keep_days": 0}, {"keep_days": -5}, {"keep_full": 0}])
+def test_retention_refuses_a_window_or_count_below_one_and_deletes_nothing(world, bad):
+    with dg.instance_for_test() as instance:
+        materialize([backups.postgres_basebackup, backups.restore_drill], instance)
+        result = materialize([backups.backup_retention], instance, {"backup_retention": {"config": bad}})
+    assert not result.success and not world.deleted
+    assert "at least 1" in str(result.get_step_failure_events()[0].event_specific_data.error)
+
+
+def test_retention_metadata_says_why_each_backup_stays_or_goes(world):
+    with dg.instance_for_test() as instance:
+        for _ in range(3):
+            materialize([backups.postgres_basebackup, backups.restore_drill], instance)
+        result = materialize([backups.backup_retention], instance, {"backup_retention": {"config": {"keep_full": 1}}})
+    plan = meta(result, "backup_retention")
+    assert plan["keep_full"] == 1 and "| backup | action | reason |" in plan["plan"]

@@ -2,8 +2,9 @@
 
 ``wal-push`` and ``wal-fetch`` are PostgreSQL's ``archive_command`` and ``restore_command``. They import
 nothing heavy (no Dagster), print one line per file to PostgreSQL's log, and use the exit codes PostgreSQL
-expects: 0 done; 1 try again later (push) or "not in the archive" (fetch); 255 from fetch when the file
-exists but cannot be used, which stops recovery instead of letting it end early and promote at the wrong point.
+expects: 0 done; 1 try again later (push) or "not in the archive" (fetch); 255 from fetch on every other
+outcome (corrupt, unreadable, S3 down, disk full, a bug), which stops recovery instead of letting it end early
+and promote at the wrong point. Only S3 answering ``NoSuchKey`` for the manifest proves a file absent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import click
 from cqox_platform.errors import CqoxError
 
 FETCH_FATAL = 255
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
 
 _archiver_config = click.option(
     "--config",
@@ -153,12 +159,13 @@ def wal_fetch(
             archive, provider, name, pgdata / destination if not destination.is_absolute() else destination
         )
     except WalMissingError:
-        sys.exit(1)  # PostgreSQL probes for files past the end of the archive; not an error
-    except CqoxError as exc:
+        sys.exit(1)  # S3 proved the file absent: PostgreSQL probes past the end of the archive; not an error
+    except Exception as exc:  # anything short of proven absence must not end recovery
+        reason = str(exc) if isinstance(exc, CqoxError) else f"unexpected {type(exc).__name__}: {exc}"
         if standby:
-            click.echo(f"wal-fetch: {name} not fetched, the standby streams it instead: {exc}", err=True)
+            click.echo(f"wal-fetch: {name} not fetched, the standby streams it instead: {reason}", err=True)
             sys.exit(1)
-        click.echo(f"wal-fetch: {name} is in the archive but UNUSABLE, stopping recovery: {exc}", err=True)
+        click.echo(f"wal-fetch: {name} could not be restored, stopping recovery: {_one_line(reason)}", err=True)
         sys.exit(FETCH_FATAL)
     click.echo(f"wal-fetch: restored {name} ({size / 2**20:.1f} MiB)", err=True)
 

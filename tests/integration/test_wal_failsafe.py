@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -25,7 +24,6 @@ from unittest import mock
 import boto3
 import pytest
 
-from cqox_platform.backup.archive import Archive
 from cqox_platform.stack.s3 import client_config
 from tests.conftest import _running_stack, make_world_traversable_tmpdir
 from tests.integration.test_vault import _materialize_vault_config

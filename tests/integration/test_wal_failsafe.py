@@ -405,3 +405,31 @@ def test_a_database_that_is_down_is_one_line_not_a_traceback(env):
     assert result.returncode == 1
     line = _one_clear_line(result)
     assert str(port) in line
+
+
+# --- item 12: the asynchronous pusher uses one data key per object ----------------------------------------------
+
+
+def test_async_pusher_wraps_a_distinct_data_key_for_every_object(env):
+    from cqox_platform.backup.wal_async import run_daemon
+
+    base = make_world_traversable_tmpdir("cqox-walfs-async-")
+    try:
+        pgdata = base / "pgdata"
+        (pgdata / "global").mkdir(parents=True)
+        (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", SYSTEM_ID + 1) + b"\0" * 8184)
+        status = pgdata / "pg_wal" / "archive_status"
+        status.mkdir(parents=True)
+        names = [f"0000000100000000000000{i:02X}" for i in range(1, 9)]
+        for name in names:
+            (pgdata / "pg_wal" / name).write_bytes(os.urandom(64 * 1024))
+            (status / f"{name}.ready").touch()
+        settings = base / "archiver" / "archiver.json"
+        settings.parent.mkdir()
+        shutil.copyfile(env["CQOX_WAL_ARCHIVER_CONFIG"], settings)
+        run_daemon(settings, pgdata, idle_exit=2.0, log=lambda m: None)
+        archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(SYSTEM_ID + 1))
+        manifests = [json.loads(archive.get_bytes(archive.wal_manifest_key(n))) for n in names]
+        assert len({m["wrapped_dek"] for m in manifests}) == len(names)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

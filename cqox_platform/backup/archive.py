@@ -38,6 +38,10 @@ class ArchiveUnreachableError(ArchiveError):
     """The S3 server did not answer."""
 
 
+def _reraise(exc: BaseException):
+    raise exc
+
+
 def check_backup_id(backup_id: str) -> str:
     if not BACKUP_ID_RE.match(backup_id):
         raise ArchiveError(f"{backup_id!r} is not a backup id (expected YYYYMMDDTHHMMSSZ, e.g. 20261126T030000Z).")
@@ -109,6 +113,26 @@ class Archive:
         if response is None:
             return None
         return self.call("downloading", key, response["Body"].read)
+
+    def get_proven(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """An object's bytes and user metadata; ``None`` only when S3 proves the object is absent.
+
+        A HEAD answers a missing bucket with the same bare 404 as a missing key, so absence is decided on a GET,
+        whose error body names the cause: only ``NoSuchKey`` is "absent", a ``NoSuchBucket`` is an error.
+        """
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchKey":
+                return None
+            if code == "NoSuchBucket":
+                raise ArchiveError(f"bucket {self.bucket} does not exist (reading {self.where(key)}).") from None
+            raise ArchiveError(f"S3 refused downloading {self.where(key)}: {code or exc}.") from None
+        except BotoCoreError as exc:
+            return self.call("downloading", key, _reraise, exc)
+        body = self.call("downloading", key, response["Body"].read)
+        return body, dict(response.get("Metadata") or {})
 
     def get_stream(self, key: str):
         """The streaming body of an object (``None`` if absent); ranged GETs are avoided on purpose."""

@@ -8,7 +8,6 @@ its time is split into decrypt (AES-GCM and manifest checks) and extract (decomp
 from __future__ import annotations
 
 import os
-import pwd
 import shlex
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from cqox_platform.backup.records import BackupRecord
 from cqox_platform.crypto.envelope import Manifest, decrypt_from
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
+from cqox_platform.fsutil import make_dir, own, own_tree, read_file, write_file
 from cqox_platform.settings import child_env
 
 Progress = Callable[[str], None]
@@ -149,14 +149,26 @@ def _explain(exc: BaseException, where: str) -> RestoreError:
 
 
 def chown_tree(root: Path, user: str = PG_OS_USER) -> None:
+    """Hand the restored tree to ``user`` without following any link in it (see ``cqox_platform.fsutil``)."""
+    own_tree(root, user)
+    own(root, mode=0o700, directory=True)
+
+
+def postgres_cannot_reach(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` the postgres OS user cannot traverse, or None.
+
+    Checked as that user (``runuser ... test -x``), before anything is downloaded: pg_verifybackup and the server
+    run as postgres, and would otherwise fail hours later with "Permission denied".
+    """
     if os.geteuid() != 0:
-        return
-    entry = pwd.getpwnam(user)
-    for dirpath, _dirnames, filenames in os.walk(root):
-        os.chown(dirpath, entry.pw_uid, entry.pw_gid)
-        for name in filenames:
-            os.chown(os.path.join(dirpath, name), entry.pw_uid, entry.pw_gid)
-    root.chmod(0o700)
+        return None
+    path = Path(os.path.abspath(path))
+    for directory in [*reversed(path.parents), path]:
+        if not directory.exists():
+            return None  # created by root with the default umask: traversable
+        if subprocess.run(as_pg_user(["test", "-x", str(directory)]), capture_output=True).returncode != 0:
+            return directory
+    return None
 
 
 def as_pg_user(argv: list[str]) -> list[str]:
@@ -211,12 +223,20 @@ def configure_recovery(
     }
     lines = ["", "# Written by cqox-platform restore: a private recovering copy."]
     lines += [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
-    with open(pgdata / "postgresql.auto.conf", "a") as fh:
-        fh.write("\n".join(lines) + "\n")
-    (pgdata / "pg_hba.conf").write_text(
-        "# Restored copy: only local connections through the private socket directory.\nlocal all all trust\n"
+    # pgdata belongs to postgres by now: replace files by name, never write through a link (cqox_platform.fsutil).
+    auto_conf = pgdata / "postgresql.auto.conf"
+    try:
+        current = read_file(auto_conf).decode()
+    except FileNotFoundError:
+        current = ""
+    write_file(auto_conf, current + "\n".join(lines) + "\n", mode=0o600, owner=PG_OS_USER)
+    write_file(
+        pgdata / "pg_hba.conf",
+        "# Restored copy: only local connections through the private socket directory.\nlocal all all trust\n",
+        mode=0o600,
+        owner=PG_OS_USER,
     )
-    (pgdata / "recovery.signal").touch()
+    write_file(pgdata / "recovery.signal", "", mode=0o600, owner=PG_OS_USER)
 
 
 def restore_command_for(cli: Path, settings_file: Path, bucket: str | None = None) -> str:
@@ -230,12 +250,15 @@ class ScratchCluster:
     def __init__(self, pgdata: Path, socket_dir: Path, port: int, log: Path, pg_bindir: Path) -> None:
         self.pgdata, self.socket_dir, self.port, self.log, self.pg_bindir = pgdata, socket_dir, port, log, pg_bindir
 
+    def start_files(self) -> None:
+        """The socket directory and the log, owned by postgres (created without following a planted link)."""
+        make_dir(self.socket_dir, mode=0o700, owner=PG_OS_USER)
+        if not self.log.exists():
+            write_file(self.log, "", mode=0o600, owner=PG_OS_USER)
+        own(self.log, owner=PG_OS_USER)
+
     def start(self) -> None:
-        for path in (self.socket_dir,):
-            path.mkdir(parents=True, exist_ok=True)
-            chown_tree(path)
-        self.log.touch()
-        chown_tree_file(self.log)
+        self.start_files()
         # A clean environment: the restored server and its restore_command see no client settings of ours.
         env = child_env(drop_prefixes=("AWS_", "PG", "VAULT_", "BAO_", "CQOX_"))
         subprocess.run(
@@ -303,12 +326,6 @@ class ScratchCluster:
                 as_pg_user([str(self.pg_bindir / "pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "-w", "stop"]),
                 capture_output=True,
             )
-
-
-def chown_tree_file(path: Path) -> None:
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam(PG_OS_USER)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 def pg_bindir() -> Path:

@@ -92,14 +92,18 @@ def push_wal(archive: Archive, provider: DataKeyProvider, path: Path) -> PushRes
 
 
 def read_wal(archive: Archive, provider: DataKeyProvider, name: str) -> bytes:
-    """The verified plaintext of one archived WAL file."""
+    """The verified plaintext of one archived WAL file.
+
+    Raises ``WalMissingError`` only when S3 proves the manifest absent (``NoSuchKey`` on its exact key): that is
+    what ends recovery, so anything short of proof (a missing bucket, a dropped connection) is another error.
+    """
     check_wal_name(name)
-    head = archive.head(archive.wal_manifest_key(name))
-    if head is None:
+    found = archive.get_proven(archive.wal_manifest_key(name))
+    if found is None:
         raise WalMissingError(f"{archive.where(archive.wal_key(name))} is not in the archive.")
-    manifest_bytes = archive.get_bytes(archive.wal_manifest_key(name))
+    manifest_bytes, metadata = found
     data = archive.get_bytes(archive.wal_key(name))
-    if manifest_bytes is None or data is None:
+    if data is None:
         raise ArchiveError(f"{archive.where(archive.wal_key(name))} has a manifest but its data object is missing.")
     manifest = Manifest.from_json(manifest_bytes, where=archive.where(archive.wal_manifest_key(name)))
     compressed = io.BytesIO()
@@ -111,7 +115,7 @@ def read_wal(archive: Archive, provider: DataKeyProvider, name: str) -> bytes:
         raw = zstandard.ZstdDecompressor().decompress(compressed.getvalue())
     except zstandard.ZstdError as exc:
         raise ArchiveError(f"{archive.where(archive.wal_key(name))} does not decompress: {exc}.") from None
-    expected = head.get("Metadata", {}).get(SHA_META)
+    expected = metadata.get(SHA_META)
     if expected and hashlib.sha256(raw).hexdigest() != expected:
         raise ArchiveError(f"{archive.where(archive.wal_key(name))} decompressed to content whose SHA-256 differs.")
     return raw
@@ -121,14 +125,20 @@ def fetch_wal(archive: Archive, provider: DataKeyProvider, name: str, destinatio
     """Write an archived WAL file to ``destination`` atomically; returns its size."""
     raw = read_wal(archive, provider, name)
     destination = Path(destination)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, destination)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise CqoxError(f"cannot write {name} to {destination}: {exc.strerror or exc}.") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return len(raw)

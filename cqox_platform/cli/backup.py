@@ -2,8 +2,9 @@
 
 ``wal-push`` and ``wal-fetch`` are PostgreSQL's ``archive_command`` and ``restore_command``. They import
 nothing heavy (no Dagster), print one line per file to PostgreSQL's log, and use the exit codes PostgreSQL
-expects: 0 done; 1 try again later (push) or "not in the archive" (fetch); 255 from fetch when the file
-exists but cannot be used, which stops recovery instead of letting it end early and promote at the wrong point.
+expects: 0 done; 1 try again later (push) or "not in the archive" (fetch); 255 from fetch on every other
+outcome (corrupt, unreadable, S3 down, disk full, a bug), which stops recovery instead of letting it end early
+and promote at the wrong point. Only S3 answering ``NoSuchKey`` for the manifest proves a file absent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import click
 from cqox_platform.errors import CqoxError
 
 FETCH_FATAL = 255
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
 
 _archiver_config = click.option(
     "--config",
@@ -153,12 +159,13 @@ def wal_fetch(
             archive, provider, name, pgdata / destination if not destination.is_absolute() else destination
         )
     except WalMissingError:
-        sys.exit(1)  # PostgreSQL probes for files past the end of the archive; not an error
-    except CqoxError as exc:
+        sys.exit(1)  # S3 proved the file absent: PostgreSQL probes past the end of the archive; not an error
+    except Exception as exc:  # anything short of proven absence must not end recovery
+        reason = str(exc) if isinstance(exc, CqoxError) else f"unexpected {type(exc).__name__}: {exc}"
         if standby:
-            click.echo(f"wal-fetch: {name} not fetched, the standby streams it instead: {exc}", err=True)
+            click.echo(f"wal-fetch: {name} not fetched, the standby streams it instead: {reason}", err=True)
             sys.exit(1)
-        click.echo(f"wal-fetch: {name} is in the archive but UNUSABLE, stopping recovery: {exc}", err=True)
+        click.echo(f"wal-fetch: {name} could not be restored, stopping recovery: {_one_line(reason)}", err=True)
         sys.exit(FETCH_FATAL)
     click.echo(f"wal-fetch: restored {name} ({size / 2**20:.1f} MiB)", err=True)
 
@@ -300,6 +307,95 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
     )
 
 
+class RestoreInputError(CqoxError):
+    """Bad input to `restore`: named and refused before anything is downloaded or created."""
+
+
+def _recovery_target(target_time: str | None, target_name: str | None):
+    from datetime import datetime
+
+    from cqox_platform.backup.restore import RecoveryTarget
+
+    if target_time and target_name:
+        raise RestoreInputError("give --target-time or --target-name, not both.")
+    if target_name:
+        return RecoveryTarget("restore_point", target_name)
+    if not target_time:
+        return RecoveryTarget("end_of_archive")
+    try:
+        when = datetime.fromisoformat(target_time)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise RestoreInputError(
+            f"--target-time {target_time!r} is not an ISO 8601 time with a UTC offset "
+            f"(e.g. '2026-11-26 06:30:00+00'); a time without one would be read in the server's time zone."
+        )
+    return RecoveryTarget("time", when.isoformat(sep=" "))
+
+
+def _check_pgdata(pgdata: Path) -> None:
+    from cqox_platform.backup.restore import postgres_cannot_reach
+
+    if pgdata.is_symlink() or (pgdata.exists() and not pgdata.is_dir()):
+        raise RestoreInputError(f"--pgdata {pgdata} exists and is not a directory; restore into a new directory.")
+    if pgdata.exists() and any(pgdata.iterdir()):
+        raise RestoreInputError(f"--pgdata {pgdata} is not empty; restore into a new directory.")
+    blocked = postgres_cannot_reach(pgdata.parent)
+    if blocked is not None:
+        raise RestoreInputError(
+            f"the postgres OS user cannot traverse {blocked}, so it could not use --pgdata {pgdata}: "
+            f"`chmod o+x {blocked}` (and each parent), or choose a --pgdata under a directory it can reach."
+        )
+
+
+def _check_archiver_config(path: Path) -> None:
+    """The restored server's restore_command reads this file as postgres: it must exist now, not after hours."""
+    from cqox_platform.backup.restore import as_pg_user
+
+    if not path.is_file():
+        raise RestoreInputError(
+            f"the archiver settings {path} (CQOX_WAL_ARCHIVER_CONFIG) do not exist: the restored server could "
+            f"not fetch WAL. Materialize `vault_config`, or point CQOX_WAL_ARCHIVER_CONFIG at the file."
+        )
+    import subprocess
+
+    if subprocess.run(as_pg_user(["test", "-r", str(path)]), capture_output=True).returncode != 0:
+        raise RestoreInputError(f"the postgres OS user cannot read the archiver settings {path}.")
+
+
+class _Created:
+    """What a restore created, so a failed one removes exactly that and never a file that was there before."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.top = pgdata  # the highest directory this restore creates
+        while not self.top.parent.exists():
+            self.top = self.top.parent
+        self.existed = pgdata.exists()
+        self.stat = pgdata.stat() if self.existed else None
+        self.side: Path | None = None
+
+    def undo(self) -> None:
+        import contextlib
+        import os
+        import shutil
+
+        if self.side is not None:
+            shutil.rmtree(self.side, ignore_errors=True)
+        if not self.existed:
+            shutil.rmtree(self.top, ignore_errors=True)
+            return
+        for entry in self.pgdata.iterdir():  # it was empty before the restore: everything inside is ours
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.chown(self.pgdata, self.stat.st_uid, self.stat.st_gid, follow_symlinks=False)
+            os.chmod(self.pgdata, self.stat.st_mode & 0o7777, follow_symlinks=False)
+
+
 @click.command("restore")
 @click.option("--backup", "backup_id", required=True, help="Backup id (`cqox-platform backup list`).")
 @click.option("--target-time", default=None, help="Recover to this time (e.g. '2026-11-26 06:30:00+00').")
@@ -319,13 +415,20 @@ def restore(
 ) -> None:
     """Restore a backup into PGDATA and recover it (to the end of the archive, or to a target).
 
-    The restored server listens on a private unix socket next to PGDATA and does not archive, so no client
-    or archive mixes it up with the primary; open it by editing listen_addresses when you decide to.
+    Everything that can be checked is checked before the download (which may take hours): the target, PGDATA,
+    that the postgres OS user can reach it, the archiver settings, the backup's record. Side files (the
+    download, the server's socket directory and log) go into a fresh private directory beside PGDATA, never
+    under predictable names. A failed restore removes what it created and nothing else.
+
+    The restored server listens on a private unix socket and does not archive, so no client or archive mixes
+    it up with the primary; open it by editing listen_addresses when you decide to.
     """
-    from cqox_platform.backup.archive import Archive
+    import os
+    import tempfile
+
+    from cqox_platform.backup.archive import Archive, check_backup_id
     from cqox_platform.backup.records import find_backup
     from cqox_platform.backup.restore import (
-        RecoveryTarget,
         ScratchCluster,
         configure_recovery,
         pg_bindir,
@@ -335,38 +438,48 @@ def restore(
     from cqox_platform.installation import platform_cli
     from cqox_platform.stack.process import free_port
 
-    if target_time and target_name:
-        raise click.UsageError("give --target-time or --target-name, not both.")
-    if pgdata.exists() and any(pgdata.iterdir()):
-        raise click.UsageError(f"{pgdata} is not empty; restore into a new directory.")
+    pgdata = Path(os.path.abspath(pgdata))
+    target = _recovery_target(target_time, target_name)
+    check_backup_id(backup_id)
+    _check_pgdata(pgdata)
+    archiver_config = _config(None)
+    _check_archiver_config(archiver_config)
+    bindir = pg_bindir()
     _conninfo, _dsn, s3, provider, default_bucket = _backup_context()
     bucket = bucket or default_bucket
     record = find_backup(s3, bucket, backup_id)
     archive = Archive(s3, bucket, record.system_id)
-    pgdata.mkdir(parents=True, exist_ok=True)
-    pgdata.chmod(0o700)
+
+    created = _Created(pgdata)
     say = lambda m: click.echo(m, err=True)  # noqa: E731
-    files = restore_files(archive, provider, record, pgdata, pgdata.parent / f".{pgdata.name}.download", say)
-    say("restored files: " + ", ".join(f"{phase} {secs:.1f} s" for phase, secs in files.seconds.items()))
-    if target_time:
-        target = RecoveryTarget("time", target_time)
-    elif target_name:
-        target = RecoveryTarget("restore_point", target_name)
-    else:
-        target = RecoveryTarget("end_of_archive")
-    socket_dir = pgdata.parent / f"{pgdata.name}.sock"
-    port = port or free_port()
-    configure_recovery(
-        pgdata,
-        port=port,
-        socket_dir=socket_dir,
-        restore_command=restore_command_for(platform_cli(), _config(None), bucket),
-        target=target,
-    )
-    cluster = ScratchCluster(pgdata, socket_dir, port, pgdata.parent / f"{pgdata.name}.log", pg_bindir())
-    if not start:
-        click.echo(f"restored into {pgdata}; start it with: runuser -u postgres -- pg_ctl -D {pgdata} start")
-        return
-    cluster.start()
-    cluster.wait_promoted(24 * 3600, say)
+    cluster = None
+    try:
+        pgdata.mkdir(parents=True, exist_ok=True)
+        pgdata.chmod(0o700)
+        # A fresh directory only root can write (0711: postgres may reach the socket directory and log inside it).
+        created.side = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}.restore-", dir=pgdata.parent))
+        created.side.chmod(0o711)
+        files = restore_files(archive, provider, record, pgdata, created.side / "base.download", say, bindir)
+        say("restored files: " + ", ".join(f"{phase} {secs:.1f} s" for phase, secs in files.seconds.items()))
+        socket_dir = created.side / "sock"
+        port = port or free_port()
+        configure_recovery(
+            pgdata,
+            port=port,
+            socket_dir=socket_dir,
+            restore_command=restore_command_for(platform_cli(), archiver_config, bucket),
+            target=target,
+        )
+        cluster = ScratchCluster(pgdata, socket_dir, port, created.side / "server.log", bindir)
+        if not start:
+            cluster.start_files()
+            click.echo(f"restored into {pgdata}; start it with: runuser -u postgres -- pg_ctl -D {pgdata} start")
+            return
+        cluster.start()
+        cluster.wait_promoted(24 * 3600, say)
+    except BaseException:
+        if cluster is not None:
+            cluster.stop()
+        created.undo()
+        raise
     click.echo(f"restored and promoted: psql -h {socket_dir} -p {port} -U postgres   (log: {cluster.log})")

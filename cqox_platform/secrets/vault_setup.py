@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import hvac.exceptions
 from cqox_platform.backup.archiver_settings import ARCHIVER_APPROLE, BACKUPS_KEY, ArchiverSettings
 from cqox_platform.backup.archiver_settings import S3_SECRET_PATH as ARCHIVER_S3_SECRET
 from cqox_platform.errors import CqoxError, VaultError
+from cqox_platform.fsutil import write_file
 from cqox_platform.package_data import package_path
 from cqox_platform.stack.files import write_private
 
@@ -329,8 +329,6 @@ def _configure_archiver(
     client: hvac.Client, state: VaultState, setup: ArchiverSetup, verify, limits: AppRoleLimits
 ) -> None:
     """The WAL archiver's AppRole, its S3 credentials in KV, and its settings file owned by PostgreSQL's user."""
-    import pwd
-
     wanted = {"access_key_id": setup.access_key_id, "secret_access_key": setup.secret_access_key}
     try:
         current = client.secrets.kv.v2.read_secret_version(
@@ -371,9 +369,8 @@ def _configure_archiver(
         s3_cacert=setup.s3_cacert,
         bucket=setup.bucket,
     )
-    write_private(setup.settings_file, settings.to_json())
-    user = pwd.getpwnam(setup.os_user)
-    os.chown(setup.settings_file, user.pw_uid, user.pw_gid)
+    # The directory belongs to PostgreSQL's user: replace the file, never write or chown through a planted link.
+    write_file(setup.settings_file, settings.to_json(), mode=0o600, owner=setup.os_user)
     state.changed.append(f"wrote the WAL archiver's settings {setup.settings_file} (owner {setup.os_user})")
     _retire_secret_id(client, state, ARCHIVER_APPROLE, replaced)
 

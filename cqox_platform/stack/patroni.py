@@ -21,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from cqox_platform.fsutil import make_dir, write_file
 from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
 from cqox_platform.installation import platform_cli
 from cqox_platform.stack.certs import tls_files
@@ -275,9 +275,9 @@ class PatroniClusterService(Service):
         }
 
     def _write_node(self, node: PatroniNode) -> None:
+        # The node's directories are PostgreSQL's user's: no write, chmod or chown follows a planted link.
         for directory in (node.home.parent, node.home, node.socket_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-            self.base._own(directory, 0o700 if directory != node.home.parent else 0o755)
+            make_dir(directory, mode=0o700 if directory != node.home.parent else 0o755, owner=PG_OS_USER)
         tls = tls_files(self.stack.tls_dir)
         etcd_cert, etcd_key = ensure_etcd_client(self.stack, f"patroni-{node.name}")
         for src, name in (
@@ -288,11 +288,10 @@ class PatroniClusterService(Service):
             (etcd_key, "etcd-client.key"),
             (etcd_ca_cert(self.stack), "etcd-ca.crt"),
         ):
-            shutil.copyfile(src, node.home / name)
-            self.base._own(node.home / name, 0o600)
+            write_file(node.home / name, src.read_bytes(), mode=0o600, owner=PG_OS_USER)
         # YAML is a superset of JSON: no YAML writer needed.
-        node.config_path.write_text(json.dumps(self.node_config(node), indent=2) + "\n")
-        self.base._own(node.config_path, 0o600)
+        config = json.dumps(self.node_config(node), indent=2) + "\n"
+        write_file(node.config_path, config, mode=0o600, owner=PG_OS_USER)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 

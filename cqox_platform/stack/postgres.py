@@ -15,7 +15,6 @@ import os
 import pwd
 import secrets
 import shlex
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import psycopg
 
 from cqox_platform.errors import StackDirError
+from cqox_platform.fsutil import make_dir, read_file, write_file
 from cqox_platform.installation import platform_cli
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME, StackConfig
@@ -114,21 +114,14 @@ class PostgresService(Service):
             return [find_binary("runuser"), "-u", PG_OS_USER, "--", *argv]
         return argv
 
-    def _own(self, path: Path, mode: int | None = None) -> None:
-        if mode is not None:
-            path.chmod(mode)
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam(PG_OS_USER)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-
     def prepare_archiver_dir(self) -> None:
         """The directories the archiver's settings file goes into, owned by the postgres OS user."""
         self._prepare_dirs()
 
     def _prepare_dirs(self) -> None:
+        # Directories PostgreSQL's user owns: chmod/chown them through descriptors, never through a planted link.
         for directory in (self.home, self.socket_dir, self.archiver_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-            self._own(directory, 0o700)
+            make_dir(directory, mode=0o700, owner=PG_OS_USER)
         if os.geteuid() == 0:
             try:
                 pwd.getpwnam(PG_OS_USER)
@@ -183,27 +176,25 @@ class PostgresService(Service):
     def _write_config(self) -> None:
         tls = tls_files(self.stack.tls_dir)
         for src, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key"), (tls.ca_cert, "ca.crt")):
-            dest = self.data_dir / name
-            shutil.copyfile(src, dest)
-            self._own(dest, 0o600)
+            write_file(self.data_dir / name, src.read_bytes(), mode=0o600, owner=PG_OS_USER)
         settings = server_settings(self.port, self.socket_dir, self.archive_command())
         settings.update(ssl_cert_file="server.crt", ssl_key_file="server.key", ssl_ca_file="ca.crt")
         config = "# Written by cqox-platform stack; changes are overwritten on `stack up`.\n" + "".join(
             f"{key} = {conf_literal(value)}\n" for key, value in settings.items()
         )
-        conf = self.data_dir / "cqox.conf"
-        conf.write_text(config)
-        self._own(conf, 0o600)
+        # The data directory is PostgreSQL's user's: every file root writes there replaces the name atomically.
+        write_file(self.data_dir / "cqox.conf", config, mode=0o600, owner=PG_OS_USER)
         main_conf = self.data_dir / "postgresql.conf"
-        text = main_conf.read_text()
+        text = read_file(main_conf).decode()
         if "include_if_exists = 'cqox.conf'" not in text:
-            main_conf.write_text(text + "\ninclude_if_exists = 'cqox.conf'\n")
-        hba = self.data_dir / "pg_hba.conf"
-        hba.write_text(
+            write_file(main_conf, text + "\ninclude_if_exists = 'cqox.conf'\n", mode=0o600, owner=PG_OS_USER)
+        write_file(
+            self.data_dir / "pg_hba.conf",
             "# TCP only with TLS and SCRAM; the unix socket only for the postgres OS user (bootstrap).\n"
-            + "".join(f"{rule}\n" for rule in HBA_RULES)
+            + "".join(f"{rule}\n" for rule in HBA_RULES),
+            mode=0o600,
+            owner=PG_OS_USER,
         )
-        self._own(hba, 0o600)
 
     def start(self) -> None:
         self._prepare_dirs()

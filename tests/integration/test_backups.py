@@ -527,13 +527,16 @@ def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):
     pgdata = make_world_traversable_tmpdir("cqox-pitr-") / "restored"  # the postgres user must reach it
     done = _cli(env, "restore", "--backup", backup_id, "--target-time", target, "--pgdata", str(pgdata))
     assert done.returncode == 0, done.stderr[-3000:]
-    port = int(
-        [line for line in (pgdata / "postgresql.auto.conf").read_text().splitlines() if line.startswith("port")][
-            -1
-        ].split("'")[1]
-    )
+    conf = (pgdata / "postgresql.auto.conf").read_text().splitlines()
+
+    def setting(name: str) -> str:
+        return [line for line in conf if line.startswith(f"{name} ")][-1].split("'")[1]
+
+    # The socket lives in the restore's private side directory (never a predictable name beside PGDATA).
+    port, socket_dir = int(setting("port")), setting("unix_socket_directories")
+    assert Path(socket_dir).parent.name.startswith(f".{pgdata.name}.restore-")
     try:
-        with psycopg.connect(host=f"{pgdata}.sock", port=port, user="postgres", dbname=env["CQOX_PG_DB"]) as conn:
+        with psycopg.connect(host=socket_dir, port=port, user="postgres", dbname=env["CQOX_PG_DB"]) as conn:
             labels = {r[0] for r in conn.execute("SELECT label FROM pitr_probe")}
     finally:
         subprocess.run(

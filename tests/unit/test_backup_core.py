@@ -93,30 +93,6 @@ def test_pushgateway_text_format_escapes_labels_and_skips_missing_values():
     assert text.splitlines() == ["# TYPE m gauge", 'm{a="x\\"y\\\\z"} 1.5', "# TYPE n gauge", "n 2.0"]
 
 
-def test_caching_key_provider_bounds_uses_and_never_caches_unwrap():
-    from cqox_platform.backup.wal_async import CachingKeyProvider
-    from cqox_platform.crypto.keys import DataKey
-
-    class Counting:
-        key_name = "k"
-
-        def __init__(self):
-            self.issued = 0
-
-        def generate_data_key(self):
-            self.issued += 1
-            return DataKey(bytes([self.issued]) * 32, f"vault:v1:{self.issued}", "k")
-
-        def unwrap(self, wrapped):
-            return b"u" * 32
-
-    inner = Counting()
-    cache = CachingKeyProvider(inner, max_uses=3, max_age=3600)
-    keys = [cache.generate_data_key().wrapped for _ in range(7)]
-    assert keys == ["vault:v1:1"] * 3 + ["vault:v1:2"] * 3 + ["vault:v1:3"]
-    assert cache.unwrap("x") == b"u" * 32
-
-
 def test_entrypoint_fast_path_only_takes_exact_async_pushes():
     from cqox_platform.entrypoint import _fast_async_push
 

@@ -1,0 +1,66 @@
+"""The asynchronous WAL pusher uses one data key per object, as docs/encryption-format.md says (issue 13, item 12)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from cqox_platform.backup import wal_async
+from cqox_platform.crypto.keys import DataKey
+
+
+class CountingProvider:
+    key_name = "cqox-backups"
+
+    def __init__(self) -> None:
+        self._n = itertools.count()
+        self._lock = threading.Lock()
+
+    def generate_data_key(self) -> DataKey:
+        with self._lock:
+            n = next(self._n)
+        return DataKey(n.to_bytes(32, "big"), f"vault:v1:{n:08d}", self.key_name)
+
+    def unwrap(self, wrapped: str) -> bytes:
+        return int(wrapped.split(":")[2]).to_bytes(32, "big")
+
+
+def test_the_pushers_key_provider_never_hands_out_a_key_twice():
+    provider = wal_async.pusher_key_provider(CountingProvider())
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            keys = list(pool.map(lambda _: provider.generate_data_key(), range(300)))
+    finally:
+        getattr(provider, "close", lambda: None)()
+    assert len({k.wrapped for k in keys}) == 300
+    assert len({k.plaintext for k in keys}) == 300
+
+
+def test_stale_keys_are_dropped_vault_errors_reach_the_caller_and_unwrap_is_never_cached():
+    import time
+
+    import pytest
+
+    from cqox_platform.errors import VaultError
+
+    inner = CountingProvider()
+    provider = wal_async.PrefetchingKeyProvider(inner, depth=2, max_age=0.05)
+    try:
+        time.sleep(0.2)  # the pool filled, then went stale
+        key = provider.generate_data_key()
+        assert int(key.wrapped.split(":")[2]) >= 2  # the first, stale keys were not used
+        assert provider.unwrap("vault:v1:00000007") == (7).to_bytes(32, "big")
+    finally:
+        provider.close()
+
+    class Sealed(CountingProvider):
+        def generate_data_key(self) -> DataKey:
+            raise VaultError("Vault is sealed")
+
+    sealed = wal_async.PrefetchingKeyProvider(Sealed())
+    try:
+        with pytest.raises(VaultError, match="sealed"):
+            sealed.generate_data_key()
+    finally:
+        sealed.close()

@@ -44,7 +44,7 @@ def _config(config_path: Path | None) -> Path:
     archiving path never loads the settings)."""
     if config_path is not None:
         return config_path
-    from cqox_platform.cli import context
+    import cqox_platform.cli.context as context
 
     return Path(context.settings().require("wal_archiver_config"))
 
@@ -182,7 +182,7 @@ def _backup_context():
     """Admin connection settings, the S3 client and the backup key provider from the settings."""
     import psycopg
 
-    from cqox_platform.cli import context
+    import cqox_platform.cli.context as context
 
     conninfo = context.postgres_admin().conninfo()
     dsn = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in conninfo.items()})
@@ -266,6 +266,7 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
 
     import psycopg
 
+    import cqox_platform.cli.context as context
     from cqox_platform.backup.history import retire_backups
     from cqox_platform.backup.operations import cluster_archive, verified_backup_ids
     from cqox_platform.backup.records import list_backups
@@ -276,7 +277,6 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
         archived_wal_names,
         plan_retention,
     )
-    from cqox_platform.cli import context
 
     with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
         archive = cluster_archive(conn, context.s3(), context.bucket())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cqox_platform.cli import context
+import cqox_platform.cli.context as context
 
 
 @click.command("encrypt")

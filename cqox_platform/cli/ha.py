@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import click
 
-from cqox_platform.cli import context
+import cqox_platform.cli.context as context
 from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
 
 

@@ -24,8 +24,8 @@ slos:
 """
 
 
-def _evaluate(tmp_path: Path, expr: str, series: list[dict[str, str]], expected: list[dict]) -> None:
-    """Assert what Prometheus evaluates ``expr`` to at 10 minutes, given ``series`` (raises with promtool's words)."""
+def _evaluate(tmp_path: Path, expr: str, series: list[dict[str, str]], expected: list[dict]) -> tuple[int, str]:
+    """promtool's verdict on ``expr`` evaluating to ``expected`` at 10 minutes, given ``series``: (exit, output)."""
     (tmp_path / "empty-rules.yml").write_text("groups: []\n")
     test = {
         "rule_files": ["empty-rules.yml"],
@@ -41,7 +41,7 @@ def _evaluate(tmp_path: Path, expr: str, series: list[dict[str, str]], expected:
     path = tmp_path / "test.yml"
     path.write_text(yaml.safe_dump(test, sort_keys=False))
     proc = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def _ratio(label: str) -> str:
@@ -55,17 +55,20 @@ OK_ONLY = [{"series": 'http_requests_total{job="probe",code="200"}', "values": "
 
 
 def test_no_errors_with_the_right_code_label_is_a_zero_error_ratio(tmp_path):
-    _evaluate(tmp_path, _ratio("code"), OK_ONLY, [{"labels": "{}", "value": 0}])
+    code, output = _evaluate(tmp_path, _ratio("code"), OK_ONLY, [{"labels": "{}", "value": 0}])
+    assert code == 0, output
 
 
 def test_a_wrong_code_label_is_no_data_not_a_perfect_sli(tmp_path):
     """Failed before: ``or vector(0)`` turned the missing series into 0 errors, a 100 % SLI."""
-    _evaluate(tmp_path, _ratio("status"), OK_ONLY, [])
+    code, output = _evaluate(tmp_path, _ratio("status"), OK_ONLY, [])
+    assert code == 0, output
 
 
 def test_errors_still_count(tmp_path):
     series = [*OK_ONLY, {"series": 'http_requests_total{job="probe",code="503"}', "values": "0+600x20"}]
-    _evaluate(tmp_path, _ratio("code"), series, [{"labels": "{}", "value": 0.5}])
+    code, output = _evaluate(tmp_path, _ratio("code"), series, [{"labels": "{}", "value": 0.5}])
+    assert code == 0, output
 
 
 def test_the_repository_p50_latency_slo_is_flagged_as_unable_to_page():

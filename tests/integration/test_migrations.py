@@ -188,9 +188,8 @@ def test_runtime_role_has_dml_on_every_table_now_and_later_but_no_ddl(any_db):
                 "DELETE FROM audit_log",
                 "UPDATE schema_migrations SET checksum = 'forged'",
             ):
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    with conn.transaction():
-                        conn.execute(statement)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                    conn.execute(statement)
         finally:
             conn.execute("RESET ROLE")
             conn.execute("DROP TABLE later_table")

@@ -229,9 +229,8 @@ def migrated(stack, configured):
 def test_runtime_issued_users_cannot_change_the_schema(stack, migrated, change):
     runtime = _issued(stack, "cqox-platform")
     try:
-        with runtime.connect(autocommit=True) as conn:
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(SCHEMA_CHANGES[change])
+        with runtime.connect(autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(SCHEMA_CHANGES[change])
     finally:
         runtime.client().close()
 

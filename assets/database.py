@@ -2,6 +2,11 @@
 
 Thin by design: each asset opens a connection through ``PostgresResource``, calls ``cqox_platform.schema``
 and turns the result into metadata a DBA reads in the UI. Checks that protect data are blocking.
+
+Two logins (``cqox_platform.db.roles``): what changes the schema or needs ownership logs in as the migrator
+(``postgres_migrator``): migrations and the drift check, pg_partman maintenance, dropping expired partitions
+and the check that reads partman's retention, refreshing the aggregates. ``rollups_fresh`` only reads, so it
+uses the runtime login (``postgres``, DML only) like the rest of the platform.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -39,12 +44,12 @@ def _bytes(n: int) -> str:
 @dg.asset(
     group_name=GROUP,
     kinds={"postgres", "sql"},
-    # The platform's database login is issued by Vault, so Vault is configured first.
+    # The migrator's database login is issued by Vault, so Vault is configured first.
     deps=[dg.AssetKey("vault_config")],
     description="The CQOx schema: schema/sql/ migrations applied in order under an advisory lock, with checksums.",
 )
-def cqox_schema(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-    with postgres.connect(autocommit=True) as conn:
+def cqox_schema(context: dg.AssetExecutionContext, postgres_migrator: PostgresResource) -> dg.MaterializeResult:
+    with postgres_migrator.connect(autocommit=True) as conn:
         report = MigrationRunner().migrate(conn, progress=context.log.info)
         stats = table_stats(conn, report.dialect)
         history = conn.execute(
@@ -52,12 +57,12 @@ def cqox_schema(context: dg.AssetExecutionContext, postgres: PostgresResource) -
             "ORDER BY version"
         ).fetchall()
     context.log.info(
-        f"{postgres.describe()}: dialect {report.dialect}, {len(report.applied)} applied now, "
+        f"{postgres_migrator.describe()}: dialect {report.dialect}, {len(report.applied)} applied now, "
         f"version {report.current_version}"
     )
     return dg.MaterializeResult(
         metadata={
-            "database": postgres.describe(),
+            "database": postgres_migrator.describe(),
             "dialect": report.dialect.value,
             "schema_version": report.current_version,
             "applied_this_run": dg.MetadataValue.json([m.filename for m in report.applied]),
@@ -74,9 +79,9 @@ def cqox_schema(context: dg.AssetExecutionContext, postgres: PostgresResource) -
 
 
 @dg.asset_check(asset=cqox_schema, blocking=True, description="Files unchanged, none pending, no manual DDL.")
-def schema_drift(postgres: PostgresResource) -> dg.AssetCheckResult:
+def schema_drift(postgres_migrator: PostgresResource) -> dg.AssetCheckResult:
     runner = MigrationRunner()
-    with postgres.connect(autocommit=True) as conn:
+    with postgres_migrator.connect(autocommit=True) as conn:
         try:
             _dialect, pending, applied = runner.verify(conn)
         except MigrationError as exc:
@@ -106,8 +111,8 @@ def schema_drift(postgres: PostgresResource) -> dg.AssetCheckResult:
     kinds={"postgres"},
     description="metrics partitions (pg_partman, a week ahead) or TimescaleDB chunks; stray rows re-homed.",
 )
-def metrics_partitions(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-    with postgres.connect(autocommit=True) as conn:
+def metrics_partitions(context: dg.AssetExecutionContext, postgres_migrator: PostgresResource) -> dg.MaterializeResult:
+    with postgres_migrator.connect(autocommit=True) as conn:
         dialect = MigrationRunner().resolve_dialect(conn)
         result = maintain_partitions(conn, dialect)
     s = result.summary
@@ -135,8 +140,8 @@ def metrics_partitions(context: dg.AssetExecutionContext, postgres: PostgresReso
     kinds={"postgres"},
     description="metrics_5min and metrics_1h: continuous aggregates, or rollup tables refreshed from a watermark.",
 )
-def metrics_rollups(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-    with postgres.connect(autocommit=True) as conn:
+def metrics_rollups(context: dg.AssetExecutionContext, postgres_migrator: PostgresResource) -> dg.MaterializeResult:
+    with postgres_migrator.connect(autocommit=True) as conn:
         dialect = MigrationRunner().resolve_dialect(conn)
         refreshed = refresh_rollups(conn, dialect)
         lags = [rollup_lag(conn, name) for name in ROLLUPS]
@@ -185,8 +190,8 @@ def rollups_fresh(postgres: PostgresResource) -> dg.AssetCheckResult:
     kinds={"postgres"},
     description="90-day retention by dropping whole partitions/chunks; compression after 7 days on TimescaleDB.",
 )
-def metrics_retention(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-    with postgres.connect(autocommit=True) as conn:
+def metrics_retention(context: dg.AssetExecutionContext, postgres_migrator: PostgresResource) -> dg.MaterializeResult:
+    with postgres_migrator.connect(autocommit=True) as conn:
         dialect = MigrationRunner().resolve_dialect(conn)
         result = enforce_retention(conn, dialect)
     days = result.retention / timedelta(days=1)
@@ -208,8 +213,8 @@ def metrics_retention(context: dg.AssetExecutionContext, postgres: PostgresResou
     asset=metrics_retention,
     description="No row is older than the retention plus one partition (the granularity of a drop).",
 )
-def retention_enforced(postgres: PostgresResource) -> dg.AssetCheckResult:
-    with postgres.connect(autocommit=True) as conn:
+def retention_enforced(postgres_migrator: PostgresResource) -> dg.AssetCheckResult:
+    with postgres_migrator.connect(autocommit=True) as conn:
         dialect = MigrationRunner().resolve_dialect(conn)
         retention = configured_retention(conn, dialect)
         oldest = conn.execute("SELECT min(time) FROM metrics").fetchone()[0]

@@ -38,9 +38,12 @@ defs = dg.Definitions.merge(
     ha_sensors.defs,
     dg.Definitions(
         resources={
-            # A short-lived Vault-issued user when a Vault database role is configured (the local stack sets
-            # CQOX_PG_VAULT_ROLE); without one the passfile login.
+            # Short-lived Vault-issued users when Vault database roles are configured (the local stack sets
+            # both); without one the passfile login. "postgres" is the runtime login (DML only) every table
+            # write uses; "postgres_migrator" acts as the schema owner, for the database assets that need DDL
+            # or ownership (migrations, pg_partman maintenance, dropping partitions, refreshing aggregates).
             "postgres": PostgresResource.from_settings(settings, vault=vault),
+            "postgres_migrator": PostgresResource.from_settings(settings, vault=vault, migrator=True),
             "postgres_admin": PostgresResource.from_settings(settings),
             "vault": vault,
             "vault_admin": VaultResource.from_settings(settings, admin=True),

@@ -119,7 +119,12 @@ class Settings(BaseSettings):
     pg_sslrootcert: Path | None = _f(None, "CA certificate that signed PostgreSQL's server certificate")
     pg_passfile: Path | None = _f(None, "libpq password file of the admin login (mode 0600)")
     pg_dsn: str | None = _f(None, "libpq connection string of the admin login (for psql and scripts)")
-    pg_vault_role: str | None = _f(None, "Vault database role the platform logs in with; unset: passfile login")
+    pg_vault_role: str | None = _f(
+        None, "Vault database role of the runtime login (DML on the CQOX tables only); unset: passfile login"
+    )
+    pg_vault_migrator_role: str | None = _f(
+        None, "Vault database role of the migrator login (schema owner: migrations, partitions); unset: passfile login"
+    )
     pg_data: Path | None = _f(None, "data directory of the single PostgreSQL node")
     dagster_pg_db: str | None = _f(None, "database of Dagster's instance storage")
     wal_archiver_config: Path | None = _f(None, "archiver settings file wal-push and wal-fetch read (postgres-owned)")

@@ -1,8 +1,10 @@
 """``PostgresResource``: the Dagster adapter over the core ``PostgresClient`` (``cqox_platform.db.client``).
 
-Built from the settings two ways: the admin login (passfile) with ``from_settings(settings)``, and the
-platform's login with ``from_settings(settings, vault=...)``, which takes short-lived Vault-issued users when a
-Vault database role is configured (``CQOX_PG_VAULT_ROLE``) and the passfile login otherwise.
+Built from the settings three ways: the admin login (passfile) with ``from_settings(settings)``; the runtime
+login with ``from_settings(settings, vault=...)``, short-lived Vault-issued users with DML only when
+``CQOX_PG_VAULT_ROLE`` is set; and the migrator login with ``from_settings(settings, vault=..., migrator=True)``,
+Vault-issued users acting as the schema owner when ``CQOX_PG_VAULT_MIGRATOR_ROLE`` is set (``db/roles.py``).
+Either falls back to the passfile login when its role is unset.
 """
 
 from __future__ import annotations
@@ -42,9 +44,13 @@ class PostgresResource(SettingsBackedResource):
     _client: PostgresClient | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, *, vault: VaultResource | None = None) -> PostgresResource:
-        """The admin login (passfile); with ``vault``, Vault-issued users when ``CQOX_PG_VAULT_ROLE`` is set."""
+    def from_settings(
+        cls, settings: Settings | None = None, *, vault: VaultResource | None = None, migrator: bool = False
+    ) -> PostgresResource:
+        """The admin login (passfile); with ``vault``, Vault-issued users of the runtime role
+        (``CQOX_PG_VAULT_ROLE``) or, with ``migrator``, of the migrator role (``CQOX_PG_VAULT_MIGRATOR_ROLE``)."""
         s = settings or get_settings()
+        vault_role = s.pg_vault_migrator_role if migrator else s.pg_vault_role
         server = ["pg_host", "pg_port", "pg_db", "pg_sslrootcert"]
         fields = {
             "host": s.pg_host or "",
@@ -52,12 +58,12 @@ class PostgresResource(SettingsBackedResource):
             "dbname": s.pg_db or "",
             "sslrootcert": path_str(s.pg_sslrootcert),
         }
-        if vault is not None and s.pg_vault_role:
+        if vault is not None and vault_role:
             return cls(
                 **fields,
                 user="vault-issued",
                 vault=vault,
-                vault_db_role=s.pg_vault_role,
+                vault_db_role=vault_role,
                 unset_settings=unset(s, *server),
             )
         login = {"user": s.pg_user or "", "passfile": path_str(s.pg_passfile)}

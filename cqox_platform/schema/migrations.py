@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from cqox_platform.db.roles import RUNNER_TABLES, RUNTIME_GROUP
 from cqox_platform.errors import MigrationChecksumError, MigrationError, MigrationFailedError
 from cqox_platform.package_data import package_path
 from cqox_platform.schema.dialect import Dialect, detect_dialect
@@ -184,6 +185,7 @@ class MigrationRunner:
                 report.applied.append(self._apply(conn, migration, dialect))
             if report.applied or not _table_exists(conn, "schema_fingerprint"):
                 record_fingerprint(conn)
+            _runner_tables_read_only(conn)
             return report
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
@@ -217,6 +219,17 @@ class MigrationRunner:
         return AppliedMigration(
             migration.version, migration.name, migration.filename, migration.checksum, dialect.value, duration_ms
         )
+
+
+def _runner_tables_read_only(conn: psycopg.Connection) -> None:
+    """The runtime reads the migration history and fingerprint but cannot forge them (default privileges of
+    migration 0010 would otherwise let it write ``schema_fingerprint``, created after the migrations)."""
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (RUNTIME_GROUP,)).fetchone():
+        return  # a database migrated before 0010 existed has no runtime role yet
+    tables = sql.SQL(", ").join(sql.Identifier(t) for t in RUNNER_TABLES if _table_exists(conn, t))
+    role = sql.Identifier(RUNTIME_GROUP)
+    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables, role))
+    conn.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(tables, role))
 
 
 def _table_exists(conn: psycopg.Connection, name: str) -> bool:

@@ -18,6 +18,7 @@ import hvac.exceptions
 
 from cqox_platform.backup.archiver_settings import ARCHIVER_APPROLE, BACKUPS_KEY, ArchiverSettings
 from cqox_platform.backup.archiver_settings import S3_SECRET_PATH as ARCHIVER_S3_SECRET
+from cqox_platform.db.roles import ENSURE_RUNTIME_GROUP, RUNTIME_GROUP
 from cqox_platform.errors import CqoxError, VaultError
 from cqox_platform.fsutil import write_file
 from cqox_platform.package_data import package_path
@@ -27,17 +28,26 @@ POLICY_DIR = package_path("cqox_platform.secrets", "policies")
 DATASETS_KEY = "cqox-datasets"
 APPROLE = "cqox-platform"
 DB_CONNECTION = "cqox-prod"
+#: Vault database role of the runtime login (DML only; ``CQOX_PG_VAULT_ROLE``).
 DB_ROLE = "cqox-platform"
+#: Vault database role of the migrator login (the schema owner; ``CQOX_PG_VAULT_MIGRATOR_ROLE``).
+DB_MIGRATOR_ROLE = "cqox-migrator"
 #: KV path of the key pgcrypto uses for dataset object paths (issue 3, datasets).
 DATASET_PATH_KEY = "cqox/datasets-path-key"
 
-# The dynamic login role acts as the schema owner through membership, so it can run migrations and own what it
-# creates; dropping it on revocation never orphans objects. It is short-lived, not least-privilege: a separate
-# migrator/runtime split is future work (see the closing note of issue 3).
-DB_CREATION = [
+# Two kinds of short-lived users (``cqox_platform.db.roles``). The migrator acts as the schema owner through
+# membership (NOINHERIT + a default ``role``), so it runs migrations and owns what it creates; dropping it on
+# revocation never orphans objects. The runtime user inherits the DML-only group and nothing else.
+DB_MIGRATOR_CREATION = [
     """CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' NOINHERIT;""",
     """GRANT "{{owner}}" TO "{{name}}";""",
     """ALTER ROLE "{{name}}" SET role = '{{owner}}';""",
+]
+DB_RUNTIME_CREATION = [
+    ENSURE_RUNTIME_GROUP,
+    """CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' INHERIT """
+    """NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;""",
+    f"""GRANT {RUNTIME_GROUP} TO "{{{{name}}}}";""",
 ]
 DB_REVOCATION = [
     """ALTER ROLE "{{name}}" NOLOGIN;""",
@@ -298,21 +308,25 @@ def _configure_database(client: hvac.Client, state: VaultState, db: DatabaseEngi
         name=DB_CONNECTION,
         plugin_name="postgresql-database-plugin",
         verify_connection=True,
-        allowed_roles=[DB_ROLE],
+        allowed_roles=[DB_ROLE, DB_MIGRATOR_ROLE],
         connection_url=url,
         username=db.admin_user,
         password=db.admin_password,
         password_authentication="scram-sha-256",
     )
-    creation = [s.replace("{{owner}}", db.owner_role) for s in DB_CREATION]
-    client.secrets.database.create_role(
-        name=DB_ROLE,
-        db_name=DB_CONNECTION,
-        creation_statements=creation,
-        revocation_statements=DB_REVOCATION,
-        default_ttl=db.default_ttl,
-        max_ttl=db.max_ttl,
-    )
+    roles = {
+        DB_MIGRATOR_ROLE: [s.replace("{{owner}}", db.owner_role) for s in DB_MIGRATOR_CREATION],
+        DB_ROLE: DB_RUNTIME_CREATION,
+    }
+    for name, creation in roles.items():
+        client.secrets.database.create_role(
+            name=name,
+            db_name=DB_CONNECTION,
+            creation_statements=creation,
+            revocation_statements=DB_REVOCATION,
+            default_ttl=db.default_ttl,
+            max_ttl=db.max_ttl,
+        )
     state.database_roles = sorted(client.secrets.database.list_roles()["data"]["keys"])
 
 

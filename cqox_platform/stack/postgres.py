@@ -261,8 +261,10 @@ def client_env(stack: StackConfig, port: int, passfile: Path) -> dict[str, str]:
             f"sslmode=verify-full sslrootcert={tls.ca_cert} passfile={passfile}"
         ),
         "CQOX_DAGSTER_PG_DB": DAGSTER_DB_NAME,
-        # The Vault database role the platform logs in with once `vault_config` has configured it.
+        # The Vault database roles the platform logs in with once `vault_config` has configured them: the
+        # runtime (DML only) and the migrator (schema owner) of cqox_platform.db.roles.
         "CQOX_PG_VAULT_ROLE": "cqox-platform",
+        "CQOX_PG_VAULT_MIGRATOR_ROLE": "cqox-migrator",
         # libpq's own variables, so psql and Dagster's psycopg2 connect verified with no extra flags.
         "PGHOST": "127.0.0.1",
         "PGPORT": str(port),

@@ -15,8 +15,14 @@ ASSETS = [database.cqox_schema, database.metrics_partitions, database.metrics_ro
 CHECKS = [database.schema_drift, database.rollups_fresh, database.retention_enforced]
 
 
+def _resources(db) -> dict:
+    """The runtime and the migrator login; a fresh test database has only its owner, so both are the owner here
+    (the split itself is tested with Vault-issued users in test_vault.py and per dialect in test_migrations.py)."""
+    return {"postgres": db.resource, "postgres_migrator": db.resource}
+
+
 def _materialize(db) -> dg.ExecuteInProcessResult:
-    return dg.materialize(ASSETS + CHECKS, resources={"postgres": db.resource}, raise_on_error=False)
+    return dg.materialize(ASSETS + CHECKS, resources=_resources(db), raise_on_error=False)
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -71,7 +77,7 @@ def test_rollups_check_fails_when_rollups_fall_behind(any_db):
         insert_metrics_batched(conn, rows)
     result = dg.materialize(
         [database.metrics_rollups, database.rollups_fresh],
-        resources={"postgres": any_db.resource},
+        resources=_resources(any_db),
         selection=dg.AssetSelection.checks(database.rollups_fresh),
         raise_on_error=False,
     )

@@ -239,3 +239,23 @@ def test_the_cluster_crd_rejects_a_cluster_without_instances(kube, target):
     cluster["spec"]["backup"]["retentionPolicy"] = "30 days"
     with pytest.raises(KubernetesInvalidError, match="retentionPolicy"):
         kube.apply(cluster)
+
+
+def test_ui_auth_manifests_are_accepted_by_the_api_server(kube, target):
+    """deploy/dagster/ui-auth (issue 13, item 10): the API server validates every object and keeps the fence."""
+    from tests.unit.test_deploy_manifests import UI_AUTH_DIR, UI_AUTH_VALUES, WEBSERVER_POD_LABELS
+
+    ns = target["namespace"]
+    (namespace,) = render(MANIFEST_DIR / "namespace.yaml", {"NAMESPACE": ns})
+    kube.apply(namespace)
+    applied = []
+    for path in sorted(UI_AUTH_DIR.glob("*.yaml")):
+        for obj in render(path, {**UI_AUTH_VALUES, "NAMESPACE": ns}):
+            live = kube.apply(obj)
+            assert live["metadata"]["resourceVersion"]
+            applied.append((obj["kind"], obj["metadata"]["name"]))
+    assert len(applied) == 5
+    policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", "dagster-webserver-only-from-ui-proxy", ns)
+    assert policy["spec"]["podSelector"]["matchLabels"] == WEBSERVER_POD_LABELS
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["podSelector"]["matchLabels"] for p in rule["from"]] == [{"app.kubernetes.io/name": "dagster-ui-proxy"}]

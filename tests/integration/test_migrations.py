@@ -165,3 +165,31 @@ def test_manual_ddl_shows_up_as_drift(any_db):
         # A no-op migrate must not bless the drift by re-recording the fingerprint.
         MigrationRunner().migrate(conn)
         assert not compare_fingerprint(conn).clean
+
+
+def test_runtime_role_has_dml_on_every_table_now_and_later_but_no_ddl(any_db):
+    """Issue 13, item 11(e), on both dialects: the runtime group role reads and writes, never reshapes."""
+    with any_db.connect() as conn:
+        MigrationRunner().migrate(conn)
+        # As a later migration would: created by the schema owner, with no GRANT of its own.
+        conn.execute("CREATE TABLE later_table (id bigserial PRIMARY KEY, note text)")
+        conn.execute("SET ROLE cqox_runtime")
+        try:
+            conn.execute("INSERT INTO later_table (note) VALUES ('a')")
+            conn.execute("INSERT INTO metrics (time, metric_name, value) VALUES (now(), 'roles_test', 1)")
+            conn.execute("INSERT INTO audit_log (action) VALUES ('roles.test')")
+            conn.execute("UPDATE datasets SET status = status")
+            assert conn.execute("SELECT count(*) FROM metrics_5min").fetchone()[0] >= 0
+            for statement in (
+                "CREATE TABLE sneaky (id int)",
+                "DROP TABLE later_table",
+                "ALTER TABLE datasets ADD COLUMN sneaky text",
+                "TRUNCATE audit_log",
+                "DELETE FROM audit_log",
+                "UPDATE schema_migrations SET checksum = 'forged'",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                    conn.execute(statement)
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute("DROP TABLE later_table")

@@ -95,7 +95,7 @@ def test_vault_config_materializes_idempotently_and_lists_no_secret(stack, confi
     assert _meta(configured, "transit_keys")["cqox-datasets"]["type"] == "aes256-gcm96"
     assert _meta(configured, "transit_keys")["cqox-backups"]["type"] == "aes256-gcm96"
     assert _meta(configured, "audit_devices") == ["file/"]
-    assert _meta(configured, "database_roles") == ["cqox-platform"]
+    assert _meta(configured, "database_roles") == ["cqox-migrator", "cqox-platform"]
     again = _materialize_vault_config(stack)
     assert _meta(again, "changed_this_run") == []
     secrets = json.loads(Path(stack.env()["CQOX_VAULT_APPROLE_FILE"]).read_text())
@@ -185,6 +185,97 @@ def test_platform_logs_in_to_postgres_with_vault_issued_users_over_tls13(stack, 
             sslmode="verify-full",
             sslrootcert=stack.env()["CQOX_PG_SSLROOTCERT"],
         )
+
+
+def _issued(stack, vault_role: str) -> PostgresResource:
+    """A login issued by Vault's database engine for ``vault_role`` (as the code location builds it)."""
+    env = stack.env()
+    return PostgresResource(
+        host="127.0.0.1",
+        port=int(env["CQOX_PG_PORT"]),
+        dbname="cqox_prod",
+        user="vault-issued",
+        sslrootcert=env["CQOX_PG_SSLROOTCERT"],
+        vault=_platform(stack),
+        vault_db_role=vault_role,
+    )
+
+
+# Issue 13, item 11(e): what a runtime-issued user must not do to the schema. Each is refused by PostgreSQL.
+SCHEMA_CHANGES = {
+    "create table": "CREATE TABLE sneaky (id int)",
+    "create schema": "CREATE SCHEMA sneaky",
+    "drop table": "DROP TABLE analysis_results",
+    "alter table": "ALTER TABLE datasets ADD COLUMN sneaky text",
+    "truncate": "TRUNCATE audit_log",
+    "create index": "CREATE INDEX sneaky ON datasets (name)",
+    "rewrite the audit trail": "UPDATE audit_log SET action = 'forged'",
+    "erase the audit trail": "DELETE FROM audit_log",
+    "forge migration history": "DELETE FROM schema_migrations",
+    "forge the schema fingerprint": "UPDATE schema_fingerprint SET fingerprint = 'forged'",
+}
+
+
+@pytest.fixture(scope="module")
+def migrated(stack, configured):
+    """cqox_prod at the newest migration, applied by the admin login (works before and after the role split)."""
+    from cqox_platform.schema import MigrationRunner
+
+    with _postgres_admin(stack).connect(autocommit=True) as conn:
+        MigrationRunner().migrate(conn)
+
+
+@pytest.mark.parametrize("change", sorted(SCHEMA_CHANGES))
+def test_runtime_issued_users_cannot_change_the_schema(stack, migrated, change):
+    runtime = _issued(stack, "cqox-platform")
+    try:
+        with runtime.connect(autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(SCHEMA_CHANGES[change])
+    finally:
+        runtime.client().close()
+
+
+def test_runtime_issued_users_read_and_write_the_cqox_tables(stack, migrated):
+    runtime = _issued(stack, "cqox-platform")
+    try:
+        with runtime.connect() as conn:
+            conn.execute("INSERT INTO audit_log (user_id, action) VALUES ('test', 'roles.dml')")
+            (dataset_id,) = conn.execute(
+                "INSERT INTO datasets (name, status) VALUES ('roles-test', 'new') RETURNING id"
+            ).fetchone()
+            conn.execute("UPDATE datasets SET status = 'checked' WHERE id = %s", (dataset_id,))
+            conn.execute("SELECT id FROM datasets WHERE id = %s FOR UPDATE", (dataset_id,))
+            conn.execute("DELETE FROM datasets WHERE id = %s", (dataset_id,))
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 10
+            member = conn.execute("SELECT pg_has_role(session_user, 'cqox_runtime', 'USAGE')").fetchone()[0]
+            superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        assert member and not superuser
+    finally:
+        runtime.client().close()
+
+
+def test_migrator_issued_users_migrate_and_their_new_tables_reach_the_runtime(stack, migrated):
+    """A later migration's table gets the runtime grants by default privileges, with no GRANT in its file."""
+    from cqox_platform.schema import MigrationRunner
+
+    migrator, runtime = _issued(stack, "cqox-migrator"), _issued(stack, "cqox-platform")
+    try:
+        with migrator.connect(autocommit=True) as conn:
+            report = MigrationRunner().migrate(conn)
+            assert report.current_version >= 10
+            conn.execute("CREATE TABLE later_migration_table (id bigserial PRIMARY KEY, note text)")
+        try:
+            with runtime.connect() as conn:
+                conn.execute("INSERT INTO later_migration_table (note) VALUES ('a')")
+                conn.execute("UPDATE later_migration_table SET note = 'b'")
+                assert conn.execute("SELECT note FROM later_migration_table").fetchall() == [("b",)]
+                conn.execute("DELETE FROM later_migration_table")
+        finally:
+            with migrator.connect(autocommit=True) as conn:
+                conn.execute("DROP TABLE later_migration_table")
+    finally:
+        migrator.client().close()
+        runtime.client().close()
 
 
 def test_audit_log_records_requests_without_secret_values(stack, configured):

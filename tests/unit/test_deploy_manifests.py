@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,83 @@ def test_runtime_owned_field_missing_live_takes_the_desired_value():
     live = copy.deepcopy(VS)
     del live["spec"]["http"][0]["route"][1]["weight"]
     assert [r.get("weight") for r in keep_runtime_owned(VS, live)["spec"]["http"][0]["route"]] == [100, 0]
+
+
+# --- deploy/dagster/ui-auth: the login in front of the Dagster UI (issue 13, item 10) -----------------------
+
+UI_AUTH_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dagster" / "ui-auth"
+UI_AUTH_VALUES = {
+    "NAMESPACE": "cqox",
+    "UI_HOST": "dagster.example.org",
+    "OIDC_ISSUER_URL": "https://login.example.org",
+    "OPERATOR_GROUP": "cqox-operators",
+}
+#: The Dagster Helm chart's webserver pods (release `dagster`) and their Service port.
+WEBSERVER_POD_LABELS = {"app.kubernetes.io/name": "dagster", "component": "dagster-webserver"}
+WEBSERVER_PORT = 80
+
+
+def ui_auth_objects() -> dict[tuple[str, str], dict]:
+    objects = {}
+    for path in sorted(UI_AUTH_DIR.glob("*.yaml")):
+        for obj in render(path, UI_AUTH_VALUES):
+            objects[(obj["kind"], obj["metadata"]["name"])] = obj
+    return objects
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) == {"matchLabels"}, "only matchLabels selectors are checked here"
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_ui_auth_manifests_render_into_the_namespace():
+    objects = ui_auth_objects()
+    assert {kind for kind, _ in objects} == {"ServiceAccount", "Deployment", "Service", "NetworkPolicy", "Ingress"}
+    for obj in objects.values():
+        assert obj["metadata"]["namespace"] == "cqox"
+        assert "${" not in str(obj)
+
+
+def test_the_webserver_admits_only_the_ui_proxy():
+    objects = ui_auth_objects()
+    (policy,) = [o for (kind, _), o in objects.items() if kind == "NetworkPolicy"]
+    proxy_pods = objects[("Deployment", "dagster-ui-proxy")]["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert _selects(spec["podSelector"], WEBSERVER_POD_LABELS)  # it is the webserver that is fenced in
+    assert not _selects(spec["podSelector"], proxy_pods)
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]  # one rule: a second would widen what is admitted
+    (peer,) = rule["from"]  # and one peer: no namespaceSelector or ipBlock (other namespaces, addresses)
+    assert set(peer) == {"podSelector"}
+    assert _selects(peer["podSelector"], proxy_pods)
+    assert not _selects(peer["podSelector"], WEBSERVER_POD_LABELS)
+    assert rule["ports"] == [{"protocol": "TCP", "port": WEBSERVER_PORT}]
+
+
+def test_the_proxy_signs_in_forwards_to_the_webserver_and_holds_no_secret():
+    objects = ui_auth_objects()
+    deployment = objects[("Deployment", "dagster-ui-proxy")]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    assert args["upstream"] == f"http://dagster-webserver.cqox.svc.cluster.local:{WEBSERVER_PORT}/"
+    assert args["provider"] == "oidc" and args["oidc-issuer-url"] == "https://login.example.org"
+    assert args["allowed-group"] == "cqox-operators"
+    assert args["cookie-secure"] == "true"
+    assert not any("secret" in a for a in args), "secrets come from the Secret, never from arguments"
+    from_secret = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+    assert from_secret == {
+        "OAUTH2_PROXY_CLIENT_ID": "dagster-ui-oauth2-proxy",
+        "OAUTH2_PROXY_CLIENT_SECRET": "dagster-ui-oauth2-proxy",
+        "OAUTH2_PROXY_COOKIE_SECRET": "dagster-ui-oauth2-proxy",
+    }
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    # The Service and the Ingress lead to the proxy, never to the webserver.
+    service = objects[("Service", "dagster-ui-proxy")]
+    assert _selects({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"])
+    assert not _selects({"matchLabels": service["spec"]["selector"]}, WEBSERVER_POD_LABELS)
+    ingress = objects[("Ingress", "dagster-ui")]
+    backends = [p["backend"]["service"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    assert backends == ["dagster-ui-proxy"]
+    assert ingress["spec"]["tls"][0]["hosts"] == ["dagster.example.org"]

@@ -25,7 +25,9 @@ path "transit/keys/cqox-datasets/config" {
 path "secret/data/cqox/*"     { capabilities = ["create", "read", "update"] }
 path "secret/metadata/cqox/*" { capabilities = ["read", "list"] }
 
-# Short-lived PostgreSQL credentials and their leases.
+# Short-lived PostgreSQL credentials and their leases: the runtime login (DML only) for every table write, and
+# the migrator login (schema owner) that only the database assets needing DDL use (cqox_platform/db/roles.py).
 path "database/creds/cqox-platform" { capabilities = ["read"] }
+path "database/creds/cqox-migrator" { capabilities = ["read"] }
 path "sys/leases/renew"             { capabilities = ["update"] }
 path "sys/leases/revoke"            { capabilities = ["update"] }

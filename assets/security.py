@@ -71,6 +71,9 @@ def vault_config(
                 secret_id_ttl=settings.vault_secret_id_ttl,
                 bound_cidrs=tuple(c.strip() for c in settings.vault_approle_cidrs.split(",") if c.strip()),
             ),
+            # The local stack's receiver key (CQOX_PAGERDUTY_ROUTING_KEY_FILE); production leaves it unset and
+            # an operator writes the real PagerDuty integration key to Vault.
+            pagerduty_key_file=settings.pagerduty_routing_key_file,
         ),
     )
     for change in state.changed:

@@ -8,7 +8,8 @@ stack). Loading needs no environment: a value a run needs but nobody set fails t
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import backups, canary, database, datasets, deploy, ha, security, slo
+from assets import alerting, backups, canary, database, datasets, deploy, ha, security, slo
+from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.patroni import PatroniResource
@@ -26,6 +27,7 @@ defs = dg.Definitions.merge(
     security.defs,
     datasets.defs,
     slo.defs,
+    alerting.defs,
     database_schedules.defs,
     datasets_sensor.defs,
     slo_sensor.defs,
@@ -45,6 +47,8 @@ defs = dg.Definitions.merge(
             "vault": vault,
             "vault_admin": VaultResource.from_settings(settings, admin=True),
             "prometheus": PrometheusResource.from_settings(settings),
+            # Alertmanager's API and routing file (CQOX_ALERTMANAGER_*); alertmanager_config loads routing there.
+            "alertmanager": AlertmanagerResource.from_settings(settings),
             "backups": BackupStorageResource.from_settings(settings),
             # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`; no
             # endpoint means AWS's own.

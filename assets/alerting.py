@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import dagster as dg
 
 from assets.metadata import md_table
-from cqox_platform.alerts import ROUTING_SPEC
+from cqox_platform.alerts import ALERT_RULE_TESTS, PLATFORM_ALERT_RULES, ROUTING_SPEC
 from cqox_platform.alerts.routing import (
     PAGERDUTY_FIELD,
     PAGERDUTY_SECRET,
@@ -19,8 +19,10 @@ from cqox_platform.alerts.routing import (
     render,
     validate,
 )
+from cqox_platform.alerts.rules import check_and_test
 from cqox_platform.errors import VaultNotFoundError
 from cqox_platform.resources.alertmanager import AlertmanagerResource
+from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.settings import get_settings
 
@@ -94,4 +96,26 @@ def alertmanager_config(
     )
 
 
-defs = dg.Definitions(assets=[alertmanager_config])
+@dg.asset(
+    group_name=GROUP,
+    kinds={"prometheus"},
+    description="Alerts on the platform itself and on stale pushed gauges (cqox_platform/alerts/platform-alerts.yml):"
+    " the Dagster daemon's heartbeat, backup and SLO gauges no longer pushed; checked and unit-tested with promtool, "
+    "then loaded into Prometheus.",
+)
+def platform_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusResource) -> dg.MaterializeResult:
+    checked = check_and_test(PLATFORM_ALERT_RULES, ALERT_RULE_TESTS)
+    context.log.info(f"{checked.check_output}; promtool test rules: {checked.test_output}")
+    groups = prometheus.install_rules("cqox-platform-alerts.yml", PLATFORM_ALERT_RULES.read_text())
+    return dg.MaterializeResult(
+        metadata={
+            "file": str(PLATFORM_ALERT_RULES),
+            "tests": str(ALERT_RULE_TESTS),
+            "promtool": checked.check_output,
+            "promtool_tests": checked.test_output,
+            "loaded_groups": dg.MetadataValue.json(groups),
+        }
+    )
+
+
+defs = dg.Definitions(assets=[alertmanager_config, platform_alert_rules])

@@ -17,7 +17,15 @@ from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.settings import get_settings
-from sensors import backup_schedules, canary_sensor, database_schedules, datasets_sensor, ha_sensors, slo_sensor
+from sensors import (
+    backup_schedules,
+    canary_sensor,
+    database_schedules,
+    datasets_sensor,
+    ha_sensors,
+    heartbeat_sensor,
+    slo_sensor,
+)
 
 settings = get_settings()
 vault = VaultResource.from_settings(settings)
@@ -31,6 +39,7 @@ defs = dg.Definitions.merge(
     database_schedules.defs,
     datasets_sensor.defs,
     slo_sensor.defs,
+    heartbeat_sensor.defs,
     backups.defs,
     backup_schedules.defs,
     canary.defs,

@@ -10,3 +10,8 @@ BACKUP_ALERT_RULES = package_path(__name__, "backup-alerts.yml")
 # Alert routing as code (severity -> receiver, grouping, inhibition, route test cases); rendered and route-tested
 # by the alertmanager_config asset (cqox_platform.alerts.routing).
 ROUTING_SPEC = package_path(__name__, "routing.yaml")
+
+# Alerts on the platform itself (the Dagster daemon's heartbeat) and on pushed gauges gone stale, with their
+# promtool unit tests; checked, tested and installed by the platform_alert_rules asset.
+PLATFORM_ALERT_RULES = package_path(__name__, "platform-alerts.yml")
+ALERT_RULE_TESTS = package_path(__name__, "alert-rules.test.yml")

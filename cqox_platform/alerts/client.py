@@ -83,6 +83,10 @@ class AlertmanagerClient:
         """Alerts Alertmanager holds, with their state (``silencedBy``, ``inhibitedBy``); ``filter``: matchers."""
         return self._request("GET", "/api/v2/alerts", params={"filter": filter or []}).json()
 
+    def alert_groups(self, filter: list[str] | None = None) -> list[dict[str, Any]]:
+        """Aggregation groups (one notification each) with their alerts, as ``/api/v2/alerts/groups`` gives them."""
+        return self._request("GET", "/api/v2/alerts/groups", params={"filter": filter or []}).json()
+
     def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
         self._request("POST", "/api/v2/alerts", json=alerts)
 

@@ -4,7 +4,8 @@ with ``amtool`` before anything loads it.
 Rendering is pure (spec and endpoints in, YAML out). Validation writes the rendered file into a private
 temporary directory (it holds the PagerDuty routing key), runs ``amtool check-config`` and one
 ``amtool config routes test --verify.receivers=...`` per case: the spec's own cases and one per alert rule the
-platform ships (backup alerts, the SLO burn-rate alerts), expected to reach the receiver its severity routes to.
+platform ships (backup, platform and staleness alerts, the SLO burn-rate alerts), expected to reach the
+receiver its severity routes to.
 Output of amtool is scrubbed of the key and the webhook URL before it can reach an error message.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from cqox_platform.alerts import BACKUP_ALERT_RULES, ROUTING_SPEC
+from cqox_platform.alerts import BACKUP_ALERT_RULES, PLATFORM_ALERT_RULES, ROUTING_SPEC
 from cqox_platform.alerts.client import AlertmanagerClient, AlertmanagerError
 from cqox_platform.errors import CqoxError
 from cqox_platform.slo.rules import ALERT_NAMES
@@ -81,10 +82,11 @@ def load_spec(path: Path = ROUTING_SPEC) -> RoutingSpec:
 def shipped_alerts() -> list[tuple[dict[str, str], str]]:
     """Every alert rule the platform ships, as (labels incl. alertname, origin)."""
     found = []
-    for group in yaml.safe_load(BACKUP_ALERT_RULES.read_text())["groups"]:
-        for rule in group["rules"]:
-            if "alert" in rule:
-                found.append(({"alertname": rule["alert"], **rule.get("labels", {})}, BACKUP_ALERT_RULES.name))
+    for rule_file in (BACKUP_ALERT_RULES, PLATFORM_ALERT_RULES):
+        for group in yaml.safe_load(rule_file.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    found.append(({"alertname": rule["alert"], **rule.get("labels", {})}, rule_file.name))
     for severity, name in ALERT_NAMES.items():
         labels = {"alertname": name, "severity": severity, "service": "cqox-engine", "slo": "availability"}
         found.append((labels, "slo burn-rate rules"))

@@ -126,3 +126,30 @@ def test_matchers(text, expected):
 def test_a_matcher_without_a_name_is_refused():
     with pytest.raises(AlertmanagerError, match="not name=value"):
         Matcher.parse("=x")
+
+
+def test_platform_alert_rules_pass_their_promtool_unit_tests():
+    from cqox_platform.alerts import ALERT_RULE_TESTS, PLATFORM_ALERT_RULES
+    from cqox_platform.alerts.rules import check_and_test
+
+    checked = check_and_test(PLATFORM_ALERT_RULES, ALERT_RULE_TESTS)
+    assert "SUCCESS: 3 rules found" in checked.check_output and "SUCCESS" in checked.test_output
+
+
+def test_a_rule_test_that_fails_stops_the_rules(tmp_path):
+    from cqox_platform.alerts import ALERT_RULE_TESTS, PLATFORM_ALERT_RULES
+    from cqox_platform.alerts.rules import AlertRulesError, check_and_test
+
+    rules = tmp_path / "platform-alerts.yml"
+    rules.write_text(PLATFORM_ALERT_RULES.read_text().replace("> 300)", "> 3000)"))  # a heartbeat alarm too slow
+    tests = tmp_path / "alert-rules.test.yml"
+    tests.write_text(ALERT_RULE_TESTS.read_text())
+    with pytest.raises(AlertRulesError, match="CqoxDagsterHeartbeatMissing"):
+        check_and_test(rules, tests)
+
+
+def test_the_staleness_and_heartbeat_alerts_are_routed_by_severity():
+    names = {c.labels["alertname"]: c.receivers for c in route_cases(load_spec())}
+    assert names["CqoxDagsterHeartbeatMissing"] == ("pagerduty",)
+    assert names["CqoxBackupGaugesStale"] == ("pagerduty",)
+    assert names["CqoxSloGaugesStale"] == ("tickets",)

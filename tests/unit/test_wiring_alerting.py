@@ -76,3 +76,24 @@ def test_without_a_routing_key_in_vault_nothing_is_loaded_and_the_failure_says_w
     assert not result.success and not FakeAlertmanager.installed
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "bao kv put secret/cqox/alerting/pagerduty routing_key=" in str(failure.event_specific_data.error)
+
+
+def test_platform_alert_rules_are_tested_then_installed():
+    from tests.unit.fakes import FakePrometheus
+
+    FakePrometheus.reset()
+    result = dg.materialize([alerting.platform_alert_rules], resources={"prometheus": FakePrometheus(url="http://x")})
+    assert result.success
+    assert "CqoxDagsterHeartbeatMissing" in FakePrometheus.installed["cqox-platform-alerts.yml"]
+    (event,) = result.asset_materializations_for_node("platform_alert_rules")
+    assert "SUCCESS" in event.metadata["promtool_tests"].value
+
+
+def test_heartbeat_sensor_without_a_pushgateway_says_so(monkeypatch):
+    from sensors.heartbeat_sensor import dagster_heartbeat_sensor
+
+    monkeypatch.delenv("CQOX_PUSHGATEWAY_URL", raising=False)
+    result = dagster_heartbeat_sensor(dg.build_sensor_context())
+    assert "no Pushgateway configured" in result.skip_message
+    monkeypatch.setenv("CQOX_PUSHGATEWAY_URL", "http://127.0.0.1:9")  # nothing listens: reported, not raised
+    assert "heartbeat not pushed" in dagster_heartbeat_sensor(dg.build_sensor_context()).skip_message

@@ -68,6 +68,9 @@ def vault_config(
             database=database,
             archiver=archiver,
             approle_limits=AppRoleLimits.from_settings(settings),
+            # The local stack's receiver key (CQOX_PAGERDUTY_ROUTING_KEY_FILE); production leaves it unset and
+            # an operator writes the real PagerDuty integration key to Vault.
+            pagerduty_key_file=settings.pagerduty_routing_key_file,
         ),
     )
     for change in state.changed:

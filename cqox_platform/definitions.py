@@ -8,7 +8,8 @@ stack). Loading needs no environment: a value a run needs but nobody set fails t
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import backups, canary, database, datasets, deploy, ha, security, slo
+from assets import alerting, backups, canary, database, datasets, deploy, ha, security, slo
+from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.patroni import PatroniResource
@@ -16,7 +17,15 @@ from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.settings import get_settings
-from sensors import backup_schedules, canary_sensor, database_schedules, datasets_sensor, ha_sensors, slo_sensor
+from sensors import (
+    backup_schedules,
+    canary_sensor,
+    database_schedules,
+    datasets_sensor,
+    ha_sensors,
+    heartbeat_sensor,
+    slo_sensor,
+)
 
 settings = get_settings()
 vault = VaultResource.from_settings(settings)
@@ -26,9 +35,11 @@ defs = dg.Definitions.merge(
     security.defs,
     datasets.defs,
     slo.defs,
+    alerting.defs,
     database_schedules.defs,
     datasets_sensor.defs,
     slo_sensor.defs,
+    heartbeat_sensor.defs,
     backups.defs,
     backup_schedules.defs,
     canary.defs,
@@ -48,6 +59,8 @@ defs = dg.Definitions.merge(
             "vault": vault,
             "vault_admin": VaultResource.from_settings(settings, admin=True),
             "prometheus": PrometheusResource.from_settings(settings),
+            # Alertmanager's API and routing file (CQOX_ALERTMANAGER_*); alertmanager_config loads routing there.
+            "alertmanager": AlertmanagerResource.from_settings(settings),
             "backups": BackupStorageResource.from_settings(settings),
             # boto3 takes the CA (AWS_CA_BUNDLE), credentials file and checksum mode from `stack env`; no
             # endpoint means AWS's own.

@@ -8,7 +8,8 @@ pyproject.toml, so a wheel, an editable install and a container image all carry 
 - ``canary/policies/``: canary policies, one per service (``cqox_platform.canary.policy.POLICY_DIR``);
 - ``deploy/k8s/``: the Kubernetes manifests the deploy assets apply (``cqox_platform.deploy.manifests.MANIFEST_DIR``);
 - ``secrets/policies/``: Vault policies (``cqox_platform.secrets.vault_setup.POLICY_DIR``);
-- ``alerts/``: Prometheus alert rules (``cqox_platform.alerts.BACKUP_ALERT_RULES``);
+- ``alerts/``: Prometheus alert rules (``cqox_platform.alerts.BACKUP_ALERT_RULES``) and Alertmanager routing
+  (``cqox_platform.alerts.ROUTING_SPEC``);
 - ``stack/dagster.yaml`` and ``stack/crds/``: the local stack's instance config and the CRDs it installs.
 
 What belongs to the checkout stays at the repository root: ``workspace.yaml`` (for ``dagster dev`` there),

@@ -76,6 +76,8 @@ PORT_SETTINGS: dict[str, str] = {
     "pg3": "pg3_port",
     "postgres_replicas": "pg_replicas_port",
     "haproxy_stats": "haproxy_stats_port",
+    "alertmanager": "alertmanager_port",
+    "alert_receiver": "alert_receiver_port",
 }
 
 
@@ -163,11 +165,29 @@ class Settings(BaseSettings):
         "SLO spec for rules, reports, the burn-rate sensor and the canary gate (default cqox_platform/slo/slos.yaml)",
         "operator",
     )
-    slo_webhook_url: SecretStr | None = _f(
-        None, "incident webhook the error-budget sensor posts to (a secret for chat webhooks)", "operator"
-    )
     canary_policy_dir: Path | None = _f(
         None, "directory of canary policies (default cqox_platform/canary/policies)", "operator"
+    )
+
+    # --- alerting: Alertmanager, PagerDuty, webhooks, the local receiver --------------------------------------
+    alertmanager_url: str | None = _f(None, "Alertmanager base URL (HTTPS with basic auth on the local stack)")
+    alertmanager_cacert: Path | None = _f(None, "CA certificate of Alertmanager's TLS")
+    alertmanager_user: str | None = _f(None, "basic-auth user of Alertmanager's API")
+    alertmanager_password_file: Path | None = _f(None, "file holding that user's password (mode 0600)")
+    alertmanager_config_file: Path | None = _f(
+        None, "the routing file Alertmanager loads; alertmanager_config writes it (mode 0600: it holds keys)"
+    )
+    pagerduty_events_url: str = _f(
+        "https://events.pagerduty.com/v2/enqueue",
+        "PagerDuty Events API v2 enqueue URL the page receiver posts to (the local stack: its receiver)",
+    )
+    alert_webhook_url: SecretStr | None = _f(
+        None, "webhook the ticket receiver posts to (a secret for chat webhooks; the local stack: its receiver)"
+    )
+    alert_receiver_url: str | None = _f(None, "the local stack's alert receiver (what would have paged)")
+    pagerduty_routing_key_file: Path | None = _f(
+        None,
+        "local stack only: the receiver's integration key, which vault_config stores in Vault KV when KV has none",
     )
 
     # --- Dagster, Kubernetes, HA -----------------------------------------------------------------------------
@@ -202,6 +222,8 @@ class Settings(BaseSettings):
     pg2_port: int | None = _port("node2's PostgreSQL")
     pg3_port: int | None = _port("node3's PostgreSQL")
     haproxy_stats_port: int | None = _port("HAProxy's stats listener")
+    alertmanager_port: int | None = _port("Alertmanager")
+    alert_receiver_port: int | None = _port("the local alert receiver")
 
     # --- reading ---------------------------------------------------------------------------------------------
 

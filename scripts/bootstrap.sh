@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   postgresql-15 postgresql-15-partman postgresql-15-pgaudit postgresql-client-15
-  prometheus prometheus-pushgateway
+  prometheus prometheus-pushgateway prometheus-alertmanager
   openssl iproute2 util-linux python3 python3-venv
   pgbackrest
   # `stack up --ha`: the DCS, the PostgreSQL endpoint in front of Patroni, and partition drills.
@@ -29,7 +29,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
   apt-get update -qq
-  # policy-rc.d keeps Debian from starting its own prometheus/postgresql services: the stack runs its own.
+  # policy-rc.d keeps Debian from starting its own prometheus/alertmanager/postgresql services: the stack runs its own.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d

@@ -1,8 +1,13 @@
-"""The error-budget sensor: burn rates every 5 minutes, gauges to the Pushgateway, incident runs on a page."""
+"""The error-budget sensor: burn rates every 5 minutes, gauges to the Pushgateway, incident runs on a page.
+
+The incident run records the incident in ``audit_log``; it notifies no one. Paging has one path: the burn-rate
+rules (``slo_alert_rules``) fire in Prometheus, and Alertmanager routes them (``alertmanager_config``: page to
+PagerDuty, ticket to the webhook, grouped per service and alert family, a page inhibiting its SLO's ticket).
+A second notification from here would page twice for one burn and bypass silences and inhibition.
+"""
 
 import time
 from typing import Literal
-from urllib.parse import urlparse
 
 import dagster as dg
 
@@ -10,7 +15,7 @@ from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.settings import get_settings
 from cqox_platform.slo.burn import current_burn, push_gauges
-from cqox_platform.slo.incidents import notify_webhook, record_incident
+from cqox_platform.slo.incidents import record_incident
 from cqox_platform.slo.spec import load_spec, spec_path
 
 
@@ -23,7 +28,7 @@ class IncidentConfig(dg.Config):
     window_start: str
 
 
-@dg.op(description="Record an SLO incident in audit_log and notify the configured webhook.")
+@dg.op(description="Record an SLO incident in audit_log (paging is Alertmanager's: one paging path).")
 def record_slo_incident(context: dg.OpExecutionContext, config: IncidentConfig, postgres: PostgresResource) -> None:
     details = {
         "slo": config.slo,
@@ -35,17 +40,13 @@ def record_slo_incident(context: dg.OpExecutionContext, config: IncidentConfig, 
     }
     with postgres.connect(autocommit=True) as conn:
         record_incident(conn, config.slo, details)
-    # The webhook URL is a secret for chat webhooks: it comes from the settings, never from run config, and is
-    # never logged (only its host is).
-    webhook = get_settings().slo_webhook_url
-    if webhook is not None:
-        url = webhook.get_secret_value()
-        status = notify_webhook(url, config.slo, config.severity, details)
-        context.log.info(f"notified the SLO webhook on {urlparse(url).hostname} (HTTP {status})")
-    context.log.warning(f"SLO incident recorded for {config.slo}: burn {config.burn_rates}")
+    context.log.warning(
+        f"SLO incident recorded for {config.slo}: burn {config.burn_rates}; the page goes out through Alertmanager "
+        f"({config.slo}'s SLOErrorBudgetBurnPage alert)"
+    )
 
 
-@dg.job(description="One SLO incident: audit entry and webhook notification.")
+@dg.job(description="One SLO incident: the audit entry (the page itself goes out through Alertmanager).")
 def slo_incident_job() -> None:
     record_slo_incident()
 

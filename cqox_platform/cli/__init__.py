@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import click
 
-from cqox_platform.cli import backup, canary, datasets, encryption, ha, slo, stack
+from cqox_platform.cli import alerts, backup, canary, datasets, encryption, ha, slo, stack
 from cqox_platform.cli.group import ErrorGroup
 
 
 @click.group(cls=ErrorGroup)
 def main() -> None:
-    """Reliability platform for CQOx: local stack, encryption, datasets, SLOs."""
+    """Reliability platform for CQOx: local stack, encryption, datasets, SLOs, alerts."""
 
 
 for _command in (
@@ -31,6 +31,7 @@ for _command in (
     backup.restore,
     canary.canary,
     ha.ha,
+    alerts.alerts,
 ):
     main.add_command(_command)
 

@@ -10,6 +10,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cqox_platform.alerts.client import AlertmanagerClient, ReceiverClient
     from cqox_platform.db.client import PostgresClient
     from cqox_platform.ha.patroni_client import PatroniClient
     from cqox_platform.kube.client import KubernetesClient
@@ -114,3 +115,23 @@ def patroni() -> PatroniClient:
         s.require("patroni_user"),
         str(s.require("patroni_password_file")),
     )
+
+
+def alertmanager() -> AlertmanagerClient:
+    """Alertmanager's API with the stack's CA and basic-auth user (``CQOX_ALERTMANAGER_*``)."""
+    from cqox_platform.alerts.client import AlertmanagerClient
+
+    s = settings()
+    return AlertmanagerClient(
+        s.require("alertmanager_url"),
+        _path(s.alertmanager_cacert),
+        s.alertmanager_user,
+        _path(s.alertmanager_password_file),
+    )
+
+
+def alert_receiver() -> ReceiverClient:
+    """The local stack's alert receiver (``CQOX_ALERT_RECEIVER_URL``)."""
+    from cqox_platform.alerts.client import ReceiverClient
+
+    return ReceiverClient(settings().require("alert_receiver_url"))

@@ -339,6 +339,25 @@ def _ensure_kv_secret(client: hvac.Client, path: str, state: VaultState) -> None
         state.changed.append(f"created secret secret/{path}")
 
 
+def _seed_pagerduty_key(client: hvac.Client, key_file: Path, state: VaultState) -> None:
+    """The local stack only: store its receiver's integration key where ``alertmanager_config`` reads a real one.
+
+    Never overwrites: a key an operator put there (a real PagerDuty service) wins over the local one.
+    """
+    from cqox_platform.alerts.routing import PAGERDUTY_FIELD, PAGERDUTY_SECRET
+
+    try:
+        client.secrets.kv.v2.read_secret_version(
+            path=PAGERDUTY_SECRET, mount_point="secret", raise_on_deleted_version=True
+        )
+    except hvac.exceptions.InvalidPath:
+        key = key_file.read_text().strip()
+        client.secrets.kv.v2.create_or_update_secret(
+            path=PAGERDUTY_SECRET, secret={PAGERDUTY_FIELD: key}, mount_point="secret"
+        )
+        state.changed.append(f"stored the local receiver's PagerDuty routing key in secret/{PAGERDUTY_SECRET}")
+
+
 def _configure_archiver(
     client: hvac.Client, state: VaultState, setup: ArchiverSetup, verify, limits: AppRoleLimits
 ) -> None:
@@ -420,6 +439,7 @@ def configure_vault(
     policy_dir: Path = POLICY_DIR,
     archiver: ArchiverSetup | None = None,
     approle_limits: AppRoleLimits = AppRoleLimits(),
+    pagerduty_key_file: Path | None = None,
 ) -> VaultState:
     """Apply the platform's Vault configuration; return what exists afterwards and what this run changed."""
     state = VaultState()
@@ -429,6 +449,8 @@ def configure_vault(
     _ensure_transit_key(client, DATASETS_KEY, state)
     _ensure_transit_key(client, BACKUPS_KEY, state)
     _ensure_kv_secret(client, DATASET_PATH_KEY, state)
+    if pagerduty_key_file is not None:
+        _seed_pagerduty_key(client, pagerduty_key_file, state)
     _apply_policies(client, state, policy_dir)
     fresh, replaced = _ensure_approle(client, state, approle_file, client.url, verify, limits=approle_limits)
     if fresh is not None:

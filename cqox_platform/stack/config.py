@@ -37,6 +37,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "pg3": 55443,
     "postgres_replicas": 55439,
     "haproxy_stats": 58404,
+    # Alerting: Alertmanager and the local receiver (PagerDuty Events v2 and webhooks). Appended last so
+    # `--port-base` keeps every older service's offset.
+    "alertmanager": 59093,
+    "alert_receiver": 59094,
 }
 
 DB_NAME = "cqox_prod"

@@ -31,6 +31,8 @@ BINARY_SOURCES: dict[str, str] = {
     "prometheus": "Debian package prometheus (apt-get install prometheus)",
     "prometheus-pushgateway": "Debian package prometheus-pushgateway (apt-get install prometheus-pushgateway)",
     "promtool": "Debian package prometheus (apt-get install prometheus)",
+    "prometheus-alertmanager": "Debian package prometheus-alertmanager (apt-get install prometheus-alertmanager)",
+    "amtool": "Debian package prometheus-alertmanager (apt-get install prometheus-alertmanager)",
     "dagster-webserver": "PyPI package dagster-webserver (pip install -e '.[dev]')",
     "dagster-daemon": "PyPI package dagster (pip install -e '.[dev]')",
     "node": "Debian package nodejs",

@@ -4,6 +4,8 @@ Prometheus runs with the lifecycle API on so generated rule files can be loaded 
 (delete series, snapshots) stays off: nothing here needs it (history is backfilled with ``promtool tsdb
 create-blocks-from``) and any local process could otherwise erase the evidence the canary and SLOs read.
 
+Alerts go to the stack's Alertmanager over TLS 1.3 with basic auth (``alerting:``; see ``stack/alerting.py``).
+
 The Pushgateway accepts pushes from any local process, so what it serves is treated as untrusted: it is scraped
 with ``honor_labels: false`` (a pushed ``job="cqox-traffic"`` becomes ``exported_job`` and cannot pose as a
 scraped target) and only the series the platform pushes are kept (``PUSHED_METRICS``); a pushed
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import requests
 
+from cqox_platform.stack.alerting import ALERTMANAGER_USER, AlertmanagerService
+from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 
@@ -46,6 +50,8 @@ class PrometheusService(Service):
     def write_config(self) -> None:
         self.rules_dir.mkdir(parents=True, exist_ok=True)
         pushgateway_port = self.stack.ports["pushgateway"]
+        alertmanager = self.stack.ports["alertmanager"]
+        tls = tls_files(self.stack.tls_dir)
         self.config_path.write_text(
             f"""# Written by cqox-platform stack; changes are overwritten on `stack up`.
 global:
@@ -53,6 +59,17 @@ global:
   evaluation_interval: {SCRAPE_INTERVAL}
 rule_files:
   - {self.rules_dir}/*.yml
+alerting:
+  alertmanagers:
+    - scheme: https
+      tls_config:
+        ca_file: {tls.ca_cert}
+        min_version: TLS13
+      basic_auth:
+        username: {ALERTMANAGER_USER}
+        password_file: {AlertmanagerService(self.stack).password_file}
+      static_configs:
+        - targets: ["127.0.0.1:{alertmanager}"]
 scrape_configs:
   - job_name: prometheus
     static_configs:

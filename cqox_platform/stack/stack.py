@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cqox_platform.settings import render_stack_env
+from cqox_platform.stack.alerting import AlertmanagerService, AlertReceiverService
 from cqox_platform.stack.archiver_bootstrap import configure_stack_archiver
 from cqox_platform.stack.certs import ensure_tls
 from cqox_platform.stack.config import StackConfig
@@ -33,7 +34,8 @@ Progress = Callable[[str], None]
 
 class Stack:
     """Real services under one directory: PostgreSQL (one node, or a Patroni cluster behind HAProxy), OpenBao,
-    S3, Prometheus, Pushgateway, the Kubernetes API (kine, kube-apiserver, kube-controller-manager), Dagster."""
+    S3, the alert receiver, Alertmanager, Prometheus, Pushgateway, the Kubernetes API (kine, kube-apiserver,
+    kube-controller-manager), Dagster."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -46,6 +48,8 @@ class Stack:
             self.openbao,
             self.s3,
             *self.postgres_services,
+            AlertReceiverService(config),
+            AlertmanagerService(config),
             PrometheusService(config),
             PushgatewayService(config),
             KineService(config),

@@ -35,7 +35,7 @@ def test_status_lists_every_service_running_with_port_and_pid(stack):
     result = _cli(stack, "status")
     assert result.returncode == 0, result.stdout + result.stderr
     services = ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster")
-    for service in (*services, "kine", "kube-apiserver", "kube-controller-manager"):
+    for service in (*services, "kine", "kube-apiserver", "kube-controller-manager", "alertmanager", "alert-receiver"):
         line = next(row for row in result.stdout.splitlines() if row.startswith(service + " "))
         assert "running" in line
         pid = stack.service(service).read_pid()
@@ -155,6 +155,45 @@ def test_s3_has_both_buckets_and_round_trips_over_verified_tls(stack):
     )
     with pytest.raises(Exception, match=r"InvalidAccessKeyId|SignatureDoesNotMatch|403"):
         wrong.list_buckets()
+
+
+def test_alertmanager_speaks_tls13_with_basic_auth_and_keeps_silences_across_restart(stack):
+    import ssl
+    from datetime import timedelta
+
+    from cqox_platform.alerts.client import AlertmanagerClient, Matcher
+
+    am = stack.service("alertmanager")
+    env = stack.env()
+    assert requests.get(f"{am.url}/-/ready", verify=am.ca_cert, timeout=5).status_code == 401
+    assert requests.get(f"{am.url}/-/ready", auth=("cqox", "wrong"), verify=am.ca_cert, timeout=5).status_code == 401
+    tls12 = ssl.create_default_context(cafile=am.ca_cert)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", am.port), timeout=5) as sock:
+        tls12.wrap_socket(sock, server_hostname="127.0.0.1").close()
+    client = AlertmanagerClient(
+        env["CQOX_ALERTMANAGER_URL"],
+        env["CQOX_ALERTMANAGER_CACERT"],
+        env["CQOX_ALERTMANAGER_USER"],
+        env["CQOX_ALERTMANAGER_PASSWORD_FILE"],
+    )
+    silence = client.add_silence([Matcher.parse("alertname=StackTestKept")], timedelta(hours=1), "kept?", "test")
+    old_pid = am.read_pid()
+    am.stop()
+    assert not am.running()
+    stack.up()
+    assert am.read_pid() != old_pid
+    assert silence in {s["id"] for s in client.silences("active")}
+    client.expire_silence(silence)
+    # Prometheus sends its alerts there, over the same TLS and basic auth.
+    prom = stack.service("prometheus").url
+    deadline = time.monotonic() + 60
+    while True:
+        active = requests.get(f"{prom}/api/v1/alertmanagers", timeout=5).json()["data"]["activeAlertmanagers"]
+        if active or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert [a["url"] for a in active] == [f"{am.url}/api/v2/alerts"]
 
 
 def test_prometheus_scrapes_the_pushgateway(stack):

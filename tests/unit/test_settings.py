@@ -70,10 +70,10 @@ def test_port_overrides_and_typed_values(monkeypatch):
 
 
 def test_a_secret_setting_never_shows_in_its_repr(monkeypatch):
-    monkeypatch.setenv("CQOX_SLO_WEBHOOK_URL", "https://hooks.example.invalid/T000/very-secret")
+    monkeypatch.setenv("CQOX_ALERT_WEBHOOK_URL", "https://hooks.example.invalid/T000/very-secret")
     settings = get_settings()
     assert "very-secret" not in repr(settings) and "very-secret" not in str(settings.model_dump())
-    assert settings.require("slo_webhook_url").endswith("very-secret")
+    assert settings.require("alert_webhook_url").endswith("very-secret")
 
 
 def test_an_undeclared_variable_from_the_stack_is_refused():

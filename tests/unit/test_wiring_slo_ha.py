@@ -24,7 +24,7 @@ from tests.unit.fakes import FakePatroni, FakePrometheus
 def _no_pushgateway(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CQOX_PUSHGATEWAY_URL", raising=False)
     monkeypatch.delenv("CQOX_SLO_SPEC", raising=False)
-    monkeypatch.delenv("CQOX_SLO_WEBHOOK_URL", raising=False)
+    monkeypatch.delenv("CQOX_ALERT_WEBHOOK_URL", raising=False)
 
 
 def test_slo_alert_rules_are_checked_by_promtool_and_loaded() -> None:

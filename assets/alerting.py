@@ -1,0 +1,121 @@
+"""Alerting as an asset (group ``alerting``): Alertmanager's routing rendered from the repository, checked with
+amtool, route-tested for every severity and alert family, then loaded with ``/-/reload``.
+
+The PagerDuty routing key is read from Vault KV at render time and goes only into the routing file Alertmanager
+loads (0600); metadata shows the receivers' endpoints by host and the key's Vault path, never the key.
+"""
+
+from urllib.parse import urlparse
+
+import dagster as dg
+
+from assets.metadata import md_table
+from cqox_platform.alerts import ALERT_RULE_TESTS, PLATFORM_ALERT_RULES, ROUTING_SPEC
+from cqox_platform.alerts.routing import (
+    PAGERDUTY_FIELD,
+    PAGERDUTY_SECRET,
+    load_spec,
+    loaded_receivers,
+    render,
+    validate,
+)
+from cqox_platform.alerts.rules import check_and_test
+from cqox_platform.errors import VaultNotFoundError
+from cqox_platform.resources.alertmanager import AlertmanagerResource
+from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.resources.vault import VaultResource
+from cqox_platform.settings import get_settings
+
+GROUP = "alerting"
+
+
+def _routing_key(vault: VaultResource) -> str:
+    try:
+        key = vault.read_secret(PAGERDUTY_SECRET).get(PAGERDUTY_FIELD)
+    except VaultNotFoundError:
+        key = None
+    if not key:
+        raise dg.Failure(
+            f"no PagerDuty routing key in Vault at secret/{PAGERDUTY_SECRET} (field {PAGERDUTY_FIELD}): write the "
+            f"integration key of your PagerDuty service there (`bao kv put secret/{PAGERDUTY_SECRET} "
+            f"{PAGERDUTY_FIELD}=...`); on the local stack materialize vault_config, which stores the receiver's."
+        )
+    return key
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"prometheus"},
+    deps=[dg.AssetKey("vault_config")],
+    description="Alertmanager routing from cqox_platform/alerts/routing.yaml: page -> PagerDuty (Events v2, key "
+    "from Vault), ticket -> webhook, grouped by service and alert family, a page inhibiting its SLO's ticket; "
+    "checked with amtool check-config and amtool route tests, then loaded with /-/reload.",
+)
+def alertmanager_config(
+    context: dg.AssetExecutionContext, alertmanager: AlertmanagerResource, vault: VaultResource
+) -> dg.MaterializeResult:
+    settings = get_settings()
+    spec = load_spec()
+    routing_key = _routing_key(vault)
+    webhook_url = settings.require("alert_webhook_url")
+    text = render(spec, pagerduty_url=settings.pagerduty_events_url, routing_key=routing_key, webhook_url=webhook_url)
+    validated = validate(spec, text, secrets=(routing_key, webhook_url))
+    context.log.info(f"amtool: configuration valid; {len(validated.cases)} route tests passed")
+    alertmanager.install_config(text)
+    receivers = loaded_receivers(alertmanager.client())
+    context.log.info(f"Alertmanager at {alertmanager.url} reloaded; receivers {receivers}")
+    endpoints = {
+        "pagerduty": f"PagerDuty Events v2 at {urlparse(settings.pagerduty_events_url).netloc} "
+        f"(key: Vault secret/{PAGERDUTY_SECRET})",
+        "tickets": f"webhook at {urlparse(webhook_url).netloc}",
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "spec": str(ROUTING_SPEC),
+            "alertmanager": alertmanager.url,
+            "group_by": dg.MetadataValue.json(list(spec.group_by)),
+            "routes": md_table(
+                ["severity", "receiver", "endpoint"],
+                [*[[s, r, endpoints[r]] for s, r in spec.routes], ["(other)", spec.default_receiver, "default route"]],
+            ),
+            "inhibit_rules": md_table(
+                ["source", "target", "equal"],
+                [[rule["source"], rule["target"], ", ".join(rule["equal"])] for rule in spec.inhibit],
+            ),
+            "route_tests": md_table(
+                ["labels", "expected receiver", "from", "amtool"],
+                [
+                    [", ".join(f"{k}={v}" for k, v in sorted(c.labels.items())), ", ".join(c.receivers), c.origin, "ok"]
+                    for c in validated.cases
+                ],
+            ),
+            "route_tests_passed": len(validated.cases),
+            "routing_tree": dg.MetadataValue.md(f"```\n{validated.tree}```"),
+            "loaded_receivers": dg.MetadataValue.json(receivers),
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"prometheus"},
+    description="Alerts on the platform itself and on stale pushed gauges (cqox_platform/alerts/platform-alerts.yml):"
+    " the Dagster daemon's heartbeat, backup and SLO gauges no longer pushed; checked and unit-tested with promtool, "
+    "then loaded into Prometheus.",
+)
+def platform_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusResource) -> dg.MaterializeResult:
+    checked = check_and_test(PLATFORM_ALERT_RULES, ALERT_RULE_TESTS)
+    context.log.info(f"{checked.check_output}; promtool test rules: {checked.test_output}")
+    groups = prometheus.install_rules("cqox-platform-alerts.yml", PLATFORM_ALERT_RULES.read_text())
+    return dg.MaterializeResult(
+        metadata={
+            "file": str(PLATFORM_ALERT_RULES),
+            "tests": str(ALERT_RULE_TESTS),
+            "promtool": checked.check_output,
+            "promtool_tests": checked.test_output,
+            "loaded_groups": dg.MetadataValue.json(groups),
+        }
+    )
+
+
+defs = dg.Definitions(assets=[alertmanager_config, platform_alert_rules])

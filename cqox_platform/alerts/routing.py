@@ -1,0 +1,205 @@
+"""Alert routing as code: ``routing.yaml`` rendered into Alertmanager's configuration, checked and route-tested
+with ``amtool`` before anything loads it.
+
+Rendering is pure (spec and endpoints in, YAML out). Validation writes the rendered file into a private
+temporary directory (it holds the PagerDuty routing key), runs ``amtool check-config`` and one
+``amtool config routes test --verify.receivers=...`` per case: the spec's own cases and one per alert rule the
+platform ships (backup, platform and staleness alerts, the SLO burn-rate alerts), expected to reach the
+receiver its severity routes to.
+Output of amtool is scrubbed of the key and the webhook URL before it can reach an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cqox_platform.alerts import BACKUP_ALERT_RULES, PLATFORM_ALERT_RULES, ROUTING_SPEC
+from cqox_platform.alerts.client import AlertmanagerClient, AlertmanagerError
+from cqox_platform.errors import CqoxError
+from cqox_platform.slo.rules import ALERT_NAMES
+
+#: Where the PagerDuty routing key lives in Vault KV (mount ``secret``): the platform's AppRole may read it.
+PAGERDUTY_SECRET = "cqox/alerting/pagerduty"
+PAGERDUTY_FIELD = "routing_key"
+RECEIVER_KINDS = ("pagerduty", "tickets")
+
+
+class RoutingError(CqoxError):
+    """The routing spec is invalid, or amtool rejected the rendered configuration or one of its route tests."""
+
+
+@dataclass(frozen=True)
+class RouteCase:
+    labels: dict[str, str]
+    receivers: tuple[str, ...]
+    origin: str  # "spec" or the rule file the alert comes from
+
+
+@dataclass(frozen=True)
+class RoutingSpec:
+    group_by: tuple[str, ...]
+    timing: dict[str, str]
+    routes: tuple[tuple[str, str], ...]  # (severity, receiver)
+    default_receiver: str
+    inhibit: tuple[dict[str, Any], ...]
+    tests: tuple[RouteCase, ...]
+
+    def receiver_for(self, severity: str | None) -> str:
+        return next((r for s, r in self.routes if s == severity), self.default_receiver)
+
+
+def load_spec(path: Path = ROUTING_SPEC) -> RoutingSpec:
+    raw = yaml.safe_load(path.read_text())
+    try:
+        routes = tuple((str(r["severity"]), str(r["receiver"])) for r in raw["routes"])
+        spec = RoutingSpec(
+            group_by=tuple(raw["group_by"]),
+            timing={k: str(v) for k, v in raw.get("timing", {}).items()},
+            routes=routes,
+            default_receiver=str(raw["default_receiver"]),
+            inhibit=tuple(raw.get("inhibit", [])),
+            tests=tuple(
+                RouteCase({k: str(v) for k, v in t["labels"].items()}, tuple(t["receivers"]), "spec")
+                for t in raw.get("tests", [])
+            ),
+        )
+    except (KeyError, TypeError) as exc:
+        raise RoutingError(f"{path}: routing spec is missing or mistypes {exc}; see the file's comments.") from None
+    unknown = {r for _, r in spec.routes} | {spec.default_receiver}
+    unknown -= set(RECEIVER_KINDS)
+    if unknown:
+        raise RoutingError(f"{path}: unknown receivers {sorted(unknown)}; known: {list(RECEIVER_KINDS)}.")
+    return spec
+
+
+def shipped_alerts() -> list[tuple[dict[str, str], str]]:
+    """Every alert rule the platform ships, as (labels incl. alertname, origin)."""
+    found = []
+    for rule_file in (BACKUP_ALERT_RULES, PLATFORM_ALERT_RULES):
+        for group in yaml.safe_load(rule_file.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    found.append(({"alertname": rule["alert"], **rule.get("labels", {})}, rule_file.name))
+    for severity, name in ALERT_NAMES.items():
+        labels = {"alertname": name, "severity": severity, "service": "cqox-engine", "slo": "availability"}
+        found.append((labels, "slo burn-rate rules"))
+    return found
+
+
+def route_cases(spec: RoutingSpec) -> list[RouteCase]:
+    cases = [
+        RouteCase(labels, (spec.receiver_for(labels.get("severity")),), origin) for labels, origin in shipped_alerts()
+    ]
+    return cases + list(spec.tests)
+
+
+def render(spec: RoutingSpec, *, pagerduty_url: str, routing_key: str, webhook_url: str) -> str:
+    """Alertmanager's configuration for ``spec`` with these endpoints (the only part that differs per stack)."""
+    config = {
+        "route": {
+            "receiver": spec.default_receiver,
+            "group_by": list(spec.group_by),
+            **spec.timing,
+            "routes": [{"matchers": [f'severity="{severity}"'], "receiver": rcv} for severity, rcv in spec.routes],
+        },
+        "inhibit_rules": [
+            {
+                "source_matchers": [f'{k}="{v}"' for k, v in rule["source"].items()],
+                "target_matchers": [f'{k}="{v}"' for k, v in rule["target"].items()],
+                "equal": list(rule["equal"]),
+            }
+            for rule in spec.inhibit
+        ],
+        "receivers": [
+            {
+                "name": "pagerduty",
+                "pagerduty_configs": [
+                    {
+                        "routing_key": routing_key,
+                        "url": pagerduty_url,
+                        "send_resolved": True,
+                        "severity": "critical",
+                        "client": "cqox-platform",
+                    }
+                ],
+            },
+            {"name": "tickets", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]},
+        ],
+    }
+    return "# Rendered by the alertmanager_config asset from cqox_platform/alerts/routing.yaml.\n" + yaml.safe_dump(
+        config, sort_keys=False
+    )
+
+
+@dataclass
+class ValidatedRouting:
+    text: str
+    cases: list[RouteCase] = field(default_factory=list)
+    tree: str = ""
+
+
+def _amtool(args: list[str], secrets: tuple[str, ...]) -> subprocess.CompletedProcess:
+    result = subprocess.run(["amtool", *args], capture_output=True, text=True, timeout=60)
+    for secret in secrets:
+        result.stdout = result.stdout.replace(secret, "<redacted>")
+        result.stderr = result.stderr.replace(secret, "<redacted>")
+    return result
+
+
+def validate(spec: RoutingSpec, text: str, secrets: tuple[str, ...]) -> ValidatedRouting:
+    """``amtool check-config`` and every route case; raises ``RoutingError`` naming the first failure."""
+    cases = route_cases(spec)
+    with tempfile.TemporaryDirectory(prefix="cqox-am-") as tmp:  # created 0700
+        path = Path(tmp) / "alertmanager.yml"
+        path.write_text(text)
+        checked = _amtool(["check-config", str(path)], secrets)
+        if checked.returncode != 0:
+            raise RoutingError(f"amtool check-config rejected the rendered routing: {checked.stdout}{checked.stderr}")
+        for case in cases:
+            labels = [f"{k}={v}" for k, v in sorted(case.labels.items())]
+            expect = f"--verify.receivers={','.join(case.receivers)}"
+            tested = _amtool(["config", "routes", "test", f"--config.file={path}", expect, *labels], secrets)
+            if tested.returncode != 0:
+                raise RoutingError(
+                    f"route test failed for {' '.join(labels)} ({case.origin}): expected {list(case.receivers)}, "
+                    f"amtool: {(tested.stdout + tested.stderr).strip()}"
+                )
+        tree = _amtool(["config", "routes", "show", f"--config.file={path}"], secrets).stdout
+    return ValidatedRouting(text, cases, tree)
+
+
+def install(client: AlertmanagerClient, config_file: Path, text: str) -> None:
+    """Write the routing file Alertmanager loads (0600: it holds the routing key) and reload it.
+
+    Should Alertmanager still refuse it, the previous file is put back and reloaded, so a bad render never
+    leaves the next restart without routing.
+    """
+    previous = config_file.read_bytes() if config_file.exists() else None
+    _write_atomic(config_file, text.encode())
+    try:
+        client.reload()
+    except AlertmanagerError:
+        if previous is not None:
+            _write_atomic(config_file, previous)
+            client.reload()
+        raise
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates it 0600
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def loaded_receivers(client: AlertmanagerClient) -> list[str]:
+    """The receivers of the configuration Alertmanager runs now (its status shows secrets as ``<secret>``)."""
+    original = yaml.safe_load(client.status()["config"]["original"])
+    return sorted(r["name"] for r in original.get("receivers", []))

@@ -1,0 +1,236 @@
+"""The alerting loop on the real stack: Prometheus rule -> Alertmanager (routing rendered and route-tested by
+``alertmanager_config``) -> the local receiver (PagerDuty Events v2 and the ticket webhook).
+
+One rule file fires five alerts of one test service at once, so one wait proves grouping (two SLOs' page alerts
+make one page), inhibition (the ticket of a paged SLO never arrives, another SLO's ticket does) and silences (a
+silenced page never arrives; expired, the silence releases the alert).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from unittest import mock
+
+import dagster as dg
+import pytest
+import yaml
+
+from assets import alerting
+from cqox_platform.alerts.client import AlertmanagerClient, ReceiverClient
+from cqox_platform.resources.alertmanager import AlertmanagerResource
+from cqox_platform.resources.prometheus import PrometheusResource
+from tests.integration.test_vault import _materialize_vault_config, _platform
+
+CLI = [sys.executable, "-m", "cqox_platform.cli"]
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _alertmanager(env: dict[str, str]) -> AlertmanagerClient:
+    return AlertmanagerClient(
+        env["CQOX_ALERTMANAGER_URL"],
+        env["CQOX_ALERTMANAGER_CACERT"],
+        env["CQOX_ALERTMANAGER_USER"],
+        env["CQOX_ALERTMANAGER_PASSWORD_FILE"],
+    )
+
+
+@pytest.fixture(scope="module")
+def routed(stack):
+    """vault_config (stores the receiver's routing key in Vault KV), then alertmanager_config, in process."""
+    assert _materialize_vault_config(stack).success
+    env = stack.env()
+    with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [alerting.alertmanager_config],
+            resources={"alertmanager": AlertmanagerResource.from_settings(), "vault": _platform(stack)},
+            instance=instance,
+        )
+        logged = "\n".join(entry.message for entry in instance.all_logs(result.run_id))
+    assert result.success
+    (event,) = result.asset_materializations_for_node("alertmanager_config")
+    return {"metadata": event.metadata, "logged": logged, "env": env}
+
+
+def _secrets(stack) -> dict[str, str]:
+    secrets_dir = stack.config.secrets_dir
+    return {
+        "routing key": (secrets_dir / "pagerduty-routing-key").read_text().strip(),
+        "Alertmanager password": (secrets_dir / "alertmanager-password").read_text().strip(),
+    }
+
+
+def test_alertmanager_config_is_route_tested_loaded_and_keeps_the_key_out_of_metadata(stack, routed):
+    metadata = routed["metadata"]
+    assert metadata["loaded_receivers"].value == ["pagerduty", "tickets"]
+    assert metadata["route_tests_passed"].value >= 10  # every shipped alert rule plus the spec's own cases
+    assert "CqoxWalArchiveFailing" in metadata["route_tests"].value
+    config_file = Path(routed["env"]["CQOX_ALERTMANAGER_CONFIG_FILE"])
+    assert config_file.stat().st_mode & 0o777 == 0o600
+    rendered = yaml.safe_load(config_file.read_text())
+    secrets = _secrets(stack)
+    assert rendered["receivers"][0]["pagerduty_configs"][0]["routing_key"] == secrets["routing key"]
+    shown = json.dumps({k: str(v.value) for k, v in metadata.items()}) + routed["logged"]
+    for name, secret in secrets.items():
+        assert secret not in shown, f"the {name} leaked into metadata or logs"
+    # Alertmanager's own status masks it too.
+    assert secrets["routing key"] not in _alertmanager(routed["env"]).status()["config"]["original"]
+
+
+def _rules(service: str) -> str:
+    def alert(name: str, severity: str, **labels: str) -> dict:
+        return {"alert": name, "expr": "vector(1)", "labels": {"severity": severity, "service": service, **labels}}
+
+    rules = [
+        alert("CqoxTestBurnPage", "page", slo="s1"),
+        alert("CqoxTestBurnPage", "page", slo="s2"),
+        alert("CqoxTestBurnTicket", "ticket", slo="s1"),  # inhibited: s1 pages
+        alert("CqoxTestBurnTicket", "ticket", slo="s3"),  # not inhibited: nothing pages for s3
+        alert("CqoxTestSilenced", "page"),
+    ]
+    return yaml.safe_dump({"groups": [{"name": f"alert-test-{service}", "interval": "5s", "rules": rules}]})
+
+
+def _about(records: list[dict], service: str, alertname: str) -> list[dict]:
+    """Received records of this test's service and alert name (PagerDuty summary or webhook alerts)."""
+    found = []
+    for r in records:
+        if r["kind"] == "pagerduty":
+            summary = r["body"]["payload"]["summary"]
+            if service in summary and alertname in summary:
+                found.append(r)
+        elif any(
+            a["labels"].get("service") == service and a["labels"].get("alertname") == alertname
+            for a in r["body"].get("alerts", [])
+        ):
+            found.append(r)
+    return found
+
+
+def _wait_for(receiver: ReceiverClient, since: float, ready, timeout: float = 150) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        records = receiver.received(since)
+        if ready(records):
+            return records
+        assert time.monotonic() < deadline, f"not received within {timeout}s: {json.dumps(records)[:2000]}"
+        time.sleep(1)
+
+
+def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_page(stack, routed):
+    env = {**os.environ, **routed["env"]}
+    service = f"alert-test-{uuid.uuid4().hex[:8]}"
+    receiver = ReceiverClient(env["CQOX_ALERT_RECEIVER_URL"])
+    am = _alertmanager(env)
+    silence_id = _cli(
+        env, "alerts", "silence", "add", "alertname=CqoxTestSilenced", f"service={service}",
+        "--duration", "30m", "--comment", "maintenance in a test",
+    ).stdout.strip()  # fmt: skip
+    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    rule_file = f"alert-test-{service}.yml"
+    started = time.time()
+    prometheus.install_rules(rule_file, _rules(service))
+    try:
+        records = _wait_for(
+            receiver,
+            started,
+            lambda rs: _about(rs, service, "CqoxTestBurnPage") and _about(rs, service, "CqoxTestBurnTicket"),
+        )
+        page = _about(records, service, "CqoxTestBurnPage")[0]
+        detected = page["received_at"] - started
+        print(f"\nrule installed -> page at the receiver: {detected:.1f} s")
+        assert page["event_action"] == "trigger"
+        assert page["body"]["payload"]["severity"] == "critical"
+        # Both SLOs' page alerts are in one aggregation group: one notification, one PagerDuty incident (the
+        # dedup key is the group's). Alerts the group gains after its first flush go out with the same key.
+        deadline = time.monotonic() + 60
+        while True:
+            groups = am.alert_groups(filter=[f'service="{service}"', 'alertname="CqoxTestBurnPage"'])
+            slos = sorted(a["labels"]["slo"] for g in groups for a in g["alerts"])
+            if slos == ["s1", "s2"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert len(groups) == 1 and slos == ["s1", "s2"], groups
+        # The ticket of the paged SLO (s1) is inhibited; the other SLO's (s3) arrives at the webhook.
+        (ticket,) = _about(records, service, "CqoxTestBurnTicket")
+        assert ticket["kind"] == "webhook" and ticket["name"] == "tickets"
+        assert [a["labels"]["slo"] for a in ticket["body"]["alerts"]] == ["s3"]
+        inhibited = am.alerts(filter=[f'service="{service}"', 'alertname="CqoxTestBurnTicket"', 'slo="s1"'])
+        assert inhibited and inhibited[0]["status"]["inhibitedBy"]
+        # The silenced page is held, and Alertmanager says by what.
+        (held,) = am.alerts(filter=[f'service="{service}"', 'alertname="CqoxTestSilenced"'])
+        assert held["status"]["silencedBy"] == [silence_id]
+        assert not _about(receiver.received(started), service, "CqoxTestSilenced")
+
+        listed = json.loads(_cli(env, "alerts", "silence", "list", "--json").stdout)
+        assert silence_id in {s["id"] for s in listed}
+        _cli(env, "alerts", "silence", "expire", silence_id)
+        # Expired, the alert is active again; its page goes out at the group's next flush (group_interval, 5m),
+        # which this test does not wait for.
+        deadline = time.monotonic() + 30
+        while am.alerts(filter=[f'service="{service}"', 'alertname="CqoxTestSilenced"'])[0]["status"]["silencedBy"]:
+            assert time.monotonic() < deadline, "the expired silence still holds the alert"
+            time.sleep(1)
+        records = receiver.received(started)
+        assert not _about(records, service, "CqoxTestSilenced")
+
+        # Exactly one page for the burn, still (no repeat within group_interval, no duplicate path).
+        pages = [r for r in _about(records, service, "CqoxTestBurnPage") if r["event_action"] == "trigger"]
+        assert len(pages) == 1 and pages[0]["dedup_key"] == page["dedup_key"]
+        shown = _cli(env, "alerts", "received", "--since", "10m").stdout
+        assert "pagerduty/events-v2" in shown and "CqoxTestBurnPage" in shown
+        as_json = json.loads(_cli(env, "alerts", "received", "--since", "10m", "--json").stdout)
+        assert page in as_json
+    finally:
+        Path(env["CQOX_PROMETHEUS_RULES_DIR"], rule_file).unlink(missing_ok=True)
+        prometheus.client()._request("POST", "/-/reload")
+        if silence_id in {s["id"] for s in am.silences("active")}:
+            am.expire_silence(silence_id)
+
+
+def test_no_routing_key_or_password_in_what_the_receiver_stored_or_logged(stack, routed):
+    receiver = stack.service("alert-receiver")
+    stored = receiver.store_path.read_text()
+    assert stored, "the alerting test above should have left records"
+    logs = stored + receiver.log_path.read_text() + stack.service("alertmanager").log_path.read_text()
+    for name, secret in _secrets(stack).items():
+        assert secret not in logs, f"the {name} is in the receiver's records or a log"
+    # What is kept is a fingerprint, enough to tell which integration key was used.
+    from cqox_platform.stack.alert_receiver import key_fingerprint
+
+    fingerprints = {json.loads(line).get("routing_key_fingerprint") for line in stored.splitlines()}
+    assert key_fingerprint(_secrets(stack)["routing key"]) in fingerprints
+
+
+def test_the_daemon_heartbeat_reaches_prometheus_and_quiets_its_alarm(stack):
+    from sensors.heartbeat_sensor import dagster_heartbeat_sensor
+
+    env = stack.env()
+    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    with mock.patch.dict(os.environ, env):
+        assert dg.materialize([alerting.platform_alert_rules], resources={"prometheus": prometheus}).success
+        pushed = dagster_heartbeat_sensor(dg.build_sensor_context())
+    assert "heartbeat pushed" in pushed.skip_message
+
+    def alarm_state() -> str | None:
+        rules = prometheus.rule_groups().get("cqox-platform", {}).get("rules", [])
+        return next((r["state"] for r in rules if r["name"] == "CqoxDagsterHeartbeatMissing"), None)
+
+    deadline = time.monotonic() + 90
+    while not (
+        prometheus.query('push_time_seconds{exported_job="cqox-dagster-heartbeat"}') and alarm_state() == "inactive"
+    ):
+        assert time.monotonic() < deadline, f"heartbeat not scraped or alarm still {alarm_state()}"
+        time.sleep(2)
+    (sample,) = prometheus.query('time() - push_time_seconds{exported_job="cqox-dagster-heartbeat"}')
+    assert float(sample["value"][1]) < 90

@@ -118,6 +118,12 @@ def write_file(path: Path | str, content: str | bytes, *, mode: int = 0o600, own
         os.close(dir_fd)
 
 
+def write_private(path: Path, content: str | bytes) -> None:
+    """Write ``content`` to ``path`` readable by the owner only (0600), created that way, never widened."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, content, mode=0o600)
+
+
 def read_file(path: Path | str) -> bytes:
     """The bytes of regular file ``path``, refusing a symlink or anything else in its place."""
     path = Path(path)

@@ -20,9 +20,8 @@ from cqox_platform.backup.archiver_settings import ARCHIVER_APPROLE, BACKUPS_KEY
 from cqox_platform.backup.archiver_settings import S3_SECRET_PATH as ARCHIVER_S3_SECRET
 from cqox_platform.db.roles import ENSURE_RUNTIME_GROUP, RUNTIME_GROUP
 from cqox_platform.errors import CqoxError, VaultError
-from cqox_platform.fsutil import write_file
+from cqox_platform.fsutil import write_file, write_private
 from cqox_platform.package_data import package_path
-from cqox_platform.stack.files import write_private
 
 POLICY_DIR = package_path("cqox_platform.secrets", "policies")
 DATASETS_KEY = "cqox-datasets"

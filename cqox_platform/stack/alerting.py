@@ -20,8 +20,8 @@ import sys
 import bcrypt
 import requests
 
+from cqox_platform.fsutil import write_private
 from cqox_platform.stack.certs import tls_files
-from cqox_platform.stack.files import write_private
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 

@@ -26,8 +26,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cqox_platform.fsutil import write_private
 from cqox_platform.stack.certs import ensure_leaf, load_ca, new_ca, tls_files, write_key
-from cqox_platform.stack.files import write_private
 
 #: The first address of the service range is the ``kubernetes`` Service's cluster IP, so it is in the cert.
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"

@@ -12,8 +12,8 @@ import json
 import requests
 
 from cqox_platform.errors import ServiceStartError
+from cqox_platform.fsutil import write_private
 from cqox_platform.stack.certs import tls_files
-from cqox_platform.stack.files import write_private
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 

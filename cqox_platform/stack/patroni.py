@@ -25,13 +25,12 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from cqox_platform.fsutil import make_dir, write_file
+from cqox_platform.fsutil import make_dir, write_file, write_private
 from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
 from cqox_platform.installation import platform_cli
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DB_ADMIN_USER, StackConfig
 from cqox_platform.stack.etcd import NODE_COUNT, ensure_etcd_client, etcd_ca_cert, node_address
-from cqox_platform.stack.files import write_private
 from cqox_platform.stack.postgres import (
     HBA_RULES,
     PG_OS_USER,

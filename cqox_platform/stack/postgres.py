@@ -22,11 +22,10 @@ from pathlib import Path
 import psycopg
 
 from cqox_platform.errors import StackDirError
-from cqox_platform.fsutil import make_dir, read_file, write_file
+from cqox_platform.fsutil import make_dir, read_file, write_file, write_private
 from cqox_platform.installation import platform_cli
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME, StackConfig
-from cqox_platform.stack.files import write_private
 from cqox_platform.stack.process import find_binary, run_checked, stop_pid, wait_until
 from cqox_platform.stack.service import Service
 

@@ -18,9 +18,9 @@ import boto3
 import requests
 from botocore.config import Config
 
+from cqox_platform.fsutil import write_private
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import BACKUP_BUCKET, DR_BUCKET
-from cqox_platform.stack.files import write_private
 from cqox_platform.stack.process import spawn, wait_until
 from cqox_platform.stack.service import Service
 

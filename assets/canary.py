@@ -19,7 +19,9 @@ import dagster as dg
 
 from assets.metadata import md_table
 from cqox_platform.canary.decision import Evidence
+from cqox_platform.canary.operator import ABORT, APPROVE, PAUSE, PROMOTE, RESUME, operate
 from cqox_platform.canary.policy import CanaryPolicy, policy_for
+from cqox_platform.canary.promotion import PromotionResult
 from cqox_platform.canary.rollout import DecisionRun, run_decision, start_rollout
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
@@ -84,7 +86,7 @@ def canary_rollout(
             "state_version_after": run.state_version_after,
             "weight_before": rollout.weight,
             "weight_after": run.weight_after,
-            "status": run.decision.state.status if run.decision else rollout.status,
+            "status": run.status_after or rollout.status,
             "failures": run.decision.state.failures if run.decision else rollout.failures,
             "consecutive_holds": run.decision.state.consecutive_holds if run.decision else rollout.consecutive_holds,
             "canary_requests": _number(evidence.canary_requests),
@@ -98,8 +100,27 @@ def canary_rollout(
             "resource_version_before": change.resource_version_before if change else "",
             "resource_version_after": change.resource_version_after if change else "",
             "weight_change_attempts": change.attempts if change else 0,
+            **_promotion_metadata(run),
         }
     )
+
+
+def _promotion_metadata(run: DecisionRun) -> dict:
+    """Promotion to stable, phase by phase: what each saw and how long it took, or where it failed and where the
+    traffic is (issue 16 item 1). Empty when the run did not promote."""
+    return _promotion_fields(run.promotion) if run.promotion is not None else {}
+
+
+def _promotion_fields(result: PromotionResult) -> dict:
+    rows = [[p.name, "done", p.seconds, p.detail] for p in result.phases]
+    if not result.ok and result.failed_phase:
+        rows.append([result.failed_phase, "failed", "", result.message])
+    return {
+        "promotion": "promoted to stable" if result.ok else f"failed at {result.failed_phase or 'start'}",
+        "promotion_phase": result.last_phase or "",
+        "promotion_phases": md_table(["phase", "outcome", "seconds", "detail"], rows),
+        "promotion_message": result.message,
+    }
 
 
 canary_decision_job = dg.define_asset_job(
@@ -136,4 +157,68 @@ def canary_start_job() -> None:
     start_canary()
 
 
-defs = dg.Definitions(assets=[canary_rollout], jobs=[canary_decision_job, canary_start_job])
+class CanaryOperatorConfig(dg.Config):
+    #: The rollout to act on (``cqox-platform canary status`` lists them).
+    rollout: str
+    #: Why; recorded in audit_log with who acted and the state before and after.
+    reason: str
+    #: Who acts; empty: the run's ``dagster/user`` tag, else "dagster-ui".
+    requested_by: str = ""
+
+
+def _operator_job(action: str, summary: str) -> dg.JobDefinition:
+    """``canary_<action>_job``: the CLI's ``canary <action>`` as a job, through the same core function (row lock,
+    compare-and-set, audit_log); the outcome is also a materialization of the rollout's partition."""
+
+    @dg.op(name=f"canary_{action}", description=summary)
+    def act(
+        context: dg.OpExecutionContext,
+        config: CanaryOperatorConfig,
+        postgres: PostgresResource,
+        kubernetes: KubernetesResource,
+    ):
+        who = config.requested_by or context.run.tags.get("dagster/user") or "dagster-ui"
+        with postgres.connect(autocommit=True) as conn:
+            result = operate(conn, kubernetes, config.rollout, action, who=who, reason=config.reason)
+        context.log.info(result.message)
+        metadata = {
+            "rollout": result.rollout_id,
+            "outcome": "applied",
+            "action": f"operator_{action}",
+            "reason": f"{action} by {who}: {config.reason}",
+            "requested_by": who,
+            "status_before": result.before["status"],
+            "status": result.after["status"],
+            "weight_before": result.before["weight"],
+            "weight_after": result.after["weight"],
+            "state_version_before": result.before["state_version"],
+            "state_version_after": result.after["state_version"],
+        }
+        if result.promotion is not None:
+            metadata.update(_promotion_fields(result.promotion))
+        yield dg.AssetMaterialization(
+            asset_key=canary_rollout.key, partition=result.rollout_id, metadata=metadata, description=result.message
+        )
+        if result.promotion is not None and not result.promotion.ok:
+            raise dg.Failure(description=result.promotion.message, metadata=metadata)
+        yield dg.Output(None)
+
+    @dg.job(name=f"canary_{action}_job", description=f"{summary} Audited; launch from the UI with its config.")
+    def job() -> None:
+        act()
+
+    return job
+
+
+canary_operator_jobs = [
+    _operator_job(action, summary)
+    for action, summary in (
+        (ABORT, "Roll a rollout back now, as a failed analysis would."),
+        (PAUSE, "Pause a rollout's analysis; the sensor skips it with the reason."),
+        (RESUME, "Resume a paused rollout."),
+        (PROMOTE, "Promote a rollout to stable now, without further analysis."),
+        (APPROVE, "Approve a rollout's next step (policy `confirm: true`)."),
+    )
+]
+
+defs = dg.Definitions(assets=[canary_rollout], jobs=[canary_decision_job, canary_start_job, *canary_operator_jobs])

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     canary_policy_dir: Path | None = _f(
         None, "directory of canary policies (default cqox_platform/canary/policies)", "operator"
     )
+    canary_stable_ready: Literal["available", "updated"] = _f(
+        "available",
+        "when a promoted stable Deployment counts as rolled out: `available` (its updated pods are available, as "
+        "`kubectl rollout status`) or `updated` (observed generation and updated replicas only: the local stack, "
+        "which runs kube-controller-manager but no kubelet, so no pod ever becomes available)",
+    )
 
     # --- Dagster, Kubernetes, HA -----------------------------------------------------------------------------
     dagster_url: str | None = _f(None, "the Dagster webserver's URL")

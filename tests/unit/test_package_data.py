@@ -49,6 +49,7 @@ RELEASED_MIGRATIONS = {
     "0007_backups.sql": "266c7f08f4031e532a86abced5062dcc1d0fd48272f6e2f9b42965db745ceb96",
     "0008_canary.sql": "065875b70b78d6a1b56e6d543546f58d063b24f3c8b72fc6a1ce7a9ef3735b80",
     "0009_canary_guard.sql": "dfc4add57d58728df3c75ab39e033f1cdba951b246a1798cd2c79315f73c0256",
+    "0011_canary_complete.sql": "1bc8f4c212dce2d8826bc7368f795eb218d8056c99ef3539796d7b5b97953087",
 }
 
 

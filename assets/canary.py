@@ -101,8 +101,17 @@ def canary_rollout(
             "resource_version_after": change.resource_version_after if change else "",
             "weight_change_attempts": change.attempts if change else 0,
             **_promotion_metadata(run),
+            **_webhook_metadata(run.webhooks),
         }
     )
+
+
+def _webhook_metadata(results) -> dict:
+    """Each webhook called in the run: type, name, outcome, attempts, last answer (never the URL)."""
+    if not results:
+        return {}
+    rows = [[r.type, r.name, "ok" if r.ok else "failed", r.attempts, r.detail] for r in results]
+    return {"webhooks": md_table(["type", "webhook", "outcome", "attempts", "last answer"], rows)}
 
 
 def _promotion_metadata(run: DecisionRun) -> dict:
@@ -196,6 +205,7 @@ def _operator_job(action: str, summary: str) -> dg.JobDefinition:
         }
         if result.promotion is not None:
             metadata.update(_promotion_fields(result.promotion))
+        metadata.update(_webhook_metadata(result.webhooks))
         yield dg.AssetMaterialization(
             asset_key=canary_rollout.key, partition=result.rollout_id, metadata=metadata, description=result.message
         )

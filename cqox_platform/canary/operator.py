@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 
 from cqox_platform.canary.decision import PAUSED, PROGRESSING, PROMOTING, ROLLED_BACK
 from cqox_platform.canary.promotion import PromotionResult
-from cqox_platform.canary.rollout import finish_promotion, roll_back
+from cqox_platform.canary.rollout import ended, finish_promotion, roll_back
 from cqox_platform.canary.store import (
     Rollout,
     RolloutError,
@@ -85,6 +85,7 @@ class OperatorResult:
     after: dict[str, Any]
     message: str
     promotion: PromotionResult | None = None
+    webhooks: tuple = ()
 
 
 def snapshot(rollout: Rollout) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def operate(
             found = rollout
             target = plan(action, rollout.status)
             label = f"{action} by {who}: {reason}"
-            promotion = None
+            promotion, hooks = None, ()
             if action in (PAUSE, RESUME):
                 record_state(conn, rollout, f"operator_{action}", label, status=target)
             elif action == APPROVE:
@@ -149,11 +150,13 @@ def operate(
             elif action == ABORT:
                 roll_back(kube, policy, rollout, reason=label)
                 record_state(conn, rollout, f"operator_{action}", label, status=ROLLED_BACK, weight=0)
+                hooks = ended(policy, rollout, f"operator_{action}", label, rolled_back=True)
             else:  # PROMOTE
                 if rollout.status != PROMOTING:
                     record_state(conn, rollout, f"operator_{action}", label, status=PROMOTING)
                     rollout = get_rollout(conn, rollout_id)
                 promotion, _ = finish_promotion(conn, kube, rollout, policy, ready=ready, sleep=sleep)
+                hooks = promotion.webhooks
             after = get_rollout(conn, rollout_id)
             if action != PROMOTE:  # finish_promotion logs its own row
                 log_decision(
@@ -166,13 +169,11 @@ def operate(
                     weight_after=after.weight,
                     evidence=None,
                 )
-            message = (
-                f"{rollout_id}: {action} ({found.status} -> {after.status}, {found.weight} % -> {after.weight} %)"
-            )
+            message = f"{rollout_id}: {action} ({found.status} -> {after.status}, {found.weight} % -> {after.weight} %)"
             if promotion is not None:
                 message += f"; {promotion.message}"
             result = OperatorResult(
-                action, rollout_id, who, reason, snapshot(found), snapshot(after), message, promotion
+                action, rollout_id, who, reason, snapshot(found), snapshot(after), message, promotion, hooks
             )
             audit(
                 conn,

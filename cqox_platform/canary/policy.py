@@ -77,6 +77,22 @@ PROMOTABLE_FIELDS = (
 
 
 HOLD_ON_TIMEOUT, ROLLBACK_ON_TIMEOUT = "hold", "rollback"
+PRE_ROLLOUT, PRE_STEP, POST_ROLLOUT, ROLLBACK_HOOK = "pre-rollout", "pre-step", "post-rollout", "rollback"
+WEBHOOK_TYPES = (PRE_ROLLOUT, PRE_STEP, POST_ROLLOUT, ROLLBACK_HOOK)
+BLOCK, ROLL_BACK = "block", "rollback"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One HTTP call of the rollout (``canary/webhooks.py`` says when each type runs and what a failure does)."""
+
+    name: str
+    type: str
+    url: str
+    timeout_seconds: float = 10.0
+    retries: int = 2
+    on_failure: str = BLOCK
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,7 @@ class CanaryPolicy:
     confirm_steps: tuple[int, ...] = ()
     confirm_timeout_seconds: int = 0
     on_confirm_timeout: str = "hold"
+    webhooks: tuple[Webhook, ...] = ()
     source: str = field(default="", compare=False)
 
     @property
@@ -179,6 +196,7 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
             confirm_steps=confirm_steps,
             confirm_timeout_seconds=int(data.get("confirm_timeout_seconds", 0)),
             on_confirm_timeout=str(data.get("on_confirm_timeout", HOLD_ON_TIMEOUT)),
+            webhooks=_webhooks(data.get("webhooks"), where),
             source=where,
         )
     except (TypeError, ValueError, KeyError) as exc:
@@ -212,6 +230,33 @@ def _steps(raw: Any, where: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(weights), tuple(confirm)
 
 
+def _webhooks(raw: Any, where: str) -> tuple[Webhook, ...]:
+    hooks = []
+    for i, entry in enumerate(raw or []):
+        at = f"{where} webhooks[{i}]"
+        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("url"):
+            raise PolicyError(f"{at}: a webhook needs `name`, `type` and `url`.")
+        hook = Webhook(
+            name=str(entry["name"]),
+            type=str(entry.get("type", "")),
+            url=str(entry["url"]),
+            timeout_seconds=float(entry.get("timeout_seconds", 10)),
+            retries=int(entry.get("retries", 2)),
+            on_failure=str(entry.get("on_failure", BLOCK)),
+            metadata={str(k): str(v) for k, v in (entry.get("metadata") or {}).items()},
+        )
+        if hook.type not in WEBHOOK_TYPES:
+            raise PolicyError(f"{at} ({hook.name}): type must be one of {', '.join(WEBHOOK_TYPES)}, got {hook.type!r}.")
+        if hook.on_failure not in (BLOCK, ROLL_BACK):
+            raise PolicyError(f"{at} ({hook.name}): on_failure must be `block` or `rollback`.")
+        if hook.timeout_seconds <= 0 or hook.retries < 0:
+            raise PolicyError(f"{at} ({hook.name}): timeout_seconds must be > 0 and retries >= 0.")
+        if not hook.url.startswith(("http://", "https://")):
+            raise PolicyError(f"{at} ({hook.name}): url must be http(s).")
+        hooks.append(hook)
+    return tuple(hooks)
+
+
 def _promotion(data: Any, where: str) -> Promotion | None:
     if data is None:
         return None
@@ -242,7 +287,8 @@ def policy_document(policy: CanaryPolicy) -> dict[str, Any]:
     doc["steps"] = [
         {"weight": w, "confirm": True} if i in policy.confirm_steps else w for i, w in enumerate(policy.steps)
     ]
-    doc["confirm_steps"] = list(policy.confirm_steps)  # informational; `steps` carries them when read back
+    doc["confirm_steps"] = list(policy.confirm_steps)
+    doc["webhooks"] = [asdict(h) for h in policy.webhooks]  # informational; `steps` carries them when read back
     doc["metrics"] = [asdict(m) for m in policy.metrics]
     if policy.promotion is not None:
         doc["promotion"] = {**asdict(policy.promotion), "fields": list(policy.promotion.fields)}

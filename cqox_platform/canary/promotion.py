@@ -69,6 +69,7 @@ class PromotionResult:
     phases: tuple[Phase, ...] = field(default_factory=tuple)
     failed_phase: str = ""
     message: str = ""
+    webhooks: tuple = ()  # post-rollout webhook results (``webhooks.WebhookResult``), set by the caller
 
     @property
     def last_phase(self) -> str | None:

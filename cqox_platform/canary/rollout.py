@@ -41,7 +41,8 @@ from cqox_platform.canary.decision import (
     RolloutState,
     decide,
 )
-from cqox_platform.canary.policy import CanaryPolicy
+from cqox_platform.canary.gates import gate
+from cqox_platform.canary.policy import POST_ROLLOUT, PRE_ROLLOUT, PRE_STEP, ROLLBACK_HOOK, CanaryPolicy
 from cqox_platform.canary.promotion import (
     TRAFFIC_ON_STABLE,
     PromotionResult,
@@ -51,6 +52,7 @@ from cqox_platform.canary.promotion import (
 from cqox_platform.canary.router import KubeClient, WeightChange, set_canary_image, shift_weights
 from cqox_platform.canary.store import (
     Rollout,
+    RolloutError,
     get_rollout,
     insert_rollout,
     lock_rollout,
@@ -61,6 +63,7 @@ from cqox_platform.canary.store import (
     rollout_policy,
 )
 from cqox_platform.canary.transition import stale_reason
+from cqox_platform.canary.webhooks import WebhookResult, after_pre_step, run_hooks
 from cqox_platform.settings import get_settings
 
 APPLIED, STALE = "applied", "stale"
@@ -75,6 +78,20 @@ def start_rollout(
 ) -> tuple[Rollout, WeightChange]:
     """Set the canary's image and the first step's weight, and record the rollout with its policy."""
     rollout_id = new_rollout_id(policy.service)
+    payload = {
+        "rollout": rollout_id,
+        "service": policy.service,
+        "image": image,
+        "step_index": 0,
+        "weight": policy.steps[0],
+        "decision": "start",
+        "reason": "canary start",
+    }
+    failed = [r for r in run_hooks(policy.webhooks, PRE_ROLLOUT, payload) if not r.ok]
+    if failed:
+        raise RolloutError(
+            f"not starting {policy.service} with {image}: {'; '.join(r.line() for r in failed)}. Nothing was changed."
+        )
     with conn.transaction():
         # Insert first (inside the transaction) so a second concurrent start fails before touching the cluster.
         rollout = insert_rollout(conn, rollout_id, policy.service, image, None, policy, policy.steps[0])
@@ -88,11 +105,32 @@ def start_rollout(
 
 def roll_back(kube: KubeClient, policy: CanaryPolicy, rollout: Rollout, *, reason: str) -> WeightChange:
     """Stable 100 / canary 0, and the canary Deployment back on the image it had: a failed analysis and an
-    operator's abort alike."""
+    operator's abort alike. The rollback and post-rollout webhooks run afterwards (``ended``), never before:
+    a failing webhook must not block a rollback."""
     change = shift_weights(kube, policy.kubernetes, 0)
     if rollout.previous_image:
         set_canary_image(kube, policy.kubernetes, rollout.previous_image)
     return change
+
+
+def hook_payload(rollout: Rollout, action: str, reason: str, weight: int, step_index: int | None = None) -> dict:
+    """What every webhook receives: the rollout, the step and the decision."""
+    return {
+        "rollout": rollout.rollout_id,
+        "service": rollout.service,
+        "image": rollout.image,
+        "step_index": rollout.step_index if step_index is None else step_index,
+        "weight": weight,
+        "decision": action,
+        "reason": reason,
+    }
+
+
+def ended(policy: CanaryPolicy, rollout: Rollout, action: str, reason: str, *, rolled_back: bool) -> tuple:
+    """The webhooks of a rollout that just ended (rollback ones first when it rolled back); results only."""
+    payload = hook_payload(rollout, action, reason, 0)
+    results = run_hooks(policy.webhooks, ROLLBACK_HOOK, payload) if rolled_back else ()
+    return (*results, *run_hooks(policy.webhooks, POST_ROLLOUT, payload))
 
 
 def apply_decision(
@@ -132,6 +170,7 @@ class DecisionRun:
     change: WeightChange | None = None
     status_after: str = ""
     promotion: PromotionResult | None = None
+    webhooks: tuple[WebhookResult, ...] = ()
 
 
 def finish_promotion(
@@ -148,6 +187,10 @@ def finish_promotion(
     result = promote_to_stable(
         kube, policy, ready or get_settings().canary_stable_ready, canary_weight=rollout.weight, sleep=sleep
     )
+    if result.ok:
+        hooks = ended(policy, rollout, PROMOTED, result.message, rolled_back=False)
+        if hooks:
+            result = replace(result, webhooks=hooks)
     on_stable = any(p.name == TRAFFIC_ON_STABLE for p in result.phases)
     status = PROMOTED if result.ok else PROMOTING
     record_state(
@@ -206,13 +249,25 @@ def run_decision(
                     after.state_version,
                     status_after=after.status,
                     promotion=result,
+                    webhooks=result.webhooks,
                 )
             evidence = collect_evidence(policy, query)
             decision = decide(policy, rollout.state, evidence)
+            gated = gate(policy, rollout.state, decision, rollout.approved_step, rollout.awaiting_approval_since, now())
+            decision, hooks = gated.decision, ()
+            if decision.action == PROMOTE:
+                payload = hook_payload(
+                    rollout, decision.action, decision.reason, decision.weight_after, decision.state.step_index
+                )
+                hooks = run_hooks(policy.webhooks, PRE_STEP, payload)
+                decision = after_pre_step(policy.webhooks, rollout.state, decision, hooks)
             promoting = decision.action == COMPLETE and policy.promotion is not None
-            change, version = apply_decision(
-                conn, kube, policy, rollout, decision, **({"status": PROMOTING} if promoting else {})
-            )
+            changes: dict[str, object] = {"awaiting_approval_since": gated.awaiting_since}
+            if promoting:
+                changes["status"] = PROMOTING
+            change, version = apply_decision(conn, kube, policy, rollout, decision, **changes)
+            if decision.action == ROLLBACK:
+                hooks = (*hooks, *ended(policy, rollout, decision.action, decision.reason, rolled_back=True))
             log_decision(
                 conn,
                 rollout,
@@ -235,6 +290,7 @@ def run_decision(
                 evidence,
                 change,
                 status_after=decision.state.status,
+                webhooks=hooks,
             )
             if not promoting:
                 return run
@@ -248,6 +304,7 @@ def run_decision(
                 state_version_after=after.state_version,
                 status_after=after.status,
                 promotion=result,
+                webhooks=(*run.webhooks, *result.webhooks),
             )
     except psycopg.errors.LockNotAvailable:
         with conn.transaction():

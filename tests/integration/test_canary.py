@@ -721,3 +721,116 @@ def test_force_promote_from_the_ui_job_promotes_to_stable_without_analysis(stack
     (user, action, details), *_ = _audit(stack, rollout.rollout_id)
     assert (user, action, details["reason"]) == ("dave", "canary.promote", "hotfix")
     assert (details["before"]["status"], details["after"]["status"]) == ("progressing", "promoted")
+
+
+# --- gates (issue 16 item 3) ---------------------------------------------------------------------------------
+
+
+def _policy_file(world, name: str, file: str, **changes) -> Path:
+    scenario = world["scenarios"][name]
+    raw = yaml.safe_load((scenario["policies"] / "cqox-engine.yaml").read_text())
+    path = scenario["policies"] / file
+    path.write_text(yaml.safe_dump({**raw, **changes}))
+    return path
+
+
+GATED_STEPS = [10, {"weight": 50, "confirm": True}, 100]
+
+
+def test_a_confirm_step_waits_for_approval_then_promotes(stack, world, instance):
+    policy_file = _policy_file(world, "good", "gated.yaml", steps=GATED_STEPS, confirm_timeout_seconds=3600)
+    _policy, rollout = _start(stack, world, "good", image="cqox/engine:gated", policy_file=policy_file)
+    for _ in range(2):  # holds every interval, not counted against the canary
+        meta, _ = _tick(stack, world, "good", instance)
+        assert meta["action"] == "hold" and "needs a person's approval" in meta["reason"], meta["reason"]
+        assert meta["consecutive_holds"] == 0 and _weights(world, "good")["v2"] == 10
+    with _conn(stack) as conn:
+        waiting_since = get_rollout(conn, rollout.rollout_id).awaiting_approval_since
+    assert waiting_since is not None
+    done = _cli(
+        stack, world, "good", "approve", rollout.rollout_id, "--reason", "dashboards look fine", "--who", "erin"
+    )
+    assert done.returncode == 0, done.stderr
+    meta, _ = _tick(stack, world, "good", instance)
+    assert (meta["action"], meta["weight_after"]) == ("promote", 50), meta["reason"]
+    assert _weights(world, "good")["v2"] == 50
+    (user, action, details), *_ = _audit(stack, rollout.rollout_id)
+    assert (user, action, details["after"]["approved_step"]) == ("erin", "canary.approve", 1)
+
+
+def test_a_confirm_step_without_approval_rolls_back_at_its_timeout(stack, world, instance):
+    policy_file = _policy_file(
+        world, "good", "gated-timeout.yaml", steps=GATED_STEPS, confirm_timeout_seconds=2, on_confirm_timeout="rollback"
+    )
+    _start(stack, world, "good", image="cqox/engine:unapproved", policy_file=policy_file)
+    meta, _ = _tick(stack, world, "good", instance)
+    assert meta["action"] == "hold" and "needs a person's approval" in meta["reason"]
+    time.sleep(2.5)
+    meta, _ = _tick(stack, world, "good", instance)
+    assert meta["action"] == "rollback" and "no approval for 50 % within 2 s" in meta["reason"], meta["reason"]
+    assert _weights(world, "good") == {"v1": 100, "v2": 0}
+
+
+# --- webhooks (issue 16 item 4) ------------------------------------------------------------------------------
+
+
+def _hooks(receiver) -> list[dict]:
+    return [
+        {
+            "name": "load-test",
+            "type": "pre-step",
+            "url": receiver.url("/load-test"),
+            "timeout_seconds": 2,
+            "retries": 1,
+            "on_failure": "block",
+        },
+        {
+            "name": "rollback-page",
+            "type": "rollback",
+            "url": receiver.url("/rollback"),
+            "timeout_seconds": 2,
+            "retries": 1,
+        },
+        {"name": "notify", "type": "post-rollout", "url": receiver.url("/notify"), "retries": 0},
+        {"name": "gate-keeper", "type": "pre-rollout", "url": receiver.url("/pre"), "retries": 0},
+    ]
+
+
+def test_a_failing_pre_step_webhook_blocks_the_step_until_it_passes(stack, world, instance):
+    from tests.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver() as receiver:
+        policy_file = _policy_file(world, "good", "hooks.yaml", webhooks=_hooks(receiver))
+        receiver.fail("/pre")
+        with pytest.raises(Exception, match="pre-rollout webhook gate-keeper: FAILED"):
+            _start(stack, world, "good", image="cqox/engine:hooked", policy_file=policy_file)
+        receiver.heal()
+        _policy, rollout = _start(stack, world, "good", image="cqox/engine:hooked", policy_file=policy_file)
+        receiver.fail("/load-test")
+        meta, _ = _tick(stack, world, "good", instance)
+        assert meta["action"] == "hold" and "pre-step webhook load-test: FAILED after 2 attempt(s)" in meta["reason"]
+        assert "load-test | failed" in meta["webhooks"] and _weights(world, "good")["v2"] == 10
+        receiver.heal()
+        meta, _ = _tick(stack, world, "good", instance)
+        assert (meta["action"], meta["weight_after"]) == ("promote", 50), meta["reason"]
+        body = receiver.calls["/load-test"][-1]
+        assert (body["rollout"], body["step_index"], body["weight"], body["decision"]) == (
+            rollout.rollout_id,
+            1,
+            50,
+            "promote",
+        )
+
+
+def test_a_failing_rollback_webhook_does_not_block_the_rollback(stack, world, instance):
+    from tests.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver() as receiver:
+        policy_file = _policy_file(world, "bad", "hooks.yaml", webhooks=_hooks(receiver))
+        _start(stack, world, "bad", policy_file=policy_file)
+        receiver.fail("/rollback")
+        metas = [_tick(stack, world, "bad", instance)[0] for _ in range(2)]
+        assert metas[-1]["action"] == "rollback" and metas[-1]["status"] == "rolled_back"
+        assert _weights(world, "bad") == {"v1": 100, "v2": 0}
+        assert "rollback-page | failed" in metas[-1]["webhooks"] and "notify | ok" in metas[-1]["webhooks"]
+        assert len(receiver.calls["/rollback"]) == 2 and receiver.calls["/notify"][-1]["decision"] == "rollback"

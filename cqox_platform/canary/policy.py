@@ -106,6 +106,9 @@ class Promotion:
 
     stable_deployment: str
     fields: tuple[str, ...] = ("image",)
+    #: The canary follows the stable Deployment's replica count in proportion to its weight (at least one),
+    #: so 50 % and 100 % of the traffic are not served by one pod (issue 16 item 5).
+    follow_stable_replicas: bool = False
     timeout_seconds: int = 300
     poll_seconds: float = 2.0
 
@@ -274,6 +277,7 @@ def _promotion(data: Any, where: str) -> Promotion | None:
         fields=tuple(dict.fromkeys(("image", *fields))),
         timeout_seconds=int(data.get("timeout_seconds", 300)),
         poll_seconds=float(data.get("poll_seconds", 2.0)),
+        follow_stable_replicas=bool(data.get("follow_stable_replicas", False)),
     )
     if promotion.timeout_seconds < 1 or promotion.poll_seconds <= 0:
         raise PolicyError(f"{where}: promotion.timeout_seconds must be >= 1 and poll_seconds > 0.")

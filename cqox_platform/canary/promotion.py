@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,6 +214,27 @@ def scale_canary(kube: KubeClient, target: KubeTarget, replicas: int, *, remembe
         ),
     )
     return had
+
+
+def canary_replicas(stable_replicas: int, weight: int) -> int:
+    """How many pods the canary needs to serve ``weight`` % of what the stable Deployment's pods serve: the
+    stable count in proportion, rounded up, at least one (the canary must exist to be judged)."""
+    return max(1, math.ceil(stable_replicas * weight / 100))
+
+
+def follow_stable(kube: KubeClient, policy: CanaryPolicy, weight: int) -> tuple[int, int] | None:
+    """Scale the canary for ``weight`` (``canary_replicas`` of the stable Deployment's current count, which its
+    HPA sets); ``(before, after)``, or None when the policy does not ask for it."""
+    promotion = policy.promotion
+    if promotion is None or not promotion.follow_stable_replicas:
+        return None
+    target = policy.kubernetes
+    stable = read_deployment(kube, target.namespace, promotion.stable_deployment)
+    want = canary_replicas(stable["spec"].get("replicas", 1), weight)
+    before = read_deployment(kube, target.namespace, target.canary_deployment)["spec"].get("replicas", 1)
+    if before != want:
+        scale_canary(kube, target, want)
+    return before, want
 
 
 def restore_canary_replicas(kube: KubeClient, target: KubeTarget) -> int | None:

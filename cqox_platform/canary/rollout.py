@@ -46,6 +46,7 @@ from cqox_platform.canary.policy import POST_ROLLOUT, PRE_ROLLOUT, PRE_STEP, ROL
 from cqox_platform.canary.promotion import (
     TRAFFIC_ON_STABLE,
     PromotionResult,
+    follow_stable,
     promote_to_stable,
     restore_canary_replicas,
 )
@@ -97,6 +98,7 @@ def start_rollout(
         rollout = insert_rollout(conn, rollout_id, policy.service, image, None, policy, policy.steps[0])
         # The last promotion scaled the canary to 0: give it back its replicas before it gets traffic.
         restore_canary_replicas(kube, policy.kubernetes)
+        follow_stable(kube, policy, policy.steps[0])
         previous = set_canary_image(kube, policy.kubernetes, image)
         change = shift_weights(kube, policy.kubernetes, policy.steps[0])
         conn.execute("UPDATE canary_rollouts SET previous_image = %s WHERE rollout_id = %s", [previous, rollout_id])
@@ -147,6 +149,8 @@ def apply_decision(
     if decision.action == ROLLBACK:
         change = roll_back(kube, policy, rollout, reason=decision.reason)
     elif decision.action in (PROMOTE, COMPLETE):
+        # Pods first, then traffic: the canary has its share of replicas before it gets its share of requests.
+        follow_stable(kube, policy, decision.weight_after)
         change = shift_weights(kube, policy.kubernetes, decision.weight_after)
     version = rollout.state_version
     if decision.action != NONE:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cqox_platform.canary.policy import POLICY_DIR, PolicyError, parse_policy, policy_document
-from cqox_platform.canary.promotion import AVAILABLE, UPDATED, rolled_out, with_canary_template
+from cqox_platform.canary.promotion import AVAILABLE, UPDATED, canary_replicas, rolled_out, with_canary_template
 from cqox_platform.canary.router import RouteError
 
 
@@ -121,3 +121,12 @@ def test_a_policy_stored_before_promotion_existed_still_parses() -> None:
     raw = _raw()
     del raw["promotion"]
     assert parse_policy(raw).promotion is None
+
+
+@pytest.mark.parametrize(
+    ("stable", "weight", "canary"),
+    [(2, 10, 1), (2, 50, 1), (2, 100, 2), (10, 10, 1), (10, 50, 5), (7, 50, 4), (10, 100, 10), (0, 50, 1)],
+)
+def test_the_canary_follows_stables_replicas_in_proportion_to_its_weight(stable, weight, canary) -> None:
+    """Issue 16 item 5: 50 % and 100 % of the traffic are not served by one pod; never fewer than one."""
+    assert canary_replicas(stable, weight) == canary

@@ -14,15 +14,18 @@ At most one decision run per rollout runs at a time: the row lock guarantees it;
 """
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from assets.metadata import md_table
-from cqox_platform.canary.decision import Evidence
+from cqox_platform.canary.decision import PROMOTED, ROLLED_BACK, Evidence
 from cqox_platform.canary.operator import ABORT, APPROVE, PAUSE, PROMOTE, RESUME, operate
 from cqox_platform.canary.policy import CanaryPolicy, policy_for
 from cqox_platform.canary.promotion import PromotionResult
+from cqox_platform.canary.release import release_budget
 from cqox_platform.canary.rollout import DecisionRun, run_decision, start_rollout
+from cqox_platform.canary.store import get_rollout, rollout_policy
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
@@ -102,8 +105,25 @@ def canary_rollout(
             "weight_change_attempts": change.attempts if change else 0,
             **_promotion_metadata(run),
             **_webhook_metadata(run.webhooks),
+            **_release_metadata(policy, rollout.started_at, run.status_after, prometheus.query),
         }
     )
+
+
+def _release_metadata(policy: CanaryPolicy, started_at, status: str, query) -> dict:
+    """When the rollout ended: per-version SLIs over its window and the budget the release (canary) consumed
+    (issue 16 item 6); nothing while it is still going."""
+    if status not in (PROMOTED, ROLLED_BACK):
+        return {}
+    report = release_budget(policy, started_at, datetime.now(UTC), query)
+    rows = [[r.version, r.slo, r.bad, r.total, r.error_ratio, r.objective, r.budget_consumed] for r in report.rows]
+    header = ["version", "SLO", "bad", "total", "error ratio", "objective", "share of period budget spent"]
+    return {
+        "release_budget_slo": report.slo,
+        "release_budget_consumed": report.consumed if report.consumed is not None else -1.0,
+        "release_window_seconds": report.window_seconds,
+        "per_version_slo": md_table(header, rows) if rows else report.error or "no per-version data",
+    }
 
 
 def _webhook_metadata(results) -> dict:
@@ -185,6 +205,7 @@ def _operator_job(action: str, summary: str) -> dg.JobDefinition:
         config: CanaryOperatorConfig,
         postgres: PostgresResource,
         kubernetes: KubernetesResource,
+        prometheus: PrometheusResource,
     ):
         who = config.requested_by or context.run.tags.get("dagster/user") or "dagster-ui"
         with postgres.connect(autocommit=True) as conn:
@@ -206,6 +227,11 @@ def _operator_job(action: str, summary: str) -> dg.JobDefinition:
         if result.promotion is not None:
             metadata.update(_promotion_fields(result.promotion))
         metadata.update(_webhook_metadata(result.webhooks))
+        with postgres.connect() as conn:
+            found = get_rollout(conn, result.rollout_id)
+        metadata.update(
+            _release_metadata(rollout_policy(found), found.started_at, result.after["status"], prometheus.query)
+        )
         yield dg.AssetMaterialization(
             asset_key=canary_rollout.key, partition=result.rollout_id, metadata=metadata, description=result.message
         )

@@ -384,6 +384,10 @@ def test_a_canary_whose_error_ratio_rises_rolls_back_within_two_intervals(stack,
     second, _ = _tick(stack, world, "bad", instance)
     assert first["action"] == "hold" and "analysis failed (1 of 2)" in first["reason"]
     assert second["action"] == "rollback" and second["weight_after"] == 0
+    # Item 6: the final materialization states what the release cost, per version.
+    assert second["release_budget_slo"] == "availability" and second["release_budget_consumed"] > 1
+    table = second["per_version_slo"]
+    assert "| canary | availability |" in table and "| stable | availability |" in table, table
     assert _weights(world, "bad") == {"v1": 100, "v2": 0}
     deployment = (
         world["kube"].apps().read_namespaced_deployment("cqox-engine-canary", world["scenarios"]["bad"]["namespace"])
@@ -704,8 +708,13 @@ def test_force_promote_from_the_ui_job_promotes_to_stable_without_analysis(stack
 
     _policy, rollout = _start(stack, world, "good", image="cqox/engine:forced")
     assert _weights(world, "good")["v2"] == 10
+    with _conn(stack) as conn:  # a rollout that ran for a while: its window holds scraped traffic
+        conn.execute(
+            "UPDATE canary_rollouts SET started_at = now() - interval '2 minutes' WHERE rollout_id = %s",
+            [rollout.rollout_id],
+        )
     job = next(j for j in canary_operator_jobs if j.name == "canary_promote_job")
-    resources = {"postgres": _postgres_admin(stack), "kubernetes": world["kube"]}
+    resources = {"postgres": _postgres_admin(stack), "kubernetes": world["kube"], "prometheus": world["prometheus"]}
     config = {"rollout": rollout.rollout_id, "reason": "hotfix", "requested_by": "dave"}
     with mock.patch.dict(os.environ, _scenario_env(stack, world, "good")):
         result = job.execute_in_process(
@@ -720,6 +729,7 @@ def test_force_promote_from_the_ui_job_promotes_to_stable_without_analysis(stack
     assert event.partition == rollout.rollout_id and event.asset_key == canary_rollout.key
     meta = {k: v.value for k, v in event.metadata.items()}
     assert meta["status"] == "promoted" and meta["promotion"] == "promoted to stable"
+    assert 0 <= meta["release_budget_consumed"] < 1 and "| canary | availability |" in meta["per_version_slo"]
     _assert_promoted(world, "good", "cqox/engine:forced")
     (user, action, details), *_ = _audit(stack, rollout.rollout_id)
     assert (user, action, details["reason"]) == ("dave", "canary.promote", "hotfix")

@@ -14,13 +14,18 @@ At most one decision run per rollout runs at a time: the row lock guarantees it;
 """
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from assets.metadata import md_table
-from cqox_platform.canary.decision import Evidence
+from cqox_platform.canary.decision import PROMOTED, ROLLED_BACK, Evidence
+from cqox_platform.canary.operator import ABORT, APPROVE, PAUSE, PROMOTE, RESUME, operate
 from cqox_platform.canary.policy import CanaryPolicy, policy_for
+from cqox_platform.canary.promotion import PromotionResult
+from cqox_platform.canary.release import release_budget
 from cqox_platform.canary.rollout import DecisionRun, run_decision, start_rollout
+from cqox_platform.canary.store import get_rollout, rollout_policy
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
@@ -84,7 +89,7 @@ def canary_rollout(
             "state_version_after": run.state_version_after,
             "weight_before": rollout.weight,
             "weight_after": run.weight_after,
-            "status": run.decision.state.status if run.decision else rollout.status,
+            "status": run.status_after or rollout.status,
             "failures": run.decision.state.failures if run.decision else rollout.failures,
             "consecutive_holds": run.decision.state.consecutive_holds if run.decision else rollout.consecutive_holds,
             "canary_requests": _number(evidence.canary_requests),
@@ -98,8 +103,53 @@ def canary_rollout(
             "resource_version_before": change.resource_version_before if change else "",
             "resource_version_after": change.resource_version_after if change else "",
             "weight_change_attempts": change.attempts if change else 0,
+            **_promotion_metadata(run),
+            **_webhook_metadata(run.webhooks),
+            **_release_metadata(policy, rollout.started_at, run.status_after, prometheus.query),
         }
     )
+
+
+def _release_metadata(policy: CanaryPolicy, started_at, status: str, query) -> dict:
+    """When the rollout ended: per-version SLIs over its window and the budget the release (canary) consumed
+    (issue 16 item 6); nothing while it is still going."""
+    if status not in (PROMOTED, ROLLED_BACK):
+        return {}
+    report = release_budget(policy, started_at, datetime.now(UTC), query)
+    rows = [[r.version, r.slo, r.bad, r.total, r.error_ratio, r.objective, r.budget_consumed] for r in report.rows]
+    header = ["version", "SLO", "bad", "total", "error ratio", "objective", "share of period budget spent"]
+    return {
+        "release_budget_slo": report.slo,
+        "release_budget_consumed": report.consumed if report.consumed is not None else -1.0,
+        "release_window_seconds": report.window_seconds,
+        "per_version_slo": md_table(header, rows) if rows else report.error or "no per-version data",
+    }
+
+
+def _webhook_metadata(results) -> dict:
+    """Each webhook called in the run: type, name, outcome, attempts, last answer (never the URL)."""
+    if not results:
+        return {}
+    rows = [[r.type, r.name, "ok" if r.ok else "failed", r.attempts, r.detail] for r in results]
+    return {"webhooks": md_table(["type", "webhook", "outcome", "attempts", "last answer"], rows)}
+
+
+def _promotion_metadata(run: DecisionRun) -> dict:
+    """Promotion to stable, phase by phase: what each saw and how long it took, or where it failed and where the
+    traffic is (issue 16 item 1). Empty when the run did not promote."""
+    return _promotion_fields(run.promotion) if run.promotion is not None else {}
+
+
+def _promotion_fields(result: PromotionResult) -> dict:
+    rows = [[p.name, "done", p.seconds, p.detail] for p in result.phases]
+    if not result.ok and result.failed_phase:
+        rows.append([result.failed_phase, "failed", "", result.message])
+    return {
+        "promotion": "promoted to stable" if result.ok else f"failed at {result.failed_phase or 'start'}",
+        "promotion_phase": result.last_phase or "",
+        "promotion_phases": md_table(["phase", "outcome", "seconds", "detail"], rows),
+        "promotion_message": result.message,
+    }
 
 
 canary_decision_job = dg.define_asset_job(
@@ -136,4 +186,75 @@ def canary_start_job() -> None:
     start_canary()
 
 
-defs = dg.Definitions(assets=[canary_rollout], jobs=[canary_decision_job, canary_start_job])
+class CanaryOperatorConfig(dg.Config):
+    #: The rollout to act on (``cqox-platform canary status`` lists them).
+    rollout: str
+    #: Why; recorded in audit_log with who acted and the state before and after.
+    reason: str
+    #: Who acts; empty: the run's ``dagster/user`` tag, else "dagster-ui".
+    requested_by: str = ""
+
+
+def _operator_job(action: str, summary: str) -> dg.JobDefinition:
+    """``canary_<action>_job``: the CLI's ``canary <action>`` as a job, through the same core function (row lock,
+    compare-and-set, audit_log); the outcome is also a materialization of the rollout's partition."""
+
+    @dg.op(name=f"canary_{action}", description=summary)
+    def act(
+        context: dg.OpExecutionContext,
+        config: CanaryOperatorConfig,
+        postgres: PostgresResource,
+        kubernetes: KubernetesResource,
+        prometheus: PrometheusResource,
+    ):
+        who = config.requested_by or context.run.tags.get("dagster/user") or "dagster-ui"
+        with postgres.connect(autocommit=True) as conn:
+            result = operate(conn, kubernetes, config.rollout, action, who=who, reason=config.reason)
+        context.log.info(result.message)
+        metadata = {
+            "rollout": result.rollout_id,
+            "outcome": "applied",
+            "action": f"operator_{action}",
+            "reason": f"{action} by {who}: {config.reason}",
+            "requested_by": who,
+            "status_before": result.before["status"],
+            "status": result.after["status"],
+            "weight_before": result.before["weight"],
+            "weight_after": result.after["weight"],
+            "state_version_before": result.before["state_version"],
+            "state_version_after": result.after["state_version"],
+        }
+        if result.promotion is not None:
+            metadata.update(_promotion_fields(result.promotion))
+        metadata.update(_webhook_metadata(result.webhooks))
+        with postgres.connect() as conn:
+            found = get_rollout(conn, result.rollout_id)
+        metadata.update(
+            _release_metadata(rollout_policy(found), found.started_at, result.after["status"], prometheus.query)
+        )
+        yield dg.AssetMaterialization(
+            asset_key=canary_rollout.key, partition=result.rollout_id, metadata=metadata, description=result.message
+        )
+        if result.promotion is not None and not result.promotion.ok:
+            raise dg.Failure(description=result.promotion.message, metadata=metadata)
+        yield dg.Output(None)
+
+    @dg.job(name=f"canary_{action}_job", description=f"{summary} Audited; launch from the UI with its config.")
+    def job() -> None:
+        act()
+
+    return job
+
+
+canary_operator_jobs = [
+    _operator_job(action, summary)
+    for action, summary in (
+        (ABORT, "Roll a rollout back now, as a failed analysis would."),
+        (PAUSE, "Pause a rollout's analysis; the sensor skips it with the reason."),
+        (RESUME, "Resume a paused rollout."),
+        (PROMOTE, "Promote a rollout to stable now, without further analysis."),
+        (APPROVE, "Approve a rollout's next step (policy `confirm: true`)."),
+    )
+]
+
+defs = dg.Definitions(assets=[canary_rollout], jobs=[canary_decision_job, canary_start_job, *canary_operator_jobs])

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     canary_policy_dir: Path | None = _f(
         None, "directory of canary policies (default cqox_platform/canary/policies)", "operator"
     )
+    canary_stable_ready: Literal["available", "updated"] = _f(
+        "available",
+        "when a promoted stable Deployment counts as rolled out: `available` (its updated pods are available, as "
+        "`kubectl rollout status`) or `updated` (observed generation and updated replicas only: the local stack, "
+        "which runs kube-controller-manager but no kubelet, so no pod ever becomes available)",
+    )
 
     # --- alerting: Alertmanager, PagerDuty, webhooks, the local receiver --------------------------------------
     alertmanager_url: str | None = _f(None, "Alertmanager base URL (HTTPS with basic auth on the local stack)")

@@ -3,7 +3,9 @@
 It requests one run per rollout per interval whatever the decision will be (the run key has no action in it),
 for the rollout's current ``state_version``; the run gathers the evidence and decides itself, so nothing the
 sensor saw (or anyone could write into run config) is taken as evidence, and a run whose state moved on is
-stale. Between intervals it skips with the reason; it reads one table, far inside the sensor timeout.
+stale. A ``promoting`` rollout (a promotion to stable that failed midway) gets a run per interval too, which
+runs the promotion again; a ``paused`` one gets none, and the skip reason says who paused it and why. Between
+intervals it skips with the reason; it reads one table, far inside the sensor timeout.
 """
 
 from datetime import UTC, datetime
@@ -11,6 +13,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from assets.canary import ROLLOUT_TAG, canary_decision_job, canary_partitions
+from cqox_platform.canary.decision import PAUSED
 from cqox_platform.canary.policy import PolicyError
 from cqox_platform.canary.store import active_rollouts, rollout_policy
 from cqox_platform.canary.transition import decision_run_key
@@ -31,6 +34,9 @@ def canary_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResourc
     now = datetime.now(UTC)
     requests, waiting, partitions = [], [], []
     for rollout in rollouts:
+        if rollout.status == PAUSED:
+            waiting.append(f"{rollout.rollout_id}: paused ({rollout.last_reason})")
+            continue
         try:
             policy = rollout_policy(rollout)
         except PolicyError as exc:

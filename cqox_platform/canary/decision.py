@@ -24,6 +24,10 @@ from cqox_platform.canary.policy import CanaryPolicy, MetricCheck
 
 PROMOTE, HOLD, ROLLBACK, COMPLETE, NONE = "promote", "hold", "rollback", "complete", "none"
 PROGRESSING, PROMOTED, ROLLED_BACK = "progressing", "promoted", "rolled_back"
+#: Set by transitions outside the analysis: ``promoting`` once the analysis completed (or an operator forced a
+#: promotion) until the stable Deployment runs the canary's version; ``paused`` by an operator.
+PROMOTING, PAUSED = "promoting", "paused"
+ACTIVE = (PROGRESSING, PROMOTING, PAUSED)  # statuses that own the service (one per service)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,59 @@ class BudgetGate:
     min_remaining: float
 
 
+#: Container fields promotion may copy from the canary to the stable Deployment (``promotion.fields``).
+PROMOTABLE_FIELDS = (
+    "image",
+    "command",
+    "args",
+    "env",
+    "envFrom",
+    "resources",
+    "ports",
+    "volumeMounts",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+)
+
+
+HOLD_ON_TIMEOUT, ROLLBACK_ON_TIMEOUT = "hold", "rollback"
+PRE_ROLLOUT, PRE_STEP, POST_ROLLOUT, ROLLBACK_HOOK = "pre-rollout", "pre-step", "post-rollout", "rollback"
+WEBHOOK_TYPES = (PRE_ROLLOUT, PRE_STEP, POST_ROLLOUT, ROLLBACK_HOOK)
+BLOCK, ROLL_BACK = "block", "rollback"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One HTTP call of the rollout (``canary/webhooks.py`` says when each type runs and what a failure does)."""
+
+    name: str
+    type: str
+    url: str
+    timeout_seconds: float = 10.0
+    retries: int = 2
+    on_failure: str = BLOCK
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """How a successful canary becomes the stable version (issue 16 item 1).
+
+    The stable Deployment's container gets the canary container's ``fields`` (the image always), the platform
+    waits up to ``timeout_seconds`` for the stable Deployment to roll out, then moves all traffic to stable and
+    scales the canary to 0.
+    """
+
+    stable_deployment: str
+    fields: tuple[str, ...] = ("image",)
+    #: The canary follows the stable Deployment's replica count in proportion to its weight (at least one),
+    #: so 50 % and 100 % of the traffic are not served by one pod (issue 16 item 5).
+    follow_stable_replicas: bool = False
+    timeout_seconds: int = 300
+    poll_seconds: float = 2.0
+
+
 @dataclass(frozen=True)
 class CanaryPolicy:
     service: str
@@ -74,6 +127,14 @@ class CanaryPolicy:
     metrics: tuple[MetricCheck, ...]
     requests_query: str
     budget_gate: BudgetGate | None = None
+    #: None only in policies stored before promotion existed: their rollouts end with the canary at 100 %.
+    promotion: Promotion | None = None
+    #: Gates: indexes of steps a person must approve before traffic moves to them (``confirm: true``), how long
+    #: to wait for that approval once the analysis would promote (0: forever), and what then (hold or rollback).
+    confirm_steps: tuple[int, ...] = ()
+    confirm_timeout_seconds: int = 0
+    on_confirm_timeout: str = "hold"
+    webhooks: tuple[Webhook, ...] = ()
     source: str = field(default="", compare=False)
 
     @property
@@ -100,7 +161,7 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
     if not isinstance(data, dict):
         raise PolicyError(f"{where}: expected a mapping at the top level.")
     try:
-        steps = tuple(int(s) for s in _require(data, "steps", where))
+        steps, confirm_steps = _steps(_require(data, "steps", where), where)
         if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
             raise PolicyError(f"{where}: `steps` must rise strictly within 1..100 and end at 100, got {list(steps)}.")
         metrics = []
@@ -120,6 +181,7 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
             # Without a metric the only evidence is the request count: any canary with traffic would promote.
             raise PolicyError(f"{where}: `metrics` is empty; give at least one metric to judge the canary by.")
         gate = data.get("budget_gate")
+        promotion = _promotion(data.get("promotion"), where)
         policy = CanaryPolicy(
             service=str(_require(data, "service", where)),
             version=int(_require(data, "version", where)),
@@ -133,10 +195,19 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
             metrics=tuple(metrics),
             requests_query=str(_require(data, "requests_query", where)),
             budget_gate=BudgetGate(str(gate["slo"]), float(gate["min_remaining"])) if gate else None,
+            promotion=promotion,
+            confirm_steps=confirm_steps,
+            confirm_timeout_seconds=int(data.get("confirm_timeout_seconds", 0)),
+            on_confirm_timeout=str(data.get("on_confirm_timeout", HOLD_ON_TIMEOUT)),
+            webhooks=_webhooks(data.get("webhooks"), where),
             source=where,
         )
     except (TypeError, ValueError, KeyError) as exc:
         raise PolicyError(f"{where}: {exc}") from None
+    if policy.on_confirm_timeout not in (HOLD_ON_TIMEOUT, ROLLBACK_ON_TIMEOUT) or policy.confirm_timeout_seconds < 0:
+        raise PolicyError(
+            f"{where}: on_confirm_timeout must be `hold` or `rollback`, confirm_timeout_seconds >= 0 (0: none)."
+        )
     if policy.interval_seconds < 1 or policy.failure_limit < 1 or policy.max_consecutive_holds < 0:
         raise PolicyError(f"{where}: interval_seconds and failure_limit must be >= 1, max_consecutive_holds >= 0.")
     for template in [policy.requests_query, *(m.query for m in policy.metrics)]:
@@ -147,12 +218,84 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
     return policy
 
 
+def _steps(raw: Any, where: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``steps`` entries are a weight or ``{weight: W, confirm: true}``: the weights and the confirm steps' indexes."""
+    weights, confirm = [], []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, dict):
+            weights.append(int(_require(entry, "weight", f"{where} steps[{i}]")))
+            if entry.get("confirm"):
+                confirm.append(i)
+        else:
+            weights.append(int(entry))
+    if 0 in confirm:
+        raise PolicyError(f"{where}: steps[0] cannot need `confirm`: `canary start` (a person's action) enters it.")
+    return tuple(weights), tuple(confirm)
+
+
+def _webhooks(raw: Any, where: str) -> tuple[Webhook, ...]:
+    hooks = []
+    for i, entry in enumerate(raw or []):
+        at = f"{where} webhooks[{i}]"
+        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("url"):
+            raise PolicyError(f"{at}: a webhook needs `name`, `type` and `url`.")
+        hook = Webhook(
+            name=str(entry["name"]),
+            type=str(entry.get("type", "")),
+            url=str(entry["url"]),
+            timeout_seconds=float(entry.get("timeout_seconds", 10)),
+            retries=int(entry.get("retries", 2)),
+            on_failure=str(entry.get("on_failure", BLOCK)),
+            metadata={str(k): str(v) for k, v in (entry.get("metadata") or {}).items()},
+        )
+        if hook.type not in WEBHOOK_TYPES:
+            raise PolicyError(f"{at} ({hook.name}): type must be one of {', '.join(WEBHOOK_TYPES)}, got {hook.type!r}.")
+        if hook.on_failure not in (BLOCK, ROLL_BACK):
+            raise PolicyError(f"{at} ({hook.name}): on_failure must be `block` or `rollback`.")
+        if hook.timeout_seconds <= 0 or hook.retries < 0:
+            raise PolicyError(f"{at} ({hook.name}): timeout_seconds must be > 0 and retries >= 0.")
+        if not hook.url.startswith(("http://", "https://")):
+            raise PolicyError(f"{at} ({hook.name}): url must be http(s).")
+        hooks.append(hook)
+    return tuple(hooks)
+
+
+def _promotion(data: Any, where: str) -> Promotion | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{where}: `promotion` must be a mapping.")
+    fields = tuple(str(f) for f in data.get("fields", ["image"]))
+    unknown = sorted(set(fields) - set(PROMOTABLE_FIELDS))
+    if unknown:
+        raise PolicyError(
+            f"{where}: promotion.fields {unknown} are not container fields promotion copies "
+            f"(choose from {list(PROMOTABLE_FIELDS)})."
+        )
+    promotion = Promotion(
+        stable_deployment=str(_require(data, "stable_deployment", f"{where} promotion")),
+        fields=tuple(dict.fromkeys(("image", *fields))),
+        timeout_seconds=int(data.get("timeout_seconds", 300)),
+        poll_seconds=float(data.get("poll_seconds", 2.0)),
+        follow_stable_replicas=bool(data.get("follow_stable_replicas", False)),
+    )
+    if promotion.timeout_seconds < 1 or promotion.poll_seconds <= 0:
+        raise PolicyError(f"{where}: promotion.timeout_seconds must be >= 1 and poll_seconds > 0.")
+    return promotion
+
+
 def policy_document(policy: CanaryPolicy) -> dict[str, Any]:
     """The policy as the JSON mapping ``parse_policy`` reads: stored with a rollout, so the rollout is decided by
     the policy it started with (``canary start --policy F``), not by whatever file is in place later."""
     doc = asdict(policy)
-    doc["steps"] = list(policy.steps)
+    doc["steps"] = [
+        {"weight": w, "confirm": True} if i in policy.confirm_steps else w for i, w in enumerate(policy.steps)
+    ]
+    doc["confirm_steps"] = list(policy.confirm_steps)
+    doc["webhooks"] = [asdict(h) for h in policy.webhooks]  # informational; `steps` carries them when read back
     doc["metrics"] = [asdict(m) for m in policy.metrics]
+    if policy.promotion is not None:
+        doc["promotion"] = {**asdict(policy.promotion), "fields": list(policy.promotion.fields)}
     return doc
 
 

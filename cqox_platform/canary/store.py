@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from cqox_platform.canary.decision import PROGRESSING, Decision, Evidence, RolloutState
+from cqox_platform.canary.decision import ACTIVE, PROGRESSING, Decision, Evidence, RolloutState
 from cqox_platform.canary.policy import CanaryPolicy, PolicyError, parse_policy, policy_dir, policy_document, policy_for
 from cqox_platform.canary.transition import LockedState
 from cqox_platform.errors import CqoxError
@@ -44,6 +45,9 @@ class Rollout:
     last_reason: str | None
     state_version: int = 0
     policy: dict[str, Any] | None = None
+    promotion_phase: str | None = None
+    approved_step: int = -1
+    awaiting_approval_since: datetime | None = None
 
     @property
     def state(self) -> RolloutState:
@@ -135,8 +139,9 @@ def lock_rollout(conn: psycopg.Connection, rollout_id: str) -> Rollout:
 
 
 def active_rollouts(conn: psycopg.Connection) -> list[Rollout]:
+    """Rollouts that still own their service: progressing, promoting (a promotion to finish) or paused."""
     with conn.cursor(row_factory=class_row(Rollout)) as cur:
-        return cur.execute(f"{_SELECT} WHERE status = %s ORDER BY started_at", [PROGRESSING]).fetchall()
+        return cur.execute(f"{_SELECT} WHERE status = ANY(%s) ORDER BY started_at", [list(ACTIVE)]).fetchall()
 
 
 def all_rollouts(conn: psycopg.Connection, limit: int = 50) -> list[Rollout]:
@@ -144,30 +149,53 @@ def all_rollouts(conn: psycopg.Connection, limit: int = 50) -> list[Rollout]:
         return cur.execute(f"{_SELECT} ORDER BY started_at DESC LIMIT %s", [limit]).fetchall()
 
 
-def record_decision(conn: psycopg.Connection, rollout: Rollout, decision: Decision) -> int:
-    """Write the decision's new state if the rollout is still at ``rollout.state_version``; the new version."""
-    s = decision.state
-    row = conn.execute(
-        "UPDATE canary_rollouts SET step_index = %s, weight = %s, failures = %s, consecutive_holds = %s, status = %s, "
-        "updated_at = now(), last_decision_at = now(), last_decision = %s, last_reason = %s, "
-        "state_version = state_version + 1 WHERE rollout_id = %s AND state_version = %s RETURNING state_version",
-        [
-            s.step_index,
-            decision.weight_after,
-            s.failures,
-            s.consecutive_holds,
-            s.status,
-            decision.action,
-            decision.reason,
-            rollout.rollout_id,
-            rollout.state_version,
-        ],
-    ).fetchone()
+#: Columns a transition may set (``record_state``); identifiers never come from anywhere else.
+STATE_COLUMNS = frozenset(
+    {
+        "step_index",
+        "weight",
+        "failures",
+        "consecutive_holds",
+        "status",
+        "promotion_phase",
+        "approved_step",
+        "awaiting_approval_since",
+    }
+)
+
+
+def record_state(conn: psycopg.Connection, rollout: Rollout, action: str, reason: str, **changes: Any) -> int:
+    """Every transition's write (decisions and operators alike): set ``changes`` if the rollout is still at
+    ``rollout.state_version`` (compare-and-set, under the row lock the caller holds); the new version."""
+    unknown = set(changes) - STATE_COLUMNS
+    if unknown:
+        raise ValueError(f"not a rollout state column: {sorted(unknown)}")
+    assignments = [sql.SQL("{} = %s").format(sql.Identifier(c)) for c in changes]
+    query = sql.SQL(
+        "UPDATE canary_rollouts SET {}updated_at = now(), last_decision_at = now(), last_decision = %s, "
+        "last_reason = %s, state_version = state_version + 1 WHERE rollout_id = %s AND state_version = %s "
+        "RETURNING state_version"
+    ).format(sql.SQL("").join(sql.SQL("{}, ").format(a) for a in assignments))
+    row = conn.execute(query, [*changes.values(), action, reason, rollout.rollout_id, rollout.state_version]).fetchone()
     if row is None:
         raise StaleDecisionError(
             f"{rollout.rollout_id} moved past state version {rollout.state_version} while a decision held its lock."
         )
     return row[0]
+
+
+def record_decision(conn: psycopg.Connection, rollout: Rollout, decision: Decision, **changes: Any) -> int:
+    """Write the decision's new state (``changes`` override or add columns); the new version."""
+    s = decision.state
+    columns = {
+        "step_index": s.step_index,
+        "weight": decision.weight_after,
+        "failures": s.failures,
+        "consecutive_holds": s.consecutive_holds,
+        "status": s.status,
+        **changes,
+    }
+    return record_state(conn, rollout, decision.action, decision.reason, **columns)
 
 
 def log_decision(

@@ -4,9 +4,11 @@ A decision is for one state of a rollout. The sensor requests it for the rollout
 every recorded decision) with one run key per rollout and analysis interval, whatever the decision turns out to
 be. The run then locks the rollout's row and applies its decision only if the row is still in that state, the
 rollout still progressing and the policy's observation window since the last change over; otherwise the run is
-stale: it records why and changes nothing. Flagger and Argo Rollouts guard their transitions the same way, by
-the object's version. That is what stops two runs of one interval (a retry, a second daemon, a launch from the
-UI) from both applying, and a promote meant for the 10 % step from landing on the 50 % step before its window.
+stale: it records why and changes nothing. A ``promoting`` rollout (a promotion to stable that failed midway)
+is taken up again by the next run; a ``paused`` one by none. Flagger and Argo Rollouts guard their transitions
+the same way, by the object's version. That is what stops two runs of one interval (a retry, a second daemon, a
+launch from the UI) from both applying, and a promote meant for the 10 % step from landing on the 50 % step
+before its window.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from cqox_platform.canary.decision import PROGRESSING
+from cqox_platform.canary.decision import PAUSED, PROGRESSING, PROMOTING
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ class LockedState:
 
 def stale_reason(found: LockedState, requested_version: int, interval_seconds: int, now: datetime) -> str | None:
     """``None`` when the run may decide and apply; else why it must not (recorded as a stale decision)."""
-    if found.status != PROGRESSING:
+    if found.status == PAUSED:
+        return "rollout paused by an operator (`cqox-platform canary resume`)"
+    if found.status not in (PROGRESSING, PROMOTING):
         return f"rollout already {found.status}"
     if found.state_version != requested_version:
         return (

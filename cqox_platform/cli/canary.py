@@ -1,4 +1,4 @@
-"""`cqox-platform canary start | status | backtest`."""
+"""`cqox-platform canary start | status | backtest | abort | pause | resume | promote | approve`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import cqox_platform.cli.context as context
 
 @click.group("canary")
 def canary() -> None:
-    """Canary rollouts: start one, see them all, replay history through a policy."""
+    """Canary rollouts: start one, see them all, replay history through a policy, control one."""
 
 
 def _policy(service: str, policy_file: Path | None):
@@ -90,3 +90,39 @@ def _when(text: str) -> float:
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-26T10:00:00+00:00).") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _operator_command(action: str, summary: str) -> click.Command:
+    """``canary ACTION ROLLOUT --reason TEXT``: the operator action under the rollout's row lock, audited."""
+
+    @click.argument("rollout_id", metavar="ROLLOUT")
+    @click.option("--reason", required=True, help="Why (recorded in audit_log with who and the state before/after).")
+    @click.option("--who", default=None, help="Who acts (default: the OS user).")
+    def command(rollout_id: str, reason: str, who: str | None) -> None:
+        import getpass
+
+        from cqox_platform.canary.operator import operate
+
+        with context.postgres().connect(autocommit=True) as conn:
+            result = operate(
+                conn, context.kubernetes(), rollout_id, action, who=who or getpass.getuser(), reason=reason
+            )
+        click.echo(f"{result.message}; recorded in audit_log as canary.{action} by {result.who}")
+        if result.promotion is not None:
+            for phase in result.promotion.phases:
+                click.echo(f"  {phase.name:<20}{phase.seconds:>7.1f} s  {phase.detail}")
+            if not result.promotion.ok:
+                raise SystemExit(1)
+
+    command.__doc__ = summary
+    return click.command(action)(command)
+
+
+for _action, _summary in (
+    ("abort", "Roll ROLLOUT back now, as a failed analysis would: stable 100 / canary 0, canary image reverted."),
+    ("pause", "Stop ROLLOUT's analysis where it is; the sensor skips it (with the reason) until `resume`."),
+    ("resume", "Continue a paused ROLLOUT; its next analysis is one interval from now."),
+    ("promote", "Promote ROLLOUT to stable now, without further analysis (also finishes a failed promotion)."),
+    ("approve", "Let ROLLOUT go on to its next step when that step needs a person's approval (`confirm: true`)."),
+):
+    canary.add_command(_operator_command(_action, _summary))

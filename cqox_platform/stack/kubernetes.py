@@ -199,6 +199,9 @@ class KubeApiserverService(Service):
             "CQOX_KUBECONFIG": str(self.kubeconfig),
             "CQOX_KUBE_RESTRICTED_KUBECONFIG": str(self.restricted_kubeconfig),
             "CQOX_KUBE_API_URL": self.url,
+            # No kubelet runs here: pods stay Pending, so a Deployment "rolled out" means the controller
+            # manager observed its generation and replaced every replica (never "available").
+            "CQOX_CANARY_STABLE_READY": "updated",
         }
 
 

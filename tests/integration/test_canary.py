@@ -54,8 +54,32 @@ def _kube(stack, restricted: bool = False) -> KubernetesResource:
 
 def _objects(namespace: str) -> list[dict]:
     labels = {"app": "cqox-engine", "track": "canary"}
+    stable = {"app": "cqox-engine", "track": "stable"}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {
+            # The stable Deployment as deploy/k8s/engine.yaml has it (zero-downtime rolling update), 2 replicas.
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "cqox-engine", "namespace": namespace},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": stable},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": stable},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "cqox-engine",
+                                "image": "cqox/engine:v1",
+                                "env": [{"name": "MODE", "value": "stable"}],
+                            }
+                        ]
+                    },
+                },
+            },
+        },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -65,7 +89,15 @@ def _objects(namespace: str) -> list[dict]:
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "cqox-engine", "image": "cqox/engine:v1"}]},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "cqox-engine",
+                                "image": "cqox/engine:v1",
+                                "env": [{"name": "MODE", "value": "canary"}],
+                            }
+                        ]
+                    },
                 },
             },
         },
@@ -95,6 +127,7 @@ def _policy_dir(root: Path, name: str, namespace: str, job: str, **overrides) ->
     raw = yaml.safe_load((POLICY_DIR / "cqox-engine.yaml").read_text())
     raw["kubernetes"]["namespace"] = namespace
     raw["prometheus"]["selector"] = f'job="{job}"'
+    raw["promotion"].update({"timeout_seconds": 60, "poll_seconds": 0.5})
     raw.update({"interval_seconds": 60, "min_requests": 200, "max_consecutive_holds": 2, **overrides})
     directory = root / f"policies-{name}"
     directory.mkdir(exist_ok=True)
@@ -146,12 +179,14 @@ def _conn(stack) -> psycopg.Connection:
     return psycopg.connect(**_postgres_admin(stack).conninfo(), autocommit=True)
 
 
-def _start(stack, world, name: str):
+def _start(stack, world, name: str, image: str | None = None, policy_file: Path | None = None):
     scenario = world["scenarios"][name]
-    policy = load_policy(scenario["policies"] / "cqox-engine.yaml")
+    policy = load_policy(policy_file or scenario["policies"] / "cqox-engine.yaml")
     with _conn(stack) as conn:
-        conn.execute("UPDATE canary_rollouts SET status = 'rolled_back' WHERE status = 'progressing'")
-        rollout, _ = start_rollout(conn, world["kube"], policy, f"cqox/engine:{name}")
+        conn.execute(
+            "UPDATE canary_rollouts SET status = 'rolled_back' WHERE status IN ('progressing', 'promoting', 'paused')"
+        )
+        rollout, _ = start_rollout(conn, world["kube"], policy, image or f"cqox/engine:{name}")
     return policy, rollout
 
 
@@ -169,10 +204,15 @@ def _sense(stack, world, name: str, instance, prometheus=None):
     with _conn(stack) as conn:
         conn.execute(
             "UPDATE canary_rollouts SET last_decision_at = now() - interval '1 hour', "
-            "started_at = started_at - interval '1 hour' WHERE status = 'progressing'"
+            "started_at = started_at - interval '1 hour' WHERE status IN ('progressing', 'promoting', 'paused')"
         )
     with _conn(stack) as conn:
-        active = [r[0] for r in conn.execute("SELECT rollout_id FROM canary_rollouts WHERE status = 'progressing'")]
+        active = [
+            r[0]
+            for r in conn.execute(
+                "SELECT rollout_id FROM canary_rollouts WHERE status IN ('progressing', 'promoting', 'paused')"
+            )
+        ]
     # As canary_start_job does; a rollout started from the CLI gets its partition from the sensor's result.
     instance.add_dynamic_partitions(canary_partitions.name, active)
     resources = {
@@ -198,10 +238,10 @@ def _sense(stack, world, name: str, instance, prometheus=None):
     return request, None
 
 
-def _run(stack, world, name: str, request: dg.RunRequest, instance, prometheus=None) -> dict:
+def _run(stack, world, name: str, request: dg.RunRequest, instance, prometheus=None, env=None) -> dict:
     """The decision run the request asks for, as the daemon would launch it; its materialization's metadata."""
     instance.add_dynamic_partitions(canary_partitions.name, [request.partition_key])
-    with mock.patch.dict(os.environ, _scenario_env(stack, world, name)):
+    with mock.patch.dict(os.environ, env or _scenario_env(stack, world, name)):
         run = dg.materialize(
             [canary_rollout],
             partition_key=request.partition_key,
@@ -226,6 +266,14 @@ def _tick(stack, world, name: str, instance, prometheus=None):
     return _run(stack, world, name, request, instance, prometheus), request.run_key
 
 
+def _tick_with(stack, world, name: str, instance, env: dict[str, str]):
+    """``_tick`` with the decision run under ``env``."""
+    request, skipped = _sense(stack, world, name, instance)
+    if request is None:
+        return None, skipped
+    return _run(stack, world, name, request, instance, env=env), request.run_key
+
+
 def _weights(world, name: str) -> dict[str, int]:
     ns = world["scenarios"][name]["namespace"]
     vs = world["kube"].get_custom(*VS, "cqox-engine", ns)
@@ -242,25 +290,92 @@ def instance():
 def test_a_good_canary_is_promoted_to_100_with_its_evidence_recorded(stack, world, instance):
     _policy, rollout = _start(stack, world, "good")
     assert _weights(world, "good") == {"v1": 90, "v2": 10}
-    seen = []
+    seen, replicas = [], [_deployments(world, "good")[1]["spec"]["replicas"]]
     for _ in range(3):
         meta, run_key = _tick(stack, world, "good", instance)
         assert meta is not None, run_key
         seen.append((meta["action"], meta["weight_after"]))
+        replicas.append(_deployments(world, "good")[1]["spec"]["replicas"])
         assert (
             meta["canary_requests"] >= 200
             and "error_ratio" in meta["metrics"]
             and 'version="canary"' in meta["metrics"]
             and "{version}" not in meta["metrics"]
         )
-        assert meta["policy"].endswith("v1") and run_key.startswith(rollout.rollout_id)
-    assert seen == [("promote", 50), ("promote", 100), ("complete", 100)]
+        assert meta["policy"].endswith("v2") and run_key.startswith(rollout.rollout_id)
+    assert seen == [("promote", 50), ("promote", 100), ("complete", 0)]
+    # Item 5: the canary follows stable's 2 replicas in proportion to its weight (10, 50, 100 %), then 0.
+    assert replicas == [1, 1, 2, 0]
     assert meta["resource_version_before"] and meta["resource_version_after"]
-    assert _weights(world, "good") == {"v1": 0, "v2": 100}
+    # Promotion to stable (issue 16 item 1): every phase done and recorded, in order, then `promoted`.
+    assert meta["status"] == "promoted" and meta["promotion"] == "promoted to stable", meta["reason"]
+    phases = meta["promotion_phases"]
+    order = ["template_copied", "stable_rolled_out", "traffic_on_stable", "canary_scaled_down"]
+    assert [phases.index(p) for p in order] == sorted(phases.index(p) for p in order)
+    assert "replicas on the new template" in phases  # "rolled out" without a kubelet (CQOX_CANARY_STABLE_READY)
+    _assert_promoted(world, "good", "cqox/engine:good")
     with _conn(stack) as conn:
         assert get_rollout(conn, rollout.rollout_id).status == "promoted"
+        assert get_rollout(conn, rollout.rollout_id).weight == 0
     meta, reason = _tick(stack, world, "good", instance)
     assert meta is None and "no canary rollout" in reason
+    # The next rollout starts from the new stable: 90 % to the promoted image, the canary scaled back up.
+    _policy, second = _start(stack, world, "good", image="cqox/engine:next")
+    assert second.previous_image == "cqox/engine:good"
+    assert _weights(world, "good") == {"v1": 90, "v2": 10}
+    stable, canary = _deployments(world, "good")
+    assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == "cqox/engine:good"
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "cqox/engine:next"
+    assert canary["spec"]["replicas"] == 1
+
+
+def _deployments(world, name: str) -> tuple[dict, dict]:
+    from cqox_platform.canary.promotion import read_deployment
+
+    ns = world["scenarios"][name]["namespace"]
+    return read_deployment(world["kube"], ns, "cqox-engine"), read_deployment(world["kube"], ns, "cqox-engine-canary")
+
+
+def _assert_promoted(world, name: str, image: str) -> None:
+    """Stable runs the canary's template (image and the policy's fields) and has rolled out as far as a cluster
+    without a kubelet can (controller observed the generation, every replica updated, no old one left); all
+    traffic is on stable and the canary is scaled to 0."""
+    stable, canary = _deployments(world, name)
+    container = stable["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == image
+    assert container["env"] == [{"name": "MODE", "value": "canary"}]  # `env` is in promotion.fields
+    status = stable["status"]
+    assert status["observedGeneration"] >= stable["metadata"]["generation"] > 1
+    assert status["updatedReplicas"] >= 1  # a pod of the new template (no kubelet: the rolling update stops here)
+    assert _weights(world, name) == {"v1": 100, "v2": 0}
+    assert canary["spec"]["replicas"] == 0
+    assert canary["metadata"]["annotations"]["cqox.io/canary-replicas"] in ("1", "2")  # kept for the next start
+
+
+def test_a_promotion_that_fails_midway_leaves_traffic_on_the_canary_and_is_finished_by_the_next_run(
+    stack, world, instance
+):
+    """The stable Deployment does not roll out in time (here: "rolled out" asked to mean available, which no pod
+    becomes without a kubelet): traffic stays on the canary, the version that passed the analysis, the rollout
+    stays `promoting` and says so; the next run, with the stack's meaning of "rolled out", finishes it."""
+    scenario = world["scenarios"]["good"]
+    raw = yaml.safe_load((scenario["policies"] / "cqox-engine.yaml").read_text())
+    policy_file = scenario["policies"] / "one-step.yaml"
+    raw["promotion"] = {**raw["promotion"], "timeout_seconds": 3, "poll_seconds": 0.5}
+    policy_file.write_text(yaml.safe_dump({**raw, "steps": [100]}))
+    _policy, rollout = _start(stack, world, "good", image="cqox/engine:slow", policy_file=policy_file)
+    env = {**_scenario_env(stack, world, "good"), "CQOX_CANARY_STABLE_READY": "available"}
+    meta, _ = _tick_with(stack, world, "good", instance, env)
+    assert meta["action"] == "complete" and meta["status"] == "promoting"
+    assert meta["promotion"] == "failed at stable_rolled_out" and meta["promotion_phase"] == "template_copied"
+    assert "traffic stays on the canary (100 %)" in meta["reason"] and "did not roll out within 3 s" in meta["reason"]
+    assert _weights(world, "good") == {"v1": 0, "v2": 100}
+    with _conn(stack) as conn:
+        found = get_rollout(conn, rollout.rollout_id)
+        assert (found.status, found.weight, found.promotion_phase) == ("promoting", 100, "template_copied")
+    meta, _ = _tick(stack, world, "good", instance)
+    assert meta["action"] == "promote_to_stable" and meta["status"] == "promoted", meta["reason"]
+    _assert_promoted(world, "good", "cqox/engine:slow")
 
 
 def test_a_canary_whose_error_ratio_rises_rolls_back_within_two_intervals(stack, world, instance):
@@ -269,6 +384,10 @@ def test_a_canary_whose_error_ratio_rises_rolls_back_within_two_intervals(stack,
     second, _ = _tick(stack, world, "bad", instance)
     assert first["action"] == "hold" and "analysis failed (1 of 2)" in first["reason"]
     assert second["action"] == "rollback" and second["weight_after"] == 0
+    # Item 6: the final materialization states what the release cost, per version.
+    assert second["release_budget_slo"] == "availability" and second["release_budget_consumed"] > 1
+    table = second["per_version_slo"]
+    assert "| canary | availability |" in table and "| stable | availability |" in table, table
     assert _weights(world, "bad") == {"v1": 100, "v2": 0}
     deployment = (
         world["kube"].apps().read_namespaced_deployment("cqox-engine-canary", world["scenarios"]["bad"]["namespace"])
@@ -504,3 +623,227 @@ def test_backtest_replays_prometheus_history_through_the_policy(stack, world):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert "analysis failed" in done.stdout and lines[-1].endswith("outcome: rolled_back"), done.stdout
+
+
+# --- operator controls (issue 16 item 2) ---------------------------------------------------------------------
+
+
+def _audit(stack, rollout_id: str) -> list[tuple[str, str, dict]]:
+    with _conn(stack) as conn:
+        return conn.execute(
+            "SELECT user_id, action, details FROM audit_log WHERE resource = %s ORDER BY id", [rollout_id]
+        ).fetchall()
+
+
+def _cli(stack, world, name: str, *args: str):
+    import subprocess
+    import sys
+
+    env = {**os.environ, **_scenario_env(stack, world, name)}
+    # The admin login (passfile), as the other tests here: the Vault AppRole is vault_config's to create.
+    env.pop("CQOX_PG_VAULT_ROLE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "cqox_platform.cli", "canary", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_pause_skips_the_rollout_with_the_reason_and_resume_continues_it(stack, world, instance):
+    from cqox_platform.canary.operator import operate
+
+    _start(stack, world, "good")
+    request, skipped = _sense(stack, world, "good", instance)  # requested before the pause
+    assert request is not None, skipped
+    done = _cli(stack, world, "good", "pause", request.partition_key, "--reason", "load test", "--who", "alice")
+    assert done.returncode == 0, done.stderr
+    assert "progressing -> paused" in done.stdout and "canary.pause by alice" in done.stdout
+    # The run requested for the state before the pause is stale: the pause bumped the state version.
+    meta = _run(stack, world, "good", request, instance)
+    assert meta["outcome"] == "stale" and "paused" in meta["reason"]
+    assert _weights(world, "good")["v2"] == 10
+    again, reason = _sense(stack, world, "good", instance)
+    assert again is None and "paused (pause by alice: load test)" in reason
+    # Resume through the same core function the CLI and the job use; the sensor requests decisions again.
+    with _conn(stack) as conn:
+        operate(conn, world["kube"], request.partition_key, "resume", who="bob", reason="load test over")
+    meta, _ = _tick(stack, world, "good", instance)
+    assert (meta["outcome"], meta["action"], meta["weight_after"]) == ("applied", "promote", 50)
+    user, action, details = _audit(stack, request.partition_key)[0]
+    assert (user, action, details["reason"], details["outcome"]) == ("alice", "canary.pause", "load test", "applied")
+    assert details["before"]["status"] == "progressing" and details["after"]["status"] == "paused"
+    assert details["after"]["state_version"] == details["before"]["state_version"] + 1
+    assert [(u, a) for u, a, _ in _audit(stack, request.partition_key)] == [
+        ("alice", "canary.pause"),
+        ("bob", "canary.resume"),
+    ]
+    refused = _cli(stack, world, "good", "resume", request.partition_key, "--reason", "twice", "--who", "bob")
+    assert refused.returncode == 1 and "cannot resume the rollout: it is progressing" in refused.stderr
+    assert _audit(stack, request.partition_key)[-1][2]["outcome"] == "refused"
+
+
+def test_abort_rolls_back_like_a_failed_analysis_and_is_audited(stack, world, instance):
+    _policy, rollout = _start(stack, world, "good", image="cqox/engine:abort-me")
+    meta, _ = _tick(stack, world, "good", instance)
+    assert meta["weight_after"] == 50
+    done = _cli(stack, world, "good", "abort", rollout.rollout_id, "--reason", "customer complaints", "--who", "carol")
+    assert done.returncode == 0, done.stderr
+    assert _weights(world, "good") == {"v1": 100, "v2": 0}
+    _stable, canary = _deployments(world, "good")
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == rollout.previous_image
+    with _conn(stack) as conn:
+        after = get_rollout(conn, rollout.rollout_id)
+    assert (after.status, after.weight, after.last_decision) == ("rolled_back", 0, "operator_abort")
+    (user, action, details), *_ = _audit(stack, rollout.rollout_id)
+    assert (user, action) == ("carol", "canary.abort")
+    assert details["before"]["weight"] == 50 and details["after"]["status"] == "rolled_back"
+    meta, reason = _tick(stack, world, "good", instance)
+    assert meta is None and "no canary rollout" in reason
+
+
+def test_force_promote_from_the_ui_job_promotes_to_stable_without_analysis(stack, world, instance):
+    from assets.canary import canary_operator_jobs
+
+    _policy, rollout = _start(stack, world, "good", image="cqox/engine:forced")
+    assert _weights(world, "good")["v2"] == 10
+    with _conn(stack) as conn:  # a rollout that ran for a while: its window holds scraped traffic
+        conn.execute(
+            "UPDATE canary_rollouts SET started_at = now() - interval '2 minutes' WHERE rollout_id = %s",
+            [rollout.rollout_id],
+        )
+    job = next(j for j in canary_operator_jobs if j.name == "canary_promote_job")
+    resources = {"postgres": _postgres_admin(stack), "kubernetes": world["kube"], "prometheus": world["prometheus"]}
+    config = {"rollout": rollout.rollout_id, "reason": "hotfix", "requested_by": "dave"}
+    with mock.patch.dict(os.environ, _scenario_env(stack, world, "good")):
+        result = job.execute_in_process(
+            run_config={"ops": {"canary_promote": {"config": config}}}, resources=resources, instance=instance
+        )
+    assert result.success
+    (event,) = [
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    ]
+    assert event.partition == rollout.rollout_id and event.asset_key == canary_rollout.key
+    meta = {k: v.value for k, v in event.metadata.items()}
+    assert meta["status"] == "promoted" and meta["promotion"] == "promoted to stable"
+    assert 0 <= meta["release_budget_consumed"] < 1 and "| canary | availability |" in meta["per_version_slo"]
+    _assert_promoted(world, "good", "cqox/engine:forced")
+    (user, action, details), *_ = _audit(stack, rollout.rollout_id)
+    assert (user, action, details["reason"]) == ("dave", "canary.promote", "hotfix")
+    assert (details["before"]["status"], details["after"]["status"]) == ("progressing", "promoted")
+
+
+# --- gates (issue 16 item 3) ---------------------------------------------------------------------------------
+
+
+def _policy_file(world, name: str, file: str, **changes) -> Path:
+    scenario = world["scenarios"][name]
+    raw = yaml.safe_load((scenario["policies"] / "cqox-engine.yaml").read_text())
+    path = scenario["policies"] / file
+    path.write_text(yaml.safe_dump({**raw, **changes}))
+    return path
+
+
+GATED_STEPS = [10, {"weight": 50, "confirm": True}, 100]
+
+
+def test_a_confirm_step_waits_for_approval_then_promotes(stack, world, instance):
+    policy_file = _policy_file(world, "good", "gated.yaml", steps=GATED_STEPS, confirm_timeout_seconds=3600)
+    _policy, rollout = _start(stack, world, "good", image="cqox/engine:gated", policy_file=policy_file)
+    for _ in range(2):  # holds every interval, not counted against the canary
+        meta, _ = _tick(stack, world, "good", instance)
+        assert meta["action"] == "hold" and "needs a person's approval" in meta["reason"], meta["reason"]
+        assert meta["consecutive_holds"] == 0 and _weights(world, "good")["v2"] == 10
+    with _conn(stack) as conn:
+        waiting_since = get_rollout(conn, rollout.rollout_id).awaiting_approval_since
+    assert waiting_since is not None
+    done = _cli(
+        stack, world, "good", "approve", rollout.rollout_id, "--reason", "dashboards look fine", "--who", "erin"
+    )
+    assert done.returncode == 0, done.stderr
+    meta, _ = _tick(stack, world, "good", instance)
+    assert (meta["action"], meta["weight_after"]) == ("promote", 50), meta["reason"]
+    assert _weights(world, "good")["v2"] == 50
+    (user, action, details), *_ = _audit(stack, rollout.rollout_id)
+    assert (user, action, details["after"]["approved_step"]) == ("erin", "canary.approve", 1)
+
+
+def test_a_confirm_step_without_approval_rolls_back_at_its_timeout(stack, world, instance):
+    policy_file = _policy_file(
+        world, "good", "gated-timeout.yaml", steps=GATED_STEPS, confirm_timeout_seconds=2, on_confirm_timeout="rollback"
+    )
+    _start(stack, world, "good", image="cqox/engine:unapproved", policy_file=policy_file)
+    meta, _ = _tick(stack, world, "good", instance)
+    assert meta["action"] == "hold" and "needs a person's approval" in meta["reason"]
+    time.sleep(2.5)
+    meta, _ = _tick(stack, world, "good", instance)
+    assert meta["action"] == "rollback" and "no approval for 50 % within 2 s" in meta["reason"], meta["reason"]
+    assert _weights(world, "good") == {"v1": 100, "v2": 0}
+
+
+# --- webhooks (issue 16 item 4) ------------------------------------------------------------------------------
+
+
+def _hooks(receiver) -> list[dict]:
+    return [
+        {
+            "name": "load-test",
+            "type": "pre-step",
+            "url": receiver.url("/load-test"),
+            "timeout_seconds": 2,
+            "retries": 1,
+            "on_failure": "block",
+        },
+        {
+            "name": "rollback-page",
+            "type": "rollback",
+            "url": receiver.url("/rollback"),
+            "timeout_seconds": 2,
+            "retries": 1,
+        },
+        {"name": "notify", "type": "post-rollout", "url": receiver.url("/notify"), "retries": 0},
+        {"name": "gate-keeper", "type": "pre-rollout", "url": receiver.url("/pre"), "retries": 0},
+    ]
+
+
+def test_a_failing_pre_step_webhook_blocks_the_step_until_it_passes(stack, world, instance):
+    from tests.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver() as receiver:
+        policy_file = _policy_file(world, "good", "hooks.yaml", webhooks=_hooks(receiver))
+        receiver.fail("/pre")
+        with pytest.raises(Exception, match="pre-rollout webhook gate-keeper: FAILED"):
+            _start(stack, world, "good", image="cqox/engine:hooked", policy_file=policy_file)
+        receiver.heal()
+        _policy, rollout = _start(stack, world, "good", image="cqox/engine:hooked", policy_file=policy_file)
+        receiver.fail("/load-test")
+        meta, _ = _tick(stack, world, "good", instance)
+        assert meta["action"] == "hold" and "pre-step webhook load-test: FAILED after 2 attempt(s)" in meta["reason"]
+        assert "load-test | failed" in meta["webhooks"] and _weights(world, "good")["v2"] == 10
+        receiver.heal()
+        meta, _ = _tick(stack, world, "good", instance)
+        assert (meta["action"], meta["weight_after"]) == ("promote", 50), meta["reason"]
+        body = receiver.calls["/load-test"][-1]
+        assert (body["rollout"], body["step_index"], body["weight"], body["decision"]) == (
+            rollout.rollout_id,
+            1,
+            50,
+            "promote",
+        )
+
+
+def test_a_failing_rollback_webhook_does_not_block_the_rollback(stack, world, instance):
+    from tests.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver() as receiver:
+        policy_file = _policy_file(world, "bad", "hooks.yaml", webhooks=_hooks(receiver))
+        _start(stack, world, "bad", policy_file=policy_file)
+        receiver.fail("/rollback")
+        metas = [_tick(stack, world, "bad", instance)[0] for _ in range(2)]
+        assert metas[-1]["action"] == "rollback" and metas[-1]["status"] == "rolled_back"
+        assert _weights(world, "bad") == {"v1": 100, "v2": 0}
+        assert "rollback-page | failed" in metas[-1]["webhooks"] and "notify | ok" in metas[-1]["webhooks"]
+        assert len(receiver.calls["/rollback"]) == 2 and receiver.calls["/notify"][-1]["decision"] == "rollback"

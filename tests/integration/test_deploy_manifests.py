@@ -228,6 +228,34 @@ def test_the_canary_routers_weights_and_image_survive_a_reapply(kube, target):
     assert _run_check(kube, target, "k8s_engine_traffic").passed
 
 
+def test_a_promotion_to_stable_is_neither_drift_nor_undone_by_a_reapply(kube, target):
+    """Issue 16 item 1: promotion gives the stable Deployment the canary's image and resources and scales the
+    canary to 0; the manifests mark those fields runtime-owned, so the drift check passes and the next apply
+    does not put stable back on the old image (as Flagger owns its primary's template)."""
+    ns = target["namespace"]
+    _apply_all(kube, target)
+    apps = kube.apps()
+    promoted = {"name": "cqox-engine", "image": "cqox/engine:2.0.0", "resources": {"requests": {"cpu": "750m"}}}
+    kube.call(
+        "promoting",
+        lambda: apps.patch_namespaced_deployment(
+            "cqox-engine", ns, {"spec": {"template": {"spec": {"containers": [promoted]}}}}, field_manager="cqox-canary"
+        ),
+    )
+    kube.call(
+        "scaling the canary down",
+        lambda: apps.patch_namespaced_deployment(
+            "cqox-engine-canary", ns, {"spec": {"replicas": 0}}, field_manager="cqox-canary"
+        ),
+    )
+    assert _run_check(kube, target, "k8s_engine_workloads").passed
+    _apply_assets(kube, target, "k8s_engine_workloads")
+    stable = kube.get("apps/v1", "Deployment", "cqox-engine", ns)
+    container = stable["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "cqox/engine:2.0.0" and container["resources"]["requests"]["cpu"] == "750m"
+    assert kube.get("apps/v1", "Deployment", "cqox-engine-canary", ns)["spec"]["replicas"] == 0
+
+
 def test_the_cluster_crd_rejects_a_cluster_without_instances(kube, target):
     ns = target["namespace"]
     _apply_assets(kube, target, "k8s_namespace")

@@ -51,6 +51,7 @@ RELEASED_MIGRATIONS = {
     "0009_canary_guard.sql": "dfc4add57d58728df3c75ab39e033f1cdba951b246a1798cd2c79315f73c0256",
     "0010_drill_status.sql": "f504e809f8801d41dd14dae68812776b8dc5bd57a3386e5cb7d983214eb30cc9",
     "0011_runtime_role.sql": "7c99541013304887b1f95d16f4fcce93f314efb4c8eb49dcc45570e42190bf69",
+    "0012_canary_complete.sql": "1bc8f4c212dce2d8826bc7368f795eb218d8056c99ef3539796d7b5b97953087",
 }
 
 

@@ -34,8 +34,9 @@ class NoDatabase(PostgresResource):
         yield None
 
 
-def rollout() -> SimpleNamespace:
+def rollout(**overrides) -> SimpleNamespace:
     return SimpleNamespace(
+        **{"status": "progressing", "last_reason": None, **overrides},
         rollout_id="cqox-engine-20260101t000000",
         service="cqox-engine",
         started_at=NOW - timedelta(seconds=5 * POLICY.interval_seconds + 30),
@@ -86,3 +87,14 @@ def test_the_policy_is_serialisable_with_the_rollout() -> None:
     doc = policy_document(POLICY)
     assert json.loads(json.dumps(doc)) == doc
     assert asdict(parse_policy(doc, where="stored")) == asdict(POLICY) | {"source": "stored"}
+
+
+def test_a_paused_rollout_is_skipped_with_who_paused_it_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 2: the sensor requests no decision for a paused rollout and says why."""
+    why = "paused by alice: load test in progress"
+    monkeypatch.setattr(
+        canary_sensor_module, "active_rollouts", lambda conn: [rollout(status="paused", last_reason=why)]
+    )
+    with dg.build_sensor_context(resources={"postgres": NoDatabase()}) as context:
+        result = canary_sensor_module.canary_sensor(context)
+    assert isinstance(result, dg.SkipReason) and why in result.skip_message

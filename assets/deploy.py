@@ -1,12 +1,12 @@
 """Kubernetes manifests as assets (group ``deploy``): what runs CQOx in the cluster, applied and checked.
 
 Each asset is one file of ``cqox_platform/deploy/k8s`` (the namespace, the engine's Deployments and Service, its
-HPA, strict mTLS, the canary traffic objects, the CloudNativePG cluster), rendered with the run's namespace and
-images and applied by server-side apply as field manager ``cqox-platform``. Server-side apply makes a re-run a
-no-op when nothing changed, and takes back any field a hand edit changed, so materializing an asset is how an
-operator repairs drift. Its metadata names every object with its resourceVersion and generation and what the
-apply changed; the check ``manifests_in_sync`` tells, between runs, whether somebody changed the live objects
-since.
+HPAs for stable and canary, strict mTLS, the canary traffic objects, the CloudNativePG cluster), rendered with the
+run's namespace and images and applied by server-side apply as field manager ``cqox-platform``. Server-side apply
+makes a re-run a no-op when nothing changed, and takes back any field a hand edit changed, so materializing an
+asset is how an operator repairs drift. Its metadata names every object with its resourceVersion and generation
+and what the apply changed; the check ``manifests_in_sync`` tells, between runs, whether somebody changed the live
+objects since.
 """
 
 from dataclasses import dataclass
@@ -68,7 +68,8 @@ MANIFEST_ASSETS = (
         "k8s_engine_hpa",
         "hpa.yaml",
         ("k8s_engine_workloads",),
-        "autoscaling/v2 HPA of the stable engine: 3 to 10 pods at 70 % CPU, scale-in after 5 calm minutes.",
+        "autoscaling/v2 HPAs of the engine: stable 3 to 10 pods, canary 1 to 10 (its floor raised by the canary "
+        "policy as the weight grows, runtime-owned), at 70 % CPU, scale-in after 5 calm minutes.",
     ),
     ManifestAsset(
         "k8s_istio_mtls",

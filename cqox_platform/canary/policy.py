@@ -109,6 +109,11 @@ class Promotion:
     #: The canary follows the stable Deployment's replica count in proportion to its weight (at least one),
     #: so 50 % and 100 % of the traffic are not served by one pod (issue 16 item 5).
     follow_stable_replicas: bool = False
+    #: The canary Deployment's HPA (``deploy/k8s/hpa.yaml``), as Flagger's ``autoscalerRef``; "" for none. With
+    #: one, following stable raises the HPA's ``minReplicas`` (the HPA owns the replica count), and promotion
+    #: scales the canary to 0, which disables that HPA until the next start (Kubernetes does not autoscale a
+    #: target at 0 replicas), then puts ``minReplicas`` back to 1.
+    canary_hpa: str = ""
     timeout_seconds: int = 300
     poll_seconds: float = 2.0
 
@@ -278,6 +283,7 @@ def _promotion(data: Any, where: str) -> Promotion | None:
         timeout_seconds=int(data.get("timeout_seconds", 300)),
         poll_seconds=float(data.get("poll_seconds", 2.0)),
         follow_stable_replicas=bool(data.get("follow_stable_replicas", False)),
+        canary_hpa=str(data.get("canary_hpa") or ""),
     )
     if promotion.timeout_seconds < 1 or promotion.poll_seconds <= 0:
         raise PolicyError(f"{where}: promotion.timeout_seconds must be >= 1 and poll_seconds > 0.")

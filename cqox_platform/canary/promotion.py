@@ -10,6 +10,15 @@ Phases, in order, each recorded with what it saw:
 4. ``canary_scaled_down``: the canary Deployment to 0 replicas (the count it had is kept in an annotation, and
    the next ``canary start`` scales it back).
 
+The canary has its own HPA (``promotion.canary_hpa``, ``deploy/k8s/hpa.yaml``: min 1, max as stable's), as
+Flagger gives the canary one. Two writers of one replica count would fight, so with an HPA the platform scales
+*through* it: following stable's replicas raises the HPA's ``minReplicas`` (and the Deployment to at least that
+at once, so the pods exist before the traffic), and the HPA stays free to scale out above it. Scaling the canary
+to 0 after promotion is what Flagger does too, and it holds because the HPA controller does not autoscale a target
+at 0 replicas (condition ``ScalingActive=False``, reason ``ScalingDisabled``) whatever its ``minReplicas``; the
+promotion then puts ``minReplicas`` back to 1, and the next ``canary start`` scales the Deployment back up, which
+re-enables the HPA.
+
 Until phase 2 is done all traffic stays on the canary, the version that passed the analysis at 100 %; from
 phase 3 on it is on the stable Deployment, which then runs that same version. A failure in any phase therefore
 leaves traffic on a version known to be good, and the result says which. Every phase is idempotent, so a failed
@@ -216,6 +225,41 @@ def scale_canary(kube: KubeClient, target: KubeTarget, replicas: int, *, remembe
     return had
 
 
+def hpa_floor(want: int, hpa: dict[str, Any]) -> int:
+    """The canary HPA's ``minReplicas`` for ``want`` pods: ``want``, within the HPA's 1..``maxReplicas``."""
+    return max(1, min(want, hpa["spec"].get("maxReplicas", want)))
+
+
+def read_hpa(kube: KubeClient, namespace: str, name: str) -> dict[str, Any]:
+    api = kube.autoscaling()
+    response = kube.call(
+        f"reading HorizontalPodAutoscaler {namespace}/{name}",
+        lambda: api.read_namespaced_horizontal_pod_autoscaler(
+            name, namespace, _preload_content=False, _request_timeout=kube.request_timeout
+        ),
+    )
+    return json.loads(response.data)
+
+
+def set_hpa_floor(kube: KubeClient, namespace: str, name: str, want: int) -> tuple[int, int]:
+    """The canary HPA's ``minReplicas`` for ``want`` pods; ``(before, after)``."""
+    hpa = read_hpa(kube, namespace, name)
+    before, after = hpa["spec"].get("minReplicas", 1), hpa_floor(want, hpa)
+    if before != after:
+        api = kube.autoscaling()
+        kube.call(
+            f"setting minReplicas of HorizontalPodAutoscaler {namespace}/{name} to {after}",
+            lambda: api.patch_namespaced_horizontal_pod_autoscaler(
+                name,
+                namespace,
+                {"spec": {"minReplicas": after}},
+                field_manager=kube.field_manager,
+                _request_timeout=kube.request_timeout,
+            ),
+        )
+    return before, after
+
+
 def canary_replicas(stable_replicas: int, weight: int) -> int:
     """How many pods the canary needs to serve ``weight`` % of what the stable Deployment's pods serve: the
     stable count in proportion, rounded up, at least one (the canary must exist to be judged)."""
@@ -224,7 +268,9 @@ def canary_replicas(stable_replicas: int, weight: int) -> int:
 
 def follow_stable(kube: KubeClient, policy: CanaryPolicy, weight: int) -> tuple[int, int] | None:
     """Scale the canary for ``weight`` (``canary_replicas`` of the stable Deployment's current count, which its
-    HPA sets); ``(before, after)``, or None when the policy does not ask for it."""
+    HPA sets); ``(before, after)``, or None when the policy does not ask for it. With a canary HPA the HPA owns
+    the count: its ``minReplicas`` becomes the wanted count and the Deployment is only ever raised to it (never
+    lowered below what the HPA scaled out to)."""
     promotion = policy.promotion
     if promotion is None or not promotion.follow_stable_replicas:
         return None
@@ -232,17 +278,25 @@ def follow_stable(kube: KubeClient, policy: CanaryPolicy, weight: int) -> tuple[
     stable = read_deployment(kube, target.namespace, promotion.stable_deployment)
     want = canary_replicas(stable["spec"].get("replicas", 1), weight)
     before = read_deployment(kube, target.namespace, target.canary_deployment)["spec"].get("replicas", 1)
+    if promotion.canary_hpa:
+        _, floor = set_hpa_floor(kube, target.namespace, promotion.canary_hpa, want)
+        want = max(before, floor)
     if before != want:
         scale_canary(kube, target, want)
     return before, want
 
 
-def restore_canary_replicas(kube: KubeClient, target: KubeTarget) -> int | None:
-    """Before a new rollout: a canary scaled to 0 by the last promotion gets back the replicas it had."""
+def restore_canary_replicas(kube: KubeClient, target: KubeTarget, hpa: str = "") -> int | None:
+    """Before a new rollout: a canary scaled to 0 by the last promotion gets back the replicas it had, or, when
+    an HPA owns its count (``hpa``), the HPA's ``minReplicas``, as Flagger scales a canary up from zero; that
+    re-enables the HPA."""
     canary = read_deployment(kube, target.namespace, target.canary_deployment)
     if canary["spec"].get("replicas", 1) > 0:
         return None
-    replicas = int((canary["metadata"].get("annotations") or {}).get(CANARY_REPLICAS, "1"))
+    if hpa:
+        replicas = read_hpa(kube, target.namespace, hpa)["spec"].get("minReplicas", 1)
+    else:
+        replicas = int((canary["metadata"].get("annotations") or {}).get(CANARY_REPLICAS, "1"))
     scale_canary(kube, target, max(replicas, 1))
     return max(replicas, 1)
 
@@ -270,10 +324,7 @@ def promote_to_stable(
             ),
         ),
         (TRAFFIC_ON_STABLE, lambda: _traffic_on_stable(kube, target)),
-        (
-            CANARY_SCALED_DOWN,
-            lambda: f"canary scaled from {scale_canary(kube, target, 0, remember=True)} to 0 replicas",
-        ),
+        (CANARY_SCALED_DOWN, lambda: _scale_canary_down(kube, target, promotion)),
     ]
     done: list[Phase] = []
     for name, run in steps:
@@ -294,6 +345,18 @@ def promote_to_stable(
             return PromotionResult(False, tuple(done), name, message)
         done.append(Phase(name, detail, round(clock() - started, 3)))
     return PromotionResult(True, tuple(done), "", f"promoted: {done[-1].detail}; all traffic on stable")
+
+
+def _scale_canary_down(kube: KubeClient, target: KubeTarget, promotion: Promotion) -> str:
+    """Phase 4: the canary to 0 replicas; its HPA (if any) stops scaling a target at 0 and gets back its floor 1."""
+    detail = f"canary scaled from {scale_canary(kube, target, 0, remember=True)} to 0 replicas"
+    if promotion.canary_hpa:
+        before, after = set_hpa_floor(kube, target.namespace, promotion.canary_hpa, 1)
+        detail += (
+            f"; HPA {promotion.canary_hpa} minReplicas {before} -> {after} (it does not scale a Deployment at 0 "
+            "replicas until the next start scales it up)"
+        )
+    return detail
 
 
 def _traffic_on_stable(kube: KubeClient, target: KubeTarget) -> str:

@@ -97,7 +97,7 @@ def start_rollout(
         # Insert first (inside the transaction) so a second concurrent start fails before touching the cluster.
         rollout = insert_rollout(conn, rollout_id, policy.service, image, None, policy, policy.steps[0])
         # The last promotion scaled the canary to 0: give it back its replicas before it gets traffic.
-        restore_canary_replicas(kube, policy.kubernetes)
+        restore_canary_replicas(kube, policy.kubernetes, policy.promotion.canary_hpa if policy.promotion else "")
         follow_stable(kube, policy, policy.steps[0])
         previous = set_canary_image(kube, policy.kubernetes, image)
         change = shift_weights(kube, policy.kubernetes, policy.steps[0])

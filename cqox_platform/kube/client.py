@@ -93,6 +93,9 @@ class KubernetesClient:
     def batch(self) -> k8s.BatchV1Api:
         return k8s.BatchV1Api(self.api_client())
 
+    def autoscaling(self) -> k8s.AutoscalingV2Api:
+        return k8s.AutoscalingV2Api(self.api_client())
+
     def custom(self) -> k8s.CustomObjectsApi:
         return k8s.CustomObjectsApi(self.api_client())
 

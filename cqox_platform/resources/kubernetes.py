@@ -73,6 +73,9 @@ class KubernetesResource(SettingsBackedResource):
     def batch(self) -> k8s.BatchV1Api:
         return self.client().batch()
 
+    def autoscaling(self) -> k8s.AutoscalingV2Api:
+        return self.client().autoscaling()
+
     def custom(self) -> k8s.CustomObjectsApi:
         return self.client().custom()
 

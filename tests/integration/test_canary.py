@@ -102,6 +102,23 @@ def _objects(namespace: str) -> list[dict]:
             },
         },
         {
+            # The canary's HPA as deploy/k8s/hpa.yaml has it (issue 16 item 5): the policy raises its floor.
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "cqox-engine-canary", "namespace": namespace},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "cqox-engine-canary"},
+                "minReplicas": 1,
+                "maxReplicas": 10,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                    }
+                ],
+            },
+        },
+        {
             "apiVersion": "networking.istio.io/v1",
             "kind": "VirtualService",
             "metadata": {"name": "cqox-engine", "namespace": namespace},
@@ -290,22 +307,29 @@ def instance():
 def test_a_good_canary_is_promoted_to_100_with_its_evidence_recorded(stack, world, instance):
     _policy, rollout = _start(stack, world, "good")
     assert _weights(world, "good") == {"v1": 90, "v2": 10}
-    seen, replicas = [], [_deployments(world, "good")[1]["spec"]["replicas"]]
+    seen, replicas, floors = (
+        [],
+        [_deployments(world, "good")[1]["spec"]["replicas"]],
+        [_hpa(world, "good")["spec"]["minReplicas"]],
+    )
     for _ in range(3):
         meta, run_key = _tick(stack, world, "good", instance)
         assert meta is not None, run_key
         seen.append((meta["action"], meta["weight_after"]))
         replicas.append(_deployments(world, "good")[1]["spec"]["replicas"])
+        floors.append(_hpa(world, "good")["spec"]["minReplicas"])
         assert (
             meta["canary_requests"] >= 200
             and "error_ratio" in meta["metrics"]
             and 'version="canary"' in meta["metrics"]
             and "{version}" not in meta["metrics"]
         )
-        assert meta["policy"].endswith("v2") and run_key.startswith(rollout.rollout_id)
+        assert meta["policy"].endswith("v3") and run_key.startswith(rollout.rollout_id)
     assert seen == [("promote", 50), ("promote", 100), ("complete", 0)]
-    # Item 5: the canary follows stable's 2 replicas in proportion to its weight (10, 50, 100 %), then 0.
+    # Item 5: the canary follows stable's 2 replicas in proportion to its weight (10, 50, 100 %), then 0; with its
+    # HPA, by raising the HPA's floor, which promotion puts back to 1.
     assert replicas == [1, 1, 2, 0]
+    assert floors == [1, 1, 2, 1]
     assert meta["resource_version_before"] and meta["resource_version_after"]
     # Promotion to stable (issue 16 item 1): every phase done and recorded, in order, then `promoted`.
     assert meta["status"] == "promoted" and meta["promotion"] == "promoted to stable", meta["reason"]
@@ -314,6 +338,14 @@ def test_a_good_canary_is_promoted_to_100_with_its_evidence_recorded(stack, worl
     assert [phases.index(p) for p in order] == sorted(phases.index(p) for p in order)
     assert "replicas on the new template" in phases  # "rolled out" without a kubelet (CQOX_CANARY_STABLE_READY)
     _assert_promoted(world, "good", "cqox/engine:good")
+    assert "minReplicas 2 -> 1" in phases
+    # The canary HPA does not undo the scale-down: kube-controller-manager's HPA controller sees a target at 0
+    # replicas and disables scaling (as it does for Flagger's canary), while its floor is 1.
+    deadline = time.monotonic() + 90
+    while not _hpa_condition(world, "good", "ScalingActive", "ScalingDisabled"):
+        assert time.monotonic() < deadline, _hpa(world, "good").get("status")
+        time.sleep(2)
+    assert _deployments(world, "good")[1]["spec"]["replicas"] == 0
     with _conn(stack) as conn:
         assert get_rollout(conn, rollout.rollout_id).status == "promoted"
         assert get_rollout(conn, rollout.rollout_id).weight == 0
@@ -327,6 +359,17 @@ def test_a_good_canary_is_promoted_to_100_with_its_evidence_recorded(stack, worl
     assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == "cqox/engine:good"
     assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "cqox/engine:next"
     assert canary["spec"]["replicas"] == 1
+
+
+def _hpa(world, name: str) -> dict:
+    from cqox_platform.canary.promotion import read_hpa
+
+    return read_hpa(world["kube"], world["scenarios"][name]["namespace"], "cqox-engine-canary")
+
+
+def _hpa_condition(world, name: str, kind: str, reason: str) -> bool:
+    conditions = (_hpa(world, name).get("status") or {}).get("conditions") or []
+    return any(c["type"] == kind and c.get("reason") == reason for c in conditions)
 
 
 def _deployments(world, name: str) -> tuple[dict, dict]:

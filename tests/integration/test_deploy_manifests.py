@@ -256,6 +256,45 @@ def test_a_promotion_to_stable_is_neither_drift_nor_undone_by_a_reapply(kube, ta
     assert kube.get("apps/v1", "Deployment", "cqox-engine-canary", ns)["spec"]["replicas"] == 0
 
 
+def test_the_canary_hpa_is_accepted_its_rollout_floor_kept_and_a_hand_edit_is_drift(kube, target):
+    """Issue 16 item 5: the canary's HPA (min 1, max as stable's) is accepted by the API server and checked by
+    `manifests_in_sync`; the floor a rollout raised (`set_hpa_floor`, what following stable does) is runtime-owned,
+    so it is not drift and a re-apply keeps it, while a hand edit of its ceiling fails the check and is repaired."""
+    from cqox_platform.canary.promotion import set_hpa_floor
+
+    ns = target["namespace"]
+    meta = _apply_assets(kube, target, "k8s_namespace", "k8s_engine_workloads", "k8s_engine_hpa")
+    applied = {(o["kind"], o["name"]) for o in meta["k8s_engine_hpa"]["applied"].value}
+    assert ("HorizontalPodAutoscaler", "cqox-engine-canary") in applied
+    live = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "cqox-engine-canary", ns)
+    assert live["spec"]["scaleTargetRef"]["name"] == "cqox-engine-canary"
+    assert (live["spec"]["minReplicas"], live["spec"]["maxReplicas"]) == (1, 10)
+    assert _run_check(kube, target, "k8s_engine_hpa").passed
+
+    assert set_hpa_floor(kube, ns, "cqox-engine-canary", 5) == (1, 5)
+    assert _run_check(kube, target, "k8s_engine_hpa").passed
+    again = _apply_assets(kube, target, "k8s_engine_hpa")["k8s_engine_hpa"]
+    assert again["updated"].value == 0
+    assert kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "cqox-engine-canary", ns)["spec"]["minReplicas"] == 5
+
+    autoscaling = kube.autoscaling()
+    kube.call(
+        "editing the canary HPA by hand",
+        lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler(
+            "cqox-engine-canary", ns, {"spec": {"maxReplicas": 2}}, field_manager="kubectl-edit"
+        ),
+    )
+    failed = _run_check(kube, target, "k8s_engine_hpa")
+    assert not failed.passed
+    assert failed.metadata["drifted_paths"].value == [
+        "HorizontalPodAutoscaler/" + ns + "/cqox-engine-canary: spec.maxReplicas"
+    ]
+    _apply_assets(kube, target, "k8s_engine_hpa")
+    live = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "cqox-engine-canary", ns)
+    assert (live["spec"]["minReplicas"], live["spec"]["maxReplicas"]) == (5, 10)
+    assert _run_check(kube, target, "k8s_engine_hpa").passed
+
+
 def test_the_cluster_crd_rejects_a_cluster_without_instances(kube, target):
     ns = target["namespace"]
     _apply_assets(kube, target, "k8s_namespace")

@@ -6,11 +6,23 @@ tests/integration/test_canary.py.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
 from cqox_platform.canary.policy import POLICY_DIR, PolicyError, parse_policy, policy_document
-from cqox_platform.canary.promotion import AVAILABLE, UPDATED, canary_replicas, rolled_out, with_canary_template
+from cqox_platform.canary.promotion import (
+    AVAILABLE,
+    CANARY_REPLICAS,
+    UPDATED,
+    _scale_canary_down,
+    canary_replicas,
+    follow_stable,
+    restore_canary_replicas,
+    rolled_out,
+    with_canary_template,
+)
 from cqox_platform.canary.router import RouteError
 
 
@@ -130,3 +142,103 @@ def test_a_policy_stored_before_promotion_existed_still_parses() -> None:
 def test_the_canary_follows_stables_replicas_in_proportion_to_its_weight(stable, weight, canary) -> None:
     """Issue 16 item 5: 50 % and 100 % of the traffic are not served by one pod; never fewer than one."""
     assert canary_replicas(stable, weight) == canary
+
+
+class _Response:
+    def __init__(self, obj: dict) -> None:
+        self.data = json.dumps(obj).encode()
+
+
+class _FakeCluster:
+    """Just enough of the Deployments and HPA APIs for following stable and scaling down (issue 16 item 5)."""
+
+    request_timeout = 5.0
+    field_manager = "test"
+
+    def __init__(self, stable: int, canary: int, hpa_min: int = 1, hpa_max: int = 10) -> None:
+        self.deployments = {
+            "cqox-engine": {"metadata": {"name": "cqox-engine"}, "spec": {"replicas": stable}},
+            "cqox-engine-canary": {"metadata": {"name": "cqox-engine-canary"}, "spec": {"replicas": canary}},
+        }
+        self.hpa = {
+            "metadata": {"name": "cqox-engine-canary"},
+            "spec": {"minReplicas": hpa_min, "maxReplicas": hpa_max},
+        }
+
+    def call(self, what, fn):
+        return fn()
+
+    def apps(self):
+        cluster = self
+
+        class Apps:
+            def read_namespaced_deployment(self, name, ns, **_):
+                return _Response(cluster.deployments[name])
+
+            def patch_namespaced_deployment(self, name, ns, patch, **_):
+                obj = cluster.deployments[name]
+                obj["spec"].update(patch["spec"])
+                obj["metadata"].setdefault("annotations", {}).update(patch.get("metadata", {}).get("annotations", {}))
+
+        return Apps()
+
+    def autoscaling(self):
+        cluster = self
+
+        class Autoscaling:
+            def read_namespaced_horizontal_pod_autoscaler(self, name, ns, **_):
+                assert name == "cqox-engine-canary"
+                return _Response(cluster.hpa)
+
+            def patch_namespaced_horizontal_pod_autoscaler(self, name, ns, patch, **_):
+                cluster.hpa["spec"].update(patch["spec"])
+
+        return Autoscaling()
+
+
+@pytest.mark.parametrize(
+    ("stable", "canary", "weight", "hpa_max", "floor", "replicas"),
+    [
+        (2, 1, 10, 10, 1, 1),
+        (10, 1, 50, 10, 5, 5),  # the floor rises and the pods exist before the traffic
+        (10, 1, 100, 4, 4, 4),  # never above the HPA's ceiling
+        (2, 6, 50, 10, 1, 6),  # the HPA scaled out for load: following stable does not scale it in
+    ],
+)
+def test_with_a_canary_hpa_following_stable_raises_its_floor(stable, canary, weight, hpa_max, floor, replicas):
+    policy = parse_policy(_raw())
+    assert policy.promotion.canary_hpa == "cqox-engine-canary"
+    cluster = _FakeCluster(stable, canary, hpa_max=hpa_max)
+    follow_stable(cluster, policy, weight)
+    assert cluster.hpa["spec"]["minReplicas"] == floor
+    assert cluster.deployments["cqox-engine-canary"]["spec"]["replicas"] == replicas
+
+
+def test_without_a_canary_hpa_the_canary_is_scaled_directly():
+    raw = _raw()
+    del raw["promotion"]["canary_hpa"]
+    cluster = _FakeCluster(10, 6)
+    assert follow_stable(cluster, parse_policy(raw), 50) == (6, 5)
+    assert cluster.hpa["spec"]["minReplicas"] == 1  # untouched
+
+
+def test_scaling_down_after_promotion_puts_the_hpa_floor_back_to_one():
+    policy = parse_policy(_raw())
+    cluster = _FakeCluster(10, 10, hpa_min=10)
+    detail = _scale_canary_down(cluster, policy.kubernetes, policy.promotion)
+    canary = cluster.deployments["cqox-engine-canary"]
+    assert canary["spec"]["replicas"] == 0 and canary["metadata"]["annotations"][CANARY_REPLICAS] == "10"
+    assert cluster.hpa["spec"]["minReplicas"] == 1
+    assert "minReplicas 10 -> 1" in detail
+
+
+def test_a_new_start_scales_the_canary_up_from_zero_to_its_hpa_floor():
+    """As Flagger scales a canary up from zero: to the HPA's minReplicas (which re-enables the HPA), not to the
+    count it had at 100 % of the last rollout; without an HPA, to that remembered count."""
+    policy = parse_policy(_raw())
+    cluster = _FakeCluster(10, 0)
+    cluster.deployments["cqox-engine-canary"]["metadata"]["annotations"] = {CANARY_REPLICAS: "10"}
+    assert restore_canary_replicas(cluster, policy.kubernetes, "cqox-engine-canary") == 1
+    assert cluster.deployments["cqox-engine-canary"]["spec"]["replicas"] == 1
+    cluster.deployments["cqox-engine-canary"]["spec"]["replicas"] = 0
+    assert restore_canary_replicas(cluster, policy.kubernetes) == 10

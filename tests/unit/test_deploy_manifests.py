@@ -53,6 +53,41 @@ def test_hpa_targets_the_stable_deployment_which_leaves_replicas_to_it():
         assert container["resources"]["requests"]["cpu"]  # utilisation is a share of the request
 
 
+def test_the_canary_has_its_own_hpa_whose_floor_the_rollout_owns():
+    """Issue 16 item 5: 50 % and 100 % of the traffic are not served by one pod. The canary HPA scales the canary
+    Deployment from 1 to as many pods as stable may have; the canary policy raises its floor during a rollout, so
+    `minReplicas` is runtime-owned (a re-apply keeps it, drift ignores it), as is the Deployment's replica count."""
+    objects = _all()
+    stable_hpa = objects[("HorizontalPodAutoscaler", "cqox-engine")]
+    hpa = objects[("HorizontalPodAutoscaler", "cqox-engine-canary")]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", "cqox-engine-canary")
+    assert hpa["spec"]["minReplicas"] == 1
+    assert hpa["spec"]["maxReplicas"] == stable_hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["metrics"] == stable_hpa["spec"]["metrics"]
+    assert runtime_owned(hpa) == ["spec.minReplicas"]
+    canary = objects[("Deployment", "cqox-engine-canary")]
+    assert "spec.replicas" in runtime_owned(canary)
+    # A rollout raised the floor to 5 and the HPA scaled out: a re-apply keeps both, and neither is drift.
+    live = copy.deepcopy(hpa)
+    live["spec"]["minReplicas"] = 5
+    assert keep_runtime_owned(hpa, live)["spec"]["minReplicas"] == 5
+    assert drift(hpa, live) == []
+    live["spec"]["maxReplicas"] = 2  # a hand edit of the ceiling is drift
+    assert [d.path for d in drift(hpa, live)] == ["spec.maxReplicas"]
+
+
+def test_the_shipped_canary_policy_names_the_canary_hpa():
+    from cqox_platform.canary.policy import POLICY_DIR, load_policy
+
+    policy = load_policy(POLICY_DIR / "cqox-engine.yaml")
+    objects = _all()
+    assert policy.promotion.follow_stable_replicas
+    hpa = objects[("HorizontalPodAutoscaler", policy.promotion.canary_hpa)]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == policy.kubernetes.canary_deployment
+
+
 def test_strict_mtls_and_istio_mutual_everywhere():
     objects = _all()
     assert objects[("PeerAuthentication", "default")]["spec"]["mtls"]["mode"] == "STRICT"

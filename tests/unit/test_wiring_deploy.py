@@ -65,7 +65,7 @@ def test_a_hand_edit_fails_the_drift_check(kubernetes: FakeKubernetes) -> None:
     hpa = next(a for a in deploy.deploy_assets if a.key.path[-1] == "k8s_engine_hpa")
     check = next(c for c in deploy.deploy_checks if hpa.key in {k.asset_key for k in c.check_keys})
     assert dg.materialize([hpa, check], resources={"kubernetes": kubernetes}, instance=instance).success
-    (key,) = [k for k in FakeKubernetes.objects if k[1] == "HorizontalPodAutoscaler"]
+    (key,) = [k for k in FakeKubernetes.objects if k[1] == "HorizontalPodAutoscaler" and k[-1] == "cqox-engine"]
     FakeKubernetes.objects[key]["spec"]["maxReplicas"] = 99  # kubectl edit
 
     result = dg.materialize(

@@ -1,9 +1,12 @@
-"""SLOs as assets (group ``slo``): alerting rules generated from the spec, validated, tested and loaded."""
+"""SLOs as assets (group ``slo``): alerting rules generated from the spec, validated, tested and loaded; the
+daily SLO report, and its per-version companion for the days canary rollouts ran."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from assets.metadata import md_table
+from cqox_platform.canary.release import version_day_report
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.slo.chart import render_svg, svg_markdown
@@ -175,4 +178,80 @@ def slo_report(
     )
 
 
-defs = dg.Definitions(assets=[slo_alert_rules, slo_report])
+# The same trigger as slo_report: yesterday's partition at 00:30 UTC, by slo_automation_sensor.
+DAILY_AT_0030 = (
+    dg.AutomationCondition.in_latest_time_window()
+    & dg.AutomationCondition.cron_tick_passed("30 0 * * *", "UTC").since_last_handled()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("yesterday's partition daily at 00:30 UTC")
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=slo_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    automation_condition=DAILY_AT_0030,
+    kinds={"prometheus", "postgres"},
+    deps=[dg.AssetKey("cqox_schema")],
+    description="Per-version SLO view (issue 16 item 6): for each canary rollout whose window overlaps the day, "
+    "availability, latency and error-budget burn of the canary and stable versions over the overlap, and the "
+    "share of the SLO period's budget the canary spent. Days without a rollout report none.",
+)
+def slo_version_report(
+    context: dg.AssetExecutionContext, prometheus: PrometheusResource, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    spec = load_spec(spec_path())
+    now = datetime.now(UTC)
+    header = ["day", "rollout", "window (UTC)", "version", "SLO", "SLI", "objective", "bad", "total", "budget spent"]
+    rows, spent, errors, rollouts = [], {}, [], set()
+    day = window.start
+    with postgres.connect(autocommit=True) as conn:
+        while day < window.end:
+            report = version_day_report(conn, spec, day, day + timedelta(days=1), prometheus.query, now)
+            for part in report.windows:
+                rollout = part.window.label
+                rollouts.add(rollout)
+                span = f"{part.start:%H:%M}-{part.end:%H:%M}"
+                if part.error:
+                    errors.append(f"{rollout} on {day.date()}: {part.error}")
+                for r in part.rows:
+                    sli = None if r.error_ratio is None else 1 - r.error_ratio
+                    rows.append(
+                        [
+                            day.date(),
+                            rollout,
+                            span,
+                            r.version,
+                            r.slo,
+                            _pct(sli),
+                            _pct(r.objective, 2),
+                            r.bad,
+                            r.total,
+                            _pct(r.budget_consumed, 2),
+                        ]
+                    )
+                consumed = part.consumed(report.budget_slo[rollout])
+                spent[f"{rollout} on {day.date()}"] = {
+                    "slo": report.budget_slo[rollout],
+                    "canary": part.window.canary,
+                    "status": report.rollouts[rollout].status,
+                    "window_seconds": part.seconds,
+                    "canary_budget_consumed": consumed,
+                }
+            day += timedelta(days=1)
+    context.log.info(f"{len(rollouts)} rollout(s) in {window.start.date()}..{(window.end - timedelta(days=1)).date()}")
+    known = [v["canary_budget_consumed"] for v in spent.values() if v["canary_budget_consumed"] is not None]
+    return dg.MaterializeResult(
+        metadata={
+            "rollouts": len(rollouts),
+            # Plotted across partitions: the most budget a canary spent that day (-1: no rollout, or unknown).
+            "max_canary_budget_consumed": max(known) if known else -1.0,
+            "canary_budget_consumed": dg.MetadataValue.json(spent),
+            "per_version": md_table(header, rows) if rows else dg.MetadataValue.md("No canary rollout ran."),
+            "errors": dg.MetadataValue.json(errors),
+        }
+    )
+
+
+defs = dg.Definitions(assets=[slo_alert_rules, slo_report, slo_version_report])

@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 VENV="${CQOX_VENV:-.venv}"
 # CQOX_HA=1: a new stack with etcd and three Patroni nodes behind HAProxy (`stack up --ha`), and group `ha`.
 HA_FLAG=()
-SELECT='not group:datasets and not group:canary and not group:ha and not key:slo_report'
+SELECT='not group:datasets and not group:canary and not group:ha and not key:slo_report and not key:slo_version_report'
 if [ "${CQOX_HA:-0}" = "1" ]; then
   HA_FLAG=(--ha)
-  SELECT='not group:datasets and not group:canary and not key:slo_report'
+  SELECT='not group:datasets and not group:canary and not key:slo_report and not key:slo_version_report'
 fi
 "$VENV/bin/cqox-platform" stack up --traffic "${HA_FLAG[@]}"
 eval "$("$VENV/bin/cqox-platform" stack env)"
@@ -17,7 +17,8 @@ eval "$("$VENV/bin/cqox-platform" stack env)"
 # upload sensor materializes; dataset_key_rotation rotates keys, which a routine run should not do) and group
 # `canary` (one partition per rollout, materialized by the canary sensor) and, on a single node, group `ha`
 # (the Patroni cluster's status needs `--ha`), then
-# the SLO reports of the last seven days, backfilled as one run (daily partitions, BackfillPolicy.single_run).
+# the SLO reports (per service, and per version for the days canary rollouts ran) of the last seven days, each
+# backfilled as one run (daily partitions, BackfillPolicy.single_run).
 echo "materializing the asset graph (--select '$SELECT') ..." >&2
 "$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select "$SELECT"
 # A week of synthetic traffic history, so the first SLO report has real numbers and a chart (idempotent).
@@ -26,6 +27,9 @@ first=$(date -u -d '7 days ago' +%Y-%m-%d)
 yesterday=$(date -u -d yesterday +%Y-%m-%d)
 echo "materializing slo_report for $first...$yesterday (one run) ..." >&2
 "$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select slo_report \
+  --partition-range "$first...$yesterday"
+echo "materializing slo_version_report for $first...$yesterday (one run) ..." >&2
+"$VENV/bin/dagster" asset materialize -m cqox_platform.definitions --select slo_version_report \
   --partition-range "$first...$yesterday"
 cat <<MSG
 

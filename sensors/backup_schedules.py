@@ -3,9 +3,9 @@
 The chain's order is the asset graph, not the clock: each backup asset carries an automation condition
 (``assets/backups/common.py``) and ``backup_automation_sensor`` evaluates them, so one 03:00 tick requests the base
 backup, its drill, the WAL check and the DR copy as one run in graph order, and retention at 05:00 waits for the
-newest backup's blocking drill check. ``slo_automation_sensor`` does the same for ``slo_report``
-(yesterday's partition, every day). Each sensor targets only its own assets, so switching one on never starts
-unrelated assets that happen to carry conditions.
+newest backup's blocking drill check. ``slo_automation_sensor`` does the same for ``slo_report`` and its
+per-version companion ``slo_version_report`` (yesterday's partition, every day). Each sensor targets only its own
+assets, so switching one on never starts unrelated assets that happen to carry conditions.
 
 The random-point drill stays a schedule because it needs run config (``mode: random``), which automation cannot
 pass. The drill of each new backup is ``new_backup_drill_sensor``: it reads the ``backups`` table, not
@@ -25,7 +25,7 @@ from cqox_platform.backup.operations import system_id
 from cqox_platform.resources.postgres import PostgresResource
 
 BACKUP_ASSETS = dg.AssetSelection.groups("backups")
-SLO_REPORT = dg.AssetSelection.assets("slo_report")
+SLO_REPORT = dg.AssetSelection.assets("slo_report", "slo_version_report")
 
 restore_drill_job = dg.define_asset_job(
     "restore_drill_job", selection=dg.AssetSelection.assets("restore_drill"), description="One restore drill."
@@ -97,7 +97,8 @@ slo_automation_sensor = dg.AutomationConditionSensorDefinition(
     target=SLO_REPORT,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
-    description="Requests yesterday's slo_report partition every day (its on_cron condition).",
+    description="Requests yesterday's slo_report and slo_version_report partitions every day (their on_cron "
+    "conditions).",
 )
 
 defs = dg.Definitions(

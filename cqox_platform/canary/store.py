@@ -149,6 +149,16 @@ def all_rollouts(conn: psycopg.Connection, limit: int = 50) -> list[Rollout]:
         return cur.execute(f"{_SELECT} ORDER BY started_at DESC LIMIT %s", [limit]).fetchall()
 
 
+def rollouts_overlapping(conn: psycopg.Connection, start: datetime, end: datetime) -> list[Rollout]:
+    """Rollouts whose window (``started_at`` to their last change, or still open while active) overlaps
+    ``[start, end)``, oldest first."""
+    with conn.cursor(row_factory=class_row(Rollout)) as cur:
+        return cur.execute(
+            f"{_SELECT} WHERE started_at < %s AND (status = ANY(%s) OR updated_at > %s) ORDER BY started_at",
+            [end, list(ACTIVE), start],
+        ).fetchall()
+
+
 #: Columns a transition may set (``record_state``); identifiers never come from anywhere else.
 STATE_COLUMNS = frozenset(
     {

@@ -6,6 +6,9 @@ version's bad events are set against the service's error budget for the SLO peri
 budget that version spent in the window. The canary's share over a rollout's window is the budget the release
 consumed. Only SLOs the spec can split by label are broken down (ratio and latency SLOs over the standard
 metrics; OpenSLO SLOs with their own queries and threshold SLOs are left out, and the table says which).
+
+``day_breakdown`` is the same per day: for each rollout window overlapping the day, the SLIs of both versions
+over the overlap (the ``slo_version_report`` asset).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
+from cqox_platform.errors import CqoxError
 from cqox_platform.slo.budget import error_budget
 from cqox_platform.slo.spec import LatencySlo, RatioSlo, SloSpec
 
@@ -80,4 +85,59 @@ def per_version(
                     _value(query, period_total, at),
                 )
             )
+    return out
+
+
+# --- per-version view of a day (``slo_version_report``) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionWindow:
+    """Where two versions ran side by side: a rollout (``label``), its canary and stable versions, its window."""
+
+    label: str
+    canary: str
+    stable: str
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """Per-version SLIs over the part of a window inside one day (``start``..``end``)."""
+
+    window: VersionWindow
+    start: datetime
+    end: datetime
+    rows: tuple[VersionSli, ...] = ()
+    error: str = ""
+
+    @property
+    def seconds(self) -> int:
+        return int((self.end - self.start).total_seconds())
+
+    def consumed(self, slo: str, version: str | None = None) -> float | None:
+        """The share of ``slo``'s period budget ``version`` (default: the canary) spent in this part."""
+        version = version or self.window.canary
+        return next((r.budget_consumed for r in self.rows if r.version == version and r.slo == slo), None)
+
+
+def day_breakdown(
+    spec: SloSpec, windows: list[VersionWindow], day_start: datetime, day_end: datetime, query: Query
+) -> list[WindowReport]:
+    """For each window overlapping ``[day_start, day_end)``: every splittable SLO for its canary and stable over
+    the overlap, evaluated at the overlap's end. A Prometheus failure leaves that window's numbers unknown and
+    says why; the other windows are still reported."""
+    out = []
+    for w in windows:
+        start, end = max(w.start, day_start), min(w.end, day_end)
+        if end <= start:
+            continue
+        seconds = (end - start).total_seconds()
+        try:
+            rows = tuple(per_version(spec, [w.canary, w.stable], math.ceil(seconds), query, at=end.timestamp()))
+        except CqoxError as exc:
+            out.append(WindowReport(w, start, end, (), f"per-version SLIs unavailable: {exc}"[:300]))
+            continue
+        out.append(WindowReport(w, start, end, rows))
     return out

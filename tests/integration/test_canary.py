@@ -12,6 +12,7 @@ import json
 import os
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest import mock
 
@@ -422,7 +423,7 @@ def test_a_promotion_that_fails_midway_leaves_traffic_on_the_canary_and_is_finis
 
 
 def test_a_canary_whose_error_ratio_rises_rolls_back_within_two_intervals(stack, world, instance):
-    _start(stack, world, "bad")
+    _policy, rollout = _start(stack, world, "bad")
     first, _ = _tick(stack, world, "bad", instance)
     second, _ = _tick(stack, world, "bad", instance)
     assert first["action"] == "hold" and "analysis failed (1 of 2)" in first["reason"]
@@ -436,6 +437,37 @@ def test_a_canary_whose_error_ratio_rises_rolls_back_within_two_intervals(stack,
         world["kube"].apps().read_namespaced_deployment("cqox-engine-canary", world["scenarios"]["bad"]["namespace"])
     )
     assert deployment.spec.template.spec.containers[0].image == "cqox/engine:v1"  # image reverted
+    # And in the daily per-version view: today's partition of slo_version_report (Dagster's clock moved to just
+    # after midnight so today is a complete day; Prometheus and PostgreSQL answer for the real now).
+    report = _version_report(stack, world, "bad")
+    spent = report["canary_budget_consumed"][f"{rollout.rollout_id} on {datetime.now(UTC).date()}"]
+    assert spent["slo"] == "availability" and spent["status"] == "rolled_back"
+    assert spent["canary_budget_consumed"] > 1, spent  # 20 % errors: more than the period's whole budget
+    assert report["max_canary_budget_consumed"] >= spent["canary_budget_consumed"]
+    table = report["per_version"]
+    assert f"| {rollout.rollout_id} |" in table and "| canary | availability |" in table, table
+    assert "| stable | availability |" in table and report["errors"] == []
+
+
+def _version_report(stack, world, name: str) -> dict:
+    from dagster._core.test_utils import freeze_time
+
+    from assets.slo import slo_version_report
+
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    with (
+        mock.patch.dict(os.environ, _scenario_env(stack, world, name)),
+        dg.instance_for_test() as instance,
+        freeze_time(today + timedelta(days=1, minutes=5)),
+    ):
+        run = dg.materialize(
+            [slo_version_report],
+            partition_key=today.date().isoformat(),
+            resources={"postgres": _postgres_admin(stack), "prometheus": world["prometheus"]},
+            instance=instance,
+        )
+    (event,) = run.asset_materializations_for_node("slo_version_report")
+    return {k: v.value for k, v in event.metadata.items()}
 
 
 def test_no_data_holds_and_past_the_limit_rolls_back(stack, world, instance):

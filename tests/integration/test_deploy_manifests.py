@@ -151,9 +151,10 @@ def test_a_hand_edit_fails_the_check_and_rematerializing_repairs_it(kube, target
     assert _run_check(kube, target, "k8s_engine_workloads").passed  # the others are unaffected
 
     repaired = _apply_assets(kube, target, "k8s_engine_hpa")["k8s_engine_hpa"]
-    (applied,) = repaired["applied"].value
-    assert applied["action"] == "updated"
+    applied, canary_hpa = repaired["applied"].value
+    assert (applied["name"], applied["action"]) == ("cqox-engine", "updated")
     assert applied["changed_paths"] == ["spec.maxReplicas"]
+    assert (canary_hpa["name"], canary_hpa["action"]) == ("cqox-engine-canary", "unchanged")
     assert "| spec.maxReplicas | 20 | 10 |" in repaired["diff"].value
     live = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "cqox-engine", ns)
     assert live["spec"]["maxReplicas"] == 10
@@ -281,7 +282,7 @@ def test_the_canary_hpa_is_accepted_its_rollout_floor_kept_and_a_hand_edit_is_dr
     kube.call(
         "editing the canary HPA by hand",
         lambda: autoscaling.patch_namespaced_horizontal_pod_autoscaler(
-            "cqox-engine-canary", ns, {"spec": {"maxReplicas": 2}}, field_manager="kubectl-edit"
+            "cqox-engine-canary", ns, {"spec": {"maxReplicas": 8}}, field_manager="kubectl-edit"
         ),
     )
     failed = _run_check(kube, target, "k8s_engine_hpa")

@@ -368,7 +368,7 @@ def test_the_automation_sensors_target_only_their_own_assets():
     assert {k.to_user_string() for k in backup_keys} == {
         a.key.to_user_string() for a in [*BACKUP_ASSETS, backups.backup_alert_rules]
     }
-    assert {k.to_user_string() for k in slo_keys} == {"slo_report"}
+    assert {k.to_user_string() for k in slo_keys} == {"slo_report", "slo_version_report"}
     automated = {k for k in graph.materializable_asset_keys if graph.get(k).automation_condition is not None}
     assert automated <= backup_keys | slo_keys  # nothing left for a default sensor to start
     repo = defs.get_repository_def()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from cqox_platform.cli import context
+import cqox_platform.cli.context as context
 from cqox_platform.cli.group import ErrorGroup
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

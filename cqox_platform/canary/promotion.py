@@ -118,11 +118,14 @@ def rolled_out(deployment: dict[str, Any], ready: str = AVAILABLE) -> tuple[bool
     generation, observed = meta.get("generation", 0), status.get("observedGeneration", 0)
     if observed < generation:
         return False, f"controller has observed generation {observed} of {generation}"
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
-            return False, f"progress deadline exceeded: {condition.get('message', '')}"
     want = spec.get("replicas", 1)
     updated, total = status.get("updatedReplicas", 0), status.get("replicas", 0)
+    # The progress deadline measures availability, which "updated" leaves out: without a kubelet every
+    # Deployment reaches it ten minutes after its last change.
+    if ready != UPDATED:
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+                return False, f"progress deadline exceeded: {condition.get('message', '')}"
     if ready == UPDATED:
         if want > 0 and updated < 1:
             return False, f"generation {generation} observed, no replica on the new template yet"

@@ -67,6 +67,21 @@ ROLLED_OUT = [
         "progress deadline exceeded",
     ),
     ("scaled to zero", deployment(replicas=0, updated=0, total=0, available=0), AVAILABLE, True, "0 of 0"),
+    # Without a kubelet no pod ever becomes available, so every Deployment reaches its progress deadline ten
+    # minutes after its last change; seen in the canary demo on a stack older than that, where the promotion
+    # then waited for ever. The deadline is about availability, which "updated" deliberately leaves out.
+    (
+        "no kubelet: the progress deadline (about availability) does not count",
+        deployment(
+            updated=1,
+            total=4,
+            available=0,
+            conditions=[{"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "stuck"}],
+        ),
+        UPDATED,
+        True,
+        "1 of 3 replicas on the new template",
+    ),
 ]
 
 

@@ -6,7 +6,6 @@ import io
 import json
 import tarfile
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,10 +13,8 @@ from hypothesis import strategies as st
 from cqox_platform.backup.basebackup import parse_backup_label
 from cqox_platform.backup.records import BackupRecord
 from cqox_platform.backup.tarsniff import TarSniffer
-from cqox_platform.backup.walnames import segment_name
 from cqox_platform.pushgateway import render
-
-NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
+from tests.unit.test_retention import backup
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
@@ -50,39 +47,13 @@ def test_backup_label_parses():
     assert label["START TIMELINE"] == "1" and label["START WAL LOCATION"].startswith("0/2D000028")
 
 
-def _record(backup_id: str, stopped: datetime, start_segno: int) -> BackupRecord:
-    return BackupRecord(
-        backup_id=backup_id,
-        system_id="1",
-        bucket="b",
-        label=backup_id,
-        timeline=1,
-        start_lsn="0/0",
-        stop_lsn="0/0",
-        start_wal=segment_name(1, start_segno),
-        stop_wal=segment_name(1, start_segno),
-        start_time=stopped.isoformat(),
-        stop_time=stopped.isoformat(),
-        database_bytes=1,
-        compressed_bytes=1,
-        stored_bytes=1,
-        duration_seconds=1,
-        throughput_mib_s=1,
-        key_name="k",
-        key_version=1,
-        object_key="o",
-        manifest_key="m",
-        pg_version="15",
-    )
-
-
 # Retention plans are table-tested in test_retention.py. The three tests that stood here asserted the old
 # plan, including that a backup older than the window is deleted when none is verified (issue 13 item 1: the
 # newest backups now always stay).
 
 
 def test_backup_record_json_round_trips_and_ignores_unknown_fields():
-    record = replace(_record("20261125T030000Z", NOW, 3), extra={"a": 1})
+    record = replace(backup(25, 3, age_days=1), extra={"a": 1})
     data = json.loads(record.to_json())
     data["future_field"] = "ignored"
     assert BackupRecord.from_json(json.dumps(data), where="test") == record

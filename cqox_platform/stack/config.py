@@ -41,6 +41,13 @@ DEFAULT_PORTS: dict[str, int] = {
     # `--port-base` keeps every older service's offset.
     "alertmanager": 59093,
     "alert_receiver": 59094,
+    # Exporters (appended last for the same reason): PostgreSQL's, one per node (only the first on a single
+    # node), the blackbox prober (certificate expiry, OpenBao's seal), and etcd's metrics-only listener.
+    "postgres_exporter1": 59187,
+    "postgres_exporter2": 59188,
+    "postgres_exporter3": 59189,
+    "blackbox_exporter": 59115,
+    "etcd_metrics": 52392,
 }
 
 DB_NAME = "cqox_prod"

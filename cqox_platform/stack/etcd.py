@@ -79,6 +79,10 @@ class EtcdService(Service):
     def key(self) -> Path:
         return self.home / "etcd.key"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.stack.ports['etcd_metrics']}"
+
     def client_urls(self) -> list[str]:
         return [self.url] + [f"https://{node_address(i)}:{self.port}" for i in range(1, NODE_COUNT + 1)]
 
@@ -128,6 +132,9 @@ class EtcdService(Service):
                 f"--key-file={self.key}",
                 "--client-cert-auth",
                 f"--trusted-ca-file={etcd_ca_cert(self.stack)}",
+                # /metrics and /health only, plain HTTP on loopback: Prometheus needs no DCS client identity
+                # (any certificate the etcd CA issues may write the leader key; etcd 3.4 has no RBAC here).
+                f"--listen-metrics-urls={self.metrics_url}",
                 "--logger=zap",
                 "--log-level=warn",
             ],

@@ -6,6 +6,8 @@ Kubernetes authenticates client certificates by their CN (user) and O (groups). 
 - ``admin``: user ``cqox-admin`` in group ``system:masters`` (everything, as a cluster admin's kubeconfig);
 - ``restricted``: user ``cqox-restricted`` in no group and bound to no role, so tests can prove that RBAC
   answers 403 Forbidden;
+- ``monitoring``: user ``cqox-prometheus`` in group ``system:monitoring``, which the bootstrap RBAC policy lets
+  read ``/metrics`` and the health endpoints and nothing else (what Prometheus scrapes the API server with);
 - ``controller-manager``: user ``system:kube-controller-manager``, which the API server's bootstrap RBAC policy
   already authorises;
 - ``sa.key``/``sa.pub``: the key pair that signs and verifies service-account tokens;
@@ -41,6 +43,7 @@ IN_CLUSTER_NAMES = (
 ADMIN_USER = "cqox-admin"
 RESTRICTED_USER = "cqox-restricted"
 CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
+MONITORING_USER = "cqox-prometheus"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class KubePki:
     @property
     def restricted(self) -> Identity:
         return self._pair("restricted")
+
+    @property
+    def monitoring(self) -> Identity:
+        return self._pair("monitoring")
 
     @property
     def controller_manager(self) -> Identity:
@@ -134,6 +141,7 @@ def ensure_kube_pki(tls_dir: Path) -> KubePki:
     leaf(pki.admin, ADMIN_USER, organizations=("system:masters",), client=True)
     leaf(pki.restricted, RESTRICTED_USER, client=True)
     leaf(pki.controller_manager, CONTROLLER_MANAGER_USER, client=True)
+    leaf(pki.monitoring, MONITORING_USER, organizations=("system:monitoring",), client=True)
     leaf(pki.etcd_server, "kine", ca=etcd_ca, dns_names=("localhost",), ip_addresses=("127.0.0.1",), server=True)
     leaf(pki.etcd_client, "kube-apiserver-etcd-client", ca=etcd_ca, client=True)
     if not (pki.service_account_key.exists() and pki.service_account_pub.exists()):

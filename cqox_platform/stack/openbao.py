@@ -69,6 +69,14 @@ listener "tcp" {{
   tls_cert_file   = "{tls.server_cert}"
   tls_key_file    = "{tls.server_key}"
   tls_min_version = "tls13"
+  # Prometheus scrapes /v1/sys/metrics without a token (metrics only; no secret is in them).
+  telemetry {{
+    unauthenticated_metrics_access = true
+  }}
+}}
+telemetry {{
+  prometheus_retention_time = "60s"
+  disable_hostname          = true
 }}
 api_addr     = "https://127.0.0.1:{self.port}"
 cluster_addr = "https://127.0.0.1:{cluster_port}"

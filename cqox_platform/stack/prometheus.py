@@ -4,6 +4,8 @@ Prometheus runs with the lifecycle API on so generated rule files can be loaded 
 (delete series, snapshots) stays off: nothing here needs it (history is backfilled with ``promtool tsdb
 create-blocks-from``) and any local process could otherwise erase the evidence the canary and SLOs read.
 
+Every other service is scraped too, through its exporter or its own endpoint (``stack/scrape_targets.py``).
+
 Alerts go to the stack's Alertmanager over TLS 1.3 with basic auth (``alerting:``; see ``stack/alerting.py``).
 
 The Pushgateway accepts pushes from any local process, so what it serves is treated as untrusted: it is scraped
@@ -20,6 +22,7 @@ import requests
 from cqox_platform.stack.alerting import ALERTMANAGER_USER, AlertmanagerService
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.process import find_binary, spawn, wait_until
+from cqox_platform.stack.scrape_targets import scrape_configs_yaml
 from cqox_platform.stack.service import Service
 
 SCRAPE_INTERVAL = "15s"
@@ -52,6 +55,10 @@ class PrometheusService(Service):
         pushgateway_port = self.stack.ports["pushgateway"]
         alertmanager = self.stack.ports["alertmanager"]
         tls = tls_files(self.stack.tls_dir)
+        password_file = AlertmanagerService(self.stack).password_file
+        services = scrape_configs_yaml(
+            self.stack, alertmanager_user=ALERTMANAGER_USER, alertmanager_password_file=password_file
+        )
         self.config_path.write_text(
             f"""# Written by cqox-platform stack; changes are overwritten on `stack up`.
 global:
@@ -67,7 +74,7 @@ alerting:
         min_version: TLS13
       basic_auth:
         username: {ALERTMANAGER_USER}
-        password_file: {AlertmanagerService(self.stack).password_file}
+        password_file: {password_file}
       static_configs:
         - targets: ["127.0.0.1:{alertmanager}"]
 scrape_configs:
@@ -85,7 +92,7 @@ scrape_configs:
   - job_name: cqox-traffic
     file_sd_configs:
       - files: ["{self.home}/targets/*.json"]
-"""
+{services}"""
         )
         (self.home / "targets").mkdir(parents=True, exist_ok=True)
 

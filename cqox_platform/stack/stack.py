@@ -18,6 +18,7 @@ from cqox_platform.stack.dagster_services import (
     prepare_dagster_home,
 )
 from cqox_platform.stack.etcd import EtcdService
+from cqox_platform.stack.exporters import exporter_services
 from cqox_platform.stack.haproxy import HaproxyService
 from cqox_platform.stack.kubernetes import KineService, KubeApiserverService, KubeControllerManagerService
 from cqox_platform.stack.openbao import OpenBaoService
@@ -35,7 +36,7 @@ Progress = Callable[[str], None]
 class Stack:
     """Real services under one directory: PostgreSQL (one node, or a Patroni cluster behind HAProxy), OpenBao,
     S3, the alert receiver, Alertmanager, Prometheus, Pushgateway, the Kubernetes API (kine, kube-apiserver,
-    kube-controller-manager), Dagster."""
+    kube-controller-manager), the exporters (PostgreSQL per node, blackbox), Dagster."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -55,6 +56,8 @@ class Stack:
             KineService(config),
             apiserver,
             KubeControllerManagerService(config, apiserver),
+            # After everything they watch: the PostgreSQL exporters create their login role on the way up.
+            *exporter_services(config),
         ]
         if config.with_traffic:
             core.append(TrafficService(config))

@@ -10,7 +10,13 @@ from urllib.parse import urlparse
 import dagster as dg
 
 from assets.metadata import md_table
-from cqox_platform.alerts import ALERT_RULE_TESTS, PLATFORM_ALERT_RULES, ROUTING_SPEC
+from cqox_platform.alerts import (
+    ALERT_RULE_TESTS,
+    PLATFORM_ALERT_RULES,
+    ROUTING_SPEC,
+    SERVICE_ALERT_RULE_TESTS,
+    SERVICE_ALERT_RULES,
+)
 from cqox_platform.alerts.routing import (
     PAGERDUTY_FIELD,
     PAGERDUTY_SECRET,
@@ -96,23 +102,37 @@ def alertmanager_config(
     )
 
 
+#: Each shipped rule file, its promtool unit tests, and the name it is installed under in Prometheus's rules dir.
+PLATFORM_RULE_FILES = (
+    (PLATFORM_ALERT_RULES, ALERT_RULE_TESTS, "cqox-platform-alerts.yml"),
+    (SERVICE_ALERT_RULES, SERVICE_ALERT_RULE_TESTS, "cqox-service-alerts.yml"),
+)
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"prometheus"},
     description="Alerts on the platform itself and on stale pushed gauges (cqox_platform/alerts/platform-alerts.yml):"
-    " the Dagster daemon's heartbeat, backup and SLO gauges no longer pushed; checked and unit-tested with promtool, "
-    "then loaded into Prometheus.",
+    " the Dagster daemon's heartbeat, backup and SLO gauges no longer pushed; and on the services from what "
+    "Prometheus scrapes (service-alerts.yml): archiver failing, replica lag, Patroni leaders and failover, etcd "
+    "quorum, OpenBao sealed, certificate expiry, targets down. Every file is checked and unit-tested with promtool "
+    "before any is loaded into Prometheus.",
 )
 def platform_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusResource) -> dg.MaterializeResult:
-    checked = check_and_test(PLATFORM_ALERT_RULES, ALERT_RULE_TESTS)
-    context.log.info(f"{checked.check_output}; promtool test rules: {checked.test_output}")
-    groups = prometheus.install_rules("cqox-platform-alerts.yml", PLATFORM_ALERT_RULES.read_text())
+    checked = {installed: check_and_test(rules, tests) for rules, tests, installed in PLATFORM_RULE_FILES}
+    for installed, result in checked.items():
+        context.log.info(f"{installed}: {result.check_output}; promtool test rules: {result.test_output}")
+    groups: list[str] = []
+    for rules, _tests, installed in PLATFORM_RULE_FILES:
+        groups = prometheus.install_rules(installed, rules.read_text())  # every group loaded after the reload
     return dg.MaterializeResult(
         metadata={
             "file": str(PLATFORM_ALERT_RULES),
             "tests": str(ALERT_RULE_TESTS),
-            "promtool": checked.check_output,
-            "promtool_tests": checked.test_output,
+            "service_file": str(SERVICE_ALERT_RULES),
+            "service_tests": str(SERVICE_ALERT_RULE_TESTS),
+            "promtool": "\n".join(f"{name}: {c.check_output}" for name, c in checked.items()),
+            "promtool_tests": "\n".join(f"{name}: {c.test_output}" for name, c in checked.items()),
             "loaded_groups": dg.MetadataValue.json(groups),
         }
     )

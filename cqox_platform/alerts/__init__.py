@@ -15,3 +15,8 @@ ROUTING_SPEC = package_path(__name__, "routing.yaml")
 # promtool unit tests; checked, tested and installed by the platform_alert_rules asset.
 PLATFORM_ALERT_RULES = package_path(__name__, "platform-alerts.yml")
 ALERT_RULE_TESTS = package_path(__name__, "alert-rules.test.yml")
+
+# Alerts on the services themselves from what Prometheus scrapes (exporters, Patroni, etcd, OpenBao, probes),
+# with their promtool unit tests; installed by platform_alert_rules next to the platform alerts.
+SERVICE_ALERT_RULES = package_path(__name__, "service-alerts.yml")
+SERVICE_ALERT_RULE_TESTS = package_path(__name__, "service-alerts.test.yml")

@@ -153,3 +153,46 @@ def test_the_staleness_and_heartbeat_alerts_are_routed_by_severity():
     assert names["CqoxDagsterHeartbeatMissing"] == ("pagerduty",)
     assert names["CqoxBackupGaugesStale"] == ("pagerduty",)
     assert names["CqoxSloGaugesStale"] == ("tickets",)
+
+
+def test_service_alert_rules_pass_their_promtool_unit_tests():
+    from cqox_platform.alerts import SERVICE_ALERT_RULE_TESTS, SERVICE_ALERT_RULES
+    from cqox_platform.alerts.rules import check_and_test
+
+    checked = check_and_test(SERVICE_ALERT_RULES, SERVICE_ALERT_RULE_TESTS)
+    assert "SUCCESS: 11 rules found" in checked.check_output and "SUCCESS" in checked.test_output
+
+
+@pytest.mark.parametrize(
+    ("original", "mutated", "alert"),
+    [
+        # Each mutation makes an alert too slow or blind; its promtool case must catch it.
+        (
+            'for: 1m\n        labels: {severity: page, service: postgres}\n        annotations:\n          summary: "WAL',
+            'for: 5m\n        labels: {severity: page, service: postgres}\n        annotations:\n          summary: "WAL',
+            "CqoxPostgresArchiverFailing",
+        ),
+        ("cqox_replica_replay_lag_seconds > 30", "cqox_replica_replay_lag_seconds > 300", "CqoxReplicaLagHigh"),
+        ("== 503\n        for: 30s", "== 500\n        for: 30s", "CqoxVaultSealed"),
+        ("(patroni_postgres_timeline > 0)[10m:15s]", "(patroni_postgres_timeline)[10m:15s]", "CqoxPatroniFailover"),
+        ("unless on(job) label_replace(", "unless on() label_replace(", "CqoxScrapeTargetDown"),
+    ],
+)
+def test_a_slower_or_blind_service_alert_fails_its_promtool_case(tmp_path, original, mutated, alert):
+    from cqox_platform.alerts import SERVICE_ALERT_RULE_TESTS, SERVICE_ALERT_RULES
+    from cqox_platform.alerts.rules import AlertRulesError, check_and_test
+
+    text = SERVICE_ALERT_RULES.read_text()
+    assert original in text
+    (tmp_path / "service-alerts.yml").write_text(text.replace(original, mutated))
+    tests = tmp_path / "service-alerts.test.yml"
+    tests.write_text(SERVICE_ALERT_RULE_TESTS.read_text())
+    with pytest.raises(AlertRulesError, match=alert):
+        check_and_test(tmp_path / "service-alerts.yml", tests)
+
+
+def test_the_service_alerts_the_drills_wait_for_page():
+    names = {c.labels["alertname"]: c.receivers for c in route_cases(load_spec())}
+    for alert in ("CqoxPostgresArchiverFailing", "CqoxReplicaLagHigh", "CqoxVaultSealed", "CqoxScrapeTargetDown"):
+        assert names[alert] == ("pagerduty",), alert
+    assert names["CqoxPatroniFailover"] == names["CqoxCertificateExpiringSoon"] == ("tickets",)

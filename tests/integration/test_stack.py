@@ -35,7 +35,8 @@ def test_status_lists_every_service_running_with_port_and_pid(stack):
     result = _cli(stack, "status")
     assert result.returncode == 0, result.stdout + result.stderr
     services = ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster")
-    for service in (*services, "kine", "kube-apiserver", "kube-controller-manager", "alertmanager", "alert-receiver"):
+    alerting = ("alertmanager", "alert-receiver", "postgres-exporter", "blackbox-exporter")
+    for service in (*services, "kine", "kube-apiserver", "kube-controller-manager", *alerting):
         line = next(row for row in result.stdout.splitlines() if row.startswith(service + " "))
         assert "running" in line
         pid = stack.service(service).read_pid()

@@ -168,8 +168,8 @@ def test_service_alert_rules_pass_their_promtool_unit_tests():
     [
         # Each mutation makes an alert too slow or blind; its promtool case must catch it.
         (
-            'for: 1m\n        labels: {severity: page, service: postgres}\n        annotations:\n          summary: "WAL',
-            'for: 5m\n        labels: {severity: page, service: postgres}\n        annotations:\n          summary: "WAL',
+            "> 0\n        for: 1m\n        labels: {severity: page, service: postgres}",
+            "> 0\n        for: 5m\n        labels: {severity: page, service: postgres}",
             "CqoxPostgresArchiverFailing",
         ),
         ("cqox_replica_replay_lag_seconds > 30", "cqox_replica_replay_lag_seconds > 300", "CqoxReplicaLagHigh"),

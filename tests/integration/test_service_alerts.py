@@ -1,0 +1,260 @@
+"""Faults in the real services reach the receiver through what Prometheus scrapes, with no Dagster run involved:
+WAL archiving broken (one page, then archiving resumes), OpenBao sealed, an exporter stopped, and on the HA
+stack the Patroni leader killed (the failover ticket).
+
+Each test undoes its fault in ``finally`` and waits until the service works again, so the session stacks stay
+healthy for the tests after these. Times from fault to receiver are printed (``-s``), not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from unittest import mock
+
+import dagster as dg
+import psycopg
+import pytest
+import requests
+
+from assets import alerting
+from cqox_platform.alerts.client import ReceiverClient
+from cqox_platform.fsutil import write_file
+from cqox_platform.resources.alertmanager import AlertmanagerResource
+from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.stack.postgres import PG_OS_USER
+from tests.integration.test_alerting import _about, _wait_for
+from tests.integration.test_vault import _materialize_vault_config, _platform
+
+#: Generous bounds for one alert's path (scrape 15 s + evaluation + `for:` + Alertmanager's group_wait 30 s, or
+#: a group_interval of 5 minutes if the same group notified shortly before); the tests print the real times.
+PAGE_TIMEOUT = 420.0
+
+
+def _alerting_on(stack) -> dict[str, str]:
+    """Routing (vault_config stores the receiver's key, alertmanager_config loads the routes) and every platform
+    rule file loaded into this stack's Prometheus."""
+    assert _materialize_vault_config(stack).success
+    env = stack.env()
+    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [alerting.alertmanager_config, alerting.platform_alert_rules],
+            resources={
+                "alertmanager": AlertmanagerResource.from_settings(),
+                "vault": _platform(stack),
+                "prometheus": prometheus,
+            },
+            instance=instance,
+        )
+    assert result.success
+    (event,) = result.asset_materializations_for_node("platform_alert_rules")
+    assert "cqox-services" in event.metadata["loaded_groups"].value
+    return env
+
+
+@pytest.fixture(scope="module")
+def single(stack):
+    return _alerting_on(stack)
+
+
+@pytest.fixture(scope="module")
+def ha(ha_stack):
+    return _alerting_on(ha_stack)
+
+
+def _prometheus(env) -> PrometheusResource:
+    return PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+
+
+def _query(env, promql: str) -> list[dict]:
+    return _prometheus(env).query(promql)
+
+
+def _wait_query(env, promql: str, what: str, timeout: float = 120.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while not (result := _query(env, promql)):
+        assert time.monotonic() < deadline, f"{what}: `{promql}` still empty after {timeout:.0f} s"
+        time.sleep(2)
+    return result
+
+
+def _triggers(records: list[dict], service: str, alertname: str) -> list[dict]:
+    """Notifications that opened (PagerDuty ``trigger``) or announced (webhook ``firing``) the alert."""
+    return [
+        r
+        for r in _about(records, service, alertname)
+        if r.get("event_action") == "trigger" or r.get("body", {}).get("status") == "firing"
+    ]
+
+
+def test_every_service_is_scraped_through_its_exporter_over_verified_tls(stack, single):
+    statuses = {s.name: s.state for s in stack.status()}
+    assert statuses["postgres-exporter"] == statuses["blackbox-exporter"] == "running"
+    jobs = {"postgres", "openbao", "alertmanager", "kube-apiserver", "blackbox", "tls-expiry", "openbao-health"}
+    up = _wait_query(
+        single,
+        'count by (job) (up{job=~"' + "|".join(jobs) + '"} == 1)',
+        "every service job scraped",
+        timeout=60,
+    )
+    assert {r["metric"]["job"] for r in up} == jobs
+    # What the alerts read is there: archiver state, database size, certificate expiry, OpenBao's health code.
+    for promql in (
+        'cqox_archiver_failing{node="single"}',
+        'pg_database_size_bytes{datname="cqox_prod"}',
+        'probe_ssl_earliest_cert_expiry{service="openbao"}',
+        'probe_http_status_code{job="openbao-health"} == 200',
+    ):
+        assert _query(single, promql), promql
+    # The exporter logs in as the least-privileged monitoring role, and its password is in no argv or log.
+    password = (stack.config.secrets_dir / "postgres-monitor-password").read_text().strip()
+    exporter = stack.service("postgres-exporter")
+    assert password not in Path(f"/proc/{exporter.read_pid()}/cmdline").read_text()
+    assert password not in Path(f"/proc/{exporter.read_pid()}/environ").read_text()
+    assert password not in exporter.log_path.read_text()
+    with psycopg.connect(**stack.service("postgres").conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT rolsuper, pg_has_role('cqox_monitor', 'pg_monitor', 'MEMBER'),"
+            " pg_has_role('cqox_monitor', 'pg_write_all_data', 'MEMBER') FROM pg_roles WHERE rolname = 'cqox_monitor'"
+        ).fetchone()
+        sessions = conn.execute(
+            "SELECT DISTINCT usename, ssl FROM pg_stat_activity JOIN pg_stat_ssl USING (pid)"
+            " WHERE application_name = 'cqox-postgres-exporter'"
+        ).fetchall()
+    assert row == (False, True, False)
+    assert sessions in ([], [("cqox_monitor", True)])  # between scrapes the exporter may hold no session
+
+
+def _switch_wal(stack) -> None:
+    with psycopg.connect(**stack.service("postgres").conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS service_alert_wal (n int)")
+        conn.execute("INSERT INTO service_alert_wal SELECT generate_series(1, 1000)")
+        conn.execute("SELECT pg_switch_wal()")
+
+
+def _archiver(stack) -> tuple:
+    with psycopg.connect(**stack.service("postgres").conninfo(), autocommit=True) as conn:
+        return conn.execute(
+            "SELECT archived_count, last_archived_time, failed_count, last_failed_time FROM pg_stat_archiver"
+        ).fetchone()
+
+
+def test_broken_wal_archiving_pages_once_and_archiving_resumes_when_fixed(stack, single):
+    receiver = ReceiverClient(single["CQOX_ALERT_RECEIVER_URL"])
+    settings_path = Path(single["CQOX_WAL_ARCHIVER_CONFIG"])
+    original = settings_path.read_bytes()
+    broken = json.loads(original)
+    broken["s3_endpoint"] = "https://127.0.0.1:1"  # nothing listens: every push fails fast
+    started = time.time()
+    try:
+        write_file(settings_path, json.dumps(broken), mode=0o600, owner=PG_OS_USER)
+        _switch_wal(stack)
+        records = _wait_for(
+            receiver,
+            started,
+            lambda rs: _triggers(rs, "postgres", "CqoxPostgresArchiverFailing"),
+            timeout=PAGE_TIMEOUT,
+        )
+        (page,) = _triggers(records, "postgres", "CqoxPostgresArchiverFailing")
+        print(f"\narchiving broken -> CqoxPostgresArchiverFailing page: {page['received_at'] - started:.1f} s")
+        assert page["kind"] == "pagerduty" and page["body"]["payload"]["severity"] == "critical"
+        assert _archiver(stack)[2] > 0  # PostgreSQL's own counter saw the failures the page is about
+    finally:
+        write_file(settings_path, original, mode=0o600, owner=PG_OS_USER)
+    fixed_at = time.time()
+    deadline = time.monotonic() + 180
+    while True:  # PostgreSQL retries the failed segment within a minute, now with the right endpoint
+        archived_count, last_archived, _failed, last_failed = _archiver(stack)
+        if last_archived is not None and last_archived.timestamp() > max(fixed_at, last_failed.timestamp()):
+            break
+        assert time.monotonic() < deadline, "archiving did not resume after the endpoint was restored"
+        time.sleep(2)
+    _switch_wal(stack)  # and the next segment archives too
+    deadline = time.monotonic() + 120
+    while _archiver(stack)[0] <= archived_count:
+        assert time.monotonic() < deadline, "a new segment was not archived after the fix"
+        time.sleep(2)
+    # Prometheus sees it resolved; and still exactly one page (one group, no duplicate path, no repeat).
+    deadline = time.monotonic() + 120
+    while _query(single, 'ALERTS{alertname="CqoxPostgresArchiverFailing", alertstate="firing"}'):
+        assert time.monotonic() < deadline, "CqoxPostgresArchiverFailing still firing after archiving resumed"
+        time.sleep(2)
+    assert len(_triggers(receiver.received(started), "postgres", "CqoxPostgresArchiverFailing")) == 1
+
+
+def test_a_sealed_openbao_pages_and_its_refused_metrics_do_not_page_twice(stack, single):
+    receiver = ReceiverClient(single["CQOX_ALERT_RECEIVER_URL"])
+    openbao = stack.service("openbao")
+    root_token = json.loads(openbao.init_file.read_text())["root_token"]
+    started = time.time()
+    try:
+        sealed = requests.put(
+            f"{openbao.url}/v1/sys/seal", headers={"X-Vault-Token": root_token}, verify=openbao.ca_cert, timeout=30
+        )
+        assert sealed.status_code == 204, sealed.text
+        assert openbao._health() == 503
+        records = _wait_for(
+            receiver, started, lambda rs: _triggers(rs, "openbao", "CqoxVaultSealed"), timeout=PAGE_TIMEOUT
+        )
+        (page,) = _triggers(records, "openbao", "CqoxVaultSealed")
+        print(f"\nOpenBao sealed -> CqoxVaultSealed page: {page['received_at'] - started:.1f} s")
+        assert page["kind"] == "pagerduty"
+    finally:
+        openbao.after_start()  # unseals with the stack's key and waits until active
+    assert openbao.healthy()
+    # While sealed, its metrics scrape may fail; that is the seal's page, never a target-down one.
+    assert not _query(single, 'max_over_time(ALERTS{alertname="CqoxScrapeTargetDown", job="openbao"}[15m])')
+    assert not _triggers(receiver.received(started), "openbao", "CqoxScrapeTargetDown")
+    _wait_query(single, 'probe_http_status_code{job="openbao-health"} == 200', "OpenBao healthy again in Prometheus")
+
+
+def test_a_stopped_exporter_pages_as_a_target_down(stack, single):
+    receiver = ReceiverClient(single["CQOX_ALERT_RECEIVER_URL"])
+    exporter = stack.service("postgres-exporter")
+    started = time.time()
+    try:
+        exporter.stop()
+        records = _wait_for(
+            receiver, started, lambda rs: _triggers(rs, "postgres", "CqoxScrapeTargetDown"), timeout=PAGE_TIMEOUT
+        )
+        (page,) = _triggers(records, "postgres", "CqoxScrapeTargetDown")
+        print(f"\nexporter stopped -> CqoxScrapeTargetDown page: {page['received_at'] - started:.1f} s")
+        assert "postgres" in page["body"]["payload"]["summary"]
+    finally:
+        if not exporter.running():
+            exporter.start()
+    assert exporter.healthy()
+    _wait_query(single, 'up{job="postgres"} == 1', "the exporter scraped again")
+
+
+def test_killing_the_patroni_leader_raises_the_failover_alert(ha_stack, ha):
+    from tests.integration.test_ha_failover import _wait_healthy
+
+    receiver = ReceiverClient(ha["CQOX_ALERT_RECEIVER_URL"])
+    cluster = ha_stack.service("patroni")
+    before = _wait_healthy(ha_stack)
+    # Prometheus has seen the current timeline on every node before the fault (the rule compares with it).
+    _wait_query(ha, f"min(patroni_postgres_timeline) == {before.timeline}", "Patroni timelines scraped")
+    leader = next(n for n in cluster.nodes if n.name == before.leader)
+    started = time.time()
+    try:
+        os.kill(leader.postmaster_pid(), signal.SIGKILL)
+        records = _wait_for(
+            receiver, started, lambda rs: _triggers(rs, "patroni", "CqoxPatroniFailover"), timeout=PAGE_TIMEOUT
+        )
+        (ticket,) = _triggers(records, "patroni", "CqoxPatroniFailover")
+        print(f"\nleader killed -> CqoxPatroniFailover ticket: {ticket['received_at'] - started:.1f} s")
+        assert ticket["kind"] == "webhook" and ticket["name"] == "tickets"
+        (alert,) = ticket["body"]["alerts"]
+        assert alert["labels"]["scope"] == "cqox-cluster"
+        assert f"timeline {before.timeline + 1}" in alert["annotations"]["summary"]
+    finally:
+        after = _wait_healthy(ha_stack, timeout=180)  # the old leader rejoins as a replica
+    assert after.leader != before.leader and after.timeline == before.timeline + 1
+    # A failover within Patroni's TTL is not a leaderless cluster and never two leaders.
+    for name in ("CqoxPatroniNoLeader", "CqoxPatroniTwoLeaders"):
+        assert not _triggers(receiver.received(started), "patroni", name), name

@@ -78,6 +78,11 @@ PORT_SETTINGS: dict[str, str] = {
     "haproxy_stats": "haproxy_stats_port",
     "alertmanager": "alertmanager_port",
     "alert_receiver": "alert_receiver_port",
+    "postgres_exporter1": "postgres_exporter1_port",
+    "postgres_exporter2": "postgres_exporter2_port",
+    "postgres_exporter3": "postgres_exporter3_port",
+    "blackbox_exporter": "blackbox_exporter_port",
+    "etcd_metrics": "etcd_metrics_port",
 }
 
 
@@ -230,6 +235,11 @@ class Settings(BaseSettings):
     haproxy_stats_port: int | None = _port("HAProxy's stats listener")
     alertmanager_port: int | None = _port("Alertmanager")
     alert_receiver_port: int | None = _port("the local alert receiver")
+    postgres_exporter1_port: int | None = _port("the PostgreSQL exporter of the single node or of node1")
+    postgres_exporter2_port: int | None = _port("node2's PostgreSQL exporter (HA stack)")
+    postgres_exporter3_port: int | None = _port("node3's PostgreSQL exporter (HA stack)")
+    blackbox_exporter_port: int | None = _port("the blackbox exporter (certificate expiry, OpenBao's seal)")
+    etcd_metrics_port: int | None = _port("etcd's metrics-only listener (HA stack)")
 
     # --- reading ---------------------------------------------------------------------------------------------
 

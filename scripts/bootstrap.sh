@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   postgresql-15 postgresql-15-partman postgresql-15-pgaudit postgresql-client-15
   prometheus prometheus-pushgateway prometheus-alertmanager
+  # Exporters the stack scrapes: PostgreSQL per node, blackbox probes (certificate expiry, OpenBao seal).
+  prometheus-postgres-exporter prometheus-blackbox-exporter
   openssl iproute2 util-linux python3 python3-venv
   pgbackrest
   # `stack up --ha`: the DCS, the PostgreSQL endpoint in front of Patroni, and partition drills.

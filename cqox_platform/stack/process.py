@@ -33,6 +33,10 @@ BINARY_SOURCES: dict[str, str] = {
     "promtool": "Debian package prometheus (apt-get install prometheus)",
     "prometheus-alertmanager": "Debian package prometheus-alertmanager (apt-get install prometheus-alertmanager)",
     "amtool": "Debian package prometheus-alertmanager (apt-get install prometheus-alertmanager)",
+    "prometheus-postgres-exporter": "Debian package prometheus-postgres-exporter "
+    "(apt-get install prometheus-postgres-exporter)",
+    "prometheus-blackbox-exporter": "Debian package prometheus-blackbox-exporter "
+    "(apt-get install prometheus-blackbox-exporter)",
     "dagster-webserver": "PyPI package dagster-webserver (pip install -e '.[dev]')",
     "dagster-daemon": "PyPI package dagster (pip install -e '.[dev]')",
     "node": "Debian package nodejs",

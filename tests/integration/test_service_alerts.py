@@ -258,3 +258,30 @@ def test_killing_the_patroni_leader_raises_the_failover_alert(ha_stack, ha):
     # A failover within Patroni's TTL is not a leaderless cluster and never two leaders.
     for name in ("CqoxPatroniNoLeader", "CqoxPatroniTwoLeaders"):
         assert not _triggers(receiver.received(started), "patroni", name), name
+
+
+def test_prometheus_reads_the_api_server_metrics_and_nothing_else(stack):
+    """``cqox-prometheus`` (group ``system:monitoring``) may read ``/metrics``, not a single object."""
+    from cqox_platform.stack.kube_pki import kube_pki
+
+    apiserver = stack.service("kube-apiserver")
+    pki = kube_pki(stack.config.tls_dir)
+    identity = (str(pki.monitoring.cert), str(pki.monitoring.key))
+
+    def get(path: str) -> requests.Response:
+        return requests.get(f"{apiserver.url}{path}", cert=identity, verify=str(pki.ca_cert), timeout=10)
+
+    assert get("/metrics").status_code == 200
+    for path in ("/api/v1/secrets", "/api/v1/namespaces/default/pods", "/apis/apps/v1/deployments"):
+        assert get(path).status_code == 403, path
+
+
+def test_etcd_metrics_listener_serves_metrics_and_no_keys(ha_stack):
+    """Prometheus scrapes etcd without any DCS identity: the metrics listener has no KV API behind it."""
+    etcd = ha_stack.service("etcd")
+    metrics = requests.get(f"{etcd.metrics_url}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "etcd_server_has_leader 1" in metrics.text
+    put = requests.post(f"{etcd.metrics_url}/v3/kv/put", json={"key": "Zm9v", "value": "YmFy"}, timeout=10)
+    assert put.status_code == 404
+    ranged = requests.post(f"{etcd.metrics_url}/v3/kv/range", json={"key": "L3NlcnZpY2Uv"}, timeout=10)
+    assert ranged.status_code == 404

@@ -62,6 +62,9 @@ from cqox_platform.stack.s3 import client_config
 
 FIGURES = ("backup", "restore", "replay", "archive-cost", "sustained", "rss")
 MIB = 2**20
+#: Sustained archiving: a backlog trending up faster than this, and larger than the noise floor, is growing.
+GROWING_SEGMENTS_PER_MINUTE = 1.0
+BACKLOG_NOISE_SEGMENTS = 8
 
 
 @dataclass
@@ -154,8 +157,10 @@ def fresh_dir(b: Bench, name: str) -> tuple[Path, Path]:
     return parent, parent / "pgdata"
 
 
-def restored_file_phases(lines: list[tuple[float, str]]) -> tuple[dict[str, float], float]:
-    """The phases ``cqox-platform restore`` reports ("restored files: download 1.0 s, ...") and when it did."""
+def restored_file_phases(lines: list[tuple[float, str]], total: float) -> tuple[dict[str, float], float]:
+    """The phases ``cqox-platform restore`` reports ("restored files: download 1.0 s, ...") and when it did.
+
+    If its output no longer has that line, the whole command counts as one unsplit phase (said loudly)."""
     for at, line in lines:
         if line.startswith("restored files:"):
             phases = {}
@@ -163,7 +168,8 @@ def restored_file_phases(lines: list[tuple[float, str]]) -> tuple[dict[str, floa
                 name, secs, _unit = part.strip().rsplit(" ", 2)
                 phases[name] = float(secs)
             return phases, at
-    raise SystemExit("`cqox-platform restore` printed no 'restored files:' line; has its output changed?")
+    print("WARNING: `cqox-platform restore` printed no 'restored files:' line; its phases are not split.")
+    return {"restore (unsplit)": total}, total
 
 
 def current_lsn(b: Bench) -> int:
@@ -203,7 +209,7 @@ def figure_restore(b: Bench) -> None:
         size = du_bytes(pgdata)
         ours.append(run.seconds)
         ours_disk.append(run.disk.peak_du / size)
-        phases, _ = restored_file_phases(run.lines)
+        phases, _ = restored_file_phases(run.lines, run.seconds)
         b.log(
             f"restore {i + 1}: cqox {run.seconds:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in phases.items())}), "
             f"data dir {size / MIB:.0f} MiB, peak du {run.disk.peak_du / MIB:.0f} MiB, "
@@ -245,7 +251,7 @@ def replay_ours(b: Bench, record: BackupRecord, wal_bytes: int) -> float:
     watch = ProcessWatch(marker=str(pgdata), count_tree=False)  # wal-fetch and its helpers, not restore itself
     run = run_timed(cqox("restore", "--backup", record.backup_id, "--pgdata", str(pgdata)), watch=watch)
     wal.stop_cluster(pgdata, pg_bindir())
-    phases, files_done = restored_file_phases(run.lines)
+    phases, files_done = restored_file_phases(run.lines, run.seconds)
     replay = run.seconds - files_done
     b.restores.append(MeasuredRestore("cqox-platform", phases, replay, record.database_bytes, wal_bytes))
     b.rss["fetch"] = (watch, None)
@@ -365,9 +371,15 @@ def watch_for(b: Bench, seconds: float, t0: float, label: str) -> list[Sample]:
 def backlog_slope(samples: list[Sample]) -> float:
     """Backlog trend in segments per minute over the second half (the first fills pipelines and caches)."""
     half = samples[len(samples) // 2 :]
-    if len(half) < 2:
+    if len(half) < 2 or len({s.t for s in half}) < 2:
         return 0.0
     return statistics.linear_regression([s.t for s in half], [s.ready for s in half]).slope * 60
+
+
+def backlog_bounded(samples: list[Sample]) -> bool:
+    """Bounded unless the backlog both trends up (> 1 segment a minute) and ends above 8 segments (128 MiB):
+    a few segments waiting while one is pushed is the pipeline, not a backlog."""
+    return backlog_slope(samples) <= GROWING_SEGMENTS_PER_MINUTE or samples[-1].ready <= BACKLOG_NOISE_SEGMENTS
 
 
 def drain(b: Bench, t0: float, floor: int, timeout: float) -> list[Sample]:
@@ -399,7 +411,7 @@ def figure_sustained(b: Bench) -> None:
     capacity = (d1.archived - d0.archived) * 16 / max(d1.t - d0.t, 1e-9)
     drain_write = (d1.lsn - d0.lsn) / MIB / max(d1.t - d0.t, 1e-9)
     slope = backlog_slope(loaded)
-    bounded = slope <= 1.0 and last.failed == first.failed
+    bounded = backlog_bounded(loaded) and last.failed == first.failed
     b.log(
         f"sustained {minutes:g} min: WAL written {write_rate:.1f} MiB/s, archived {archive_rate:.1f} MiB/s, "
         f"backlog peak {max(s.ready for s in loaded)} end {last.ready}, trend {slope:+.2f} segments/min "
@@ -410,7 +422,7 @@ def figure_sustained(b: Bench) -> None:
         f"{d1.archived - d0.archived} segments in {d1.t - d0.t:.0f} s = {capacity:.1f} MiB/s while pgbench wrote "
         f"{drain_write:.1f} MiB/s{'' if d1.ready <= max(last.ready, 1) else ' (NOT drained)'}"
     )
-    b.rows.append(Row("sustained backlog trend", slope, None, "seg/min", "bounded (<= 1/min)", bounded))
+    b.rows.append(Row("sustained backlog trend", slope, None, "seg/min", "bounded", bounded))
     b.rows.append(
         Row("archive capacity / WAL write", capacity / write_rate, None, "x", ">= 1.5x", capacity / write_rate >= 1.5)
     )
@@ -424,7 +436,7 @@ def rss_rows(b: Bench) -> None:
         ours, theirs = b.rss[kind]
         b.rows.append(
             Row(
-                f"peak RSS {kind} (largest proc)",
+                f"peak RSS {kind}, one process",
                 ours.peak_single / MIB,
                 theirs.peak_single / MIB if theirs else None,
                 "MiB",
@@ -434,7 +446,7 @@ def rss_rows(b: Bench) -> None:
         )
         b.rows.append(
             Row(
-                f"peak RSS {kind} (all procs)",
+                f"peak RSS {kind}, all at once",
                 ours.peak_total / MIB,
                 theirs.peak_total / MIB if theirs else None,
                 "MiB",
@@ -464,6 +476,9 @@ def print_rto(b: Bench) -> None:
         f"{b.args.wal_per_day_gb:g} GiB of WAL (a day), from the measured throughputs:\n"
     )
     print(markdown(b.restores, int(b.args.project_tb * 2**40), int(b.args.wal_per_day_gb * 2**30)))
+    measured = b.restores[0]
+    if measured.database_bytes < 5 * 2**30 or measured.wal_bytes < 2 * 2**30:
+        print("\n(small volumes: fixed costs such as process starts weigh on these throughputs; project from 10 GB)")
 
 
 # --- setup -------------------------------------------------------------------------------------------------

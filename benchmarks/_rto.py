@@ -21,10 +21,17 @@ class MeasuredRestore:
     replay_seconds: float
     database_bytes: int
     wal_bytes: int
+    #: Seconds that do not grow with the data (the command starting, its checks), kept as measured.
+    fixed_seconds: float = 0.0
+
+    def measured(self) -> dict[str, float]:
+        fixed = {"start + checks": self.fixed_seconds} if self.fixed_seconds else {}
+        return {**fixed, **self.file_phases, "replay": self.replay_seconds}
 
     def projected(self, database_bytes: int, wal_bytes: int) -> dict[str, float]:
         scale = database_bytes / self.database_bytes
-        phases = {name: secs * scale for name, secs in self.file_phases.items()}
+        phases = {"start + checks": self.fixed_seconds} if self.fixed_seconds else {}
+        phases.update({name: secs * scale for name, secs in self.file_phases.items()})
         phases["replay"] = self.replay_seconds * wal_bytes / max(self.wal_bytes, 1)
         return phases
 
@@ -48,12 +55,13 @@ def markdown(measured: list[MeasuredRestore], target_db_bytes: int, target_wal_b
     ]
     for m in measured:
         projected = m.projected(target_db_bytes, target_wal_bytes)
-        for phase, secs in {**m.file_phases, "replay": m.replay_seconds}.items():
-            volume = m.wal_bytes if phase == "replay" else m.database_bytes
-            lines.append(f"| {m.tool} | {phase} | {secs:.1f} s | {_rate(volume, secs)} | {_hms(projected[phase])} |")
+        for phase, secs in m.measured().items():
+            volume = {"replay": m.wal_bytes, "start + checks": 0}.get(phase, m.database_bytes)
+            rate = _rate(volume, secs) if volume else "fixed"
+            lines.append(f"| {m.tool} | {phase} | {secs:.1f} s | {rate} | {_hms(projected[phase])} |")
         total = sum(projected.values())
         verdict = "met" if total <= ROADMAP_RTO_HOURS * 3600 else "MISSED"
-        measured_total = sum(m.file_phases.values()) + m.replay_seconds
+        measured_total = sum(m.measured().values())
         lines.append(
             f"| {m.tool} | **RTO** ({m.database_bytes / 2**30:.1f} GiB + {m.wal_bytes / 2**30:.1f} GiB WAL) | "
             f"**{measured_total:.1f} s** | | **{_hms(total)}** vs {ROADMAP_RTO_HOURS:g} h: {verdict} |"

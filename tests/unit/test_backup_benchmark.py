@@ -55,3 +55,9 @@ def test_rto_projection_over_four_hours_is_missed():
     # 150 s for 10 GiB is 4.3 h for 1 TiB before any replay.
     slow = MeasuredRestore("slow", {"restore files": 150.0}, 10.0, 10 * GIB, 2 * GIB)
     assert "vs 4 h: MISSED" in markdown([slow], 1024 * GIB, 50 * GIB)
+
+
+def test_rto_projection_keeps_fixed_costs_as_measured():
+    measured = MeasuredRestore("tool", {"download": 10.0}, 40.0, 10 * GIB, 2 * GIB, fixed_seconds=3.0)
+    assert measured.projected(1024 * GIB, 50 * GIB) == {"start + checks": 3.0, "download": 1024.0, "replay": 1000.0}
+    assert "| tool | start + checks | 3.0 s | fixed | 0:00:03 |" in markdown([measured], 1024 * GIB, 50 * GIB)

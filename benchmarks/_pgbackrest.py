@@ -43,8 +43,12 @@ class PgBackRest:
 
     conf: Path
 
+    def argv(self, *args: str) -> list[str]:
+        """A pgBackRest command line run as postgres (for callers that start and time it themselves)."""
+        return ["runuser", "-u", PG, "--", "pgbackrest", f"--config={self.conf}", f"--stanza={STANZA}", *args]
+
     def run(self, *args: str) -> None:
-        result = as_pg(["pgbackrest", f"--config={self.conf}", f"--stanza={STANZA}", *args])
+        result = subprocess.run(self.argv(*args), capture_output=True, text=True, errors="replace")
         if result.returncode != 0:
             raise SystemExit(f"pgbackrest {' '.join(args)} failed: {result.stdout}{result.stderr}")
 

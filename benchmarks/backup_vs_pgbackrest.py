@@ -147,10 +147,6 @@ def cqox(*args: str) -> list[str]:
     return [str(platform_cli()), *args]
 
 
-def backrest_cmd(b: Bench, *args: str) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", "pgbackrest", f"--config={b.backrest.conf}", "--stanza=cqox", *args]
-
-
 def fresh_dir(b: Bench, name: str) -> tuple[Path, Path]:
     """``work/name`` (traversable) with an empty ``pgdata`` path inside it (not created)."""
     parent = b.work / name
@@ -192,7 +188,7 @@ def figure_backup(b: Bench) -> None:
         started = time.perf_counter()
         b.bench_record = backup_once(b, b.bench_archive)
         ours.append(time.perf_counter() - started)
-        theirs.append(run_timed(backrest_cmd(b, "backup", "--type=full")).seconds)
+        theirs.append(run_timed(b.backrest.argv("backup", "--type=full")).seconds)
         b.log(f"backup {i + 1}/{b.args.repeat}: cqox {ours[-1]:.1f} s, pgBackRest {theirs[-1]:.1f} s")
     r = b.bench_record
     b.log(f"cqox backup: {r.database_bytes / MIB:.0f} MiB -> {r.stored_bytes / MIB:.0f} MiB stored")
@@ -222,7 +218,7 @@ def figure_restore(b: Bench) -> None:
         parent, pgdata = fresh_dir(b, f"restore-backrest-{i}")
         pgdata.mkdir(mode=0o700)
         chown_tree(pgdata)
-        run_b = run_timed(backrest_cmd(b, "restore", f"--pg1-path={pgdata}", "--type=immediate"), disk_root=parent)
+        run_b = run_timed(b.backrest.argv("restore", f"--pg1-path={pgdata}", "--type=immediate"), disk_root=parent)
         theirs.append(run_b.seconds)
         theirs_disk.append(run_b.disk.peak_du / du_bytes(pgdata))
         b.log(f"restore {i + 1}: pgBackRest {run_b.seconds:.1f} s, RSS {run_b.rss.describe()}")

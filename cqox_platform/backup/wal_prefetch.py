@@ -208,6 +208,8 @@ def run_daemon(
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return
+    for sub in ("ready", "error", "inflight"):  # a predecessor killed before its cleanup: start from nothing
+        shutil.rmtree(spool / sub, ignore_errors=True)
     prefetcher: Prefetcher | None = None
     last_want, idle_since = None, time.monotonic()
     try:

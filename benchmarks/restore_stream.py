@@ -174,12 +174,13 @@ def main() -> None:
                 dest_dir = work / f"fetch-{depth}"
                 dest_dir.mkdir()
                 shutil.chown(dest_dir, "postgres")
-                times = []
+                times, rss = [], []
                 for name in segments:
                     started = time.perf_counter()
                     result = subprocess.run(
                         [
-                            "runuser", "-u", "postgres", "--", str(platform_cli()), "wal-fetch", name,
+                            "/usr/bin/time", "-f", "%M", "runuser", "-u", "postgres", "--", str(platform_cli()),
+                            "wal-fetch", name,
                             str(dest_dir / "RECOVERYXLOG"), "--config", settings_file, "--pgdata", str(pgdata_copy),
                             "--prefetch", str(depth),
                         ],
@@ -190,9 +191,11 @@ def main() -> None:
                     times.append(time.perf_counter() - started)
                     if result.returncode != 0:
                         raise SystemExit(f"wal-fetch {name} exited {result.returncode}: {result.stderr}")
+                    rss.append(int(result.stderr.strip().splitlines()[-1]))
                 out.append(
                     f"wal-fetch --prefetch {depth}: {len(segments)} segments in {sum(times):.1f} s, per segment "
-                    f"median {statistics.median(times):.3f} s, mean {statistics.mean(times):.3f} s"
+                    f"median {statistics.median(times):.3f} s, mean {statistics.mean(times):.3f} s, "
+                    f"peak RSS per call {max(rss) / 1024:.0f} MiB"
                 )
             shutil.rmtree(work / "streamed")  # the prefetcher sees its data directory gone and exits
 
@@ -201,9 +204,18 @@ def main() -> None:
                 for depth in (0, 8):
                     target = work / f"e2e-{depth}"
                     started = time.perf_counter()
-                    _cli("restore", "--backup", backup_id, "--pgdata", str(target), "--wal-prefetch", str(depth))
+                    argv = ["restore", "--backup", backup_id, "--pgdata", str(target), "--wal-prefetch", str(depth)]
+                    result = subprocess.run(
+                        ["/usr/bin/time", "-f", "%M", str(platform_cli()), *argv], capture_output=True, text=True
+                    )
                     seconds = time.perf_counter() - started
-                    out.append(f"restore + replay of {len(segments)} segments, --wal-prefetch {depth}: {seconds:.1f} s")
+                    if result.returncode != 0:
+                        raise SystemExit(f"restore failed: {result.stderr[-2000:]}")
+                    peak = int(result.stderr.strip().splitlines()[-1]) / 1024
+                    out.append(
+                        f"restore + replay of {len(segments)} segments, --wal-prefetch {depth}: {seconds:.1f} s "
+                        f"(restore process peak RSS {peak:.0f} MiB)"
+                    )
                     subprocess.run(
                         ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", str(target),
                          "-m", "immediate", "-w", "stop"],

@@ -30,6 +30,7 @@ from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.proof import RestorePoint, compare_checksums, table_checksums
 from cqox_platform.backup.records import BackupRecord
 from cqox_platform.backup.restore import (
+    DEFAULT_WAL_PREFETCH,
     Progress,
     RecoveryTarget,
     ScratchCluster,
@@ -82,6 +83,7 @@ def run_drill(
     progress: Progress = lambda _m: None,
     keep: bool = False,
     replay_timeout: float = 3600,
+    wal_prefetch: int = DEFAULT_WAL_PREFETCH,
 ) -> DrillResult:
     result = DrillResult(
         drill_id=f"{record.backup_id}-{uuid.uuid4().hex[:8]}",
@@ -99,14 +101,14 @@ def run_drill(
     try:
         where = archive.where(record.object_key)
         progress(f"drill {result.drill_id}: downloading {where} ({record.stored_bytes / 2**20:.1f} MiB)")
-        files = restore_files(archive, provider, record, pgdata, scratch / "base.tar.zst.enc", progress, bindir)
+        files = restore_files(archive, provider, record, pgdata, progress, bindir)
         result.seconds.update(files.seconds)
         result.details["key_version"] = files.key_version
         configure_recovery(
             pgdata,
             port=cluster.port,
             socket_dir=cluster.socket_dir,
-            restore_command=restore_command_for(cli, settings_file, archive.bucket),
+            restore_command=restore_command_for(cli, settings_file, archive.bucket, wal_prefetch),
             target=target,
         )
         progress(f"drill {result.drill_id}: recovering to {target.kind} {target.value!r}")

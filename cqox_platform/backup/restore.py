@@ -1,8 +1,10 @@
-"""Turn a base backup in S3 back into a running PostgreSQL: download, decrypt, extract, recover.
+"""Turn a base backup in S3 back into a running PostgreSQL: stream the files in, verify them, recover.
 
-Each phase is timed separately because the RTO a drill reports is their sum, and knowing which phase
-dominates is what lets an operator shrink it. The unpack phase streams decrypt -> zstd -> tar in two threads;
-its time is split into decrypt (AES-GCM and manifest checks) and extract (decompression and file writes).
+The files arrive through ``restore_stream`` (parallel ranged GETs -> decrypt -> zstd -> tar, no staging copy).
+Each phase is timed because the RTO a drill reports is their sum, and knowing which phase dominates is what
+lets an operator shrink it; in the streamed pipeline the phases overlap, so ``download`` is the time the
+pipeline waited on the network, ``decrypt`` the AES-GCM work and ``extract`` the rest of its wall time.
+``download_object`` and ``unpack_backup`` are the former staged path, kept for benchmarks that compare both.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import psycopg
 import zstandard
 
 from cqox_platform.backup.archive import Archive, ArchiveError
 from cqox_platform.backup.records import BackupRecord
+from cqox_platform.backup.restore_stream import INCOMPLETE_MARKER, mark_incomplete, stream_restore
+from cqox_platform.backup.restore_stream import safe_member as _safe_member
 from cqox_platform.crypto.envelope import Manifest, decrypt_from
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
@@ -77,16 +81,6 @@ def download_object(archive: Archive, key: str, dest: Path, size: int, progress:
     if size and done != size:
         raise RestoreError(f"{archive.where(key)} is {done} bytes, the backup record says {size}: truncated.")
     return time.monotonic() - started
-
-
-def _safe_member(member: tarfile.TarInfo, where: str) -> tarfile.TarInfo:
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or ".." in path.parts:
-        raise RestoreError(f"{where} holds an unsafe path {member.name!r}; refusing to extract it.")
-    if not (member.isfile() or member.isdir()):
-        raise RestoreError(f"{where} holds {member.name!r} of a type a data directory never has; refusing.")
-    member.mode &= 0o700
-    return member
 
 
 class _TimedWriter:
@@ -180,8 +174,9 @@ def as_pg_user(argv: list[str]) -> list[str]:
 def verify_backup(pgdata: Path, pg_bindir: Path) -> float:
     """``pg_verifybackup`` against the backup_manifest that came inside the tar (WAL is checked by replay)."""
     started = time.monotonic()
+    verify = [str(pg_bindir / "pg_verifybackup"), "--no-parse-wal", "--quiet", "--ignore", INCOMPLETE_MARKER]
     result = subprocess.run(
-        as_pg_user([str(pg_bindir / "pg_verifybackup"), "--no-parse-wal", "--quiet", str(pgdata)]),
+        as_pg_user([*verify, str(pgdata)]),
         capture_output=True,
         text=True,
     )
@@ -239,9 +234,17 @@ def configure_recovery(
     write_file(pgdata / "recovery.signal", "", mode=0o600, owner=PG_OS_USER)
 
 
-def restore_command_for(cli: Path, settings_file: Path, bucket: str | None = None) -> str:
+#: Segments the restore_command's prefetcher keeps verified ahead of replay (``wal-fetch --prefetch``); 0 is off.
+DEFAULT_WAL_PREFETCH = 8
+
+
+def restore_command_for(
+    cli: Path, settings_file: Path, bucket: str | None = None, prefetch: int = DEFAULT_WAL_PREFETCH
+) -> str:
+    """The restore_command of a restored or drilled cluster: prefetching by default (same exit-code contract)."""
     command = f"{shlex.quote(str(cli))} wal-fetch %f %p --config {shlex.quote(str(settings_file))}"
-    return command + (f" --bucket {shlex.quote(bucket)}" if bucket else "")
+    command += f" --bucket {shlex.quote(bucket)}" if bucket else ""
+    return command + (f" --prefetch {int(prefetch)}" if prefetch else "")
 
 
 class ScratchCluster:
@@ -359,20 +362,18 @@ def restore_files(
     provider: DataKeyProvider,
     record: BackupRecord,
     pgdata: Path,
-    staging: Path,
     progress: Progress,
     bindir: Path | None = None,
 ) -> RestoredFiles:
-    """Download (to ``staging``, removed afterwards), decrypt, extract, hand to postgres, pg_verifybackup."""
-    seconds: dict[str, float] = {}
-    try:
-        seconds["download"] = download_object(archive, record.object_key, staging, record.stored_bytes, progress)
-        manifest = fetch_backup_manifest(archive, record)
-        seconds["decrypt"], seconds["extract"] = unpack_backup(
-            staging, manifest, provider, pgdata, archive.where(record.object_key)
-        )
-    finally:
-        staging.unlink(missing_ok=True)
+    """Stream the backup into ``pgdata`` (no staging copy), hand it to postgres, pg_verifybackup it.
+
+    ``pgdata`` carries ``INCOMPLETE_MARKER`` from before the first byte until the verification passed: a restore
+    killed in between leaves a directory that names itself incomplete and has no ``global/pg_control``.
+    """
+    manifest = fetch_backup_manifest(archive, record)
+    mark_incomplete(pgdata, f"backup {record.backup_id} ({archive.where(record.object_key)})")
+    seconds = stream_restore(archive, record.object_key, record.stored_bytes, manifest, provider, pgdata, progress)
     chown_tree(pgdata)
     seconds["verify"] = verify_backup(pgdata, bindir or pg_bindir())
+    (pgdata / INCOMPLETE_MARKER).unlink()
     return RestoredFiles(seconds, manifest.key_version)

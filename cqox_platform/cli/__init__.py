@@ -27,6 +27,7 @@ for _command in (
     backup.wal_push,
     backup.wal_push_daemon,
     backup.wal_fetch,
+    backup.wal_prefetch_daemon,
     backup.backup,
     backup.restore,
     canary.canary,

@@ -9,6 +9,7 @@ and promote at the wrong point. Only S3 answering ``NoSuchKey`` for the manifest
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import click
 from cqox_platform.errors import CqoxError
 
 FETCH_FATAL = 255
+SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
 
 
 def _one_line(text: str) -> str:
@@ -143,21 +145,41 @@ def wal_push_daemon(config_path: Path | None, pgdata: Path) -> None:
     is_flag=True,
     help="For a streaming standby (Patroni): any failure means 'not available', never stop the server.",
 )
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0, max=64),
+    default=0,
+    show_default=True,
+    help="Serve from a background prefetcher that verifies the next N segments ahead of replay (0: off).",
+)
 def wal_fetch(
-    name: str, destination: Path, config_path: Path | None, pgdata: Path, bucket: str | None, standby: bool
+    name: str,
+    destination: Path,
+    config_path: Path | None,
+    pgdata: Path,
+    bucket: str | None,
+    standby: bool,
+    prefetch: int,
 ) -> None:
     """Restore one WAL file (PostgreSQL's restore_command: `cqox-platform wal-fetch %f %p`).
 
     A standby never ends recovery on its own, so an archive it cannot use yet (settings not written, S3 down)
     only means "stream it instead"; stopping it there would take a healthy replica down with the archive.
+    With ``--prefetch N`` (what `restore` and drills write) a segment the prefetcher already verified is
+    handed over at once; anything else is fetched directly, so the exit codes are the same.
     """
+    target = pgdata / destination if not destination.is_absolute() else destination
+    if prefetch and not standby:
+        served = _serve_prefetched(name, target, config_path, pgdata, bucket, prefetch)
+        if served is not None:
+            click.echo(f"wal-fetch: restored {name} ({served / 2**20:.1f} MiB, prefetched)", err=True)
+            return
+
     from cqox_platform.backup.wal import WalMissingError, fetch_wal
 
     try:
         archive, provider = _archive_for(config_path, pgdata, bucket)
-        size = fetch_wal(
-            archive, provider, name, pgdata / destination if not destination.is_absolute() else destination
-        )
+        size = fetch_wal(archive, provider, name, target)
     except WalMissingError:
         sys.exit(1)  # S3 proved the file absent: PostgreSQL probes past the end of the archive; not an error
     except Exception as exc:  # anything short of proven absence must not end recovery
@@ -168,6 +190,49 @@ def wal_fetch(
         click.echo(f"wal-fetch: {name} could not be restored, stopping recovery: {_one_line(reason)}", err=True)
         sys.exit(FETCH_FATAL)
     click.echo(f"wal-fetch: restored {name} ({size / 2**20:.1f} MiB)", err=True)
+
+
+def _serve_prefetched(
+    name: str, target: Path, config_path: Path | None, pgdata: Path, bucket: str | None, depth: int
+) -> int | None:
+    """The size served from the prefetch spool, or None to fetch directly; exits 255 on a refused segment."""
+    from cqox_platform.backup.wal_prefetch_client import PrefetchClient, PrefetchRefused
+
+    try:
+        client = PrefetchClient(_config(config_path), pgdata.resolve(), bucket, depth)
+        if SEGMENT_NAME.match(name):
+            client.request(name)
+            client.ensure_daemon(_this_cli())
+        return client.serve(name, target)
+    except PrefetchRefused as exc:
+        click.echo(f"wal-fetch: {name} could not be restored, stopping recovery: {_one_line(str(exc))}", err=True)
+        sys.exit(FETCH_FATAL)
+    except (OSError, CqoxError) as exc:  # the spool is an optimisation: without it, fetch directly
+        click.echo(f"wal-fetch: prefetch unavailable for {name} ({_one_line(str(exc))}); fetching directly", err=True)
+        return None
+
+
+def _this_cli() -> Path:
+    """The executable PostgreSQL ran (no settings load on the per-segment path), else the installation's."""
+    ran = Path(sys.argv[0])
+    if ran.name == "cqox-platform" and ran.is_file():
+        return ran.resolve()
+    from cqox_platform.installation import platform_cli
+
+    return platform_cli()
+
+
+@click.command("wal-prefetch-daemon", hidden=True)
+@_archiver_config
+@_pgdata
+@click.option("--bucket", default=None)
+@click.option("--depth", type=click.IntRange(min=1, max=64), default=8)
+def wal_prefetch_daemon(config_path: Path | None, pgdata: Path, bucket: str | None, depth: int) -> None:
+    """The background prefetcher behind `wal-fetch --prefetch` (started by it; exits when idle)."""
+    from cqox_platform.backup.wal_prefetch import run_daemon
+
+    _archiver_process()
+    run_daemon(_config(config_path), pgdata.resolve(), bucket, depth, log=lambda m: click.echo(m, err=True))
 
 
 # --- backups -------------------------------------------------------------------------------------------------
@@ -336,9 +401,15 @@ def _recovery_target(target_time: str | None, target_name: str | None):
 
 def _check_pgdata(pgdata: Path) -> None:
     from cqox_platform.backup.restore import postgres_cannot_reach
+    from cqox_platform.backup.restore_stream import INCOMPLETE_MARKER
 
     if pgdata.is_symlink() or (pgdata.exists() and not pgdata.is_dir()):
         raise RestoreInputError(f"--pgdata {pgdata} exists and is not a directory; restore into a new directory.")
+    if (pgdata / INCOMPLETE_MARKER).exists():
+        raise RestoreInputError(
+            f"--pgdata {pgdata} holds an interrupted restore ({INCOMPLETE_MARKER}): it is not a usable data "
+            f"directory; remove it (rm -rf {pgdata}) and restore again."
+        )
     if pgdata.exists() and any(pgdata.iterdir()):
         raise RestoreInputError(f"--pgdata {pgdata} is not empty; restore into a new directory.")
     blocked = postgres_cannot_reach(pgdata.parent)
@@ -396,6 +467,20 @@ class _Created:
             os.chmod(self.pgdata, self.stat.st_mode & 0o7777, follow_symlinks=False)
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP during a restore: unwind through the cleanup instead of dying with files half-written."""
+
+
+def _interrupt_on_termination() -> None:
+    import signal
+
+    def _raise(signum, _frame):
+        raise _Terminated(f"restore interrupted by signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise)
+
+
 @click.command("restore")
 @click.option("--backup", "backup_id", required=True, help="Backup id (`cqox-platform backup list`).")
 @click.option("--target-time", default=None, help="Recover to this time (e.g. '2026-11-26 06:30:00+00').")
@@ -404,6 +489,12 @@ class _Created:
 @click.option("--bucket", default=None, help="Restore from another bucket (e.g. the DR copy).")
 @click.option("--port", type=int, default=None, help="Port of the restored server (default: a free one).")
 @click.option("--start/--no-start", default=True, help="Start it and wait until recovery has promoted it.")
+@click.option(
+    "--wal-prefetch",
+    type=click.IntRange(min=0, max=64),
+    default=None,
+    help="WAL segments the restore_command prefetches ahead of replay (default 8; 0 turns prefetch off).",
+)
 def restore(
     backup_id: str,
     target_time: str | None,
@@ -412,13 +503,17 @@ def restore(
     bucket: str | None,
     port: int | None,
     start: bool,
+    wal_prefetch: int | None,
 ) -> None:
     """Restore a backup into PGDATA and recover it (to the end of the archive, or to a target).
 
     Everything that can be checked is checked before the download (which may take hours): the target, PGDATA,
-    that the postgres OS user can reach it, the archiver settings, the backup's record. Side files (the
-    download, the server's socket directory and log) go into a fresh private directory beside PGDATA, never
-    under predictable names. A failed restore removes what it created and nothing else.
+    that the postgres OS user can reach it, the archiver settings, the backup's record. The backup streams
+    straight into PGDATA (no staging copy); side files (the server's socket directory and log) go into a fresh
+    private directory beside PGDATA, never under predictable names. A failed, interrupted (SIGINT, SIGTERM) or
+    killed restore leaves nothing half-open: the first two remove what they created and nothing else; a
+    SIGKILL leaves PGDATA marked CQOX_RESTORE_INCOMPLETE, without global/pg_control (no server starts on it),
+    and this command refuses it until it is removed.
 
     The restored server listens on a private unix socket and does not archive, so no client or archive mixes
     it up with the primary; open it by editing listen_addresses when you decide to.
@@ -429,6 +524,7 @@ def restore(
     from cqox_platform.backup.archive import Archive, check_backup_id
     from cqox_platform.backup.records import find_backup
     from cqox_platform.backup.restore import (
+        DEFAULT_WAL_PREFETCH,
         ScratchCluster,
         configure_recovery,
         pg_bindir,
@@ -452,22 +548,26 @@ def restore(
 
     created = _Created(pgdata)
     say = lambda m: click.echo(m, err=True)  # noqa: E731
+    _interrupt_on_termination()
     cluster = None
     try:
         pgdata.mkdir(parents=True, exist_ok=True)
         pgdata.chmod(0o700)
-        # A fresh directory only root can write (0711: postgres may reach the socket directory and log inside it).
+        files = restore_files(archive, provider, record, pgdata, say, bindir)
+        say("restored files: " + ", ".join(f"{phase} {secs:.1f} s" for phase, secs in files.seconds.items()))
+        # Created only now, so a restore killed while streaming leaves nothing beside PGDATA. A fresh directory
+        # only root can write (0711: postgres may reach the socket directory and log inside it).
         created.side = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}.restore-", dir=pgdata.parent))
         created.side.chmod(0o711)
-        files = restore_files(archive, provider, record, pgdata, created.side / "base.download", say, bindir)
-        say("restored files: " + ", ".join(f"{phase} {secs:.1f} s" for phase, secs in files.seconds.items()))
         socket_dir = created.side / "sock"
         port = port or free_port()
         configure_recovery(
             pgdata,
             port=port,
             socket_dir=socket_dir,
-            restore_command=restore_command_for(platform_cli(), archiver_config, bucket),
+            restore_command=restore_command_for(
+                platform_cli(), archiver_config, bucket, DEFAULT_WAL_PREFETCH if wal_prefetch is None else wal_prefetch
+            ),
             target=target,
         )
         cluster = ScratchCluster(pgdata, socket_dir, port, created.side / "server.log", bindir)
@@ -477,9 +577,12 @@ def restore(
             return
         cluster.start()
         cluster.wait_promoted(24 * 3600, say)
-    except BaseException:
+    except BaseException as exc:
         if cluster is not None:
             cluster.stop()
         created.undo()
+        if isinstance(exc, _Terminated):
+            click.echo(f"error: {exc}; removed what it had created ({pgdata}).", err=True)
+            sys.exit(143)
         raise
     click.echo(f"restored and promoted: psql -h {socket_dir} -p {port} -U postgres   (log: {cluster.log})")

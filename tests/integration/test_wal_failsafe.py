@@ -433,3 +433,166 @@ def test_async_pusher_wraps_a_distinct_data_key_for_every_object(env):
         assert len({m["wrapped_dek"] for m in manifests}) == len(names)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --- issue 15 item 3: WAL prefetch for replay ----------------------------------------------------------------------
+
+
+def _page(tli: int, segno: int, sysid: int) -> bytes:
+    """A segment's first page header (XLogLongPageHeaderData) and a distinct random body."""
+    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, tli, segno * SEGMENT, 0, sysid, SEGMENT, 8192)
+    return header + os.urandom(64 * 1024)
+
+
+@pytest.fixture
+def fake_cluster(env):
+    """A fake data directory with its own system identifier, and a function that archives a WAL file for it."""
+    from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.backup.wal import push_wal
+
+    sysid = SYSTEM_ID * 1000 + int.from_bytes(os.urandom(2), "big")
+    base = make_world_traversable_tmpdir("cqox-walfs-prefetch-")
+    pgdata = base / "pgdata"
+    (pgdata / "global").mkdir(parents=True)
+    (pgdata / "pg_wal").mkdir()
+    (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", sysid) + b"\0" * 8184)
+    clients = archiver_clients(ArchiverSettings.load(Path(env["CQOX_WAL_ARCHIVER_CONFIG"])))
+    archive = Archive(clients.s3, clients.bucket, str(sysid))
+
+    def archive_file(name: str, body: bytes) -> bytes:
+        (pgdata / "pg_wal" / name).write_bytes(body)
+        push_wal(archive, clients.provider, pgdata / "pg_wal" / name)
+        return body
+
+    yield pgdata, sysid, archive, archive_file
+    shutil.rmtree(base, ignore_errors=True)  # the prefetcher sees its data directory gone and exits
+    archive.purge(archive.root + "/")
+
+
+def _fetch(env, pgdata: Path, name: str, dest: Path, depth: int = 8) -> subprocess.CompletedProcess:
+    args = ["--config", env["CQOX_WAL_ARCHIVER_CONFIG"], "--pgdata", str(pgdata), "--prefetch", str(depth)]
+    return _cli(env, "wal-fetch", name, str(dest), *args)
+
+
+def _spool(env, pgdata: Path) -> Path:
+    from cqox_platform.backup.wal_prefetch_client import prefetch_spool
+
+    return prefetch_spool(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]), pgdata, None)
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_prefetch_never_serves_a_segment_of_another_timeline(env, fake_cluster, tmp_path):
+    pgdata, sysid, _archive, archive_file = fake_cluster
+    tl1 = {s: archive_file(f"00000001000000000000{s:04X}", _page(1, s, sysid)) for s in range(0x10, 0x19)}
+    first = _fetch(env, pgdata, "000000010000000000000010", tmp_path / "RECOVERYXLOG")
+    assert first.returncode == 0 and (tmp_path / "RECOVERYXLOG").read_bytes() == tl1[0x10], first.stderr
+    ready = _spool(env, pgdata) / "ready"
+    _wait_for(lambda: (ready / "000000010000000000000018").exists())  # timeline 1 prefetched to its end
+
+    # Meanwhile the primary was promoted: timeline 2 branches off inside segment 0x14, and recovery (target
+    # timeline 'latest') asks for timeline 1 up to 0x13, then timeline 2. Every segment body is distinct, so a
+    # prefetched timeline-1 file handed over for a timeline-2 name would show.
+    archive_file("00000002.history", b"1\t0/14800000\tno recovery target specified\n")
+    tl2 = {
+        s: archive_file(f"00000002000000000000{s:04X}", _page(1 if s == 0x14 else 2, s, sysid))
+        for s in range(0x14, 0x1A)
+    }
+    wanted = [(1, s, tl1[s]) for s in range(0x11, 0x14)] + [(2, s, tl2[s]) for s in range(0x14, 0x1A)]
+    prefetched = 0
+    for tli, segno, body in wanted:
+        name = f"{tli:08X}00000000{segno:08X}"
+        dest = tmp_path / f"got-{name}"
+        result = _fetch(env, pgdata, name, dest)
+        assert result.returncode == 0, result.stderr
+        assert dest.read_bytes() == body, f"{name} was answered with another file's content"
+        prefetched += "prefetched" in result.stderr
+        if tli == 2:  # nothing of the timeline recovery has left stays in the spool
+            assert not [p.name for p in ready.iterdir() if p.name.startswith("00000001")]
+    assert prefetched >= 3  # the prefetcher did serve (ahead on timeline 1, then ahead on timeline 2)
+    assert _fetch(env, pgdata, "00000002000000000000001A", tmp_path / "end").returncode == 1  # end of archive
+
+
+def test_a_prefetched_corrupt_segment_stops_recovery_with_255(env, fake_cluster, tmp_path):
+    pgdata, sysid, archive, archive_file = fake_cluster
+    bodies = {s: archive_file(f"00000001000000000000{s:04X}", _page(1, s, sysid)) for s in range(0x30, 0x33)}
+    archive_file("000000010000000000000033", _page(2, 0x33, sysid))  # authentic, but not timeline 1's page
+    key = archive.wal_key("000000010000000000000032")
+    damaged = bytearray(archive.get_bytes(key))
+    damaged[len(damaged) // 2] ^= 0xFF
+    archive.put_bytes(key, bytes(damaged))
+
+    assert _fetch(env, pgdata, "000000010000000000000030", tmp_path / "a").returncode == 0
+    errors = _spool(env, pgdata) / "error"
+    _wait_for(lambda: (errors / "000000010000000000000032").exists() and (errors / "000000010000000000000033").exists())
+    good = _fetch(env, pgdata, "000000010000000000000031", tmp_path / "b")
+    assert good.returncode == 0 and (tmp_path / "b").read_bytes() == bodies[0x31], good.stderr
+    assert "prefetched" in good.stderr
+    for name, why in (("000000010000000000000032", "authentication"), ("000000010000000000000033", "timeline 2")):
+        result = _fetch(env, pgdata, name, tmp_path / name)
+        assert result.returncode == 255, result.stderr  # never 1: that would end recovery and promote early
+        line = _one_clear_line(result)
+        assert name in line and why in line and "stopping recovery" in line
+        assert not (tmp_path / name).exists()
+
+
+# --- issue 15 item 2: a streamed restore killed midway leaves nothing half-open --------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_restore_killed_midway_leaves_nothing_half_open(env, backup_id, shared_tmp, sig):
+    from cqox_platform.backup.restore_stream import INCOMPLETE_MARKER
+
+    pgdata = shared_tmp / "pg"
+    proc = subprocess.Popen(
+        [*CLI, "restore", "--backup", backup_id, "--pgdata", str(pgdata), "--no-start"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Kill it once files are being extracted (base/ appears) and before global/pg_control (written last).
+        _wait_for(
+            lambda: ((pgdata / INCOMPLETE_MARKER).exists() and (pgdata / "base").is_dir()) or proc.poll() is not None
+        )
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == (-9 if sig == signal.SIGKILL else 143), err
+    if sig == signal.SIGTERM:  # unwound: everything it created is gone
+        assert sorted(p.name for p in shared_tmp.iterdir()) == [], err
+        return
+    # SIGKILL: no cleanup could run. Only PGDATA remains, marked, and no server starts on it.
+    assert sorted(p.name for p in shared_tmp.iterdir()) == ["pg"]
+    assert (pgdata / INCOMPLETE_MARKER).exists() and not (pgdata / "global" / "pg_control").exists()
+    subprocess.run(["chown", "-R", "postgres", str(pgdata)], check=True)
+    started = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "/usr/lib/postgresql/15/bin/pg_ctl",
+            "-D",
+            str(pgdata),
+            "-w",
+            "-t",
+            "20",
+            "start",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert started.returncode != 0 and not (pgdata / "postmaster.pid").exists(), started.stdout + started.stderr
+    again = _cli(env, "restore", "--backup", backup_id, "--pgdata", str(pgdata))
+    assert again.returncode == 1
+    line = _one_clear_line(again)
+    assert INCOMPLETE_MARKER in line and str(pgdata) in line

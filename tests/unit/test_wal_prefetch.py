@@ -1,0 +1,127 @@
+"""WAL prefetch: which segments it plans across a timeline switch, what a spool file must say to be served."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import pytest
+
+from cqox_platform.backup.wal_prefetch import plan
+from cqox_platform.backup.wal_prefetch_client import (
+    PrefetchClient,
+    PrefetchRefused,
+    SegmentCheck,
+    error_path,
+    ready_path,
+    record_path,
+)
+from cqox_platform.backup.walnames import WAL_SEGMENT_SIZE, Segment, parse_history, timeline_ranges
+
+SYSID = 7_300_000_000_000_000_001
+
+
+def page(tli: int, segno: int, sysid: int = SYSID) -> bytes:
+    return struct.pack("<HHIQI4xQII", 0xD110, 0x0002, tli, segno * WAL_SEGMENT_SIZE, 0, sysid, WAL_SEGMENT_SIZE, 8192)
+
+
+class _Timelines:
+    """Timeline 2 branched from 1 inside segment 0x14; the archive's latest timeline is 2."""
+
+    def __init__(self, latest: int = 2) -> None:
+        self.latest = latest
+
+    def ranges_for(self, timeline: int):
+        if self.latest == 2 and timeline in (1, 2):
+            return timeline_ranges(2, parse_history("1\t0/14800000\tno recovery target specified\n"))
+        return [(timeline, 0, 1 << 64)]
+
+
+def test_plan_follows_the_history_file_onto_the_new_timeline():
+    planned = plan("000000010000000000000011", 5, _Timelines())
+    assert planned == [
+        "000000010000000000000012",
+        "000000010000000000000013",
+        "000000020000000000000014",  # the switch segment: recovery reads the child's copy
+        "000000020000000000000015",
+        "000000020000000000000016",
+    ]
+
+
+def test_plan_stays_on_the_requested_timeline_when_recovery_is_not_on_the_newest_path():
+    # Timeline 1 past the switch point: PostgreSQL is following timeline 1 (not 'latest'), so must the plan.
+    assert plan("000000010000000000000015", 2, _Timelines()) == [
+        "000000010000000000000016",
+        "000000010000000000000017",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "problem"),
+    [
+        ("000000020000000000000015", page(2, 0x15), None),
+        ("000000020000000000000014", page(1, 0x14), None),  # first segment of a timeline starts with the parent's
+        ("000000010000000000000015", page(2, 0x15), "timeline 2"),
+        ("000000020000000000000015", page(2, 0x16), "the name says"),
+        ("000000020000000000000015", page(2, 0x15, sysid=1), "belongs to system 1"),
+        ("000000020000000000000015", page(2, 0x15)[:20], "shorter"),
+    ],
+)
+def test_a_segment_must_answer_its_name(name, head, problem):
+    found = SegmentCheck(name, SYSID).problem(head)
+    assert found is None if problem is None else problem in found
+
+
+def _client(tmp_path) -> PrefetchClient:
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "global").mkdir(parents=True)
+    (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", SYSID) + b"\0" * 100)
+    return PrefetchClient(tmp_path / "archiver.json", pgdata, None)
+
+
+def _spool(client: PrefetchClient, name: str, body: bytes, *, record_name: str | None = None) -> None:
+    ready_path(client.spool, name).parent.mkdir(parents=True, exist_ok=True)
+    ready_path(client.spool, name).write_bytes(body)
+    record = {"name": record_name or name, "bucket": "", "sha256": hashlib.sha256(body).hexdigest()}
+    record_path(client.spool, name).write_text(json.dumps(record))
+
+
+def test_a_verified_spool_file_is_handed_over_once(tmp_path):
+    client = _client(tmp_path)
+    name = Segment(2, 0x15).name
+    body = page(2, 0x15) + b"x" * 4096
+    _spool(client, name, body)
+    assert client.serve(name, tmp_path / "RECOVERYXLOG") == len(body)
+    assert (tmp_path / "RECOVERYXLOG").read_bytes() == body
+    assert client.serve(name, tmp_path / "again") is None  # claimed: the next request fetches directly
+
+
+def test_a_spool_file_changed_since_verification_or_recorded_for_another_name_is_not_served(tmp_path):
+    client = _client(tmp_path)
+    name = Segment(2, 0x15).name
+    _spool(client, name, page(2, 0x15) + b"x" * 10, record_name=Segment(1, 0x15).name)
+    assert client.serve(name, tmp_path / "a") is None
+    _spool(client, name, page(2, 0x15) + b"x" * 10)
+    ready_path(client.spool, name).write_bytes(page(2, 0x15) + b"y" * 10)
+    assert client.serve(name, tmp_path / "b") is None
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_segment_the_prefetcher_found_unusable_is_refused_not_missing(tmp_path):
+    client = _client(tmp_path)
+    name = Segment(1, 0x32).name
+    error_path(client.spool, name).parent.mkdir(parents=True)
+    error_path(client.spool, name).write_text(f"{name} failed verification: chunk 0 failed authentication")
+    with pytest.raises(PrefetchRefused, match="failed authentication"):
+        client.serve(name, tmp_path / "RECOVERYXLOG")
+    assert not (tmp_path / "RECOVERYXLOG").exists()
+
+
+def test_a_verified_file_whose_header_names_another_timeline_is_refused(tmp_path):
+    client = _client(tmp_path)
+    name = Segment(1, 0x15).name
+    _spool(client, name, page(3, 0x15) + b"x" * 10)
+    with pytest.raises(PrefetchRefused, match="timeline 3"):
+        client.serve(name, tmp_path / "RECOVERYXLOG")
+    assert not (tmp_path / "RECOVERYXLOG").exists()

@@ -5,6 +5,7 @@ from datetime import timedelta
 import dagster as dg
 import psycopg
 
+from cqox_platform.alerts.staleness import BACKUP_PUSH_PERIOD_SECONDS, BACKUP_STALE_SEVERITY, expected_period_sample
 from cqox_platform.backup.checks import RPO_TARGET_SECONDS, CheckVerdict
 from cqox_platform.backup.gauges import JOB
 from cqox_platform.errors import CqoxError
@@ -86,7 +87,9 @@ def push_gauges(context: dg.AssetExecutionContext, system_id: str, samples: list
         context.log.info("no Pushgateway configured (CQOX_PUSHGATEWAY_URL): gauges not pushed")
         return
     try:
-        sent = push(url, JOB, {"system_id": system_id}, samples)
+        # Every push declares the group's period, so CqoxPushedMetricsStale pages when the pushes stop.
+        declared = expected_period_sample(BACKUP_PUSH_PERIOD_SECONDS, BACKUP_STALE_SEVERITY)
+        sent = push(url, JOB, {"system_id": system_id}, [*samples, declared])
         context.log.info(f"pushed {sent} gauge(s) to the Pushgateway")
     except CqoxError as exc:
         context.log.warning(f"gauges not pushed: {exc}")

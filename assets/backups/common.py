@@ -5,11 +5,16 @@ from datetime import timedelta
 import dagster as dg
 import psycopg
 
-from cqox_platform.alerts.staleness import BACKUP_PUSH_PERIOD_SECONDS, BACKUP_STALE_SEVERITY, expected_period_sample
 from cqox_platform.backup.checks import RPO_TARGET_SECONDS, CheckVerdict
 from cqox_platform.backup.gauges import JOB
 from cqox_platform.errors import CqoxError
-from cqox_platform.pushgateway import Sample, push
+from cqox_platform.pushgateway import (
+    BACKUP_PUSH_PERIOD_SECONDS,
+    BACKUP_STALE_SEVERITY,
+    Sample,
+    expected_period_sample,
+    push,
+)
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.settings import get_settings
 

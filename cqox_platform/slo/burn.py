@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cqox_platform.alerts.staleness import SLO_PUSH_PERIOD_SECONDS, SLO_STALE_SEVERITY, expected_period_sample
-from cqox_platform.pushgateway import Sample, push
+from cqox_platform.pushgateway import SLO_PUSH_PERIOD_SECONDS, SLO_STALE_SEVERITY, Sample, expected_period_sample, push
 from cqox_platform.slo.budget import error_budget
 from cqox_platform.slo.rules import PAGE, TICKET, WINDOWS
 from cqox_platform.slo.spec import SloSpec

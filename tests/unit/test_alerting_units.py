@@ -161,7 +161,7 @@ def test_the_staleness_and_heartbeat_alerts_are_routed_by_severity():
 
 
 def test_every_pusher_declares_its_period_with_a_severity_the_routing_knows():
-    from cqox_platform.alerts.staleness import (
+    from cqox_platform.pushgateway import (
         BACKUP_PUSH_PERIOD_SECONDS,
         BACKUP_STALE_SEVERITY,
         SLO_STALE_SEVERITY,

@@ -45,7 +45,7 @@ def _history(context: dg.AssetExecutionContext, current: list[FamilyResult]) -> 
         value = record.asset_materialization.metadata.get("results") if record.asset_materialization else None
         if value is not None and isinstance(value.value, list):
             runs.append((record.run_id[:8], value.value))
-    runs.append((context.run_id[:8], [r.as_dict() for r in current]))
+    runs.append((context.run.run_id[:8], [r.as_dict() for r in current]))
     rows = [[run, r["family"], r["status"], r["time_to_detect"], r["bound_seconds"]] for run, rs in runs for r in rs]
     families = sorted({r["family"] for _, rs in runs for r in rs})
     series = {
@@ -127,7 +127,7 @@ def alert_drill(
     for r in results:
         context.log.info(f"{r.family}: {r.status} ({r.detail})")
     rows, chart = _history(context, results)
-    audited = _audit(postgres_admin, drill_id, context.run_id, results)
+    audited = _audit(postgres_admin, drill_id, context.run.run_id, results)
     failed = [r for r in results if not r.passed]
     check = dg.AssetCheckResult(
         check_name=CHECK,

@@ -245,11 +245,12 @@ class Archiving(Family):
 
 class ReplicaPaused(Family):
     name, alertname = "replica_paused", REPLICA_LAG_ALERT
+    inject_without_rule = True  # the process state and the leader's replication view confirm fault and undo
 
     def skip_reason(self) -> str | None:
         if self.env.connect_replica is None:
             return "single-node stack: no replica to pause (runs on an HA stack, `stack up --ha`)"
-        return None
+        return None if self.env.connect else "no database connection"
 
     def onset(self, loaded, rule):
         return loaded.scrape + REPLICA_LAG_RAMP_SECONDS, f"{REPLICA_LAG_RAMP_SECONDS:g} s of writes, one scrape"
@@ -260,13 +261,34 @@ class ReplicaPaused(Family):
             row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'").fetchone()
         if row is None:
             raise faults.DrillFaultError("the replica has no startup process (is it a replica?)")
-        return faults.inject_replica_paused(self.env.journal, int(row[0]))
+        self._pid = int(row[0])
+        return faults.inject_replica_paused(self.env.journal, self._pid)
+
+    def confirm(self) -> None:
+        _wait_for(f"replica startup process {self._pid} stopped", lambda: faults.process_state(self._pid) == "T", 10)
 
     def during(self, stop: threading.Event) -> None:
         assert self.env.connect
         with self.env.connect() as conn:
             while not stop.wait(0.25):
                 conn.execute("SELECT pg_logical_emit_message(true, 'cqox-alert-drill', repeat('x', 1048576))")
+
+    def after_undo(self) -> str:
+        connect = self.env.connect
+        assert connect
+        with connect() as conn:
+            target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+
+        def caught_up() -> bool:
+            with connect() as conn:
+                behind = conn.execute(
+                    "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn IS NULL OR replay_lsn < %s::pg_lsn",
+                    (str(target),),
+                ).fetchone()[0]
+            return behind == 0
+
+        _wait_for("every replica replaying again", caught_up, 120)
+        return f"replica startup process {self._pid} resumed; every replica replayed past {target}"
 
 
 FAMILY_TYPES: dict[str, type[Family]] = {f.name: f for f in (StalePush, SloBurn, Archiving, ReplicaPaused)}

@@ -158,6 +158,14 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def process_state(pid: int) -> str | None:
+    """Field 3 of /proc/<pid>/stat: ``T`` while stopped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def inject_replica_paused(journal: FaultJournal, pid: int) -> str:
     started = _start_time(pid)
     if started is None:

@@ -235,3 +235,36 @@ def test_a_killed_drill_leaves_its_fault_to_the_journal_and_stack_up_undoes_it(s
     assert journal.pending() == {}
     assert archiver_endpoint(settings_file) == endpoint
     _archiving_works(stack)
+
+
+def test_replica_paused_stops_and_resumes_a_replicas_replay_on_the_ha_stack(ha_stack, tmp_path):
+    """Without the exporter rules (CqoxReplicaLagHigh) the family still injects, confirms and undoes its fault."""
+    import psycopg
+
+    from cqox_platform.alerts.client import AlertmanagerClient
+    from cqox_platform.alerts.drill import DrillEnv, ReplicaPaused, _Loaded, run_family
+    from cqox_platform.alerts.drill_faults import process_state
+    from cqox_platform.metrics.prometheus import PrometheusClient
+    from cqox_platform.slo.spec import DEFAULT_SPEC, load_spec
+
+    env = ha_stack.env()
+    with mock.patch.dict(os.environ, env):
+        admin = PostgresResource.from_settings()
+        replicas = {**admin.conninfo(), "port": int(env["CQOX_PG_REPLICAS_PORT"])}
+        journal = FaultJournal(tmp_path / "journal.json")
+        drill_env = DrillEnv(
+            prometheus=PrometheusClient(env["CQOX_PROMETHEUS_URL"]),
+            alertmanager=AlertmanagerClient(env["CQOX_ALERTMANAGER_URL"]),
+            receiver=None,
+            journal=journal,
+            spec=load_spec(DEFAULT_SPEC),
+            drill_id="ha-test",
+            connect=lambda: admin.connect(autocommit=True),
+            connect_replica=lambda: psycopg.connect(**replicas, autocommit=True),
+        )
+        family = ReplicaPaused(drill_env)
+        result = run_family(drill_env, family, _Loaded(groups={}, scrape=15, group_wait=30))
+    assert result.status == "alert rule not loaded", result
+    assert "resumed" in result.detail and "replayed past" in result.detail
+    assert process_state(family._pid) not in ("T", None)
+    assert journal.pending() == {}

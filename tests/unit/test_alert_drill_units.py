@@ -128,3 +128,28 @@ def test_a_failed_run_alert_carries_the_run_url_and_ends_a_day_later():
     assert alert["generatorURL"] == alert["annotations"]["run_url"] == "http://d/runs/r1"
     assert datetime.fromisoformat(alert["endsAt"]) - datetime.fromisoformat(alert["startsAt"]) == ALERT_LIFETIME
     assert len(alert["annotations"]["description"]) == 500
+
+
+def test_the_drill_is_refused_on_production_before_any_fault(monkeypatch, tmp_path):
+    import dagster as dg
+
+    from assets.alert_drill import alert_drill
+    from cqox_platform.resources.alertmanager import AlertmanagerResource
+    from cqox_platform.resources.postgres import PostgresResource
+    from cqox_platform.resources.prometheus import PrometheusResource
+
+    monkeypatch.setenv("CQOX_ENVIRONMENT", "production")
+    monkeypatch.setenv("CQOX_STACK_DIR", str(tmp_path))
+    result = dg.materialize(
+        [alert_drill],
+        resources={
+            "prometheus": PrometheusResource(url="http://127.0.0.1:9"),
+            "alertmanager": AlertmanagerResource(url="https://127.0.0.1:9"),
+            "postgres_admin": PostgresResource(),
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "refused where CQOX_ENVIRONMENT=production" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "run").exists()  # no journal: nothing was injected

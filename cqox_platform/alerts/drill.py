@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,8 @@ class DrillEnv:
     connect: Connect | None = None
     connect_replica: Connect | None = None
     log: Callable[[str], None] = print
+    #: Set when the drill is interrupted (run terminated): families stop waiting and undo their faults at once.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -317,14 +319,14 @@ def _active_in_alertmanager(am: AlertmanagerClient, alertname: str, matchers: di
 
 def _wait_for_alert(env: DrillEnv, family: Family, since: float, timeout: float) -> float | None:
     deadline = since + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and not env.cancel.is_set():
         if env.receiver is not None:
             found = arrived(env.receiver.received(since), family.alertname, family.matchers())
             if found:
                 return float(found["received_at"]) - since
         elif _active_in_alertmanager(env.alertmanager, family.alertname, family.matchers()):
             return time.time() - since
-        time.sleep(POLL_SECONDS)
+        env.cancel.wait(POLL_SECONDS)
     return None
 
 
@@ -427,8 +429,16 @@ def run_drill(env: DrillEnv, families: list[str]) -> tuple[list[FamilyResult], l
     except AlertmanagerError as exc:
         raise CqoxError(f"cannot read what Alertmanager runs: {exc}") from None
     chosen = [FAMILY_TYPES[name](env) for name in families]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen) or 1) as pool:
-        results = list(pool.map(lambda f: run_family(env, f, loaded), chosen))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen) or 1, thread_name_prefix="alert-drill")
+    futures = [pool.submit(run_family, env, family, loaded) for family in chosen]
+    try:
+        results = [future.result() for future in futures]
+    except BaseException:
+        # Interrupted (a terminated run raises here): stop the waits; each family undoes its fault in `finally`.
+        env.cancel.set()
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown()
     return results, recovered
 
 

@@ -8,7 +8,7 @@ stack). Loading needs no environment: a value a run needs but nobody set fails t
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import alerting, backups, canary, database, datasets, deploy, ha, security, slo
+from assets import alert_drill, alerting, backups, canary, database, datasets, deploy, ha, security, slo
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.kubernetes import KubernetesResource
@@ -24,6 +24,7 @@ from sensors import (
     datasets_sensor,
     ha_sensors,
     heartbeat_sensor,
+    run_failure_sensor,
     slo_sensor,
 )
 
@@ -36,10 +37,12 @@ defs = dg.Definitions.merge(
     datasets.defs,
     slo.defs,
     alerting.defs,
+    alert_drill.defs,
     database_schedules.defs,
     datasets_sensor.defs,
     slo_sensor.defs,
     heartbeat_sensor.defs,
+    run_failure_sensor.defs,
     backups.defs,
     backup_schedules.defs,
     canary.defs,

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
 
     # --- the local stack -------------------------------------------------------------------------------------
     stack_dir: Path = _f(Path(".cqox"), "directory of the local stack (state, data, logs, certificates)")
+    environment: Literal["local", "staging", "production"] = _f(
+        "local", "what this installation is; alert_drill injects faults only where it is not production", "operator"
+    )
     cache_dir: Path | None = _f(
         None, "where built binaries (kube-apiserver, kine) are cached (default /var/cache/cqox-platform)", "operator"
     )

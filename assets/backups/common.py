@@ -8,7 +8,13 @@ import psycopg
 from cqox_platform.backup.checks import RPO_TARGET_SECONDS, CheckVerdict
 from cqox_platform.backup.gauges import JOB
 from cqox_platform.errors import CqoxError
-from cqox_platform.pushgateway import Sample, push
+from cqox_platform.pushgateway import (
+    BACKUP_PUSH_PERIOD_SECONDS,
+    BACKUP_STALE_SEVERITY,
+    Sample,
+    expected_period_sample,
+    push,
+)
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.settings import get_settings
 
@@ -86,7 +92,9 @@ def push_gauges(context: dg.AssetExecutionContext, system_id: str, samples: list
         context.log.info("no Pushgateway configured (CQOX_PUSHGATEWAY_URL): gauges not pushed")
         return
     try:
-        sent = push(url, JOB, {"system_id": system_id}, samples)
+        # Every push declares the group's period, so CqoxPushedMetricsStale pages when the pushes stop.
+        declared = expected_period_sample(BACKUP_PUSH_PERIOD_SECONDS, BACKUP_STALE_SEVERITY)
+        sent = push(url, JOB, {"system_id": system_id}, [*samples, declared])
         context.log.info(f"pushed {sent} gauge(s) to the Pushgateway")
     except CqoxError as exc:
         context.log.warning(f"gauges not pushed: {exc}")

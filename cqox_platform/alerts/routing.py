@@ -23,7 +23,7 @@ import yaml
 from cqox_platform.alerts import BACKUP_ALERT_RULES, PLATFORM_ALERT_RULES, ROUTING_SPEC, SERVICE_ALERT_RULES
 from cqox_platform.alerts.client import AlertmanagerClient, AlertmanagerError
 from cqox_platform.errors import CqoxError
-from cqox_platform.slo.rules import ALERT_NAMES
+from cqox_platform.slo.rules import ABSENT_ALERT, ABSENT_SEVERITY, ALERT_NAMES
 
 #: Where the PagerDuty routing key lives in Vault KV (mount ``secret``): the platform's AppRole may read it.
 PAGERDUTY_SECRET = "cqox/alerting/pagerduty"
@@ -86,13 +86,15 @@ def shipped_alerts() -> list[tuple[dict[str, str], str]]:
         for group in yaml.safe_load(rule_file.read_text())["groups"]:
             for rule in group["rules"]:
                 if "alert" in rule:
-                    # A templated label (service: "{{ $labels.job }}") takes its value from the series; routing
-                    # never depends on it, so the route test leaves it out.
+                    # A templated label (CqoxPushedMetricsStale's service) has no value until it fires: left out;
+                    # a rule whose severity comes from its series gets its cases in routing.yaml's tests.
                     labels = {k: v for k, v in rule.get("labels", {}).items() if "{{" not in str(v)}
                     found.append(({"alertname": rule["alert"], **labels}, rule_file.name))
     for severity, name in ALERT_NAMES.items():
         labels = {"alertname": name, "severity": severity, "service": "cqox-engine", "slo": "availability"}
         found.append((labels, "slo burn-rate rules"))
+    absent = {"alertname": ABSENT_ALERT, "severity": ABSENT_SEVERITY, "service": "cqox-engine", "slo": "availability"}
+    found.append((absent, "slo absent-data rules"))
     return found
 
 

@@ -66,6 +66,12 @@ class PrometheusClient:
             )
         return response
 
+    def loaded_config(self) -> dict[str, Any]:
+        """The configuration Prometheus runs with (``/api/v1/status/config``), defaults filled in."""
+        import yaml
+
+        return yaml.safe_load(self._request("GET", "/api/v1/status/config").json()["data"]["yaml"])
+
     def rule_groups(self) -> dict[str, dict]:
         data = self._request("GET", "/api/v1/rules").json()["data"]["groups"]
         return {g["name"]: g for g in data}

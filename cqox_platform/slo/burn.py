@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cqox_platform.pushgateway import Sample, push
+from cqox_platform.pushgateway import SLO_PUSH_PERIOD_SECONDS, SLO_STALE_SEVERITY, Sample, expected_period_sample, push
 from cqox_platform.slo.budget import error_budget
 from cqox_platform.slo.rules import PAGE, TICKET, WINDOWS
 from cqox_platform.slo.spec import SloSpec
@@ -72,4 +72,6 @@ def push_gauges(pushgateway_url: str, service: str, statuses: list[BurnStatus], 
         for window, rate in s.burn_rates.items():
             if rate is not None:
                 samples.append(("slo_burn_rate", {"service": service, "slo": s.slo, "window": window}, rate))
+    # The group's declared period: CqoxPushedMetricsStale tickets when the sensor stops pushing.
+    samples.append(expected_period_sample(SLO_PUSH_PERIOD_SECONDS, SLO_STALE_SEVERITY))
     return push(pushgateway_url, "cqox-slo", {"service": service}, samples, replace=True, timeout=timeout)

@@ -43,6 +43,12 @@ class BurnAlert:
 PAGE = (BurnAlert("page", "1h", "5m", 0.02, "2m"), BurnAlert("page", "6h", "30m", 0.05, "2m"))
 TICKET = (BurnAlert("ticket", "1d", "2h", 0.10, "15m"), BurnAlert("ticket", "3d", "6h", 0.10, "15m"))
 ALERT_NAMES = {"page": "SLOErrorBudgetBurnPage", "ticket": "SLOErrorBudgetBurnTicket"}
+#: Fires when an SLO's SLI series is absent (as Pyrra's ``SLOMetricAbsent``): without its series a burn-rate rule
+#: evaluates to nothing, which reads as "no burn", so a service that stopped being scraped would never page.
+ABSENT_ALERT = "SLOMetricAbsent"
+ABSENT_SEVERITY = "page"
+#: Long enough to ride out a restart of the service or of Prometheus, short against the 1h page window.
+ABSENT_FOR = "5m"
 
 
 def record_name(window: str) -> str:
@@ -55,6 +61,41 @@ def _labels(spec: SloSpec, slo) -> dict[str, str]:
 
 def _selector(spec: SloSpec, slo) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in _labels(spec, slo).items()) + "}"
+
+
+def sli_series_query(spec: SloSpec, slo) -> str:
+    """The series an SLO's SLI needs to exist, summed to one unlabelled series (so ``absent`` adds no labels).
+
+    Ratio SLOs need the request counter; latency SLOs the histogram bucket at their threshold (a threshold that
+    is no bucket boundary is as blind as a missing histogram); OpenSLO queries are taken whole (window 5m).
+    """
+    m = spec.metrics
+    if isinstance(slo, ThresholdSlo):
+        return f"sum({slo.query})"
+    if isinstance(slo, RatioSlo):
+        if slo.total_query:
+            return f"sum({slo.total_query.replace('$window', '5m')})"
+        return f"sum({m.requests_total}{spec.matchers()})"
+    le = f'le="{float(slo.threshold_seconds)!r}"'
+    return f"sum({m.duration_seconds}_bucket{spec.matchers(le)})"
+
+
+def absent_alert(spec: SloSpec, slo) -> dict[str, Any]:
+    return {
+        "alert": ABSENT_ALERT,
+        "expr": f"absent({sli_series_query(spec, slo)})",
+        "for": ABSENT_FOR,
+        "labels": {**_labels(spec, slo), "severity": ABSENT_SEVERITY},
+        "annotations": _absent_annotations(spec, slo),
+    }
+
+
+def _absent_annotations(spec: SloSpec, slo) -> dict[str, str]:
+    return {
+        "summary": f"{spec.service} SLO {slo.name} has no SLI data: its burn-rate alerts are blind",
+        "description": f"No series for {sli_series_query(spec, slo)} for {ABSENT_FOR}: is the service scraped "
+        "(Prometheus targets), and do the metric and label names in the SLO spec match what it exports?",
+    }
 
 
 def _annotations(spec: SloSpec, slo, severity: str, pair: tuple[BurnAlert, BurnAlert]) -> dict[str, str]:
@@ -96,6 +137,7 @@ def generate_rules(spec: SloSpec) -> dict[str, Any]:
                     "annotations": _annotations(spec, slo, severity, pair),
                 }
             )
+        alerts.append(absent_alert(spec, slo))
     return {
         "groups": [
             {"name": f"{spec.service}-slo-recording", "interval": "30s", "rules": records},
@@ -178,8 +220,36 @@ def generate_rule_tests(spec: SloSpec, rules_file: str) -> dict[str, Any]:
                             }
                         )
                 cases.append({"eval_time": at, "alertname": ALERT_NAMES[severity], "exp_alerts": expected})
+        if scenario == "healthy" and _only_own_metrics(spec):
+            # Healthy traffic has every SLI series: no absent-data alert.
+            cases.append({"eval_time": "10m", "alertname": ABSENT_ALERT, "exp_alerts": []})
         tests.append({"name": scenario, "interval": "1m", "input_series": series, "alert_rule_test": cases})
+    tests.append(_no_data_test(spec))
     return {"rule_files": [rules_file], "evaluation_interval": "30s", "tests": tests}
+
+
+def _only_own_metrics(spec: SloSpec) -> bool:
+    return not any((isinstance(s, RatioSlo) and s.total_query) or isinstance(s, ThresholdSlo) for s in spec.budgeted)
+
+
+def _no_data_test(spec: SloSpec) -> dict[str, Any]:
+    """No SLI series at all (the service is not scraped): every SLO's absent-data alert pages after its ``for``."""
+    expected = [
+        {
+            "exp_labels": {**_labels(spec, slo), "severity": ABSENT_SEVERITY},
+            "exp_annotations": _absent_annotations(spec, slo),
+        }
+        for slo in spec.budgeted
+    ]
+    return {
+        "name": "no SLI data",
+        "interval": "1m",
+        "input_series": [{"series": "cqox_unrelated_series", "values": "1x20"}],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": ABSENT_ALERT, "exp_alerts": []},
+            {"eval_time": "7m", "alertname": ABSENT_ALERT, "exp_alerts": expected},
+        ],
+    }
 
 
 def _promtool(*args: str, what: str) -> str:

@@ -6,6 +6,8 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from cqox_platform.alerts.drill_faults import UNDOERS
+from cqox_platform.alerts.drill_journal import FaultJournal, journal_path, recover
 from cqox_platform.settings import render_stack_env
 from cqox_platform.stack.alerting import AlertmanagerService, AlertReceiverService
 from cqox_platform.stack.archiver_bootstrap import configure_stack_archiver
@@ -118,6 +120,9 @@ class Stack:
             else:
                 progress(f"{service.name} already running (pid {service.read_pid()})")
             service.after_start()
+        # Faults an alert drill injected and could not undo (killed mid-way) are undone now, services running.
+        for line in recover(FaultJournal(journal_path(self.config.root)), UNDOERS):
+            progress(f"alert drill journal: {line}")
         return self.status()
 
     def down(self, progress: Progress = lambda _msg: None) -> None:

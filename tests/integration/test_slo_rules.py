@@ -20,9 +20,9 @@ SPEC = DEFAULT_SPEC
 
 def test_generated_rules_pass_promtool_check_and_their_alert_tests():
     validated = validate_rules(load_spec(SPEC))
-    assert "SUCCESS" in validated.check_output and "45 rules found" in validated.check_output
+    assert "SUCCESS" in validated.check_output and "50 rules found" in validated.check_output
     assert "SUCCESS" in validated.test_output
-    assert validated.tests == 8
+    assert validated.tests == 11
 
 
 def test_alert_tests_expect_real_firing_sets():
@@ -45,6 +45,22 @@ def test_alert_tests_expect_real_firing_sets():
     ]
     healthy = next(t for t in tests["tests"] if t["name"] == "healthy")
     assert all(c["exp_alerts"] == [] for c in healthy["alert_rule_test"])
+    assert "SLOMetricAbsent" in {c["alertname"] for c in healthy["alert_rule_test"]}
+    no_data = next(t for t in tests["tests"] if t["name"] == "no SLI data")
+    cases = no_data["alert_rule_test"]
+    absent = {c["eval_time"]: sorted(a["exp_labels"]["slo"] for a in c["exp_alerts"]) for c in cases}
+    assert absent == {"4m": [], "7m": ["availability", "error-rate", "latency-p50", "latency-p95", "latency-p99"]}
+
+
+def test_promtool_catches_an_absent_data_alert_that_never_fires(tmp_path, monkeypatch):
+    """An absent-data rule over the wrong series (present even without traffic) fails the no-data test."""
+    spec = load_spec(SPEC)
+    rules_file, tests_file = tmp_path / "slo-rules.yml", tmp_path / "slo-rules.test.yml"
+    tests_file.write_text(yaml.safe_dump(generate_rule_tests(spec, rules_file.name)))
+    monkeypatch.setattr(rules_mod, "sli_series_query", lambda spec, slo: "sum(cqox_unrelated_series)")
+    rules_file.write_text(yaml.safe_dump(generate_rules(spec)))
+    proc = subprocess.run(["promtool", "test", "rules", str(tests_file)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "SLOMetricAbsent" in proc.stdout + proc.stderr
 
 
 def test_promtool_catches_rules_that_would_page_too_late(tmp_path, monkeypatch):
@@ -75,7 +91,7 @@ def test_asset_loads_the_rules_into_prometheus(stack):
     groups = prometheus.rule_groups()
     assert len(groups["cqox-engine-slo-recording"]["rules"]) == 35
     alerts = groups["cqox-engine-slo-alerts"]["rules"]
-    assert {r["name"] for r in alerts} == {"SLOErrorBudgetBurnPage", "SLOErrorBudgetBurnTicket"}
+    assert {r["name"] for r in alerts} == {"SLOErrorBudgetBurnPage", "SLOErrorBudgetBurnTicket", "SLOMetricAbsent"}
     assert all(r["health"] in ("ok", "unknown") for r in alerts)
 
 
@@ -87,5 +103,5 @@ def test_threshold_slos_generate_valid_timeslice_rules():
     from cqox_platform.slo.spec import parse_spec
 
     validated = validate_rules(parse_spec(yaml.safe_dump(raw)))
-    assert validated.recording_rules == 6 * 7 and validated.alerting_rules == 12
+    assert validated.recording_rules == 6 * 7 and validated.alerting_rules == 18
     assert "avg_over_time(((min(up)) >= bool 1.0)[1h:1m])" in validated.text

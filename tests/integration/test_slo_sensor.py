@@ -77,6 +77,11 @@ def test_page_burn_requests_incident_runs_and_pushes_gauges(stack, burning):
     pushed = requests.get(f"{stack.env()['CQOX_PUSHGATEWAY_URL']}/metrics", timeout=5).text
     assert 'slo_burn_rate{instance="",job="cqox-slo",service="cqox-engine",slo="availability",window="5m"}' in pushed
     assert "slo_error_budget_remaining{" in pushed
+    # The group declares its period, so CqoxPushedMetricsStale tickets once the sensor stops pushing.
+    assert (
+        'cqox_push_expected_period_seconds{instance="",job="cqox-slo",service="cqox-engine",severity="ticket"} 300'
+        in pushed
+    )
 
     # The requested run records the incident; it pages no one itself: paging is the burn-rate rule's, through
     # Alertmanager (tests/integration/test_alerting.py), so one burn cannot page twice or bypass a silence.

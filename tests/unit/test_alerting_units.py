@@ -133,7 +133,7 @@ def test_platform_alert_rules_pass_their_promtool_unit_tests():
     from cqox_platform.alerts.rules import check_and_test
 
     checked = check_and_test(PLATFORM_ALERT_RULES, ALERT_RULE_TESTS)
-    assert "SUCCESS: 3 rules found" in checked.check_output and "SUCCESS" in checked.test_output
+    assert "SUCCESS: 2 rules found" in checked.check_output and "SUCCESS" in checked.test_output
 
 
 def test_a_rule_test_that_fails_stops_the_rules(tmp_path):
@@ -151,8 +151,13 @@ def test_a_rule_test_that_fails_stops_the_rules(tmp_path):
 def test_the_staleness_and_heartbeat_alerts_are_routed_by_severity():
     names = {c.labels["alertname"]: c.receivers for c in route_cases(load_spec())}
     assert names["CqoxDagsterHeartbeatMissing"] == ("pagerduty",)
-    assert names["CqoxBackupGaugesStale"] == ("pagerduty",)
-    assert names["CqoxSloGaugesStale"] == ("tickets",)
+    stale = {
+        c.labels.get("severity"): c.receivers
+        for c in route_cases(load_spec())
+        if c.labels["alertname"] == "CqoxPushedMetricsStale"
+    }
+    assert stale["page"] == ("pagerduty",) and stale["ticket"] == ("tickets",)
+    assert names["SLOMetricAbsent"] == ("pagerduty",)
 
 
 def test_service_alert_rules_pass_their_promtool_unit_tests():
@@ -196,3 +201,20 @@ def test_the_service_alerts_the_drills_wait_for_page():
     for alert in ("CqoxPostgresArchiverFailing", "CqoxReplicaLagHigh", "CqoxVaultSealed", "CqoxScrapeTargetDown"):
         assert names[alert] == ("pagerduty",), alert
     assert names["CqoxPatroniFailover"] == names["CqoxCertificateExpiringSoon"] == ("tickets",)
+
+
+def test_every_pusher_declares_its_period_with_a_severity_the_routing_knows():
+    from cqox_platform.pushgateway import (
+        BACKUP_PUSH_PERIOD_SECONDS,
+        BACKUP_STALE_SEVERITY,
+        SLO_STALE_SEVERITY,
+        expected_period_sample,
+    )
+
+    name, labels, value = expected_period_sample(BACKUP_PUSH_PERIOD_SECONDS, BACKUP_STALE_SEVERITY)
+    assert name == "cqox_push_expected_period_seconds" and labels == {"severity": "page"} and value == 900
+    spec = load_spec()
+    assert spec.receiver_for(BACKUP_STALE_SEVERITY) == "pagerduty"
+    assert spec.receiver_for(SLO_STALE_SEVERITY) == "tickets"
+    with pytest.raises(ValueError):
+        expected_period_sample(0, "page")

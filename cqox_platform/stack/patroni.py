@@ -183,7 +183,7 @@ class PatroniClusterService(Service):
     def node_config(self, node: PatroniNode) -> dict:
         ca = str(node.home / "ca.crt")
         cert, key = str(node.home / "server.crt"), str(node.home / "server.key")
-        settings = server_settings(node.pg_port, node.socket_dir, self.base.archive_command())
+        settings = server_settings(node.pg_port, node.socket_dir, self.base.archive_command(node.data_dir))
         for managed in ("listen_addresses", "port"):  # Patroni sets these from `listen`
             settings.pop(managed)
         cluster_wide = {name: settings.pop(name) for name in CLUSTER_WIDE}

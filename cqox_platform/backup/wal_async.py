@@ -136,7 +136,7 @@ def push_and_mark(archive: Archive, provider: DataKeyProvider, spool: Path, pgda
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise FileChangedError(f"{path} changed while it was archived; not marked, pushing it again.")
         marker(spool, ERROR, name).unlink(missing_ok=True)
-        write_ok_marker(spool, name, fd, digest)
+        write_ok_marker(spool, path, fd, digest)
     finally:
         os.close(fd)
     return result

@@ -2,7 +2,7 @@
 
 The pusher (``wal_async``) works ahead of PostgreSQL and leaves one marker per archived file in the spool. A
 marker says: *this name, this very file, archived with its manifest durable in S3*. It is therefore a **hard
-link to the WAL file the pusher read** (``ok/<name>``, linked through the descriptor the bytes were read from,
+link to the WAL file the pusher read** (``ok/<name>``, checked against the descriptor the bytes were read from,
 after checking the file did not change while it was uploaded): same inode means same file, same size and the
 content that was hashed into the manifest's ``wal-sha256``. That makes the check a shell builtin:
 ``[ pg_wal/X -ef SPOOL/ok/X ]`` (device and inode equal), so ``archive_command`` for a segment the pusher
@@ -55,26 +55,30 @@ def identity(st: os.stat_result) -> dict[str, int]:
     return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def write_ok_marker(spool: Path, name: str, fd: int, sha256: str) -> str:
-    """Mark ``name`` archived, bound to the open file ``fd`` whose bytes were uploaded; returns the marker kind.
+def write_ok_marker(spool: Path, path: Path, fd: int, sha256: str) -> str:
+    """Mark ``path`` archived, bound to the open file ``fd`` whose bytes were uploaded; returns the marker kind.
 
     A hard link to that very inode when the spool and ``pg_wal`` share a filesystem (the shell can check it),
-    else a JSON identity record (the Python fallback checks it).
+    else a JSON identity record (the Python fallback checks it). Linked by name, then checked against ``fd``:
+    if the name meanwhile points at another file, nothing is marked.
     """
+    name = Path(path).name
     directory = spool / OK
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{name}.tmp"
     tmp.unlink(missing_ok=True)
+    read = os.fstat(fd)
     try:
-        # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd links the inode that was read, even if the name moved since.
-        os.link(f"/proc/self/fd/{fd}", tmp, follow_symlinks=True)
+        os.link(path, tmp, follow_symlinks=False)
         kind = "link"
     except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOENT, errno.EMLINK, errno.ENOTSUP):
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-        record = {"name": name, "sha256": sha256, **identity(os.fstat(fd))}
-        tmp.write_text(json.dumps(record, sort_keys=True))
+        tmp.write_text(json.dumps({"name": name, "sha256": sha256, **identity(read)}, sort_keys=True))
         kind = "json"
+    if kind == "link" and not os.path.samestat(os.stat(tmp), read):
+        tmp.unlink(missing_ok=True)
+        raise CqoxError(f"{path} was replaced while it was archived; not marked, it is pushed again.")
     os.replace(tmp, directory / name)
     return kind
 

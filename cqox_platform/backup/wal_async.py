@@ -47,6 +47,8 @@ KEY_MAX_AGE = 300.0
 IDLE_EXIT = 60.0
 PUSH_WORKERS = 4
 POLL = 0.02
+POLL_IDLE = 0.2  # after IDLE_POLL_AFTER s without work: 1 % of a core would otherwise go on polling
+IDLE_POLL_AFTER = 2.0
 RETRY_AFTER = 1.0
 
 
@@ -214,7 +216,7 @@ def run_daemon(
                 idle_since = now  # failing files waiting for their retry count as work, not idleness
             todo = [n for n in pending if retry_at.get(n, 0.0) <= now]
             if not todo or len(in_flight) >= workers or relogin:
-                time.sleep(POLL)
+                time.sleep(POLL if now - idle_since < IDLE_POLL_AFTER else POLL_IDLE)
                 continue
             if archive is None or provider is None:
                 try:

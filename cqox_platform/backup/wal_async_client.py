@@ -37,6 +37,7 @@ from cqox_platform.errors import CqoxError
 from cqox_platform.wal_spool import ERROR, OK, spool_dir
 
 JSON_MARKER_MAX = 4096
+LOG_ROTATE_BYTES = 16 * 2**20
 
 
 def marker(spool: Path, kind: str, name: str) -> Path:
@@ -160,7 +161,11 @@ def ensure_daemon(settings_path: Path, pgdata: Path, cli: Path) -> None:
         except BlockingIOError:
             return  # running
         fcntl.flock(lock, fcntl.LOCK_UN)
-    with open(spool / "daemon.log", "ab") as log:
+    log_path = spool / "daemon.log"
+    with contextlib.suppress(OSError):
+        if log_path.stat().st_size > LOG_ROTATE_BYTES:  # one line per segment: keep one old generation only
+            os.replace(log_path, spool / "daemon.log.1")
+    with open(log_path, "ab") as log:
         subprocess.Popen(
             [str(cli), "wal-push-daemon", "--config", str(settings_path), "--pgdata", str(pgdata)],
             stdin=subprocess.DEVNULL,

@@ -4,9 +4,9 @@ Patroni comes from this installation's virtualenv (a pinned dependency), not fro
 updates the etcd3 leader key without compare-and-swap, and the partition drill showed what that means (an old
 leader, cut off from etcd and healed, took the key back from the leader elected in its absence).
 
-Every node runs the single node's server settings (TLS 1.3, SCRAM, pgAudit, ``archive_command = cqox-platform
-wal-push``; with ``archive_mode = on`` only the leader archives) and restores from the same archive with
-``wal-fetch``. The three are started together and waited for together: starting one alone after a full stop
+Every node runs the single node's server settings (TLS 1.3, SCRAM, pgAudit, the same ``archive_command`` with
+the node's own pusher spool; with ``archive_mode = on`` only the leader archives) and restores from the same
+archive with ``wal-fetch``. The three are started together and waited for together: starting one alone after a full stop
 would let a lagging node take the leader key before the others are back.
 
 Timing: ``loop_wait`` 2 s, ``retry_timeout`` 4 s and ``ttl`` 20 s (Patroni's minimum; it requires loop_wait +

@@ -451,6 +451,40 @@ def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(sta
         archive.purge(f"{archive.root}/")
 
 
+def test_the_pusher_catches_up_the_old_timeline_when_it_archives_a_history_file(env):
+    """The async default after a failover: only the history file is .ready (the standby marked the old timeline's
+    segments .done); the pusher archives it and what the old leader never pushed, then marks the history file."""
+    from cqox_platform.backup.wal_async import run_daemon
+    from cqox_platform.backup.wal_async_client import marker_matches
+    from cqox_platform.wal_spool import spool_dir
+
+    system_id = int.from_bytes(os.urandom(8), "little")
+    base = make_world_traversable_tmpdir("cqox-async-catchup-")
+    pgdata = _fake_pgdata(base, system_id)
+    status = pgdata / "pg_wal" / "archive_status"
+    status.mkdir()
+    old = [f"0000000100000000000000{n:02X}" for n in range(1, 4)]
+    for name in old:
+        (pgdata / "pg_wal" / name).write_bytes(os.urandom(4096) * (SEGMENT // 4096))
+        (status / f"{name}.done").touch()
+    (pgdata / "pg_wal" / "000000020000000000000004").write_bytes(os.urandom(4096) * (SEGMENT // 4096))
+    (pgdata / "pg_wal" / "00000002.history").write_text("1\t0/4000100\tno recovery target specified\n")
+    (status / "00000002.history.ready").touch()
+    settings = base / "archiver" / "archiver.json"
+    settings.parent.mkdir()
+    settings.write_bytes(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]).read_bytes())
+    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(system_id))
+    logged: list[str] = []
+    try:
+        run_daemon(settings, pgdata, idle_exit=1.0, log=logged.append)
+        assert {*old, "00000002.history"} <= set(archive.archived_wal()), logged
+        assert marker_matches(spool_dir(settings, pgdata), pgdata / "pg_wal" / "00000002.history")
+        assert any("catch-up" in line for line in logged), logged
+    finally:
+        archive.purge(f"{archive.root}/")
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
 # --- base backups and drills ---------------------------------------------------------------------------------
 
 

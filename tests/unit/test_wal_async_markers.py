@@ -27,7 +27,7 @@ def _setup(tmp_path: Path):
     settings.parent.mkdir()
     settings.write_text("{}")
     fallback = tmp_path / "fallback"
-    fallback.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'fallback.calls'}\nexit 7\n")
+    fallback.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "fallback.calls"}\nexit 7\n')
     fallback.chmod(0o755)
     return pgdata, settings, fallback, spool_dir(settings, pgdata)
 

@@ -88,8 +88,8 @@ MANIFEST_ASSETS = (
         "k8s_postgres_cluster",
         "postgres-cluster.yaml",
         ("k8s_namespace",),
-        "CloudNativePG cluster: three PostgreSQL 15 instances, failover after 30 s, base backups and WAL to "
-        "s3://cqox-backups-dr/postgres/ kept 30 days.",
+        "CloudNativePG cluster: three PostgreSQL 15 instances, failover after 30 s, WAL archived by the Barman "
+        "Cloud plugin to the ObjectStore s3://cqox-backups-dr/postgres/ (kept 30 days), a ScheduledBackup at 03:00.",
     ),
 )
 

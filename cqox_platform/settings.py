@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     dagster_pg_db: str | None = _f(None, "database of Dagster's instance storage")
     wal_archiver_config: Path | None = _f(None, "archiver settings file wal-push and wal-fetch read (postgres-owned)")
     pg_os_user: str = _f("postgres", "OS user PostgreSQL runs as; owns the archiver settings file", "operator")
+    wal_push_mode: Literal["async", "sync"] = _f(
+        "async",
+        "archive_command of new PostgreSQL configs: async (pusher ahead, shell check per segment) or sync",
+        "operator",
+    )
     pg_replicas_port: int | None = _f(None, "HAProxy's read-only port in front of the replicas (HA stack)")
 
     # --- Vault -----------------------------------------------------------------------------------------------

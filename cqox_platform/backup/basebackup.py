@@ -1,7 +1,8 @@
 """Base backups: ``pg_basebackup`` streamed through zstd and envelope encryption into an S3 multipart upload.
 
 No full local copy is ever made: the tar stream flows pg_basebackup -> (tar sniffer) -> zstd -> AES-256-GCM
--> multipart parts, with memory bounded by two or three parts. Order of writes, so nothing half-done looks
+-> multipart parts uploaded ``upload_parallel`` at a time, with memory bounded by ``upload_parallel + 1`` parts
+(see ``multipart``) plus zstd's window. Order of writes, so nothing half-done looks
 finished: data object (multipart completes only at the end), then its envelope manifest, then the backup
 record. WAL is not included (``-X none``): PostgreSQL waits until the backup's WAL is archived by
 ``wal-push`` before pg_basebackup returns, and restores read it from the archive.
@@ -20,7 +21,7 @@ from typing import BinaryIO
 import zstandard
 
 from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.multipart import MultipartWriter, abort_stale_uploads
+from cqox_platform.backup.multipart import DEFAULT_PARALLEL, MultipartWriter, abort_stale_uploads
 from cqox_platform.backup.records import BackupRecord
 from cqox_platform.backup.tarsniff import TarSniffer
 from cqox_platform.backup.walnames import Segment, format_lsn, parse_lsn, segment_name, segment_number
@@ -92,6 +93,7 @@ def create_base_backup(
     estimate_bytes: int = 0,
     progress: Progress = lambda _m: None,
     part_size: int = 32 * 1024 * 1024,
+    upload_parallel: int = DEFAULT_PARALLEL,
     backup_id: str | None = None,
 ) -> BackupRecord:
     """Take a base backup of the cluster at ``dsn`` into ``archive``; return the record (already in S3).
@@ -127,7 +129,9 @@ def create_base_backup(
     drain.start()
     sniffer = TarSniffer(proc.stdout, {"backup_label", "backup_manifest"})  # type: ignore[arg-type]
     try:
-        with MultipartWriter(archive, data_key, part_size=part_size) as writer:
+        with MultipartWriter(
+            archive, data_key, part_size=part_size, parallel=upload_parallel, progress=progress
+        ) as writer:
             reporter = _RateReporter(progress, estimate_bytes)
             counted = _CountingReader(sniffer, lambda: reporter.tick(sniffer.bytes_read, writer.bytes_written))
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
@@ -156,6 +160,9 @@ def create_base_backup(
     stop_timeline = int(wal_range["Timeline"])
     stopped_wall = datetime.now(UTC)
     duration = time.monotonic() - started
+    upload = writer.stats
+    if upload is not None:
+        progress(f"base backup {backup_id}: uploaded {upload.describe()}")
     archive.put_bytes(archive.backup_manifest_key(backup_id), manifest.to_json().encode())
     record = BackupRecord(
         backup_id=backup_id,
@@ -179,7 +186,13 @@ def create_base_backup(
         object_key=data_key,
         manifest_key=archive.backup_manifest_key(backup_id),
         pg_version=pg_version,
-        extra={"label_start_time": label.get("START TIME", ""), "aborted_stale_uploads": aborted},
+        extra={
+            "label_start_time": label.get("START TIME", ""),
+            "aborted_stale_uploads": aborted,
+            "upload_parts": upload.parts if upload else 0,
+            "upload_parallel": upload.parallel if upload else 0,
+            "upload_mib_s": round(upload.mib_s, 2) if upload else 0.0,
+        },
     )
     archive.put_bytes(archive.backup_record_key(backup_id), record.to_json().encode())
     progress(

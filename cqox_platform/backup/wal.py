@@ -72,7 +72,18 @@ def push_wal(archive: Archive, provider: DataKeyProvider, path: Path) -> PushRes
         raw = path.read_bytes()
     except OSError as exc:
         raise CqoxError(f"cannot read WAL file {path}: {exc.strerror}.") from None
-    digest = hashlib.sha256(raw).hexdigest()
+    return push_wal_content(archive, provider, name, raw, hashlib.sha256(raw).hexdigest(), started)
+
+
+def push_wal_content(
+    archive: Archive, provider: DataKeyProvider, name: str, raw: bytes, digest: str, started: float | None = None
+) -> PushResult:
+    """Archive ``raw`` (already read, ``digest`` its SHA-256) under ``name``: idempotent, refuses other content.
+
+    The asynchronous pusher reads the file itself so it can bind its marker to the exact file it uploaded.
+    """
+    started = time.perf_counter() if started is None else started
+    name = check_wal_name(name)
     existing = archive.head(archive.wal_manifest_key(name))
     if existing is not None:
         archived = existing.get("Metadata", {}).get(SHA_META)
@@ -86,9 +97,14 @@ def push_wal(archive: Archive, provider: DataKeyProvider, path: Path) -> PushRes
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
     sealed = io.BytesIO()
     manifest = encrypt_to(io.BytesIO(compressed), sealed, provider, object_id=archive.wal_key(name))
-    archive.put_bytes(archive.wal_key(name), sealed.getvalue())
+    del compressed  # at most raw + sealed held at once: the pusher's memory bound counts on it
+    body = sealed.getvalue()
+    sealed.close()
+    stored = len(body)
+    archive.put_bytes(archive.wal_key(name), body)
+    del body
     archive.put_bytes(archive.wal_manifest_key(name), manifest.to_json().encode(), metadata={SHA_META: digest})
-    return PushResult(name, True, len(raw), len(sealed.getvalue()), time.perf_counter() - started)
+    return PushResult(name, True, len(raw), stored, time.perf_counter() - started)
 
 
 def read_wal(archive: Archive, provider: DataKeyProvider, name: str) -> bytes:

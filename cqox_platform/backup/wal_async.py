@@ -1,12 +1,15 @@
-"""Asynchronous WAL archiving, the pusher: it works ahead of PostgreSQL's archive_command.
+"""Asynchronous WAL archiving, the pusher: it works ahead of PostgreSQL's archive_command (the default mode).
 
-``wal-push --async`` keeps archive_command's cost per segment at a process start and a file check: a daemon
-(one per data directory, started on demand by the first call, gone after a minute of idleness) watches
-``pg_wal/archive_status/*.ready``, pushes every ready segment with one Vault login, one S3 client and a fresh
-data key per segment (fetched ahead by a background thread, used once, held in memory only: see
-``PrefetchingKeyProvider``), and leaves a marker per result in the spool directory. archive_command then only
-reports the marker: ``ok`` -> exit 0, ``error`` -> exit 1 with the daemon's message (PostgreSQL retries),
-nothing yet -> wait, then exit 1.
+A daemon (one per data directory, started on demand by ``wal-push --async``, gone after a minute of idleness)
+watches ``pg_wal/archive_status/*.ready`` and pushes every ready file, oldest first, ``PUSH_WORKERS`` at a
+time, with one Vault login, one S3 client and a fresh data key per object (fetched ahead by a background
+thread, used once, held in memory only: see ``PrefetchingKeyProvider``). After the manifest is durable in S3 it
+leaves a marker bound to the exact file it read (see ``wal_async_client``); archive_command only checks it.
+Errors leave an ``error`` marker that the fallback reports (exit 1, PostgreSQL retries); the pusher retries too.
+
+Memory is bounded: each in-flight push holds its file and, briefly, the compressed and sealed copies, so at
+most ``PUSH_WORKERS`` x 3 x the segment size (4 x 48 MiB = 192 MiB for 16 MiB segments of incompressible WAL),
+plus ``KEY_POOL`` data keys.
 Semantics are those of the synchronous push: a segment counts as archived only once its manifest is in S3.
 """
 
@@ -14,16 +17,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import os
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
-from cqox_platform.backup.wal import push_wal, system_identifier
-from cqox_platform.backup.wal_async_client import marker, spool_dir, write_marker
+from cqox_platform.backup.wal import PushResult, push_wal_content, system_identifier
+from cqox_platform.backup.wal_async_client import (
+    ERROR,
+    OK,
+    marker,
+    marker_matches,
+    spool_dir,
+    write_marker,
+    write_ok_marker,
+)
 from cqox_platform.backup.wal_catchup import catch_up_ancestors
 from cqox_platform.backup.walnames import HISTORY_RE
 from cqox_platform.crypto.keys import DataKey, DataKeyProvider
@@ -32,6 +45,11 @@ from cqox_platform.errors import CqoxError
 KEY_POOL = 4
 KEY_MAX_AGE = 300.0
 IDLE_EXIT = 60.0
+PUSH_WORKERS = 4
+POLL = 0.02
+POLL_IDLE = 0.2  # after IDLE_POLL_AFTER s without work: 1 % of a core would otherwise go on polling
+IDLE_POLL_AFTER = 2.0
+RETRY_AFTER = 1.0
 
 
 class PrefetchingKeyProvider:
@@ -96,30 +114,58 @@ def pusher_key_provider(inner: DataKeyProvider) -> PrefetchingKeyProvider:
     return PrefetchingKeyProvider(inner)
 
 
-def _push_batch(archive, provider, spool: Path, pgdata: Path, todo: list[str], workers: int, log):
-    """Push ready files on ``workers`` threads (zstd, AES and sockets release the GIL); return the failures."""
-    failures: list[tuple[str, CqoxError]] = []
-
-    def one(name: str) -> None:
-        try:
-            result = push_wal(archive, provider, pgdata / "pg_wal" / name)
-            if HISTORY_RE.match(name):  # a new timeline: push what the old leader never did (see wal_catchup)
-                catch_up_ancestors(archive, provider, pgdata / "pg_wal" / name, lambda m: log(f"wal-push-daemon: {m}"))
-        except CqoxError as exc:
-            failures.append((name, exc))
-            return
-        marker(spool, "error", name).unlink(missing_ok=True)
-        write_marker(spool, "ok", name)
-        verb = "archived" if result.uploaded else "already archived"
-        log(f"wal-push-daemon: {verb} {name} ({result.seconds:.2f} s)")
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-push") as pool:
-        list(pool.map(one, todo))
-    return failures
+class FileChangedError(CqoxError):
+    """The WAL file changed while it was being archived; it is pushed again."""
 
 
-def run_daemon(settings_path: Path, pgdata: Path, idle_exit: float = IDLE_EXIT, workers: int = 2, log=print) -> None:
-    """Push ready segments until idle for ``idle_exit`` seconds. Exits at once if another daemon runs."""
+def push_and_mark(archive: Archive, provider: DataKeyProvider, spool: Path, pgdata: Path, name: str, log) -> PushResult:
+    """Push one ready file and mark it archived, the marker bound to the descriptor its bytes were read from."""
+    path = Path(pgdata) / "pg_wal" / name
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise CqoxError(f"cannot open WAL file {path}: {exc.strerror}.") from None
+    try:
+        before = os.fstat(fd)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read()
+        digest = hashlib.sha256(raw).hexdigest()
+        result = push_wal_content(archive, provider, name, raw, digest)
+        del raw
+        if HISTORY_RE.match(name):  # a new timeline: push what the old leader never did (see wal_catchup)
+            catch_up_ancestors(archive, provider, path, lambda m: log(f"wal-push-daemon: {m}"))
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise FileChangedError(f"{path} changed while it was archived; not marked, pushing it again.")
+        marker(spool, ERROR, name).unlink(missing_ok=True)
+        write_ok_marker(spool, path, fd, digest)
+    finally:
+        os.close(fd)
+    return result
+
+
+def consume_markers(spool: Path, status_dir: Path) -> int:
+    """Remove ``ok`` markers PostgreSQL is done with (no ``.ready`` any more), so the spool never grows."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(spool / OK):
+            if entry.name.startswith("."):
+                continue
+            if not (status_dir / f"{entry.name}.ready").exists():
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def run_daemon(
+    settings_path: Path,
+    pgdata: Path,
+    idle_exit: float = IDLE_EXIT,
+    workers: int = PUSH_WORKERS,
+    log=print,
+) -> None:
+    """Push ready files until idle for ``idle_exit`` seconds. Exits at once if another daemon runs."""
     spool = spool_dir(settings_path, pgdata)
     spool.mkdir(parents=True, exist_ok=True)
     lock = open(spool / "daemon.lock", "a")  # noqa: SIM115 - held for the life of the process
@@ -127,47 +173,72 @@ def run_daemon(settings_path: Path, pgdata: Path, idle_exit: float = IDLE_EXIT, 
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return
-    status_dir = Path(pgdata) / "pg_wal" / "archive_status"
+    pgdata = Path(pgdata)
+    status_dir = pgdata / "pg_wal" / "archive_status"
     archive: Archive | None = None
     provider: PrefetchingKeyProvider | None = None
+    in_flight: dict[str, Future[PushResult]] = {}
+    retry_at: dict[str, float] = {}
+    relogin = False
     idle_since = time.monotonic()
-    while time.monotonic() - idle_since < idle_exit:
-        if not status_dir.is_dir():
-            log(f"{status_dir} is gone: exiting")
-            return
-        ready = sorted(p.name[: -len(".ready")] for p in status_dir.glob("*.ready"))
-        todo = [n for n in ready if not marker(spool, "ok", n).exists()]
-        if not todo:
-            time.sleep(0.1)
-            continue
-        idle_since = time.monotonic()
-        try:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-push")
+    try:
+        while in_flight or time.monotonic() - idle_since < idle_exit:
+            if not status_dir.is_dir():
+                log(f"{status_dir} is gone: exiting")
+                return
+            for name, future in [(n, f) for n, f in in_flight.items() if f.done()]:
+                del in_flight[name]
+                try:
+                    result = future.result()
+                except CqoxError as exc:
+                    _failed(spool, name, exc, retry_at, log)
+                    relogin = relogin or not isinstance(exc, FileChangedError)
+                    continue
+                except Exception as exc:  # a bug must not kill the pusher silently: report it as not archived
+                    _failed(spool, name, CqoxError(f"unexpected {type(exc).__name__}: {exc}"), retry_at, log)
+                    continue
+                verb = "archived" if result.uploaded else "already archived"
+                log(f"wal-push-daemon: {verb} {name} ({result.seconds:.2f} s)")
+            if relogin and not in_flight:
+                if provider is not None:
+                    provider.close()
+                archive = provider = None  # log in again (Vault may have been sealed, credentials rotated)
+                relogin = False
+            consume_markers(spool, status_dir)
+            now = time.monotonic()
+            pending = [
+                n
+                for n in sorted(p.name[: -len(".ready")] for p in status_dir.glob("*.ready"))
+                if n not in in_flight and not marker_matches(spool, pgdata / "pg_wal" / n)
+            ]
+            if pending or in_flight:
+                idle_since = now  # failing files waiting for their retry count as work, not idleness
+            todo = [n for n in pending if retry_at.get(n, 0.0) <= now]
+            if not todo or len(in_flight) >= workers or relogin:
+                time.sleep(POLL if now - idle_since < IDLE_POLL_AFTER else POLL_IDLE)
+                continue
             if archive is None or provider is None:
-                settings = ArchiverSettings.load(settings_path)
-                clients = archiver_clients(settings)
-                archive = Archive(clients.s3, clients.bucket, system_identifier(pgdata))
-                provider = pusher_key_provider(clients.provider)
-            failures = _push_batch(archive, provider, spool, Path(pgdata), todo, workers, log)
-        except CqoxError as exc:  # no clients (Vault sealed or unreachable, settings unreadable)
-            failures = [(todo[0], exc)]
-        for name, exc in failures:
-            write_marker(spool, "error", name, str(exc))
-            log(f"wal-push-daemon: {name} NOT archived: {exc}")
-        if failures:
-            if provider is not None:
-                provider.close()
-            archive = provider = None  # log in again next time (Vault may have been sealed)
-            time.sleep(1.0)
-        _clean_stale_markers(spool)
-    if provider is not None:
-        provider.close()
-    with contextlib.suppress(OSError):
-        lock.close()
-
-
-def _clean_stale_markers(spool: Path, older_than: float = 3600.0) -> None:
-    cutoff = time.time() - older_than
-    for done in (spool / "ok").glob("*"):
+                try:
+                    settings = ArchiverSettings.load(settings_path)
+                    clients = archiver_clients(settings)
+                    archive = Archive(clients.s3, clients.bucket, system_identifier(pgdata))
+                    provider = pusher_key_provider(clients.provider)
+                except CqoxError as exc:  # no clients (Vault sealed or unreachable, settings unreadable)
+                    for name in todo:
+                        _failed(spool, name, exc, retry_at, log)
+                    continue
+            for name in todo[: workers - len(in_flight)]:
+                in_flight[name] = pool.submit(push_and_mark, archive, provider, spool, pgdata, name, log)
+    finally:
+        pool.shutdown(wait=True)
+        if provider is not None:
+            provider.close()
         with contextlib.suppress(OSError):
-            if done.stat().st_mtime < cutoff:
-                done.unlink()
+            lock.close()
+
+
+def _failed(spool: Path, name: str, exc: CqoxError, retry_at: dict[str, float], log) -> None:
+    write_marker(spool, ERROR, name, str(exc))
+    retry_at[name] = time.monotonic() + RETRY_AFTER
+    log(f"wal-push-daemon: {name} NOT archived: {exc}")

@@ -4,9 +4,9 @@ Patroni comes from this installation's virtualenv (a pinned dependency), not fro
 updates the etcd3 leader key without compare-and-swap, and the partition drill showed what that means (an old
 leader, cut off from etcd and healed, took the key back from the leader elected in its absence).
 
-Every node runs the single node's server settings (TLS 1.3, SCRAM, pgAudit, ``archive_command = cqox-platform
-wal-push``; with ``archive_mode = on`` only the leader archives) and restores from the same archive with
-``wal-fetch``. The three are started together and waited for together: starting one alone after a full stop
+Every node runs the single node's server settings (TLS 1.3, SCRAM, pgAudit, the same ``archive_command`` with
+the node's own pusher spool; with ``archive_mode = on`` only the leader archives) and restores from the same
+archive with ``wal-fetch``. The three are started together and waited for together: starting one alone after a full stop
 would let a lagging node take the leader key before the others are back.
 
 Timing: ``loop_wait`` 2 s, ``retry_timeout`` 4 s and ``ttl`` 20 s (Patroni's minimum; it requires loop_wait +
@@ -183,7 +183,7 @@ class PatroniClusterService(Service):
     def node_config(self, node: PatroniNode) -> dict:
         ca = str(node.home / "ca.crt")
         cert, key = str(node.home / "server.crt"), str(node.home / "server.key")
-        settings = server_settings(node.pg_port, node.socket_dir, self.base.archive_command())
+        settings = server_settings(node.pg_port, node.socket_dir, self.base.archive_command(node.data_dir))
         for managed in ("listen_addresses", "port"):  # Patroni sets these from `listen`
             settings.pop(managed)
         cluster_wide = {name: settings.pop(name) for name in CLUSTER_WIDE}

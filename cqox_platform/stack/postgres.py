@@ -14,7 +14,6 @@ import hmac
 import os
 import pwd
 import secrets
-import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -24,10 +23,12 @@ import psycopg
 from cqox_platform.errors import StackDirError
 from cqox_platform.fsutil import make_dir, read_file, write_file, write_private
 from cqox_platform.installation import platform_cli
+from cqox_platform.settings import get_settings
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME, StackConfig
 from cqox_platform.stack.process import find_binary, run_checked, stop_pid, wait_until
 from cqox_platform.stack.service import Service
+from cqox_platform.wal_spool import fast_archive_command, sync_archive_command
 
 PG_OS_USER = "postgres"
 
@@ -66,9 +67,15 @@ class PostgresService(Service):
     def archiver_settings(self) -> Path:
         return self.archiver_dir / "archiver.json"
 
-    def archive_command(self) -> str:
-        """``cqox-platform wal-push %p`` from this installation, with the archiver's settings file."""
-        return f"{shlex.quote(str(platform_cli()))} wal-push %p --config {shlex.quote(str(self.archiver_settings))}"
+    def archive_command(self, data_dir: Path | None = None) -> str:
+        """``archive_command`` for the server whose data directory is ``data_dir`` (default: this one's).
+
+        Async (the default, ``CQOX_WAL_PUSH_MODE``): a shell test of the pusher's marker for ``%f``, falling back
+        to ``wal-push --async`` (see ``backup.wal_async_client``); sync: ``wal-push %p``, one upload per call.
+        """
+        if get_settings().wal_push_mode == "sync":
+            return sync_archive_command(platform_cli(), self.archiver_settings)
+        return fast_archive_command(platform_cli(), self.archiver_settings, data_dir or self.data_dir)
 
     @property
     def log_path(self) -> Path:

@@ -25,6 +25,7 @@ from assets import backups as backup_assets
 from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.operations import cluster_archive
 from cqox_platform.backup.records import list_backups
+from cqox_platform.backup.wal_async import KEY_POOL
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
@@ -211,17 +212,25 @@ def test_vault_sealed_during_archiving_loses_no_wal(stack, env, tmp_path):
     try:
         sealed = _cli(env, "wal-push", "pg_wal/000000010000000000000009", *args)
         assert sealed.returncode == 1 and "sealed" in sealed.stderr
+        # The asynchronous pusher (the default) may still seal a few segments with data keys it fetched before
+        # Vault was sealed (at most KEY_POOL queued + 1 being handed over); the segments after those are held.
+        _, failed_before = _archived_count(stack)
+        switched = []
         with _conn(stack) as conn:
-            conn.execute("INSERT INTO wal_probe VALUES (now())")
-            held = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-            conn.execute("SELECT pg_switch_wal()")
+            for _ in range(KEY_POOL + 3):
+                conn.execute("INSERT INTO wal_probe VALUES (now())")
+                switched.append(conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0])
+                conn.execute("SELECT pg_switch_wal()")
         time.sleep(3)
-        ready = Path(env["CQOX_PG_DATA"]) / "pg_wal" / "archive_status" / f"{held}.ready"
-        assert ready.exists()
+        status = Path(env["CQOX_PG_DATA"]) / "pg_wal" / "archive_status"
+        held = [name for name in switched if (status / f"{name}.ready").exists()]
+        assert held, "with Vault sealed, PostgreSQL should keep the segments no data key could seal"
+        assert _archived_count(stack)[1] > failed_before, "PostgreSQL should have seen archive_command fail"
+        assert not set(held) & set(_archive(stack, env).archived_wal())
     finally:
         stack.service("openbao").after_start()  # unseals
     _switch_and_wait(stack, timeout=120)
-    assert held in _archive(stack, env).archived_wal()
+    assert set(switched) <= set(_archive(stack, env).archived_wal())
 
 
 def test_async_push_reports_the_pushers_results_and_recovers_after_s3_returns(stack, env, tmp_path):
@@ -287,6 +296,106 @@ def test_async_push_reports_the_pushers_results_and_recovers_after_s3_returns(st
     archive.purge(f"{archive.root}/")
 
 
+def test_the_default_archive_command_checks_the_pushers_marker_and_the_spool_is_consumed(stack, env):
+    from cqox_platform.wal_spool import OK, spool_dir
+
+    with _conn(stack) as conn:
+        command = conn.execute("SHOW archive_command").fetchone()[0]
+    assert command.startswith("[ %p -ef ") and "wal-push %p --async" in command
+    _, failed_before = _archived_count(stack)
+    names = [_switch_and_wait(stack, timeout=120) for _ in range(3)]
+    assert set(names) <= set(_archive(stack, env).archived_wal())
+    assert _archived_count(stack)[1] == failed_before
+    # Markers go once PostgreSQL has recorded the success (.ready -> .done): the spool keeps nothing archived.
+    ok = spool_dir(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]), Path(env["CQOX_PG_DATA"])) / OK
+    deadline = time.monotonic() + 10
+    while (left := set(os.listdir(ok)) & set(names)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"markers of archived segments were not consumed: {sorted(left)}"
+
+
+def test_a_pusher_killed_mid_push_marks_nothing_unarchived_and_the_next_one_finishes(stack, env):
+    from cqox_platform.backup.wal_async_client import marker_matches
+    from cqox_platform.wal_spool import spool_dir
+
+    base = make_world_traversable_tmpdir("cqox-async-kill-")
+    fake = _fake_pgdata(base, 4646)
+    status = fake / "pg_wal" / "archive_status"
+    status.mkdir()
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 13)]
+    for name in names:
+        (fake / "pg_wal" / name).write_bytes(os.urandom(SEGMENT))
+        (status / f"{name}.ready").touch()
+    subprocess.run(["chown", "-R", "postgres", str(base)], check=True)
+    config = env["CQOX_WAL_ARCHIVER_CONFIG"]
+    cli = str(Path(sys.executable).parent / "cqox-platform")
+    as_postgres = ["runuser", "-u", "postgres", "--", cli]
+    daemon = subprocess.Popen(
+        [*as_postgres, "wal-push-daemon", "--config", config, "--pgdata", str(fake)],
+        cwd=fake,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4646")
+    try:
+        deadline = time.monotonic() + 60
+        while not archive.archived_wal() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(daemon.pid, signal.SIGKILL)  # the pusher and runuser: mid-way through the batch
+        daemon.wait()
+        spool = spool_dir(Path(config), fake)
+        archived = set(archive.archived_wal())
+        marked = {n for n in names if marker_matches(spool, fake / "pg_wal" / n)}
+        assert marked <= archived, f"marked but not archived: {sorted(marked - archived)}"
+        # PostgreSQL's retries (archive_command in order) start a new pusher, which finishes the rest.
+        for name in names:
+            done = subprocess.run(
+                [*as_postgres, "wal-push", f"pg_wal/{name}", "--async", "--config", config, "--pgdata", str(fake)],
+                cwd=fake,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+            os.replace(status / f"{name}.ready", status / f"{name}.done")
+        assert set(names) <= set(archive.archived_wal())
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        archive.purge(f"{archive.root}/")
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_parallel_multipart_upload_stores_the_written_bytes_and_aborts_cleanly(stack, env):
+    from cqox_platform.backup.multipart import MIN_PART, MultipartWriter
+
+    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4747")
+    body = os.urandom(5 * MIN_PART + 12345)
+    key = f"{archive.root}/multipart/parallel"
+    logged: list[str] = []
+    try:
+        with MultipartWriter(archive, key, part_size=MIN_PART, parallel=3, progress=logged.append) as writer:
+            for at in range(0, len(body), 1 << 20):  # written in 1 MiB pieces, as the compressor does
+                writer.write(body[at : at + (1 << 20)])
+        assert archive.get_bytes(key) == body  # parts finish in any order; the object is the stream
+        assert writer.stats is not None and writer.stats.parts == 6 and writer.stats.bytes == len(body)
+        assert 1 <= writer.stats.peak_in_flight <= 3
+        assert "6 part(s)" in writer.stats.describe()
+
+        failed_key = f"{archive.root}/multipart/failed"
+        with (
+            pytest.raises(RuntimeError, match="producer failed"),
+            MultipartWriter(archive, failed_key, part_size=MIN_PART, parallel=3) as writer,
+        ):
+            writer.write(body[: 3 * MIN_PART])
+            raise RuntimeError("producer failed")
+        assert archive.head(failed_key) is None
+        uploads = archive.s3.list_multipart_uploads(Bucket=archive.bucket, Prefix=failed_key).get("Uploads", [])
+        assert uploads == [], "the failed upload's parts stayed behind"
+    finally:
+        archive.purge(f"{archive.root}/")
+
+
 def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(stack, env, tmp_path):
     # A promoted standby's pg_wal: TL1 segments the killed leader completed but never archived (the standby's
     # walreceiver marked them .done), the switch segment in both timelines, and the new timeline's history.
@@ -340,6 +449,40 @@ def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(sta
         assert again.returncode == 0 and "0 unarchived segment(s)" in again.stderr, again.stderr
     finally:
         archive.purge(f"{archive.root}/")
+
+
+def test_the_pusher_catches_up_the_old_timeline_when_it_archives_a_history_file(env):
+    """The async default after a failover: only the history file is .ready (the standby marked the old timeline's
+    segments .done); the pusher archives it and what the old leader never pushed, then marks the history file."""
+    from cqox_platform.backup.wal_async import run_daemon
+    from cqox_platform.backup.wal_async_client import marker_matches
+    from cqox_platform.wal_spool import spool_dir
+
+    system_id = int.from_bytes(os.urandom(8), "little")
+    base = make_world_traversable_tmpdir("cqox-async-catchup-")
+    pgdata = _fake_pgdata(base, system_id)
+    status = pgdata / "pg_wal" / "archive_status"
+    status.mkdir()
+    old = [f"0000000100000000000000{n:02X}" for n in range(1, 4)]
+    for name in old:
+        (pgdata / "pg_wal" / name).write_bytes(os.urandom(4096) * (SEGMENT // 4096))
+        (status / f"{name}.done").touch()
+    (pgdata / "pg_wal" / "000000020000000000000004").write_bytes(os.urandom(4096) * (SEGMENT // 4096))
+    (pgdata / "pg_wal" / "00000002.history").write_text("1\t0/4000100\tno recovery target specified\n")
+    (status / "00000002.history.ready").touch()
+    settings = base / "archiver" / "archiver.json"
+    settings.parent.mkdir()
+    settings.write_bytes(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]).read_bytes())
+    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(system_id))
+    logged: list[str] = []
+    try:
+        run_daemon(settings, pgdata, idle_exit=1.0, log=logged.append)
+        assert {*old, "00000002.history"} <= set(archive.archived_wal()), logged
+        assert marker_matches(spool_dir(settings, pgdata), pgdata / "pg_wal" / "00000002.history")
+        assert any("catch-up" in line for line in logged), logged
+    finally:
+        archive.purge(f"{archive.root}/")
+        subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 # --- base backups and drills ---------------------------------------------------------------------------------

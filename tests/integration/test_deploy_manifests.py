@@ -118,7 +118,11 @@ def test_manifests_apply_record_their_objects_and_pass_the_drift_check(kube, tar
     assert live_hpa["spec"]["behavior"]["scaleDown"]["policies"]  # a server default, not drift
     pg = kube.get("postgresql.cnpg.io/v1", "Cluster", "cqox-postgres-cluster", ns)
     assert pg["spec"]["instances"] == 3
-    assert pg["spec"]["backup"]["barmanObjectStore"]["destinationPath"] == "s3://cqox-backups-dr/postgres/"
+    assert pg["spec"]["plugins"][0]["parameters"]["barmanObjectName"] == "cqox-postgres-backups"
+    store = kube.get("barmancloud.cnpg.io/v1", "ObjectStore", "cqox-postgres-backups", ns)
+    assert store["spec"]["configuration"]["destinationPath"] == "s3://cqox-backups-dr/postgres/"
+    nightly = kube.get("postgresql.cnpg.io/v1", "ScheduledBackup", "cqox-postgres-daily", ns)
+    assert (nightly["spec"]["schedule"], nightly["spec"]["method"]) == ("0 0 3 * * *", "plugin")
     assert kube.get("security.istio.io/v1", "PeerAuthentication", "default", ns)["spec"]["mtls"]["mode"] == "STRICT"
     vs = kube.get_custom("networking.istio.io", "v1", "virtualservices", "cqox-engine", ns)
     primary = next(r for r in vs["spec"]["http"] if r["name"] == "primary")
@@ -299,14 +303,37 @@ def test_the_canary_hpa_is_accepted_its_rollout_floor_kept_and_a_hand_edit_is_dr
 def test_the_cluster_crd_rejects_a_cluster_without_instances(kube, target):
     ns = target["namespace"]
     _apply_assets(kube, target, "k8s_namespace")
-    (cluster,) = render(MANIFEST_DIR / "postgres-cluster.yaml", {"NAMESPACE": ns, "POSTGRES_IMAGE": "p"})
+    store, cluster, scheduled = render(MANIFEST_DIR / "postgres-cluster.yaml", {"NAMESPACE": ns, "POSTGRES_IMAGE": "p"})
     cluster["spec"]["instances"] = 0
     with pytest.raises(KubernetesInvalidError, match="should be greater than or equal to 1"):
         kube.apply(cluster)
-    cluster["spec"]["instances"] = 3
-    cluster["spec"]["backup"]["retentionPolicy"] = "30 days"
+    store["spec"]["retentionPolicy"] = "30 days"
     with pytest.raises(KubernetesInvalidError, match="retentionPolicy"):
-        kube.apply(cluster)
+        kube.apply(store)
+    scheduled["spec"]["schedule"] = "0 3 * * *"  # five fields: CloudNativePG would read it as minute 3, every hour
+    with pytest.raises(KubernetesInvalidError, match="schedule"):
+        kube.apply(scheduled)
+
+
+def test_the_drift_check_covers_the_object_store_and_the_scheduled_backup(kube, target):
+    ns = target["namespace"]
+    _apply_assets(kube, target, "k8s_namespace", "k8s_postgres_cluster")
+    assert _run_check(kube, target, "k8s_postgres_cluster").passed
+    for group, plural, name, field, value in (
+        ("postgresql.cnpg.io", "scheduledbackups", "cqox-postgres-daily", "schedule", "0 0 9 * * *"),
+        ("barmancloud.cnpg.io", "objectstores", "cqox-postgres-backups", "retentionPolicy", "1d"),
+    ):  # hand edits, as `kubectl edit` would make them
+        live = kube.get_custom(group, "v1", plural, name, ns)
+        live["spec"][field] = value
+        kube.replace_custom(group, "v1", plural, live, ns)
+    failed = _run_check(kube, target, "k8s_postgres_cluster")
+    assert not failed.passed
+    assert sorted(failed.metadata["drifted_paths"].value) == [
+        f"ObjectStore/{ns}/cqox-postgres-backups: spec.retentionPolicy",
+        f"ScheduledBackup/{ns}/cqox-postgres-daily: spec.schedule",
+    ]
+    _apply_assets(kube, target, "k8s_postgres_cluster")
+    assert _run_check(kube, target, "k8s_postgres_cluster").passed
 
 
 def test_ui_auth_manifests_are_accepted_by_the_api_server(kube, target):

@@ -117,15 +117,43 @@ def test_virtualservice_routes_reach_the_deployments_through_the_subsets():
 
 
 def test_postgres_cluster_has_the_roadmaps_instances_and_backups():
-    cluster = _all()[("Cluster", "cqox-postgres-cluster")]
+    objects = _all()
+    cluster = objects[("Cluster", "cqox-postgres-cluster")]
     assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
     spec = cluster["spec"]
     assert spec["instances"] == 3
     assert spec["failoverDelay"] == 30
-    assert spec["backup"]["barmanObjectStore"]["destinationPath"] == "s3://cqox-backups-dr/postgres/"
-    assert spec["backup"]["retentionPolicy"] == "30d"
+    assert "backup" not in spec, "the in-tree barmanObjectStore is deprecated: backups go through the plugin"
+    (plugin,) = spec["plugins"]
+    assert plugin["name"] == "barman-cloud.cloudnative-pg.io" and plugin["isWALArchiver"] is True
+    store = objects[("ObjectStore", plugin["parameters"]["barmanObjectName"])]
+    assert store["apiVersion"] == "barmancloud.cnpg.io/v1"
+    assert store["spec"]["configuration"]["destinationPath"] == "s3://cqox-backups-dr/postgres/"
+    assert store["spec"]["retentionPolicy"] == "30d"
     assert spec["imageName"] == VALUES["POSTGRES_IMAGE"]
     assert all(isinstance(v, str) for v in spec["postgresql"]["parameters"].values())
+    scheduled = objects[("ScheduledBackup", "cqox-postgres-daily")]
+    assert scheduled["spec"]["cluster"]["name"] == "cqox-postgres-cluster"
+    assert scheduled["spec"]["method"] == "plugin"
+    assert scheduled["spec"]["pluginConfiguration"]["name"] == plugin["name"]
+    # The store is applied before the Cluster that names it, the ScheduledBackup after its Cluster.
+    kinds = [o["kind"] for o in render(MANIFEST_DIR / "postgres-cluster.yaml", VALUES)]
+    assert kinds == ["ObjectStore", "Cluster", "ScheduledBackup"]
+
+
+def test_postgres_cluster_backups_agree_with_the_platforms_own():
+    """The cluster's backups follow the platform's: the DR bucket, the retention window, the 03:00 backup."""
+    from assets.backups.common import DAILY_BACKUP_CRON
+    from cqox_platform.backup.retention import DEFAULT_KEEP_DAYS
+    from cqox_platform.stack.config import DR_BUCKET
+
+    objects = _all()
+    store = objects[("ObjectStore", "cqox-postgres-backups")]["spec"]
+    assert store["configuration"]["destinationPath"].startswith(f"s3://{DR_BUCKET}/")
+    assert store["retentionPolicy"] == f"{DEFAULT_KEEP_DAYS}d"
+    schedule = objects[("ScheduledBackup", "cqox-postgres-daily")]["spec"]["schedule"]
+    seconds, *five = schedule.split()
+    assert seconds == "0" and " ".join(five) == DAILY_BACKUP_CRON  # CloudNativePG's cron starts with seconds
 
 
 def test_render_names_a_missing_placeholder_and_bad_documents(tmp_path):

@@ -76,6 +76,8 @@ def test_crd_files_serve_the_versions_the_platform_uses_with_bounded_weights():
         "destinationrules.networking.istio.io",
         "peerauthentications.security.istio.io",
         "clusters.postgresql.cnpg.io",
+        "scheduledbackups.postgresql.cnpg.io",
+        "objectstores.barmancloud.cnpg.io",
     }
     for name, crd in crds.items():
         if not name.endswith(".istio.io"):

@@ -158,18 +158,28 @@ def test_a_segment_postgresql_removed_meanwhile_is_a_logged_gap_not_a_retry_loop
 
 def test_the_async_pusher_catches_up_after_a_history_file_and_reports_a_failure(tmp_path, monkeypatch):
     from cqox_platform.backup import wal_async
+    from cqox_platform.backup.wal_async_client import marker_matches
 
     calls: list[str] = []
-    monkeypatch.setattr(wal_async, "push_wal", lambda a, p, path: PushResult(path.name, True, 1, 1, 0.0))
+    monkeypatch.setattr(
+        wal_async, "push_wal_content", lambda a, p, name, raw, digest: PushResult(name, True, len(raw), 1, 0.0)
+    )
 
     def catch_up(archive, provider, history_path, log):
         calls.append(history_path.name)
-        raise CatchUpError("000000010000000000000004: S3 is down")
+        raise CatchUpError(f"{seg(1, 4)}: S3 is down")
 
     monkeypatch.setattr(wal_async, "catch_up_ancestors", catch_up)
-    spool = tmp_path / "spool"
-    todo = ["000000020000000000000005", "00000002.history"]
-    failures = wal_async._push_batch(None, None, spool, tmp_path, todo, 2, lambda m: None)
-    assert calls == ["00000002.history"]
-    assert [(name, str(exc)) for name, exc in failures] == [("00000002.history", f"{seg(1, 4)}: S3 is down")]
-    assert (spool / "ok" / "000000020000000000000005").exists() and not (spool / "ok" / "00000002.history").exists()
+    pgdata, spool = tmp_path / "pgdata", tmp_path / "spool"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    segment, history = "000000020000000000000005", "00000002.history"
+    (pgdata / "pg_wal" / segment).write_bytes(b"\0" * 64)
+    (pgdata / "pg_wal" / history).write_text("1\t0/5000000\tno recovery target specified\n")
+
+    assert wal_async.push_and_mark(None, None, spool, pgdata, segment, lambda m: None).uploaded
+    with pytest.raises(CatchUpError, match="S3 is down"):
+        wal_async.push_and_mark(None, None, spool, pgdata, history, lambda m: None)
+    assert calls == [history]
+    # The segment is reported archived; the history file is not (its push is retried until the catch-up works).
+    assert marker_matches(spool, pgdata / "pg_wal" / segment)
+    assert not marker_matches(spool, pgdata / "pg_wal" / history)

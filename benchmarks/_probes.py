@@ -51,8 +51,32 @@ def _names_marker(pid: str, marker: str) -> bool:
         return False
 
 
+class _Sampling:
+    """Calls ``_sample`` every ``interval`` seconds in a thread while the ``with`` block runs, and once at its end."""
+
+    interval: float
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+
 @dataclass
-class ProcessWatch:
+class ProcessWatch(_Sampling):
     """Peak summed RSS and peak single-process RSS of the processes selected (see the module docstring)."""
 
     root_pid: int | None = None
@@ -65,23 +89,6 @@ class ProcessWatch:
     peak_name: str = ""
     _members: dict[tuple[str, str, str], bool] = field(default_factory=dict)
     _tree: set[int] = field(default_factory=set)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> ProcessWatch:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        self._sample()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
 
     def _selected(self, pid: str, comm: str, ppid: int, started: str) -> bool:
         key = (pid, started, comm)  # comm changes on exec: a forked postgres child may become a command
@@ -125,7 +132,7 @@ def fs_used(path: Path) -> int:
 
 
 @dataclass
-class DiskWatch:
+class DiskWatch(_Sampling):
     """Peak bytes under ``root`` (du) and peak growth of its file system (statvfs) while the block runs.
 
     ``du`` sees only ``root`` and is exact on a shared machine; ``statvfs`` also sees staging files written
@@ -137,24 +144,10 @@ class DiskWatch:
     peak_du: int = 0
     peak_fs_growth: int = 0
     _fs_start: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
     def __enter__(self) -> DiskWatch:
         self._fs_start = fs_used(self.root)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        self._sample()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
+        return super().__enter__()
 
     def _sample(self) -> None:
         self.peak_du = max(self.peak_du, du_bytes(self.root))

@@ -25,7 +25,7 @@ import zstandard
 
 from cqox_platform.backup.archive import Archive, ArchiveError
 from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.restore_stream import INCOMPLETE_MARKER, mark_incomplete, stream_restore
+from cqox_platform.backup.restore_stream import INCOMPLETE_MARKER, TimedSink, mark_incomplete, stream_restore
 from cqox_platform.backup.restore_stream import safe_member as _safe_member
 from cqox_platform.crypto.envelope import Manifest, decrypt_from
 from cqox_platform.crypto.keys import DataKeyProvider
@@ -83,17 +83,6 @@ def download_object(archive: Archive, key: str, dest: Path, size: int, progress:
     return time.monotonic() - started
 
 
-class _TimedWriter:
-    def __init__(self, inner) -> None:
-        self.inner, self.seconds = inner, 0.0
-
-    def write(self, data: bytes) -> int:
-        started = time.monotonic()
-        self.inner.write(data)
-        self.seconds += time.monotonic() - started
-        return len(data)
-
-
 def unpack_backup(
     encrypted: Path, manifest: Manifest, provider: DataKeyProvider, pgdata: Path, where: str
 ) -> tuple[float, float]:
@@ -106,7 +95,7 @@ def unpack_backup(
     def produce() -> None:
         t0 = time.monotonic()
         with open(write_fd, "wb", buffering=1 << 20) as pipe_out:
-            timed = _TimedWriter(None)
+            timed = TimedSink(None)
             try:
                 with (
                     open(encrypted, "rb") as src,

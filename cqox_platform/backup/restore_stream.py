@@ -142,7 +142,7 @@ class RangedObjectReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class _TimedSink:
+class TimedSink:
     """Counts the time spent writing downstream (decompression and extraction pushing back)."""
 
     def __init__(self, inner) -> None:
@@ -212,7 +212,7 @@ def stream_restore(
 
     def produce() -> None:
         t0 = time.monotonic()
-        sink = _TimedSink(None)
+        sink = TimedSink(None)
         try:
             with (
                 open(write_fd, "wb", buffering=1 << 20) as pipe_out,

@@ -158,6 +158,15 @@ def consume_markers(spool: Path, status_dir: Path) -> int:
     return removed
 
 
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of the archiver settings: a replaced or rewritten file means new clients."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def run_daemon(
     settings_path: Path,
     pgdata: Path,
@@ -180,6 +189,7 @@ def run_daemon(
     in_flight: dict[str, Future[PushResult]] = {}
     retry_at: dict[str, float] = {}
     relogin = False
+    loaded_from: tuple[int, int, int] | None = None  # the settings file the clients were built from
     idle_since = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-push")
     try:
@@ -200,6 +210,12 @@ def run_daemon(
                     continue
                 verb = "archived" if result.uploaded else "already archived"
                 log(f"wal-push-daemon: {verb} {name} ({result.seconds:.2f} s)")
+            if archive is not None and _file_identity(settings_path) != loaded_from:
+                # The endpoint, bucket or credentials may have moved (an operator, a drill): finish what is in
+                # flight with the old clients, then log in again from the file as it is now.
+                relogin = True
+                if not in_flight:
+                    log(f"wal-push-daemon: {settings_path} changed: reloading the archiver settings")
             if relogin and not in_flight:
                 if provider is not None:
                     provider.close()
@@ -220,6 +236,7 @@ def run_daemon(
                 continue
             if archive is None or provider is None:
                 try:
+                    loaded_from = _file_identity(settings_path)
                     settings = ArchiverSettings.load(settings_path)
                     clients = archiver_clients(settings)
                     archive = Archive(clients.s3, clients.bucket, system_identifier(pgdata))

@@ -19,6 +19,9 @@ import psycopg
 
 from benchmarks._pgbackrest import as_pg
 from cqox_platform.backup.restore import chown_tree
+from cqox_platform.installation import platform_cli
+from cqox_platform.settings import get_settings
+from cqox_platform.wal_spool import fast_archive_command
 
 SEGMENT = 16 * 2**20
 
@@ -83,11 +86,22 @@ def fake_pgdata(work: Path, pgdata: Path, names: list[str], sources: list[Path],
     return fake
 
 
+def command_for_copy(configured: str, fake: Path) -> str:
+    """The server's archive_command as it reads for the copy ``fake``: the default (async) command names its data
+    directory, whose ``.ready`` files the pusher watches and whose path its spool is derived from, so it is
+    rebuilt for the copy; a sync command names no data directory and is used as it is."""
+    if "--async" not in configured:
+        return configured
+    settings = get_settings().require("wal_archiver_config")
+    return fast_archive_command(platform_cli(), Path(settings), fake)
+
+
 def push_all(fake: Path, names: list[str], archive_command: str) -> list[float]:
     """Run ``archive_command`` for each segment in order as PostgreSQL does (``sh -c`` in the data directory,
     ``%p`` relative to it), marking each ``.done`` afterwards; returns seconds per call."""
     times = []
     status = fake / "pg_wal" / "archive_status"
+    archive_command = command_for_copy(archive_command, fake)
     for name in names:
         command = archive_command.replace("%p", f"pg_wal/{name}").replace("%f", name)
         started = time.perf_counter()

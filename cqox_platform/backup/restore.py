@@ -160,10 +160,16 @@ def as_pg_user(argv: list[str]) -> list[str]:
     return argv
 
 
-def verify_backup(pgdata: Path, pg_bindir: Path) -> float:
-    """``pg_verifybackup`` against the backup_manifest that came inside the tar (WAL is checked by replay)."""
+def verify_backup(pgdata: Path, pg_bindir: Path, *, checksums: bool = True) -> float:
+    """``pg_verifybackup`` against the backup_manifest that came inside the tar (WAL is checked by replay).
+
+    ``checksums=False`` when the stream already compared every file's CRC32C (``manifest_checksums``): it then
+    checks the manifest's own checksum, missing and extra files and sizes without re-reading every byte.
+    """
     started = time.monotonic()
     verify = [str(pg_bindir / "pg_verifybackup"), "--no-parse-wal", "--quiet", "--ignore", INCOMPLETE_MARKER]
+    if not checksums:
+        verify.append("--skip-checksums")
     result = subprocess.run(
         as_pg_user([*verify, str(pgdata)]),
         capture_output=True,
@@ -361,8 +367,11 @@ def restore_files(
     """
     manifest = fetch_backup_manifest(archive, record)
     mark_incomplete(pgdata, f"backup {record.backup_id} ({archive.where(record.object_key)})")
-    seconds = stream_restore(archive, record.object_key, record.stored_bytes, manifest, provider, pgdata, progress)
+    streamed = stream_restore(archive, record.object_key, record.stored_bytes, manifest, provider, pgdata, progress)
+    seconds = dict(streamed.seconds)
+    if streamed.checksums_verified:
+        progress(f"restore: {streamed.files} files match backup_manifest's CRC32C (checked while extracting)")
     chown_tree(pgdata)
-    seconds["verify"] = verify_backup(pgdata, bindir or pg_bindir())
+    seconds["verify"] = verify_backup(pgdata, bindir or pg_bindir(), checksums=not streamed.checksums_verified)
     (pgdata / INCOMPLETE_MARKER).unlink()
     return RestoredFiles(seconds, manifest.key_version)

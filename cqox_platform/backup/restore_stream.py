@@ -20,13 +20,16 @@ import os
 import tarfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import zstandard
 
 from cqox_platform.backup.archive import Archive
+from cqox_platform.backup.manifest_checksums import MANIFEST_NAME, ChecksumLedger
 from cqox_platform.crypto.envelope import Manifest, decrypt_from
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
@@ -191,11 +194,11 @@ def stream_restore(
     progress=lambda _m: None,
     *,
     workers: int = RANGE_WORKERS,
-) -> dict[str, float]:
+) -> StreamedRestore:
     """Stream the backup object ``key`` into ``pgdata`` (already created, empty, with the marker written).
 
-    Returns seconds that add up to the wall time: ``download`` (blocked on the network), ``decrypt`` (AES-GCM
-    and the manifest's checks) and ``extract`` (decompression and file writes).
+    Seconds add up to the wall time: ``download`` (blocked on the network), ``decrypt`` (AES-GCM and the
+    manifest's checks) and ``extract`` (decompression, file writes and their CRC32C against backup_manifest).
     """
     where = archive.where(key)
     head = archive.head(key)
@@ -224,6 +227,8 @@ def stream_restore(
             errors.append(exc)
         producer_seconds[0], producer_seconds[1] = time.monotonic() - t0, sink.seconds
 
+    ledger = ChecksumLedger()
+    manifest_bytes: bytes | None = None
     producer = threading.Thread(target=produce, name="restore-decrypt", daemon=True)
     producer.start()
     pg_control: tuple[tarfile.TarInfo, bytes] | None = None
@@ -231,11 +236,20 @@ def stream_restore(
         with open(read_fd, "rb", buffering=1 << 20) as pipe_in, tarfile.open(fileobj=pipe_in, mode="r|") as tar:
             for member in tar:
                 member = safe_member(member, where)
-                if member.name == PG_CONTROL and member.isfile():
-                    handle = tar.extractfile(member)
-                    pg_control = (member, handle.read() if handle else b"")
+                if member.isdir():
+                    tar.extract(member, pgdata, set_attrs=True)
                     continue
-                tar.extract(member, pgdata, set_attrs=True)
+                handle = tar.extractfile(member)
+                if member.name == PG_CONTROL:
+                    pg_control = (member, handle.read() if handle else b"")
+                    ledger.start(member.name)
+                    ledger.add(member.name, pg_control[1])
+                elif member.name == MANIFEST_NAME:
+                    manifest_bytes = handle.read() if handle else b""
+                    _write_file(pgdata / member.name, member.mode, [manifest_bytes])
+                else:
+                    ledger.start(member.name)
+                    _write_file(pgdata / member.name, member.mode, _chunks(handle, member.name, ledger))
     except tarfile.TarError as exc:
         producer.join()
         if errors:
@@ -251,13 +265,42 @@ def stream_restore(
         raise _explain(errors[0], where) from None
     if pg_control is None:
         raise StreamRestoreError(f"{where} holds no {PG_CONTROL}: not a base backup of a data directory.")
+    if manifest_bytes is None:
+        raise StreamRestoreError(f"{where} holds no {MANIFEST_NAME}: its files cannot be verified.")
+    checksums_verified = ledger.verify(manifest_bytes, where)  # before pg_control: a mismatch leaves no server
     _write_last(pgdata, *pg_control)
     total = time.monotonic() - started
     decrypt = max(producer_seconds[0] - producer_seconds[1] - reader.waited, 0.0)
     extract = max(total - decrypt - reader.waited, 0.0)
     rate = size / max(total, 1e-9) / 2**20
     progress(f"restore: {size / 2**20:.0f} MiB streamed and extracted in {total:.1f} s ({rate:.1f} MiB/s)")
-    return {"download": reader.waited, "decrypt": decrypt, "extract": extract}
+    return StreamedRestore(
+        {"download": reader.waited, "decrypt": decrypt, "extract": extract}, checksums_verified, len(ledger.files)
+    )
+
+
+@dataclass(frozen=True)
+class StreamedRestore:
+    """Phase seconds, and whether every file's CRC32C was checked against the manifest on the way in."""
+
+    seconds: dict[str, float]
+    checksums_verified: bool
+    files: int
+
+
+def _chunks(handle, name: str, ledger: ChecksumLedger, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := handle.read(size) if handle else b"":
+        ledger.add(name, chunk)
+        yield chunk
+
+
+def _write_file(path: Path, mode: int, chunks: Iterable[bytes]) -> None:
+    """A new file (never through a link: ``O_EXCL | O_NOFOLLOW``), owner-only mode, written chunk by chunk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o700 or 0o600)
+    with os.fdopen(fd, "wb", buffering=0) as fh:
+        for chunk in chunks:
+            fh.write(chunk)
 
 
 def _write_last(pgdata: Path, member: tarfile.TarInfo, data: bytes) -> None:

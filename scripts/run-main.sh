@@ -6,17 +6,18 @@ cd "$(dirname "$0")/.."
 VENV="${CQOX_VENV:-.venv}"
 # CQOX_HA=1: a new stack with etcd and three Patroni nodes behind HAProxy (`stack up --ha`), and group `ha`.
 HA_FLAG=()
-SELECT='not group:datasets and not group:canary and not group:ha and not key:slo_report and not key:slo_version_report'
+SELECT='not group:datasets and not group:canary and not group:ha and not key:alert_drill and not key:slo_report and not key:slo_version_report'
 if [ "${CQOX_HA:-0}" = "1" ]; then
   HA_FLAG=(--ha)
-  SELECT='not group:datasets and not group:canary and not key:slo_report and not key:slo_version_report'
+  SELECT='not group:datasets and not group:canary and not key:alert_drill and not key:slo_report and not key:slo_version_report'
 fi
 "$VENV/bin/cqox-platform" stack up --traffic "${HA_FLAG[@]}"
 eval "$("$VENV/bin/cqox-platform" stack env)"
 # Every unpartitioned asset except group `datasets` (encrypted_datasets has one partition per upload, which the
 # upload sensor materializes; dataset_key_rotation rotates keys, which a routine run should not do) and group
-# `canary` (one partition per rollout, materialized by the canary sensor) and, on a single node, group `ha`
-# (the Patroni cluster's status needs `--ha`), then
+# `canary` (one partition per rollout, materialized by the canary sensor), `alert_drill` (it injects faults
+# for minutes; weekly schedule or `alert_drill_job`) and, on a single node, group `ha` (the Patroni cluster's
+# status needs `--ha`), then
 # the SLO reports (per service, and per version for the days canary rollouts ran) of the last seven days, each
 # backfilled as one run (daily partitions, BackfillPolicy.single_run).
 echo "materializing the asset graph (--select '$SELECT') ..." >&2

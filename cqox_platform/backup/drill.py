@@ -108,7 +108,7 @@ def run_drill(
             pgdata,
             port=cluster.port,
             socket_dir=cluster.socket_dir,
-            restore_command=restore_command_for(cli, settings_file, archive.bucket, wal_prefetch),
+            restore_command=restore_command_for(cli, settings_file, archive.bucket, wal_prefetch, pgdata),
             target=target,
         )
         progress(f"drill {result.drill_id}: recovering to {target.kind} {target.value!r}")

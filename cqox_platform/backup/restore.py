@@ -27,6 +27,7 @@ from cqox_platform.backup.archive import Archive, ArchiveError
 from cqox_platform.backup.records import BackupRecord
 from cqox_platform.backup.restore_stream import INCOMPLETE_MARKER, TimedSink, mark_incomplete, stream_restore
 from cqox_platform.backup.restore_stream import safe_member as _safe_member
+from cqox_platform.backup.wal_prefetch_client import fast_restore_command, prefetch_spool
 from cqox_platform.crypto.envelope import Manifest, decrypt_from
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
@@ -234,12 +235,25 @@ DEFAULT_WAL_PREFETCH = 8
 
 
 def restore_command_for(
-    cli: Path, settings_file: Path, bucket: str | None = None, prefetch: int = DEFAULT_WAL_PREFETCH
+    cli: Path,
+    settings_file: Path,
+    bucket: str | None = None,
+    prefetch: int = DEFAULT_WAL_PREFETCH,
+    pgdata: Path | None = None,
 ) -> str:
-    """The restore_command of a restored or drilled cluster: prefetching by default (same exit-code contract)."""
+    """The restore_command of a restored or drilled cluster: prefetching by default (same exit-code contract).
+
+    With ``pgdata`` (the cluster's data directory) a segment already prefetched is handed over by the shell
+    (``fast_restore_command``), without starting the CLI.
+    """
     command = f"{shlex.quote(str(cli))} wal-fetch %f %p --config {shlex.quote(str(settings_file))}"
     command += f" --bucket {shlex.quote(bucket)}" if bucket else ""
-    return command + (f" --prefetch {int(prefetch)}" if prefetch else "")
+    if not prefetch:
+        return command
+    command += f" --prefetch {int(prefetch)}"
+    if pgdata is None:
+        return command
+    return fast_restore_command(prefetch_spool(settings_file, Path(pgdata).resolve(), bucket), f"exec {command}")
 
 
 class ScratchCluster:

@@ -35,6 +35,7 @@ from cqox_platform.backup.wal import WalMissingError, read_wal, system_identifie
 from cqox_platform.backup.wal_prefetch_client import (
     SegmentCheck,
     control_system_id,
+    digest_path,
     error_path,
     inflight_path,
     prefetch_spool,
@@ -144,7 +145,7 @@ class Prefetcher:
         """Delete spool files recovery will not ask for (consumed, or another timeline's)."""
         for sub in ("ready", "error"):
             for path in (self.spool / sub).iterdir():
-                name = path.name[:-5] if path.name.endswith(".json") else path.name
+                name = path.name.removesuffix(".json").removesuffix(".sha256")
                 if name.startswith("."):
                     continue
                 if name not in keep:
@@ -168,6 +169,7 @@ class Prefetcher:
                 "system_id": self.system_id,
             }
             write_atomic(record_path(self.spool, name), json.dumps(record))
+            write_atomic(digest_path(self.spool, name), f"{record['sha256']}  {name}\n")
             os.replace(tmp, ready_path(self.spool, name))
             self.log(f"wal-prefetch: {name} ready ({len(raw) / 2**20:.1f} MiB)")
         except WalMissingError:

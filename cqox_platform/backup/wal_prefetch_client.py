@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -100,6 +101,30 @@ def record_path(spool: Path, name: str) -> Path:
     return spool / "ready" / f"{name}.json"
 
 
+def digest_path(spool: Path, name: str) -> Path:
+    """``sha256sum -c`` input for a ready segment: what ``fast_restore_command``'s shell check reads."""
+    return spool / "ready" / f"{name}.sha256"
+
+
+def fast_restore_command(spool: Path, fallback: str) -> str:
+    """restore_command that hands a prefetched segment over with no interpreter start, else runs ``fallback``.
+
+    Why: a replay asks for segments one at a time and waits for each; a Python start per segment (~0.14 s) was
+    half the replay time of 2 GB of WAL. The shell path checks what the prefetcher recorded after authenticated
+    decryption and the page-header check (``sha256sum -c``: the file is still what was verified), says where
+    replay is (``want``), and moves the file into place; anything else (not prefetched yet, found unusable:
+    exit 255, absent: exit 1) is the fallback's, so the exit-code contract is unchanged. ``%f`` is a WAL file
+    name PostgreSQL chose (hex digits, ``.history``), never a path.
+    """
+    ready = shlex.quote(str(spool / "ready"))
+    want = shlex.quote(str(spool / "want"))
+    return (
+        f"if [ -f {ready}/%f ] && ( cd {ready} && sha256sum --status -c %f.sha256 ); then "
+        f"echo %f > {want}.$$ && mv -f {want}.$$ {want} && mv -f {ready}/%f %p && rm -f {ready}/%f.sha256 "
+        f"{ready}/%f.json && exit 0; fi; {fallback}"
+    )
+
+
 def error_path(spool: Path, name: str) -> Path:
     return spool / "error" / name
 
@@ -149,6 +174,7 @@ class PrefetchClient:
         finally:
             claimed.unlink(missing_ok=True)
             record_path(self.spool, name).unlink(missing_ok=True)
+            digest_path(self.spool, name).unlink(missing_ok=True)
 
     def _hand_over(self, name: str, claimed: Path, destination: Path) -> int | None:
         try:

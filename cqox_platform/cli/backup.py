@@ -566,7 +566,11 @@ def restore(
             port=port,
             socket_dir=socket_dir,
             restore_command=restore_command_for(
-                platform_cli(), archiver_config, bucket, DEFAULT_WAL_PREFETCH if wal_prefetch is None else wal_prefetch
+                platform_cli(),
+                archiver_config,
+                bucket,
+                DEFAULT_WAL_PREFETCH if wal_prefetch is None else wal_prefetch,
+                pgdata,
             ),
             target=target,
         )

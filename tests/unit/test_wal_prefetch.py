@@ -125,3 +125,51 @@ def test_a_verified_file_whose_header_names_another_timeline_is_refused(tmp_path
     with pytest.raises(PrefetchRefused, match="timeline 3"):
         client.serve(name, tmp_path / "RECOVERYXLOG")
     assert not (tmp_path / "RECOVERYXLOG").exists()
+
+
+def _run_restore_command(command: str, name: str, cwd):
+    import subprocess
+
+    line = command.replace("%f", name).replace("%p", "pg_wal/RECOVERYXLOG")
+    return subprocess.run(["/bin/sh", "-c", line], cwd=cwd, capture_output=True, text=True)
+
+
+def test_the_shell_hands_over_a_verified_prefetched_segment_without_the_cli(tmp_path):
+    import hashlib
+
+    from cqox_platform.backup.wal_prefetch_client import fast_restore_command
+
+    spool, pgdata = tmp_path / "spool", tmp_path / "pgdata"
+    (spool / "ready").mkdir(parents=True)
+    (pgdata / "pg_wal").mkdir(parents=True)
+    name, body = "000000010000000000000007", b"\x11" * 4096
+    (spool / "ready" / name).write_bytes(body)
+    (spool / "ready" / f"{name}.json").write_text("{}")
+    (spool / "ready" / f"{name}.sha256").write_text(f"{hashlib.sha256(body).hexdigest()}  {name}\n")
+    command = fast_restore_command(spool, "exit 7")
+
+    done = _run_restore_command(command, name, pgdata)
+    assert done.returncode == 0, done.stderr
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == body
+    assert (spool / "want").read_text().strip() == name  # the prefetcher learns where replay is
+    assert not any((spool / "ready").iterdir())  # consumed: file, record and digest
+
+
+def test_the_shell_leaves_a_changed_or_missing_segment_to_the_cli(tmp_path):
+    import hashlib
+
+    from cqox_platform.backup.wal_prefetch_client import fast_restore_command
+
+    spool, pgdata = tmp_path / "spool", tmp_path / "pgdata"
+    (spool / "ready").mkdir(parents=True)
+    (pgdata / "pg_wal").mkdir(parents=True)
+    name = "000000010000000000000008"
+    (spool / "ready" / name).write_bytes(b"\x22" * 4096)  # changed on disk after it was verified
+    (spool / "ready" / f"{name}.sha256").write_text(f"{hashlib.sha256(b'other').hexdigest()}  {name}\n")
+    command = fast_restore_command(spool, "exit 7")
+
+    changed = _run_restore_command(command, name, pgdata)
+    missing = _run_restore_command(command, "000000010000000000000009", pgdata)
+    assert changed.returncode == missing.returncode == 7  # the CLI decides: it refetches, or exits 1 / 255
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+    assert (spool / "ready" / name).exists()

@@ -16,6 +16,7 @@ killed with SIGKILL therefore leaves a directory that says what it is and that n
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import tarfile
 import threading
@@ -232,6 +233,7 @@ def stream_restore(
     producer = threading.Thread(target=produce, name="restore-decrypt", daemon=True)
     producer.start()
     pg_control: tuple[tarfile.TarInfo, bytes] | None = None
+    files = ParallelFileWriter()
     try:
         with open(read_fd, "rb", buffering=1 << 20) as pipe_in, tarfile.open(fileobj=pipe_in, mode="r|") as tar:
             for member in tar:
@@ -246,10 +248,11 @@ def stream_restore(
                     ledger.add(member.name, pg_control[1])
                 elif member.name == MANIFEST_NAME:
                     manifest_bytes = handle.read() if handle else b""
-                    _write_file(pgdata / member.name, member.mode, [manifest_bytes])
+                    files.write(pgdata / member.name, member.mode, [manifest_bytes])
                 else:
                     ledger.start(member.name)
-                    _write_file(pgdata / member.name, member.mode, _chunks(handle, member.name, ledger))
+                    files.write(pgdata / member.name, member.mode, _chunks(handle, member.name, ledger))
+        files.finish()  # every byte written (or the write error, e.g. a full disk, raised here)
     except tarfile.TarError as exc:
         producer.join()
         if errors:
@@ -259,6 +262,7 @@ def stream_restore(
         reader.close()
         raise
     finally:
+        files.abandon()
         producer.join()
         reader.close()
     if errors:
@@ -294,13 +298,68 @@ def _chunks(handle, name: str, ledger: ChecksumLedger, size: int = 1 << 20) -> I
         yield chunk
 
 
-def _write_file(path: Path, mode: int, chunks: Iterable[bytes]) -> None:
-    """A new file (never through a link: ``O_EXCL | O_NOFOLLOW``), owner-only mode, written chunk by chunk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o700 or 0o600)
-    with os.fdopen(fd, "wb", buffering=0) as fh:
+class ParallelFileWriter:
+    """Writes restored files' chunks on ``writers`` threads, at most ``in_flight`` chunks queued.
+
+    Why: once checksums are verified on the way in, a 10 GB restore is bound by copying into the page cache
+    (about 530 MiB/s for one thread here); ``os.pwrite`` releases the GIL, so two writers use both cores while
+    the main thread reads the tar stream. Files are created by the caller's thread (``O_EXCL | O_NOFOLLOW``,
+    owner-only mode, never through a link) and closed once all of their chunks are written; memory is bounded by
+    ``in_flight`` chunks of 1 MiB.
+    """
+
+    def __init__(self, writers: int = 2, in_flight: int = 32) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="restore-write")
+        self._slots = threading.BoundedSemaphore(in_flight)
+        self._open: list[tuple[int, list[Future]]] = []
+
+    def write(self, path: Path, mode: int, chunks: Iterable[bytes]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o700 or 0o600)
+        futures: list[Future] = []
+        self._open.append((fd, futures))
+        offset = 0
         for chunk in chunks:
-            fh.write(chunk)
+            self._slots.acquire()
+            futures.append(self._pool.submit(self._pwrite, fd, chunk, offset))
+            offset += len(chunk)
+        self._reap(wait=False)
+
+    def _pwrite(self, fd: int, chunk: bytes, offset: int) -> None:
+        try:
+            view = memoryview(chunk)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+        finally:
+            self._slots.release()
+
+    def _reap(self, wait: bool) -> None:
+        """Close files whose chunks are all written; raise the first write error (ENOSPC, EIO)."""
+        for entry in list(self._open):
+            fd, futures = entry
+            if not wait and not all(f.done() for f in futures):
+                continue
+            self._open.remove(entry)  # before closing: an fd number is closed once, never again after reuse
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                os.close(fd)
+
+    def finish(self) -> None:
+        try:
+            self._reap(wait=True)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """After a failure (or after ``finish``): stop writing and close every file still open."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for fd, _futures in self._open:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._open = []
 
 
 def _write_last(pgdata: Path, member: tarfile.TarInfo, data: bytes) -> None:

@@ -221,11 +221,13 @@ def test_vault_sealed_during_archiving_loses_no_wal(stack, env, tmp_path):
                 conn.execute("INSERT INTO wal_probe VALUES (now())")
                 switched.append(conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0])
                 conn.execute("SELECT pg_switch_wal()")
-        time.sleep(3)
+        deadline = time.monotonic() + 90  # polled, not slept: a loaded machine starts the CLI slowly
+        while _archived_count(stack)[1] <= failed_before:
+            assert time.monotonic() < deadline, "PostgreSQL should have seen archive_command fail"
+            time.sleep(0.5)
         status = Path(env["CQOX_PG_DATA"]) / "pg_wal" / "archive_status"
         held = [name for name in switched if (status / f"{name}.ready").exists()]
         assert held, "with Vault sealed, PostgreSQL should keep the segments no data key could seal"
-        assert _archived_count(stack)[1] > failed_before, "PostgreSQL should have seen archive_command fail"
         assert not set(held) & set(_archive(stack, env).archived_wal())
     finally:
         stack.service("openbao").after_start()  # unseals

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import pwd
 import secrets
@@ -186,3 +187,18 @@ def make_dir(path: Path | str, *, mode: int = 0o700, owner: str | None = None) -
     path.mkdir(parents=True, exist_ok=True)
     own(path, mode=mode, owner=owner, directory=True)
     return path
+
+
+def single_instance_lock(path: Path):
+    """``path`` opened and locked exclusively without waiting, or None when another process holds it.
+
+    The background WAL pusher and prefetcher each run once per spool: the loser of a start race exits at once.
+    Keep the returned file open for as long as the lock must be held (closing it releases the lock).
+    """
+    lock = open(path, "a")  # noqa: SIM115 - the caller holds it for the life of the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock

@@ -16,7 +16,6 @@ Semantics are those of the synchronous push: a segment counts as archived only o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import queue
@@ -41,6 +40,7 @@ from cqox_platform.backup.wal_catchup import catch_up_ancestors
 from cqox_platform.backup.walnames import HISTORY_RE
 from cqox_platform.crypto.keys import DataKey, DataKeyProvider
 from cqox_platform.errors import CqoxError
+from cqox_platform.fsutil import single_instance_lock
 
 KEY_POOL = 4
 KEY_MAX_AGE = 300.0
@@ -177,10 +177,8 @@ def run_daemon(
     """Push ready files until idle for ``idle_exit`` seconds. Exits at once if another daemon runs."""
     spool = spool_dir(settings_path, pgdata)
     spool.mkdir(parents=True, exist_ok=True)
-    lock = open(spool / "daemon.lock", "a")  # noqa: SIM115 - held for the life of the process
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock = single_instance_lock(spool / "daemon.lock")
+    if lock is None:
         return
     pgdata = Path(pgdata)
     status_dir = pgdata / "pg_wal" / "archive_status"

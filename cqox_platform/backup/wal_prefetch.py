@@ -19,7 +19,6 @@ request time decides those.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -53,6 +52,7 @@ from cqox_platform.backup.walnames import (
 )
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
+from cqox_platform.fsutil import single_instance_lock
 
 IDLE_EXIT = 60.0
 HISTORY_PROBE_EVERY = 10.0
@@ -205,10 +205,8 @@ def run_daemon(
     """Prefetch ahead of ``want`` until idle; exits at once if another prefetcher owns the spool."""
     spool = prefetch_spool(settings_path, pgdata, bucket)
     spool.mkdir(parents=True, exist_ok=True)
-    lock = open(spool / "daemon.lock", "a")  # noqa: SIM115 - held for the life of the process
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock = single_instance_lock(spool / "daemon.lock")
+    if lock is None:
         return
     for sub in ("ready", "error", "inflight"):  # a predecessor killed before its cleanup: start from nothing
         shutil.rmtree(spool / sub, ignore_errors=True)

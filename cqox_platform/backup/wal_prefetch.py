@@ -37,6 +37,7 @@ from cqox_platform.backup.wal_prefetch_client import (
     digest_path,
     error_path,
     inflight_path,
+    posix_cksum,
     prefetch_spool,
     ready_path,
     record_path,
@@ -145,7 +146,7 @@ class Prefetcher:
         """Delete spool files recovery will not ask for (consumed, or another timeline's)."""
         for sub in ("ready", "error"):
             for path in (self.spool / sub).iterdir():
-                name = path.name.removesuffix(".json").removesuffix(".sha256")
+                name = path.name.removesuffix(".json").removesuffix(".cksum")
                 if name.startswith("."):
                     continue
                 if name not in keep:
@@ -169,7 +170,7 @@ class Prefetcher:
                 "system_id": self.system_id,
             }
             write_atomic(record_path(self.spool, name), json.dumps(record))
-            write_atomic(digest_path(self.spool, name), f"{record['sha256']}  {name}\n")
+            write_atomic(digest_path(self.spool, name), posix_cksum(raw) + "\n")
             os.replace(tmp, ready_path(self.spool, name))
             self.log(f"wal-prefetch: {name} ready ({len(raw) / 2**20:.1f} MiB)")
         except WalMissingError:

@@ -102,25 +102,38 @@ def record_path(spool: Path, name: str) -> Path:
 
 
 def digest_path(spool: Path, name: str) -> Path:
-    """``sha256sum -c`` input for a ready segment: what ``fast_restore_command``'s shell check reads."""
-    return spool / "ready" / f"{name}.sha256"
+    """POSIX ``cksum`` of a ready segment's verified bytes: what ``fast_restore_command``'s shell check reads."""
+    return spool / "ready" / f"{name}.cksum"
+
+
+def posix_cksum(data: bytes) -> str:
+    """``cksum``'s ``CRC SIZE`` line for ``data``, computed by coreutils itself over the bytes in memory.
+
+    Why coreutils and not a Python CRC: the shell hand-over compares this with ``cksum < file``, so both sides
+    run the same implementation (POSIX CRC-32 with the length appended, pclmul-accelerated: ~4 ms per 16 MiB
+    segment against ~36 ms for ``sha256sum``, on replay's critical path). It guards against a change on local
+    disk after verification, not an adversary: authenticity was settled by AES-GCM and the archive's SHA-256.
+    """
+    done = subprocess.run(["cksum"], input=data, capture_output=True, check=True)
+    return done.stdout.decode().strip()
 
 
 def fast_restore_command(spool: Path, fallback: str) -> str:
     """restore_command that hands a prefetched segment over with no interpreter start, else runs ``fallback``.
 
     Why: a replay asks for segments one at a time and waits for each; a Python start per segment (~0.14 s) was
-    half the replay time of 2 GB of WAL. The shell path checks what the prefetcher recorded after authenticated
-    decryption and the page-header check (``sha256sum -c``: the file is still what was verified), says where
-    replay is (``want``), and moves the file into place; anything else (not prefetched yet, found unusable:
-    exit 255, absent: exit 1) is the fallback's, so the exit-code contract is unchanged. ``%f`` is a WAL file
-    name PostgreSQL chose (hex digits, ``.history``), never a path.
+    half the replay time of 2 GB of WAL, and then ``sha256sum`` (~36 ms per segment) a quarter of what was left.
+    The shell path compares ``cksum`` of the file with what the prefetcher computed over the bytes it verified
+    (authenticated decryption, the archive's SHA-256, the page header): the file is still what was verified.
+    It says where replay is (``want``) and moves the file into place; anything else (not prefetched yet, found
+    unusable: exit 255, absent: exit 1) is the fallback's, so the exit-code contract is unchanged. ``%f`` is a
+    WAL file name PostgreSQL chose (hex digits, ``.history``), never a path.
     """
     ready = shlex.quote(str(spool / "ready"))
     want = shlex.quote(str(spool / "want"))
     return (
-        f"if [ -f {ready}/%f ] && ( cd {ready} && sha256sum --status -c %f.sha256 ); then "
-        f"echo %f > {want}.$$ && mv -f {want}.$$ {want} && mv -f {ready}/%f %p && rm -f {ready}/%f.sha256 "
+        f'if [ -f {ready}/%f ] && read -r c < {ready}/%f.cksum && [ "$(cksum < {ready}/%f)" = "$c" ]; then '
+        f"echo %f > {want}.$$ && mv -f {want}.$$ {want} && mv -f {ready}/%f %p && rm -f {ready}/%f.cksum "
         f"{ready}/%f.json && exit 0; fi; {fallback}"
     )
 

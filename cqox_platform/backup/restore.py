@@ -111,7 +111,12 @@ def unpack_backup(
     producer = threading.Thread(target=produce, name="restore-decrypt", daemon=True)
     producer.start()
     try:
-        with open(read_fd, "rb", buffering=1 << 20) as pipe_in, tarfile.open(fileobj=pipe_in, mode="r|") as tar:
+        # ignore_zeros: a backup is the server's tar, then a tar holding backup_manifest (see basebackup). A header
+        # skipped as invalid cannot pass unnoticed: AES-GCM authenticated the bytes and the manifest names every file.
+        with (
+            open(read_fd, "rb", buffering=1 << 20) as pipe_in,
+            tarfile.open(fileobj=pipe_in, mode="r|", ignore_zeros=True) as tar,
+        ):
             for member in tar:
                 tar.extract(_safe_member(member, where), pgdata, set_attrs=True)
     except tarfile.TarError as exc:

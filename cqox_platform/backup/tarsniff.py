@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+import zstandard
+
 BLOCK = 512
 
 
 class TarSniffer:
     """A pass-through reader that captures the contents of members named in ``wanted``."""
 
-    def __init__(self, src: BinaryIO, wanted: set[str], max_member_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, src: BinaryIO | None, wanted: set[str], max_member_bytes: int = 64 * 1024 * 1024) -> None:
         self.src = src
         self.wanted = wanted
         self.max_member_bytes = max_member_bytes
@@ -33,9 +35,13 @@ class TarSniffer:
     def read(self, size: int = -1) -> bytes:
         data = self.src.read(size)
         if data:
-            self.bytes_read += len(data)
-            self._feed(memoryview(data))
+            self.feed(data)
         return data
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data`` as the next bytes of the stream (for callers that hold the bytes themselves)."""
+        self.bytes_read += len(data)
+        self._feed(memoryview(data))
 
     def _feed(self, data: memoryview) -> None:
         pos = 0
@@ -76,3 +82,28 @@ class TarSniffer:
             if size == 0:
                 self.captured[name] = b""
                 self._capture_name = None
+
+
+class ZstdTarHeadSniffer:
+    """Captures members near the start of a zstd-compressed tar stream, decompressing only until they are found.
+
+    Why: with server-side compression the tar arrives compressed; ``backup_label`` is its first member, so the
+    first megabytes are decompressed to read it and the rest of the stream passes untouched.
+    """
+
+    def __init__(self, wanted: set[str], limit: int = 64 * 1024 * 1024) -> None:
+        self.tar = TarSniffer(None, wanted)
+        self.wanted, self.limit = wanted, limit
+        self._unzstd = zstandard.ZstdDecompressor().decompressobj()
+
+    @property
+    def captured(self) -> dict[str, bytes]:
+        return self.tar.captured
+
+    @property
+    def done(self) -> bool:
+        return self.wanted <= self.tar.captured.keys() or self.tar.bytes_read >= self.limit
+
+    def feed(self, compressed: bytes) -> None:
+        if not self.done and compressed:
+            self.tar.feed(self._unzstd.decompress(compressed))

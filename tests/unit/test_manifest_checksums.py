@@ -106,4 +106,4 @@ def test_a_write_error_midway_is_raised_and_every_file_is_closed(tmp_path, monke
             writer.finish()
     finally:
         writer.abandon()
-    assert writer._open == []  # every descriptor closed, none left for a later close to hit a reused number
+    assert not writer._open  # every descriptor closed, none left for a later close to hit a reused number

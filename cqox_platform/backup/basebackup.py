@@ -48,6 +48,8 @@ ZSTD_LEVEL = 3
 SERVER_ZSTD_WORKERS = 2
 ARCHIVE_NAME = "base.tar.zst"
 WORKDIR_PREFIX = "cqox-basebackup-"
+#: A backup killed with SIGKILL runs no ``finally``: pg_basebackup must not go on writing into the work directory.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 class BackupError(CqoxError):
@@ -212,11 +214,7 @@ def create_base_backup(
     workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=parent))
     out_dir = workdir / "out"
     argv = [
-        # Dies with us: a backup killed with SIGKILL must not leave pg_basebackup writing into the work directory.
-        "setpriv",
-        "--pdeathsig",
-        "KILL",
-        "--",
+        *DIE_WITH_PARENT,
         pg_basebackup,
         "-d",
         dsn,

@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -650,15 +651,47 @@ def test_kill_9_mid_backup_leaves_no_backup_and_no_stray_upload(stack, env):
         time.sleep(0.05)
     else:
         pytest.fail("the backup never started its multipart upload")
+    children = _children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(1)
     assert {r.backup_id for r in list_backups(archive)} == before
+    # pg_basebackup died with it (pdeathsig): nothing goes on writing the compressed backup to local disk.
+    assert any("pg_basebackup" in cmd for cmd in children.values()), children
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)]
+    workdirs = set(Path(tempfile.gettempdir()).glob("cqox-basebackup-*"))
+    assert workdirs  # what the killed backup left (no finally ran)
     # The next backup (it holds the backup lock) aborts what the killed one left; nothing stays half-written.
     result = _materialize(stack, env, [backup_assets.postgres_basebackup])
     assert result.success
     leftover = archive.s3.list_multipart_uploads(Bucket=archive.bucket, Prefix=f"{archive.root}/base/")
     assert not leftover.get("Uploads")
+    assert not workdirs & set(Path(tempfile.gettempdir()).glob("cqox-basebackup-*"))
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it is dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Descendants of ``pid`` with their command lines (setpriv execs pg_basebackup in place)."""
+    found: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found[int(stat.parent.name)] = cmd
+    return found
 
 
 def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):

@@ -55,3 +55,41 @@ def test_a_writer_that_never_creates_the_file_raises(tmp_path):
     reader = GrowingFileReader(tmp_path / "never", writer, lambda rc: f"exit {rc}: could not connect")
     with pytest.raises(WriterFailedError, match="could not connect"):
         reader.read(10)
+
+
+def test_a_child_started_to_die_with_its_parent_dies_when_the_parent_is_killed(tmp_path):
+    """What keeps pg_basebackup from writing on after its backup process was killed with SIGKILL."""
+    import signal
+    import time
+
+    from cqox_platform.backup.basebackup import DIE_WITH_PARENT
+
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            f"p = subprocess.Popen([*{list(DIE_WITH_PARENT)!r}, 'sleep', '60']); "
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)",
+        ]
+    )
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    time.sleep(0.3)  # setpriv has exec'd sleep
+    assert _running(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    while _running(child) and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -126,7 +126,8 @@ class _BackupStream:
 
     The extra frame is a tar holding ``backup_manifest``, which pg_basebackup writes beside the archive when the
     server compresses (it cannot inject it into a compressed tar): decompressed, the object is the server's tar
-    followed by the manifest's, which the restore reads as one stream (``ignore_zeros``).
+    followed by the manifest's, which the restore reads as one stream (``restore_stream.TarExtractor`` skips the
+    zero blocks between them; older backups, one tar with the manifest inside, read the same way).
     """
 
     def __init__(self, archive: GrowingFileReader, out_dir: Path, on_read: Callable[[], None]) -> None:

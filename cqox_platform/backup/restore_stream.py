@@ -244,10 +244,10 @@ def stream_restore(
             extractor.finish()
         files.finish()  # every byte written (or the write error, e.g. a full disk, raised here)
     finally:
-        stop.set()
+        stop.set()  # the producer stops at its next hand-over instead of blocking on a full queue
         files.abandon()
+        reader.close()  # and at its next read, if it is waiting on a ranged GET
         producer.join()
-        reader.close()
     ledger, pg_control, manifest_bytes = extractor.ledger, extractor.pg_control, extractor.manifest
     if errors:
         raise _explain(errors[0], where) from None

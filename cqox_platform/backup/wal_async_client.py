@@ -122,16 +122,15 @@ def push_async(settings_path: Path, pgdata: Path, wal_path: Path, cli: Path, wai
     name = check_wal_name(Path(wal_path).name)
     full = Path(wal_path) if Path(wal_path).is_absolute() else Path(pgdata) / wal_path
     deadline = time.monotonic() + wait
+    called_at_ns = time.time_ns()
     started_daemon = False
     stale_checked = False
     delay = 0.005
     while True:
         if marker_matches(spool, full, verify_content=True):
             return True
-        error = marker(spool, ERROR, name)
-        if error.exists():
-            message = error.read_text()
-            error.unlink(missing_ok=True)
+        message = _error_since(marker(spool, ERROR, name), called_at_ns)
+        if message is not None:
             raise CqoxError(message)
         if not stale_checked:
             # A marker that exists but does not match is from another file under this name: drop it so the
@@ -149,6 +148,23 @@ def push_async(settings_path: Path, pgdata: Path, wal_path: Path, cli: Path, wai
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def _error_since(error: Path, called_at_ns: int) -> str | None:
+    """The pusher's error for this file if it was recorded after this call began, consumed; else None.
+
+    An older error (S3 was down a minute ago) is the verdict on an attempt the pusher has been retrying since,
+    every ``RETRY_AFTER`` s: reporting it would fail PostgreSQL's call for an outage that may be over (and
+    cost it a 60 s back-off after three failures). The fallback waits for the outcome of the next attempt.
+    """
+    try:
+        if error.stat().st_mtime_ns < called_at_ns:
+            return None
+        message = error.read_text()
+    except OSError:
+        return None
+    error.unlink(missing_ok=True)
+    return message
 
 
 def ensure_daemon(settings_path: Path, pgdata: Path, cli: Path) -> None:

@@ -11,11 +11,12 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from cqox_platform.backup.wal_async import consume_markers
-from cqox_platform.backup.wal_async_client import marker_matches, write_ok_marker
-from cqox_platform.wal_spool import OK, fast_archive_command, spool_dir
+from cqox_platform.backup.wal_async_client import marker_matches, write_marker, write_ok_marker
+from cqox_platform.wal_spool import ERROR, OK, fast_archive_command, spool_dir
 
 NAME = "000000010000000000000003"
 
@@ -109,3 +110,48 @@ def test_markers_are_consumed_once_postgres_is_done_with_the_file(tmp_path):
     os.rename(status / f"{names[0]}.ready", status / f"{names[0]}.done")
     assert consume_markers(spool, status) == 1
     assert sorted(p.name for p in (spool / OK).iterdir()) == names[1:]
+
+
+def _push_async_while(tmp_path: Path, pusher) -> tuple[bool | None, str]:
+    """Run archive_command's fallback while ``pusher(spool, segment)`` acts as the daemon in another thread."""
+    import threading
+
+    from cqox_platform.backup.wal_async_client import push_async
+    from cqox_platform.errors import CqoxError
+
+    pgdata, settings, fallback, spool = _setup(tmp_path)
+    segment = pgdata / "pg_wal" / NAME
+    segment.write_bytes(os.urandom(4096))
+    (pgdata / "pg_wal" / "archive_status" / f"{NAME}.ready").touch()
+    write_marker(spool, ERROR, NAME, f"{NAME} NOT archived: S3 unreachable (an hour ago)")
+    old = time.time() - 3600
+    os.utime(spool / ERROR / NAME, (old, old))
+    worker = threading.Thread(target=pusher, args=(spool, segment))
+    worker.start()
+    try:
+        return push_async(settings, pgdata, Path("pg_wal") / NAME, fallback, wait=10.0), ""
+    except CqoxError as exc:
+        return None, str(exc)
+    finally:
+        worker.join()
+
+
+def test_an_error_from_before_the_call_is_not_the_verdict_the_pushers_next_attempt_is(tmp_path):
+    """A failure the pusher recorded while S3 was down, and has since retried, must not fail PostgreSQL's call."""
+
+    def succeeds_on_retry(spool, segment):
+        time.sleep(0.3)
+        (spool / ERROR / NAME).unlink()
+        _mark(spool, segment)
+
+    archived, error = _push_async_while(tmp_path, succeeds_on_retry)
+    assert archived is True, error
+
+
+def test_an_error_the_pusher_records_during_the_call_is_reported(tmp_path):
+    def fails_again(spool, _segment):
+        time.sleep(0.3)
+        write_marker(spool, ERROR, NAME, f"{NAME} NOT archived: Vault is sealed")
+
+    archived, error = _push_async_while(tmp_path, fails_again)
+    assert archived is None and "Vault is sealed" in error

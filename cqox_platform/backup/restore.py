@@ -339,10 +339,15 @@ class ScratchCluster:
 
     def stop(self) -> None:
         if self.postmaster_alive():
-            subprocess.run(
-                as_pg_user([str(self.pg_bindir / "pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "-w", "stop"]),
-                capture_output=True,
-            )
+            stop_immediately(self.pgdata, self.pg_bindir)
+
+
+def stop_immediately(pgdata: Path, bindir: Path | None = None) -> None:
+    """Stop a restored server without a checkpoint (it is thrown away or inspected, never kept running)."""
+    subprocess.run(
+        as_pg_user([str((bindir or pg_bindir()) / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "-w", "stop"]),
+        capture_output=True,
+    )
 
 
 def pg_bindir() -> Path:

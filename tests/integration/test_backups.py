@@ -26,6 +26,7 @@ from assets import backups as backup_assets
 from cqox_platform.backup.archive import Archive
 from cqox_platform.backup.operations import cluster_archive
 from cqox_platform.backup.records import list_backups
+from cqox_platform.backup.restore import stop_immediately
 from cqox_platform.backup.wal_async import KEY_POOL
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.prometheus import PrometheusResource
@@ -719,21 +720,7 @@ def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):
         with psycopg.connect(host=socket_dir, port=port, user="postgres", dbname=env["CQOX_PG_DB"]) as conn:
             labels = {r[0] for r in conn.execute("SELECT label FROM pitr_probe")}
     finally:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                "/usr/lib/postgresql/15/bin/pg_ctl",
-                "-D",
-                str(pgdata),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            capture_output=True,
-        )
+        stop_immediately(pgdata)
     assert "before" in labels and "after" not in labels
 
 

@@ -26,6 +26,7 @@ import boto3
 import pytest
 
 from cqox_platform.backup.archive import Archive
+from cqox_platform.backup.restore import stop_immediately
 from cqox_platform.stack.s3 import client_config
 from tests.conftest import _running_stack, make_world_traversable_tmpdir
 from tests.integration.test_vault import _materialize_vault_config
@@ -291,32 +292,13 @@ def _damaged_copy(env, backup_id: str, new_id: str, damage: str) -> None:
     archive.put_bytes(archive.backup_record_key(new_id), json.dumps(fields).encode())
 
 
-def _stop_restored(pgdata: Path) -> None:
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "/usr/lib/postgresql/15/bin/pg_ctl",
-            "-D",
-            str(pgdata),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ],
-        capture_output=True,
-    )
-
-
 @pytest.fixture
 def shared_tmp():
     """A directory like /tmp: world-writable and sticky, where anyone can plant names."""
     path = make_world_traversable_tmpdir("cqox-shared-")
     path.chmod(0o1777)
     yield path
-    _stop_restored(path / "pg")
+    stop_immediately(path / "pg")
     shutil.rmtree(path, ignore_errors=True)
 
 

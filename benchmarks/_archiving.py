@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg
 
 from benchmarks._pgbackrest import as_pg
-from cqox_platform.backup.restore import chown_tree
+from cqox_platform.backup.wal.spool import fast_archive_command
 from cqox_platform.installation import platform_cli
+from cqox_platform.pgserver import chown_tree
 from cqox_platform.settings import get_settings
-from cqox_platform.wal_spool import fast_archive_command
 
 SEGMENT = 16 * 2**20
 

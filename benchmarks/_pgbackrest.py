@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cqox_platform.backup.archiver_settings import ArchiverSettings
+from cqox_platform.backup.archive.archiver_settings import ArchiverSettings
 from cqox_platform.resources.vault import VaultResource
 
 PG = "postgres"

@@ -51,13 +51,13 @@ from benchmarks._pgbackrest import PgBackRest, configure, stack_vault
 from benchmarks._probes import DiskWatch, ProcessWatch, du_bytes
 from benchmarks._rto import MeasuredRestore, markdown
 from benchmarks._scratch import scratch_database
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.basebackup import create_base_backup
-from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.restore import RecoveryTarget, ScratchCluster, chown_tree, configure_recovery, pg_bindir
-from cqox_platform.backup.walnames import parse_lsn
+from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.archive.wal_names import parse_lsn
+from cqox_platform.backup.base.create import create_base_backup
+from cqox_platform.backup.restore.recovery import RecoveryTarget, configure_recovery
 from cqox_platform.installation import platform_cli
-from cqox_platform.stack.process import free_port
+from cqox_platform.pgserver import ScratchCluster, chown_tree, free_port, pg_bindir
 from cqox_platform.stack.s3 import client_config
 
 FIGURES = ("backup", "restore", "replay", "archive-cost", "sustained", "rss")

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import psycopg
 
+from cqox_platform.pgserver import free_port
 from cqox_platform.stack import Stack, StackConfig
 from cqox_platform.stack.config import DEFAULT_PORTS
-from cqox_platform.stack.process import free_port
 
 TARGET_SECONDS = 30.0
 AIM_SECONDS = 10.0

@@ -33,10 +33,11 @@ import boto3
 import psycopg
 
 from benchmarks._scratch import scratch_database
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.records import find_backup
-from cqox_platform.backup.restore import download_object, fetch_backup_manifest, unpack_backup
-from cqox_platform.backup.restore_stream import stream_restore
+from benchmarks._staged_restore import download_object, unpack_backup
+from cqox_platform.backup.archive.records import find_backup
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.restore.files import fetch_backup_manifest
+from cqox_platform.backup.restore.stream import stream_restore
 from cqox_platform.installation import platform_cli
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.stack.s3 import client_config

@@ -19,7 +19,7 @@ import time
 import psycopg
 
 from benchmarks._scratch import scratch_database
-from cqox_platform.backup.walnames import Segment, parse_lsn, segment_number
+from cqox_platform.backup.archive.wal_names import Segment, parse_lsn, segment_number
 
 SEGMENT = 16 * 1024 * 1024
 

@@ -31,7 +31,7 @@ def _fast_async_push(argv: list[str]) -> int | None:
         return None
     from pathlib import Path
 
-    from cqox_platform.backup.wal_async_client import push_async
+    from cqox_platform.backup.wal.push_client import push_async
     from cqox_platform.errors import CqoxError
 
     path = Path(positional[0])

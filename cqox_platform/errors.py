@@ -72,6 +72,21 @@ class ManifestMismatchError(CryptoError):
     """The manifest describes a different object than the data object it was paired with."""
 
 
+# --- backups -------------------------------------------------------------------------------------------------
+
+
+class BackupError(CqoxError):
+    """Root of every backup error: archiving WAL, taking, restoring, verifying or expiring a backup.
+
+    Each sub-package raises its own subclass (``ArchiveError``, ``WalConflictError``, ``RestoreError``, ...), so a
+    caller can catch one job's failures or any backup failure.
+    """
+
+
+class RestoreError(BackupError):
+    """A restore could not complete; the message names the object or the step."""
+
+
 # --- Vault ---------------------------------------------------------------------------------------------------
 
 
@@ -112,6 +127,21 @@ class DatasetValidationError(DatasetError):
     def __init__(self, message: str, problems: list[str]) -> None:
         super().__init__(message)
         self.problems = problems
+
+
+# --- canary, high availability, alerting ----------------------------------------------------------------------
+
+
+class CanaryError(CqoxError):
+    """Root of every canary error: a policy, a decision's evidence, a route, a rollout's state or a promotion."""
+
+
+class HaError(CqoxError):
+    """Root of every high-availability error: Patroni, a switchover or reinit, a partition drill."""
+
+
+class AlertingError(CqoxError):
+    """Root of every alerting error: routing, rules, Alertmanager, alert drills."""
 
 
 # --- SLOs ----------------------------------------------------------------------------------------------------

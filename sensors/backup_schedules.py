@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from cqox_platform.backup.history import undrilled_backups
-from cqox_platform.backup.operations import system_id
+from cqox_platform.backup.archive.cluster import system_id
+from cqox_platform.backup.archive.history import undrilled_backups
 from cqox_platform.resources.postgres import PostgresResource
 
 BACKUP_ASSETS = dg.AssetSelection.groups("backups")

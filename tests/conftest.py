@@ -19,12 +19,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cqox_platform.pgserver import free_port
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.schema import Dialect
 from cqox_platform.stack import Stack, StackConfig
 from cqox_platform.stack.config import DEFAULT_PORTS
 from cqox_platform.stack.pglite import PGliteServer
-from cqox_platform.stack.process import free_port
 
 
 def make_world_traversable_tmpdir(prefix: str) -> Path:

@@ -12,11 +12,12 @@ from assets.backups.common import (
     mib,
     push_gauges,
 )
-from cqox_platform.backup.gauges import base_backup_samples
-from cqox_platform.backup.history import recent_backup_sizes
-from cqox_platform.backup.operations import cluster_archive, take_backup
-from cqox_platform.backup.restore import pg_bindir
+from cqox_platform.backup.archive.cluster import cluster_archive
+from cqox_platform.backup.archive.history import recent_backup_sizes
+from cqox_platform.backup.base.take import take_backup
+from cqox_platform.backup.verify.gauges import base_backup_samples
 from cqox_platform.charts import render_lines_svg, svg_markdown
+from cqox_platform.pgserver import pg_bindir
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource

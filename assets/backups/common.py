@@ -5,8 +5,8 @@ from datetime import timedelta
 import dagster as dg
 import psycopg
 
-from cqox_platform.backup.checks import RPO_TARGET_SECONDS, CheckVerdict
-from cqox_platform.backup.gauges import JOB
+from cqox_platform.backup.verify.checks import RPO_TARGET_SECONDS, CheckVerdict
+from cqox_platform.backup.verify.gauges import JOB
 from cqox_platform.errors import CqoxError
 from cqox_platform.pushgateway import (
     BACKUP_PUSH_PERIOD_SECONDS,

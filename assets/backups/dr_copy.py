@@ -5,10 +5,10 @@ from dagster_aws.s3 import S3Resource
 
 from assets.backups.base_backup import postgres_basebackup
 from assets.backups.common import GROUP, check_result, dr_copy_automation, mib, push_gauges
-from cqox_platform.backup.checks import dr_copy_verified
+from cqox_platform.backup.archive.cluster import cluster_archive
 from cqox_platform.backup.dr_copy import copy_to_dr
-from cqox_platform.backup.gauges import dr_copy_samples
-from cqox_platform.backup.operations import cluster_archive
+from cqox_platform.backup.verify.checks import dr_copy_verified
+from cqox_platform.backup.verify.gauges import dr_copy_samples
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 

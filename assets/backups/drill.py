@@ -12,14 +12,14 @@ from dagster_aws.s3 import S3Resource
 from assets.backups.base_backup import postgres_basebackup
 from assets.backups.common import DRILL_FRESHNESS, GROUP, check_result, push_gauges
 from assets.metadata import md_table
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.checks import drill_passed, latest_backup_verified_restorable
-from cqox_platform.backup.drill import DrillResult, record_drill, run_drill
-from cqox_platform.backup.drill_plan import DrillMode, DrillPlanError, DrillSource, choose_drill
-from cqox_platform.backup.gauges import drill_samples
-from cqox_platform.backup.history import DrillTiming, recent_drill_timings
-from cqox_platform.backup.operations import cluster_archive, ensure_point_archived, latest_drill, verified_backup_ids
-from cqox_platform.backup.records import BackupRecord, list_backups
+from cqox_platform.backup.archive.cluster import cluster_archive
+from cqox_platform.backup.archive.history import DrillTiming, recent_drill_timings
+from cqox_platform.backup.archive.records import BackupRecord, list_backups
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.verify.checks import drill_passed, latest_backup_verified_restorable
+from cqox_platform.backup.verify.drill import DrillResult, latest_drill, record_drill, run_drill, verified_backup_ids
+from cqox_platform.backup.verify.gauges import drill_samples
+from cqox_platform.backup.verify.plan import DrillMode, DrillPlanError, DrillSource, choose_drill, ensure_point_archived
 from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.installation import platform_cli
 from cqox_platform.resources.backups import BackupStorageResource

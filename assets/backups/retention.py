@@ -11,9 +11,9 @@ from dagster_aws.s3 import S3Resource
 from assets.backups.common import GROUP, retention_automation
 from assets.backups.drill import restore_drill
 from assets.metadata import md_table
-from cqox_platform.backup.history import retire_backups
-from cqox_platform.backup.operations import cluster_archive, verified_backup_ids
-from cqox_platform.backup.records import list_backups
+from cqox_platform.backup.archive.cluster import cluster_archive
+from cqox_platform.backup.archive.history import retire_backups
+from cqox_platform.backup.archive.records import list_backups
 from cqox_platform.backup.retention import (
     DEFAULT_KEEP_DAYS,
     DEFAULT_KEEP_FULL,
@@ -23,6 +23,7 @@ from cqox_platform.backup.retention import (
     check_retention,
     plan_retention,
 )
+from cqox_platform.backup.verify.drill import verified_backup_ids
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 

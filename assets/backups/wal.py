@@ -5,11 +5,12 @@ from dagster_aws.s3 import S3Resource
 
 from assets.backups.base_backup import postgres_basebackup
 from assets.backups.common import GROUP, WAL_STATUS_FRESHNESS, check_result, push_gauges, wal_check_automation
-from cqox_platform.backup.checks import archiving_failing, wal_verdicts
-from cqox_platform.backup.gauges import wal_samples
-from cqox_platform.backup.operations import checkpoint_restore_point, cluster_archive
-from cqox_platform.backup.records import list_backups
-from cqox_platform.backup.wal_status import measure
+from cqox_platform.backup.archive.cluster import cluster_archive
+from cqox_platform.backup.archive.records import list_backups
+from cqox_platform.backup.verify.checks import archiving_failing, wal_verdicts
+from cqox_platform.backup.verify.gauges import wal_samples
+from cqox_platform.backup.verify.proof import checkpoint_restore_point
+from cqox_platform.backup.wal.status import measure
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource

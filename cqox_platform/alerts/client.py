@@ -14,10 +14,10 @@ from typing import Any
 
 import requests
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import AlertingError
 
 
-class AlertmanagerError(CqoxError):
+class AlertmanagerError(AlertingError):
     """Alertmanager (or the local receiver) refused a request or is unreachable."""
 
 

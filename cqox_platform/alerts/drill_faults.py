@@ -27,7 +27,7 @@ from typing import Any
 import requests
 
 from cqox_platform.alerts.drill_journal import FaultJournal, Undo
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import AlertingError
 from cqox_platform.pushgateway import delete_group, expected_period_sample, push
 
 DRILL_PUSH_JOB = "cqox-alert-drill"
@@ -40,7 +40,7 @@ UNREACHABLE_S3 = "https://127.0.0.1:9"
 CANARY = "canary"
 
 
-class DrillFaultError(CqoxError):
+class DrillFaultError(AlertingError):
     """A fault could not be injected or undone."""
 
 

@@ -22,7 +22,7 @@ import yaml
 
 from cqox_platform.alerts import BACKUP_ALERT_RULES, PLATFORM_ALERT_RULES, ROUTING_SPEC, SERVICE_ALERT_RULES
 from cqox_platform.alerts.client import AlertmanagerClient, AlertmanagerError
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import AlertingError
 from cqox_platform.slo.rules import ABSENT_ALERT, ABSENT_SEVERITY, ALERT_NAMES
 
 #: Where the PagerDuty routing key lives in Vault KV (mount ``secret``): the platform's AppRole may read it.
@@ -31,7 +31,7 @@ PAGERDUTY_FIELD = "routing_key"
 RECEIVER_KINDS = ("pagerduty", "tickets")
 
 
-class RoutingError(CqoxError):
+class RoutingError(AlertingError):
     """The routing spec is invalid, or amtool rejected the rendered configuration or one of its route tests."""
 
 

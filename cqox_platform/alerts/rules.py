@@ -7,10 +7,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import AlertingError
 
 
-class AlertRulesError(CqoxError):
+class AlertRulesError(AlertingError):
     """promtool rejected a rule file or one of its unit tests failed."""
 
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from cqox_platform.backup.archive import Archive, ArchiveError
-from cqox_platform.backup.multipart import MultipartWriter
+from cqox_platform.backup.archive.multipart import MultipartWriter
+from cqox_platform.backup.archive.store import Archive, ArchiveError
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
 
 SHA_META = "sha256"

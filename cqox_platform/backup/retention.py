@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.basebackup import BackupError
-from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.walnames import BACKUP_HISTORY_RE, PARTIAL_RE, SEGMENT_RE, Segment
+from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.archive.wal_names import BACKUP_HISTORY_RE, PARTIAL_RE, SEGMENT_RE, Segment
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
+from cqox_platform.errors import BackupError
 
 #: pgBackRest's default is unset (it warns); two full backups is what its documentation's examples keep.
 DEFAULT_KEEP_FULL = 2

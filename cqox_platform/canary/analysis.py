@@ -16,14 +16,14 @@ from collections.abc import Callable
 
 from cqox_platform.canary.decision import Evidence, MetricValue
 from cqox_platform.canary.policy import CanaryPolicy
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import CanaryError, CqoxError
 from cqox_platform.slo.budget import error_budget
 from cqox_platform.slo.spec import SloSpec, load_spec, spec_path
 
 Query = Callable[..., list[dict]]
 
 
-class AmbiguousEvidenceError(CqoxError):
+class AmbiguousEvidenceError(CanaryError):
     """A query meant to give one number answered several series."""
 
 

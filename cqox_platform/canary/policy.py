@@ -14,14 +14,14 @@ from typing import Any
 
 import yaml
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import CanaryError
 from cqox_platform.package_data import package_path
 from cqox_platform.settings import get_settings
 
 POLICY_DIR = package_path("cqox_platform.canary", "policies")
 
 
-class PolicyError(CqoxError):
+class PolicyError(CanaryError):
     """A canary policy file is invalid."""
 
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from cqox_platform.canary.policy import CanaryPolicy, KubeTarget, Promotion
 from cqox_platform.canary.router import KubeClient, RouteError, shift_weights
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import CanaryError, CqoxError
 from cqox_platform.kube.errors import KubernetesConflictError
 
 TEMPLATE_COPIED, STABLE_ROLLED_OUT, TRAFFIC_ON_STABLE, CANARY_SCALED_DOWN = (
@@ -62,7 +62,7 @@ CANARY_REPLICAS = "cqox.io/canary-replicas"  # the canary's replica count before
 AVAILABLE, UPDATED = "available", "updated"
 
 
-class PromotionError(CqoxError):
+class PromotionError(CanaryError):
     """A promotion phase failed; traffic is on a version known to be good (the message says which)."""
 
 

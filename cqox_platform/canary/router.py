@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from cqox_platform.canary.policy import KubeTarget
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import CanaryError
 from cqox_platform.kube.errors import KubernetesConflictError
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class KubeClient(Protocol):
 PREVIOUS_IMAGE = "cqox.io/previous-image"
 
 
-class RouteError(CqoxError):
+class RouteError(CanaryError):
     """The VirtualService does not have the route or subsets the policy names."""
 
 

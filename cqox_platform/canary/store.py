@@ -19,10 +19,10 @@ from psycopg.types.json import Jsonb
 from cqox_platform.canary.decision import ACTIVE, PROGRESSING, Decision, Evidence, RolloutState
 from cqox_platform.canary.policy import CanaryPolicy, PolicyError, parse_policy, policy_dir, policy_document, policy_for
 from cqox_platform.canary.transition import LockedState
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import CanaryError
 
 
-class RolloutError(CqoxError):
+class RolloutError(CanaryError):
     """A rollout cannot be started or changed."""
 
 

@@ -62,9 +62,9 @@ def _archiver_process() -> None:
 
 def _archive_for(config_path: Path | None, pgdata: Path, bucket: str | None = None):
     _archiver_process()
-    from cqox_platform.backup.archive import Archive
-    from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
-    from cqox_platform.backup.wal import system_identifier
+    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.backup.archive.store import Archive
+    from cqox_platform.backup.wal.segment import system_identifier
 
     settings = ArchiverSettings.load(_config(config_path))
     clients = archiver_clients(settings)
@@ -84,7 +84,7 @@ def _archive_for(config_path: Path | None, pgdata: Path, bucket: str | None = No
 def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: bool) -> None:
     """Archive one WAL file (PostgreSQL's archive_command: `cqox-platform wal-push %p`)."""
     if asynchronous:
-        from cqox_platform.backup.wal_async_client import push_async
+        from cqox_platform.backup.wal.push_client import push_async
         from cqox_platform.installation import platform_cli
 
         try:
@@ -94,8 +94,8 @@ def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: b
             sys.exit(1)
         return
 
-    from cqox_platform.backup.wal import push_wal
-    from cqox_platform.backup.walnames import HISTORY_RE
+    from cqox_platform.backup.archive.wal_names import HISTORY_RE
+    from cqox_platform.backup.wal.segment import push_wal
 
     full_path = pgdata / path if not path.is_absolute() else path
     try:
@@ -114,7 +114,7 @@ def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: b
         click.echo(f"wal-push: {result.name} was already archived with the same content", err=True)
     if HISTORY_RE.match(result.name):
         # A new timeline: archive what the old leader completed but never pushed (see wal_catchup).
-        from cqox_platform.backup.wal_catchup import catch_up_ancestors
+        from cqox_platform.backup.wal.catchup import catch_up_ancestors
 
         try:
             catch_up_ancestors(archive, provider, full_path, log=lambda m: click.echo(f"wal-push: {m}", err=True))
@@ -128,7 +128,7 @@ def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: b
 @_pgdata
 def wal_push_daemon(config_path: Path | None, pgdata: Path) -> None:
     """The background pusher behind `wal-push --async` (started by it; exits when idle)."""
-    from cqox_platform.backup.wal_async import run_daemon
+    from cqox_platform.backup.wal.pusher import run_daemon
 
     _archiver_process()
     run_daemon(_config(config_path), pgdata.resolve(), log=lambda m: click.echo(m, err=True))
@@ -175,7 +175,7 @@ def wal_fetch(
             click.echo(f"wal-fetch: restored {name} ({served / 2**20:.1f} MiB, prefetched)", err=True)
             return
 
-    from cqox_platform.backup.wal import WalMissingError, fetch_wal
+    from cqox_platform.backup.wal.segment import WalMissingError, fetch_wal
 
     try:
         archive, provider = _archive_for(config_path, pgdata, bucket)
@@ -196,7 +196,7 @@ def _serve_prefetched(
     name: str, target: Path, config_path: Path | None, pgdata: Path, bucket: str | None, depth: int
 ) -> int | None:
     """The size served from the prefetch spool, or None to fetch directly; exits 255 on a refused segment."""
-    from cqox_platform.backup.wal_prefetch_client import PrefetchClient, PrefetchRefused
+    from cqox_platform.backup.wal.prefetch_client import PrefetchClient, PrefetchRefused
 
     try:
         client = PrefetchClient(_config(config_path), pgdata.resolve(), bucket, depth)
@@ -229,7 +229,7 @@ def _this_cli() -> Path:
 @click.option("--depth", type=click.IntRange(min=1, max=64), default=8)
 def wal_prefetch_daemon(config_path: Path | None, pgdata: Path, bucket: str | None, depth: int) -> None:
     """The background prefetcher behind `wal-fetch --prefetch` (started by it; exits when idle)."""
-    from cqox_platform.backup.wal_prefetch import run_daemon
+    from cqox_platform.backup.wal.prefetcher import run_daemon
 
     _archiver_process()
     run_daemon(_config(config_path), pgdata.resolve(), bucket, depth, log=lambda m: click.echo(m, err=True))
@@ -259,8 +259,9 @@ def backup_create() -> None:
     """Take a base backup now (the same as materializing postgres_basebackup)."""
     import psycopg
 
-    from cqox_platform.backup.operations import cluster_archive, take_backup
-    from cqox_platform.backup.restore import pg_bindir
+    from cqox_platform.backup.archive.cluster import cluster_archive
+    from cqox_platform.backup.base.take import take_backup
+    from cqox_platform.pgserver import pg_bindir
 
     conninfo, dsn, s3, provider, bucket = _backup_context()
     with psycopg.connect(**conninfo, autocommit=True) as conn:
@@ -282,8 +283,9 @@ def backup_list(bucket: str | None) -> None:
     """Backups of this cluster in S3, oldest first, with whether a drill verified them."""
     import psycopg
 
-    from cqox_platform.backup.operations import cluster_archive, latest_drill
-    from cqox_platform.backup.records import list_backups
+    from cqox_platform.backup.archive.cluster import cluster_archive
+    from cqox_platform.backup.archive.records import list_backups
+    from cqox_platform.backup.verify.drill import latest_drill
 
     conninfo, _dsn, s3, _provider, default_bucket = _backup_context()
     with psycopg.connect(**conninfo, autocommit=True) as conn:
@@ -332,9 +334,9 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
     import psycopg
 
     import cqox_platform.cli.context as context
-    from cqox_platform.backup.history import retire_backups
-    from cqox_platform.backup.operations import cluster_archive, verified_backup_ids
-    from cqox_platform.backup.records import list_backups
+    from cqox_platform.backup.archive.cluster import cluster_archive
+    from cqox_platform.backup.archive.history import retire_backups
+    from cqox_platform.backup.archive.records import list_backups
     from cqox_platform.backup.retention import (
         DEFAULT_KEEP_DAYS,
         DEFAULT_KEEP_FULL,
@@ -342,6 +344,7 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
         archived_wal_names,
         plan_retention,
     )
+    from cqox_platform.backup.verify.drill import verified_backup_ids
 
     with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
         archive = cluster_archive(conn, context.s3(), context.bucket())
@@ -379,7 +382,7 @@ class RestoreInputError(CqoxError):
 def _recovery_target(target_time: str | None, target_name: str | None):
     from datetime import datetime
 
-    from cqox_platform.backup.restore import RecoveryTarget
+    from cqox_platform.backup.restore.recovery import RecoveryTarget
 
     if target_time and target_name:
         raise RestoreInputError("give --target-time or --target-name, not both.")
@@ -400,8 +403,8 @@ def _recovery_target(target_time: str | None, target_name: str | None):
 
 
 def _check_pgdata(pgdata: Path) -> None:
-    from cqox_platform.backup.restore import postgres_cannot_reach
-    from cqox_platform.backup.restore_stream import INCOMPLETE_MARKER
+    from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
+    from cqox_platform.pgserver import postgres_cannot_reach
 
     if pgdata.is_symlink() or (pgdata.exists() and not pgdata.is_dir()):
         raise RestoreInputError(f"--pgdata {pgdata} exists and is not a directory; restore into a new directory.")
@@ -422,7 +425,7 @@ def _check_pgdata(pgdata: Path) -> None:
 
 def _check_archiver_config(path: Path) -> None:
     """The restored server's restore_command reads this file as postgres: it must exist now, not after hours."""
-    from cqox_platform.backup.restore import as_pg_user
+    from cqox_platform.pgserver import as_pg_user
 
     if not path.is_file():
         raise RestoreInputError(
@@ -521,18 +524,12 @@ def restore(
     import os
     import tempfile
 
-    from cqox_platform.backup.archive import Archive, check_backup_id
-    from cqox_platform.backup.records import find_backup
-    from cqox_platform.backup.restore import (
-        DEFAULT_WAL_PREFETCH,
-        ScratchCluster,
-        configure_recovery,
-        pg_bindir,
-        restore_command_for,
-        restore_files,
-    )
+    from cqox_platform.backup.archive.records import find_backup
+    from cqox_platform.backup.archive.store import Archive, check_backup_id
+    from cqox_platform.backup.restore.files import restore_files
+    from cqox_platform.backup.restore.recovery import DEFAULT_WAL_PREFETCH, configure_recovery, restore_command_for
     from cqox_platform.installation import platform_cli
-    from cqox_platform.stack.process import free_port
+    from cqox_platform.pgserver import ScratchCluster, free_port, pg_bindir
 
     pgdata = Path(os.path.abspath(pgdata))
     target = _recovery_target(target_time, target_name)

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import CqoxError, HaError
 from cqox_platform.ha.cluster_checks import UP_STATES
 from cqox_platform.ha.patroni_client import ClusterState, PatroniClient, PatroniError
 
@@ -38,7 +38,7 @@ BUSY_RETRY_SECONDS = 60.0
 AUDIT_RETRY_SECONDS = 30.0
 
 
-class HaOperationError(CqoxError):
+class HaOperationError(HaError):
     """An HA operation failed, timed out or could not be audited; the message says which and what was seen."""
 
 

@@ -1,6 +1,6 @@
 """Network partitions for drills: cut one Patroni node off from etcd, and nothing else, with nftables.
 
-Each node reaches etcd on its own loopback address (``stack.etcd.node_address``), so dropping TCP traffic to
+Each node reaches etcd on its own loopback address (``ha.addresses.node_address``), so dropping TCP traffic to
 and from that address and etcd's port isolates exactly that node from the DCS while its PostgreSQL keeps
 replicating and its REST API stays reachable: the situation where Patroni must demote a leader that can no
 longer renew its leader key. Packets are dropped (not rejected), so the node sees timeouts as it would on a
@@ -15,11 +15,11 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cqox_platform.errors import CqoxError
-from cqox_platform.stack.etcd import node_address
+from cqox_platform.errors import HaError
+from cqox_platform.ha.addresses import node_address
 
 
-class PartitionError(CqoxError):
+class PartitionError(HaError):
     """nftables is missing or refused the rule."""
 
 

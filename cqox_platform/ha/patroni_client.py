@@ -15,12 +15,12 @@ from typing import Any
 
 import requests
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import HaError
 
 TIMEOUT = 5.0
 
 
-class PatroniError(CqoxError):
+class PatroniError(HaError):
     """Patroni's REST API refused a request or could not be reached."""
 
 

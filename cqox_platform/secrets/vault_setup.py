@@ -16,8 +16,8 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
-from cqox_platform.backup.archiver_settings import ARCHIVER_APPROLE, BACKUPS_KEY, ArchiverSettings
-from cqox_platform.backup.archiver_settings import S3_SECRET_PATH as ARCHIVER_S3_SECRET
+from cqox_platform.backup.archive.archiver_settings import ARCHIVER_APPROLE, BACKUPS_KEY, ArchiverSettings
+from cqox_platform.backup.archive.archiver_settings import S3_SECRET_PATH as ARCHIVER_S3_SECRET
 from cqox_platform.db.roles import ENSURE_RUNTIME_GROUP, RUNTIME_GROUP
 from cqox_platform.errors import CqoxError, VaultError
 from cqox_platform.fsutil import write_file, write_private

@@ -14,10 +14,11 @@ import json
 
 import hvac
 
+from cqox_platform.pgserver import PG_OS_USER
 from cqox_platform.secrets.vault_setup import AppRoleLimits, ArchiverSetup, configure_archiver
 from cqox_platform.settings import get_settings
 from cqox_platform.stack.openbao import OpenBaoService
-from cqox_platform.stack.postgres import PG_OS_USER, PostgresService
+from cqox_platform.stack.postgres import PostgresService
 from cqox_platform.stack.s3 import BACKUP_BUCKET, S3Service
 
 

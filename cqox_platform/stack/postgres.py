@@ -20,17 +20,16 @@ from pathlib import Path
 
 import psycopg
 
+from cqox_platform.backup.wal.spool import fast_archive_command, sync_archive_command
 from cqox_platform.errors import StackDirError
 from cqox_platform.fsutil import make_dir, read_file, write_file, write_private
 from cqox_platform.installation import platform_cli
+from cqox_platform.pgserver import PG_OS_USER, as_pg_user
 from cqox_platform.settings import get_settings
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME, StackConfig
 from cqox_platform.stack.process import find_binary, run_checked, stop_pid, wait_until
 from cqox_platform.stack.service import Service
-from cqox_platform.wal_spool import fast_archive_command, sync_archive_command
-
-PG_OS_USER = "postgres"
 
 
 def scram_sha256_verifier(password: str, iterations: int = 4096) -> str:
@@ -115,11 +114,6 @@ class PostgresService(Service):
 
     # --- start ---------------------------------------------------------------------------------------------
 
-    def _as_pg_user(self, argv: list[str]) -> list[str]:
-        if os.geteuid() == 0:
-            return [find_binary("runuser"), "-u", PG_OS_USER, "--", *argv]
-        return argv
-
     def prepare_archiver_dir(self) -> None:
         """The directories the archiver's settings file goes into, owned by the postgres OS user."""
         self._prepare_dirs()
@@ -136,14 +130,14 @@ class PostgresService(Service):
                     "the `postgres` OS user does not exist; install Debian package postgresql-15."
                 ) from None
             # The postgres user must be able to traverse every parent of its data directory.
-            probe = self._as_pg_user(["test", "-w", str(self.home)])
+            probe = as_pg_user(["test", "-w", str(self.home)])
             if os.spawnv(os.P_WAIT, probe[0], probe) != 0:
                 raise StackDirError(
                     f"the postgres OS user cannot write {self.home}: every parent directory needs o+x "
                     f"(chmod o+x on each), or choose a stack directory under /tmp with --dir."
                 )
             # archive_command runs the platform's CLI as that user too: its interpreter must be reachable.
-            probe = self._as_pg_user([str(platform_cli()), "--help"])
+            probe = as_pg_user([str(platform_cli()), "--help"])
             if subprocess.run(probe, capture_output=True).returncode != 0:
                 raise StackDirError(
                     f"the postgres OS user cannot run {platform_cli()} (PostgreSQL's archive_command): the "
@@ -162,7 +156,7 @@ class PostgresService(Service):
 
     def _initdb(self) -> None:
         run_checked(
-            self._as_pg_user(
+            as_pg_user(
                 [
                     find_binary("initdb"),
                     "-D",
@@ -209,7 +203,7 @@ class PostgresService(Service):
             self._initdb()
         self._write_config()
         run_checked(
-            self._as_pg_user(
+            as_pg_user(
                 [
                     find_binary("pg_ctl"),
                     "-D",
@@ -228,7 +222,7 @@ class PostgresService(Service):
 
     def after_start(self) -> None:
         password = self._ensure_password()
-        provision_roles(self._as_pg_user, self.socket_dir, self.port, password)
+        provision_roles(as_pg_user, self.socket_dir, self.port, password)
         wait_until(self.healthy, timeout=30, what="PostgreSQL TLS login as cqox_admin", log_path=self.log_path)
 
     def stop(self) -> None:

@@ -121,13 +121,6 @@ def ensure_port_free(port: int, service: str) -> None:
         )
 
 
-def free_port() -> int:
-    """Ask the kernel for a free TCP port on 127.0.0.1 (used by tests and scratch clusters)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def pid_alive(pid: int | None) -> bool:
     """True when a process with this PID exists and is not a zombie."""
     if not pid:

@@ -23,11 +23,11 @@ import pytest
 from dagster_aws.s3 import S3Resource
 
 from assets import backups as backup_assets
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.operations import cluster_archive
-from cqox_platform.backup.records import list_backups
-from cqox_platform.backup.restore import stop_immediately
-from cqox_platform.backup.wal_async import KEY_POOL
+from cqox_platform.backup.archive.cluster import cluster_archive
+from cqox_platform.backup.archive.records import list_backups
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.wal.pusher import KEY_POOL
+from cqox_platform.pgserver import stop_immediately
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
@@ -303,7 +303,7 @@ def test_async_push_reports_the_pushers_results_and_recovers_after_s3_returns(st
 
 
 def test_the_default_archive_command_checks_the_pushers_marker_and_the_spool_is_consumed(stack, env):
-    from cqox_platform.wal_spool import OK, spool_dir
+    from cqox_platform.backup.wal.spool import OK, spool_dir
 
     with _conn(stack) as conn:
         command = conn.execute("SHOW archive_command").fetchone()[0]
@@ -321,8 +321,8 @@ def test_the_default_archive_command_checks_the_pushers_marker_and_the_spool_is_
 
 
 def test_a_pusher_killed_mid_push_marks_nothing_unarchived_and_the_next_one_finishes(stack, env):
-    from cqox_platform.backup.wal_async_client import marker_matches
-    from cqox_platform.wal_spool import spool_dir
+    from cqox_platform.backup.wal.push_client import marker_matches
+    from cqox_platform.backup.wal.spool import spool_dir
 
     base = make_world_traversable_tmpdir("cqox-async-kill-")
     fake = _fake_pgdata(base, 4646)
@@ -373,7 +373,7 @@ def test_a_pusher_killed_mid_push_marks_nothing_unarchived_and_the_next_one_fini
 
 
 def test_parallel_multipart_upload_stores_the_written_bytes_and_aborts_cleanly(stack, env):
-    from cqox_platform.backup.multipart import MIN_PART, MultipartWriter
+    from cqox_platform.backup.archive.multipart import MIN_PART, MultipartWriter
 
     archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4747")
     body = os.urandom(5 * MIN_PART + 12345)
@@ -405,8 +405,8 @@ def test_parallel_multipart_upload_stores_the_written_bytes_and_aborts_cleanly(s
 def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(stack, env, tmp_path):
     # A promoted standby's pg_wal: TL1 segments the killed leader completed but never archived (the standby's
     # walreceiver marked them .done), the switch segment in both timelines, and the new timeline's history.
-    from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
-    from cqox_platform.backup.wal import read_wal
+    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.backup.wal.segment import read_wal
 
     system_id = int.from_bytes(os.urandom(8), "little")
     pgdata = _fake_pgdata(tmp_path, system_id)
@@ -460,9 +460,9 @@ def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(sta
 def test_the_pusher_catches_up_the_old_timeline_when_it_archives_a_history_file(env):
     """The async default after a failover: only the history file is .ready (the standby marked the old timeline's
     segments .done); the pusher archives it and what the old leader never pushed, then marks the history file."""
-    from cqox_platform.backup.wal_async import run_daemon
-    from cqox_platform.backup.wal_async_client import marker_matches
-    from cqox_platform.wal_spool import spool_dir
+    from cqox_platform.backup.wal.push_client import marker_matches
+    from cqox_platform.backup.wal.pusher import run_daemon
+    from cqox_platform.backup.wal.spool import spool_dir
 
     system_id = int.from_bytes(os.urandom(8), "little")
     base = make_world_traversable_tmpdir("cqox-async-catchup-")
@@ -761,7 +761,8 @@ def test_a_backup_from_the_cli_gets_exactly_one_drill(stack, env):
 
 def test_a_drill_without_a_captured_point_is_partial_and_verifies_nothing(stack, env):
     """Item 4: without a restore point a drill checks the `postgres` database only: no proof of the backup."""
-    from cqox_platform.backup.operations import backup_point_name, verified_backup_ids
+    from cqox_platform.backup.verify.drill import verified_backup_ids
+    from cqox_platform.backup.verify.proof import backup_point_name
 
     created = _cli(env, "backup", "create")
     assert created.returncode == 0, created.stderr[-2000:]

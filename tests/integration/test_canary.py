@@ -26,13 +26,13 @@ from cqox_platform.canary.policy import POLICY_DIR, load_policy
 from cqox_platform.canary.rollout import start_rollout
 from cqox_platform.canary.router import VS, shift_weights
 from cqox_platform.canary.store import get_rollout
+from cqox_platform.pgserver import free_port
 from cqox_platform.resources.kubernetes import KubernetesForbiddenError, KubernetesInvalidError, KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.slo.spec import DEFAULT_SPEC
 from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
-from cqox_platform.stack.process import free_port
 from sensors.canary_sensor import canary_sensor
 from tests.integration.test_vault import _postgres_admin
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from assets import backups as backup_assets
-from cqox_platform.backup.operations import cluster_archive
+from cqox_platform.backup.archive.cluster import cluster_archive
 from cqox_platform.ha.partition import heal, partitioned_from_etcd
 from cqox_platform.schema import MigrationRunner
 from tests.integration.test_backups import _checks, _materialize, _meta, _resources, _s3

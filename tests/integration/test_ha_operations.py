@@ -22,10 +22,10 @@ from cqox_platform.ha import operations
 from cqox_platform.ha.cluster_checks import UP_STATES, Observation
 from cqox_platform.ha.patroni_client import PatroniClient
 from cqox_platform.ha.replication import read_endpoint
+from cqox_platform.pgserver import PG_OS_USER
 from cqox_platform.resources.patroni import PatroniResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.stack.patroni import PG_BIN_DIR
-from cqox_platform.stack.postgres import PG_OS_USER
 from sensors.ha_sensors import timeline_change_sensor
 from tests.integration.test_vault import _postgres_admin
 

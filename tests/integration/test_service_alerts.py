@@ -23,9 +23,9 @@ import requests
 from assets import alerting
 from cqox_platform.alerts.client import ReceiverClient
 from cqox_platform.fsutil import write_file
+from cqox_platform.pgserver import PG_OS_USER
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.prometheus import PrometheusResource
-from cqox_platform.stack.postgres import PG_OS_USER
 from tests.integration.test_alerting import _about, _wait_for
 from tests.integration.test_vault import _materialize_vault_config, _platform
 

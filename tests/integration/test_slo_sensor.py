@@ -15,12 +15,12 @@ import pytest
 import requests
 import yaml
 
+from cqox_platform.pgserver import free_port
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.slo.spec import DEFAULT_SPEC
 from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
 from cqox_platform.stack import Stack
-from cqox_platform.stack.process import free_port
 from sensors.slo_sensor import error_budget_sensor, slo_incident_job
 from tests.integration.test_vault import _postgres_admin
 

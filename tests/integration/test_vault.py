@@ -18,10 +18,10 @@ import pytest
 
 from assets import security
 from cqox_platform.errors import VaultError, VaultPermissionError, VaultSealedError, VaultUnreachableError
+from cqox_platform.pgserver import free_port
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.secrets.transport import probe_tls
-from cqox_platform.stack.process import free_port
 
 
 def _admin(stack) -> VaultResource:
@@ -124,7 +124,7 @@ def test_approle_identity_is_least_privilege(stack, configured):
 def test_wal_archiver_identity_is_least_privilege_and_its_file_belongs_to_postgres(stack, configured):
     import pwd
 
-    from cqox_platform.backup.archiver_settings import ArchiverSettings
+    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings
     from cqox_platform.secrets.vault_client import VaultClient
 
     path = Path(stack.env()["CQOX_WAL_ARCHIVER_CONFIG"])
@@ -477,7 +477,7 @@ def _login_from(stack, source: str, role_id: str, secret_id: str) -> int:
 def test_approle_secret_ids_expire_and_log_in_only_from_the_bound_address(stack, configured):
     from datetime import UTC, datetime
 
-    from cqox_platform.backup.archiver_settings import ArchiverSettings
+    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings
 
     env = stack.env()
     platform = json.loads(Path(env["CQOX_VAULT_APPROLE_FILE"]).read_text())

@@ -25,8 +25,8 @@ from unittest import mock
 import boto3
 import pytest
 
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.restore import stop_immediately
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.pgserver import stop_immediately
 from cqox_platform.stack.s3 import client_config
 from tests.conftest import _running_stack, make_world_traversable_tmpdir
 from tests.integration.test_vault import _materialize_vault_config
@@ -273,7 +273,7 @@ def backup_id(stack, env):
 
 def _damaged_copy(env, backup_id: str, new_id: str, damage: str) -> None:
     """A copy of ``backup_id`` under ``new_id`` whose data object is corrupted mid-way or missing."""
-    from cqox_platform.backup.records import find_backup
+    from cqox_platform.backup.archive.records import find_backup
 
     s3, bucket = _s3(env), env["CQOX_S3_BUCKET"]
     record = find_backup(s3, bucket, backup_id)
@@ -393,7 +393,7 @@ def test_a_database_that_is_down_is_one_line_not_a_traceback(env):
 
 
 def test_async_pusher_wraps_a_distinct_data_key_for_every_object(env):
-    from cqox_platform.backup.wal_async import run_daemon
+    from cqox_platform.backup.wal.pusher import run_daemon
 
     base = make_world_traversable_tmpdir("cqox-walfs-async-")
     try:
@@ -429,8 +429,8 @@ def _page(tli: int, segno: int, sysid: int) -> bytes:
 @pytest.fixture
 def fake_cluster(env):
     """A fake data directory with its own system identifier, and a function that archives a WAL file for it."""
-    from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
-    from cqox_platform.backup.wal import push_wal
+    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.backup.wal.segment import push_wal
 
     sysid = SYSTEM_ID * 1000 + int.from_bytes(os.urandom(2), "big")
     base = make_world_traversable_tmpdir("cqox-walfs-prefetch-")
@@ -457,7 +457,7 @@ def _fetch(env, pgdata: Path, name: str, dest: Path, depth: int = 8) -> subproce
 
 
 def _spool(env, pgdata: Path) -> Path:
-    from cqox_platform.backup.wal_prefetch_client import prefetch_spool
+    from cqox_platform.backup.wal.prefetch_client import prefetch_spool
 
     return prefetch_spool(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]), pgdata, None)
 
@@ -528,7 +528,7 @@ def test_a_prefetched_corrupt_segment_stops_recovery_with_255(env, fake_cluster,
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_restore_killed_midway_leaves_nothing_half_open(env, backup_id, shared_tmp, sig):
-    from cqox_platform.backup.restore_stream import INCOMPLETE_MARKER
+    from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
 
     pgdata = shared_tmp / "pg"
     proc = subprocess.Popen(

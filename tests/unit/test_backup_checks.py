@@ -7,22 +7,22 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cqox_platform.backup.checks import (
+from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.dr_copy import DrCopyResult
+from cqox_platform.backup.restore.recovery import RecoveryTarget
+from cqox_platform.backup.retention import archived_wal_names
+from cqox_platform.backup.verify.checks import (
     archiving_failing,
     dr_copy_verified,
     drill_passed,
     latest_backup_verified_restorable,
     wal_verdicts,
 )
-from cqox_platform.backup.dr_copy import DrCopyResult
-from cqox_platform.backup.drill import DrillResult, drill_verdict
-from cqox_platform.backup.drill_plan import DrillMode, DrillPlanError, select_backup
-from cqox_platform.backup.gauges import NEVER_ARCHIVED_SECONDS, base_backup_samples, wal_samples
-from cqox_platform.backup.proof import RestorePoint
-from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.restore import RecoveryTarget
-from cqox_platform.backup.retention import archived_wal_names
-from cqox_platform.backup.wal_status import WalStatus
+from cqox_platform.backup.verify.drill import DrillResult, drill_verdict
+from cqox_platform.backup.verify.gauges import NEVER_ARCHIVED_SECONDS, base_backup_samples, wal_samples
+from cqox_platform.backup.verify.plan import DrillMode, DrillPlanError, select_backup
+from cqox_platform.backup.verify.proof import RestorePoint
+from cqox_platform.backup.wal.status import WalStatus
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)

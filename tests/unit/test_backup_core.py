@@ -10,9 +10,9 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cqox_platform.backup.basebackup import parse_backup_label
-from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.tarsniff import TarSniffer
+from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.base.create import parse_backup_label
+from cqox_platform.backup.base.tarsniff import TarSniffer
 from cqox_platform.pushgateway import render
 from tests.unit.test_retention import backup
 

@@ -28,10 +28,10 @@ from assets import backups
 from assets.backups.common import BASE_BACKUP_POOL
 from assets.slo import slo_report
 from cqox_platform.backup.dr_copy import DrCopyResult
-from cqox_platform.backup.drill import DrillResult
-from cqox_platform.backup.drill_plan import DrillMode, DrillPlan, select_backup
-from cqox_platform.backup.proof import RestorePoint
-from cqox_platform.backup.restore import RecoveryTarget
+from cqox_platform.backup.restore.recovery import RecoveryTarget
+from cqox_platform.backup.verify.drill import DrillResult
+from cqox_platform.backup.verify.plan import DrillMode, DrillPlan, select_backup
+from cqox_platform.backup.verify.proof import RestorePoint
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.stack.dagster_services import INSTANCE_CONFIG
 from sensors import backup_schedules

@@ -9,7 +9,7 @@ import io
 from datetime import UTC, datetime
 
 from cqox_platform.backup import dr_copy
-from cqox_platform.backup.archive import Archive
+from cqox_platform.backup.archive.store import Archive
 
 ROOT = "postgres/7"
 BACKUP = f"{ROOT}/base/20261126T030000Z/"

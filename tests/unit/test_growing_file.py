@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cqox_platform.backup.growing_file import GrowingFileReader, WriterFailedError
+from cqox_platform.backup.base.growing_file import GrowingFileReader, WriterFailedError
 
 WRITER = """
 import os, sys, time
@@ -62,7 +62,7 @@ def test_a_child_started_to_die_with_its_parent_dies_when_the_parent_is_killed(t
     import signal
     import time
 
-    from cqox_platform.backup.basebackup import DIE_WITH_PARENT
+    from cqox_platform.backup.base.create import DIE_WITH_PARENT
 
     pidfile = tmp_path / "child.pid"
     parent = subprocess.Popen(

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from cqox_platform.errors import StackDirError
+from cqox_platform.ha.addresses import node_address
 from cqox_platform.ha.patroni_client import parse_cluster
 from cqox_platform.stack.certs import ensure_tls
 from cqox_platform.stack.config import DEFAULT_PORTS, StackConfig
-from cqox_platform.stack.etcd import node_address
 from cqox_platform.stack.haproxy import HaproxyService
 from cqox_platform.stack.patroni import (
     CLUSTER_WIDE,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cqox_platform.backup.manifest_checksums import ChecksumLedger, ManifestMismatchError, crc32c_hex
+from cqox_platform.backup.restore.checksums import ChecksumLedger, ChecksumMismatchError, crc32c_hex
 
 
 def _manifest(files: dict[str, bytes], algorithm: str = "CRC32C") -> bytes:
@@ -56,7 +56,7 @@ def test_files_streamed_in_chunks_match_their_manifest():
 )
 def test_a_corrupt_short_or_missing_file_is_named(restored, problem):
     manifest = _manifest({"PG_VERSION": b"15\n", "base/1/1259": b"x" * 100})
-    with pytest.raises(ManifestMismatchError, match="s3://b/k does not match its backup_manifest") as raised:
+    with pytest.raises(ChecksumMismatchError, match="s3://b/k does not match its backup_manifest") as raised:
         _ledger(restored).verify(manifest, "s3://b/k")
     assert problem in str(raised.value)
 
@@ -64,12 +64,12 @@ def test_a_corrupt_short_or_missing_file_is_named(restored, problem):
 def test_another_algorithm_is_left_to_pg_verifybackup_and_a_broken_manifest_is_an_error():
     files = {"PG_VERSION": b"15\n"}
     assert _ledger(files).verify(_manifest(files, algorithm="SHA256"), "s3://b/k") is False
-    with pytest.raises(ManifestMismatchError, match="does not parse"):
+    with pytest.raises(ChecksumMismatchError, match="does not parse"):
         _ledger(files).verify(b"{not json", "s3://b/k")
 
 
 def test_the_parallel_writer_writes_every_chunk_in_place_and_reports_a_write_error(tmp_path):
-    from cqox_platform.backup.restore_stream import ParallelFileWriter
+    from cqox_platform.backup.restore.stream import ParallelFileWriter
 
     chunks = [bytes([i]) * (1 << 16) for i in range(40)]
     writer = ParallelFileWriter(writers=2, in_flight=4)
@@ -87,7 +87,7 @@ def test_a_write_error_midway_is_raised_and_every_file_is_closed(tmp_path, monke
     import errno
     import os
 
-    from cqox_platform.backup import restore_stream
+    from cqox_platform.backup.restore import stream as restore_stream
 
     calls = []
     real_pwrite = os.pwrite

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cqox_platform.backup.archive import Archive, ArchiveError
-from cqox_platform.backup.records import BackupRecord, list_backups
+from cqox_platform.backup.archive.records import BackupRecord, list_backups
+from cqox_platform.backup.archive.store import Archive, ArchiveError
+from cqox_platform.backup.archive.wal_names import segment_name
 from cqox_platform.backup.retention import RetentionError, apply_retention, plan_retention
-from cqox_platform.backup.walnames import segment_name
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 SYSTEM = "7001"

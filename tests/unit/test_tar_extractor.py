@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cqox_platform.backup.restore_stream import ParallelFileWriter, StreamRestoreError, TarExtractor
+from cqox_platform.backup.restore.stream import ParallelFileWriter, StreamRestoreError, TarExtractor
 
 
 def _tar(members: dict[str, bytes | None]) -> bytes:

@@ -6,7 +6,7 @@ import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from cqox_platform.backup import wal_async
+from cqox_platform.backup.wal import pusher as wal_async
 from cqox_platform.crypto.keys import DataKey
 
 
@@ -72,7 +72,7 @@ def test_the_pusher_logs_in_again_when_the_archiver_settings_file_changes(tmp_pa
     from pathlib import Path
     from types import SimpleNamespace
 
-    from cqox_platform.backup.wal import PushResult
+    from cqox_platform.backup.wal.segment import PushResult
 
     settings_file = tmp_path / "archiver.json"
     settings_file.write_text('{"s3_endpoint": "https://s3-a"}')

@@ -14,9 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from cqox_platform.backup.wal_async import consume_markers
-from cqox_platform.backup.wal_async_client import marker_matches, write_marker, write_ok_marker
-from cqox_platform.wal_spool import ERROR, OK, fast_archive_command, spool_dir
+from cqox_platform.backup.wal.push_client import marker_matches, write_marker, write_ok_marker
+from cqox_platform.backup.wal.pusher import consume_markers
+from cqox_platform.backup.wal.spool import ERROR, OK, fast_archive_command, spool_dir
 
 NAME = "000000010000000000000003"
 
@@ -116,7 +116,7 @@ def _push_async_while(tmp_path: Path, pusher) -> tuple[bool | None, str]:
     """Run archive_command's fallback while ``pusher(spool, segment)`` acts as the daemon in another thread."""
     import threading
 
-    from cqox_platform.backup.wal_async_client import push_async
+    from cqox_platform.backup.wal.push_client import push_async
     from cqox_platform.errors import CqoxError
 
     pgdata, settings, fallback, spool = _setup(tmp_path)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from cqox_platform.backup import wal_catchup
-from cqox_platform.backup.wal import PushResult
-from cqox_platform.backup.wal_catchup import CatchUpError, catch_up_ancestors, segments_to_catch_up
-from cqox_platform.backup.walnames import WAL_SEGMENT_SIZE, WalNameError, segment_name
+from cqox_platform.backup.archive.wal_names import WAL_SEGMENT_SIZE, WalNameError, segment_name
+from cqox_platform.backup.wal import catchup as wal_catchup
+from cqox_platform.backup.wal.catchup import CatchUpError, catch_up_ancestors, segments_to_catch_up
+from cqox_platform.backup.wal.segment import PushResult
 
 # Timeline 2 branched from 1 inside segment 5.
 HISTORY_2 = "1\t0/5000100\tno recovery target specified\n"
@@ -157,8 +157,8 @@ def test_a_segment_postgresql_removed_meanwhile_is_a_logged_gap_not_a_retry_loop
 
 
 def test_the_async_pusher_catches_up_after_a_history_file_and_reports_a_failure(tmp_path, monkeypatch):
-    from cqox_platform.backup import wal_async
-    from cqox_platform.backup.wal_async_client import marker_matches
+    from cqox_platform.backup.wal import pusher as wal_async
+    from cqox_platform.backup.wal.push_client import marker_matches
 
     calls: list[str] = []
     monkeypatch.setattr(

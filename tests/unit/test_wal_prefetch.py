@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from cqox_platform.backup.wal_prefetch import plan
-from cqox_platform.backup.wal_prefetch_client import (
+from cqox_platform.backup.archive.wal_names import WAL_SEGMENT_SIZE, Segment, parse_history, timeline_ranges
+from cqox_platform.backup.wal.prefetch_client import (
     PrefetchClient,
     PrefetchRefused,
     SegmentCheck,
@@ -17,7 +17,7 @@ from cqox_platform.backup.wal_prefetch_client import (
     ready_path,
     record_path,
 )
-from cqox_platform.backup.walnames import WAL_SEGMENT_SIZE, Segment, parse_history, timeline_ranges
+from cqox_platform.backup.wal.prefetcher import plan
 
 SYSID = 7_300_000_000_000_000_001
 
@@ -139,7 +139,7 @@ def test_posix_cksum_matches_coreutils_and_differs_for_one_changed_byte():
     a sha256sum per 16 MiB segment cost ~36 ms on replay's critical path, cksum (CRC with pclmul) ~4 ms."""
     import subprocess
 
-    from cqox_platform.backup.wal_prefetch_client import posix_cksum
+    from cqox_platform.backup.wal.prefetch_client import posix_cksum
 
     body = bytes(range(256)) * 4096
     coreutils = subprocess.run(["cksum"], input=body, capture_output=True, check=True).stdout.decode().strip()
@@ -149,7 +149,7 @@ def test_posix_cksum_matches_coreutils_and_differs_for_one_changed_byte():
 
 
 def test_the_shell_hands_over_a_verified_prefetched_segment_without_the_cli(tmp_path):
-    from cqox_platform.backup.wal_prefetch_client import fast_restore_command, posix_cksum
+    from cqox_platform.backup.wal.prefetch_client import fast_restore_command, posix_cksum
 
     spool, pgdata = tmp_path / "spool", tmp_path / "pgdata"
     (spool / "ready").mkdir(parents=True)
@@ -168,7 +168,7 @@ def test_the_shell_hands_over_a_verified_prefetched_segment_without_the_cli(tmp_
 
 
 def test_the_shell_leaves_a_changed_or_missing_segment_to_the_cli(tmp_path):
-    from cqox_platform.backup.wal_prefetch_client import fast_restore_command, posix_cksum
+    from cqox_platform.backup.wal.prefetch_client import fast_restore_command, posix_cksum
 
     spool, pgdata = tmp_path / "spool", tmp_path / "pgdata"
     (spool / "ready").mkdir(parents=True)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cqox_platform.backup.walnames import (
+from cqox_platform.backup.archive.wal_names import (
     Segment,
     WalNameError,
     check_wal_name,
@@ -98,7 +98,7 @@ def test_find_gaps_names_the_missing_segment():
 def test_old_timeline_before_the_switch_segment_plus_new_timeline_from_it_is_continuous(switch):
     # What an HA catch-up leaves in the archive: TL1 below the switch segment (pushed by the old leader or
     # by the catch-up after 00000002.history), TL2 from the switch segment on (the new leader's own).
-    from cqox_platform.backup.wal_catchup import segments_to_catch_up
+    from cqox_platform.backup.wal.catchup import segments_to_catch_up
 
     history = f"1\t{switch}\tno recovery target specified\n"
     switch_segno = parse_lsn(switch) // MiB16
@@ -119,7 +119,7 @@ def test_old_timeline_before_the_switch_segment_plus_new_timeline_from_it_is_con
     st.integers(min_value=0, max_value=50),
 )
 def test_catch_up_selects_exactly_the_ancestor_segments_a_restore_reads(first_switch, gap, extra):
-    from cqox_platform.backup.wal_catchup import segments_to_catch_up
+    from cqox_platform.backup.wal.catchup import segments_to_catch_up
 
     second_switch = first_switch + gap
     history = f"1\t{format_lsn(first_switch)}\tx\n2\t{format_lsn(second_switch)}\tx\n"

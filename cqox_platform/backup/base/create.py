@@ -32,16 +32,16 @@ from typing import BinaryIO
 
 import zstandard
 
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.growing_file import GrowingFileReader, WriterFailedError
-from cqox_platform.backup.manifest_checksums import MANIFEST_NAME
-from cqox_platform.backup.multipart import DEFAULT_PARALLEL, MultipartWriter, abort_stale_uploads
-from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.tarsniff import ZstdTarHeadSniffer
-from cqox_platform.backup.walnames import Segment, format_lsn, parse_lsn, segment_name, segment_number
+from cqox_platform.backup.archive.multipart import DEFAULT_PARALLEL, MultipartWriter, abort_stale_uploads
+from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.archive.wal_names import Segment, format_lsn, parse_lsn, segment_name, segment_number
+from cqox_platform.backup.base.growing_file import GrowingFileReader, WriterFailedError
+from cqox_platform.backup.base.tarsniff import ZstdTarHeadSniffer
+from cqox_platform.backup.restore.checksums import MANIFEST_NAME
 from cqox_platform.crypto.envelope import encrypt_to
 from cqox_platform.crypto.keys import DataKeyProvider
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import BackupError
 
 Progress = Callable[[str], None]
 ZSTD_LEVEL = 3
@@ -52,7 +52,7 @@ WORKDIR_PREFIX = "cqox-basebackup-"
 DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
-class BackupError(CqoxError):
+class BaseBackupError(BackupError):
     """A base backup failed; nothing was recorded and its upload was aborted."""
 
 
@@ -156,7 +156,7 @@ class _BackupStream:
     def _manifest_frame(self) -> bytes:
         produced = sorted(p.name for p in self.out_dir.iterdir())
         if produced != [MANIFEST_NAME, ARCHIVE_NAME]:
-            raise BackupError(
+            raise BaseBackupError(
                 f"pg_basebackup wrote {produced}, expected {[MANIFEST_NAME, ARCHIVE_NAME]}: a cluster with "
                 "tablespaces outside the data directory cannot be backed up by this format."
             )
@@ -247,7 +247,7 @@ def create_base_backup(
             )
             manifest = encrypt_to(stream, writer, provider, object_id=data_key)
     except WriterFailedError as exc:
-        raise BackupError(str(exc)) from None
+        raise BaseBackupError(str(exc)) from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -258,7 +258,9 @@ def create_base_backup(
     manifest_text = stream.manifest
     if label_text is None or manifest_text is None:
         archive.delete(data_key)
-        raise BackupError("the tar stream from pg_basebackup lacked backup_label or backup_manifest; nothing recorded.")
+        raise BaseBackupError(
+            "the tar stream from pg_basebackup lacked backup_label or backup_manifest; nothing recorded."
+        )
     label = parse_backup_label(label_text.decode())
     parsed_manifest = json.loads(manifest_text)
     # Newest timeline first in the manifest; the range that ends last is where the backup stopped.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import BackupError
 
 WAL_SEGMENT_SIZE = 16 * 1024 * 1024
 SEGMENTS_PER_LOG = 0x1_0000_0000 // WAL_SEGMENT_SIZE
@@ -23,7 +23,7 @@ HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
 BACKUP_HISTORY_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
 
 
-class WalNameError(CqoxError):
+class WalNameError(BackupError):
     """Not a name PostgreSQL would archive."""
 
 

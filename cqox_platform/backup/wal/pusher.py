@@ -24,10 +24,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
-from cqox_platform.backup.wal import PushResult, push_wal_content, system_identifier
-from cqox_platform.backup.wal_async_client import (
+from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.archive.wal_names import HISTORY_RE
+from cqox_platform.backup.wal.catchup import catch_up_ancestors
+from cqox_platform.backup.wal.push_client import (
     ERROR,
     OK,
     marker,
@@ -36,10 +37,9 @@ from cqox_platform.backup.wal_async_client import (
     write_marker,
     write_ok_marker,
 )
-from cqox_platform.backup.wal_catchup import catch_up_ancestors
-from cqox_platform.backup.walnames import HISTORY_RE
+from cqox_platform.backup.wal.segment import PushResult, push_wal_content, system_identifier
 from cqox_platform.crypto.keys import DataKey, DataKeyProvider
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import BackupError, CqoxError
 from cqox_platform.fsutil import single_instance_lock
 
 KEY_POOL = 4
@@ -114,7 +114,7 @@ def pusher_key_provider(inner: DataKeyProvider) -> PrefetchingKeyProvider:
     return PrefetchingKeyProvider(inner)
 
 
-class FileChangedError(CqoxError):
+class FileChangedError(BackupError):
     """The WAL file changed while it was being archived; it is pushed again."""
 
 

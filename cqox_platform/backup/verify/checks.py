@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cqox_platform.backup.dr_copy import DrCopyResult
-from cqox_platform.backup.drill import PARTIAL, DrillResult
-from cqox_platform.backup.wal_status import WalStatus
+from cqox_platform.backup.verify.drill import PARTIAL, DrillResult
+from cqox_platform.backup.wal.status import WalStatus
 
 #: The RPO the operators hold us to (DESIGN.md: RPO < 1 h); the WAL check's own default target is tighter.
 RPO_TARGET_SECONDS = 3600.0

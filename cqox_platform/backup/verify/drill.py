@@ -26,21 +26,18 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.proof import RestorePoint, compare_checksums, table_checksums
-from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.restore import (
+from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.restore.files import Progress, restore_files
+from cqox_platform.backup.restore.recovery import (
     DEFAULT_WAL_PREFETCH,
-    Progress,
     RecoveryTarget,
-    ScratchCluster,
     configure_recovery,
-    pg_bindir,
     restore_command_for,
-    restore_files,
 )
+from cqox_platform.backup.verify.proof import RestorePoint, compare_checksums, table_checksums
 from cqox_platform.crypto.keys import DataKeyProvider
-from cqox_platform.stack.process import free_port
+from cqox_platform.pgserver import ScratchCluster, free_port, pg_bindir
 
 PHASES = ("download", "decrypt", "extract", "verify", "replay", "checks")
 #: ``restore_drills.status``: only "passed" verifies a backup (migration 0010).
@@ -227,3 +224,22 @@ def record_drill(conn: psycopg.Connection, result: DrillResult) -> None:
             Jsonb({**result.details, "mismatches": result.mismatches, "target": asdict(result.target)}),
         ],
     )
+
+
+def verified_backup_ids(conn: psycopg.Connection) -> set[str]:
+    """Backups a drill verified: replayed to a captured point and compared ("partial" drills do not count)."""
+    rows = conn.execute("SELECT DISTINCT backup_id FROM restore_drills WHERE status = 'passed'").fetchall()
+    return {r[0] for r in rows}
+
+
+
+def latest_drill(conn: psycopg.Connection, backup_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT drill_id, passed, status, error, rto_seconds, finished_at FROM restore_drills WHERE backup_id = %s "
+        "ORDER BY finished_at DESC LIMIT 1",
+        [backup_id],
+    ).fetchone()
+    if row is None:
+        return None
+    return dict(zip(["drill_id", "passed", "status", "error", "rto_seconds", "finished_at"], row, strict=True))
+

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cqox_platform.backup.archive import Archive, ArchiveError
+from cqox_platform.backup.archive.store import Archive, ArchiveError
 
 MIN_PART = 5 * 1024 * 1024
 DEFAULT_PART = 32 * 1024 * 1024

@@ -15,10 +15,9 @@ from typing import Any
 
 import psycopg
 
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.wal import read_wal
-from cqox_platform.backup.walnames import (
+from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.archive.wal_names import (
     HISTORY_RE,
     SEGMENT_RE,
     Segment,
@@ -27,6 +26,7 @@ from cqox_platform.backup.walnames import (
     parse_lsn,
     required_segments,
 )
+from cqox_platform.backup.wal.segment import read_wal
 from cqox_platform.crypto.keys import DataKeyProvider
 
 

@@ -32,9 +32,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from cqox_platform.backup.walnames import check_wal_name
+from cqox_platform.backup.archive.wal_names import check_wal_name
+from cqox_platform.backup.wal.spool import ERROR, OK, spool_dir
 from cqox_platform.errors import CqoxError
-from cqox_platform.wal_spool import ERROR, OK, spool_dir
 
 JSON_MARKER_MAX = 4096
 LOG_ROTATE_BYTES = 16 * 2**20

@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
+from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.dr_copy import DrCopyResult
-from cqox_platform.backup.drill import DrillResult
-from cqox_platform.backup.records import BackupRecord
-from cqox_platform.backup.wal_status import WalStatus
+from cqox_platform.backup.verify.drill import DrillResult
+from cqox_platform.backup.wal.status import WalStatus
 from cqox_platform.pushgateway import Sample
 
 #: The Pushgateway job every backup gauge is grouped under (grouping key: ``system_id``).

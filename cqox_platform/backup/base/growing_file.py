@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import BackupError
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -26,7 +26,7 @@ PUNCH_EVERY = 64 * 1024 * 1024
 _ALIGN = 4096
 
 
-class WriterFailedError(CqoxError):
+class WriterFailedError(BackupError):
     """The process writing the followed file exited non-zero (or never created the file)."""
 
 

@@ -23,21 +23,21 @@ from pathlib import Path
 
 import zstandard
 
-from cqox_platform.backup.archive import Archive, ArchiveError
-from cqox_platform.backup.walnames import check_wal_name
+from cqox_platform.backup.archive.store import Archive, ArchiveError
+from cqox_platform.backup.archive.wal_names import check_wal_name
 from cqox_platform.crypto.envelope import Manifest, decrypt_from, encrypt_to
 from cqox_platform.crypto.keys import DataKeyProvider
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import BackupError, CqoxError
 
 SHA_META = "wal-sha256"
 ZSTD_LEVEL = 3
 
 
-class WalConflictError(CqoxError):
+class WalConflictError(BackupError):
     """A different file is already archived under this name."""
 
 
-class WalMissingError(CqoxError):
+class WalMissingError(BackupError):
     """The archive has no such WAL file (a normal answer to PostgreSQL's probes)."""
 
 

@@ -28,10 +28,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cqox_platform.backup.archive import Archive, ArchiveUnreachableError
-from cqox_platform.backup.archiver_settings import ArchiverSettings, archiver_clients
-from cqox_platform.backup.wal import WalMissingError, read_wal, system_identifier
-from cqox_platform.backup.wal_prefetch_client import (
+from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+from cqox_platform.backup.archive.store import Archive, ArchiveUnreachableError
+from cqox_platform.backup.archive.wal_names import (
+    SEGMENT_RE,
+    Segment,
+    TimelineSwitch,
+    parse_history,
+    segment_timeline,
+    timeline_ranges,
+)
+from cqox_platform.backup.wal.prefetch_client import (
     SegmentCheck,
     control_system_id,
     digest_path,
@@ -43,14 +50,7 @@ from cqox_platform.backup.wal_prefetch_client import (
     record_path,
     write_atomic,
 )
-from cqox_platform.backup.walnames import (
-    SEGMENT_RE,
-    Segment,
-    TimelineSwitch,
-    parse_history,
-    segment_timeline,
-    timeline_ranges,
-)
+from cqox_platform.backup.wal.segment import WalMissingError, read_wal, system_identifier
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
 from cqox_platform.fsutil import single_instance_lock

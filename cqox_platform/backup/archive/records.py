@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from cqox_platform.backup.archive import ROOT, Archive, ArchiveError
+from cqox_platform.backup.archive.store import ROOT, Archive, ArchiveError
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def check_record_location(archive: Archive, key: str, record: BackupRecord) -> N
 
 def find_backup(s3: Any, bucket: str, backup_id: str) -> BackupRecord:
     """A backup by id, whichever cluster it belongs to (restores start from an id, not a system id)."""
-    from cqox_platform.backup.archive import check_backup_id
+    from cqox_platform.backup.archive.store import check_backup_id
 
     check_backup_id(backup_id)
     probe = Archive(s3, bucket, "-")

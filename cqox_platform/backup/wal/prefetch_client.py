@@ -37,8 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cqox_platform.backup.walnames import SEGMENT_RE, WAL_SEGMENT_SIZE, Segment
-from cqox_platform.errors import CqoxError
+from cqox_platform.backup.archive.wal_names import SEGMENT_RE, WAL_SEGMENT_SIZE, Segment
+from cqox_platform.errors import BackupError, CqoxError
 
 DEFAULT_DEPTH = 8
 INFLIGHT_WAIT = 60.0
@@ -47,7 +47,7 @@ XLP_LONG_HEADER = 0x0002
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")
 
 
-class PrefetchRefused(CqoxError):
+class PrefetchRefused(BackupError):
     """The prefetcher found this segment unusable (corrupt, wrong key, wrong header): stop recovery."""
 
 

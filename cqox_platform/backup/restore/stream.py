@@ -31,11 +31,11 @@ from typing import Any
 
 import zstandard
 
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.manifest_checksums import MANIFEST_NAME, ChecksumLedger
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.restore.checksums import MANIFEST_NAME, ChecksumLedger
 from cqox_platform.crypto.envelope import Manifest, decrypt_from
 from cqox_platform.crypto.keys import DataKeyProvider
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import CqoxError, RestoreError
 
 INCOMPLETE_MARKER = "CQOX_RESTORE_INCOMPLETE"
 PG_CONTROL = "global/pg_control"
@@ -47,7 +47,7 @@ BLOCK = tarfile.BLOCKSIZE
 ZERO_BLOCK = bytes(BLOCK)
 
 
-class StreamRestoreError(CqoxError):
+class StreamRestoreError(RestoreError):
     """The streamed restore failed; the message names the object."""
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import psycopg
 
-from cqox_platform.backup.records import BackupRecord, sync_backups_table
+from cqox_platform.backup.archive.records import BackupRecord, sync_backups_table
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import BackupError
 from cqox_platform.secrets.vault_client import TransitKeyProvider, VaultClient
 
 BACKUPS_KEY = "cqox-backups"
@@ -25,7 +25,7 @@ ARCHIVER_APPROLE = "cqox-wal-archiver"
 S3_SECRET_PATH = "cqox/backups/s3"
 
 
-class ArchiverConfigError(CqoxError):
+class ArchiverConfigError(BackupError):
     """The archiver's settings file is missing or unreadable."""
 
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 import google_crc32c
 
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import RestoreError
 
 MANIFEST_NAME = "backup_manifest"
 ALGORITHM = "CRC32C"
 
 
-class ManifestMismatchError(CqoxError):
+class ChecksumMismatchError(RestoreError):
     """A restored file's size or CRC32C differs from the backup's manifest: the backup is corrupt."""
 
 
@@ -47,12 +47,12 @@ class ChecksumLedger:
     def verify(self, manifest: bytes, where: str) -> bool:
         """True when every file of ``manifest`` was checked here; False when its algorithm is not CRC32C.
 
-        Raises ``ManifestMismatchError`` naming up to five bad files (and how many more) otherwise.
+        Raises ``ChecksumMismatchError`` naming up to five bad files (and how many more) otherwise.
         """
         try:
             entries = json.loads(manifest)["Files"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ManifestMismatchError(f"{where}: its backup_manifest does not parse: {exc}") from None
+            raise ChecksumMismatchError(f"{where}: its backup_manifest does not parse: {exc}") from None
         if any(entry.get("Checksum-Algorithm") != ALGORITHM for entry in entries):
             return False
         problems = []
@@ -67,7 +67,7 @@ class ChecksumLedger:
                 problems.append(f"{path}: CRC32C {crc32c_hex(seen[1])}, the manifest says {entry['Checksum']}")
         if problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-            raise ManifestMismatchError(
+            raise ChecksumMismatchError(
                 f"{where} does not match its backup_manifest: {'; '.join(problems[:5])}{more}. The backup is "
                 "corrupt: restore an older one (`cqox-platform backup list`) and take a new base backup."
             )

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cqox_platform.backup.walnames import parse_lsn
+from cqox_platform.backup.archive.wal_names import parse_lsn
 
 BOOKKEEPING_TABLES = {"public.backups", "public.restore_points", "public.restore_drills"}
 CHECKSUM_SQL = (
@@ -105,3 +105,15 @@ def compare_checksums(expected: dict[str, dict[str, Any]], actual: dict[str, dic
         if want != got:
             mismatches.append({"table": table, "expected": want, "restored": got})
     return mismatches
+
+
+def backup_point_name(backup_id: str) -> str:
+    return f"backup-{backup_id}"
+
+
+
+def checkpoint_restore_point(conn: psycopg.Connection, prefix: str = "check") -> RestorePoint:
+    """A restore point with captured checksums now (the 15-minute WAL check makes one per run)."""
+    name = f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+    return capture_restore_point(conn, name)
+

@@ -22,15 +22,15 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from cqox_platform.backup.walnames import check_wal_name
+from cqox_platform.backup.archive.wal_names import check_wal_name
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import BackupError
 
 ROOT = "postgres"
 BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z(-[0-9a-f]{4})?$")
 
 
-class ArchiveError(CqoxError):
+class ArchiveError(BackupError):
     """The backup archive in S3 could not be read or written; the message names the object."""
 
 

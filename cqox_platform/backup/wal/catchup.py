@@ -24,9 +24,8 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cqox_platform.backup.archive import Archive
-from cqox_platform.backup.wal import PushResult, push_wal
-from cqox_platform.backup.walnames import (
+from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.archive.wal_names import (
     HISTORY_RE,
     SEGMENT_RE,
     WAL_SEGMENT_SIZE,
@@ -38,11 +37,12 @@ from cqox_platform.backup.walnames import (
     segment_timeline,
     timeline_ranges,
 )
+from cqox_platform.backup.wal.segment import PushResult, push_wal
 from cqox_platform.crypto.keys import DataKeyProvider
-from cqox_platform.errors import CqoxError
+from cqox_platform.errors import BackupError, CqoxError
 
 
-class CatchUpError(CqoxError):
+class CatchUpError(BackupError):
     """Some old-timeline segments could not be archived; the history file push must be retried."""
 
 

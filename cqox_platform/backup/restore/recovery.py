@@ -1,0 +1,111 @@
+"""How a restored cluster recovers: the recovery target, its private configuration and its restore_command.
+
+Shared by real restores and drills: both make the copy private (unix socket only, no archiving) until a person
+decides to open it, and both fetch WAL through ``wal-fetch`` with prefetch.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from cqox_platform.backup.wal.prefetch_client import fast_restore_command, prefetch_spool
+from cqox_platform.errors import RestoreError
+from cqox_platform.fsutil import read_file, write_file
+from cqox_platform.pgserver import PG_OS_USER
+
+
+@dataclass
+class RecoveryTarget:
+    """Where recovery stops: a named restore point, a time, or the end of the backup (``immediate``)."""
+
+    kind: str  # "restore_point" | "time" | "backup_end" | "end_of_archive"
+    value: str = ""
+
+    def settings(self) -> dict[str, str]:
+        if self.kind == "restore_point":
+            return {"recovery_target_name": self.value}
+        if self.kind == "time":
+            return {"recovery_target_time": self.value, "recovery_target_inclusive": "on"}
+        if self.kind == "backup_end":
+            return {"recovery_target": "immediate"}
+        if self.kind == "end_of_archive":
+            return {}
+        raise RestoreError(f"unknown recovery target kind {self.kind!r}")
+
+
+def configure_recovery(
+    pgdata: Path,
+    *,
+    port: int,
+    socket_dir: Path,
+    restore_command: str,
+    target: RecoveryTarget,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Make ``pgdata`` a private recovering cluster: unix socket only, no archiving, this restore target.
+
+    Private on purpose, for drills and for real restores alike: clients must not reach a restored copy (and
+    write to it, or take it for the primary) until a person decides to open it (``listen_addresses``).
+    """
+    settings = {
+        "port": str(port),
+        "listen_addresses": "",
+        "unix_socket_directories": str(socket_dir),
+        "archive_mode": "off",
+        "ssl": "off",
+        "restore_command": restore_command,
+        "recovery_target_action": "promote",
+        "recovery_target_timeline": "latest",
+        "shared_buffers": "256MB",
+        "hot_standby": "on",
+        # A Patroni node's postgresql.conf names its own data directory's files; the copy must use its own.
+        "hba_file": str(pgdata / "pg_hba.conf"),
+        "ident_file": str(pgdata / "pg_ident.conf"),
+        **target.settings(),
+        **(extra or {}),
+    }
+    lines = ["", "# Written by cqox-platform restore: a private recovering copy."]
+    lines += [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
+    # pgdata belongs to postgres by now: replace files by name, never write through a link (cqox_platform.fsutil).
+    auto_conf = pgdata / "postgresql.auto.conf"
+    try:
+        current = read_file(auto_conf).decode()
+    except FileNotFoundError:
+        current = ""
+    write_file(auto_conf, current + "\n".join(lines) + "\n", mode=0o600, owner=PG_OS_USER)
+    write_file(
+        pgdata / "pg_hba.conf",
+        "# Restored copy: only local connections through the private socket directory.\nlocal all all trust\n",
+        mode=0o600,
+        owner=PG_OS_USER,
+    )
+    write_file(pgdata / "recovery.signal", "", mode=0o600, owner=PG_OS_USER)
+
+
+#: Segments the restore_command's prefetcher keeps verified ahead of replay (``wal-fetch --prefetch``); 0 is off.
+DEFAULT_WAL_PREFETCH = 8
+
+
+def restore_command_for(
+    cli: Path,
+    settings_file: Path,
+    bucket: str | None = None,
+    prefetch: int = DEFAULT_WAL_PREFETCH,
+    pgdata: Path | None = None,
+) -> str:
+    """The restore_command of a restored or drilled cluster: prefetching by default (same exit-code contract).
+
+    With ``pgdata`` (the cluster's data directory) a segment already prefetched is handed over by the shell
+    (``fast_restore_command``), without starting the CLI.
+    """
+    command = f"{shlex.quote(str(cli))} wal-fetch %f %p --config {shlex.quote(str(settings_file))}"
+    command += f" --bucket {shlex.quote(bucket)}" if bucket else ""
+    if not prefetch:
+        return command
+    command += f" --prefetch {int(prefetch)}"
+    if pgdata is None:
+        return command
+    return fast_restore_command(prefetch_spool(settings_file, Path(pgdata).resolve(), bucket), f"exec {command}")
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 
-import psycopg
 import pytest
 
 from cqox_platform.backup.verify.proof import capture_restore_point, table_checksums

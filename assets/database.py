@@ -46,7 +46,7 @@ def _bytes(n: int) -> str:
     kinds={"postgres", "sql"},
     # The migrator's database login is issued by Vault, so Vault is configured first.
     deps=[dg.AssetKey("vault_config")],
-    description="The CQOx schema: schema/sql/ migrations applied in order under an advisory lock, with checksums.",
+    description="The CQOx schema: sql/ migrations applied in order under an advisory lock, with checksums.",
 )
 def cqox_schema(context: dg.AssetExecutionContext, postgres_migrator: PostgresResource) -> dg.MaterializeResult:
     with postgres_migrator.connect(autocommit=True) as conn:

@@ -47,7 +47,8 @@ def _rate(nbytes: int, seconds: float) -> str:
 
 
 def markdown(measured: list[MeasuredRestore], target_db_bytes: int, target_wal_bytes: int) -> str:
-    """The README table: per tool and phase, measured time and throughput, projected time; totals vs 4 h."""
+    """The RTO table of docs/benchmarks.md: per tool and phase, measured time and throughput, projected time;
+    totals vs 4 h."""
     db_gib, wal_gib = target_db_bytes / 2**30, target_wal_bytes / 2**30
     lines = [
         f"| tool | phase | measured | throughput | projected ({db_gib / 1024:g} TiB + {wal_gib:g} GiB WAL) |",

@@ -19,7 +19,7 @@ restored, over the size of the restored data directory. Sustained archiving samp
 the ``.ready`` files; then it pauses archiving (empty ``archive_command``) for ``--headroom-seconds`` under the
 same load and times the drain: the archiver's capacity under load over pgbench's WAL write rate.
 The replay figure also prints the RTO per phase and its projection to ``--project-tb`` with a day of WAL
-(``--wal-per-day-gb``), as a markdown table for the README, against the roadmap's 4 h.
+(``--wal-per-day-gb``), as a markdown table for docs/benchmarks.md, against the roadmap's 4 h.
 
 Each time is the median of ``--repeat`` runs; the ratio is cqox-platform's over pgBackRest's.
 

@@ -50,7 +50,7 @@ class MigrationFailedError(MigrationError):
 
 
 class SchemaDriftError(CqoxError):
-    """The database schema differs from what the migrations in ``cqox_platform/schema/sql/`` describe."""
+    """The database schema differs from what the migrations in ``sql/`` describe."""
 
 
 # --- encryption ----------------------------------------------------------------------------------------------

@@ -288,7 +288,7 @@ class Settings(BaseSettings):
 
 
 def settings_table() -> str:
-    """The Markdown table of every setting (README's "Configuration" section is this text, checked by a test)."""
+    """The Markdown table of every setting (docs/configuration.md holds this text, checked by a test)."""
     from cqox_platform.markdown import table
 
     def default(field: str) -> str:

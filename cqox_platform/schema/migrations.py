@@ -1,4 +1,4 @@
-"""The migration runner: ``schema/sql/`` applied in order, once, each file atomically, under an advisory lock.
+"""The migration runner: ``sql/`` applied in order, once, each file atomically, under an advisory lock.
 
 Why not Alembic or Flyway: the schema is hand-written SQL with two dialects chosen at run time, and the
 guarantees we need are few and strict — a released file never changes (checksums), two runners never
@@ -24,7 +24,8 @@ from cqox_platform.package_data import package_path
 from cqox_platform.schema.dialect import Dialect, detect_dialect
 from cqox_platform.schema.fingerprint import record_fingerprint
 
-SQL_DIR = package_path("cqox_platform.schema", "sql")
+#: The migrations: the repository's top-level ``sql/``, shipped as the data package ``cqox_platform.schema.sql``.
+SQL_DIR = package_path("cqox_platform.schema.sql")
 
 #: Key of the session-level advisory lock that serialises runners ("cqox" in ASCII, then 1).
 LOCK_KEY = 0x63716F7801
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 @dataclass(frozen=True)
 class Migration:
-    """One file of ``schema/sql/`` as it applies to one dialect."""
+    """One file of ``sql/`` as it applies to one dialect."""
 
     version: int
     name: str
@@ -119,7 +120,7 @@ def discover(sql_dir: Path, dialect: Dialect) -> list[Migration]:
 
 
 class MigrationRunner:
-    """Applies ``schema/sql/`` to one database. Use a dedicated connection: the runner switches it to autocommit."""
+    """Applies ``sql/`` to one database. Use a dedicated connection: the runner switches it to autocommit."""
 
     def __init__(self, sql_dir: Path = SQL_DIR, dialect: Dialect | None = None) -> None:
         self.sql_dir = sql_dir

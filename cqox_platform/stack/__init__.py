@@ -1,4 +1,4 @@
-"""The local stack: real services started and stopped for development and tests (see DESIGN.md)."""
+"""The local stack: real services started and stopped for development and tests (see docs/stack.md)."""
 
 from cqox_platform.stack.config import StackConfig
 from cqox_platform.stack.stack import Stack

@@ -1,7 +1,8 @@
 """The Dagster instance of the local stack: webserver and daemon, storage on the stack's PostgreSQL.
 
-``DAGSTER_HOME`` is ``<stack>/dagster``. On every ``up`` the package's ``stack/dagster.yaml`` (package data, so an
-installed package starts the stack as well as a checkout) is copied there, so the instance config is reviewed in
+``DAGSTER_HOME`` is ``<stack>/dagster``. On every ``up`` the instance config (the repository's ``dagster.yaml``,
+shipped in a wheel as ``stack/dagster.yaml``, so an installed package starts the stack as well as a checkout;
+``package_data.instance_config``) is copied there, so the instance config is reviewed in
 git but the run history stays with the stack; next to it the stack writes the workspace that loads
 ``cqox_platform.definitions``, the same one as the repository's ``workspace.yaml`` (a unit test holds them equal).
 The webserver and daemon run in ``DAGSTER_HOME``, so no ``dagster.yaml`` of a working directory is picked up.
@@ -15,12 +16,12 @@ from pathlib import Path
 import requests
 import yaml
 
-from cqox_platform.package_data import package_path
+from cqox_platform.package_data import instance_config
 from cqox_platform.settings import child_env
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 
-INSTANCE_CONFIG = package_path("cqox_platform.stack", "dagster.yaml")
+INSTANCE_CONFIG = instance_config()
 WORKSPACE = {
     "load_from": [{"python_module": {"module_name": "cqox_platform.definitions", "location_name": "cqox_platform"}}]
 }

@@ -1,4 +1,4 @@
-"""Which file of cqox_platform/schema/sql/ applies to which dialect, and which names are refused."""
+"""Which file of sql/ applies to which dialect, and which names are refused."""
 
 from __future__ import annotations
 

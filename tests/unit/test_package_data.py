@@ -1,4 +1,6 @@
-"""Data files are package data: found with importlib.resources, declared for the wheel, unchanged by the move."""
+"""Data files are package data: found with importlib.resources, declared for the wheel, byte for byte released.
+
+The wheel itself is built and installed by tests/unit/test_wheel.py."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import cqox_platform
 from cqox_platform.alerts import BACKUP_ALERT_RULES
 from cqox_platform.canary.policy import POLICY_DIR as CANARY_POLICY_DIR
 from cqox_platform.deploy.manifests import MANIFEST_DIR
+from cqox_platform.package_data import package_path
 from cqox_platform.schema.migrations import SQL_DIR
 from cqox_platform.secrets.vault_setup import POLICY_DIR as VAULT_POLICY_DIR
 from cqox_platform.slo.spec import DEFAULT_SPEC
@@ -21,20 +24,25 @@ from cqox_platform.stack.dagster_services import INSTANCE_CONFIG, WORKSPACE, pre
 from cqox_platform.stack.kube_build import CRDS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
+SQL_PACKAGE = "cqox_platform.schema.sql"
 PACKAGE = Path(cqox_platform.__file__).parent
+#: Package data that lives next to the code reading it.
 DATA = {
-    "migrations": SQL_DIR,
     "SLO spec": DEFAULT_SPEC,
     "canary policies": CANARY_POLICY_DIR,
     "manifests": MANIFEST_DIR,
     "Vault policies": VAULT_POLICY_DIR,
     "backup alert rules": BACKUP_ALERT_RULES,
-    "stack instance config": INSTANCE_CONFIG,
     "stack CRDs": CRDS_DIR,
 }
+#: Package data whose source is at the top of the repository: what this (editable) install finds, and the source.
+TOP_LEVEL = {
+    "migrations": (SQL_DIR, REPO / "sql"),
+    "stack instance config": (INSTANCE_CONFIG, REPO / "dagster.yaml"),
+}
 
-# Released migrations are never edited: the runner refuses a database whose recorded checksum differs. Moving
-# sql/ into the package must not change a byte; a new migration adds a line here.
+# Released migrations are never edited: the runner refuses a database whose recorded checksum differs. Wherever
+# the files live and however they are packaged, not a byte changes; a new migration adds a line here.
 RELEASED_MIGRATIONS = {
     "0001_extensions.sql": "cfc6b90bb6ed87ea14d598fd0e2042136c207288b3a7a67eedcdcd89a6875101",
     "0002_core_tables.sql": "ec0963ffc9357c714a7e96f72fc0b4935af58de8f93a4e18d1fa19fa303544e8",
@@ -62,6 +70,18 @@ def test_data_is_inside_the_package(what: str) -> None:
     assert path.is_relative_to(PACKAGE), f"{what}: {path} is outside the package"
 
 
+@pytest.mark.parametrize("what", sorted(TOP_LEVEL))
+def test_the_editable_install_reads_the_top_level_sources(what: str) -> None:
+    """sql/ and dagster.yaml are edited at the top of the repository and used from there without reinstalling."""
+    found, source = TOP_LEVEL[what]
+    assert source.exists(), f"{what}: {source} is missing"
+    assert found.resolve() == source.resolve(), f"{what}: the installed package reads {found}, not {source}"
+
+
+def test_the_migrations_are_the_package_cqox_platform_schema_sql() -> None:
+    assert package_path("cqox_platform.schema.sql") == SQL_DIR
+
+
 def data_files() -> list[str]:
     return sorted(
         str(file.relative_to(PACKAGE))
@@ -75,7 +95,16 @@ def test_every_data_file_is_declared_as_package_data() -> None:
     """A file not matched by ``[tool.setuptools.package-data]`` would be missing from a wheel."""
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     undeclared = [f for f in data_files() if not any(fnmatch.fnmatch(f, p) for p in patterns["cqox_platform"])]
+    migrations = [f.name for f in SQL_DIR.iterdir() if f.is_file() and f.suffix != ".py"]
+    undeclared += [
+        f"sql/{name}" for name in migrations if not any(fnmatch.fnmatch(name, p) for p in patterns[SQL_PACKAGE])
+    ]
     assert undeclared == []
+
+
+def test_the_migrations_package_maps_to_the_top_level_sql_directory() -> None:
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {SQL_PACKAGE: "sql"}
 
 
 def test_released_migrations_are_byte_for_byte_unchanged() -> None:

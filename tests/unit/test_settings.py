@@ -113,10 +113,12 @@ def test_slo_alert_rules_use_the_one_slo_spec_setting(tmp_path, monkeypatch):
     assert 'service="drift-probe"' in _RecordingPrometheus.installed["cqox-slo-rules.yml"]
 
 
-def test_readme_configuration_table_is_generated_from_the_settings():
+def test_the_documented_settings_table_is_generated_from_the_settings():
     from cqox_platform.settings import settings_table
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    page = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    text = page.read_text()
     begin, end = "<!-- settings-table:begin -->\n", "\n<!-- settings-table:end -->"
-    documented = readme[readme.index(begin) + len(begin) : readme.index(end)]
-    assert documented == settings_table(), "README's settings table is stale: paste settings_table() into it"
+    assert begin in text and end in text, f"{page} lost its settings-table markers"
+    documented = text[text.index(begin) + len(begin) : text.index(end)]
+    assert documented == settings_table(), f"{page}'s settings table is stale: paste settings_table() into it"

@@ -14,7 +14,7 @@ from cqox_platform.backup.dr_copy import DrCopyResult
 from cqox_platform.backup.verify.drill import PARTIAL, DrillResult
 from cqox_platform.backup.wal.status import WalStatus
 
-#: The RPO the operators hold us to (DESIGN.md: RPO < 1 h); the WAL check's own default target is tighter.
+#: The RPO the operators hold us to (< 1 h); the WAL check's own default target is tighter.
 RPO_TARGET_SECONDS = 3600.0
 
 

@@ -94,7 +94,7 @@ def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: b
             sys.exit(1)
         return
 
-    from cqox_platform.backup.archive.wal_names import HISTORY_RE
+    from cqox_platform.backup.wal.catchup import catch_up_after
     from cqox_platform.backup.wal.segment import push_wal
 
     full_path = pgdata / path if not path.is_absolute() else path
@@ -112,15 +112,11 @@ def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: b
         )
     else:
         click.echo(f"wal-push: {result.name} was already archived with the same content", err=True)
-    if HISTORY_RE.match(result.name):
-        # A new timeline: archive what the old leader completed but never pushed (see wal_catchup).
-        from cqox_platform.backup.wal.catchup import catch_up_ancestors
-
-        try:
-            catch_up_ancestors(archive, provider, full_path, log=lambda m: click.echo(f"wal-push: {m}", err=True))
-        except CqoxError as exc:
-            click.echo(f"wal-push: {result.name} NOT done, its parent timeline is not caught up: {exc}", err=True)
-            sys.exit(1)
+    try:
+        catch_up_after(archive, provider, full_path, log=lambda m: click.echo(f"wal-push: {m}", err=True))
+    except CqoxError as exc:
+        click.echo(f"wal-push: {result.name} NOT done, its parent timeline is not caught up: {exc}", err=True)
+        sys.exit(1)
 
 
 @click.command("wal-push-daemon", hidden=True)

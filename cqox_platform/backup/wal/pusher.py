@@ -26,8 +26,7 @@ from pathlib import Path
 
 from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
 from cqox_platform.backup.archive.store import Archive
-from cqox_platform.backup.archive.wal_names import HISTORY_RE
-from cqox_platform.backup.wal.catchup import catch_up_ancestors
+from cqox_platform.backup.wal.catchup import catch_up_after
 from cqox_platform.backup.wal.push_client import (
     ERROR,
     OK,
@@ -132,8 +131,7 @@ def push_and_mark(archive: Archive, provider: DataKeyProvider, spool: Path, pgda
         digest = hashlib.sha256(raw).hexdigest()
         result = push_wal_content(archive, provider, name, raw, digest)
         del raw
-        if HISTORY_RE.match(name):  # a new timeline: push what the old leader never did (see wal_catchup)
-            catch_up_ancestors(archive, provider, path, lambda m: log(f"wal-push-daemon: {m}"))
+        catch_up_after(archive, provider, path, lambda m: log(f"wal-push-daemon: {m}"))
         after = os.fstat(fd)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise FileChangedError(f"{path} changed while it was archived; not marked, pushing it again.")

@@ -325,40 +325,25 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
     backups, those inside the window and the newest one before it, and the newest verified backup.
     """
     import json
-    from datetime import UTC, datetime
 
     import psycopg
 
     import cqox_platform.cli.context as context
-    from cqox_platform.backup.archive.cluster import cluster_archive
-    from cqox_platform.backup.archive.history import retire_backups
-    from cqox_platform.backup.archive.records import list_backups
-    from cqox_platform.backup.retention import (
-        DEFAULT_KEEP_DAYS,
-        DEFAULT_KEEP_FULL,
-        apply_retention,
-        archived_wal_names,
-        plan_retention,
-    )
-    from cqox_platform.backup.verify.drill import verified_backup_ids
+    from cqox_platform.backup.retention import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_FULL, expire
 
     with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
-        archive = cluster_archive(conn, context.s3(), context.bucket())
-        records = list_backups(archive)
-        plan = plan_retention(
-            records,
-            verified_backup_ids(conn),
-            archived_wal_names(archive),
-            now=datetime.now(UTC),
+        expiry = expire(
+            conn,
+            context.s3(),
+            context.bucket(),
             keep_days=keep_days or DEFAULT_KEEP_DAYS,
             keep_full=keep_full or DEFAULT_KEEP_FULL,
+            dry_run=dry_run,
         )
-        deleted = 0
-        if not dry_run:
-            deleted = apply_retention(archive, plan)
-            retire_backups(conn, records, plan.delete)
+    plan = expiry.plan
     if as_json:
-        click.echo(json.dumps({**plan.summary(), "dry_run": dry_run, "objects_deleted": deleted}, indent=2))
+        summary = {**plan.summary(), "dry_run": dry_run, "objects_deleted": expiry.objects_deleted}
+        click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"{'BACKUP':<18}{'ACTION':<8}REASON")
     for row in plan.rows():
@@ -366,7 +351,7 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
     verb = "would delete" if dry_run else "deleted"
     click.echo(
         f"{verb} {len(plan.delete)} backup(s) and {len(plan.wal_delete)} WAL file(s); WAL kept from "
-        f"{plan.wal_keep_from or '-'} ({archive.where(archive.root + '/')})",
+        f"{plan.wal_keep_from or '-'} ({expiry.where})",
         err=True,
     )
 

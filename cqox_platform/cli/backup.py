@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cqox_platform.errors import CqoxError
+
+if TYPE_CHECKING:
+    from cqox_platform.secrets.vault_client import TransitKeyProvider
 
 FETCH_FATAL = 255
 SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
@@ -239,15 +244,25 @@ def backup() -> None:
     """Base backups of the stack's PostgreSQL in S3."""
 
 
-def _backup_context():
-    """Admin connection settings, the S3 client and the backup key provider from the settings."""
+@dataclass(frozen=True)
+class BackupContext:
+    """What the backup commands connect with, built from the settings: the admin login, S3 and the backup key."""
+
+    conninfo: dict[str, Any]  # psycopg.connect(**conninfo)
+    dsn: str  # the same login as one string, for pg_basebackup
+    s3: Any
+    provider: TransitKeyProvider
+    bucket: str  # the primary bucket, unless a command is told another
+
+
+def _backup_context() -> BackupContext:
     import psycopg
 
     import cqox_platform.cli.context as context
 
     conninfo = context.postgres_admin().conninfo()
     dsn = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in conninfo.items()})
-    return conninfo, dsn, context.s3(), context.backup_key_provider(), context.bucket()
+    return BackupContext(conninfo, dsn, context.s3(), context.backup_key_provider(), context.bucket())
 
 
 @backup.command("create")
@@ -259,14 +274,14 @@ def backup_create() -> None:
     from cqox_platform.backup.base.take import take_backup
     from cqox_platform.pgserver import pg_bindir
 
-    conninfo, dsn, s3, provider, bucket = _backup_context()
-    with psycopg.connect(**conninfo, autocommit=True) as conn:
-        archive = cluster_archive(conn, s3, bucket)
+    ctx = _backup_context()
+    with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
+        archive = cluster_archive(conn, ctx.s3, ctx.bucket)
         record, point = take_backup(
             conn,
             archive,
-            provider,
-            dsn,
+            ctx.provider,
+            ctx.dsn,
             pg_basebackup=str(pg_bindir() / "pg_basebackup"),
             progress=lambda m: click.echo(m, err=True),
         )
@@ -283,9 +298,9 @@ def backup_list(bucket: str | None) -> None:
     from cqox_platform.backup.archive.records import list_backups
     from cqox_platform.backup.verify.drill import latest_drill
 
-    conninfo, _dsn, s3, _provider, default_bucket = _backup_context()
-    with psycopg.connect(**conninfo, autocommit=True) as conn:
-        archive = cluster_archive(conn, s3, bucket or default_bucket)
+    ctx = _backup_context()
+    with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
+        archive = cluster_archive(conn, ctx.s3, bucket or ctx.bucket)
         records = list_backups(archive)
         drills = {r.backup_id: latest_drill(conn, r.backup_id) for r in records}
     click.echo(
@@ -519,8 +534,9 @@ def restore(
     archiver_config = _config(None)
     _check_archiver_config(archiver_config)
     bindir = pg_bindir()
-    _conninfo, _dsn, s3, provider, default_bucket = _backup_context()
-    bucket = bucket or default_bucket
+    ctx = _backup_context()
+    s3, provider = ctx.s3, ctx.provider
+    bucket = bucket or ctx.bucket
     record = find_backup(s3, bucket, backup_id)
     archive = Archive(s3, bucket, record.system_id)
 

@@ -20,6 +20,7 @@ import click
 from cqox_platform.errors import CqoxError
 
 if TYPE_CHECKING:
+    from cqox_platform.backup.archive.store import ArchiveClients
     from cqox_platform.secrets.vault_client import TransitKeyProvider
 
 FETCH_FATAL = 255
@@ -371,113 +372,17 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
     )
 
 
-class RestoreInputError(CqoxError):
-    """Bad input to `restore`: named and refused before anything is downloaded or created."""
+class _RestoreSources:
+    """What `restore` reads from, built from the settings when the restore asks (after its own input checks)."""
 
+    def archiver_config(self) -> Path:
+        return _config(None)
 
-def _recovery_target(target_time: str | None, target_name: str | None):
-    from datetime import datetime
+    def archive_clients(self) -> ArchiveClients:
+        from cqox_platform.backup.archive.store import ArchiveClients
 
-    from cqox_platform.backup.restore.recovery import RecoveryTarget
-
-    if target_time and target_name:
-        raise RestoreInputError("give --target-time or --target-name, not both.")
-    if target_name:
-        return RecoveryTarget("restore_point", target_name)
-    if not target_time:
-        return RecoveryTarget("end_of_archive")
-    try:
-        when = datetime.fromisoformat(target_time)
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
-        raise RestoreInputError(
-            f"--target-time {target_time!r} is not an ISO 8601 time with a UTC offset "
-            f"(e.g. '2026-11-26 06:30:00+00'); a time without one would be read in the server's time zone."
-        )
-    return RecoveryTarget("time", when.isoformat(sep=" "))
-
-
-def _check_pgdata(pgdata: Path) -> None:
-    from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
-    from cqox_platform.pgserver import postgres_cannot_reach
-
-    if pgdata.is_symlink() or (pgdata.exists() and not pgdata.is_dir()):
-        raise RestoreInputError(f"--pgdata {pgdata} exists and is not a directory; restore into a new directory.")
-    if (pgdata / INCOMPLETE_MARKER).exists():
-        raise RestoreInputError(
-            f"--pgdata {pgdata} holds an interrupted restore ({INCOMPLETE_MARKER}): it is not a usable data "
-            f"directory; remove it (rm -rf {pgdata}) and restore again."
-        )
-    if pgdata.exists() and any(pgdata.iterdir()):
-        raise RestoreInputError(f"--pgdata {pgdata} is not empty; restore into a new directory.")
-    blocked = postgres_cannot_reach(pgdata.parent)
-    if blocked is not None:
-        raise RestoreInputError(
-            f"the postgres OS user cannot traverse {blocked}, so it could not use --pgdata {pgdata}: "
-            f"`chmod o+x {blocked}` (and each parent), or choose a --pgdata under a directory it can reach."
-        )
-
-
-def _check_archiver_config(path: Path) -> None:
-    """The restored server's restore_command reads this file as postgres: it must exist now, not after hours."""
-    from cqox_platform.pgserver import as_pg_user
-
-    if not path.is_file():
-        raise RestoreInputError(
-            f"the archiver settings {path} (CQOX_WAL_ARCHIVER_CONFIG) do not exist: the restored server could "
-            f"not fetch WAL. Materialize `vault_config`, or point CQOX_WAL_ARCHIVER_CONFIG at the file."
-        )
-    import subprocess
-
-    if subprocess.run(as_pg_user(["test", "-r", str(path)]), capture_output=True).returncode != 0:
-        raise RestoreInputError(f"the postgres OS user cannot read the archiver settings {path}.")
-
-
-class _Created:
-    """What a restore created, so a failed one removes exactly that and never a file that was there before."""
-
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.top = pgdata  # the highest directory this restore creates
-        while not self.top.parent.exists():
-            self.top = self.top.parent
-        self.existed = pgdata.exists()
-        self.stat = pgdata.stat() if self.existed else None
-        self.side: Path | None = None
-
-    def undo(self) -> None:
-        import contextlib
-        import os
-        import shutil
-
-        if self.side is not None:
-            shutil.rmtree(self.side, ignore_errors=True)
-        if not self.existed:
-            shutil.rmtree(self.top, ignore_errors=True)
-            return
-        for entry in self.pgdata.iterdir():  # it was empty before the restore: everything inside is ours
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            os.chown(self.pgdata, self.stat.st_uid, self.stat.st_gid, follow_symlinks=False)
-            os.chmod(self.pgdata, self.stat.st_mode & 0o7777, follow_symlinks=False)
-
-
-class _Terminated(BaseException):
-    """SIGTERM or SIGHUP during a restore: unwind through the cleanup instead of dying with files half-written."""
-
-
-def _interrupt_on_termination() -> None:
-    import signal
-
-    def _raise(signum, _frame):
-        raise _Terminated(f"restore interrupted by signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise)
+        ctx = _backup_context()
+        return ArchiveClients(ctx.s3, ctx.provider, ctx.bucket)
 
 
 @click.command("restore")
@@ -517,70 +422,18 @@ def restore(
     The restored server listens on a private unix socket and does not archive, so no client or archive mixes
     it up with the primary; open it by editing listen_addresses when you decide to.
     """
-    import os
-    import tempfile
+    from cqox_platform.backup.restore.workspace import RestoreInterrupted, RestoreRequest, restore_backup
 
-    from cqox_platform.backup.archive.records import find_backup
-    from cqox_platform.backup.archive.store import Archive, check_backup_id
-    from cqox_platform.backup.restore.files import restore_files
-    from cqox_platform.backup.restore.recovery import DEFAULT_WAL_PREFETCH, configure_recovery, restore_command_for
-    from cqox_platform.installation import platform_cli
-    from cqox_platform.pgserver import ScratchCluster, free_port, pg_bindir
-
-    pgdata = Path(os.path.abspath(pgdata))
-    target = _recovery_target(target_time, target_name)
-    check_backup_id(backup_id)
-    _check_pgdata(pgdata)
-    archiver_config = _config(None)
-    _check_archiver_config(archiver_config)
-    bindir = pg_bindir()
-    ctx = _backup_context()
-    s3, provider = ctx.s3, ctx.provider
-    bucket = bucket or ctx.bucket
-    record = find_backup(s3, bucket, backup_id)
-    archive = Archive(s3, bucket, record.system_id)
-
-    created = _Created(pgdata)
-    say = lambda m: click.echo(m, err=True)  # noqa: E731
-    _interrupt_on_termination()
-    cluster = None
+    request = RestoreRequest(backup_id, pgdata, target_time, target_name, bucket, port, start, wal_prefetch)
     try:
-        pgdata.mkdir(parents=True, exist_ok=True)
-        pgdata.chmod(0o700)
-        files = restore_files(archive, provider, record, pgdata, say, bindir)
-        say("restored files: " + ", ".join(f"{phase} {secs:.1f} s" for phase, secs in files.seconds.items()))
-        # Created only now, so a restore killed while streaming leaves nothing beside PGDATA. A fresh directory
-        # only root can write (0711: postgres may reach the socket directory and log inside it).
-        created.side = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}.restore-", dir=pgdata.parent))
-        created.side.chmod(0o711)
-        socket_dir = created.side / "sock"
-        port = port or free_port()
-        configure_recovery(
-            pgdata,
-            port=port,
-            socket_dir=socket_dir,
-            restore_command=restore_command_for(
-                platform_cli(),
-                archiver_config,
-                bucket,
-                DEFAULT_WAL_PREFETCH if wal_prefetch is None else wal_prefetch,
-                pgdata,
-            ),
-            target=target,
-        )
-        cluster = ScratchCluster(pgdata, socket_dir, port, created.side / "server.log", bindir)
-        if not start:
-            cluster.start_files()
-            click.echo(f"restored into {pgdata}; start it with: runuser -u postgres -- pg_ctl -D {pgdata} start")
-            return
-        cluster.start()
-        cluster.wait_promoted(24 * 3600, say)
-    except BaseException as exc:
-        if cluster is not None:
-            cluster.stop()
-        created.undo()
-        if isinstance(exc, _Terminated):
-            click.echo(f"error: {exc}; removed what it had created ({pgdata}).", err=True)
-            sys.exit(143)
-        raise
-    click.echo(f"restored and promoted: psql -h {socket_dir} -p {port} -U postgres   (log: {cluster.log})")
+        restored = restore_backup(request, _RestoreSources(), say=lambda m: click.echo(m, err=True))
+    except RestoreInterrupted as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(143)
+    if not restored.started:
+        pgdata = restored.pgdata
+        click.echo(f"restored into {pgdata}; start it with: runuser -u postgres -- pg_ctl -D {pgdata} start")
+        return
+    click.echo(
+        f"restored and promoted: psql -h {restored.socket_dir} -p {restored.port} -U postgres   (log: {restored.log})"
+    )

@@ -9,8 +9,10 @@ and promote at the wrong point. Only S3 answering ``NoSuchKey`` for the manifest
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,13 +70,19 @@ def _archiver_process() -> None:
 
 def _archive_for(config_path: Path | None, pgdata: Path, bucket: str | None = None):
     _archiver_process()
-    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.archiver_clients import load_archiver_clients
     from cqox_platform.backup.archive.store import Archive
     from cqox_platform.backup.wal.segment import system_identifier
 
-    settings = ArchiverSettings.load(_config(config_path))
-    clients = archiver_clients(settings)
+    clients = load_archiver_clients(_config(config_path))
     return Archive(clients.s3, bucket or clients.bucket, system_identifier(pgdata)), clients.provider
+
+
+def _archiver_connector(settings_path: Path) -> Callable[[], ArchiveClients]:
+    """How a daemon logs in (again) from the archiver settings file: after a failure, or once the file changed."""
+    from cqox_platform.archiver_clients import load_archiver_clients
+
+    return functools.partial(load_archiver_clients, settings_path)
 
 
 @click.command("wal-push")
@@ -133,7 +141,9 @@ def wal_push_daemon(config_path: Path | None, pgdata: Path) -> None:
     from cqox_platform.backup.wal.pusher import run_daemon
 
     _archiver_process()
-    run_daemon(_config(config_path), pgdata.resolve(), log=lambda m: click.echo(m, err=True))
+    settings_path = _config(config_path)
+    connect = _archiver_connector(settings_path)
+    run_daemon(settings_path, pgdata.resolve(), connect, log=lambda m: click.echo(m, err=True))
 
 
 @click.command("wal-fetch")
@@ -234,7 +244,9 @@ def wal_prefetch_daemon(config_path: Path | None, pgdata: Path, bucket: str | No
     from cqox_platform.backup.wal.prefetcher import run_daemon
 
     _archiver_process()
-    run_daemon(_config(config_path), pgdata.resolve(), bucket, depth, log=lambda m: click.echo(m, err=True))
+    settings_path = _config(config_path)
+    connect = _archiver_connector(settings_path)
+    run_daemon(settings_path, pgdata.resolve(), bucket, depth, connect, log=lambda m: click.echo(m, err=True))
 
 
 # --- backups -------------------------------------------------------------------------------------------------

@@ -25,8 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
-from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.archive.store import Archive, ArchiveClients
 from cqox_platform.backup.wal.catchup import catch_up_after
 from cqox_platform.backup.wal.push_client import (
     ERROR,
@@ -166,21 +165,30 @@ def _file_identity(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+Connect = Callable[[], ArchiveClients]
+
+
 def run_daemon(
     settings_path: Path,
     pgdata: Path,
+    connect: Connect,
     idle_exit: float = IDLE_EXIT,
     workers: int = PUSH_WORKERS,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Push ready files until idle for ``idle_exit`` seconds. Exits at once if another daemon runs."""
+    """Push ready files until idle for ``idle_exit`` seconds. Exits at once if another daemon runs.
+
+    ``connect`` builds the S3 client and key provider from the archiver settings at ``settings_path`` (the
+    caller's, so ``backup/`` never builds Vault clients); it is called again after a failure or a change of
+    that file.
+    """
     spool = spool_dir(settings_path, pgdata)
     spool.mkdir(parents=True, exist_ok=True)
     lock = single_instance_lock(spool / "daemon.lock")
     if lock is None:
         return
     try:
-        Pusher(settings_path, Path(pgdata), workers, log).run(idle_exit)
+        Pusher(settings_path, Path(pgdata), connect, workers, log).run(idle_exit)
     finally:
         with contextlib.suppress(OSError):
             lock.close()
@@ -191,9 +199,12 @@ class Pusher:
     clients, look at what is ``pending``, ``submit`` what is due. One instance per daemon; not thread-safe
     (only ``push_and_mark`` runs in the worker threads)."""
 
-    def __init__(self, settings_path: Path, pgdata: Path, workers: int, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, settings_path: Path, pgdata: Path, connect: Connect, workers: int, log: Callable[[str], None]
+    ) -> None:
         self.settings_path = settings_path
         self.pgdata = pgdata
+        self.connect = connect
         self.workers = workers
         self.log = log
         self.spool = spool_dir(settings_path, pgdata)
@@ -274,7 +285,7 @@ class Pusher:
         if self.archive is None or self.provider is None:
             try:
                 self.loaded_from = _file_identity(self.settings_path)
-                clients = archiver_clients(ArchiverSettings.load(self.settings_path))
+                clients = self.connect()
                 self.archive = Archive(clients.s3, clients.bucket, system_identifier(self.pgdata))
                 self.provider = pusher_key_provider(clients.provider)
             except CqoxError as exc:

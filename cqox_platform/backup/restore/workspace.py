@@ -36,6 +36,7 @@ from cqox_platform.backup.restore.recovery import (
     restore_command_for,
 )
 from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
+from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import RestoreError
 from cqox_platform.installation import platform_cli
 from cqox_platform.pgserver import ScratchCluster, as_pg_user, free_port, pg_bindir, postgres_cannot_reach
@@ -121,7 +122,7 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
     cluster: ScratchCluster | None = None
     with terminations_interrupt():
         try:
-            _stream_backup(Archive(clients.s3, bucket, record.system_id), clients, record, pgdata, bindir, say)
+            _stream_backup(Archive(clients.s3, bucket, record.system_id), clients.provider, record, pgdata, bindir, say)
             created.side = _side_directory(pgdata)
             socket_dir = created.side / "sock"
             port = request.port or free_port()
@@ -201,12 +202,12 @@ def check_archiver_config(path: Path) -> None:
 
 
 def _stream_backup(
-    archive: Archive, clients: ArchiveClients, record: BackupRecord, pgdata: Path, bindir: Path, say: Say
+    archive: Archive, provider: DataKeyProvider, record: BackupRecord, pgdata: Path, bindir: Path, say: Say
 ) -> None:
     """The backup's files, streamed straight into a private PGDATA."""
     pgdata.mkdir(parents=True, exist_ok=True)
     pgdata.chmod(0o700)
-    files = restore_files(archive, clients.provider, record, pgdata, say, bindir)
+    files = restore_files(archive, provider, record, pgdata, say, bindir)
     say("restored files: " + ", ".join(f"{phase} {secs:.1f} s" for phase, secs in files.seconds.items()))
 
 

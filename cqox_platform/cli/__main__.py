@@ -1,5 +1,5 @@
-"""``python -m cqox_platform.cli``: the same command line as the ``cqox-platform`` executable."""
+"""``python -m cqox_platform.cli``: the same command line as the ``cqox-platform`` executable (same entry)."""
 
-from cqox_platform.cli import main
+from cqox_platform.cli.entrypoint import run
 
-main()
+run()

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -187,29 +187,51 @@ def wal_fetch(
             click.echo(f"wal-fetch: restored {name} ({served / 2**20:.1f} MiB, prefetched)", err=True)
             return
 
-    from cqox_platform.backup.wal.segment import WalMissingError, fetch_wal
-
+    try:
+        from cqox_platform.backup.wal.segment import WalMissingError, fetch_wal
+    except Exception as exc:  # a broken installation is not "absent": stop, or (standby) stream instead
+        _cannot_fetch(name, exc, standby)
     try:
         archive, provider = _archive_for(config_path, pgdata, bucket)
         size = fetch_wal(archive, provider, name, target)
     except WalMissingError:
-        sys.exit(1)  # S3 proved the file absent: PostgreSQL probes past the end of the archive; not an error
+        # S3 proved the file absent: PostgreSQL probes past the end of the archive; not an error.
+        raise SegmentUnavailable(f"{name} is not in the archive") from None
     except Exception as exc:  # anything short of proven absence must not end recovery
-        reason = str(exc) if isinstance(exc, CqoxError) else f"unexpected {type(exc).__name__}: {exc}"
-        if standby:
-            click.echo(f"wal-fetch: {name} not fetched, the standby streams it instead: {reason}", err=True)
-            sys.exit(1)
-        click.echo(f"wal-fetch: {name} could not be restored, stopping recovery: {_one_line(reason)}", err=True)
-        sys.exit(FETCH_FATAL)
+        _cannot_fetch(name, exc, standby)
     click.echo(f"wal-fetch: restored {name} ({size / 2**20:.1f} MiB)", err=True)
+
+
+class SegmentUnavailable(Exception):
+    """The one outcome that may exit 1: the archive proved the segment absent, or a standby streams it instead.
+
+    Raised rather than ``sys.exit(1)`` so that ``entrypoint`` can tell it from every other way out of the
+    command (a usage error, an import error, a bug), all of which must exit 255.
+    """
+
+
+def _cannot_fetch(name: str, exc: BaseException, standby: bool) -> NoReturn:
+    reason = str(exc) if isinstance(exc, CqoxError) else f"unexpected {type(exc).__name__}: {exc}"
+    if standby:
+        click.echo(f"wal-fetch: {name} not fetched, the standby streams it instead: {_one_line(reason)}", err=True)
+        raise SegmentUnavailable(reason) from None
+    click.echo(f"wal-fetch: {name} could not be restored, stopping recovery: {_one_line(reason)}", err=True)
+    sys.exit(FETCH_FATAL)
 
 
 def _serve_prefetched(
     name: str, target: Path, config_path: Path | None, pgdata: Path, bucket: str | None, depth: int
 ) -> int | None:
-    """The size served from the prefetch spool, or None to fetch directly; exits 255 on a refused segment."""
-    from cqox_platform.backup.wal.prefetch_client import PrefetchClient, PrefetchRefused
+    """The size served from the prefetch spool, or None to fetch directly; exits 255 on a refused segment.
 
+    The spool is an optimisation: whatever goes wrong with it (an import, the spool directory, the daemon, a bug)
+    falls back to a direct fetch, which decides the exit code on its own evidence.
+    """
+    try:
+        from cqox_platform.backup.wal.prefetch_client import PrefetchClient, PrefetchRefused
+    except Exception as exc:
+        click.echo(f"wal-fetch: prefetch unavailable for {name} ({_one_line(str(exc))}); fetching directly", err=True)
+        return None
     try:
         client = PrefetchClient(_config(config_path), pgdata.resolve(), bucket, depth)
         if SEGMENT_NAME.match(name):
@@ -219,7 +241,7 @@ def _serve_prefetched(
     except PrefetchRefused as exc:
         click.echo(f"wal-fetch: {name} could not be restored, stopping recovery: {_one_line(str(exc))}", err=True)
         sys.exit(FETCH_FATAL)
-    except (OSError, CqoxError) as exc:  # the spool is an optimisation: without it, fetch directly
+    except Exception as exc:
         click.echo(f"wal-fetch: prefetch unavailable for {name} ({_one_line(str(exc))}); fetching directly", err=True)
         return None
 

@@ -65,7 +65,7 @@ def test_pushgateway_text_format_escapes_labels_and_skips_missing_values():
 
 
 def test_entrypoint_fast_path_only_takes_exact_async_pushes():
-    from cqox_platform.entrypoint import _fast_async_push
+    from cqox_platform.cli.entrypoint import _fast_async_push
 
     assert _fast_async_push(["wal-push", "p", "--config", "c"]) is None  # sync: the full CLI
     assert _fast_async_push(["wal-push", "--async", "--help"]) is None

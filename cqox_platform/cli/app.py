@@ -1,0 +1,37 @@
+"""The ``cqox-platform`` click group: assembles one group or command per module.
+
+The command modules never import this one back, so there is no import cycle.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cqox_platform.cli import alerts, backup, canary, datasets, encryption, ha, slo, stack
+from cqox_platform.cli.group import ErrorGroup
+
+
+@click.group(cls=ErrorGroup)
+def main() -> None:
+    """Reliability platform for CQOx: local stack, encryption, datasets, SLOs, alerts."""
+
+
+for _command in (
+    stack.stack,
+    encryption.encrypt_cmd,
+    encryption.decrypt_cmd,
+    datasets.datasets,
+    slo.slo,
+    backup.wal_push,
+    backup.wal_push_daemon,
+    backup.wal_fetch,
+    backup.wal_prefetch_daemon,
+    backup.backup,
+    backup.restore,
+    canary.canary,
+    ha.ha,
+    alerts.alerts,
+):
+    main.add_command(_command)
+
+__all__ = ["main"]

@@ -3,27 +3,13 @@
 The rules (count and time, as pgBackRest) are the core's: ``cqox_platform.backup.retention``.
 """
 
-from datetime import UTC, datetime
-
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from assets.backups.common import GROUP, retention_automation
 from assets.backups.drill import restore_drill
 from assets.metadata import md_table
-from cqox_platform.backup.archive.cluster import cluster_archive
-from cqox_platform.backup.archive.history import retire_backups
-from cqox_platform.backup.archive.records import list_backups
-from cqox_platform.backup.retention import (
-    DEFAULT_KEEP_DAYS,
-    DEFAULT_KEEP_FULL,
-    RetentionError,
-    apply_retention,
-    archived_wal_names,
-    check_retention,
-    plan_retention,
-)
-from cqox_platform.backup.verify.drill import verified_backup_ids
+from cqox_platform.backup.retention import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_FULL, RetentionError, check_retention, expire
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 
@@ -57,20 +43,15 @@ def backup_retention(
     except RetentionError as exc:
         raise dg.Failure(str(exc)) from exc
     with postgres_admin.connect(autocommit=True) as conn:
-        archive = cluster_archive(conn, s3.get_client(), backups.bucket)
-        records = list_backups(archive)
-        plan = plan_retention(
-            records,
-            verified_backup_ids(conn),
-            archived_wal_names(archive),
-            now=datetime.now(UTC),
+        expiry = expire(
+            conn,
+            s3.get_client(),
+            backups.bucket,
             keep_days=config.keep_days,
             keep_full=config.keep_full,
+            dry_run=config.dry_run,
         )
-        deleted = 0
-        if not config.dry_run:
-            deleted = apply_retention(archive, plan)
-            retire_backups(conn, records, plan.delete)
+    plan = expiry.plan
     verb = "would delete" if config.dry_run else "deleted"
     context.log.info(f"retention {verb} {len(plan.delete)} backup(s) and {len(plan.wal_delete)} WAL file(s)")
     summary = plan.summary()
@@ -87,6 +68,6 @@ def backup_retention(
             "reasons": dg.MetadataValue.json(plan.reasons),
             "wal_files_deleted": len(plan.wal_delete),
             "wal_kept_from": plan.wal_keep_from or "",
-            "objects_deleted": deleted,
+            "objects_deleted": expiry.objects_deleted,
         }
     )

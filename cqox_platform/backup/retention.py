@@ -15,16 +15,25 @@ fewer than it promises:
 every backup is never computed. Objects are deleted by keys derived from the backup id (the record's own
 ``object_key`` and ``manifest_key`` are never trusted), record first, so a backup stops being listed before
 any of its objects disappear.
+
+``expire`` is the one retention run: ``backup_retention`` (the asset) and ``backup expire`` (the CLI) both call
+it and differ only in how they show its result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from cqox_platform.backup.archive.records import BackupRecord
+import psycopg
+
+from cqox_platform.backup.archive.cluster import cluster_archive
+from cqox_platform.backup.archive.history import retire_backups
+from cqox_platform.backup.archive.records import BackupRecord, list_backups
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.backup.archive.wal_names import BACKUP_HISTORY_RE, PARTIAL_RE, SEGMENT_RE, Segment
+from cqox_platform.backup.verify.drill import verified_backup_ids
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
 from cqox_platform.errors import BackupError
 
@@ -177,3 +186,47 @@ def archived_wal_names(archive: Archive) -> list[str]:
     """WAL file names in the archive (segments, partials, history files), from their manifests, sorted."""
     keys = (o["Key"] for o in archive.list(f"{archive.root}/wal/"))
     return sorted({key.rsplit("/", 1)[1].removesuffix(MANIFEST_SUFFIX) for key in keys})
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """One retention run: its plan, whether it only planned, and how many objects it deleted from where."""
+
+    plan: RetentionPlan
+    dry_run: bool
+    objects_deleted: int
+    where: str  # the cluster's archive prefix (s3://bucket/root/)
+
+
+def expire(
+    conn: psycopg.Connection,
+    s3: Any,
+    bucket: str,
+    *,
+    keep_days: int = DEFAULT_KEEP_DAYS,
+    keep_full: int = DEFAULT_KEEP_FULL,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> Expiry:
+    """Apply retention to the archive of the cluster behind ``conn`` (its admin connection, autocommit).
+
+    Steps: refuse settings that could delete every backup, list the backups, plan against the drills' verdicts
+    and the archived WAL, then (unless ``dry_run``) delete what the plan says and record the deletions in the
+    ``backups`` table.
+    """
+    check_retention(keep_days, keep_full)
+    archive = cluster_archive(conn, s3, bucket)
+    records = list_backups(archive)
+    plan = plan_retention(
+        records,
+        verified_backup_ids(conn),
+        archived_wal_names(archive),
+        now=now or datetime.now(UTC),
+        keep_days=keep_days,
+        keep_full=keep_full,
+    )
+    deleted = 0
+    if not dry_run:
+        deleted = apply_retention(archive, plan)
+        retire_backups(conn, records, plan.delete)
+    return Expiry(plan, dry_run, deleted, archive.where(archive.root + "/"))

@@ -9,14 +9,21 @@ and promote at the wrong point. Only S3 answering ``NoSuchKey`` for the manifest
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from cqox_platform.errors import CqoxError
+
+if TYPE_CHECKING:
+    from cqox_platform.backup.archive.store import ArchiveClients
+    from cqox_platform.secrets.vault_client import TransitKeyProvider
 
 FETCH_FATAL = 255
 SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
@@ -63,13 +70,19 @@ def _archiver_process() -> None:
 
 def _archive_for(config_path: Path | None, pgdata: Path, bucket: str | None = None):
     _archiver_process()
-    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.archiver_clients import load_archiver_clients
     from cqox_platform.backup.archive.store import Archive
     from cqox_platform.backup.wal.segment import system_identifier
 
-    settings = ArchiverSettings.load(_config(config_path))
-    clients = archiver_clients(settings)
+    clients = load_archiver_clients(_config(config_path))
     return Archive(clients.s3, bucket or clients.bucket, system_identifier(pgdata)), clients.provider
+
+
+def _archiver_connector(settings_path: Path) -> Callable[[], ArchiveClients]:
+    """How a daemon logs in (again) from the archiver settings file: after a failure, or once the file changed."""
+    from cqox_platform.archiver_clients import load_archiver_clients
+
+    return functools.partial(load_archiver_clients, settings_path)
 
 
 @click.command("wal-push")
@@ -95,7 +108,7 @@ def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: b
             sys.exit(1)
         return
 
-    from cqox_platform.backup.archive.wal_names import HISTORY_RE
+    from cqox_platform.backup.wal.catchup import catch_up_after
     from cqox_platform.backup.wal.segment import push_wal
 
     full_path = pgdata / path if not path.is_absolute() else path
@@ -113,15 +126,11 @@ def wal_push(path: Path, config_path: Path | None, pgdata: Path, asynchronous: b
         )
     else:
         click.echo(f"wal-push: {result.name} was already archived with the same content", err=True)
-    if HISTORY_RE.match(result.name):
-        # A new timeline: archive what the old leader completed but never pushed (see wal_catchup).
-        from cqox_platform.backup.wal.catchup import catch_up_ancestors
-
-        try:
-            catch_up_ancestors(archive, provider, full_path, log=lambda m: click.echo(f"wal-push: {m}", err=True))
-        except CqoxError as exc:
-            click.echo(f"wal-push: {result.name} NOT done, its parent timeline is not caught up: {exc}", err=True)
-            sys.exit(1)
+    try:
+        catch_up_after(archive, provider, full_path, log=lambda m: click.echo(f"wal-push: {m}", err=True))
+    except CqoxError as exc:
+        click.echo(f"wal-push: {result.name} NOT done, its parent timeline is not caught up: {exc}", err=True)
+        sys.exit(1)
 
 
 @click.command("wal-push-daemon", hidden=True)
@@ -132,7 +141,9 @@ def wal_push_daemon(config_path: Path | None, pgdata: Path) -> None:
     from cqox_platform.backup.wal.pusher import run_daemon
 
     _archiver_process()
-    run_daemon(_config(config_path), pgdata.resolve(), log=lambda m: click.echo(m, err=True))
+    settings_path = _config(config_path)
+    connect = _archiver_connector(settings_path)
+    run_daemon(settings_path, pgdata.resolve(), connect, log=lambda m: click.echo(m, err=True))
 
 
 @click.command("wal-fetch")
@@ -255,7 +266,9 @@ def wal_prefetch_daemon(config_path: Path | None, pgdata: Path, bucket: str | No
     from cqox_platform.backup.wal.prefetcher import run_daemon
 
     _archiver_process()
-    run_daemon(_config(config_path), pgdata.resolve(), bucket, depth, log=lambda m: click.echo(m, err=True))
+    settings_path = _config(config_path)
+    connect = _archiver_connector(settings_path)
+    run_daemon(settings_path, pgdata.resolve(), bucket, depth, connect, log=lambda m: click.echo(m, err=True))
 
 
 # --- backups -------------------------------------------------------------------------------------------------
@@ -266,15 +279,25 @@ def backup() -> None:
     """Base backups of the stack's PostgreSQL in S3."""
 
 
-def _backup_context():
-    """Admin connection settings, the S3 client and the backup key provider from the settings."""
+@dataclass(frozen=True)
+class BackupContext:
+    """What the backup commands connect with, built from the settings: the admin login, S3 and the backup key."""
+
+    conninfo: dict[str, Any]  # psycopg.connect(**conninfo)
+    dsn: str  # the same login as one string, for pg_basebackup
+    s3: Any
+    provider: TransitKeyProvider
+    bucket: str  # the primary bucket, unless a command is told another
+
+
+def _backup_context() -> BackupContext:
     import psycopg
 
     import cqox_platform.cli.context as context
 
     conninfo = context.postgres_admin().conninfo()
     dsn = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in conninfo.items()})
-    return conninfo, dsn, context.s3(), context.backup_key_provider(), context.bucket()
+    return BackupContext(conninfo, dsn, context.s3(), context.backup_key_provider(), context.bucket())
 
 
 @backup.command("create")
@@ -286,14 +309,14 @@ def backup_create() -> None:
     from cqox_platform.backup.base.take import take_backup
     from cqox_platform.pgserver import pg_bindir
 
-    conninfo, dsn, s3, provider, bucket = _backup_context()
-    with psycopg.connect(**conninfo, autocommit=True) as conn:
-        archive = cluster_archive(conn, s3, bucket)
+    ctx = _backup_context()
+    with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
+        archive = cluster_archive(conn, ctx.s3, ctx.bucket)
         record, point = take_backup(
             conn,
             archive,
-            provider,
-            dsn,
+            ctx.provider,
+            ctx.dsn,
             pg_basebackup=str(pg_bindir() / "pg_basebackup"),
             progress=lambda m: click.echo(m, err=True),
         )
@@ -310,9 +333,9 @@ def backup_list(bucket: str | None) -> None:
     from cqox_platform.backup.archive.records import list_backups
     from cqox_platform.backup.verify.drill import latest_drill
 
-    conninfo, _dsn, s3, _provider, default_bucket = _backup_context()
-    with psycopg.connect(**conninfo, autocommit=True) as conn:
-        archive = cluster_archive(conn, s3, bucket or default_bucket)
+    ctx = _backup_context()
+    with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
+        archive = cluster_archive(conn, ctx.s3, bucket or ctx.bucket)
         records = list_backups(archive)
         drills = {r.backup_id: latest_drill(conn, r.backup_id) for r in records}
     click.echo(
@@ -352,40 +375,25 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
     backups, those inside the window and the newest one before it, and the newest verified backup.
     """
     import json
-    from datetime import UTC, datetime
 
     import psycopg
 
     import cqox_platform.cli.context as context
-    from cqox_platform.backup.archive.cluster import cluster_archive
-    from cqox_platform.backup.archive.history import retire_backups
-    from cqox_platform.backup.archive.records import list_backups
-    from cqox_platform.backup.retention import (
-        DEFAULT_KEEP_DAYS,
-        DEFAULT_KEEP_FULL,
-        apply_retention,
-        archived_wal_names,
-        plan_retention,
-    )
-    from cqox_platform.backup.verify.drill import verified_backup_ids
+    from cqox_platform.backup.retention import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_FULL, expire
 
     with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
-        archive = cluster_archive(conn, context.s3(), context.bucket())
-        records = list_backups(archive)
-        plan = plan_retention(
-            records,
-            verified_backup_ids(conn),
-            archived_wal_names(archive),
-            now=datetime.now(UTC),
+        expiry = expire(
+            conn,
+            context.s3(),
+            context.bucket(),
             keep_days=keep_days or DEFAULT_KEEP_DAYS,
             keep_full=keep_full or DEFAULT_KEEP_FULL,
+            dry_run=dry_run,
         )
-        deleted = 0
-        if not dry_run:
-            deleted = apply_retention(archive, plan)
-            retire_backups(conn, records, plan.delete)
+    plan = expiry.plan
     if as_json:
-        click.echo(json.dumps({**plan.summary(), "dry_run": dry_run, "objects_deleted": deleted}, indent=2))
+        summary = {**plan.summary(), "dry_run": dry_run, "objects_deleted": expiry.objects_deleted}
+        click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"{'BACKUP':<18}{'ACTION':<8}REASON")
     for row in plan.rows():
@@ -393,118 +401,22 @@ def backup_expire(dry_run: bool, as_json: bool, keep_days: int | None, keep_full
     verb = "would delete" if dry_run else "deleted"
     click.echo(
         f"{verb} {len(plan.delete)} backup(s) and {len(plan.wal_delete)} WAL file(s); WAL kept from "
-        f"{plan.wal_keep_from or '-'} ({archive.where(archive.root + '/')})",
+        f"{plan.wal_keep_from or '-'} ({expiry.where})",
         err=True,
     )
 
 
-class RestoreInputError(CqoxError):
-    """Bad input to `restore`: named and refused before anything is downloaded or created."""
+class _RestoreSources:
+    """What `restore` reads from, built from the settings when the restore asks (after its own input checks)."""
 
+    def archiver_config(self) -> Path:
+        return _config(None)
 
-def _recovery_target(target_time: str | None, target_name: str | None):
-    from datetime import datetime
+    def archive_clients(self) -> ArchiveClients:
+        from cqox_platform.backup.archive.store import ArchiveClients
 
-    from cqox_platform.backup.restore.recovery import RecoveryTarget
-
-    if target_time and target_name:
-        raise RestoreInputError("give --target-time or --target-name, not both.")
-    if target_name:
-        return RecoveryTarget("restore_point", target_name)
-    if not target_time:
-        return RecoveryTarget("end_of_archive")
-    try:
-        when = datetime.fromisoformat(target_time)
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
-        raise RestoreInputError(
-            f"--target-time {target_time!r} is not an ISO 8601 time with a UTC offset "
-            f"(e.g. '2026-11-26 06:30:00+00'); a time without one would be read in the server's time zone."
-        )
-    return RecoveryTarget("time", when.isoformat(sep=" "))
-
-
-def _check_pgdata(pgdata: Path) -> None:
-    from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
-    from cqox_platform.pgserver import postgres_cannot_reach
-
-    if pgdata.is_symlink() or (pgdata.exists() and not pgdata.is_dir()):
-        raise RestoreInputError(f"--pgdata {pgdata} exists and is not a directory; restore into a new directory.")
-    if (pgdata / INCOMPLETE_MARKER).exists():
-        raise RestoreInputError(
-            f"--pgdata {pgdata} holds an interrupted restore ({INCOMPLETE_MARKER}): it is not a usable data "
-            f"directory; remove it (rm -rf {pgdata}) and restore again."
-        )
-    if pgdata.exists() and any(pgdata.iterdir()):
-        raise RestoreInputError(f"--pgdata {pgdata} is not empty; restore into a new directory.")
-    blocked = postgres_cannot_reach(pgdata.parent)
-    if blocked is not None:
-        raise RestoreInputError(
-            f"the postgres OS user cannot traverse {blocked}, so it could not use --pgdata {pgdata}: "
-            f"`chmod o+x {blocked}` (and each parent), or choose a --pgdata under a directory it can reach."
-        )
-
-
-def _check_archiver_config(path: Path) -> None:
-    """The restored server's restore_command reads this file as postgres: it must exist now, not after hours."""
-    from cqox_platform.pgserver import as_pg_user
-
-    if not path.is_file():
-        raise RestoreInputError(
-            f"the archiver settings {path} (CQOX_WAL_ARCHIVER_CONFIG) do not exist: the restored server could "
-            f"not fetch WAL. Materialize `vault_config`, or point CQOX_WAL_ARCHIVER_CONFIG at the file."
-        )
-    import subprocess
-
-    if subprocess.run(as_pg_user(["test", "-r", str(path)]), capture_output=True).returncode != 0:
-        raise RestoreInputError(f"the postgres OS user cannot read the archiver settings {path}.")
-
-
-class _Created:
-    """What a restore created, so a failed one removes exactly that and never a file that was there before."""
-
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.top = pgdata  # the highest directory this restore creates
-        while not self.top.parent.exists():
-            self.top = self.top.parent
-        self.existed = pgdata.exists()
-        self.stat = pgdata.stat() if self.existed else None
-        self.side: Path | None = None
-
-    def undo(self) -> None:
-        import contextlib
-        import os
-        import shutil
-
-        if self.side is not None:
-            shutil.rmtree(self.side, ignore_errors=True)
-        if not self.existed:
-            shutil.rmtree(self.top, ignore_errors=True)
-            return
-        for entry in self.pgdata.iterdir():  # it was empty before the restore: everything inside is ours
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            os.chown(self.pgdata, self.stat.st_uid, self.stat.st_gid, follow_symlinks=False)
-            os.chmod(self.pgdata, self.stat.st_mode & 0o7777, follow_symlinks=False)
-
-
-class _Terminated(BaseException):
-    """SIGTERM or SIGHUP during a restore: unwind through the cleanup instead of dying with files half-written."""
-
-
-def _interrupt_on_termination() -> None:
-    import signal
-
-    def _raise(signum, _frame):
-        raise _Terminated(f"restore interrupted by signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise)
+        ctx = _backup_context()
+        return ArchiveClients(ctx.s3, ctx.provider, ctx.bucket)
 
 
 @click.command("restore")
@@ -544,69 +456,18 @@ def restore(
     The restored server listens on a private unix socket and does not archive, so no client or archive mixes
     it up with the primary; open it by editing listen_addresses when you decide to.
     """
-    import os
-    import tempfile
+    from cqox_platform.backup.restore.workspace import RestoreInterrupted, RestoreRequest, restore_backup
 
-    from cqox_platform.backup.archive.records import find_backup
-    from cqox_platform.backup.archive.store import Archive, check_backup_id
-    from cqox_platform.backup.restore.files import restore_files
-    from cqox_platform.backup.restore.recovery import DEFAULT_WAL_PREFETCH, configure_recovery, restore_command_for
-    from cqox_platform.installation import platform_cli
-    from cqox_platform.pgserver import ScratchCluster, free_port, pg_bindir
-
-    pgdata = Path(os.path.abspath(pgdata))
-    target = _recovery_target(target_time, target_name)
-    check_backup_id(backup_id)
-    _check_pgdata(pgdata)
-    archiver_config = _config(None)
-    _check_archiver_config(archiver_config)
-    bindir = pg_bindir()
-    _conninfo, _dsn, s3, provider, default_bucket = _backup_context()
-    bucket = bucket or default_bucket
-    record = find_backup(s3, bucket, backup_id)
-    archive = Archive(s3, bucket, record.system_id)
-
-    created = _Created(pgdata)
-    say = lambda m: click.echo(m, err=True)  # noqa: E731
-    _interrupt_on_termination()
-    cluster = None
+    request = RestoreRequest(backup_id, pgdata, target_time, target_name, bucket, port, start, wal_prefetch)
     try:
-        pgdata.mkdir(parents=True, exist_ok=True)
-        pgdata.chmod(0o700)
-        files = restore_files(archive, provider, record, pgdata, say, bindir)
-        say("restored files: " + ", ".join(f"{phase} {secs:.1f} s" for phase, secs in files.seconds.items()))
-        # Created only now, so a restore killed while streaming leaves nothing beside PGDATA. A fresh directory
-        # only root can write (0711: postgres may reach the socket directory and log inside it).
-        created.side = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}.restore-", dir=pgdata.parent))
-        created.side.chmod(0o711)
-        socket_dir = created.side / "sock"
-        port = port or free_port()
-        configure_recovery(
-            pgdata,
-            port=port,
-            socket_dir=socket_dir,
-            restore_command=restore_command_for(
-                platform_cli(),
-                archiver_config,
-                bucket,
-                DEFAULT_WAL_PREFETCH if wal_prefetch is None else wal_prefetch,
-                pgdata,
-            ),
-            target=target,
-        )
-        cluster = ScratchCluster(pgdata, socket_dir, port, created.side / "server.log", bindir)
-        if not start:
-            cluster.start_files()
-            click.echo(f"restored into {pgdata}; start it with: runuser -u postgres -- pg_ctl -D {pgdata} start")
-            return
-        cluster.start()
-        cluster.wait_promoted(24 * 3600, say)
-    except BaseException as exc:
-        if cluster is not None:
-            cluster.stop()
-        created.undo()
-        if isinstance(exc, _Terminated):
-            click.echo(f"error: {exc}; removed what it had created ({pgdata}).", err=True)
-            sys.exit(143)
-        raise
-    click.echo(f"restored and promoted: psql -h {socket_dir} -p {port} -U postgres   (log: {cluster.log})")
+        restored = restore_backup(request, _RestoreSources(), say=lambda m: click.echo(m, err=True))
+    except RestoreInterrupted as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(143)
+    if not restored.started:
+        pgdata = restored.pgdata
+        click.echo(f"restored into {pgdata}; start it with: runuser -u postgres -- pg_ctl -D {pgdata} start")
+        return
+    click.echo(
+        f"restored and promoted: psql -h {restored.socket_dir} -p {restored.port} -U postgres   (log: {restored.log})"
+    )

@@ -405,7 +405,7 @@ def test_parallel_multipart_upload_stores_the_written_bytes_and_aborts_cleanly(s
 def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(stack, env, tmp_path):
     # A promoted standby's pg_wal: TL1 segments the killed leader completed but never archived (the standby's
     # walreceiver marked them .done), the switch segment in both timelines, and the new timeline's history.
-    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.archiver_clients import load_archiver_clients
     from cqox_platform.backup.wal.segment import read_wal
 
     system_id = int.from_bytes(os.urandom(8), "little")
@@ -446,7 +446,7 @@ def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(sta
         archived = set(archive.archived_wal())
         assert {*old, "00000002.history"} <= archived
         assert not {switch_tl1, switch_tl2, f"{switch_tl1}.partial"} & archived
-        provider = archiver_clients(ArchiverSettings.load(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]))).provider
+        provider = load_archiver_clients(Path(env["CQOX_WAL_ARCHIVER_CONFIG"])).provider
         for name in old:
             assert read_wal(archive, provider, name) == contents[name]
         assert etags == {k: archive.head(k)["ETag"] for k in etags}, "an archived segment was uploaded again"
@@ -460,6 +460,7 @@ def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(sta
 def test_the_pusher_catches_up_the_old_timeline_when_it_archives_a_history_file(env):
     """The async default after a failover: only the history file is .ready (the standby marked the old timeline's
     segments .done); the pusher archives it and what the old leader never pushed, then marks the history file."""
+    from cqox_platform.archiver_clients import load_archiver_clients
     from cqox_platform.backup.wal.push_client import marker_matches
     from cqox_platform.backup.wal.pusher import run_daemon
     from cqox_platform.backup.wal.spool import spool_dir
@@ -482,7 +483,7 @@ def test_the_pusher_catches_up_the_old_timeline_when_it_archives_a_history_file(
     archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(system_id))
     logged: list[str] = []
     try:
-        run_daemon(settings, pgdata, idle_exit=1.0, log=logged.append)
+        run_daemon(settings, pgdata, lambda: load_archiver_clients(settings), idle_exit=1.0, log=logged.append)
         assert {*old, "00000002.history"} <= set(archive.archived_wal()), logged
         assert marker_matches(spool_dir(settings, pgdata), pgdata / "pg_wal" / "00000002.history")
         assert any("catch-up" in line for line in logged), logged

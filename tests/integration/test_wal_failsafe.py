@@ -393,6 +393,7 @@ def test_a_database_that_is_down_is_one_line_not_a_traceback(env):
 
 
 def test_async_pusher_wraps_a_distinct_data_key_for_every_object(env):
+    from cqox_platform.archiver_clients import load_archiver_clients
     from cqox_platform.backup.wal.pusher import run_daemon
 
     base = make_world_traversable_tmpdir("cqox-walfs-async-")
@@ -409,7 +410,7 @@ def test_async_pusher_wraps_a_distinct_data_key_for_every_object(env):
         settings = base / "archiver" / "archiver.json"
         settings.parent.mkdir()
         shutil.copyfile(env["CQOX_WAL_ARCHIVER_CONFIG"], settings)
-        run_daemon(settings, pgdata, idle_exit=2.0, log=lambda m: None)
+        run_daemon(settings, pgdata, lambda: load_archiver_clients(settings), idle_exit=2.0, log=lambda m: None)
         archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(SYSTEM_ID + 1))
         manifests = [json.loads(archive.get_bytes(archive.wal_manifest_key(n))) for n in names]
         assert len({m["wrapped_dek"] for m in manifests}) == len(names)
@@ -429,7 +430,7 @@ def _page(tli: int, segno: int, sysid: int) -> bytes:
 @pytest.fixture
 def fake_cluster(env):
     """A fake data directory with its own system identifier, and a function that archives a WAL file for it."""
-    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+    from cqox_platform.archiver_clients import load_archiver_clients
     from cqox_platform.backup.wal.segment import push_wal
 
     sysid = SYSTEM_ID * 1000 + int.from_bytes(os.urandom(2), "big")
@@ -438,7 +439,7 @@ def fake_cluster(env):
     (pgdata / "global").mkdir(parents=True)
     (pgdata / "pg_wal").mkdir()
     (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", sysid) + b"\0" * 8184)
-    clients = archiver_clients(ArchiverSettings.load(Path(env["CQOX_WAL_ARCHIVER_CONFIG"])))
+    clients = load_archiver_clients(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]))
     archive = Archive(clients.s3, clients.bucket, str(sysid))
 
     def archive_file(name: str, body: bytes) -> bytes:

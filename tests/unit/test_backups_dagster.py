@@ -22,8 +22,8 @@ import assets.backups.alert_rules as alert_rules_module
 import assets.backups.base_backup as base_backup_module
 import assets.backups.dr_copy as dr_copy_module
 import assets.backups.drill as drill_module
-import assets.backups.retention as retention_module
 import assets.backups.wal as wal_module
+import cqox_platform.backup.retention as retention_module
 from assets import backups
 from assets.backups.common import BASE_BACKUP_POOL
 from assets.slo import slo_report

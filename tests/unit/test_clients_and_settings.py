@@ -110,6 +110,7 @@ def test_core_clients_and_the_wal_archiver_import_no_dagster_and_no_settings():
         "cqox_platform.kube.client",
         "cqox_platform.db.client",
         "cqox_platform.backup.archive.archiver_settings",
+        "cqox_platform.archiver_clients",
     ]
     heavy = "m.split('.')[0] in ('dagster', 'pydantic_settings') or m == 'cqox_platform.settings'"
     code = f"import sys; [__import__(m) for m in {modules!r}]; print(sorted(m for m in sys.modules if {heavy}))"

@@ -69,7 +69,6 @@ def test_stale_keys_are_dropped_vault_errors_reach_the_caller_and_unwrap_is_neve
 def test_the_pusher_logs_in_again_when_the_archiver_settings_file_changes(tmp_path, monkeypatch):
     """An operator (or an alert drill) changing the archiver settings must not wait for the pusher to idle out."""
     import time
-    from pathlib import Path
     from types import SimpleNamespace
 
     from cqox_platform.backup.wal.segment import PushResult
@@ -82,23 +81,23 @@ def test_the_pusher_logs_in_again_when_the_archiver_settings_file_changes(tmp_pa
     loaded: list[str] = []
     pushed: list[tuple[str, str]] = []
 
-    def load(path: Path):
-        loaded.append(Path(path).read_text())
-        return SimpleNamespace(endpoint=loaded[-1])
+    def connect():
+        loaded.append(settings_file.read_text())
+        return SimpleNamespace(s3=SimpleNamespace(endpoint=loaded[-1]), bucket="b", provider=None)
 
     def push_and_mark(archive, provider, spool, pgdata_, name, log):
         pushed.append((name, archive.endpoint))
         (status / f"{name}.ready").rename(status / f"{name}.done")
         return PushResult(name, True, 1, 1, 0.0)
 
-    monkeypatch.setattr(wal_async.ArchiverSettings, "load", staticmethod(load))
-    monkeypatch.setattr(wal_async, "archiver_clients", lambda s: SimpleNamespace(s3=s, bucket="b", provider=None))
     monkeypatch.setattr(wal_async, "Archive", lambda s3, bucket, system_id: SimpleNamespace(endpoint=s3.endpoint))
     monkeypatch.setattr(wal_async, "system_identifier", lambda pgdata_: "1")
     monkeypatch.setattr(wal_async, "pusher_key_provider", lambda inner: SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(wal_async, "push_and_mark", push_and_mark)
 
-    daemon = threading.Thread(target=wal_async.run_daemon, args=(settings_file, pgdata, 3.0), kwargs={"log": print})
+    daemon = threading.Thread(
+        target=wal_async.run_daemon, args=(settings_file, pgdata, connect, 3.0), kwargs={"log": print}
+    )
     (status / "000000010000000000000001.ready").touch()
     daemon.start()
     try:

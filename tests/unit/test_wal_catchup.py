@@ -157,6 +157,7 @@ def test_a_segment_postgresql_removed_meanwhile_is_a_logged_gap_not_a_retry_loop
 
 
 def test_the_async_pusher_catches_up_after_a_history_file_and_reports_a_failure(tmp_path, monkeypatch):
+    from cqox_platform.backup.wal import catchup as catchup_module
     from cqox_platform.backup.wal import pusher as wal_async
     from cqox_platform.backup.wal.push_client import marker_matches
 
@@ -169,7 +170,7 @@ def test_the_async_pusher_catches_up_after_a_history_file_and_reports_a_failure(
         calls.append(history_path.name)
         raise CatchUpError(f"{seg(1, 4)}: S3 is down")
 
-    monkeypatch.setattr(wal_async, "catch_up_ancestors", catch_up)
+    monkeypatch.setattr(catchup_module, "catch_up_ancestors", catch_up)  # behind the pusher's history-file rule
     pgdata, spool = tmp_path / "pgdata", tmp_path / "spool"
     (pgdata / "pg_wal").mkdir(parents=True)
     segment, history = "000000020000000000000005", "00000002.history"

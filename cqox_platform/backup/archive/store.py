@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from cqox_platform.backup.archive.wal_names import check_wal_name
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
+from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import BackupError
 
 ROOT = "postgres"
@@ -46,6 +47,16 @@ def check_backup_id(backup_id: str) -> str:
     if not BACKUP_ID_RE.match(backup_id):
         raise ArchiveError(f"{backup_id!r} is not a backup id (expected YYYYMMDDTHHMMSSZ, e.g. 20261126T030000Z).")
     return backup_id
+
+
+@dataclass(frozen=True)
+class ArchiveClients:
+    """What reading or writing an archive needs, built above ``backup/`` (the CLI, the resources) and handed
+    down: a boto3 S3 client, the data key provider, and the bucket to use unless told another."""
+
+    s3: Any
+    provider: DataKeyProvider
+    bucket: str
 
 
 @dataclass(frozen=True)

@@ -26,20 +26,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
-from cqox_platform.backup.archive.multipart import DEFAULT_PARALLEL, MultipartWriter, abort_stale_uploads
+from cqox_platform.backup.archive.multipart import DEFAULT_PARALLEL, MultipartWriter, UploadStats, abort_stale_uploads
 from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.backup.archive.wal_names import Segment, format_lsn, parse_lsn, segment_name, segment_number
 from cqox_platform.backup.base.growing_file import GrowingFileReader, WriterFailedError
 from cqox_platform.backup.base.tarsniff import ZstdTarHeadSniffer
 from cqox_platform.backup.restore.checksums import MANIFEST_NAME
-from cqox_platform.crypto.envelope import encrypt_to
+from cqox_platform.crypto.envelope import Manifest, encrypt_to
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import BackupError
 
@@ -204,17 +205,49 @@ def create_base_backup(
     work directories such a backup left.
     """
     backup_id = backup_id or new_backup_id()
+    parent = workdir_parent or Path(tempfile.gettempdir())
+    aborted = _clean_up_after_killed_backups(archive, parent, progress)
+    data_key = archive.backup_data_key(backup_id)
+    started_wall, started = datetime.now(UTC), time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=parent))
+    argv = _pg_basebackup_argv(pg_basebackup, dsn, workdir / "out", backup_id, server_workers)
+    streamed = _stream_into_archive(
+        argv, workdir, archive, provider, data_key, estimate_bytes, progress, part_size, upload_parallel
+    )
+    end = _read_backup_end(archive, data_key, streamed)
+    stopped_wall, duration = datetime.now(UTC), time.monotonic() - started
+    if streamed.upload is not None:
+        progress(f"base backup {backup_id}: uploaded {streamed.upload.describe()}")
+    archive.put_bytes(archive.backup_manifest_key(backup_id), streamed.envelope.to_json().encode())
+    record = _backup_record(
+        archive, backup_id, data_key, streamed, end, started_wall, stopped_wall, duration, pg_version
+    )
+    record.extra |= {
+        "aborted_stale_uploads": aborted,
+        "compression": f"server-zstd level {ZSTD_LEVEL}, {server_workers} workers",
+    }
+    archive.put_bytes(archive.backup_record_key(backup_id), record.to_json().encode())
+    progress(
+        f"base backup {backup_id}: {record.database_bytes / 2**20:.0f} MiB -> {record.stored_bytes / 2**20:.1f} MiB "
+        f"stored in {duration:.1f} s ({record.throughput_mib_s:.1f} MiB/s)"
+    )
+    return record
+
+
+def _clean_up_after_killed_backups(archive: Archive, workdir_parent: Path, progress: Progress) -> list[str]:
+    """What a backup killed with SIGKILL left (it ran no ``finally``): its multipart uploads, its work directory.
+    Returns the keys of the aborted uploads."""
     aborted = abort_stale_uploads(archive, f"{archive.root}/base/")
     for key in aborted:
         progress(f"aborted a stale multipart upload of {archive.where(key)} (a backup that was killed)")
-    parent = workdir_parent or Path(tempfile.gettempdir())
-    _remove_abandoned_workdirs(parent, progress)
-    data_key = archive.backup_data_key(backup_id)
-    started_wall = datetime.now(UTC)
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=parent))
-    out_dir = workdir / "out"
-    argv = [
+    _remove_abandoned_workdirs(workdir_parent, progress)
+    return aborted
+
+
+def _pg_basebackup_argv(pg_basebackup: str, dsn: str, out_dir: Path, backup_id: str, server_workers: int) -> list[str]:
+    """A server-compressed tar and its manifest into ``out_dir`` (see the module docstring), without WAL, dying
+    with this process."""
+    return [
         *DIE_WITH_PARENT,
         pg_basebackup,
         "-d",
@@ -232,6 +265,32 @@ def create_base_backup(
         f"--compress=server-zstd:level={ZSTD_LEVEL},workers={server_workers}",
         "--progress",
     ]
+
+
+@dataclass
+class _Streamed:
+    """What streaming pg_basebackup's output into the archive produced."""
+
+    envelope: Manifest  # the data object's envelope manifest
+    label: bytes | None  # backup_label, sniffed from the tar's head
+    backup_manifest: bytes | None  # PostgreSQL's backup_manifest, appended as the object's last frame
+    upload: UploadStats | None
+
+
+def _stream_into_archive(
+    argv: list[str],
+    workdir: Path,
+    archive: Archive,
+    provider: DataKeyProvider,
+    data_key: str,
+    estimate_bytes: int,
+    progress: Progress,
+    part_size: int,
+    upload_parallel: int,
+) -> _Streamed:
+    """Run pg_basebackup (writing into ``workdir/out``) and follow its archive file into an encrypted multipart
+    upload as it grows; the work directory is gone when this returns, whatever happened."""
+    out_dir = workdir / "out"
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = _Stderr(proc.stderr)  # type: ignore[arg-type]
     followed = GrowingFileReader(
@@ -245,7 +304,7 @@ def create_base_backup(
             stream = _BackupStream(
                 followed, out_dir, lambda: reporter.tick(stderr.done_bytes, stderr.total_bytes, writer.bytes_written)
             )
-            manifest = encrypt_to(stream, writer, provider, object_id=data_key)
+            envelope = encrypt_to(stream, writer, provider, object_id=data_key)
     except WriterFailedError as exc:
         raise BaseBackupError(str(exc)) from None
     finally:
@@ -254,62 +313,80 @@ def create_base_backup(
         proc.wait()
         followed.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    label_text = stream.head.captured.get("backup_label")
-    manifest_text = stream.manifest
-    if label_text is None or manifest_text is None:
+    return _Streamed(envelope, stream.head.captured.get("backup_label"), stream.manifest, writer.stats)
+
+
+@dataclass(frozen=True)
+class _BackupEnd:
+    """Where the backup starts and stops in WAL, and how much it read, from backup_label and backup_manifest."""
+
+    label: dict[str, str]
+    timeline: int
+    start_lsn: int
+    stop_lsn: int
+    stop_timeline: int
+    database_bytes: int
+
+
+def _read_backup_end(archive: Archive, data_key: str, streamed: _Streamed) -> _BackupEnd:
+    """Parse the label and the manifest; without either the object restores nothing, so it is deleted."""
+    if streamed.label is None or streamed.backup_manifest is None:
         archive.delete(data_key)
         raise BaseBackupError(
             "the tar stream from pg_basebackup lacked backup_label or backup_manifest; nothing recorded."
         )
-    label = parse_backup_label(label_text.decode())
-    parsed_manifest = json.loads(manifest_text)
+    label = parse_backup_label(streamed.label.decode())
+    manifest = json.loads(streamed.backup_manifest)
     # Newest timeline first in the manifest; the range that ends last is where the backup stopped.
-    wal_range = max(parsed_manifest["WAL-Ranges"], key=lambda r: parse_lsn(r["End-LSN"]))
-    database_bytes = sum(int(entry.get("Size", 0)) for entry in parsed_manifest["Files"])
-    timeline = int(label["START TIMELINE"])
-    start_lsn = parse_lsn(label["START WAL LOCATION"].split()[0])
-    stop_lsn = parse_lsn(wal_range["End-LSN"])
-    stop_timeline = int(wal_range["Timeline"])
-    stopped_wall = datetime.now(UTC)
-    duration = time.monotonic() - started
-    upload = writer.stats
-    if upload is not None:
-        progress(f"base backup {backup_id}: uploaded {upload.describe()}")
-    archive.put_bytes(archive.backup_manifest_key(backup_id), manifest.to_json().encode())
-    record = BackupRecord(
+    wal_range = max(manifest["WAL-Ranges"], key=lambda r: parse_lsn(r["End-LSN"]))
+    return _BackupEnd(
+        label=label,
+        timeline=int(label["START TIMELINE"]),
+        start_lsn=parse_lsn(label["START WAL LOCATION"].split()[0]),
+        stop_lsn=parse_lsn(wal_range["End-LSN"]),
+        stop_timeline=int(wal_range["Timeline"]),
+        database_bytes=sum(int(entry.get("Size", 0)) for entry in manifest["Files"]),
+    )
+
+
+def _backup_record(
+    archive: Archive,
+    backup_id: str,
+    data_key: str,
+    streamed: _Streamed,
+    end: _BackupEnd,
+    started: datetime,
+    stopped: datetime,
+    duration: float,  # monotonic: the wall clock may be stepped while a backup runs
+    pg_version: str,
+) -> BackupRecord:
+    upload = streamed.upload
+    return BackupRecord(
         backup_id=backup_id,
         system_id=archive.system_id,
         bucket=archive.bucket,
-        label=label.get("LABEL", backup_id),
-        timeline=timeline,
-        start_lsn=format_lsn(start_lsn),
-        stop_lsn=format_lsn(stop_lsn),
-        start_wal=segment_name(timeline, segment_number(start_lsn)),
-        stop_wal=Segment(stop_timeline, segment_number(stop_lsn)).name,
-        start_time=started_wall.isoformat(),
-        stop_time=stopped_wall.isoformat(),
-        database_bytes=database_bytes,
-        compressed_bytes=manifest.plaintext_bytes,
-        stored_bytes=manifest.ciphertext_bytes,
+        label=end.label.get("LABEL", backup_id),
+        timeline=end.timeline,
+        start_lsn=format_lsn(end.start_lsn),
+        stop_lsn=format_lsn(end.stop_lsn),
+        start_wal=segment_name(end.timeline, segment_number(end.start_lsn)),
+        stop_wal=Segment(end.stop_timeline, segment_number(end.stop_lsn)).name,
+        start_time=started.isoformat(),
+        stop_time=stopped.isoformat(),
+        database_bytes=end.database_bytes,
+        compressed_bytes=streamed.envelope.plaintext_bytes,
+        stored_bytes=streamed.envelope.ciphertext_bytes,
         duration_seconds=round(duration, 3),
-        throughput_mib_s=round(database_bytes / 2**20 / max(duration, 1e-9), 2),
-        key_name=manifest.key_name,
-        key_version=manifest.key_version,
+        throughput_mib_s=round(end.database_bytes / 2**20 / max(duration, 1e-9), 2),
+        key_name=streamed.envelope.key_name,
+        key_version=streamed.envelope.key_version,
         object_key=data_key,
         manifest_key=archive.backup_manifest_key(backup_id),
         pg_version=pg_version,
         extra={
-            "label_start_time": label.get("START TIME", ""),
-            "aborted_stale_uploads": aborted,
+            "label_start_time": end.label.get("START TIME", ""),
             "upload_parts": upload.parts if upload else 0,
             "upload_parallel": upload.parallel if upload else 0,
             "upload_mib_s": round(upload.mib_s, 2) if upload else 0.0,
-            "compression": f"server-zstd level {ZSTD_LEVEL}, {server_workers} workers",
         },
     )
-    archive.put_bytes(archive.backup_record_key(backup_id), record.to_json().encode())
-    progress(
-        f"base backup {backup_id}: {record.database_bytes / 2**20:.0f} MiB -> {record.stored_bytes / 2**20:.1f} MiB "
-        f"stored in {duration:.1f} s ({record.throughput_mib_s:.1f} MiB/s)"
-    )
-    return record

@@ -9,10 +9,10 @@ restore can cross it.
 
 The first file a newly promoted leader archives is its timeline's history file (``00000002.history``), which
 names the parent timelines and their switch points. So after pushing a history file, ``wal-push`` (sync and
-async) pushes every complete segment still in ``pg_wal`` that a restore of the new timeline would read from an
-ancestor timeline (``walnames.segment_timeline``: the same rule the continuity check uses) and that the archive
-does not hold yet. A failure fails the history push: PostgreSQL retries it, and the catch-up with it (pushing
-the history file again is idempotent).
+async, both through ``catch_up_after``) pushes every complete segment still in ``pg_wal`` that a restore of the
+new timeline would read from an ancestor timeline (``walnames.segment_timeline``: the same rule the continuity
+check uses) and that the archive does not hold yet. A failure fails the history push: PostgreSQL retries it,
+and the catch-up with it (pushing the history file again is idempotent).
 
 Best effort by nature: segments the standby already recycled (restartpoints remove ``.done`` files) are gone,
 and the continuity check reports them. ``wal_keep_size`` on the cluster widens the window.
@@ -149,6 +149,23 @@ def catch_up_ancestors(
             f"are not archived (PostgreSQL will retry {history_name}): " + "; ".join(failures)
         )
     return result
+
+
+def catch_up_after(
+    archive: Archive,
+    provider: DataKeyProvider,
+    pushed: Path,
+    log: Callable[[str], None],
+) -> CatchUpResult | None:
+    """What every push of a WAL file ends with, synchronous or not: after a timeline history file, the catch-up.
+
+    A history file is the first file a newly promoted leader archives, so its push is where the old timeline's
+    unpushed segments are caught up (``catch_up_ancestors``); after any other file there is nothing to do and
+    None is returned. Raises ``CatchUpError`` when the history file's push must be retried.
+    """
+    if not HISTORY_RE.match(Path(pushed).name):
+        return None
+    return catch_up_ancestors(archive, provider, pushed, log)
 
 
 def summary(result: CatchUpResult) -> str:

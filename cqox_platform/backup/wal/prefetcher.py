@@ -25,11 +25,11 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
-from cqox_platform.backup.archive.store import Archive, ArchiveUnreachableError
+from cqox_platform.backup.archive.store import Archive, ArchiveClients, ArchiveUnreachableError
 from cqox_platform.backup.archive.wal_names import (
     SEGMENT_RE,
     Segment,
@@ -198,12 +198,17 @@ def run_daemon(
     pgdata: Path,
     bucket: str | None,
     depth: int,
+    connect: Callable[[], ArchiveClients],
     *,
     workers: int = 4,
     idle_exit: float = IDLE_EXIT,
     log=print,
 ) -> None:
-    """Prefetch ahead of ``want`` until idle; exits at once if another prefetcher owns the spool."""
+    """Prefetch ahead of ``want`` until idle; exits at once if another prefetcher owns the spool.
+
+    ``connect`` builds the S3 client and key provider (the caller's, from the archiver settings); it is called
+    until it succeeds, once per replay.
+    """
     spool = prefetch_spool(settings_path, pgdata, bucket)
     spool.mkdir(parents=True, exist_ok=True)
     lock = single_instance_lock(spool / "daemon.lock")
@@ -229,7 +234,7 @@ def run_daemon(
                 idle_since, last_want = time.monotonic(), want
             try:
                 if prefetcher is None:
-                    clients = archiver_clients(ArchiverSettings.load(settings_path))
+                    clients = connect()
                     archive = Archive(clients.s3, bucket or clients.bucket, system_identifier(pgdata))
                     prefetcher = Prefetcher(archive, clients.provider, spool, Path(pgdata), bucket, depth, workers, log)
                 prefetcher.step(want)

@@ -21,13 +21,12 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
-from cqox_platform.backup.archive.store import Archive
-from cqox_platform.backup.archive.wal_names import HISTORY_RE
-from cqox_platform.backup.wal.catchup import catch_up_ancestors
+from cqox_platform.backup.archive.store import Archive, ArchiveClients
+from cqox_platform.backup.wal.catchup import catch_up_after
 from cqox_platform.backup.wal.push_client import (
     ERROR,
     OK,
@@ -132,8 +131,7 @@ def push_and_mark(archive: Archive, provider: DataKeyProvider, spool: Path, pgda
         digest = hashlib.sha256(raw).hexdigest()
         result = push_wal_content(archive, provider, name, raw, digest)
         del raw
-        if HISTORY_RE.match(name):  # a new timeline: push what the old leader never did (see wal_catchup)
-            catch_up_ancestors(archive, provider, path, lambda m: log(f"wal-push-daemon: {m}"))
+        catch_up_after(archive, provider, path, lambda m: log(f"wal-push-daemon: {m}"))
         after = os.fstat(fd)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise FileChangedError(f"{path} changed while it was archived; not marked, pushing it again.")
@@ -167,93 +165,146 @@ def _file_identity(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+Connect = Callable[[], ArchiveClients]
+
+
 def run_daemon(
     settings_path: Path,
     pgdata: Path,
+    connect: Connect,
     idle_exit: float = IDLE_EXIT,
     workers: int = PUSH_WORKERS,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> None:
-    """Push ready files until idle for ``idle_exit`` seconds. Exits at once if another daemon runs."""
+    """Push ready files until idle for ``idle_exit`` seconds. Exits at once if another daemon runs.
+
+    ``connect`` builds the S3 client and key provider from the archiver settings at ``settings_path`` (the
+    caller's, so ``backup/`` never builds Vault clients); it is called again after a failure or a change of
+    that file.
+    """
     spool = spool_dir(settings_path, pgdata)
     spool.mkdir(parents=True, exist_ok=True)
     lock = single_instance_lock(spool / "daemon.lock")
     if lock is None:
         return
-    pgdata = Path(pgdata)
-    status_dir = pgdata / "pg_wal" / "archive_status"
-    archive: Archive | None = None
-    provider: PrefetchingKeyProvider | None = None
-    in_flight: dict[str, Future[PushResult]] = {}
-    retry_at: dict[str, float] = {}
-    relogin = False
-    loaded_from: tuple[int, int, int] | None = None  # the settings file the clients were built from
-    idle_since = time.monotonic()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-push")
     try:
-        while in_flight or time.monotonic() - idle_since < idle_exit:
-            if not status_dir.is_dir():
-                log(f"{status_dir} is gone: exiting")
-                return
-            for name, future in [(n, f) for n, f in in_flight.items() if f.done()]:
-                del in_flight[name]
-                try:
-                    result = future.result()
-                except CqoxError as exc:
-                    _failed(spool, name, exc, retry_at, log)
-                    relogin = relogin or not isinstance(exc, FileChangedError)
-                    continue
-                except Exception as exc:  # a bug must not kill the pusher silently: report it as not archived
-                    _failed(spool, name, CqoxError(f"unexpected {type(exc).__name__}: {exc}"), retry_at, log)
-                    continue
-                verb = "archived" if result.uploaded else "already archived"
-                log(f"wal-push-daemon: {verb} {name} ({result.seconds:.2f} s)")
-            if archive is not None and _file_identity(settings_path) != loaded_from:
-                # The endpoint, bucket or credentials may have moved (an operator, a drill): finish what is in
-                # flight with the old clients, then log in again from the file as it is now.
-                relogin = True
-                if not in_flight:
-                    log(f"wal-push-daemon: {settings_path} changed: reloading the archiver settings")
-            if relogin and not in_flight:
-                if provider is not None:
-                    provider.close()
-                archive = provider = None  # log in again (Vault may have been sealed, credentials rotated)
-                relogin = False
-            consume_markers(spool, status_dir)
-            now = time.monotonic()
-            pending = [
-                n
-                for n in sorted(p.name[: -len(".ready")] for p in status_dir.glob("*.ready"))
-                if n not in in_flight and not marker_matches(spool, pgdata / "pg_wal" / n)
-            ]
-            if pending or in_flight:
-                idle_since = now  # failing files waiting for their retry count as work, not idleness
-            todo = [n for n in pending if retry_at.get(n, 0.0) <= now]
-            if not todo or len(in_flight) >= workers or relogin:
-                time.sleep(POLL if now - idle_since < IDLE_POLL_AFTER else POLL_IDLE)
-                continue
-            if archive is None or provider is None:
-                try:
-                    loaded_from = _file_identity(settings_path)
-                    settings = ArchiverSettings.load(settings_path)
-                    clients = archiver_clients(settings)
-                    archive = Archive(clients.s3, clients.bucket, system_identifier(pgdata))
-                    provider = pusher_key_provider(clients.provider)
-                except CqoxError as exc:  # no clients (Vault sealed or unreachable, settings unreadable)
-                    for name in todo:
-                        _failed(spool, name, exc, retry_at, log)
-                    continue
-            for name in todo[: workers - len(in_flight)]:
-                in_flight[name] = pool.submit(push_and_mark, archive, provider, spool, pgdata, name, log)
+        Pusher(settings_path, Path(pgdata), connect, workers, log).run(idle_exit)
     finally:
-        pool.shutdown(wait=True)
-        if provider is not None:
-            provider.close()
         with contextlib.suppress(OSError):
             lock.close()
 
 
-def _failed(spool: Path, name: str, exc: CqoxError, retry_at: dict[str, float], log) -> None:
-    write_marker(spool, ERROR, name, str(exc))
-    retry_at[name] = time.monotonic() + RETRY_AFTER
-    log(f"wal-push-daemon: {name} NOT archived: {exc}")
+class Pusher:
+    """The pusher's loop, as wal-g's ``BgUploader``: ``reap`` finished pushes, ``reload_if_changed`` the
+    clients, look at what is ``pending``, ``submit`` what is due. One instance per daemon; not thread-safe
+    (only ``push_and_mark`` runs in the worker threads)."""
+
+    def __init__(
+        self, settings_path: Path, pgdata: Path, connect: Connect, workers: int, log: Callable[[str], None]
+    ) -> None:
+        self.settings_path = settings_path
+        self.pgdata = pgdata
+        self.connect = connect
+        self.workers = workers
+        self.log = log
+        self.spool = spool_dir(settings_path, pgdata)
+        self.status_dir = pgdata / "pg_wal" / "archive_status"
+        self.archive: Archive | None = None
+        self.provider: PrefetchingKeyProvider | None = None
+        self.loaded_from: tuple[int, int, int] | None = None  # the settings file the clients were built from
+        self.relogin = False
+        self.in_flight: dict[str, Future[PushResult]] = {}
+        self.retry_at: dict[str, float] = {}
+        self.idle_since = time.monotonic()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-push")
+
+    def run(self, idle_exit: float) -> None:
+        """Until idle for ``idle_exit`` seconds with nothing in flight, or until ``pg_wal`` is gone."""
+        try:
+            while self.in_flight or time.monotonic() - self.idle_since < idle_exit:
+                if not self.status_dir.is_dir():
+                    self.log(f"{self.status_dir} is gone: exiting")
+                    return
+                self.reap()
+                self.reload_if_changed()
+                consume_markers(self.spool, self.status_dir)
+                now = time.monotonic()
+                pending = self.pending()
+                if pending or self.in_flight:
+                    self.idle_since = now  # failing files waiting for their retry count as work, not idleness
+                due = [n for n in pending if self.retry_at.get(n, 0.0) <= now]
+                if not due or len(self.in_flight) >= self.workers or self.relogin:
+                    time.sleep(POLL if now - self.idle_since < IDLE_POLL_AFTER else POLL_IDLE)
+                    continue
+                self.submit(due)
+        finally:
+            self.close()
+
+    def reap(self) -> None:
+        """Log each finished push; a failure becomes an ``error`` marker, a retry time and (unless the file only
+        changed under it) a new login."""
+        for name, future in [(n, f) for n, f in self.in_flight.items() if f.done()]:
+            del self.in_flight[name]
+            try:
+                result = future.result()
+            except CqoxError as exc:
+                self._failed(name, exc)
+                self.relogin = self.relogin or not isinstance(exc, FileChangedError)
+                continue
+            except Exception as exc:  # a bug must not kill the pusher silently: report it as not archived
+                self._failed(name, CqoxError(f"unexpected {type(exc).__name__}: {exc}"))
+                continue
+            verb = "archived" if result.uploaded else "already archived"
+            self.log(f"wal-push-daemon: {verb} {name} ({result.seconds:.2f} s)")
+
+    def reload_if_changed(self) -> None:
+        """Drop the clients once nothing is in flight if the settings file changed or a push failed: the next
+        ``submit`` logs in again (Vault may have been sealed, credentials rotated, the endpoint moved)."""
+        if self.archive is not None and _file_identity(self.settings_path) != self.loaded_from:
+            # The endpoint, bucket or credentials may have moved (an operator, a drill): finish what is in
+            # flight with the old clients, then log in again from the file as it is now.
+            self.relogin = True
+            if not self.in_flight:
+                self.log(f"wal-push-daemon: {self.settings_path} changed: reloading the archiver settings")
+        if self.relogin and not self.in_flight:
+            if self.provider is not None:
+                self.provider.close()
+            self.archive = self.provider = None
+            self.relogin = False
+
+    def pending(self) -> list[str]:
+        """Ready files, oldest first, that are neither in flight nor already marked archived."""
+        ready = sorted(p.name[: -len(".ready")] for p in self.status_dir.glob("*.ready"))
+        return [
+            n for n in ready if n not in self.in_flight and not marker_matches(self.spool, self.pgdata / "pg_wal" / n)
+        ]
+
+    def submit(self, due: list[str]) -> None:
+        """Start pushing as many of ``due`` as there are free workers, logging in first if needed; without
+        clients (Vault sealed or unreachable, settings unreadable) every due file is reported not archived."""
+        if self.archive is None or self.provider is None:
+            try:
+                self.loaded_from = _file_identity(self.settings_path)
+                clients = self.connect()
+                self.archive = Archive(clients.s3, clients.bucket, system_identifier(self.pgdata))
+                self.provider = pusher_key_provider(clients.provider)
+            except CqoxError as exc:
+                for name in due:
+                    self._failed(name, exc)
+                return
+        for name in due[: self.workers - len(self.in_flight)]:
+            self.in_flight[name] = self.pool.submit(
+                push_and_mark, self.archive, self.provider, self.spool, self.pgdata, name, self.log
+            )
+
+    def close(self) -> None:
+        """Wait for the pushes in flight, then drop every unused data key."""
+        self.pool.shutdown(wait=True)
+        if self.provider is not None:
+            self.provider.close()
+
+    def _failed(self, name: str, exc: CqoxError) -> None:
+        """``name`` is not archived: the fallback reports ``exc`` to PostgreSQL; tried again after RETRY_AFTER."""
+        write_marker(self.spool, ERROR, name, str(exc))
+        self.retry_at[name] = time.monotonic() + RETRY_AFTER
+        self.log(f"wal-push-daemon: {name} NOT archived: {exc}")

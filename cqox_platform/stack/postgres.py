@@ -131,7 +131,7 @@ class PostgresService(Service):
                 ) from None
             # The postgres user must be able to traverse every parent of its data directory.
             probe = as_pg_user(["test", "-w", str(self.home)])
-            if os.spawnv(os.P_WAIT, probe[0], probe) != 0:
+            if subprocess.run(probe, capture_output=True).returncode != 0:
                 raise StackDirError(
                     f"the postgres OS user cannot write {self.home}: every parent directory needs o+x "
                     f"(chmod o+x on each), or choose a stack directory under /tmp with --dir."

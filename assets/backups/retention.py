@@ -23,7 +23,8 @@ from cqox_platform.backup.retention import (
     check_retention,
     plan_retention,
 )
-from cqox_platform.backup.verify.drill import verified_backup_ids
+from cqox_platform.backup.verify.checks import retention_gate
+from cqox_platform.backup.verify.drill import latest_drill, verified_backup_ids
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 
@@ -43,7 +44,8 @@ class RetentionConfig(dg.Config):
     automation_condition=retention_automation,
     description="Deletes backups outside the window beyond the newest keep_full (never the newest verified one, "
     "nor the one the window's start needs) and WAL no kept backup needs; a dry run lists what would go. Runs "
-    "only while the newest backup's drill check passes.",
+    "only while the newest backup's drill check passes, and deletes only if the newest backup in the archive at "
+    "that moment has a passing drill (its metadata names the drill it relied on).",
 )
 def backup_retention(
     context: dg.AssetExecutionContext,
@@ -59,6 +61,12 @@ def backup_retention(
     with postgres_admin.connect(autocommit=True) as conn:
         archive = cluster_archive(conn, s3.get_client(), backups.bucket)
         records = list_backups(archive)
+        # The automation condition read restore_drill's last check, which may predate the newest backup.
+        newest = records[-1].backup_id if records else None
+        gate = retention_gate(newest, latest_drill(conn, newest, passed_only=True) if newest else None)
+        context.log.info(f"retention gate: {gate.description}")
+        if not gate.passed and not config.dry_run:
+            raise dg.Failure(description=f"retention deleted nothing: {gate.description}", metadata=gate.metadata)
         plan = plan_retention(
             records,
             verified_backup_ids(conn),
@@ -77,6 +85,8 @@ def backup_retention(
     return dg.MaterializeResult(
         metadata={
             "dry_run": config.dry_run,
+            "gate": gate.description,
+            "gate_drill_id": gate.metadata["drill_id"],
             "keep_days": config.keep_days,
             "keep_full": config.keep_full,
             "plan": md_table(

@@ -17,6 +17,7 @@ from cqox_platform.backup.verify.checks import (
     dr_copy_verified,
     drill_passed,
     latest_backup_verified_restorable,
+    retention_gate,
     wal_verdicts,
 )
 from cqox_platform.backup.verify.drill import DrillResult, drill_verdict
@@ -255,6 +256,21 @@ def test_newest_backup_verified(verified, last, passed, text):
     verdict = latest_backup_verified_restorable("b2", verified, last)
     assert verdict.name == "latest_backup_verified_restorable" and verdict.passed is passed
     assert text in verdict.description
+
+
+@pytest.mark.parametrize(
+    ("newest", "drill", "passed", "text"),
+    [
+        ("b2", {"drill_id": "b2-1", "status": "passed", "finished_at": T1}, True, "verified by drill b2-1"),
+        ("b2", None, False, "newest backup b2 has no passing drill yet"),
+        ("b2", {"drill_id": "b2-2", "status": "partial", "finished_at": T1}, False, "no passing drill"),
+        (None, None, True, "nothing to delete"),
+    ],
+)
+def test_retention_gate_names_the_drill_it_relied_on(newest, drill, passed, text):
+    verdict = retention_gate(newest, drill)
+    assert verdict.passed is passed and text in verdict.description
+    assert verdict.metadata["drill_id"] == ((drill or {}).get("drill_id", "") if passed else "")
 
 
 def test_dr_copy_verdict():

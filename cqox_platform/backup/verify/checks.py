@@ -176,6 +176,32 @@ def latest_backup_verified_restorable(
     )
 
 
+def retention_gate(newest_backup_id: str | None, drill: dict[str, Any] | None) -> CheckVerdict:
+    """Retention may delete only while the newest backup *now* in the archive has a drill that verified it.
+
+    ``drill`` is the newest passing drill of that backup (``latest_drill(..., passed_only=True)``). Read at
+    deletion time, not from ``restore_drill``'s last check: that check judged the newest backup of its own run,
+    and a backup taken since (by the schedule, or `backup create` outside Dagster) has no drill yet. The verdict
+    names the drill it read, so the record says what the deletion relied on.
+    """
+    if newest_backup_id is None:
+        return CheckVerdict("retention_gate", True, "no backup in the archive: nothing to delete", {"drill_id": ""})
+    if drill is None or drill.get("status") != "passed":
+        return CheckVerdict(
+            "retention_gate",
+            False,
+            f"newest backup {newest_backup_id} has no passing drill yet: nothing is deleted until one verifies it "
+            f"(materialize restore_drill with backup_id {newest_backup_id})",
+            {"newest_backup_id": newest_backup_id, "drill_id": ""},
+        )
+    return CheckVerdict(
+        "retention_gate",
+        True,
+        f"newest backup {newest_backup_id} verified by drill {drill['drill_id']} (finished {drill['finished_at']})",
+        {"newest_backup_id": newest_backup_id, "drill_id": drill["drill_id"]},
+    )
+
+
 def dr_copy_verified(result: DrCopyResult) -> CheckVerdict:
     """Fails while any copy differs from its source by SHA-256 (those units are retried by the next run)."""
     return CheckVerdict(

@@ -9,7 +9,11 @@ from dagster_aws.s3 import S3Resource
 from assets.backups.common import GROUP, retention_automation
 from assets.backups.drill import restore_drill
 from assets.metadata import md_table
-from cqox_platform.backup.retention import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_FULL, RetentionError, check_retention, expire
+from cqox_platform.backup.retention import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_FULL, RetentionError,
+    RetentionGateError,
+    check_retention,
+    expire,
+
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 
@@ -43,21 +47,28 @@ def backup_retention(
     except RetentionError as exc:
         raise dg.Failure(str(exc)) from exc
     with postgres_admin.connect(autocommit=True) as conn:
-        expiry = expire(
-            conn,
-            s3.get_client(),
-            backups.bucket,
-            keep_days=config.keep_days,
-            keep_full=config.keep_full,
-            dry_run=config.dry_run,
-        )
-    plan = expiry.plan
+        try:
+            expiry = expire(
+                conn,
+                s3.get_client(),
+                backups.bucket,
+                keep_days=config.keep_days,
+                keep_full=config.keep_full,
+                dry_run=config.dry_run,
+            )
+        except RetentionGateError as exc:
+            context.log.info(f"retention gate: {exc.gate.description}")
+            raise dg.Failure(description=str(exc), metadata=exc.gate.metadata) from exc
+    plan, gate = expiry.plan, expiry.gate
+    context.log.info(f"retention gate: {gate.description}")
     verb = "would delete" if config.dry_run else "deleted"
     context.log.info(f"retention {verb} {len(plan.delete)} backup(s) and {len(plan.wal_delete)} WAL file(s)")
     summary = plan.summary()
     return dg.MaterializeResult(
         metadata={
             "dry_run": config.dry_run,
+            "gate": gate.description,
+            "gate_drill_id": gate.metadata["drill_id"],
             "keep_days": config.keep_days,
             "keep_full": config.keep_full,
             "plan": md_table(

@@ -32,8 +32,8 @@ class WalCheckConfig(dg.Config):
     deps=["vault_config", "cqox_schema", postgres_basebackup],
     automation_condition=wal_check_automation,
     freshness_policy=WAL_STATUS_FRESHNESS,
-    description="WAL archiving health: pg_stat_archiver, the newest archived segment's age, continuity from the "
-    "oldest backup to now across timelines, and the RPO in seconds and bytes.",
+    description="WAL archiving health: archive_mode, pg_stat_archiver, the newest archived segment's age, and "
+    "continuity from the oldest backup to now and the RPO in seconds and bytes, both along the current timeline.",
     check_specs=[
         dg.AssetCheckSpec("wal_rpo_within_target", asset="wal_archive_status", blocking=True),
         dg.AssetCheckSpec("wal_archive_continuous", asset="wal_archive_status", blocking=True),
@@ -61,6 +61,7 @@ def wal_archive_status(
     metadata = {k: v for k, v in status.as_dict().items() if k != "gaps" and v is not None}
     metadata["gaps"] = dg.MetadataValue.json(status.gaps[:50])
     metadata["timelines"] = dg.MetadataValue.json(status.timelines)
+    metadata["archived_on_timeline"] = status.archived_on_timeline
     if point is not None:
         metadata["restore_point"] = point.name
     return dg.MaterializeResult(metadata=metadata, check_results=[check_result(v) for v in verdicts])

@@ -2,7 +2,10 @@
 
 Objects are streamed through this process (as a copy to another region's endpoint would be) while hashing;
 the DR object carries the source's SHA-256 in its metadata and is read back and hashed to verify (sizes prove
-nothing: a flipped bit keeps the size).
+nothing: a flipped bit keeps the size). It also carries the source object's own user metadata: a WAL
+manifest's holds the raw file's SHA-256 (``wal.segment.SHA_META``), which a fetch from the DR bucket checks
+after decryption and which lets an archiver re-pointed at the DR bucket push the same file again without a
+conflict. ``reverify`` re-copies a unit whose DR metadata lacks any of the source's.
 
 A backup (data, manifest, record) and a WAL file (data, manifest) are copied as a unit, in that order, and the
 unit stops at the first object whose read-back hash differs: the bad copy is deleted and the unit's manifest
@@ -67,17 +70,19 @@ def _hash_stream(archive: Archive, key: str) -> str:
 
 
 def copy_object(src: Archive, dst: Archive, key: str, size: int) -> str:
-    """Stream ``key`` from ``src`` to ``dst``; returns the SHA-256 of the bytes sent."""
-    body = src.get_stream(key)
-    if body is None:
+    """Stream ``key`` from ``src`` to ``dst`` with its user metadata; returns the SHA-256 of the bytes sent."""
+    head = src.head(key)
+    body = src.get_stream(key) if head is not None else None
+    if head is None or body is None:
         raise ArchiveError(f"{src.where(key)} disappeared before it could be copied.")
+    metadata = dict(head.get("Metadata") or {})
     digest = hashlib.sha256()
     if size <= SMALL:
         data = body.read()
         digest.update(data)
-        dst.put_bytes(key, data, metadata={SHA_META: digest.hexdigest()})
+        dst.put_bytes(key, data, metadata={**metadata, SHA_META: digest.hexdigest()})
         return digest.hexdigest()
-    with MultipartWriter(dst, key) as writer:
+    with MultipartWriter(dst, key, metadata=metadata) as writer:
         for chunk in iter(lambda: body.read(8 * 1024 * 1024), b""):
             digest.update(chunk)
             writer.write(chunk)
@@ -98,8 +103,13 @@ def _recorded_hash(dr: Archive, key: str) -> str | None:
     return side.decode().strip() if side else None
 
 
-def _intact(dr: Archive, key: str) -> bool:
-    return (recorded := _recorded_hash(dr, key)) is not None and _hash_stream(dr, key) == recorded
+def _intact(primary: Archive, dr: Archive, key: str) -> bool:
+    """The DR copy still hashes to what was recorded at copy time and carries the source's user metadata."""
+    if (recorded := _recorded_hash(dr, key)) is None or _hash_stream(dr, key) != recorded:
+        return False
+    source = (primary.head(key) or {}).get("Metadata") or {}
+    copied = (dr.head(key) or {}).get("Metadata") or {}
+    return all(copied.get(name) == value for name, value in source.items() if name != SHA_META)
 
 
 def copy_to_dr(
@@ -117,8 +127,11 @@ def copy_to_dr(
     for unit, keys in units.items():
         if any(k not in target or int(target[k]["Size"]) != int(source[k]["Size"]) for k in keys):
             pending_units.add(unit)
-        elif reverify and not all(_intact(dr, k) for k in keys):
-            progress(f"DR copy: {unit} no longer matches the hash recorded when it was copied; copying it again")
+        elif reverify and not all(_intact(primary, dr, k) for k in keys):
+            progress(
+                f"DR copy: {unit} no longer matches the hash recorded when it was copied, or lacks the source's "
+                "metadata; copying it again"
+            )
             pending_units.add(unit)
     missing = [k for u in pending_units for k in units[u]]
     result.pending_before = len(missing)

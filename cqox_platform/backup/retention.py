@@ -33,7 +33,8 @@ from cqox_platform.backup.archive.history import retire_backups
 from cqox_platform.backup.archive.records import BackupRecord, list_backups
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.backup.archive.wal_names import BACKUP_HISTORY_RE, PARTIAL_RE, SEGMENT_RE, Segment
-from cqox_platform.backup.verify.drill import verified_backup_ids
+from cqox_platform.backup.verify.checks import CheckVerdict, retention_gate
+from cqox_platform.backup.verify.drill import latest_drill, verified_backup_ids
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
 from cqox_platform.errors import BackupError
 
@@ -193,9 +194,19 @@ class Expiry:
     """One retention run: its plan, whether it only planned, and how many objects it deleted from where."""
 
     plan: RetentionPlan
+    #: The verdict on the newest backup in the archive at deletion time, naming the drill that verified it.
+    gate: CheckVerdict
     dry_run: bool
     objects_deleted: int
     where: str  # the cluster's archive prefix (s3://bucket/root/)
+
+
+class RetentionGateError(RetentionError):
+    """Retention deleted nothing: the newest backup in the archive has no passing drill yet."""
+
+    def __init__(self, gate: CheckVerdict) -> None:
+        super().__init__(f"retention deleted nothing: {gate.description}")
+        self.gate = gate
 
 
 def expire(
@@ -217,6 +228,12 @@ def expire(
     check_retention(keep_days, keep_full)
     archive = cluster_archive(conn, s3, bucket)
     records = list_backups(archive)
+    # Read at deletion time: a backup taken since the last drill check (by the schedule, or `backup create`
+    # outside Dagster) has no drill yet, and nothing may go until one verifies it.
+    newest = records[-1].backup_id if records else None
+    gate = retention_gate(newest, latest_drill(conn, newest, passed_only=True) if newest else None)
+    if not gate.passed and not dry_run:
+        raise RetentionGateError(gate)
     plan = plan_retention(
         records,
         verified_backup_ids(conn),
@@ -229,4 +246,4 @@ def expire(
     if not dry_run:
         deleted = apply_retention(archive, plan)
         retire_backups(conn, records, plan.delete)
-    return Expiry(plan, dry_run, deleted, archive.where(archive.root + "/"))
+    return Expiry(plan, gate, dry_run, deleted, archive.where(archive.root + "/"))

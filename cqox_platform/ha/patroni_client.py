@@ -145,6 +145,20 @@ class PatroniClient:
             raise PatroniError(f"{api_url} answered {response.status_code} to GET /patroni.")
         return response.json()
 
+    def system_identifier(self, state: ClusterState) -> str:
+        """The cluster's PostgreSQL system identifier, as its leader reports it (``GET /patroni``).
+
+        A timeline number names a timeline only within one cluster: a cluster rebuilt behind the same URLs
+        (a new initdb) counts its timelines from 1 again.
+        """
+        leader = state.member(state.leader) if state.leader else None
+        if leader is None:
+            raise PatroniError(f"the cluster has no single leader ({state.answered_by}): system identifier unknown.")
+        found = self.node_status(leader.api_url).get("database_system_identifier")
+        if not found or not str(found).isdigit():
+            raise PatroniError(f"{leader.api_url} reported no database_system_identifier (got {found!r}).")
+        return str(found)
+
     def _write(self, method: str, path: str, body: dict[str, Any], *, url: str | None = None) -> str:
         auth = self._auth()
         targets = [url] if url else self.urls

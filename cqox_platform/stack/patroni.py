@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shlex
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +186,11 @@ class PatroniClusterService(Service):
         # pgAudit stays on from the start: Patroni sets `pgaudit.log TO none` while it creates roles with passwords.
         settings.update(ssl_cert_file=cert, ssl_key_file=key, ssl_ca_file=ca)
         tls_client = {"sslmode": "verify-full", "sslrootcert": ca}
-        fetch = f"{platform_cli()} wal-fetch %f %p --standby --config {self.base.archiver_settings}"
+        # /bin/sh runs it: each path is one quoted word, whatever the stack directory is called.
+        fetch = (
+            f"{shlex.quote(str(platform_cli()))} wal-fetch %f %p --standby "
+            f"--config {shlex.quote(str(self.base.archiver_settings))}"
+        )
         return {
             "scope": SCOPE,
             "namespace": "/service/",

@@ -370,8 +370,10 @@ def test_timeline_sensor_records_first_then_requests_a_backup_per_new_timeline(h
     first = dg.build_sensor_context(instance=instance, resources=resources)
     skipped = timeline_change_sensor(first)
     timeline = _client(ha).cluster().timeline
-    assert isinstance(skipped, dg.SkipReason) and f"recorded timeline {timeline}" in skipped.skip_message
-    assert first.cursor == str(timeline)
+    with _connect(ha)() as conn:  # the cluster's own answer, not Patroni's
+        system_id = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    assert isinstance(skipped, dg.SkipReason) and f"timeline {timeline}" in skipped.skip_message
+    assert first.cursor == f"{system_id}:{timeline}"
 
     operations.switchover(_client(ha), _a_replica(ha), who="pytest", via="test", connect=_connect(ha))
     new_timeline = _client(ha).cluster().timeline
@@ -380,10 +382,10 @@ def test_timeline_sensor_records_first_then_requests_a_backup_per_new_timeline(h
     second = dg.build_sensor_context(cursor=first.cursor, instance=instance, resources=resources)
     request = timeline_change_sensor(second)
     assert isinstance(request, dg.RunRequest)
-    assert request.run_key == f"timeline:{new_timeline}"
+    assert request.run_key == f"timeline:{system_id}:{new_timeline}"
     assert request.tags["cqox/timeline_from"] == str(timeline)
     assert request.tags["cqox/timeline_to"] == str(new_timeline)
-    assert second.cursor == str(new_timeline)
+    assert second.cursor == f"{system_id}:{new_timeline}"
 
     third = dg.build_sensor_context(cursor=second.cursor, instance=instance, resources=resources)
     assert isinstance(timeline_change_sensor(third), dg.SkipReason)

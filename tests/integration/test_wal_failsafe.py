@@ -458,9 +458,9 @@ def _fetch(env, pgdata: Path, name: str, dest: Path, depth: int = 8) -> subproce
 
 
 def _spool(env, pgdata: Path) -> Path:
-    from cqox_platform.backup.wal.prefetch_client import prefetch_spool
+    from cqox_platform.backup.wal.prefetch_client import spool_for
 
-    return prefetch_spool(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]), pgdata, None)
+    return spool_for(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]), pgdata, None)
 
 
 def _wait_for(predicate, timeout: float = 60.0) -> None:

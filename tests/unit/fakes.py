@@ -81,13 +81,14 @@ class FakePrometheus(PrometheusResource):
 
 
 class FakePatroni(PatroniResource):
-    """A Patroni cluster whose leader and timeline a test sets."""
+    """A Patroni cluster whose leader, timeline and system identifier (``GET /patroni``) a test sets."""
 
     cluster_state: ClassVar[SimpleNamespace] = SimpleNamespace(timeline=1, leader="node1", answered_by="fake")
+    system_id: ClassVar[str] = "7300000000000000001"
 
     def client(self):  # type: ignore[override]
-        state = self.cluster_state
-        return SimpleNamespace(cluster=lambda: state)
+        state, system_id = self.cluster_state, self.system_id
+        return SimpleNamespace(cluster=lambda: state, system_identifier=lambda cluster: system_id)
 
 
 class FakeS3(S3Resource):

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.archive.wal_names import Segment, parse_lsn
 from cqox_platform.backup.dr_copy import DrCopyResult
 from cqox_platform.backup.restore.recovery import RecoveryTarget
 from cqox_platform.backup.retention import archived_wal_names
@@ -16,13 +17,14 @@ from cqox_platform.backup.verify.checks import (
     dr_copy_verified,
     drill_passed,
     latest_backup_verified_restorable,
+    retention_gate,
     wal_verdicts,
 )
 from cqox_platform.backup.verify.drill import DrillResult, drill_verdict
 from cqox_platform.backup.verify.gauges import NEVER_ARCHIVED_SECONDS, base_backup_samples, wal_samples
 from cqox_platform.backup.verify.plan import DrillMode, DrillPlanError, select_backup
 from cqox_platform.backup.verify.proof import RestorePoint
-from cqox_platform.backup.wal.status import WalStatus
+from cqox_platform.backup.wal.status import WalStatus, unprotected
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
@@ -48,6 +50,9 @@ def wal_status(**overrides) -> WalStatus:
         "continuity_from": "000000010000000000000002",
         "continuity_to": "000000010000000000000009",
         "required_segments": 8,
+        "archive_mode": "on",
+        "timeline_start_lsn": "0/0",
+        "timeline_history_archived": True,
     }
     return WalStatus(**{**values, **overrides})
 
@@ -142,6 +147,58 @@ def test_continuity_fails_closed_when_no_wal_was_archived_since_the_backup(never
     assert "no WAL archived" in continuity.description and "pg_stat_archiver" in continuity.description
 
 
+# Primary on TL2 (branched at 0/30000060) at 0/32000000; the archive holds TL1 up to ...4F and nothing of TL2.
+ON_TL2_NOTHING_ARCHIVED = {
+    "timeline": 2,
+    "current_lsn": "0/32000000",
+    "timeline_start_lsn": "0/30000060",
+    "newest_archived_segment": "00000001000000000000002F",
+    "continuity_to": "00000001000000000000002F",
+    "last_archived_wal": "00000002.history",
+}
+
+
+def test_unprotected_wal_is_measured_along_the_current_timeline():
+    current = parse_lsn("0/32000000")
+    # Only TL1 below the switch segment is on TL2's path: the 32 MiB written on TL2 are unprotected, and since
+    # nothing of TL2 was ever archived their age is unbounded.
+    assert unprotected(current, 2, Segment(1, 0x2F), 12.0) == (current - 0x30000000, None)
+    # Archived on TL2 up to the current segment's start: bounded by that segment's age.
+    assert unprotected(current + 100, 2, Segment(2, 0x31), 12.0) == (100, 12.0)
+    assert unprotected(0x32000000, 2, Segment(2, 0x31), 12.0) == (0, 0.0)
+    assert unprotected(current, 1, None, None) == (current, None)
+
+
+def test_a_timeline_with_nothing_archived_since_its_switch_fails_every_blocking_check():
+    status = wal_status(**ON_TL2_NOTHING_ARCHIVED, rpo_bytes=0x2000000, rpo_seconds=None)
+    rpo, continuity, _ = wal_verdicts(status, has_backup=True, rpo_target_seconds=900)
+    assert not rpo.passed and "never archived" in rpo.description
+    assert not continuity.passed
+    assert "nothing archived on timeline 2 since it began at 0/30000060" in continuity.description
+    assert "00000001000000000000002F" in continuity.description
+
+
+def test_a_timeline_whose_history_file_is_not_archived_fails_continuity():
+    status = wal_status(**{**ON_TL2_NOTHING_ARCHIVED, "newest_archived_segment": None}, timeline_history_archived=False)
+    _, continuity, _ = wal_verdicts(status, has_backup=True, rpo_target_seconds=900)
+    assert not continuity.passed and "00000002.history" in continuity.description
+
+
+def test_continuity_that_could_not_be_walked_fails_with_the_reason():
+    status = wal_status(continuity_error="timeline 1 (the backup's) is not an ancestor of timeline 3.")
+    _, continuity, _ = wal_verdicts(status, has_backup=True, rpo_target_seconds=900)
+    assert not continuity.passed and "not an ancestor of timeline 3" in continuity.description
+
+
+@pytest.mark.parametrize("mode", ["off", ""])
+def test_archive_mode_off_fails_the_archiver_and_the_rpo(mode):
+    rpo, _, archiver = wal_verdicts(wal_status(archive_mode=mode), has_backup=True, rpo_target_seconds=900)
+    assert not archiver.passed and not archiver.warn_only and "archive_mode" in archiver.description
+    assert not rpo.passed and "archive_mode" in rpo.description
+    on_always = wal_verdicts(wal_status(archive_mode="always"), has_backup=True, rpo_target_seconds=900)
+    assert all(v.passed for v in on_always)
+
+
 def test_drill_verdicts():
     ok = DrillResult(
         "d1",
@@ -199,6 +256,21 @@ def test_newest_backup_verified(verified, last, passed, text):
     verdict = latest_backup_verified_restorable("b2", verified, last)
     assert verdict.name == "latest_backup_verified_restorable" and verdict.passed is passed
     assert text in verdict.description
+
+
+@pytest.mark.parametrize(
+    ("newest", "drill", "passed", "text"),
+    [
+        ("b2", {"drill_id": "b2-1", "status": "passed", "finished_at": T1}, True, "verified by drill b2-1"),
+        ("b2", None, False, "newest backup b2 has no passing drill yet"),
+        ("b2", {"drill_id": "b2-2", "status": "partial", "finished_at": T1}, False, "no passing drill"),
+        (None, None, True, "nothing to delete"),
+    ],
+)
+def test_retention_gate_names_the_drill_it_relied_on(newest, drill, passed, text):
+    verdict = retention_gate(newest, drill)
+    assert verdict.passed is passed and text in verdict.description
+    assert verdict.metadata["drill_id"] == ((drill or {}).get("drill_id", "") if passed else "")
 
 
 def test_dr_copy_verdict():

@@ -149,6 +149,11 @@ def world(monkeypatch) -> World:
         retention_module: {
             "list_backups": lambda a: list(w.records),
             "verified_backup_ids": lambda conn: set(w.verified),
+            "latest_drill": lambda conn, backup_id, passed_only=False: (
+                {"drill_id": f"d-{backup_id}", "status": "passed", "finished_at": "2026-03-01T03:10:00+00:00"}
+                if backup_id in w.verified
+                else None
+            ),
             "archived_wal_names": lambda a: ["000000010000000000000001", "000000010000000000000002"],
             "apply_retention": lambda a, plan: w.deleted.extend(plan.delete) or 3 * len(plan.delete),
             "retire_backups": lambda conn, listed, deleted: None,
@@ -427,6 +432,23 @@ def test_retention_refuses_a_window_or_count_below_one_and_deletes_nothing(world
         result = materialize([backups.backup_retention], instance, {"backup_retention": {"config": bad}})
     assert not result.success and not world.deleted
     assert "at least 1" in str(result.get_step_failure_events()[0].event_specific_data.error)
+
+
+def test_retention_deletes_nothing_while_a_backup_newer_than_the_last_drill_is_unverified(world):
+    """restore_drill's last check judged the backup of its own run; retention reads the newest backup's drill."""
+    with dg.instance_for_test() as instance:
+        for _ in range(3):
+            materialize([backups.postgres_basebackup, backups.restore_drill], instance)
+        materialize([backups.postgres_basebackup], instance)  # taken since: no drill yet
+        config = {"backup_retention": {"config": {"keep_full": 1, "keep_days": 1}}}
+        result = materialize([backups.backup_retention], instance, config)
+        assert not result.success and not world.deleted
+        error = str(result.get_step_failure_events()[0].event_specific_data.error)
+        assert f"newest backup {world.records[-1].backup_id} has no passing drill" in error
+        materialize([backups.restore_drill], instance)  # the drill of the newest backup
+        done = materialize([backups.backup_retention], instance, config)
+    assert done.success and world.deleted
+    assert meta(done, "backup_retention")["gate_drill_id"] == f"d-{world.records[-1].backup_id}"
 
 
 def test_retention_metadata_says_why_each_backup_stays_or_goes(world):

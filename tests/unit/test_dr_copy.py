@@ -88,3 +88,14 @@ def test_reverify_finds_a_copy_corrupted_at_rest():
     assert dr_copy.copy_to_dr(src, dst).copied == []  # sizes match: a plain run cannot tell
     healed = dr_copy.copy_to_dr(src, dst, reverify=True)
     assert WAL in healed.copied and dst.objects == src.objects
+
+
+def test_a_copy_keeps_the_source_objects_metadata_and_reverify_restores_it():
+    src, dst = primary(), MemoryArchive("dr")
+    src.meta[WAL + ".manifest.json"] = {"wal-sha256": "ab" * 32}
+    dr_copy.copy_to_dr(src, dst)
+    assert dst.meta[WAL + ".manifest.json"]["wal-sha256"] == "ab" * 32
+    dst.meta[WAL + ".manifest.json"] = {dr_copy.SHA_META: dst.meta[WAL + ".manifest.json"][dr_copy.SHA_META]}
+    healed = dr_copy.copy_to_dr(src, dst, reverify=True)  # a copy made without it is made again
+    assert WAL + ".manifest.json" in healed.copied
+    assert dst.meta[WAL + ".manifest.json"]["wal-sha256"] == "ab" * 32

@@ -97,6 +97,20 @@ def test_every_node_runs_the_single_nodes_settings(tmp_path):
         assert "--standby" in conf["postgresql"]["recovery_conf"]["restore_command"]
 
 
+def test_patroni_restore_command_passes_its_paths_to_the_shell_quoted(tmp_path):
+    """PostgreSQL runs restore_command with /bin/sh: a path with a space or a `;` must stay one argument."""
+    import shlex
+
+    root = tmp_path / "stack dir; touch owned"
+    root.mkdir()
+    cluster = PatroniClusterService(_config(root, ha=True))
+    for node in cluster.nodes:
+        command = cluster.node_config(node)["postgresql"]["recovery_conf"]["restore_command"]
+        argv = shlex.split(command)
+        assert argv[1:5] == ["wal-fetch", "%f", "%p", "--standby"], command
+        assert argv[5:] == ["--config", str(cluster.base.archiver_settings)], command
+
+
 def test_haproxy_routes_to_patroni_primary_checks_with_verified_tls(tmp_path):
     config = _config(tmp_path, ha=True)
     cluster = PatroniClusterService(config)

@@ -183,3 +183,58 @@ def test_the_shell_leaves_a_changed_or_missing_segment_to_the_cli(tmp_path):
     assert changed.returncode == missing.returncode == 7  # the CLI decides: it refetches, or exits 1 / 255
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
     assert (spool / "ready" / name).exists()
+
+
+def _ready_dir_of(command: str):
+    """The spool directory whose files a restore_command's shell hand-over serves."""
+    import re
+    from pathlib import Path
+
+    return Path(re.search(r"\[ -f (\S+)/%f \]", command).group(1))
+
+
+def _plant(ready, name: str, body: bytes) -> None:
+    from cqox_platform.backup.wal.prefetch_client import posix_cksum
+
+    ready.mkdir(parents=True, exist_ok=True)
+    (ready / name).write_bytes(body)
+    (ready / f"{name}.json").write_text("{}")
+    (ready / f"{name}.cksum").write_text(posix_cksum(body) + "\n")
+
+
+def _restored(pgdata, sysid: int) -> None:
+    """A data directory as a restore leaves it: pg_control says which cluster it is."""
+    (pgdata / "global").mkdir(parents=True, exist_ok=True)
+    (pgdata / "pg_wal").mkdir(exist_ok=True)
+    (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", sysid) + b"\0" * 100)
+
+
+def test_a_spool_left_by_a_restore_of_another_cluster_into_the_same_path_is_not_handed_over(tmp_path):
+    from pathlib import Path
+
+    from cqox_platform.backup.restore.recovery import restore_command_for
+
+    pgdata, settings, cli = tmp_path / "pgdata", tmp_path / "archiver.json", Path("/bin/false")
+    name = "000000010000000000000007"
+    _restored(pgdata, 1234)  # a restore of cluster 1234, its prefetcher killed with a verified segment ready
+    _plant(_ready_dir_of(restore_command_for(cli, settings, None, 8, pgdata)), name, page(1, 7, sysid=1234))
+    _restored(pgdata, SYSID)  # the next restore into the same path is of another cluster
+    command = restore_command_for(cli, settings, None, 8, pgdata)
+    done = _run_restore_command(command, name, pgdata)
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists(), "served a segment of system 1234"
+    assert done.returncode == 1  # the fallback (here /bin/false) decides: the archive, not the spool
+
+
+def test_building_a_restore_command_clears_what_a_previous_replay_left_in_its_spool(tmp_path):
+    from pathlib import Path
+
+    from cqox_platform.backup.restore.recovery import restore_command_for
+
+    pgdata, settings, cli = tmp_path / "pgdata", tmp_path / "archiver.json", Path("/bin/false")
+    _restored(pgdata, SYSID)
+    ready = _ready_dir_of(restore_command_for(cli, settings, None, 8, pgdata))
+    _plant(ready, "000000020000000000000007", page(2, 7))  # another branch's replay of the same cluster
+    (ready.parent / "want").write_text("000000020000000000000006")
+    restore_command_for(cli, settings, None, 8, pgdata)  # the next restore, before its server starts
+    assert not ready.exists() or not any(ready.iterdir())
+    assert not (ready.parent / "want").exists()

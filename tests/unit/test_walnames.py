@@ -12,6 +12,7 @@ from cqox_platform.backup.archive.wal_names import (
     check_wal_name,
     find_gaps,
     format_lsn,
+    newest_on_path,
     parse_history,
     parse_lsn,
     required_segments,
@@ -86,6 +87,23 @@ def test_missing_history_or_foreign_timeline_is_an_error():
         required_segments(3, 0, 2, MiB16, {2: parse_history("1\t0/100\tx\n")})
     with pytest.raises(WalNameError, match="line 1"):
         parse_history("garbage\n", where="00000002.history")
+
+
+def test_newest_on_path_ignores_an_old_timeline_archived_past_the_switch():
+    # Primary on TL2 (branched at 0/30000060), archive holding TL1 up to ...4F: only TL1 below the switch
+    # segment is on TL2's path, so the newest protected segment is TL1's 0x2F, not 0x4F.
+    ancestry = parse_history("1\t0/30000060\tno recovery target specified\n")
+    archived = [segment_name(1, n) for n in range(1, 0x50)] + ["00000002.history"]
+    assert newest_on_path(archived, 2, ancestry) == Segment(1, 0x2F)
+    # Once the new timeline archives, its own segments (the switch segment's copy included) are the newest.
+    archived += [segment_name(2, 0x30), segment_name(2, 0x31)]
+    assert newest_on_path(archived, 2, ancestry) == Segment(2, 0x31)
+
+
+def test_newest_on_path_of_timeline_1_ignores_a_promoted_copys_timeline():
+    archived = [segment_name(1, n) for n in range(1, 6)] + [segment_name(2, n) for n in range(3, 9)]
+    assert newest_on_path(archived, 1, []) == Segment(1, 5)
+    assert newest_on_path(["00000001.history"], 1, []) is None
 
 
 def test_find_gaps_names_the_missing_segment():

@@ -77,28 +77,55 @@ def test_incident_job_rejects_an_unknown_severity() -> None:
         dg.validate_run_config(slo_incident_job, {"ops": {"record_slo_incident": {"config": config}}})
 
 
-def timeline_tick(cursor: str | None, timeline: int | None) -> tuple[dg.RunRequest | dg.SkipReason, str | None]:
+SYSTEM_A, SYSTEM_B = "7300000000000000001", "7400000000000000002"
+
+
+def timeline_tick(
+    cursor: str | None, timeline: int | None, system_id: str = SYSTEM_A
+) -> tuple[dg.RunRequest | dg.SkipReason, str | None]:
     FakePatroni.cluster_state = SimpleNamespace(timeline=timeline, leader="node2", answered_by="fake")
+    FakePatroni.system_id = system_id
     context = dg.build_sensor_context(cursor=cursor, resources={"patroni": FakePatroni(urls="https://fake:8008")})
     return timeline_change_sensor(context), context.cursor
 
 
 def test_timeline_sensor_requests_one_backup_per_new_timeline() -> None:
     first, cursor = timeline_tick(None, 3)
-    assert isinstance(first, dg.SkipReason) and cursor == "3"
+    assert isinstance(first, dg.SkipReason) and cursor == f"{SYSTEM_A}:3"
     same, cursor = timeline_tick(cursor, 3)
     assert isinstance(same, dg.SkipReason) and "unchanged" in same.skip_message
     failover, cursor = timeline_tick(cursor, 4)
     assert isinstance(failover, dg.RunRequest)
-    assert failover.run_key == "timeline:4" and failover.tags["cqox/timeline_from"] == "3"
-    assert cursor == "4"
+    assert failover.run_key == f"timeline:{SYSTEM_A}:4" and failover.tags["cqox/timeline_from"] == "3"
+    assert failover.tags["cqox/system_id"] == SYSTEM_A
+    assert cursor == f"{SYSTEM_A}:4"
     back, cursor = timeline_tick(cursor, 2)
-    assert isinstance(back, dg.SkipReason) and cursor == "2"
+    assert isinstance(back, dg.SkipReason) and cursor == f"{SYSTEM_A}:2"
+
+
+def test_a_rebuilt_cluster_failing_over_to_a_timeline_seen_before_gets_a_run_key_of_its_own() -> None:
+    """Dagster drops a run request whose run key it has seen: the key must name the cluster, not only the timeline."""
+    _, cursor = timeline_tick(None, 3)
+    before, cursor = timeline_tick(cursor, 4)
+    # The cluster is rebuilt (new initdb: a new system identifier) behind the same Patroni URLs ...
+    rebuilt, cursor = timeline_tick(cursor, 1, SYSTEM_B)
+    assert isinstance(rebuilt, dg.SkipReason)
+    # ... and fails over until it reaches timeline 4 again: a backup and a drill are due, under a new key.
+    after, cursor = timeline_tick(cursor, 4, SYSTEM_B)
+    assert isinstance(before, dg.RunRequest) and isinstance(after, dg.RunRequest)
+    assert after.run_key != before.run_key
+    assert SYSTEM_B in after.run_key and after.run_key.endswith(":4")
+
+
+def test_a_cursor_written_before_it_named_the_cluster_still_counts() -> None:
+    failover, cursor = timeline_tick("3", 4)
+    assert isinstance(failover, dg.RunRequest) and failover.tags["cqox/timeline_from"] == "3"
+    assert cursor == f"{SYSTEM_A}:4"
 
 
 def test_timeline_sensor_skips_without_a_leader_or_a_cluster() -> None:
-    no_leader, cursor = timeline_tick("5", None)
-    assert isinstance(no_leader, dg.SkipReason) and cursor == "5"
+    no_leader, cursor = timeline_tick(f"{SYSTEM_A}:5", None)
+    assert isinstance(no_leader, dg.SkipReason) and cursor == f"{SYSTEM_A}:5"
     context = dg.build_sensor_context(resources={"patroni": PatroniResource()})
     assert "nothing to watch" in timeline_change_sensor(context).skip_message
 

@@ -57,6 +57,7 @@ class MultipartWriter:
         part_size: int = DEFAULT_PART,
         parallel: int = DEFAULT_PARALLEL,
         progress: Callable[[str], None] | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         if part_size < MIN_PART:
             raise ValueError(f"S3 parts must be at least {MIN_PART} bytes")
@@ -65,7 +66,12 @@ class MultipartWriter:
         self.archive, self.key, self.part_size, self.parallel = archive, key, part_size, parallel
         self.progress = progress
         created = archive.call(
-            "starting a multipart upload of", key, archive.s3.create_multipart_upload, Bucket=archive.bucket, Key=key
+            "starting a multipart upload of",
+            key,
+            archive.s3.create_multipart_upload,
+            Bucket=archive.bucket,
+            Key=key,
+            Metadata=metadata or {},
         )
         self.upload_id: str = created["UploadId"]
         self._buffer = bytearray()

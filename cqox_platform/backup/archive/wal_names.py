@@ -10,6 +10,7 @@ switching timelines exactly where the history files say.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cqox_platform.errors import BackupError
@@ -130,6 +131,27 @@ def segment_timeline(segno: int, ranges: list[tuple[int, int, int]]) -> int:
     seg_start = segno * WAL_SEGMENT_SIZE
     seg_end = seg_start + WAL_SEGMENT_SIZE
     return next(tli for tli, lo, hi in reversed(ranges) if lo < seg_end and seg_start < hi)
+
+
+def newest_on_path(archived: Iterable[str], timeline: int, ancestry: list[TimelineSwitch]) -> Segment | None:
+    """The newest archived segment on the path recovery takes to ``timeline``, or None.
+
+    ``ancestry`` is ``timeline``'s parsed history file. Only a segment recovery would read counts: an ancestor's
+    below its switch segment, ``timeline``'s own from the switch segment on. An old timeline archived past
+    the switch (a promoted restore, or an old leader that went on archiving) and another branch's segments
+    protect nothing written on ``timeline``, however high their numbers.
+    """
+    ranges = timeline_ranges(timeline, ancestry)
+    newest: Segment | None = None
+    for name in archived:
+        if not SEGMENT_RE.match(name):
+            continue
+        segment = Segment.parse(name)
+        if segment_timeline(segment.segno, ranges) == segment.timeline and (
+            newest is None or segment.segno > newest.segno
+        ):
+            newest = segment
+    return newest
 
 
 def required_segments(

@@ -10,8 +10,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cqox_platform.backup.wal.prefetch_client import fast_restore_command, prefetch_spool
-from cqox_platform.errors import RestoreError
+from cqox_platform.backup.wal.prefetch_client import clear_spool, fast_restore_command, spool_for
+from cqox_platform.errors import CqoxError, RestoreError
 from cqox_platform.fsutil import read_file, write_file
 from cqox_platform.pgserver import PG_OS_USER
 
@@ -97,8 +97,10 @@ def restore_command_for(
 ) -> str:
     """The restore_command of a restored or drilled cluster: prefetching by default (same exit-code contract).
 
-    With ``pgdata`` (the cluster's data directory) a segment already prefetched is handed over by the shell
-    (``fast_restore_command``), without starting the CLI.
+    With ``pgdata`` (the restored data directory: its ``pg_control`` says which cluster it is) a segment already
+    prefetched is handed over by the shell (``fast_restore_command``), without starting the CLI. Building it
+    empties that cluster's spool for this path: call it before the server starts, so its first request can only
+    be answered by this replay's prefetcher or by the archive, never by what an earlier one left.
     """
     command = f"{shlex.quote(str(cli))} wal-fetch %f %p --config {shlex.quote(str(settings_file))}"
     command += f" --bucket {shlex.quote(bucket)}" if bucket else ""
@@ -107,5 +109,9 @@ def restore_command_for(
     command += f" --prefetch {int(prefetch)}"
     if pgdata is None:
         return command
-    return fast_restore_command(prefetch_spool(settings_file, Path(pgdata).resolve(), bucket), f"exec {command}")
-
+    try:
+        spool = spool_for(settings_file, Path(pgdata).resolve(), bucket)
+    except CqoxError:
+        return command  # no pg_control to key a spool by: every segment goes through the CLI's checks
+    clear_spool(spool)
+    return fast_restore_command(spool, f"exec {command}")

@@ -35,52 +35,98 @@ def archiving_failing(status: WalStatus) -> bool:
     return not status.last_archived_time or status.last_failed_time > status.last_archived_time
 
 
+def _archive_mode_off(status: WalStatus) -> str:
+    return (
+        f"archive_mode is {status.archive_mode or 'unset'!r}: PostgreSQL archives nothing, so every write from now "
+        "on is unprotected. Set archive_mode = on (a restart) and check archive_command."
+    )
+
+
 def wal_rpo_within_target(status: WalStatus, target_seconds: float) -> CheckVerdict:
-    passed = status.rpo_seconds is not None and status.rpo_seconds <= target_seconds
-    rpo = "never archived" if status.rpo_seconds is None else f"{status.rpo_seconds:.0f} s"
+    """The unarchived WAL on the current timeline is younger than the target, and archiving is on at all."""
+    passed = status.archiving_enabled and status.rpo_seconds is not None and status.rpo_seconds <= target_seconds
+    if status.rpo_seconds is not None:
+        rpo = f"{status.rpo_seconds:.0f} s"
+    elif status.timeline > 1 and not status.archived_on_timeline:
+        rpo = f"never archived on timeline {status.timeline}"
+    else:
+        rpo = "never archived"
+    description = f"RPO {rpo} and {status.rpo_bytes} bytes (target {target_seconds:.0f} s)"
+    if not status.archiving_enabled:
+        description += f"; {_archive_mode_off(status)}"
     return CheckVerdict(
         "wal_rpo_within_target",
         passed,
-        f"RPO {rpo} and {status.rpo_bytes} bytes (target {target_seconds:.0f} s)",
+        description,
         {
             "rpo_seconds": status.rpo_seconds if status.rpo_seconds is not None else -1.0,
             "rpo_bytes": status.rpo_bytes,
             "target_seconds": target_seconds,
+            "timeline": status.timeline,
         },
     )
 
 
-def wal_archive_continuous(status: WalStatus, has_backup: bool) -> CheckVerdict:
-    """Every segment from the oldest backup's start to the newest archived one is in the archive.
+_WHERE_TO_LOOK = (
+    "Check PostgreSQL's archive_mode and archive_command, pg_stat_archiver (last_failed_wal) and the `wal-push` "
+    "lines in PostgreSQL's log; the archiver's settings come from `vault_config`."
+)
 
-    Fails closed: with no base backup there is no anchor, and with no WAL archived since the backup there is
-    nothing to be continuous (zero gaps among zero segments is not a pass: no backup restores without its WAL).
+
+def wal_archive_continuous(status: WalStatus, has_backup: bool) -> CheckVerdict:
+    """Every segment from the oldest backup's start to the newest archived one on the current timeline's path.
+
+    Fails closed: with no base backup there is no anchor; with no WAL archived since the backup there is
+    nothing to be continuous (zero gaps among zero segments is not a pass: no backup restores without its WAL);
+    and on a timeline whose history file or own segments never reached the archive, a restore stops at the
+    switch point, so nothing written since is restorable, whatever the older timeline holds.
     """
     passed = False
+    tli = status.timeline
     if not has_backup:
         description = "no base backup yet: continuity has no anchor"
+    elif not status.timeline_history_archived:
+        description = (
+            f"timeline {tli}'s history file ({tli:08X}.history) is not in the archive: a restore cannot follow "
+            f"the cluster onto timeline {tli}, so nothing written since it began at {status.timeline_start_lsn} "
+            f"is restorable. {_WHERE_TO_LOOK}"
+        )
+    elif status.continuity_error:
+        description = f"continuity cannot be walked: {status.continuity_error}"
     elif status.required_segments == 0 or status.newest_archived_segment is None:
         description = (
             f"no WAL archived since the oldest backup (archive holds {status.segments_in_archive} segment(s), "
-            f"newest {status.newest_archived_segment or 'none'}): no backup can be restored. Check PostgreSQL's "
-            "archive_mode and archive_command, pg_stat_archiver (last_failed_wal) and the `wal-push` lines in "
-            "PostgreSQL's log; the archiver's settings come from `vault_config`."
+            f"newest on timeline {tli}'s path {status.newest_archived_segment or 'none'}): no backup can be "
+            f"restored. {_WHERE_TO_LOOK}"
+        )
+    elif tli > 1 and not status.archived_on_timeline:
+        description = (
+            f"nothing archived on timeline {tli} since it began at {status.timeline_start_lsn} (newest on its "
+            f"path: {status.newest_archived_segment}, of an ancestor): nothing written since the switch is "
+            f"restorable. {_WHERE_TO_LOOK}"
         )
     else:
         passed = not status.gaps
         description = (
             f"{len(status.gaps)} gap(s) in {status.required_segments} segments "
-            f"{status.continuity_from}..{status.continuity_to}"
+            f"{status.continuity_from}..{status.continuity_to} (timeline {tli})"
         )
     return CheckVerdict(
         "wal_archive_continuous",
         passed,
         description,
-        {"gaps": status.gaps[:50], "required_segments": status.required_segments},
+        {"gaps": status.gaps[:50], "required_segments": status.required_segments, "timeline": tli},
     )
 
 
 def wal_archiver_healthy(status: WalStatus) -> CheckVerdict:
+    """PostgreSQL archives (archive_mode on) and has not failed since its last success.
+
+    A failure followed by a success is history and only warns; archive_mode off is an error, not a warning: no
+    failure is ever counted then, and nothing is archived.
+    """
+    if not status.archiving_enabled:
+        return CheckVerdict("wal_archiver_healthy", False, _archive_mode_off(status))
     failing = archiving_failing(status)
     return CheckVerdict(
         "wal_archiver_healthy",
@@ -127,6 +173,32 @@ def latest_backup_verified_restorable(
         passed,
         description,
         {"newest_backup_id": newest_backup_id, "last_drill_id": (newest_drill or {}).get("drill_id", "")},
+    )
+
+
+def retention_gate(newest_backup_id: str | None, drill: dict[str, Any] | None) -> CheckVerdict:
+    """Retention may delete only while the newest backup *now* in the archive has a drill that verified it.
+
+    ``drill`` is the newest passing drill of that backup (``latest_drill(..., passed_only=True)``). Read at
+    deletion time, not from ``restore_drill``'s last check: that check judged the newest backup of its own run,
+    and a backup taken since (by the schedule, or `backup create` outside Dagster) has no drill yet. The verdict
+    names the drill it read, so the record says what the deletion relied on.
+    """
+    if newest_backup_id is None:
+        return CheckVerdict("retention_gate", True, "no backup in the archive: nothing to delete", {"drill_id": ""})
+    if drill is None or drill.get("status") != "passed":
+        return CheckVerdict(
+            "retention_gate",
+            False,
+            f"newest backup {newest_backup_id} has no passing drill yet: nothing is deleted until one verifies it "
+            f"(materialize restore_drill with backup_id {newest_backup_id})",
+            {"newest_backup_id": newest_backup_id, "drill_id": ""},
+        )
+    return CheckVerdict(
+        "retention_gate",
+        True,
+        f"newest backup {newest_backup_id} verified by drill {drill['drill_id']} (finished {drill['finished_at']})",
+        {"newest_backup_id": newest_backup_id, "drill_id": drill["drill_id"]},
     )
 
 

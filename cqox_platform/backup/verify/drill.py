@@ -232,14 +232,14 @@ def verified_backup_ids(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in rows}
 
 
-
-def latest_drill(conn: psycopg.Connection, backup_id: str) -> dict[str, Any] | None:
+def latest_drill(conn: psycopg.Connection, backup_id: str, *, passed_only: bool = False) -> dict[str, Any] | None:
+    """The newest drill of ``backup_id`` (with ``passed_only``, the newest that verified it), or None."""
     row = conn.execute(
         "SELECT drill_id, passed, status, error, rto_seconds, finished_at FROM restore_drills WHERE backup_id = %s "
-        "ORDER BY finished_at DESC LIMIT 1",
+        + ("AND status = 'passed' " if passed_only else "")
+        + "ORDER BY finished_at DESC LIMIT 1",
         [backup_id],
     ).fetchone()
     if row is None:
         return None
     return dict(zip(["drill_id", "passed", "status", "error", "rto_seconds", "finished_at"], row, strict=True))
-

@@ -8,6 +8,10 @@ and verifies the next N segments in parallel into a spool directory. A later cal
 
 What a spool file may answer is checked again here, so nothing stale or of another timeline is ever served:
 
+- the spool belongs to one data directory, bucket *and cluster* (the system identifier in the data directory's
+  ``pg_control``), and ``restore_command_for`` empties it before a restored server starts: what a killed
+  prefetcher left for another cluster restored into the same path, or for an earlier replay, is never handed
+  over by the shell, which compares only the file's own checksum;
 - files are keyed by the full segment name (timeline included) and claimed by an atomic rename, never by
   segment number; the prefetcher's record beside each file names the segment, bucket and system identifier;
 - the content's SHA-256 must equal the one the prefetcher computed after authenticated decryption (which also
@@ -51,10 +55,30 @@ class PrefetchRefused(BackupError):
     """The prefetcher found this segment unusable (corrupt, wrong key, wrong header): stop recovery."""
 
 
-def prefetch_spool(settings_path: Path, pgdata: Path, bucket: str | None) -> Path:
-    """One spool (and one prefetcher) per data directory and bucket, beside the archiver's settings."""
-    key = f"{Path(pgdata).resolve()}\0{bucket or ''}"
+def prefetch_spool(settings_path: Path, pgdata: Path, bucket: str | None, system_id: int) -> Path:
+    """One spool (and one prefetcher) per data directory, bucket and cluster, beside the archiver's settings.
+
+    The system identifier is part of the key because a path is reused: a spool a killed prefetcher left for a
+    restore of one cluster must never be found by the next restore of another cluster into the same path.
+    """
+    key = f"{Path(pgdata).resolve()}\0{bucket or ''}\0{system_id}"
     return Path(settings_path).parent / "prefetch" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def spool_for(settings_path: Path, pgdata: Path, bucket: str | None) -> Path:
+    """The spool of the cluster whose ``pg_control`` is in ``pgdata``; CqoxError when it cannot be read."""
+    system_id = control_system_id(pgdata)
+    if system_id is None:
+        raise CqoxError(f"cannot read the system identifier in {Path(pgdata) / 'global' / 'pg_control'}.")
+    return prefetch_spool(settings_path, pgdata, bucket, system_id)
+
+
+def clear_spool(spool: Path) -> None:
+    """Forget every segment, refusal and request in ``spool`` (before a restored server's first request)."""
+    for sub in ("ready", "error", "inflight"):
+        shutil.rmtree(spool / sub, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (spool / "want").unlink()
 
 
 @dataclass(frozen=True)
@@ -158,7 +182,7 @@ class PrefetchClient:
 
     def __init__(self, settings_path: Path, pgdata: Path, bucket: str | None, depth: int = DEFAULT_DEPTH) -> None:
         self.settings_path, self.pgdata, self.bucket, self.depth = settings_path, Path(pgdata), bucket, depth
-        self.spool = prefetch_spool(settings_path, self.pgdata, bucket)
+        self.spool = spool_for(settings_path, self.pgdata, bucket)
 
     def request(self, name: str) -> None:
         """Say which segment PostgreSQL asks for now (the prefetcher works ahead of it)."""

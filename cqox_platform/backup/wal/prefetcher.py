@@ -45,9 +45,9 @@ from cqox_platform.backup.wal.prefetch_client import (
     error_path,
     inflight_path,
     posix_cksum,
-    prefetch_spool,
     ready_path,
     record_path,
+    spool_for,
     write_atomic,
 )
 from cqox_platform.backup.wal.segment import WalMissingError, read_wal, system_identifier
@@ -209,7 +209,11 @@ def run_daemon(
     ``connect`` builds the S3 client and key provider (the caller's, from the archiver settings); it is called
     until it succeeds, once per replay.
     """
-    spool = prefetch_spool(settings_path, pgdata, bucket)
+    try:
+        spool = spool_for(settings_path, pgdata, bucket)
+    except CqoxError as exc:  # no cluster to prefetch for: requests fetch directly
+        log(f"wal-prefetch: not started: {exc}")
+        return
     spool.mkdir(parents=True, exist_ok=True)
     lock = single_instance_lock(spool / "daemon.lock")
     if lock is None:

@@ -6,8 +6,8 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from cqox_platform.alerts.drill_faults import UNDOERS
-from cqox_platform.alerts.drill_journal import FaultJournal, journal_path, recover
+from cqox_platform.alerts.drill.faults import UNDOERS
+from cqox_platform.alerts.drill.journal import FaultJournal, journal_path, recover
 from cqox_platform.settings import render_stack_env
 from cqox_platform.stack.alerting import AlertmanagerService, AlertReceiverService
 from cqox_platform.stack.archiver_bootstrap import configure_stack_archiver

@@ -24,9 +24,9 @@ import requests
 from assets import alert_drill as drill_asset
 from assets import alerting, ha, slo
 from cqox_platform.alerts.client import ReceiverClient
-from cqox_platform.alerts.drill import arrived
-from cqox_platform.alerts.drill_faults import UNREACHABLE_S3, archiver_endpoint
-from cqox_platform.alerts.drill_journal import FaultJournal, journal_path
+from cqox_platform.alerts.drill.faults import UNREACHABLE_S3, archiver_endpoint
+from cqox_platform.alerts.drill.journal import FaultJournal, journal_path
+from cqox_platform.alerts.drill.runner import arrived
 from cqox_platform.pushgateway import BACKUP_STALE_SEVERITY, delete_group, expected_period_sample, push
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.patroni import PatroniResource
@@ -241,8 +241,8 @@ def test_replica_paused_stops_and_resumes_a_replicas_replay_on_the_ha_stack(ha_s
     import psycopg
 
     from cqox_platform.alerts.client import AlertmanagerClient
-    from cqox_platform.alerts.drill import DrillEnv, ReplicaPaused, _Loaded, run_family
-    from cqox_platform.alerts.drill_faults import process_state
+    from cqox_platform.alerts.drill.faults import process_state
+    from cqox_platform.alerts.drill.runner import DrillEnv, ReplicaPaused, _Loaded, run_family
     from cqox_platform.metrics.prometheus import PrometheusClient
     from cqox_platform.slo.spec import DEFAULT_SPEC, load_spec
 

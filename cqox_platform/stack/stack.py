@@ -22,7 +22,7 @@ from cqox_platform.stack.dagster_services import (
 from cqox_platform.stack.etcd import EtcdService
 from cqox_platform.stack.exporters import exporter_services
 from cqox_platform.stack.haproxy import HaproxyService
-from cqox_platform.stack.kubernetes import KineService, KubeApiserverService, KubeControllerManagerService
+from cqox_platform.stack.kube.services import KineService, KubeApiserverService, KubeControllerManagerService
 from cqox_platform.stack.openbao import OpenBaoService
 from cqox_platform.stack.patroni import PatroniClusterService
 from cqox_platform.stack.postgres import PostgresService

@@ -274,7 +274,7 @@ def test_killing_the_patroni_leader_raises_the_failover_alert(ha_stack, ha):
 
 def test_prometheus_reads_the_api_server_metrics_and_nothing_else(stack):
     """``cqox-prometheus`` (group ``system:monitoring``) may read ``/metrics``, not a single object."""
-    from cqox_platform.stack.kube_pki import kube_pki
+    from cqox_platform.stack.kube.pki import kube_pki
 
     apiserver = stack.service("kube-apiserver")
     pki = kube_pki(stack.config.tls_dir)

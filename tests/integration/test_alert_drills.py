@@ -34,7 +34,7 @@ from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.stack import Stack
 from sensors.run_failure_sensor import run_failure_alert_sensor
-from tests.integration.test_alerting import _alertmanager, routed  # noqa: F401 - the module-scoped fixture
+from tests.helpers import alertmanager_client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def _prometheus(env: dict[str, str]) -> PrometheusResource:
 
 
 @pytest.fixture(scope="module")
-def platform_rules(stack, routed):  # noqa: F811
+def platform_rules(stack, alertmanager_routed):
     env = stack.env()
     with mock.patch.dict(os.environ, env):
         assert dg.materialize([alerting.platform_alert_rules], resources={"prometheus": _prometheus(env)}).success
@@ -97,13 +97,15 @@ def test_a_stale_rpo_gauge_group_pages(stack, platform_rules):
         )
         print(f"\nRPO gauge group stale -> page at the receiver: {page['received_at'] - started:.1f} s")
         assert page["kind"] == "pagerduty"  # severity page, from the group's declared severity
-        (alert,) = _alertmanager(env).alerts(filter=['alertname="CqoxPushedMetricsStale"', f'system_id="{system_id}"'])
+        (alert,) = alertmanager_client(env).alerts(
+            filter=['alertname="CqoxPushedMetricsStale"', f'system_id="{system_id}"']
+        )
         assert alert["labels"]["severity"] == "page" and alert["labels"]["service"] == "cqox-platform"
     finally:
         delete_group(env["CQOX_PUSHGATEWAY_URL"], "cqox-backups", grouping)
 
 
-def test_a_failed_ha_run_is_posted_to_alertmanager_and_pages(stack, routed):  # noqa: F811
+def test_a_failed_ha_run_is_posted_to_alertmanager_and_pages(stack, alertmanager_routed):
     env = stack.env()
     with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
         # A real failure of a watched job: a switchover on a single node (no Patroni) fails, naming what to do.
@@ -124,7 +126,7 @@ def test_a_failed_ha_run_is_posted_to_alertmanager_and_pages(stack, routed):  # 
         started = time.time()
         run_failure_alert_sensor(context)
     run_id = result.run_id
-    (alert,) = _alertmanager(env).alerts(filter=['alertname="CqoxDagsterRunFailed"', f'run_id="{run_id}"'])
+    (alert,) = alertmanager_client(env).alerts(filter=['alertname="CqoxDagsterRunFailed"', f'run_id="{run_id}"'])
     assert alert["labels"]["severity"] == "page" and alert["labels"]["family"] == "ha"
     assert alert["annotations"]["run_url"] == f"{env['CQOX_DAGSTER_URL']}/runs/{run_id}"
     assert alert["generatorURL"] == alert["annotations"]["run_url"]

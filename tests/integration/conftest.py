@@ -1,8 +1,10 @@
-"""Fixtures more than one integration test module uses."""
+"""Every test in this directory is marked ``integration`` (it needs the local stack's real services), and the
+fixtures more than one of its modules uses."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from unittest import mock
 
 import dagster as dg
@@ -11,6 +13,16 @@ import pytest
 from assets import alerting
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from tests.helpers import materialize_vault_config, vault_platform
+
+HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marked by where it lives, so ``-m integration`` and ``-m 'not integration'`` select by directory."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="module")

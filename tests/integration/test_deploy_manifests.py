@@ -14,8 +14,6 @@ from cqox_platform.deploy.manifests import MANIFEST_DIR, render
 from cqox_platform.resources.kubernetes import KubernetesInvalidError, KubernetesResource
 from cqox_platform.stack import Stack
 
-pytestmark = pytest.mark.integration
-
 ALL_DEFS = [*deploy_assets, *deploy_checks]
 
 

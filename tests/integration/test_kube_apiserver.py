@@ -16,8 +16,6 @@ from cqox_platform.stack import Stack
 from cqox_platform.stack.kube.build import kube_build
 from cqox_platform.stack.kube.pki import kube_pki
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def admin(stack: Stack) -> Iterator[client.ApiClient]:

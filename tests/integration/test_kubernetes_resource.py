@@ -26,8 +26,6 @@ from cqox_platform.resources.kubernetes import (
 from cqox_platform.stack import Stack
 from cqox_platform.stack.kube.pki import kube_pki
 
-pytestmark = pytest.mark.integration
-
 VS = ("networking.istio.io", "v1", "virtualservices")
 
 

@@ -17,8 +17,8 @@ from psycopg.types.json import Jsonb
 
 from assets.metadata import md_table
 from cqox_platform.alerts.client import ReceiverClient
-from cqox_platform.alerts.drill import FAMILIES, DrillEnv, FamilyResult, run_drill
-from cqox_platform.alerts.drill_journal import FaultJournal, journal_path
+from cqox_platform.alerts.drill.journal import FaultJournal, journal_path
+from cqox_platform.alerts.drill.runner import FAMILIES, DrillEnv, FamilyResult, run_drill
 from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.errors import CqoxError
 from cqox_platform.resources.alertmanager import AlertmanagerResource

@@ -7,11 +7,8 @@ directory) with ports the kernel picked, so tests never collide with a developer
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,46 +16,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cqox_platform.pgserver import free_port
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.schema import Dialect
-from cqox_platform.stack import Stack, StackConfig
-from cqox_platform.stack.config import DEFAULT_PORTS
+from cqox_platform.stack import Stack
 from cqox_platform.stack.pglite import PGliteServer
-
-
-def make_world_traversable_tmpdir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o755)
-    return path
-
-
-def distinct_free_ports(names) -> dict[str, int]:
-    ports: dict[str, int] = {}
-    while len(ports) < len(names):
-        port = free_port()
-        if port not in ports.values():
-            ports[names[len(ports)]] = port
-    return ports
-
-
-@contextmanager
-def _running_stack(prefix: str, **options) -> Iterator[Stack]:
-    """A stack on free ports in a new world-traversable directory, stopped (and removed) afterwards."""
-    root = make_world_traversable_tmpdir(prefix)
-    st = Stack(StackConfig(root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_daemon=False, **options))
-    try:
-        st.up()
-        yield st
-    finally:
-        st.down()
-        if not os.environ.get("CQOX_KEEP_TEST_STACK"):
-            shutil.rmtree(root, ignore_errors=True)
+from tests.helpers import running_stack
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    with _running_stack("cqox-test-stack-", with_dagster=True) as st:
+    with running_stack("cqox-test-stack-", with_dagster=True) as st:
         yield st
 
 
@@ -68,7 +35,7 @@ def ha_stack() -> Iterator[Stack]:
 
     Tests that need synchronous mode switch it on through Patroni's dynamic configuration and off again.
     """
-    with _running_stack("cqox-test-ha-stack-", with_dagster=False, ha=True) as st:
+    with running_stack("cqox-test-ha-stack-", with_dagster=False, ha=True) as st:
         yield st
 
 

@@ -9,11 +9,14 @@ from dagster_aws.s3 import S3Resource
 from assets.backups.common import GROUP, retention_automation
 from assets.backups.drill import restore_drill
 from assets.metadata import md_table
-from cqox_platform.backup.retention import DEFAULT_KEEP_DAYS, DEFAULT_KEEP_FULL, RetentionError,
+from cqox_platform.backup.retention import (
+    DEFAULT_KEEP_DAYS,
+    DEFAULT_KEEP_FULL,
+    RetentionError,
     RetentionGateError,
     check_retention,
     expire,
-
+)
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 

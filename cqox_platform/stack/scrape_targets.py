@@ -9,7 +9,7 @@ has a certificate:
   ``stack.etcd``);
 - ``openbao``: ``/v1/sys/metrics`` (telemetry without a token, see ``stack.openbao``);
 - ``alertmanager``: its own metrics, with the same basic auth Prometheus sends alerts with;
-- ``kube-apiserver``: as ``cqox-prometheus`` in group ``system:monitoring`` (``stack.kube_pki``), which may read
+- ``kube-apiserver``: as ``cqox-prometheus`` in group ``system:monitoring`` (``stack.kube.pki``), which may read
   ``/metrics`` and nothing else; only the request and storage series are kept;
 - ``blackbox``: the prober itself, and through it ``tls-expiry`` (a TLS handshake with every HTTPS endpoint,
   for ``probe_ssl_earliest_cert_expiry``) and ``openbao-health`` (``/v1/sys/health``: 503 means sealed).
@@ -24,7 +24,7 @@ import yaml
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import StackConfig
 from cqox_platform.stack.etcd import NODE_COUNT
-from cqox_platform.stack.kube_pki import ensure_kube_pki
+from cqox_platform.stack.kube.pki import ensure_kube_pki
 
 #: The API server's series worth keeping: request rates and latencies, storage latency, the process.
 KUBE_APISERVER_METRICS = (

@@ -6,8 +6,8 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from cqox_platform.alerts.drill_faults import UNDOERS
-from cqox_platform.alerts.drill_journal import FaultJournal, journal_path, recover
+from cqox_platform.alerts.drill.faults import UNDOERS
+from cqox_platform.alerts.drill.journal import FaultJournal, journal_path, recover
 from cqox_platform.settings import render_stack_env
 from cqox_platform.stack.alerting import AlertmanagerService, AlertReceiverService
 from cqox_platform.stack.archiver_bootstrap import configure_stack_archiver
@@ -22,7 +22,7 @@ from cqox_platform.stack.dagster_services import (
 from cqox_platform.stack.etcd import EtcdService
 from cqox_platform.stack.exporters import exporter_services
 from cqox_platform.stack.haproxy import HaproxyService
-from cqox_platform.stack.kubernetes import KineService, KubeApiserverService, KubeControllerManagerService
+from cqox_platform.stack.kube.services import KineService, KubeApiserverService, KubeControllerManagerService
 from cqox_platform.stack.openbao import OpenBaoService
 from cqox_platform.stack.patroni import PatroniClusterService
 from cqox_platform.stack.postgres import PostgresService

@@ -24,9 +24,9 @@ import requests
 from assets import alert_drill as drill_asset
 from assets import alerting, ha, slo
 from cqox_platform.alerts.client import ReceiverClient
-from cqox_platform.alerts.drill import arrived
-from cqox_platform.alerts.drill_faults import UNREACHABLE_S3, archiver_endpoint
-from cqox_platform.alerts.drill_journal import FaultJournal, journal_path
+from cqox_platform.alerts.drill.faults import UNREACHABLE_S3, archiver_endpoint
+from cqox_platform.alerts.drill.journal import FaultJournal, journal_path
+from cqox_platform.alerts.drill.runner import arrived
 from cqox_platform.pushgateway import BACKUP_STALE_SEVERITY, delete_group, expected_period_sample, push
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.patroni import PatroniResource
@@ -34,7 +34,7 @@ from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.stack import Stack
 from sensors.run_failure_sensor import run_failure_alert_sensor
-from tests.integration.test_alerting import _alertmanager, routed  # noqa: F401 - the module-scoped fixture
+from tests.helpers import alertmanager_client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def _prometheus(env: dict[str, str]) -> PrometheusResource:
 
 
 @pytest.fixture(scope="module")
-def platform_rules(stack, routed):  # noqa: F811
+def platform_rules(stack, alertmanager_routed):
     env = stack.env()
     with mock.patch.dict(os.environ, env):
         assert dg.materialize([alerting.platform_alert_rules], resources={"prometheus": _prometheus(env)}).success
@@ -97,13 +97,15 @@ def test_a_stale_rpo_gauge_group_pages(stack, platform_rules):
         )
         print(f"\nRPO gauge group stale -> page at the receiver: {page['received_at'] - started:.1f} s")
         assert page["kind"] == "pagerduty"  # severity page, from the group's declared severity
-        (alert,) = _alertmanager(env).alerts(filter=['alertname="CqoxPushedMetricsStale"', f'system_id="{system_id}"'])
+        (alert,) = alertmanager_client(env).alerts(
+            filter=['alertname="CqoxPushedMetricsStale"', f'system_id="{system_id}"']
+        )
         assert alert["labels"]["severity"] == "page" and alert["labels"]["service"] == "cqox-platform"
     finally:
         delete_group(env["CQOX_PUSHGATEWAY_URL"], "cqox-backups", grouping)
 
 
-def test_a_failed_ha_run_is_posted_to_alertmanager_and_pages(stack, routed):  # noqa: F811
+def test_a_failed_ha_run_is_posted_to_alertmanager_and_pages(stack, alertmanager_routed):
     env = stack.env()
     with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
         # A real failure of a watched job: a switchover on a single node (no Patroni) fails, naming what to do.
@@ -124,7 +126,7 @@ def test_a_failed_ha_run_is_posted_to_alertmanager_and_pages(stack, routed):  # 
         started = time.time()
         run_failure_alert_sensor(context)
     run_id = result.run_id
-    (alert,) = _alertmanager(env).alerts(filter=['alertname="CqoxDagsterRunFailed"', f'run_id="{run_id}"'])
+    (alert,) = alertmanager_client(env).alerts(filter=['alertname="CqoxDagsterRunFailed"', f'run_id="{run_id}"'])
     assert alert["labels"]["severity"] == "page" and alert["labels"]["family"] == "ha"
     assert alert["annotations"]["run_url"] == f"{env['CQOX_DAGSTER_URL']}/runs/{run_id}"
     assert alert["generatorURL"] == alert["annotations"]["run_url"]
@@ -241,8 +243,8 @@ def test_replica_paused_stops_and_resumes_a_replicas_replay_on_the_ha_stack(ha_s
     import psycopg
 
     from cqox_platform.alerts.client import AlertmanagerClient
-    from cqox_platform.alerts.drill import DrillEnv, ReplicaPaused, _Loaded, run_family
-    from cqox_platform.alerts.drill_faults import process_state
+    from cqox_platform.alerts.drill.faults import process_state
+    from cqox_platform.alerts.drill.runner import DrillEnv, ReplicaPaused, _Loaded, run_family
     from cqox_platform.metrics.prometheus import PrometheusClient
     from cqox_platform.slo.spec import DEFAULT_SPEC, load_spec
 

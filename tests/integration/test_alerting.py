@@ -18,14 +18,12 @@ from pathlib import Path
 from unittest import mock
 
 import dagster as dg
-import pytest
 import yaml
 
 from assets import alerting
-from cqox_platform.alerts.client import AlertmanagerClient, ReceiverClient
-from cqox_platform.resources.alertmanager import AlertmanagerResource
+from cqox_platform.alerts.client import ReceiverClient
 from cqox_platform.resources.prometheus import PrometheusResource
-from tests.integration.test_vault import _materialize_vault_config, _platform
+from tests.helpers import alertmanager_client, received_about, wait_for_received
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 
@@ -36,32 +34,6 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def _alertmanager(env: dict[str, str]) -> AlertmanagerClient:
-    return AlertmanagerClient(
-        env["CQOX_ALERTMANAGER_URL"],
-        env["CQOX_ALERTMANAGER_CACERT"],
-        env["CQOX_ALERTMANAGER_USER"],
-        env["CQOX_ALERTMANAGER_PASSWORD_FILE"],
-    )
-
-
-@pytest.fixture(scope="module")
-def routed(stack):
-    """vault_config (stores the receiver's routing key in Vault KV), then alertmanager_config, in process."""
-    assert _materialize_vault_config(stack).success
-    env = stack.env()
-    with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [alerting.alertmanager_config],
-            resources={"alertmanager": AlertmanagerResource.from_settings(), "vault": _platform(stack)},
-            instance=instance,
-        )
-        logged = "\n".join(entry.message for entry in instance.all_logs(result.run_id))
-    assert result.success
-    (event,) = result.asset_materializations_for_node("alertmanager_config")
-    return {"metadata": event.metadata, "logged": logged, "env": env}
-
-
 def _secrets(stack) -> dict[str, str]:
     secrets_dir = stack.config.secrets_dir
     return {
@@ -70,21 +42,21 @@ def _secrets(stack) -> dict[str, str]:
     }
 
 
-def test_alertmanager_config_is_route_tested_loaded_and_keeps_the_key_out_of_metadata(stack, routed):
-    metadata = routed["metadata"]
+def test_alertmanager_config_is_route_tested_loaded_and_keeps_the_key_out_of_metadata(stack, alertmanager_routed):
+    metadata = alertmanager_routed["metadata"]
     assert metadata["loaded_receivers"].value == ["pagerduty", "tickets"]
     assert metadata["route_tests_passed"].value >= 10  # every shipped alert rule plus the spec's own cases
     assert "CqoxWalArchiveFailing" in metadata["route_tests"].value
-    config_file = Path(routed["env"]["CQOX_ALERTMANAGER_CONFIG_FILE"])
+    config_file = Path(alertmanager_routed["env"]["CQOX_ALERTMANAGER_CONFIG_FILE"])
     assert config_file.stat().st_mode & 0o777 == 0o600
     rendered = yaml.safe_load(config_file.read_text())
     secrets = _secrets(stack)
     assert rendered["receivers"][0]["pagerduty_configs"][0]["routing_key"] == secrets["routing key"]
-    shown = json.dumps({k: str(v.value) for k, v in metadata.items()}) + routed["logged"]
+    shown = json.dumps({k: str(v.value) for k, v in metadata.items()}) + alertmanager_routed["logged"]
     for name, secret in secrets.items():
         assert secret not in shown, f"the {name} leaked into metadata or logs"
     # Alertmanager's own status masks it too.
-    assert secrets["routing key"] not in _alertmanager(routed["env"]).status()["config"]["original"]
+    assert secrets["routing key"] not in alertmanager_client(alertmanager_routed["env"]).status()["config"]["original"]
 
 
 def _rules(service: str) -> str:
@@ -101,37 +73,11 @@ def _rules(service: str) -> str:
     return yaml.safe_dump({"groups": [{"name": f"alert-test-{service}", "interval": "5s", "rules": rules}]})
 
 
-def _about(records: list[dict], service: str, alertname: str) -> list[dict]:
-    """Received records of this test's service and alert name (PagerDuty summary or webhook alerts)."""
-    found = []
-    for r in records:
-        if r["kind"] == "pagerduty":
-            summary = r["body"]["payload"]["summary"]
-            if service in summary and alertname in summary:
-                found.append(r)
-        elif any(
-            a["labels"].get("service") == service and a["labels"].get("alertname") == alertname
-            for a in r["body"].get("alerts", [])
-        ):
-            found.append(r)
-    return found
-
-
-def _wait_for(receiver: ReceiverClient, since: float, ready, timeout: float = 150) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        records = receiver.received(since)
-        if ready(records):
-            return records
-        assert time.monotonic() < deadline, f"not received within {timeout}s: {json.dumps(records)[:2000]}"
-        time.sleep(1)
-
-
-def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_page(stack, routed):
-    env = {**os.environ, **routed["env"]}
+def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_page(stack, alertmanager_routed):
+    env = {**os.environ, **alertmanager_routed["env"]}
     service = f"alert-test-{uuid.uuid4().hex[:8]}"
     receiver = ReceiverClient(env["CQOX_ALERT_RECEIVER_URL"])
-    am = _alertmanager(env)
+    am = alertmanager_client(env)
     silence_id = _cli(
         env, "alerts", "silence", "add", "alertname=CqoxTestSilenced", f"service={service}",
         "--duration", "30m", "--comment", "maintenance in a test",
@@ -141,12 +87,14 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
     started = time.time()
     prometheus.install_rules(rule_file, _rules(service))
     try:
-        records = _wait_for(
+        records = wait_for_received(
             receiver,
             started,
-            lambda rs: _about(rs, service, "CqoxTestBurnPage") and _about(rs, service, "CqoxTestBurnTicket"),
+            lambda rs: (
+                received_about(rs, service, "CqoxTestBurnPage") and received_about(rs, service, "CqoxTestBurnTicket")
+            ),
         )
-        page = _about(records, service, "CqoxTestBurnPage")[0]
+        page = received_about(records, service, "CqoxTestBurnPage")[0]
         detected = page["received_at"] - started
         print(f"\nrule installed -> page at the receiver: {detected:.1f} s")
         assert page["event_action"] == "trigger"
@@ -162,7 +110,7 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
             time.sleep(1)
         assert len(groups) == 1 and slos == ["s1", "s2"], groups
         # The ticket of the paged SLO (s1) is inhibited; the other SLO's (s3) arrives at the webhook.
-        (ticket,) = _about(records, service, "CqoxTestBurnTicket")
+        (ticket,) = received_about(records, service, "CqoxTestBurnTicket")
         assert ticket["kind"] == "webhook" and ticket["name"] == "tickets"
         assert [a["labels"]["slo"] for a in ticket["body"]["alerts"]] == ["s3"]
         inhibited = am.alerts(filter=[f'service="{service}"', 'alertname="CqoxTestBurnTicket"', 'slo="s1"'])
@@ -170,7 +118,7 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
         # The silenced page is held, and Alertmanager says by what.
         (held,) = am.alerts(filter=[f'service="{service}"', 'alertname="CqoxTestSilenced"'])
         assert held["status"]["silencedBy"] == [silence_id]
-        assert not _about(receiver.received(started), service, "CqoxTestSilenced")
+        assert not received_about(receiver.received(started), service, "CqoxTestSilenced")
 
         listed = json.loads(_cli(env, "alerts", "silence", "list", "--json").stdout)
         assert silence_id in {s["id"] for s in listed}
@@ -182,10 +130,10 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
             assert time.monotonic() < deadline, "the expired silence still holds the alert"
             time.sleep(1)
         records = receiver.received(started)
-        assert not _about(records, service, "CqoxTestSilenced")
+        assert not received_about(records, service, "CqoxTestSilenced")
 
         # Exactly one page for the burn, still (no repeat within group_interval, no duplicate path).
-        pages = [r for r in _about(records, service, "CqoxTestBurnPage") if r["event_action"] == "trigger"]
+        pages = [r for r in received_about(records, service, "CqoxTestBurnPage") if r["event_action"] == "trigger"]
         assert len(pages) == 1 and pages[0]["dedup_key"] == page["dedup_key"]
         shown = _cli(env, "alerts", "received", "--since", "10m").stdout
         assert "pagerduty/events-v2" in shown and "CqoxTestBurnPage" in shown
@@ -198,7 +146,7 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
             am.expire_silence(silence_id)
 
 
-def test_no_routing_key_or_password_in_what_the_receiver_stored_or_logged(stack, routed):
+def test_no_routing_key_or_password_in_what_the_receiver_stored_or_logged(stack, alertmanager_routed):
     receiver = stack.service("alert-receiver")
     stored = receiver.store_path.read_text()
     assert stored, "the alerting test above should have left records"

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import _running_stack
+from tests.helpers import materialize_vault_config, running_stack
 
 FAILURE_MARKS = ("NOT archived", "archive command failed", "do not exist yet", "unreachable")
 
@@ -55,7 +55,7 @@ def _failures(stack) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fresh_stack():
-    with _running_stack("cqox-test-bootstrap-", with_dagster=False) as st:
+    with running_stack("cqox-test-bootstrap-", with_dagster=False) as st:
         yield st
 
 
@@ -76,14 +76,12 @@ def test_vault_config_keeps_what_the_stack_configured(fresh_stack, monkeypatch):
     """The stack's bootstrap and `vault_config` agree: a later vault_config leaves the archiver's file alone."""
     import os
 
-    from tests.integration.test_vault import _materialize_vault_config
-
     settings_file = fresh_stack.env()["CQOX_WAL_ARCHIVER_CONFIG"]
     before = Path(settings_file).read_text()
     for key in list(os.environ):
         if key.startswith(("CQOX_", "AWS_", "VAULT_", "BAO_")):
             monkeypatch.delenv(key)
-    result = _materialize_vault_config(fresh_stack)
+    result = materialize_vault_config(fresh_stack)
     assert result.success
     changed = next(iter(result.get_asset_materialization_events()))
     changes = changed.event_specific_data.materialization.metadata["changed_this_run"].value

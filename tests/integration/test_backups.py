@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 from unittest import mock
 
-import boto3
 import dagster as dg
 import psycopg
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from assets import backups as backup_assets
 from cqox_platform.backup.archive.cluster import cluster_archive
@@ -28,12 +26,18 @@ from cqox_platform.backup.archive.records import list_backups
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.backup.wal.pusher import KEY_POOL
 from cqox_platform.pgserver import stop_immediately
-from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
-from cqox_platform.stack.s3 import client_config
-from tests.conftest import make_world_traversable_tmpdir
-from tests.integration.test_vault import _admin, _materialize_vault_config, _platform, _postgres_admin
+from tests.helpers import (
+    asset_metadata,
+    check_results,
+    make_world_traversable_tmpdir,
+    materialize_backups,
+    materialize_vault_config,
+    postgres_admin,
+    s3_client,
+    vault_admin,
+)
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 SEGMENT = 16 * 1024 * 1024
@@ -42,8 +46,8 @@ SEGMENT = 16 * 1024 * 1024
 @pytest.fixture(scope="module")
 def env(stack):
     with mock.patch.dict(os.environ, stack.env()):
-        assert _materialize_vault_config(stack).success
-        with _postgres_admin(stack).connect(autocommit=True) as conn:
+        assert materialize_vault_config(stack).success
+        with postgres_admin(stack).connect(autocommit=True) as conn:
             MigrationRunner().migrate(conn)
             # Enough data that a backup takes a moment (the kill -9 test needs time to aim).
             conn.execute("CREATE TABLE IF NOT EXISTS backup_payload (id int PRIMARY KEY, body text)")
@@ -54,53 +58,13 @@ def env(stack):
         yield stack.env()
 
 
-def _s3(env):
-    # A session of its own: boto3's default session keeps the first credentials it resolved, and the HA tests
-    # run a second stack with other S3 keys in the same process.
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"], config=client_config())
-
-
 def _conn(stack) -> psycopg.Connection:
-    return psycopg.connect(**_postgres_admin(stack).conninfo(), autocommit=True)
+    return psycopg.connect(**postgres_admin(stack).conninfo(), autocommit=True)
 
 
 def _archive(stack, env, bucket=None) -> Archive:
     with _conn(stack) as conn:
-        return cluster_archive(conn, _s3(env), bucket or env["CQOX_S3_BUCKET"])
-
-
-def _resources(stack, env) -> dict:
-    return {
-        "postgres_admin": _postgres_admin(stack),
-        "vault": _platform(stack),
-        "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
-        "backups": BackupStorageResource(
-            bucket=env["CQOX_S3_BUCKET"],
-            dr_bucket=env["CQOX_S3_DR_BUCKET"],
-            archiver_settings=env["CQOX_WAL_ARCHIVER_CONFIG"],
-        ),
-        "prometheus": PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"]),
-    }
-
-
-def _materialize(stack, env, assets, config=None, instance=None) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        assets,
-        resources=_resources(stack, env),
-        run_config={"ops": config or {}},
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
-def _meta(result, node):
-    (event,) = result.asset_materializations_for_node(node)
-    return {k: v.value for k, v in event.metadata.items()}
-
-
-def _checks(result) -> dict[str, bool]:
-    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        return cluster_archive(conn, s3_client(env), bucket or env["CQOX_S3_BUCKET"])
 
 
 def _cli(env, *args, timeout=300) -> subprocess.CompletedProcess:
@@ -167,7 +131,7 @@ def test_wal_push_is_idempotent_refuses_other_content_and_fetch_verifies(stack, 
     missing = _cli(env, "wal-fetch", "000000010000000000000002", str(tmp_path / "none"), *args)
     assert missing.returncode == 1 and not (tmp_path / "none").exists()
     # A corrupted object is not "missing": recovery must stop (exit > 125), naming the object.
-    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4242")
+    archive = Archive(s3_client(env), env["CQOX_S3_BUCKET"], "4242")
     key = archive.wal_key("000000010000000000000001")
     data = bytearray(archive.get_bytes(key))
     data[len(data) // 2] ^= 0xFF
@@ -209,7 +173,7 @@ def test_vault_sealed_during_archiving_loses_no_wal(stack, env, tmp_path):
     pgdata = _fake_pgdata(tmp_path, 4444)
     (pgdata / "pg_wal" / "000000010000000000000009").write_bytes(b"\0" * SEGMENT)
     args = ["--config", env["CQOX_WAL_ARCHIVER_CONFIG"], "--pgdata", str(pgdata)]
-    admin = _admin(stack)
+    admin = vault_admin(stack)
     admin.client().sys.seal()
     try:
         sealed = _cli(env, "wal-push", "pg_wal/000000010000000000000009", *args)
@@ -279,7 +243,7 @@ def test_async_push_reports_the_pushers_results_and_recovers_after_s3_returns(st
 
     first = push(names[0])
     assert first.returncode == 0, first.stderr
-    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4545")
+    archive = Archive(s3_client(env), env["CQOX_S3_BUCKET"], "4545")
     assert names[0] in archive.archived_wal()
     s3 = stack.service("s3")
     s3.stop()
@@ -342,7 +306,7 @@ def test_a_pusher_killed_mid_push_marks_nothing_unarchived_and_the_next_one_fini
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4646")
+    archive = Archive(s3_client(env), env["CQOX_S3_BUCKET"], "4646")
     try:
         deadline = time.monotonic() + 60
         while not archive.archived_wal() and time.monotonic() < deadline:
@@ -375,7 +339,7 @@ def test_a_pusher_killed_mid_push_marks_nothing_unarchived_and_the_next_one_fini
 def test_parallel_multipart_upload_stores_the_written_bytes_and_aborts_cleanly(stack, env):
     from cqox_platform.backup.archive.multipart import MIN_PART, MultipartWriter
 
-    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], "4747")
+    archive = Archive(s3_client(env), env["CQOX_S3_BUCKET"], "4747")
     body = os.urandom(5 * MIN_PART + 12345)
     key = f"{archive.root}/multipart/parallel"
     logged: list[str] = []
@@ -419,7 +383,7 @@ def test_catchup_after_failover_archives_the_old_timelines_unpushed_segments(sta
     (pg_wal / f"{switch_tl1}.partial").write_bytes(os.urandom(SEGMENT))
     (pg_wal / "00000002.history").write_text("1\t0/5000100\tno recovery target specified\n")
     args = ["--config", env["CQOX_WAL_ARCHIVER_CONFIG"]]
-    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(system_id))
+    archive = Archive(s3_client(env), env["CQOX_S3_BUCKET"], str(system_id))
     cli = str(Path(sys.executable).parent / "cqox-platform")
 
     def push_history() -> subprocess.CompletedProcess:
@@ -480,7 +444,7 @@ def test_the_pusher_catches_up_the_old_timeline_when_it_archives_a_history_file(
     settings = base / "archiver" / "archiver.json"
     settings.parent.mkdir()
     settings.write_bytes(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]).read_bytes())
-    archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(system_id))
+    archive = Archive(s3_client(env), env["CQOX_S3_BUCKET"], str(system_id))
     logged: list[str] = []
     try:
         run_daemon(settings, pgdata, lambda: load_archiver_clients(settings), idle_exit=1.0, log=logged.append)
@@ -498,9 +462,9 @@ def test_the_pusher_catches_up_the_old_timeline_when_it_archives_a_history_file(
 @pytest.fixture(scope="module")
 def first_backup(stack, env):
     with dg.instance_for_test() as instance:
-        result = _materialize(stack, env, [backup_assets.postgres_basebackup], instance=instance)
+        result = materialize_backups(stack, env, [backup_assets.postgres_basebackup], instance=instance)
         assert result.success
-        yield _meta(result, "postgres_basebackup"), instance
+        yield asset_metadata(result, "postgres_basebackup"), instance
 
 
 def test_base_backup_is_recorded_in_s3_and_the_table(stack, env, first_backup):
@@ -519,28 +483,32 @@ def test_base_backup_is_recorded_in_s3_and_the_table(stack, env, first_backup):
 
 def test_each_new_backup_gets_one_drill_from_the_sensor(stack, env, first_backup):
     _, instance = first_backup
-    backup = _materialize(stack, env, [backup_assets.postgres_basebackup], instance=instance)
+    backup = materialize_backups(stack, env, [backup_assets.postgres_basebackup], instance=instance)
     assert backup.success
-    backup_id = _meta(backup, "postgres_basebackup")["backup_id"]
+    backup_id = asset_metadata(backup, "postgres_basebackup")["backup_id"]
     requests, _ = _sensor_requests(stack, env, instance)
     assert [r.run_key for r in requests] == [f"drill-{backup_id}"]  # the newest backup first
     # A run that backs up and drills together (the main job, timeline_backup_job) needs no second drill.
-    both = _materialize(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill], instance=instance)
+    both = materialize_backups(
+        stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill], instance=instance
+    )
     assert both.success
     # What that run drilled with the default config is its own, newest backup.
-    assert _meta(both, "restore_drill")["backup_id"] == _meta(both, "postgres_basebackup")["backup_id"]
+    assert (
+        asset_metadata(both, "restore_drill")["backup_id"] == asset_metadata(both, "postgres_basebackup")["backup_id"]
+    )
     requests, _ = _sensor_requests(stack, env, instance)
-    assert _meta(both, "postgres_basebackup")["backup_id"] not in [r.run_key[6:] for r in requests]
+    assert asset_metadata(both, "postgres_basebackup")["backup_id"] not in [r.run_key[6:] for r in requests]
 
 
 def test_drill_restores_proves_data_and_reports_rto(stack, env, first_backup):
     meta, _ = first_backup
-    result = _materialize(
+    result = materialize_backups(
         stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": meta["backup_id"]}}}
     )
-    drill = _meta(result, "restore_drill")
+    drill = asset_metadata(result, "restore_drill")
     assert drill["passed"], drill["error"]
-    assert _checks(result) == {"drill_passed": True, "latest_backup_verified_restorable": True}
+    assert check_results(result) == {"drill_passed": True, "latest_backup_verified_restorable": True}
     assert drill["tables_checked"] >= 10 and drill["indexes_checked"] >= 10 and drill["rows_checked"] >= 60000
     assert drill["rto_seconds"] > 0 and drill["rto_history"].startswith("![RTO history](data:image/svg+xml")
     for phase in ("download", "decrypt", "extract", "verify", "replay", "checks"):
@@ -552,9 +520,9 @@ def test_drill_restores_proves_data_and_reports_rto(stack, env, first_backup):
 
 
 def test_wal_status_reports_rpo_continuity_and_an_idle_cluster_is_not_stale(stack, env, first_backup):
-    result = _materialize(stack, env, [backup_assets.wal_archive_status])
-    meta = _meta(result, "wal_archive_status")
-    assert _checks(result) == {
+    result = materialize_backups(stack, env, [backup_assets.wal_archive_status])
+    meta = asset_metadata(result, "wal_archive_status")
+    assert check_results(result) == {
         "wal_rpo_within_target": True,
         "wal_archive_continuous": True,
         "wal_archiver_healthy": True,
@@ -565,7 +533,7 @@ def test_wal_status_reports_rpo_continuity_and_an_idle_cluster_is_not_stale(stac
     with _conn(stack) as conn:
         conn.execute("INSERT INTO wal_probe VALUES (now())")
     time.sleep(1.1)
-    failing = _materialize(
+    failing = materialize_backups(
         stack,
         env,
         [backup_assets.wal_archive_status],
@@ -575,8 +543,8 @@ def test_wal_status_reports_rpo_continuity_and_an_idle_cluster_is_not_stale(stac
             }
         },
     )
-    assert _checks(failing)["wal_rpo_within_target"] is False
-    assert _meta(failing, "wal_archive_status")["rpo_bytes"] > 0
+    assert check_results(failing)["wal_rpo_within_target"] is False
+    assert asset_metadata(failing, "wal_archive_status")["rpo_bytes"] > 0
 
 
 def test_wal_gap_fails_the_continuity_check(stack, env, first_backup):
@@ -587,14 +555,14 @@ def test_wal_gap_fails_the_continuity_check(stack, env, first_backup):
     head = archive.head(archive.wal_manifest_key(victim))
     archive.delete(archive.wal_manifest_key(victim))
     try:
-        result = _materialize(
+        result = materialize_backups(
             stack,
             env,
             [backup_assets.wal_archive_status],
             {"wal_archive_status": {"config": {"capture_restore_point": False}}},
         )
-        assert _checks(result)["wal_archive_continuous"] is False
-        assert victim in _meta(result, "wal_archive_status")["gaps"]
+        assert check_results(result)["wal_archive_continuous"] is False
+        assert victim in asset_metadata(result, "wal_archive_status")["gaps"]
     finally:
         archive.put_bytes(archive.wal_manifest_key(victim), manifest, metadata=head["Metadata"])
 
@@ -609,15 +577,15 @@ def test_corrupted_or_truncated_backup_fails_the_drill_naming_the_object(stack, 
         flipped[len(flipped) // 2] ^= 0x01
         for broken in (bytes(flipped), original[: len(original) // 2]):
             archive.put_bytes(record.object_key, broken)
-            result = _materialize(
+            result = materialize_backups(
                 stack,
                 env,
                 [backup_assets.restore_drill],
                 {"restore_drill": {"config": {"backup_id": record.backup_id}}},
             )
-            drill = _meta(result, "restore_drill")
+            drill = asset_metadata(result, "restore_drill")
             assert not drill["passed"] and record.object_key in drill["error"]
-            assert _checks(result)["drill_passed"] is False
+            assert check_results(result)["drill_passed"] is False
     finally:
         archive.put_bytes(record.object_key, original)
 
@@ -632,10 +600,10 @@ def test_corrupted_wal_segment_stops_recovery_naming_it(stack, env, first_backup
         broken = bytearray(original)
         broken[-100] ^= 0x01
         archive.put_bytes(key, bytes(broken))
-        result = _materialize(
+        result = materialize_backups(
             stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": record.backup_id}}}
         )
-        drill = _meta(result, "restore_drill")
+        drill = asset_metadata(result, "restore_drill")
         assert not drill["passed"] and key in drill["error"]
     finally:
         archive.put_bytes(key, original)
@@ -667,7 +635,7 @@ def test_kill_9_mid_backup_leaves_no_backup_and_no_stray_upload(stack, env):
     workdirs = set(Path(tempfile.gettempdir()).glob("cqox-basebackup-*"))
     assert workdirs  # what the killed backup left (no finally ran)
     # The next backup (it holds the backup lock) aborts what the killed one left; nothing stays half-written.
-    result = _materialize(stack, env, [backup_assets.postgres_basebackup])
+    result = materialize_backups(stack, env, [backup_assets.postgres_basebackup])
     assert result.success
     leftover = archive.s3.list_multipart_uploads(Bucket=archive.bucket, Prefix=f"{archive.root}/base/")
     assert not leftover.get("Uploads")
@@ -731,7 +699,7 @@ def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):
 def _sensor_requests(stack, env, instance, cursor=None):
     from sensors.backup_schedules import new_backup_drill_sensor
 
-    resources = {"postgres_admin": _postgres_admin(stack)}
+    resources = {"postgres_admin": postgres_admin(stack)}
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         result = new_backup_drill_sensor(context)
         return list(result.run_requests or []), context.cursor
@@ -752,7 +720,7 @@ def test_a_backup_from_the_cli_gets_exactly_one_drill(stack, env):
             drilled = request.run_config["ops"]["restore_drill"]["config"]["backup_id"]
             assert request.run_key == f"drill-{drilled}" and drilled not in requested
             requested.append(drilled)
-            _materialize(stack, env, [backup_assets.restore_drill], request.run_config["ops"])
+            materialize_backups(stack, env, [backup_assets.restore_drill], request.run_config["ops"])
         assert requested and requested[0] == backup_id, requested  # the newest first, exactly once
         assert _sensor_requests(stack, env, instance)[0] == []
     listed = _cli(env, "backup", "list")
@@ -770,19 +738,19 @@ def test_a_drill_without_a_captured_point_is_partial_and_verifies_nothing(stack,
     backup_id = created.stdout.split()[0]
     with _conn(stack) as conn:
         conn.execute("DELETE FROM restore_points WHERE name = %s", [backup_point_name(backup_id)])
-    result = _materialize(
+    result = materialize_backups(
         stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": backup_id}}}
     )
-    drill = _meta(result, "restore_drill")
+    drill = asset_metadata(result, "restore_drill")
     assert not drill["passed"] and drill["status"] == "partial", drill
-    assert _checks(result)["latest_backup_verified_restorable"] is False
+    assert check_results(result)["latest_backup_verified_restorable"] is False
     with _conn(stack) as conn:
         assert backup_id not in verified_backup_ids(conn)
         status = conn.execute("SELECT status FROM restore_drills WHERE drill_id = %s", [drill["drill_id"]])
         assert status.fetchone()[0] == "partial"
     # The newest backup must be verified for what follows (retention waits for it): take one that is.
-    fresh = _materialize(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill])
-    assert _meta(fresh, "restore_drill")["passed"], _meta(fresh, "restore_drill")["error"]
+    fresh = materialize_backups(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill])
+    assert asset_metadata(fresh, "restore_drill")["passed"], asset_metadata(fresh, "restore_drill")["error"]
 
 
 # --- second region, metrics ----------------------------------------------------------------------------------
@@ -812,46 +780,48 @@ def test_dr_copy_verifies_by_hash_retries_a_corrupted_copy_and_never_lists_it(st
         return sent
 
     monkeypatch.setattr(dr_copy, "copy_object", corrupting_copy)
-    bad = _materialize(stack, env, [backup_assets.backups_dr_copy])
-    assert _checks(bad) == {"dr_copy_verified": False}
-    assert victim in _meta(bad, "backups_dr_copy")["mismatched"]
+    bad = materialize_backups(stack, env, [backup_assets.backups_dr_copy])
+    assert check_results(bad) == {"dr_copy_verified": False}
+    assert victim in asset_metadata(bad, "backups_dr_copy")["mismatched"]
     assert dr.head(dr.backup_record_key(backup_id)) is None  # the DR bucket does not list it
     assert dr.head(dr.backup_manifest_key(backup_id)) is None
     assert backup_id not in {r.backup_id for r in list_backups(dr)}
     monkeypatch.setattr(dr_copy, "copy_object", real_copy)
-    good = _materialize(stack, env, [backup_assets.backups_dr_copy])
-    assert _checks(good) == {"dr_copy_verified": True}, _meta(good, "backups_dr_copy")
-    assert _meta(good, "backups_dr_copy")["mismatched"] == []
+    good = materialize_backups(stack, env, [backup_assets.backups_dr_copy])
+    assert check_results(good) == {"dr_copy_verified": True}, asset_metadata(good, "backups_dr_copy")
+    assert asset_metadata(good, "backups_dr_copy")["mismatched"] == []
     assert hashlib.sha256(dr.get_bytes(victim)).digest() == hashlib.sha256(primary.get_bytes(victim)).digest()
     assert backup_id in {r.backup_id for r in list_backups(dr)}
     # A copy corrupted later in the DR bucket (same size) is found and replaced too.
     body = bytearray(dr.get_bytes(victim))
     body[10] ^= 0x01
     dr.put_bytes(victim, bytes(body), metadata=(dr.head(victim) or {}).get("Metadata"))
-    healed = _materialize(
+    healed = materialize_backups(
         stack, env, [backup_assets.backups_dr_copy], {"backups_dr_copy": {"config": {"reverify": True}}}
     )
-    assert _checks(healed) == {"dr_copy_verified": True}
+    assert check_results(healed) == {"dr_copy_verified": True}
     assert dr.get_bytes(victim) == primary.get_bytes(victim)
 
 
 def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env):
-    result = _materialize(stack, env, [backup_assets.backups_dr_copy])
-    assert _checks(result) == {"dr_copy_verified": True}
-    assert _meta(result, "backups_dr_copy")["mismatched"] == []
-    again = _materialize(stack, env, [backup_assets.backups_dr_copy])
-    assert _meta(again, "backups_dr_copy")["copied_objects"] == 0
-    drill = _materialize(stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"source": "dr"}}})
-    meta = _meta(drill, "restore_drill")
+    result = materialize_backups(stack, env, [backup_assets.backups_dr_copy])
+    assert check_results(result) == {"dr_copy_verified": True}
+    assert asset_metadata(result, "backups_dr_copy")["mismatched"] == []
+    again = materialize_backups(stack, env, [backup_assets.backups_dr_copy])
+    assert asset_metadata(again, "backups_dr_copy")["copied_objects"] == 0
+    drill = materialize_backups(
+        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"source": "dr"}}}
+    )
+    meta = asset_metadata(drill, "restore_drill")
     assert meta["passed"], meta["error"]
     assert env["CQOX_S3_DR_BUCKET"] in meta["source"]
 
 
 def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
-    result = _materialize(stack, env, [backup_assets.backup_alert_rules])
+    result = materialize_backups(stack, env, [backup_assets.backup_alert_rules])
     assert result.success
     prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"])
-    assert any(g == "cqox-backups" for g in _meta(result, "backup_alert_rules")["loaded_groups"])
+    assert any(g == "cqox-backups" for g in asset_metadata(result, "backup_alert_rules")["loaded_groups"])
     deadline = time.monotonic() + 90
     found: dict[str, bool] = {}
     names = [
@@ -887,7 +857,7 @@ def _age_backups(archive: Archive, records, days: int) -> None:
 def test_retention_refuses_a_zero_day_window(stack, env):
     archive = _archive(stack, env)
     before = list_backups(archive)
-    result = _materialize(
+    result = materialize_backups(
         stack, env, [backup_assets.backup_retention], {"backup_retention": {"config": {"keep_days": 0}}}
     )
     assert not result.success and list_backups(archive) == before
@@ -912,7 +882,7 @@ def test_retention_keeps_the_newest_backups_and_the_wal_they_need(stack, env):
     assert rows[newest]["action"] == "keep" and "newest 1" in rows[newest]["reason"]
     assert rows[second]["action"] == "keep" and "before the 1-day window" in rows[second]["reason"]
     assert plan["delete"], plan  # the older ones go
-    real = _materialize(
+    real = materialize_backups(
         stack,
         env,
         [backup_assets.backup_retention],
@@ -924,7 +894,7 @@ def test_retention_keeps_the_newest_backups_and_the_wal_they_need(stack, env):
     for gone in plan["delete"]:
         assert not list(archive.list(archive.backup_prefix(gone)))  # every object of it, by its id
     # What is left still restores: the kept backups' WAL survived.
-    drill = _materialize(
+    drill = materialize_backups(
         stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": after[0].backup_id}}}
     )
-    assert _meta(drill, "restore_drill")["passed"], _meta(drill, "restore_drill")["error"]
+    assert asset_metadata(drill, "restore_drill")["passed"], asset_metadata(drill, "restore_drill")["error"]

@@ -34,7 +34,7 @@ from cqox_platform.schema import MigrationRunner
 from cqox_platform.slo.spec import DEFAULT_SPEC
 from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
 from sensors.canary_sensor import canary_sensor
-from tests.integration.test_vault import _postgres_admin
+from tests.helpers import postgres_admin
 
 SLO_SPEC = DEFAULT_SPEC
 SCENARIOS = {
@@ -165,7 +165,7 @@ def _scraped(prometheus: PrometheusResource, job: str) -> bool:
 @pytest.fixture(scope="module")
 def world(stack):
     env = stack.env()
-    with mock.patch.dict(os.environ, env), _postgres_admin(stack).connect(autocommit=True) as conn:
+    with mock.patch.dict(os.environ, env), postgres_admin(stack).connect(autocommit=True) as conn:
         MigrationRunner().migrate(conn)
     kube = _kube(stack)
     prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"])
@@ -194,7 +194,7 @@ def world(stack):
 
 
 def _conn(stack) -> psycopg.Connection:
-    return psycopg.connect(**_postgres_admin(stack).conninfo(), autocommit=True)
+    return psycopg.connect(**postgres_admin(stack).conninfo(), autocommit=True)
 
 
 def _start(stack, world, name: str, image: str | None = None, policy_file: Path | None = None):
@@ -234,7 +234,7 @@ def _sense(stack, world, name: str, instance, prometheus=None):
     # As canary_start_job does; a rollout started from the CLI gets its partition from the sensor's result.
     instance.add_dynamic_partitions(canary_partitions.name, active)
     resources = {
-        "postgres": _postgres_admin(stack),
+        "postgres": postgres_admin(stack),
         "prometheus": prometheus or world["prometheus"],
         "kubernetes": world["kube"],
     }
@@ -266,7 +266,7 @@ def _run(stack, world, name: str, request: dg.RunRequest, instance, prometheus=N
             run_config=request.run_config,
             tags=request.tags,
             resources={
-                "postgres": _postgres_admin(stack),
+                "postgres": postgres_admin(stack),
                 "kubernetes": world["kube"],
                 "prometheus": prometheus or world["prometheus"],
             },
@@ -463,7 +463,7 @@ def _version_report(stack, world, name: str) -> dict:
         run = dg.materialize(
             [slo_version_report],
             partition_key=today.date().isoformat(),
-            resources={"postgres": _postgres_admin(stack), "prometheus": world["prometheus"]},
+            resources={"postgres": postgres_admin(stack), "prometheus": world["prometheus"]},
             instance=instance,
         )
     (event,) = run.asset_materializations_for_node("slo_version_report")
@@ -789,7 +789,7 @@ def test_force_promote_from_the_ui_job_promotes_to_stable_without_analysis(stack
             [rollout.rollout_id],
         )
     job = next(j for j in canary_operator_jobs if j.name == "canary_promote_job")
-    resources = {"postgres": _postgres_admin(stack), "kubernetes": world["kube"], "prometheus": world["prometheus"]}
+    resources = {"postgres": postgres_admin(stack), "kubernetes": world["kube"], "prometheus": world["prometheus"]}
     config = {"rollout": rollout.rollout_id, "reason": "hotfix", "requested_by": "dave"}
     with mock.patch.dict(os.environ, _scenario_env(stack, world, "good")):
         result = job.execute_in_process(

@@ -19,7 +19,7 @@ from assets.datasets import dataset_key_rotation, datasets_partitions, encrypted
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.schema import MigrationRunner
 from sensors.datasets_sensor import dataset_upload_sensor
-from tests.integration.test_vault import _admin, _materialize_vault_config, _platform, _postgres_admin
+from tests.helpers import materialize_vault_config, postgres_admin, vault_admin, vault_platform
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 
@@ -30,8 +30,8 @@ def env(stack):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in stack.env().items():
             mp.setenv(key, value)
-        assert _materialize_vault_config(stack).success
-        with _postgres_admin(stack).connect(autocommit=True) as conn:
+        assert materialize_vault_config(stack).success
+        with postgres_admin(stack).connect(autocommit=True) as conn:
             MigrationRunner().migrate(conn)
         yield stack.env()
 
@@ -52,10 +52,10 @@ def _resources(stack) -> dict:
             dbname=env["CQOX_PG_DB"],
             user="vault-issued",
             sslrootcert=env["CQOX_PG_SSLROOTCERT"],
-            vault=_platform(stack),
+            vault=vault_platform(stack),
             vault_db_role="cqox-platform",
         ),
-        "vault": _platform(stack),
+        "vault": vault_platform(stack),
     }
 
 
@@ -107,7 +107,7 @@ def _keys(prefix: str) -> list[str]:
 
 
 def _db(stack) -> psycopg.Connection:
-    return psycopg.connect(**_postgres_admin(stack).conninfo(), autocommit=True)
+    return psycopg.connect(**postgres_admin(stack).conninfo(), autocommit=True)
 
 
 def test_sensor_turns_an_upload_into_a_partitioned_run(stack, env, instance, tmp_path):
@@ -256,7 +256,7 @@ def test_no_secret_reaches_logs_event_log_or_metadata(stack, env, instance, tmp_
     """After the whole flow: DEKs, tokens, passwords and keys appear in no log the operators read."""
     key = _upload(env, tmp_path, "scan-me", _frame(30))
     assert _ingest(stack, instance, "scan-me", key).success
-    admin = _admin(stack)
+    admin = vault_admin(stack)
     secrets: set[str] = set()
     with _db(stack) as conn:
         for (wrapped,) in conn.execute("SELECT wrapped_dek FROM datasets WHERE wrapped_dek IS NOT NULL"):
@@ -275,7 +275,7 @@ def test_no_secret_reaches_logs_event_log_or_metadata(stack, env, instance, tmp_
         else:
             secrets |= {line.split("=", 1)[1].strip().strip('"') for line in text.splitlines() if "=" in line}
             secrets |= {line.rsplit(":", 1)[1] for line in text.splitlines() if line.count(":") >= 4}
-    secrets |= {_platform(stack).client().token}
+    secrets |= {vault_platform(stack).client().token}
     secrets = {s for s in secrets if len(s) >= 16}
     assert len(secrets) >= 6
 
@@ -328,7 +328,7 @@ def _store_args(stack, env):
 
     from cqox_platform.secrets.vault_setup import DATASET_PATH_KEY
 
-    vault = _platform(stack)
+    vault = vault_platform(stack)
     return {
         "s3": boto3.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"]),
         "bucket": env["CQOX_S3_BUCKET"],

@@ -25,8 +25,6 @@ from cqox_platform.deploy.manifests import MANIFEST_DIR, render
 from cqox_platform.resources.kubernetes import KubernetesResource
 from cqox_platform.stack import Stack
 
-pytestmark = pytest.mark.integration
-
 PROJECT = Path(__file__).resolve().parents[2]
 PRODUCTION_YAML = PROJECT / "deploy" / "dagster" / "dagster.yaml"
 

@@ -14,8 +14,6 @@ from cqox_platform.deploy.manifests import MANIFEST_DIR, render
 from cqox_platform.resources.kubernetes import KubernetesInvalidError, KubernetesResource
 from cqox_platform.stack import Stack
 
-pytestmark = pytest.mark.integration
-
 ALL_DEFS = [*deploy_assets, *deploy_checks]
 
 
@@ -338,7 +336,7 @@ def test_the_drift_check_covers_the_object_store_and_the_scheduled_backup(kube, 
 
 def test_ui_auth_manifests_are_accepted_by_the_api_server(kube, target):
     """deploy/dagster/ui-auth (issue 13, item 10): the API server validates every object and keeps the fence."""
-    from tests.unit.test_deploy_manifests import UI_AUTH_DIR, UI_AUTH_VALUES, WEBSERVER_POD_LABELS
+    from tests.helpers import UI_AUTH_DIR, UI_AUTH_VALUES, WEBSERVER_POD_LABELS
 
     ns = target["namespace"]
     (namespace,) = render(MANIFEST_DIR / "namespace.yaml", {"NAMESPACE": ns})

@@ -12,7 +12,7 @@ import pytest
 from cqox_platform.crypto.envelope import decrypt_file, encrypt_file, load_manifest, manifest_path
 from cqox_platform.errors import IntegrityError, ManifestMismatchError, VaultError
 from cqox_platform.resources.vault import VaultResource
-from tests.integration.test_vault import _admin, configured  # noqa: F401 - fixture reuse
+from tests.helpers import vault_admin
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 
@@ -28,7 +28,7 @@ def plain_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_cli_round_trip_is_bit_exact(stack, configured, plain_file, tmp_path):  # noqa: F811
+def test_cli_round_trip_is_bit_exact(stack, vault_configured, plain_file, tmp_path):
     enc, out = tmp_path / "dataset.enc", tmp_path / "back.csv"
     result = _cli(stack, "encrypt", "--in", str(plain_file), "--out", str(enc))
     assert result.returncode == 0, result.stderr
@@ -40,7 +40,7 @@ def test_cli_round_trip_is_bit_exact(stack, configured, plain_file, tmp_path):  
     assert out.read_bytes() == plain_file.read_bytes()
 
 
-def test_cli_refuses_a_tampered_object_and_writes_nothing(stack, configured, plain_file, tmp_path):  # noqa: F811
+def test_cli_refuses_a_tampered_object_and_writes_nothing(stack, vault_configured, plain_file, tmp_path):
     enc, out = tmp_path / "dataset.enc", tmp_path / "back.csv"
     assert _cli(stack, "encrypt", "--in", str(plain_file), "--out", str(enc)).returncode == 0
     blob = bytearray(enc.read_bytes())
@@ -54,8 +54,8 @@ def test_cli_refuses_a_tampered_object_and_writes_nothing(stack, configured, pla
     assert list(tmp_path.glob(".back.csv.*")) == []  # no temporary left behind
 
 
-def test_manifest_from_another_object_is_refused(stack, configured, plain_file, tmp_path):  # noqa: F811
-    vault = _admin(stack).key_provider("cqox-datasets")
+def test_manifest_from_another_object_is_refused(stack, vault_configured, plain_file, tmp_path):
+    vault = vault_admin(stack).key_provider("cqox-datasets")
     a, b = tmp_path / "a.enc", tmp_path / "b.enc"
     encrypt_file(plain_file, a, vault)
     encrypt_file(plain_file, b, vault)
@@ -64,8 +64,8 @@ def test_manifest_from_another_object_is_refused(stack, configured, plain_file, 
         decrypt_file(a, tmp_path / "out", vault)
 
 
-def test_missing_manifest_and_truncated_object(stack, configured, plain_file, tmp_path):  # noqa: F811
-    vault = _admin(stack).key_provider("cqox-datasets")
+def test_missing_manifest_and_truncated_object(stack, vault_configured, plain_file, tmp_path):
+    vault = vault_admin(stack).key_provider("cqox-datasets")
     enc = tmp_path / "x.enc"
     encrypt_file(plain_file, enc, vault)
     enc.write_bytes(enc.read_bytes()[: 1_048_576 + 16 + 40])
@@ -77,8 +77,8 @@ def test_missing_manifest_and_truncated_object(stack, configured, plain_file, tm
     assert not (tmp_path / "out").exists()
 
 
-def test_retired_key_version_is_a_clear_error(stack, configured, plain_file, tmp_path):  # noqa: F811
-    admin: VaultResource = _admin(stack)
+def test_retired_key_version_is_a_clear_error(stack, vault_configured, plain_file, tmp_path):
+    admin: VaultResource = vault_admin(stack)
     admin.call(
         "creating a scratch key",
         lambda: admin.client().secrets.transit.create_key(name="scratch-envelope", key_type="aes256-gcm96"),
@@ -93,10 +93,10 @@ def test_retired_key_version_is_a_clear_error(stack, configured, plain_file, tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_key_version_is_a_clear_error(stack, configured, plain_file, tmp_path):  # noqa: F811
+def test_unknown_key_version_is_a_clear_error(stack, vault_configured, plain_file, tmp_path):
     from cqox_platform.crypto.envelope import Manifest
 
-    vault = _admin(stack).key_provider("cqox-datasets")
+    vault = vault_admin(stack).key_provider("cqox-datasets")
     enc = tmp_path / "x.enc"
     manifest = encrypt_file(plain_file, enc, vault)
     forged = manifest.with_wrapped_dek("vault:v99:" + manifest.wrapped_dek.split(":", 2)[2])

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cqox_platform.stack.certs import issue_certificate, load_ca, tls_files
-from cqox_platform.stack.kube_pki import kube_pki
+from cqox_platform.stack.kube.pki import kube_pki
 
 PROBE_KEY = base64.b64encode(b"/cqox-trust-probe").decode()
 

@@ -20,8 +20,16 @@ from assets import backups as backup_assets
 from cqox_platform.backup.archive.cluster import cluster_archive
 from cqox_platform.ha.partition import heal, partitioned_from_etcd
 from cqox_platform.schema import MigrationRunner
-from tests.integration.test_backups import _checks, _materialize, _meta, _resources, _s3
-from tests.integration.test_vault import _materialize_vault_config, _postgres_admin
+from tests.helpers import (
+    asset_metadata,
+    backup_resources,
+    check_results,
+    materialize_backups,
+    materialize_vault_config,
+    postgres_admin,
+    s3_client,
+    wait_healthy,
+)
 
 #: The roadmap's bound for a failover.
 FAILOVER_BOUND = 30.0
@@ -30,8 +38,8 @@ FAILOVER_BOUND = 30.0
 @pytest.fixture(scope="module")
 def env(ha_stack):
     with mock.patch.dict(os.environ, ha_stack.env()):
-        assert _materialize_vault_config(ha_stack).success
-        with _postgres_admin(ha_stack).connect(autocommit=True) as conn:
+        assert materialize_vault_config(ha_stack).success
+        with postgres_admin(ha_stack).connect(autocommit=True) as conn:
             MigrationRunner().migrate(conn)
             conn.execute("CREATE TABLE IF NOT EXISTS acked_writes (id bigint PRIMARY KEY, at timestamptz)")
         yield ha_stack.env()
@@ -41,29 +49,13 @@ def env(ha_stack):
 def backup_before_failover(ha_stack, env):
     """A base backup on the first timeline, which the drill after the failovers restores from."""
     with mock.patch.dict(os.environ, env):
-        result = _materialize(ha_stack, env, [backup_assets.postgres_basebackup])
+        result = materialize_backups(ha_stack, env, [backup_assets.postgres_basebackup])
     assert result.success
-    return _meta(result, "postgres_basebackup")["backup_id"]
+    return asset_metadata(result, "postgres_basebackup")["backup_id"]
 
 
 def _cluster(stack):
     return stack.service("patroni").client().cluster()
-
-
-def _wait_healthy(stack, timeout=120.0):
-    """One leader and every member running and streaming (an old leader rejoins through pg_rewind)."""
-    service = stack.service("patroni")
-    deadline = time.monotonic() + timeout
-    state = None
-    while time.monotonic() < deadline:
-        try:
-            state = service.client().cluster()
-            if service.healthy():
-                return state
-        except Exception:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"cluster not healthy after {timeout} s: {state}")
 
 
 def _wait_timeline(stack, timeline: int, timeout: float = 30.0):
@@ -91,7 +83,7 @@ def _write_through_haproxy(stack, row_id: int) -> None:
 
 
 def _kill_leader(stack):
-    state = _wait_healthy(stack)
+    state = wait_healthy(stack)
     leader = _node(stack, state.leader)
     pid = leader.postmaster_pid()
     assert pid is not None, f"{leader.name} runs no postmaster"
@@ -111,7 +103,7 @@ def _wait_for_writes(stack, start: float, row_id: int) -> float:
 
 
 def test_kill_9_of_the_leader_promotes_a_replica_and_resources_reconnect(ha_stack, env, backup_before_failover):
-    resource = _postgres_admin(ha_stack)
+    resource = postgres_admin(ha_stack)
     with resource.connection() as conn:  # a pooled connection to the leader that is about to die
         assert conn.execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,)
     before, old_leader, killed_at = _kill_leader(ha_stack)
@@ -127,7 +119,7 @@ def test_kill_9_of_the_leader_promotes_a_replica_and_resources_reconnect(ha_stac
         )
     resource.teardown_after_execution(mock.MagicMock())
     # The old leader comes back as a replica of the new one.
-    healed = _wait_healthy(ha_stack)
+    healed = wait_healthy(ha_stack)
     assert healed.member(old_leader.name).role in ("replica", "sync_standby")
 
 
@@ -173,7 +165,7 @@ def test_synchronous_mode_loses_no_acknowledged_write_in_a_failover(ha_stack, en
         assert seconds < FAILOVER_BOUND
         assert errors, "the writer never saw the failover"
         assert len(acked) > acked_at_failover > 0
-        with _postgres_admin(ha_stack).connect(autocommit=True) as conn:
+        with postgres_admin(ha_stack).connect(autocommit=True) as conn:
             present = {
                 row[0]
                 for row in conn.execute("SELECT id FROM acked_writes WHERE id >= 2000000 AND id < 2999000").fetchall()
@@ -182,11 +174,11 @@ def test_synchronous_mode_loses_no_acknowledged_write_in_a_failover(ha_stack, en
         assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
     finally:
         client.patch_config({"synchronous_mode": False})
-    _wait_healthy(ha_stack)
+    wait_healthy(ha_stack)
 
 
 def test_partitioned_leader_demotes_and_two_nodes_never_accept_writes(ha_stack, env):
-    state = _wait_healthy(ha_stack)
+    state = wait_healthy(ha_stack)
     leader = _node(ha_stack, state.leader)
     nodes = ha_stack.service("patroni").nodes
     rounds: list[dict[str, bool]] = []
@@ -229,7 +221,7 @@ def test_partitioned_leader_demotes_and_two_nodes_never_accept_writes(ha_stack, 
     both = [r for r in rounds if sum(r.values()) > 1]
     assert not both, f"two nodes accepted writes at once: {both[:3]}"
     assert any(r[leader.name] for r in rounds), "the probe never saw the original leader writable"
-    healed = _wait_healthy(ha_stack)
+    healed = wait_healthy(ha_stack)
     assert healed.member(leader.name).role in ("replica", "sync_standby")
 
 
@@ -239,27 +231,27 @@ def test_archiving_continues_across_timelines_and_a_drill_after_the_failovers_pa
     timeline = _cluster(ha_stack).timeline
     assert timeline >= 3, "the failover tests above switch timelines"
     with psycopg.connect(**ha_stack.service("postgres").conninfo(), autocommit=True) as conn:
-        archive = cluster_archive(conn, _s3(env), env["CQOX_S3_BUCKET"])
+        archive = cluster_archive(conn, s3_client(env), env["CQOX_S3_BUCKET"])
         conn.execute("CREATE TABLE IF NOT EXISTS after_failover (n int)")
         conn.execute("INSERT INTO after_failover SELECT generate_series(1, 1000)")
     archived = archive.archived_wal()
     for tl in range(2, timeline + 1):
         assert f"{tl:08X}.history" in archived, f"history file of timeline {tl} not archived"
     with mock.patch.dict(os.environ, env):
-        status = _materialize(ha_stack, env, [backup_assets.wal_archive_status])
-        checks = _checks(status)
-        assert checks["wal_archive_continuous"], _meta(status, "wal_archive_status")
+        status = materialize_backups(ha_stack, env, [backup_assets.wal_archive_status])
+        checks = check_results(status)
+        assert checks["wal_archive_continuous"], asset_metadata(status, "wal_archive_status")
         assert checks["wal_rpo_within_target"]
         # wal_archive_status captured a restore point on the newest timeline; drill the first timeline's backup
         # to it, through every history file.
-        drill = _materialize(
+        drill = materialize_backups(
             ha_stack,
             env,
             [backup_assets.restore_drill],
             config={"restore_drill": {"config": {"backup_id": backup_before_failover, "mode": "latest_point"}}},
         )
-    drill_checks = _checks(drill)
-    meta = _meta(drill, "restore_drill")
+    drill_checks = check_results(drill)
+    meta = asset_metadata(drill, "restore_drill")
     assert drill_checks["drill_passed"], meta
     assert meta["backup_id"] == backup_before_failover and meta["tables_checked"] >= 1
     assert meta["target"].startswith("restore_point check-")
@@ -267,7 +259,7 @@ def test_archiving_continues_across_timelines_and_a_drill_after_the_failovers_pa
 
 def test_resources_config_is_the_single_endpoint(ha_stack, env):
     """Every client keeps one host and port in HA mode: HAProxy's, routed to the leader."""
-    resources = _resources(ha_stack, env)
+    resources = backup_resources(ha_stack, env)
     assert str(resources["postgres_admin"].port) == env["CQOX_PG_PORT"]
     with resources["postgres_admin"].connect(autocommit=True) as conn:
         port = conn.execute("SELECT inet_server_port()").fetchone()[0]

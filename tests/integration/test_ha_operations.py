@@ -27,7 +27,7 @@ from cqox_platform.resources.patroni import PatroniResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.stack.patroni import PG_BIN_DIR
 from sensors.ha_sensors import timeline_change_sensor
-from tests.integration.test_vault import _postgres_admin
+from tests.helpers import postgres_admin
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 HEALTHY_TIMEOUT = 180.0
@@ -36,7 +36,7 @@ HEALTHY_TIMEOUT = 180.0
 @pytest.fixture(scope="module")
 def ha(ha_stack):
     with mock.patch.dict(os.environ, ha_stack.env()):
-        with _postgres_admin(ha_stack).connect(autocommit=True) as conn:
+        with postgres_admin(ha_stack).connect(autocommit=True) as conn:
             MigrationRunner().migrate(conn)  # audit_log
         yield ha_stack
 
@@ -56,11 +56,11 @@ def _patroni(stack) -> PatroniResource:
 
 
 def _resources(stack) -> dict:
-    return {"patroni": _patroni(stack), "postgres_admin": _postgres_admin(stack)}
+    return {"patroni": _patroni(stack), "postgres_admin": postgres_admin(stack)}
 
 
 def _connect(stack):
-    admin = _postgres_admin(stack)
+    admin = postgres_admin(stack)
     return lambda: admin.connect(autocommit=True)
 
 
@@ -104,12 +104,12 @@ def _meta(result) -> dict:
 
 
 def _last_audit_id(stack) -> int:
-    with _postgres_admin(stack).connect(autocommit=True) as conn:
+    with postgres_admin(stack).connect(autocommit=True) as conn:
         return conn.execute("SELECT coalesce(max(id), 0) FROM audit_log").fetchone()[0]
 
 
 def _audit_since(stack, action: str, after_id: int) -> list[tuple[str, str, dict]]:
-    with _postgres_admin(stack).connect(autocommit=True) as conn:
+    with postgres_admin(stack).connect(autocommit=True) as conn:
         return conn.execute(
             "SELECT user_id, resource, details FROM audit_log WHERE action = %s AND id > %s ORDER BY id",
             (action, after_id),
@@ -178,7 +178,7 @@ def _startup_pid(node) -> int:
 
 def test_lag_check_fails_when_a_replica_stops_replaying_under_writes(ha):
     replica = _a_replica(ha)
-    admin = _postgres_admin(ha)
+    admin = postgres_admin(ha)
 
     def behind() -> tuple[bool, str]:
         with admin.connect(autocommit=True) as conn:
@@ -210,7 +210,7 @@ def test_lag_check_fails_when_a_replica_stops_replaying_under_writes(ha):
 
 def test_sync_check_requires_a_synchronous_standby_in_sync_mode(ha):
     client = _client(ha)
-    admin = _postgres_admin(ha)
+    admin = postgres_admin(ha)
 
     def synchronous() -> tuple[bool, str]:
         with admin.connect(autocommit=True) as conn:

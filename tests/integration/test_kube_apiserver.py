@@ -13,10 +13,8 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from cqox_platform.stack import Stack
-from cqox_platform.stack.kube_build import kube_build
-from cqox_platform.stack.kube_pki import kube_pki
-
-pytestmark = pytest.mark.integration
+from cqox_platform.stack.kube.build import kube_build
+from cqox_platform.stack.kube.pki import kube_pki
 
 
 @pytest.fixture(scope="module")

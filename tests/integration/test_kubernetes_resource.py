@@ -24,9 +24,7 @@ from cqox_platform.resources.kubernetes import (
     KubernetesUnreachableError,
 )
 from cqox_platform.stack import Stack
-from cqox_platform.stack.kube_pki import kube_pki
-
-pytestmark = pytest.mark.integration
+from cqox_platform.stack.kube.pki import kube_pki
 
 VS = ("networking.istio.io", "v1", "virtualservices")
 

@@ -11,8 +11,6 @@ import pytest
 from cqox_platform.backup.verify.proof import capture_restore_point, table_checksums
 from cqox_platform.schema import MigrationRunner
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def db(plain_db):

@@ -26,8 +26,7 @@ from cqox_platform.fsutil import write_file
 from cqox_platform.pgserver import PG_OS_USER
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.prometheus import PrometheusResource
-from tests.integration.test_alerting import _about, _wait_for
-from tests.integration.test_vault import _materialize_vault_config, _platform
+from tests.helpers import materialize_vault_config, received_about, vault_platform, wait_for_received, wait_healthy
 
 #: Generous bounds for one alert's path (scrape 15 s + evaluation + `for:` + Alertmanager's group_wait 30 s, or
 #: a group_interval of 5 minutes if the same group notified shortly before); the tests print the real times.
@@ -37,7 +36,7 @@ PAGE_TIMEOUT = 420.0
 def _alerting_on(stack) -> dict[str, str]:
     """Routing (vault_config stores the receiver's key, alertmanager_config loads the routes) and every platform
     rule file loaded into this stack's Prometheus."""
-    assert _materialize_vault_config(stack).success
+    assert materialize_vault_config(stack).success
     env = stack.env()
     prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
     with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
@@ -45,7 +44,7 @@ def _alerting_on(stack) -> dict[str, str]:
             [alerting.alertmanager_config, alerting.platform_alert_rules],
             resources={
                 "alertmanager": AlertmanagerResource.from_settings(),
-                "vault": _platform(stack),
+                "vault": vault_platform(stack),
                 "prometheus": prometheus,
             },
             instance=instance,
@@ -86,7 +85,7 @@ def _triggers(records: list[dict], service: str, alertname: str) -> list[dict]:
     """Notifications that opened (PagerDuty ``trigger``) or announced (webhook ``firing``) the alert."""
     return [
         r
-        for r in _about(records, service, alertname)
+        for r in received_about(records, service, alertname)
         if r.get("event_action") == "trigger" or r.get("body", {}).get("status") == "firing"
     ]
 
@@ -167,7 +166,7 @@ def test_broken_wal_archiving_pages_once_and_archiving_resumes_when_fixed(stack,
     try:
         write_file(settings_path, json.dumps(broken), mode=0o600, owner=PG_OS_USER)
         _switch_wal(stack)
-        records = _wait_for(
+        records = wait_for_received(
             receiver,
             started,
             lambda rs: _triggers(rs, "postgres", "CqoxPostgresArchiverFailing"),
@@ -211,7 +210,7 @@ def test_a_sealed_openbao_pages_and_its_refused_metrics_do_not_page_twice(stack,
         )
         assert sealed.status_code == 204, sealed.text
         assert openbao._health() == 503
-        records = _wait_for(
+        records = wait_for_received(
             receiver, started, lambda rs: _triggers(rs, "openbao", "CqoxVaultSealed"), timeout=PAGE_TIMEOUT
         )
         (page,) = _triggers(records, "openbao", "CqoxVaultSealed")
@@ -232,7 +231,7 @@ def test_a_stopped_exporter_pages_as_a_target_down(stack, single):
     started = time.time()
     try:
         exporter.stop()
-        records = _wait_for(
+        records = wait_for_received(
             receiver, started, lambda rs: _triggers(rs, "postgres", "CqoxScrapeTargetDown"), timeout=PAGE_TIMEOUT
         )
         (page,) = _triggers(records, "postgres", "CqoxScrapeTargetDown")
@@ -246,11 +245,10 @@ def test_a_stopped_exporter_pages_as_a_target_down(stack, single):
 
 
 def test_killing_the_patroni_leader_raises_the_failover_alert(ha_stack, ha):
-    from tests.integration.test_ha_failover import _wait_healthy
 
     receiver = ReceiverClient(ha["CQOX_ALERT_RECEIVER_URL"])
     cluster = ha_stack.service("patroni")
-    before = _wait_healthy(ha_stack)
+    before = wait_healthy(ha_stack)
     # Prometheus has seen the current timeline on every node before the fault (the rule compares with it).
     _wait_query(ha, f"min(patroni_postgres_timeline) == {before.timeline}", "Patroni timelines scraped")
     leader = next(n for n in cluster.nodes if n.name == before.leader)
@@ -259,13 +257,15 @@ def test_killing_the_patroni_leader_raises_the_failover_alert(ha_stack, ha):
         os.kill(leader.postmaster_pid(), signal.SIGKILL)
         # An earlier failover (another test, within the rule's 10 minutes) may still be firing: this one is a
         # new alert of the group (its timeline label), notified at the group's next interval at the latest.
-        records = _wait_for(receiver, started, lambda rs: _failovers_to(rs, before.timeline + 1), timeout=PAGE_TIMEOUT)
+        records = wait_for_received(
+            receiver, started, lambda rs: _failovers_to(rs, before.timeline + 1), timeout=PAGE_TIMEOUT
+        )
         ticket = _failovers_to(records, before.timeline + 1)[0]
         print(f"\nleader killed -> CqoxPatroniFailover ticket: {ticket['received_at'] - started:.1f} s")
         assert ticket["kind"] == "webhook" and ticket["name"] == "tickets"
         assert {a["labels"]["scope"] for a in ticket["body"]["alerts"]} == {"cqox-cluster"}
     finally:
-        after = _wait_healthy(ha_stack, timeout=180)  # the old leader rejoins as a replica
+        after = wait_healthy(ha_stack, timeout=180)  # the old leader rejoins as a replica
     assert after.leader != before.leader and after.timeline == before.timeline + 1
     # A failover within Patroni's TTL is not a leaderless cluster and never two leaders.
     for name in ("CqoxPatroniNoLeader", "CqoxPatroniTwoLeaders"):
@@ -274,7 +274,7 @@ def test_killing_the_patroni_leader_raises_the_failover_alert(ha_stack, ha):
 
 def test_prometheus_reads_the_api_server_metrics_and_nothing_else(stack):
     """``cqox-prometheus`` (group ``system:monitoring``) may read ``/metrics``, not a single object."""
-    from cqox_platform.stack.kube_pki import kube_pki
+    from cqox_platform.stack.kube.pki import kube_pki
 
     apiserver = stack.service("kube-apiserver")
     pki = kube_pki(stack.config.tls_dir)

@@ -19,7 +19,7 @@ from cqox_platform.schema import MigrationRunner
 from cqox_platform.slo.backfill import backfill, wait_for_series
 from cqox_platform.slo.spec import DEFAULT_SPEC, parse_spec
 from cqox_platform.slo.traffic import Segment, Totals, VersionTraffic, history_openmetrics
-from tests.integration.test_vault import _postgres_admin
+from tests.helpers import postgres_admin
 
 SPEC = DEFAULT_SPEC
 TODAY = datetime.now(UTC).date()
@@ -63,7 +63,7 @@ def history(stack):
     raw["selector"] = {"job": job}
     spec_path = Path(stack.config.root) / f"{job}.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
-    with _postgres_admin(stack).connect(autocommit=True) as conn:
+    with postgres_admin(stack).connect(autocommit=True) as conn:
         MigrationRunner().migrate(conn)
     return {"job": job, "spec": parse_spec(yaml.safe_dump(raw)), "spec_path": str(spec_path), "prometheus": prometheus}
 
@@ -79,12 +79,12 @@ def _materialize(stack, history, first: date, last: date) -> dg.ExecuteInProcess
             [slo_assets.slo_report],
             tags=tags,
             raise_on_error=False,
-            resources={"prometheus": history["prometheus"], "postgres": _postgres_admin(stack)},
+            resources={"prometheus": history["prometheus"], "postgres": postgres_admin(stack)},
         )
 
 
 def _rows(stack, history) -> dict[tuple[date, str], dict]:
-    with psycopg.connect(**_postgres_admin(stack).conninfo()) as conn:
+    with psycopg.connect(**postgres_admin(stack).conninfo()) as conn:
         cur = conn.execute("SELECT * FROM slo_reports WHERE service = %s", (history["spec"].service,))
         names = [c.name for c in cur.description]
         return {(r[0], r[2]): dict(zip(names, r, strict=True)) for r in cur.fetchall()}
@@ -148,7 +148,7 @@ def test_a_clean_day_passes_the_data_check_and_reruns_are_idempotent(stack, hist
     _materialize(stack, history, D1, D1)
     after = _rows(stack, history)[(D1, "availability")]
     assert after["sli"] == before["sli"] and after["computed_at"] >= before["computed_at"]
-    with psycopg.connect(**_postgres_admin(stack).conninfo()) as conn:
+    with psycopg.connect(**postgres_admin(stack).conninfo()) as conn:
         count = conn.execute(
             "SELECT count(*) FROM slo_reports WHERE service = %s AND day = %s", (history["spec"].service, D1)
         ).fetchone()[0]

@@ -22,7 +22,7 @@ from cqox_platform.slo.spec import DEFAULT_SPEC
 from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
 from cqox_platform.stack import Stack
 from sensors.slo_sensor import error_budget_sensor, slo_incident_job
-from tests.integration.test_vault import _postgres_admin
+from tests.helpers import postgres_admin
 
 SPEC = DEFAULT_SPEC
 
@@ -85,7 +85,7 @@ def test_page_burn_requests_incident_runs_and_pushes_gauges(stack, burning):
 
     # The requested run records the incident; it pages no one itself: paging is the burn-rate rule's, through
     # Alertmanager (tests/integration/test_alerting.py), so one burn cannot page twice or bypass a silence.
-    with _postgres_admin(stack).connect(autocommit=True) as conn:
+    with postgres_admin(stack).connect(autocommit=True) as conn:
         MigrationRunner().migrate(conn)
     config = by_slo["availability"].run_config
     assert set(config["ops"]["record_slo_incident"]["config"]) == {
@@ -97,12 +97,12 @@ def test_page_burn_requests_incident_runs_and_pushes_gauges(stack, burning):
     }
     with dg.instance_for_test() as instance:
         run = slo_incident_job.execute_in_process(
-            run_config=config, resources={"postgres": _postgres_admin(stack)}, instance=instance
+            run_config=config, resources={"postgres": postgres_admin(stack)}, instance=instance
         )
         logged = " ".join(entry.message for entry in instance.all_logs(run.run_id))
     assert run.success
     assert "the page goes out through Alertmanager" in logged
-    with psycopg.connect(**_postgres_admin(stack).conninfo()) as conn:
+    with psycopg.connect(**postgres_admin(stack).conninfo()) as conn:
         row = conn.execute(
             "SELECT details FROM audit_log WHERE action = 'slo.incident' AND resource = 'availability' "
             "ORDER BY id DESC LIMIT 1"

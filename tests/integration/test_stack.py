@@ -20,7 +20,7 @@ from cqox_platform.pgserver import free_port
 from cqox_platform.stack import Stack, StackConfig
 from cqox_platform.stack.config import BACKUP_BUCKET, DEFAULT_PORTS, DR_BUCKET
 from cqox_platform.stack.s3 import client_config
-from tests.conftest import distinct_free_ports, make_world_traversable_tmpdir
+from tests.helpers import distinct_free_ports, make_world_traversable_tmpdir
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 

@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 from unittest import mock
 
-import dagster as dg
 import psycopg
 import pytest
 
@@ -22,66 +21,7 @@ from cqox_platform.pgserver import free_port
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.secrets.transport import probe_tls
-
-
-def _admin(stack) -> VaultResource:
-    env = stack.env()
-    return VaultResource(
-        addr=env["VAULT_ADDR"],
-        cacert=env["VAULT_CACERT"],
-        auth_method="token",
-        token_file=env["CQOX_VAULT_ROOT_TOKEN_FILE"],
-    )
-
-
-def _platform(stack) -> VaultResource:
-    env = stack.env()
-    return VaultResource(
-        addr=env["VAULT_ADDR"], cacert=env["VAULT_CACERT"], approle_file=env["CQOX_VAULT_APPROLE_FILE"]
-    )
-
-
-def _postgres_admin(stack) -> PostgresResource:
-    env = stack.env()
-    return PostgresResource(
-        host=env["CQOX_PG_HOST"],
-        port=int(env["CQOX_PG_PORT"]),
-        dbname=env["CQOX_PG_DB"],
-        user=env["CQOX_PG_USER"],
-        sslrootcert=env["CQOX_PG_SSLROOTCERT"],
-        passfile=env["CQOX_PG_PASSFILE"],
-    )
-
-
-def _materialize_vault_config(stack) -> dg.ExecuteInProcessResult:
-
-    env = stack.env()
-    # As under `eval "$(cqox-platform stack env)"`: the check trusts for S3 what boto3 trusts (AWS_CA_BUNDLE),
-    # and the WAL archiver's settings file, bucket and S3 credentials come from the same variables.
-    with mock.patch.dict(os.environ, env):
-        return _materialize(stack, env)
-
-
-def _materialize(stack, env) -> dg.ExecuteInProcessResult:
-    from dagster_aws.s3 import S3Resource
-
-    return dg.materialize(
-        [security.vault_config, security.transport_security],
-        resources={
-            "vault_admin": _admin(stack),
-            "postgres_admin": _postgres_admin(stack),
-            "postgres": _postgres_admin(stack),
-            "vault": _platform(stack),
-            "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
-        },
-    )
-
-
-@pytest.fixture(scope="module")
-def configured(stack):
-    result = _materialize_vault_config(stack)
-    assert result.success
-    return result
+from tests.helpers import materialize_vault_config, postgres_admin, vault_admin, vault_platform
 
 
 def _meta(result, key):
@@ -89,14 +29,14 @@ def _meta(result, key):
     return event.metadata[key].value
 
 
-def test_vault_config_materializes_idempotently_and_lists_no_secret(stack, configured):
-    assert set(_meta(configured, "engines")) >= {"secret", "transit", "database"}
-    assert _meta(configured, "policies") == ["cqox-platform", "cqox-wal-archiver"]
-    assert _meta(configured, "transit_keys")["cqox-datasets"]["type"] == "aes256-gcm96"
-    assert _meta(configured, "transit_keys")["cqox-backups"]["type"] == "aes256-gcm96"
-    assert _meta(configured, "audit_devices") == ["file/"]
-    assert _meta(configured, "database_roles") == ["cqox-migrator", "cqox-platform"]
-    again = _materialize_vault_config(stack)
+def test_vault_config_materializes_idempotently_and_lists_no_secret(stack, vault_configured):
+    assert set(_meta(vault_configured, "engines")) >= {"secret", "transit", "database"}
+    assert _meta(vault_configured, "policies") == ["cqox-platform", "cqox-wal-archiver"]
+    assert _meta(vault_configured, "transit_keys")["cqox-datasets"]["type"] == "aes256-gcm96"
+    assert _meta(vault_configured, "transit_keys")["cqox-backups"]["type"] == "aes256-gcm96"
+    assert _meta(vault_configured, "audit_devices") == ["file/"]
+    assert _meta(vault_configured, "database_roles") == ["cqox-migrator", "cqox-platform"]
+    again = materialize_vault_config(stack)
     assert _meta(again, "changed_this_run") == []
     secrets = json.loads(Path(stack.env()["CQOX_VAULT_APPROLE_FILE"]).read_text())
     dumped = json.dumps(
@@ -107,8 +47,8 @@ def test_vault_config_materializes_idempotently_and_lists_no_secret(stack, confi
     assert checks == {"transport_security": True}
 
 
-def test_approle_identity_is_least_privilege(stack, configured):
-    vault = _platform(stack)
+def test_approle_identity_is_least_privilege(stack, vault_configured):
+    vault = vault_platform(stack)
     key = vault.datakey("cqox-datasets")
     assert len(key.plaintext) == 32 and key.wrapped.startswith("vault:v")
     assert vault.decrypt("cqox-datasets", key.wrapped) == key.plaintext
@@ -121,7 +61,7 @@ def test_approle_identity_is_least_privilege(stack, configured):
         )
 
 
-def test_wal_archiver_identity_is_least_privilege_and_its_file_belongs_to_postgres(stack, configured):
+def test_wal_archiver_identity_is_least_privilege_and_its_file_belongs_to_postgres(stack, vault_configured):
     import pwd
 
     from cqox_platform.backup.archive.archiver_settings import ArchiverSettings
@@ -145,14 +85,14 @@ def test_wal_archiver_identity_is_least_privilege_and_its_file_belongs_to_postgr
         vault.read_secret("cqox/datasets-path-key")
 
 
-def test_platform_logs_in_to_postgres_with_vault_issued_users_over_tls13(stack, configured):
+def test_platform_logs_in_to_postgres_with_vault_issued_users_over_tls13(stack, vault_configured):
     pg = PostgresResource(
         host="127.0.0.1",
         port=int(stack.env()["CQOX_PG_PORT"]),
         dbname="cqox_prod",
         user="unused",
         sslrootcert=stack.env()["CQOX_PG_SSLROOTCERT"],
-        vault=_platform(stack),
+        vault=vault_platform(stack),
         vault_db_role="cqox-platform",
     )
     with pg.connect() as conn:
@@ -170,7 +110,7 @@ def test_platform_logs_in_to_postgres_with_vault_issued_users_over_tls13(stack, 
     assert pg.client()._lease["lease_id"] == first_lease
 
     # A revoked lease (its user dropped) is replaced by a fresh user on the next connect.
-    _platform(stack).revoke_lease(first_lease)
+    vault_platform(stack).revoke_lease(first_lease)
     pg.client()._lease_expires_at = 0.0
     with pg.connect() as conn:
         new_user = conn.execute("SELECT session_user").fetchone()[0]
@@ -196,7 +136,7 @@ def _issued(stack, vault_role: str) -> PostgresResource:
         dbname="cqox_prod",
         user="vault-issued",
         sslrootcert=env["CQOX_PG_SSLROOTCERT"],
-        vault=_platform(stack),
+        vault=vault_platform(stack),
         vault_db_role=vault_role,
     )
 
@@ -217,11 +157,11 @@ SCHEMA_CHANGES = {
 
 
 @pytest.fixture(scope="module")
-def migrated(stack, configured):
+def migrated(stack, vault_configured):
     """cqox_prod at the newest migration, applied by the admin login (works before and after the role split)."""
     from cqox_platform.schema import MigrationRunner
 
-    with _postgres_admin(stack).connect(autocommit=True) as conn:
+    with postgres_admin(stack).connect(autocommit=True) as conn:
         MigrationRunner().migrate(conn)
 
 
@@ -278,8 +218,8 @@ def test_migrator_issued_users_migrate_and_their_new_tables_reach_the_runtime(st
         runtime.client().close()
 
 
-def test_audit_log_records_requests_without_secret_values(stack, configured):
-    vault = _platform(stack)
+def test_audit_log_records_requests_without_secret_values(stack, vault_configured):
+    vault = vault_platform(stack)
     key = vault.datakey("cqox-datasets")
     log = Path(stack.service("openbao").audit_log).read_text()
     assert "transit/datakey/plaintext/cqox-datasets" in log
@@ -288,9 +228,9 @@ def test_audit_log_records_requests_without_secret_values(stack, configured):
     assert token not in log
 
 
-def test_sealed_vault_gives_its_own_error_and_nothing_else(stack, configured):
-    admin = _admin(stack)
-    vault = _platform(stack)
+def test_sealed_vault_gives_its_own_error_and_nothing_else(stack, vault_configured):
+    admin = vault_admin(stack)
+    vault = vault_platform(stack)
     vault.client()  # logged in before the seal
     admin.client().sys.seal()
     try:
@@ -329,8 +269,8 @@ def test_unreachable_and_untrusted_vault_are_named(stack, tmp_path):
         missing.datakey("cqox-datasets")
 
 
-def test_transit_versions_rotation_and_retired_versions(stack, configured):
-    admin = _admin(stack)
+def test_transit_versions_rotation_and_retired_versions(stack, vault_configured):
+    admin = vault_admin(stack)
     admin.call(
         "creating a scratch key",
         lambda: admin.client().secrets.transit.create_key(name="scratch-rotation", key_type="aes256-gcm96"),
@@ -381,7 +321,7 @@ def test_transport_probe_fails_a_tls12_endpoint(stack):
     assert good.ok and good.protocol == "TLSv1.3" and good.days_left > 300
 
 
-def test_transport_check_fails_when_an_endpoint_is_tls12(stack, configured):
+def test_transport_check_fails_when_an_endpoint_is_tls12(stack, vault_configured):
     """The asset check itself, pointed at a TLS 1.2 'Vault', fails and says which endpoint."""
     from dagster_aws.s3 import S3Resource
 
@@ -390,7 +330,7 @@ def test_transport_check_fails_when_an_endpoint_is_tls12(stack, configured):
     fake_vault = VaultResource(addr=f"https://127.0.0.1:{server.port}", cacert=str(tls / "ca.crt"))
     with mock.patch.dict(os.environ, {"AWS_CA_BUNDLE": stack.env()["AWS_CA_BUNDLE"]}):
         result = security.transport_security(
-            postgres=_postgres_admin(stack),
+            postgres=postgres_admin(stack),
             vault=fake_vault,
             s3=S3Resource(endpoint_url=stack.env()["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
         )
@@ -398,8 +338,8 @@ def test_transport_check_fails_when_an_endpoint_is_tls12(stack, configured):
     assert result.metadata["failing"].value == ["vault"]
 
 
-def test_platform_token_is_renewed_before_it_expires(stack, configured):
-    vault = _platform(stack).vault_client()
+def test_platform_token_is_renewed_before_it_expires(stack, vault_configured):
+    vault = vault_platform(stack).vault_client()
     client = vault.client()
     token = client.token
     assert vault._token_ttl > 0  # from the AppRole login's answer
@@ -409,8 +349,8 @@ def test_platform_token_is_renewed_before_it_expires(stack, configured):
     assert client.token == token  # renewed in place, not a new login
 
 
-def test_kv_secrets_write_read_and_rotate_without_returning_values(stack, configured):
-    vault = _platform(stack)
+def test_kv_secrets_write_read_and_rotate_without_returning_values(stack, vault_configured):
+    vault = vault_platform(stack)
     path = f"cqox/test-{os.getpid()}"
     with pytest.raises(VaultError, match="nothing at the path"):
         vault.read_secret(path)
@@ -434,19 +374,19 @@ def test_kv_secrets_write_read_and_rotate_without_returning_values(stack, config
     ],
     ids=["exportable", "deletion_allowed", "allow_plaintext_backup", "smuggled"],
 )
-def test_platform_cannot_change_transit_key_settings(stack, configured, change):
-    vault = _platform(stack)
+def test_platform_cannot_change_transit_key_settings(stack, vault_configured, change):
+    vault = vault_platform(stack)
     with pytest.raises(VaultPermissionError):
         vault.call(
             "changing transit key settings",
             lambda: vault.client().secrets.transit.update_key_configuration(name="cqox-datasets", **change),
         )
-    key = _admin(stack).client().secrets.transit.read_key(name="cqox-datasets")["data"]
+    key = vault_admin(stack).client().secrets.transit.read_key(name="cqox-datasets")["data"]
     assert key["exportable"] is False and key["deletion_allowed"] is False
 
 
-def test_platform_can_still_rotate_and_retire_key_versions(stack, configured):
-    vault = _platform(stack)
+def test_platform_can_still_rotate_and_retire_key_versions(stack, vault_configured):
+    vault = vault_platform(stack)
     info = vault.key_info("cqox-datasets")
     assert vault.rotate("cqox-datasets") == info["latest_version"] + 1
     vault.set_min_decryption_version("cqox-datasets", info["min_decryption_version"])  # allowed, and a no-op here
@@ -474,7 +414,7 @@ def _login_from(stack, source: str, role_id: str, secret_id: str) -> int:
         conn.close()
 
 
-def test_approle_secret_ids_expire_and_log_in_only_from_the_bound_address(stack, configured):
+def test_approle_secret_ids_expire_and_log_in_only_from_the_bound_address(stack, vault_configured):
     from datetime import UTC, datetime
 
     from cqox_platform.backup.archive.archiver_settings import ArchiverSettings
@@ -482,7 +422,7 @@ def test_approle_secret_ids_expire_and_log_in_only_from_the_bound_address(stack,
     env = stack.env()
     platform = json.loads(Path(env["CQOX_VAULT_APPROLE_FILE"]).read_text())
     archiver = ArchiverSettings.load(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]))
-    admin = _admin(stack).client()
+    admin = vault_admin(stack).client()
     for role, role_id, secret_id in (
         ("cqox-platform", platform["role_id"], platform["secret_id"]),
         ("cqox-wal-archiver", archiver.role_id, archiver.secret_id),

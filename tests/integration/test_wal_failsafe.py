@@ -28,8 +28,7 @@ import pytest
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.pgserver import stop_immediately
 from cqox_platform.stack.s3 import client_config
-from tests.conftest import _running_stack, make_world_traversable_tmpdir
-from tests.integration.test_vault import _materialize_vault_config
+from tests.helpers import make_world_traversable_tmpdir, materialize_vault_config, postgres_admin, running_stack
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 SEGMENT = 16 * 1024 * 1024
@@ -38,14 +37,14 @@ SYSTEM_ID = 7313
 
 @pytest.fixture(scope="module")
 def stack():
-    with _running_stack("cqox-test-walfs-", with_dagster=False) as st:
+    with running_stack("cqox-test-walfs-", with_dagster=False) as st:
         yield st
 
 
 @pytest.fixture(scope="module")
 def env(stack):
     with mock.patch.dict(os.environ, stack.env()):
-        assert _materialize_vault_config(stack).success
+        assert materialize_vault_config(stack).success
         yield stack.env()
 
 
@@ -227,7 +226,7 @@ def test_vault_config_replaces_a_planted_symlink_instead_of_writing_through_it(s
     settings.symlink_to(victim)  # what the postgres user can do in its own directory
     try:
         with mock.patch.dict(os.environ, env):
-            assert _materialize_vault_config(stack).success
+            assert materialize_vault_config(stack).success
         _untouched(victim)
         st = settings.lstat()
         postgres = pwd.getpwnam("postgres")
@@ -262,9 +261,8 @@ def test_postgres_start_replaces_planted_symlinks_in_its_data_directory(stack, e
 @pytest.fixture(scope="module")
 def backup_id(stack, env):
     from cqox_platform.schema import MigrationRunner
-    from tests.integration.test_vault import _postgres_admin
 
-    with _postgres_admin(stack).connect(autocommit=True) as conn:
+    with postgres_admin(stack).connect(autocommit=True) as conn:
         MigrationRunner().migrate(conn)
     created = _cli(env, "backup", "create")
     assert created.returncode == 0, created.stderr

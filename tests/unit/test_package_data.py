@@ -21,7 +21,7 @@ from cqox_platform.schema.migrations import SQL_DIR
 from cqox_platform.secrets.vault_setup import POLICY_DIR as VAULT_POLICY_DIR
 from cqox_platform.slo.spec import DEFAULT_SPEC
 from cqox_platform.stack.dagster_services import INSTANCE_CONFIG, WORKSPACE, prepare_dagster_home
-from cqox_platform.stack.kube_build import CRDS_DIR
+from cqox_platform.stack.kube.build import CRDS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 SQL_PACKAGE = "cqox_platform.schema.sql"

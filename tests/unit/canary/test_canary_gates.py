@@ -12,7 +12,7 @@ import yaml
 from cqox_platform.canary.decision import HOLD, PROMOTE, ROLLBACK, ROLLED_BACK, RolloutState, decide
 from cqox_platform.canary.gates import gate
 from cqox_platform.canary.policy import POLICY_DIR, PolicyError, parse_policy, policy_document
-from tests.unit.test_canary_decision import good
+from tests.helpers import good_evidence
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -33,7 +33,7 @@ GATES = [
         "into a confirm step, not approved: hold",
         policy(),
         RolloutState(0),
-        good(),
+        good_evidence(),
         -1,
         None,
         HOLD,
@@ -45,7 +45,7 @@ GATES = [
         "still waiting: the wait counts from the first hold",
         policy(),
         RolloutState(0),
-        good(),
+        good_evidence(),
         -1,
         ago(90),
         HOLD,
@@ -57,7 +57,7 @@ GATES = [
         "approved: promote, wait cleared",
         policy(),
         RolloutState(0),
-        good(),
+        good_evidence(),
         1,
         ago(90),
         PROMOTE,
@@ -69,7 +69,7 @@ GATES = [
         "into a step without confirm: not gated",
         policy(),
         RolloutState(1),
-        good(),
+        good_evidence(),
         1,
         None,
         PROMOTE,
@@ -81,7 +81,7 @@ GATES = [
         "analysis failed: the gate does not matter",
         policy(),
         RolloutState(0),
-        good(err=0.2),
+        good_evidence(err=0.2),
         -1,
         ago(5),
         HOLD,
@@ -93,7 +93,7 @@ GATES = [
         "timeout, policy says rollback",
         policy(60, "rollback"),
         RolloutState(0),
-        good(),
+        good_evidence(),
         -1,
         ago(61),
         ROLLBACK,
@@ -105,7 +105,7 @@ GATES = [
         "timeout, policy says hold",
         policy(60, "hold"),
         RolloutState(0),
-        good(),
+        good_evidence(),
         -1,
         ago(61),
         HOLD,
@@ -117,7 +117,7 @@ GATES = [
         "no timeout (0): waits forever",
         policy(0, "rollback"),
         RolloutState(0),
-        good(),
+        good_evidence(),
         -1,
         ago(10**6),
         HOLD,
@@ -129,7 +129,7 @@ GATES = [
         "budget gate still applies before the person's",
         policy(),
         RolloutState(0),
-        good(budget=0.1),
+        good_evidence(budget=0.1),
         1,
         None,
         HOLD,

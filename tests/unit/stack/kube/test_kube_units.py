@@ -10,9 +10,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cqox_platform.stack.certs import ensure_tls
-from cqox_platform.stack.kube_build import CRDS_DIR, VERSIONS_FILE, kube_build, read_versions
-from cqox_platform.stack.kube_crds import load_crds
-from cqox_platform.stack.kube_pki import ensure_kube_pki, write_kubeconfig
+from cqox_platform.stack.kube.build import CRDS_DIR, VERSIONS_FILE, kube_build, read_versions
+from cqox_platform.stack.kube.crds import load_crds
+from cqox_platform.stack.kube.pki import ensure_kube_pki, write_kubeconfig
 
 
 def test_versions_are_pinned_releases_and_locate_the_cache(monkeypatch, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +15,7 @@ from cqox_platform.deploy.manifests import (
     render,
     runtime_owned,
 )
+from tests.helpers import UI_AUTH_DIR, UI_AUTH_VALUES, WEBSERVER_POD_LABELS
 
 VALUES = {"NAMESPACE": "cqox", "ENGINE_IMAGE": "cqox/engine:1.2.3", "POSTGRES_IMAGE": "example/postgresql:15"}
 
@@ -254,15 +254,7 @@ def test_runtime_owned_field_missing_live_takes_the_desired_value():
 
 # --- deploy/dagster/ui-auth: the login in front of the Dagster UI (issue 13, item 10) -----------------------
 
-UI_AUTH_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dagster" / "ui-auth"
-UI_AUTH_VALUES = {
-    "NAMESPACE": "cqox",
-    "UI_HOST": "dagster.example.org",
-    "OIDC_ISSUER_URL": "https://login.example.org",
-    "OPERATOR_GROUP": "cqox-operators",
-}
-#: The Dagster Helm chart's webserver pods (release `dagster`) and their Service port.
-WEBSERVER_POD_LABELS = {"app.kubernetes.io/name": "dagster", "component": "dagster-webserver"}
+#: The webserver's Service port (the Dagster Helm chart's, release `dagster`).
 WEBSERVER_PORT = 80
 
 

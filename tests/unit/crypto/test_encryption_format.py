@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -13,8 +12,9 @@ from hypothesis import strategies as st
 
 from cqox_platform.crypto.stream import TAG_BYTES, ciphertext_size, decrypt_stream, encrypt_stream, read_header
 from cqox_platform.errors import FormatError, IntegrityError
+from tests.helpers import REPO_ROOT
 
-SPEC = Path(__file__).resolve().parents[2] / "docs" / "encryption-format.md"
+SPEC = REPO_ROOT / "docs" / "encryption-format.md"
 DEK = bytes(range(32))
 PREFIX = bytes.fromhex("a1a2a3a4a5a6a7")
 

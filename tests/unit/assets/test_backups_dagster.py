@@ -35,7 +35,7 @@ from cqox_platform.backup.verify.proof import RestorePoint
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.stack.dagster_services import INSTANCE_CONFIG
 from sensors import backup_schedules
-from tests.unit.test_backup_checks import record, wal_status
+from tests.helpers import backup_record, wal_status
 
 DAGSTER_YAML = INSTANCE_CONFIG  # the stack copies it into DAGSTER_HOME
 BACKUP_ASSETS = [
@@ -106,7 +106,7 @@ def world(monkeypatch) -> World:
         w.backup_started.append(time.monotonic())
         if w.hold_backup is not None:
             assert w.hold_backup.wait(30), "test never released the backup"
-        rec = record(f"2026030{len(w.records) + 1}T030000Z")
+        rec = backup_record(f"2026030{len(w.records) + 1}T030000Z")
         w.records.append(rec)
         point = RestorePoint(f"backup-{rec.backup_id}", rec.stop_lsn, 1, datetime.now(UTC), "cqox", {"t": {}})
         return rec, point

@@ -4,7 +4,7 @@ The canary router and the manifest checks talk to a real API server, so VirtualS
 and Deployment rollouts behave as they do in a cluster. No kubelet runs: Pods are stored and stay Pending,
 which is all the platform needs of them. The binaries come from ``scripts/build-kube.sh`` (built from Go
 modules into a cache directory). Clients authenticate with client certificates issued by the stack CA
-(``kube_pki.py``); ``stack env`` exports the paths of their kubeconfigs, never their contents.
+(``pki.py``); ``stack env`` exports the paths of their kubeconfigs, never their contents.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import requests
 
 from cqox_platform.stack.certs import tls_files
-from cqox_platform.stack.kube_build import CRDS_DIR, kube_build
-from cqox_platform.stack.kube_pki import (
+from cqox_platform.stack.kube.build import CRDS_DIR, kube_build
+from cqox_platform.stack.kube.pki import (
     ADMIN_USER,
     CONTROLLER_MANAGER_USER,
     RESTRICTED_USER,
@@ -184,7 +184,7 @@ class KubeApiserverService(Service):
         """Kubeconfigs for the current port, then the Istio CRDs (server-side apply, idempotent)."""
         from kubernetes import config as kube_config
 
-        from cqox_platform.stack.kube_crds import apply_crds
+        from cqox_platform.stack.kube.crds import apply_crds
 
         self.write_kubeconfigs()
         api_client = kube_config.new_client_from_config(config_file=str(self.kubeconfig))

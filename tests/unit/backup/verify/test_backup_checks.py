@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import pytest
 
-from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.archive.wal_names import Segment, parse_lsn
 from cqox_platform.backup.dr_copy import DrCopyResult
 from cqox_platform.backup.restore.recovery import RecoveryTarget
@@ -24,72 +22,18 @@ from cqox_platform.backup.verify.drill import DrillResult, drill_verdict
 from cqox_platform.backup.verify.gauges import NEVER_ARCHIVED_SECONDS, base_backup_samples, wal_samples
 from cqox_platform.backup.verify.plan import DrillMode, DrillPlanError, select_backup
 from cqox_platform.backup.verify.proof import RestorePoint
-from cqox_platform.backup.wal.status import WalStatus, unprotected
+from cqox_platform.backup.wal.status import unprotected
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
-
-T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
-T1 = datetime(2026, 3, 1, 3, 5, tzinfo=UTC)
-
-
-def wal_status(**overrides) -> WalStatus:
-    values = {
-        "archived_count": 10,
-        "failed_count": 0,
-        "last_archived_wal": "000000010000000000000009",
-        "last_archived_time": T1,
-        "last_failed_wal": None,
-        "last_failed_time": None,
-        "timeline": 1,
-        "current_lsn": "0/A000000",
-        "newest_archived_segment": "000000010000000000000009",
-        "newest_archived_age_seconds": 30.0,
-        "rpo_bytes": 0,
-        "rpo_seconds": 30.0,
-        "forced_switch": False,
-        "segments_in_archive": 10,
-        "continuity_from": "000000010000000000000002",
-        "continuity_to": "000000010000000000000009",
-        "required_segments": 8,
-        "archive_mode": "on",
-        "timeline_start_lsn": "0/0",
-        "timeline_history_archived": True,
-    }
-    return WalStatus(**{**values, **overrides})
-
-
-def record(backup_id: str) -> BackupRecord:
-    return BackupRecord(
-        backup_id=backup_id,
-        system_id="7",
-        bucket="b",
-        label=backup_id,
-        timeline=1,
-        start_lsn="0/2000028",
-        stop_lsn="0/2000100",
-        start_wal="000000010000000000000002",
-        stop_wal="000000010000000000000002",
-        start_time=T0.isoformat(),
-        stop_time=T1.isoformat(),
-        database_bytes=100,
-        compressed_bytes=40,
-        stored_bytes=50,
-        duration_seconds=2.0,
-        throughput_mib_s=1.0,
-        key_name="cqox-backups",
-        key_version=1,
-        object_key=f"k/{backup_id}",
-        manifest_key=f"k/{backup_id}.manifest",
-        pg_version="15",
-    )
+from tests.helpers import BACKUP_STARTED, BACKUP_STOPPED, backup_record, wal_status
 
 
 @pytest.mark.parametrize(
     ("failed_at", "archived_at", "failing"),
     [
-        (None, T1, False),  # never failed
-        (T0, T1, False),  # failed, then archived again: history
-        (T1, T0, True),  # failed after the last success
-        (T0, None, True),  # failed and never archived
+        (None, BACKUP_STOPPED, False),  # never failed
+        (BACKUP_STARTED, BACKUP_STOPPED, False),  # failed, then archived again: history
+        (BACKUP_STOPPED, BACKUP_STARTED, True),  # failed after the last success
+        (BACKUP_STARTED, None, True),  # failed and never archived
     ],
 )
 def test_archiver_failing_only_after_its_last_success(failed_at, archived_at, failing):
@@ -205,18 +149,26 @@ def test_drill_verdicts():
         "b1",
         "bucket",
         RecoveryTarget("restore_point", "p"),
-        T0,
-        T1,
+        BACKUP_STARTED,
+        BACKUP_STOPPED,
         passed=True,
         seconds={"a": 2.5},
         status="passed",
     )
     assert drill_passed(ok).passed and "2.5 s" in drill_passed(ok).description
-    bad = DrillResult("d2", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, error="checksum of t differs")
+    bad = DrillResult(
+        "d2",
+        "b1",
+        "bucket",
+        RecoveryTarget("backup_end"),
+        BACKUP_STARTED,
+        BACKUP_STOPPED,
+        error="checksum of t differs",
+    )
     assert not drill_passed(bad).passed and drill_passed(bad).description == "checksum of t differs"
 
 
-POINT = RestorePoint("backup-b1", "0/3000000", 1, T1, "cqox", {"public.t": {"rows": 1}})
+POINT = RestorePoint("backup-b1", "0/3000000", 1, BACKUP_STOPPED, "cqox", {"public.t": {"rows": 1}})
 
 
 @pytest.mark.parametrize(
@@ -238,7 +190,14 @@ def test_only_a_drill_that_compared_a_captured_point_verifies(expected, tables, 
 
 def test_a_partial_drill_warns_and_does_not_pass():
     partial = DrillResult(
-        "d3", "b1", "bucket", RecoveryTarget("backup_end"), T0, T1, status="partial", error="partial: x"
+        "d3",
+        "b1",
+        "bucket",
+        RecoveryTarget("backup_end"),
+        BACKUP_STARTED,
+        BACKUP_STOPPED,
+        status="partial",
+        error="partial: x",
     )
     verdict = drill_passed(partial)
     assert not verdict.passed and verdict.warn_only and verdict.metadata["status"] == "partial"
@@ -261,9 +220,9 @@ def test_newest_backup_verified(verified, last, passed, text):
 @pytest.mark.parametrize(
     ("newest", "drill", "passed", "text"),
     [
-        ("b2", {"drill_id": "b2-1", "status": "passed", "finished_at": T1}, True, "verified by drill b2-1"),
+        ("b2", {"drill_id": "b2-1", "status": "passed", "finished_at": BACKUP_STOPPED}, True, "verified by drill b2-1"),
         ("b2", None, False, "newest backup b2 has no passing drill yet"),
-        ("b2", {"drill_id": "b2-2", "status": "partial", "finished_at": T1}, False, "no passing drill"),
+        ("b2", {"drill_id": "b2-2", "status": "partial", "finished_at": BACKUP_STOPPED}, False, "no passing drill"),
         (None, None, True, "nothing to delete"),
     ],
 )
@@ -280,7 +239,7 @@ def test_dr_copy_verdict():
 
 
 def test_select_backup_defaults_to_the_newest_and_names_a_missing_one():
-    records = [record("b1"), record("b2")]
+    records = [backup_record("b1"), backup_record("b2")]
     assert select_backup(records).backup_id == "b2"
     assert select_backup(records, "b1").backup_id == "b1"
     with pytest.raises(DrillPlanError, match="b3 is not in the bucket"):
@@ -291,8 +250,8 @@ def test_select_backup_defaults_to_the_newest_and_names_a_missing_one():
 
 
 def test_gauges():
-    samples = dict((name, value) for name, _, value in base_backup_samples("7", record("b1")))
-    assert samples["cqox_backup_last_success_timestamp_seconds"] == T1.timestamp()
+    samples = dict((name, value) for name, _, value in base_backup_samples("7", backup_record("b1")))
+    assert samples["cqox_backup_last_success_timestamp_seconds"] == BACKUP_STOPPED.timestamp()
     assert samples["cqox_backup_stored_bytes"] == 50
     wal = {name: value for name, _, value in wal_samples("7", wal_status(rpo_seconds=None, gaps=["x"]), failing=True)}
     assert wal["cqox_wal_rpo_seconds"] == NEVER_ARCHIVED_SECONDS

@@ -1,6 +1,6 @@
 """The faults an alert drill injects, each safe and reversible, and their undo (idempotent, journal-driven).
 
-Every ``inject_*`` records its journal entry first (see ``drill_journal``), then changes one thing:
+Every ``inject_*`` records its journal entry first (see ``journal``), then changes one thing:
 
 - ``stale_push``: pushes a drill-only group that declares a short push period, then never pushes it again; undo
   deletes the group. Nothing real goes stale.
@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from cqox_platform.alerts.drill_journal import FaultJournal, Undo
+from cqox_platform.alerts.drill.journal import FaultJournal, Undo
 from cqox_platform.errors import AlertingError
 from cqox_platform.pushgateway import delete_group, expected_period_sample, push
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from cqox_platform.package_data import package_path
 from cqox_platform.settings import get_settings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 VERSIONS_FILE = REPO_ROOT / "deploy" / "kube-build" / "versions.env"
 CRDS_DIR = package_path("cqox_platform.stack", "crds")
 DEFAULT_CACHE_DIR = Path("/var/cache/cqox-platform")

@@ -10,7 +10,7 @@ import yaml
 from cqox_platform.canary.decision import HOLD, PROMOTE, ROLLBACK, ROLLED_BACK, RolloutState, decide
 from cqox_platform.canary.policy import POLICY_DIR, PolicyError, parse_policy, policy_document
 from cqox_platform.canary.webhooks import Webhook, after_pre_step, call, run_hooks
-from tests.unit.test_canary_decision import POLICY, good
+from tests.helpers import CANARY_POLICY, good_evidence
 from tests.webhook_receiver import WebhookReceiver
 
 
@@ -67,7 +67,7 @@ def test_only_hooks_of_the_kind_run(receiver) -> None:
     assert [r.name for r in results] == ["b"] and "/a" not in receiver.calls
 
 
-PROMOTING = decide(POLICY, RolloutState(0), good())
+PROMOTING = decide(CANARY_POLICY, RolloutState(0), good_evidence())
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.base.create import parse_backup_label
 from cqox_platform.backup.base.tarsniff import TarSniffer
 from cqox_platform.pushgateway import render
-from tests.unit.test_retention import backup
+from tests.helpers import backup_record
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
@@ -53,7 +53,7 @@ def test_backup_label_parses():
 
 
 def test_backup_record_json_round_trips_and_ignores_unknown_fields():
-    record = replace(backup(25, 3, age_days=1), extra={"a": 1})
+    record = replace(backup_record("20261125T030000Z"), extra={"a": 1})
     data = json.loads(record.to_json())
     data["future_field"] = "ignored"
     assert BackupRecord.from_json(json.dumps(data), where="test") == record

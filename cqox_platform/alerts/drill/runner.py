@@ -4,7 +4,7 @@ Restore drills prove backups; this proves alarms. Families run concurrently (the
 slowest family, about five minutes). Each family:
 
 1. is skipped (with the reason) where it cannot run: no traffic exporter, no replica on a single node;
-2. finds its rule among the rules Prometheus has loaded and derives its bound (``drill_bounds``); a family whose
+2. finds its rule among the rules Prometheus has loaded and derives its bound (``bounds``); a family whose
    rule is not loaded reports "alert rule not loaded", a failed verdict (the archiving family still injects and
    undoes its fault, which PostgreSQL confirms, so the fault path stays proven);
 3. refuses to start when its alert is already active (it could not tell its own alert from the real one);
@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cqox_platform.alerts import drill_faults as faults
 from cqox_platform.alerts.client import AlertmanagerClient, AlertmanagerError, ReceiverClient
-from cqox_platform.alerts.drill_bounds import (
+from cqox_platform.alerts.drill import faults
+from cqox_platform.alerts.drill.bounds import (
     Bound,
     LoadedRule,
     find_rule,
@@ -35,7 +35,7 @@ from cqox_platform.alerts.drill_bounds import (
     group_wait,
     scrape_interval,
 )
-from cqox_platform.alerts.drill_journal import FaultJournal, recover
+from cqox_platform.alerts.drill.journal import FaultJournal, recover
 from cqox_platform.errors import CqoxError
 from cqox_platform.metrics.prometheus import PrometheusClient
 from cqox_platform.pushgateway import STALE_AFTER_PERIODS, STALE_ALERT

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cqox_platform.alerts.drill import arrived
-from cqox_platform.alerts.drill_bounds import Bound, find_rule, group_wait, parse_duration, scrape_interval
-from cqox_platform.alerts.drill_faults import UNDOERS, UNREACHABLE_S3, archiver_endpoint, inject_archiving
-from cqox_platform.alerts.drill_journal import FaultJournal, recover
+from cqox_platform.alerts.drill.bounds import Bound, find_rule, group_wait, parse_duration, scrape_interval
+from cqox_platform.alerts.drill.faults import UNDOERS, UNREACHABLE_S3, archiver_endpoint, inject_archiving
+from cqox_platform.alerts.drill.journal import FaultJournal, recover
+from cqox_platform.alerts.drill.runner import arrived
 from cqox_platform.alerts.run_failures import ALERT_LIFETIME, FailedRun, classify, failed_run_alert, run_url
 
 

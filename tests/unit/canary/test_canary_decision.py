@@ -20,28 +20,17 @@ from cqox_platform.canary.decision import (
     decide,
 )
 from cqox_platform.canary.policy import POLICY_DIR, PolicyError, load_policy, parse_policy
-
-POLICY = load_policy(POLICY_DIR / "cqox-engine.yaml")
-
-
-def good(requests=5000, err=0.001, err_stable=0.001, p99=0.3, p99_stable=0.3, budget=0.9) -> Evidence:
-    return Evidence(
-        requests,
-        requests * 9,
-        (MetricValue("error_ratio", err, err_stable), MetricValue("latency_p99", p99, p99_stable)),
-        budget_remaining=budget,
-    )
-
+from tests.helpers import CANARY_POLICY, good_evidence
 
 CASES = [
     # (name, state, evidence, action, weight_after, state after, reason fragment)
-    ("promote from first step", RolloutState(0), good(), PROMOTE, 50, RolloutState(1), "10 % -> 50 %"),
-    ("promote to last step", RolloutState(1), good(), PROMOTE, 100, RolloutState(2), "50 % -> 100 %"),
-    ("complete at 100", RolloutState(2), good(), COMPLETE, 100, RolloutState(2, status=PROMOTED), "complete"),
+    ("promote from first step", RolloutState(0), good_evidence(), PROMOTE, 50, RolloutState(1), "10 % -> 50 %"),
+    ("promote to last step", RolloutState(1), good_evidence(), PROMOTE, 100, RolloutState(2), "50 % -> 100 %"),
+    ("complete at 100", RolloutState(2), good_evidence(), COMPLETE, 100, RolloutState(2, status=PROMOTED), "complete"),
     (
         "finished rollout",
         RolloutState(1, status=ROLLED_BACK),
-        good(),
+        good_evidence(),
         NONE,
         50,
         RolloutState(1, status=ROLLED_BACK),
@@ -59,7 +48,7 @@ CASES = [
     (
         "too few requests holds",
         RolloutState(0),
-        good(requests=10),
+        good_evidence(requests=10),
         HOLD,
         10,
         RolloutState(0, consecutive_holds=1),
@@ -77,7 +66,7 @@ CASES = [
     (
         "holds past the limit roll back",
         RolloutState(1, consecutive_holds=3),
-        good(requests=0),
+        good_evidence(requests=0),
         ROLLBACK,
         0,
         RolloutState(1, consecutive_holds=3, status=ROLLED_BACK),
@@ -86,7 +75,7 @@ CASES = [
     (
         "absolute threshold fails once: hold",
         RolloutState(1),
-        good(err=0.02, err_stable=0.019),
+        good_evidence(err=0.02, err_stable=0.019),
         HOLD,
         50,
         RolloutState(1, failures=1),
@@ -95,7 +84,7 @@ CASES = [
     (
         "relative threshold fails",
         RolloutState(1),
-        good(err=0.008, err_stable=0.001),
+        good_evidence(err=0.008, err_stable=0.001),
         HOLD,
         50,
         RolloutState(1, failures=1),
@@ -104,7 +93,7 @@ CASES = [
     (
         "ratio to stable fails",
         RolloutState(1),
-        good(p99=0.9, p99_stable=0.3),
+        good_evidence(p99=0.9, p99_stable=0.3),
         HOLD,
         50,
         RolloutState(1, failures=1),
@@ -113,7 +102,7 @@ CASES = [
     (
         "second failure rolls back",
         RolloutState(1, failures=1),
-        good(err=0.05),
+        good_evidence(err=0.05),
         ROLLBACK,
         0,
         RolloutState(1, failures=1, status=ROLLED_BACK),
@@ -122,7 +111,7 @@ CASES = [
     (
         "low budget stops at the first step",
         RolloutState(0),
-        good(budget=0.1),
+        good_evidence(budget=0.1),
         HOLD,
         10,
         RolloutState(0),
@@ -131,7 +120,7 @@ CASES = [
     (
         "unknown budget stops at the first step",
         RolloutState(0),
-        good(budget=None),
+        good_evidence(budget=None),
         HOLD,
         10,
         RolloutState(0),
@@ -141,13 +130,21 @@ CASES = [
     (
         "low budget stops every promotion",
         RolloutState(1),
-        good(budget=0.1),
+        good_evidence(budget=0.1),
         HOLD,
         50,
         RolloutState(1),
         "error budget of availability",
     ),
-    ("unknown budget stops every promotion", RolloutState(1), good(budget=None), HOLD, 50, RolloutState(1), "unknown"),
+    (
+        "unknown budget stops every promotion",
+        RolloutState(1),
+        good_evidence(budget=None),
+        HOLD,
+        50,
+        RolloutState(1),
+        "unknown",
+    ),
     # A relative threshold with nothing to compare to is no data (hold), never a pass.
     (
         "no stable data: relative thresholds cannot pass",
@@ -161,7 +158,7 @@ CASES = [
     (
         "stable p99 of zero: the ratio cannot be judged",
         RolloutState(1),
-        good(p99_stable=0.0),
+        good_evidence(p99_stable=0.0),
         HOLD,
         50,
         RolloutState(1, consecutive_holds=1),
@@ -170,7 +167,7 @@ CASES = [
     (
         "passing analysis resets holds",
         RolloutState(0, consecutive_holds=2),
-        good(),
+        good_evidence(),
         PROMOTE,
         50,
         RolloutState(1),
@@ -183,7 +180,7 @@ CASES = [
     ("name", "state", "evidence", "action", "weight", "after", "reason"), CASES, ids=[c[0] for c in CASES]
 )
 def test_decide(name, state, evidence, action, weight, after, reason):
-    decision = decide(POLICY, state, evidence)
+    decision = decide(CANARY_POLICY, state, evidence)
     assert decision.action == action
     assert decision.weight_after == weight
     assert decision.state == after
@@ -191,14 +188,14 @@ def test_decide(name, state, evidence, action, weight, after, reason):
 
 
 def test_verdicts_carry_values_and_reasons():
-    decision = decide(POLICY, RolloutState(1), good(err=0.03, err_stable=0.001))
+    decision = decide(CANARY_POLICY, RolloutState(1), good_evidence(err=0.03, err_stable=0.001))
     (err, p99) = decision.verdicts
     assert err.passed is False and err.canary == 0.03 and len(err.reasons) == 2
     assert p99.passed is True
 
 
 def test_policy_renders_queries_per_version():
-    q = POLICY.render(POLICY.metrics[0].query, "canary")
+    q = CANARY_POLICY.render(CANARY_POLICY.metrics[0].query, "canary")
     assert 'version="canary"' in q and "[600s]" in q and "{" not in q.replace("{job", "").split("sum(rate(")[0]
 
 
@@ -227,7 +224,9 @@ def test_missing_policy_file_is_named(tmp_path: Path):
 
 
 def test_repository_policy_matches_the_roadmap():
-    assert POLICY.steps == (10, 50, 100) and POLICY.interval_seconds == 600  # 10 % -> 50 % -> 100 %, ten minutes
+    assert (
+        CANARY_POLICY.steps == (10, 50, 100) and CANARY_POLICY.interval_seconds == 600
+    )  # 10 % -> 50 % -> 100 %, ten minutes
 
 
 def test_backtest_replays_intervals_until_the_rollout_ends():
@@ -239,10 +238,12 @@ def test_backtest_replays_intervals_until_the_rollout_ends():
             return [{"value": [at, "5000"]}]
         if "histogram_quantile" in expr:
             return [{"value": [at, "0.3"]}]
-        bad = 'version="canary"' in expr and at > 1_000_000 + 2 * POLICY.interval_seconds
+        bad = 'version="canary"' in expr and at > 1_000_000 + 2 * CANARY_POLICY.interval_seconds
         return [{"value": [at, "0.2" if bad else "0.001"]}]
 
-    steps = backtest(POLICY, query, 1_000_000, 1_000_000 + 10 * POLICY.interval_seconds, budget_at=lambda _t: 0.9)
+    steps = backtest(
+        CANARY_POLICY, query, 1_000_000, 1_000_000 + 10 * CANARY_POLICY.interval_seconds, budget_at=lambda _t: 0.9
+    )
     assert [s.decision.action for s in steps] == ["promote", "promote", "hold", "rollback"]
     assert steps[-1].decision.state.status == "rolled_back"
     assert [s.at - 1_000_000 for s in steps] == [600, 1200, 1800, 2400]
@@ -257,7 +258,7 @@ def test_a_query_answering_several_series_is_an_error_and_holds():
             return [{"metric": {"pod": "a"}, "value": [0, "0.3"]}, {"metric": {"pod": "b"}, "value": [0, "9"]}]
         return [{"metric": {}, "value": [0, "5000" if "increase(" in expr else "0.001"]}]
 
-    evidence = gather_evidence(POLICY, query, budget_remaining=lambda: 0.9)
+    evidence = gather_evidence(CANARY_POLICY, query, budget_remaining=lambda: 0.9)
     assert evidence.prometheus_ok is False and "2 series" in evidence.error
-    decision = decide(POLICY, RolloutState(0), evidence)
+    decision = decide(CANARY_POLICY, RolloutState(0), evidence)
     assert decision.action == HOLD and "2 series" in decision.reason and decision.state == RolloutState(0)

@@ -1,0 +1,330 @@
+"""Helpers shared by more than one test module, so that no test module imports another.
+
+Fixtures shared by a directory live in its ``conftest.py``; what is here are plain functions and values: the
+repository root, the test stack's directories and ports, clients of the stack's services as the platform builds
+them, asset runs and their results, alert receipts, and the domain values unit tests build their cases from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import boto3
+import dagster as dg
+
+from cqox_platform.alerts.client import AlertmanagerClient, ReceiverClient
+from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.wal.status import WalStatus
+from cqox_platform.canary.decision import Evidence, MetricValue
+from cqox_platform.canary.policy import POLICY_DIR, load_policy
+from cqox_platform.pgserver import free_port
+from cqox_platform.resources.postgres import PostgresResource
+from cqox_platform.resources.vault import VaultResource
+from cqox_platform.stack import Stack, StackConfig
+from cqox_platform.stack.config import DEFAULT_PORTS
+from cqox_platform.stack.s3 import client_config
+
+#: The checkout the tests run from (docs, deploy/ and the package sources are read from it).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# --- the local stack ------------------------------------------------------------------------------------------
+
+
+def make_world_traversable_tmpdir(prefix: str) -> Path:
+    """A new directory under /tmp that the postgres OS user can enter (mkdtemp makes it owner-only)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def distinct_free_ports(names) -> dict[str, int]:
+    """One free port per name, no two alike (the kernel may hand out a port twice while none is bound)."""
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    return ports
+
+
+@contextmanager
+def running_stack(prefix: str, **options) -> Iterator[Stack]:
+    """A stack on free ports in a new world-traversable directory, stopped (and removed) afterwards."""
+    root = make_world_traversable_tmpdir(prefix)
+    st = Stack(StackConfig(root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_daemon=False, **options))
+    try:
+        st.up()
+        yield st
+    finally:
+        st.down()
+        if not os.environ.get("CQOX_KEEP_TEST_STACK"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# --- clients of a stack's services, as the platform's resources build them --------------------------------------
+
+
+def vault_admin(stack: Stack) -> VaultResource:
+    """Vault with the stack's root token (what ``vault_config`` configures Vault with)."""
+    env = stack.env()
+    return VaultResource(
+        addr=env["VAULT_ADDR"],
+        cacert=env["VAULT_CACERT"],
+        auth_method="token",
+        token_file=env["CQOX_VAULT_ROOT_TOKEN_FILE"],
+    )
+
+
+def vault_platform(stack: Stack) -> VaultResource:
+    """Vault as the platform's AppRole (least privilege)."""
+    env = stack.env()
+    return VaultResource(
+        addr=env["VAULT_ADDR"], cacert=env["VAULT_CACERT"], approle_file=env["CQOX_VAULT_APPROLE_FILE"]
+    )
+
+
+def postgres_admin(stack: Stack) -> PostgresResource:
+    """The stack's PostgreSQL as its administrator, over TLS."""
+    env = stack.env()
+    return PostgresResource(
+        host=env["CQOX_PG_HOST"],
+        port=int(env["CQOX_PG_PORT"]),
+        dbname=env["CQOX_PG_DB"],
+        user=env["CQOX_PG_USER"],
+        sslrootcert=env["CQOX_PG_SSLROOTCERT"],
+        passfile=env["CQOX_PG_PASSFILE"],
+    )
+
+
+def materialize_vault_config(stack: Stack) -> dg.ExecuteInProcessResult:
+    """``vault_config`` and ``transport_security`` in process: engines, policies, keys, the archiver's settings."""
+    from dagster_aws.s3 import S3Resource
+
+    from assets import security
+
+    env = stack.env()
+    # As under `eval "$(cqox-platform stack env)"`: the check trusts for S3 what boto3 trusts (AWS_CA_BUNDLE),
+    # and the WAL archiver's settings file, bucket and S3 credentials come from the same variables.
+    with mock.patch.dict(os.environ, env):
+        return dg.materialize(
+            [security.vault_config, security.transport_security],
+            resources={
+                "vault_admin": vault_admin(stack),
+                "postgres_admin": postgres_admin(stack),
+                "postgres": postgres_admin(stack),
+                "vault": vault_platform(stack),
+                "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
+            },
+        )
+
+
+def s3_client(env: dict[str, str]):
+    """An S3 client of the stack's endpoint, from a session of its own: boto3's default session keeps the first
+    credentials it resolved, and the HA tests run a second stack with other S3 keys in the same process."""
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"], config=client_config())
+
+
+# --- backup assets run in process -----------------------------------------------------------------------------
+
+
+def backup_resources(stack: Stack, env: dict[str, str]) -> dict[str, Any]:
+    """The resources the backups group needs, pointed at ``stack``."""
+    from dagster_aws.s3 import S3Resource
+
+    from cqox_platform.resources.backups import BackupStorageResource
+    from cqox_platform.resources.prometheus import PrometheusResource
+
+    return {
+        "postgres_admin": postgres_admin(stack),
+        "vault": vault_platform(stack),
+        "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
+        "backups": BackupStorageResource(
+            bucket=env["CQOX_S3_BUCKET"],
+            dr_bucket=env["CQOX_S3_DR_BUCKET"],
+            archiver_settings=env["CQOX_WAL_ARCHIVER_CONFIG"],
+        ),
+        "prometheus": PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"]),
+    }
+
+
+def materialize_backups(
+    stack: Stack, env: dict[str, str], assets: list, config: dict | None = None, instance=None
+) -> dg.ExecuteInProcessResult:
+    """Backup assets in process with ``config`` as their ops config; a failed run is returned, not raised."""
+    return dg.materialize(
+        assets,
+        resources=backup_resources(stack, env),
+        run_config={"ops": config or {}},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def asset_metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]:
+    """The plain values of the one materialization of ``node`` in ``result``."""
+    (event,) = result.asset_materializations_for_node(node)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    """Asset check name -> passed, for every check evaluated in ``result``."""
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+# --- alerting -------------------------------------------------------------------------------------------------
+
+
+def alertmanager_client(env: dict[str, str]) -> AlertmanagerClient:
+    """The stack's Alertmanager with its basic-auth user."""
+    return AlertmanagerClient(
+        env["CQOX_ALERTMANAGER_URL"],
+        env["CQOX_ALERTMANAGER_CACERT"],
+        env["CQOX_ALERTMANAGER_USER"],
+        env["CQOX_ALERTMANAGER_PASSWORD_FILE"],
+    )
+
+
+def received_about(records: list[dict], service: str, alertname: str) -> list[dict]:
+    """Received records of this test's service and alert name (PagerDuty summary or webhook alerts)."""
+    found = []
+    for r in records:
+        if r["kind"] == "pagerduty":
+            summary = r["body"]["payload"]["summary"]
+            if service in summary and alertname in summary:
+                found.append(r)
+        elif any(
+            a["labels"].get("service") == service and a["labels"].get("alertname") == alertname
+            for a in r["body"].get("alerts", [])
+        ):
+            found.append(r)
+    return found
+
+
+def wait_for_received(
+    receiver: ReceiverClient, since: float, ready: Callable[[list[dict]], Any], timeout: float = 150
+) -> list[dict]:
+    """What the receiver got since ``since``, once ``ready`` accepts it (polled; fails after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = receiver.received(since)
+        if ready(records):
+            return records
+        assert time.monotonic() < deadline, f"not received within {timeout}s: {json.dumps(records)[:2000]}"
+        time.sleep(1)
+
+
+# --- high availability ----------------------------------------------------------------------------------------
+
+
+def wait_healthy(stack: Stack, timeout: float = 120.0):
+    """One leader and every member running and streaming (an old leader rejoins through pg_rewind)."""
+    service = stack.service("patroni")
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        try:
+            state = service.client().cluster()
+            if service.healthy():
+                return state
+        except Exception:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"cluster not healthy after {timeout} s: {state}")
+
+
+# --- values unit tests build their cases from -----------------------------------------------------------------
+
+#: The canary policy the platform ships for the engine.
+CANARY_POLICY = load_policy(POLICY_DIR / "cqox-engine.yaml")
+
+
+def good_evidence(requests=5000, err=0.001, err_stable=0.001, p99=0.3, p99_stable=0.3, budget=0.9) -> Evidence:
+    """Canary evidence that passes every gate of ``CANARY_POLICY`` unless a value is overridden."""
+    return Evidence(
+        requests,
+        requests * 9,
+        (MetricValue("error_ratio", err, err_stable), MetricValue("latency_p99", p99, p99_stable)),
+        budget_remaining=budget,
+    )
+
+
+#: When the backup of ``backup_record`` started and stopped.
+BACKUP_STARTED = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+BACKUP_STOPPED = datetime(2026, 3, 1, 3, 5, tzinfo=UTC)
+
+
+def backup_record(backup_id: str) -> BackupRecord:
+    """A small backup of timeline 1 in one segment, taken from ``BACKUP_STARTED`` to ``BACKUP_STOPPED``."""
+    return BackupRecord(
+        backup_id=backup_id,
+        system_id="7",
+        bucket="b",
+        label=backup_id,
+        timeline=1,
+        start_lsn="0/2000028",
+        stop_lsn="0/2000100",
+        start_wal="000000010000000000000002",
+        stop_wal="000000010000000000000002",
+        start_time=BACKUP_STARTED.isoformat(),
+        stop_time=BACKUP_STOPPED.isoformat(),
+        database_bytes=100,
+        compressed_bytes=40,
+        stored_bytes=50,
+        duration_seconds=2.0,
+        throughput_mib_s=1.0,
+        key_name="cqox-backups",
+        key_version=1,
+        object_key=f"k/{backup_id}",
+        manifest_key=f"k/{backup_id}.manifest",
+        pg_version="15",
+    )
+
+
+def wal_status(**overrides) -> WalStatus:
+    """A healthy archive of ``backup_record``'s cluster (continuous, archived 30 s ago), with ``overrides``."""
+    values = {
+        "archived_count": 10,
+        "failed_count": 0,
+        "last_archived_wal": "000000010000000000000009",
+        "last_archived_time": BACKUP_STOPPED,
+        "last_failed_wal": None,
+        "last_failed_time": None,
+        "timeline": 1,
+        "current_lsn": "0/A000000",
+        "newest_archived_segment": "000000010000000000000009",
+        "newest_archived_age_seconds": 30.0,
+        "rpo_bytes": 0,
+        "rpo_seconds": 30.0,
+        "forced_switch": False,
+        "segments_in_archive": 10,
+        "continuity_from": "000000010000000000000002",
+        "continuity_to": "000000010000000000000009",
+        "required_segments": 8,
+        "archive_mode": "on",
+        "timeline_start_lsn": "0/0",
+        "timeline_history_archived": True,
+    }
+    return WalStatus(**{**values, **overrides})
+
+
+#: The login in front of the Dagster UI (deploy/dagster/ui-auth) and the values its manifests are rendered with.
+UI_AUTH_DIR = REPO_ROOT / "deploy" / "dagster" / "ui-auth"
+UI_AUTH_VALUES = {
+    "NAMESPACE": "cqox",
+    "UI_HOST": "dagster.example.org",
+    "OIDC_ISSUER_URL": "https://login.example.org",
+    "OPERATOR_GROUP": "cqox-operators",
+}
+#: The Dagster Helm chart's webserver pods (release `dagster`).
+WEBSERVER_POD_LABELS = {"app.kubernetes.io/name": "dagster", "component": "dagster-webserver"}

@@ -27,15 +27,20 @@ import pytest
 from dagster_aws.s3 import S3Resource
 
 from assets import backups as backup_assets
-from cqox_platform.backup.archive.archiver_settings import ArchiverSettings, archiver_clients
+from cqox_platform.archiver_clients import load_archiver_clients
 from cqox_platform.backup.archive.records import BackupRecord, find_backup, list_backups
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.pgserver import ScratchCluster, as_pg_user, free_port, pg_bindir, stop_immediately
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.stack.s3 import client_config
-from tests.conftest import _running_stack, make_world_traversable_tmpdir
-from tests.integration.test_vault import _materialize_vault_config, _platform, _postgres_admin
+from tests.helpers import (
+    make_world_traversable_tmpdir,
+    materialize_vault_config,
+    postgres_admin,
+    running_stack,
+    vault_platform,
+)
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 SEGMENT = 16 * 1024 * 1024
@@ -43,15 +48,15 @@ SEGMENT = 16 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def stack():
-    with _running_stack("cqox-test-failclosed-", with_dagster=False) as st:
+    with running_stack("cqox-test-failclosed-", with_dagster=False) as st:
         yield st
 
 
 @pytest.fixture(scope="module")
 def env(stack):
     with mock.patch.dict(os.environ, stack.env()):
-        assert _materialize_vault_config(stack).success
-        with _postgres_admin(stack).connect(autocommit=True) as conn:
+        assert materialize_vault_config(stack).success
+        with postgres_admin(stack).connect(autocommit=True) as conn:
             MigrationRunner().migrate(conn)
             conn.execute("CREATE TABLE IF NOT EXISTS payload (id int PRIMARY KEY, body text)")
             conn.execute(
@@ -65,7 +70,7 @@ def _cli(env, *args, timeout=600) -> subprocess.CompletedProcess:
 
 
 def _conn(stack) -> psycopg.Connection:
-    return psycopg.connect(**_postgres_admin(stack).conninfo(), autocommit=True)
+    return psycopg.connect(**postgres_admin(stack).conninfo(), autocommit=True)
 
 
 def _s3(env):
@@ -77,13 +82,13 @@ def _settings(env) -> Path:
 
 
 def _clients(env):
-    return archiver_clients(ArchiverSettings.load(_settings(env)))
+    return load_archiver_clients(_settings(env))
 
 
 def _resources(stack, env) -> dict:
     return {
-        "postgres_admin": _postgres_admin(stack),
-        "vault": _platform(stack),
+        "postgres_admin": postgres_admin(stack),
+        "vault": vault_platform(stack),
         "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
         "backups": BackupStorageResource(
             bucket=env["CQOX_S3_BUCKET"],

@@ -75,8 +75,10 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
           str(wheel)], venv.parent)  # fmt: skip
     purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                         venv.parent).stdout.strip())  # fmt: skip
-    # This interpreter's import path minus the checkout: the dependencies, without the code under test.
-    borrowed = [p for p in sys.path if p and Path(p).is_dir() and not Path(p).resolve().is_relative_to(REPO)]
+    # This interpreter's import path minus any directory holding the code under test (the checkout's root): the
+    # dependencies, wherever they are installed (the venv may live inside the checkout).
+    ours = ("cqox_platform", "assets", "sensors")
+    borrowed = [p for p in sys.path if p and Path(p).is_dir() and not any((Path(p) / n).is_dir() for n in ours)]
     (purelib / "zz_dependencies.pth").write_text("".join(f"{p}\n" for p in borrowed))
     # -I: no PYTHONPATH, no user site, and not the working directory on sys.path, so nothing but the wheel can
     # supply cqox_platform.

@@ -220,12 +220,20 @@ def create_base_backup(
         progress(f"base backup {backup_id}: uploaded {streamed.upload.describe()}")
     archive.put_bytes(archive.backup_manifest_key(backup_id), streamed.envelope.to_json().encode())
     record = _backup_record(
-        archive, backup_id, data_key, streamed, end, started_wall, stopped_wall, duration, pg_version
+        archive,
+        backup_id,
+        data_key,
+        streamed,
+        end,
+        started_wall,
+        stopped_wall,
+        duration,
+        pg_version,
+        extra={
+            "aborted_stale_uploads": aborted,
+            "compression": f"server-zstd level {ZSTD_LEVEL}, {server_workers} workers",
+        },
     )
-    record.extra |= {
-        "aborted_stale_uploads": aborted,
-        "compression": f"server-zstd level {ZSTD_LEVEL}, {server_workers} workers",
-    }
     archive.put_bytes(archive.backup_record_key(backup_id), record.to_json().encode())
     progress(
         f"base backup {backup_id}: {record.database_bytes / 2**20:.0f} MiB -> {record.stored_bytes / 2**20:.1f} MiB "
@@ -359,7 +367,9 @@ def _backup_record(
     stopped: datetime,
     duration: float,  # monotonic: the wall clock may be stepped while a backup runs
     pg_version: str,
+    extra: dict[str, object],
 ) -> BackupRecord:
+    """The record the backup is listed by, written last; ``extra`` joins what the upload measured."""
     upload = streamed.upload
     return BackupRecord(
         backup_id=backup_id,
@@ -388,5 +398,6 @@ def _backup_record(
             "upload_parts": upload.parts if upload else 0,
             "upload_parallel": upload.parallel if upload else 0,
             "upload_mib_s": round(upload.mib_s, 2) if upload else 0.0,
+            **extra,
         },
     )

@@ -111,8 +111,8 @@ def canary_rollout(
 
 
 def _release_metadata(policy: CanaryPolicy, started_at, status: str, query) -> dict:
-    """When the rollout ended: per-version SLIs over its window and the budget the release (canary) consumed
-    (issue 16 item 6); nothing while it is still going."""
+    """When the rollout ended: per-version SLIs over its window and the budget the release (canary) consumed;
+    nothing while it is still going."""
     if status not in (PROMOTED, ROLLED_BACK):
         return {}
     report = release_budget(policy, started_at, datetime.now(UTC), query)
@@ -136,7 +136,7 @@ def _webhook_metadata(results) -> dict:
 
 def _promotion_metadata(run: DecisionRun) -> dict:
     """Promotion to stable, phase by phase: what each saw and how long it took, or where it failed and where the
-    traffic is (issue 16 item 1). Empty when the run did not promote."""
+    traffic is. Empty when the run did not promote."""
     return _promotion_fields(run.promotion) if run.promotion is not None else {}
 
 

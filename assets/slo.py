@@ -193,7 +193,7 @@ DAILY_AT_0030 = (
     automation_condition=DAILY_AT_0030,
     kinds={"prometheus", "postgres"},
     deps=[dg.AssetKey("cqox_schema")],
-    description="Per-version SLO view (issue 16 item 6): for each canary rollout whose window overlaps the day, "
+    description="Per-version SLO view: for each canary rollout whose window overlaps the day, "
     "availability, latency and error-budget burn of the canary and stable versions over the overlap, and the "
     "share of the SLO period's budget the canary spent. Days without a rollout report none.",
 )

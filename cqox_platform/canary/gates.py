@@ -1,4 +1,4 @@
-"""Approval gates: a step with ``confirm: true`` waits for a person (issue 16 item 3), as a pure function.
+"""Approval gates: a step with ``confirm: true`` waits for a person, as a pure function.
 
 The analysis decides first (``decision.decide``: metrics, evidence, the error-budget gate at every step). Only a
 promotion *into* a step that needs confirmation is gated: until someone approves that step (``cqox-platform

@@ -1,4 +1,4 @@
-"""Operator controls: abort, pause, resume, force-promote and approve a rollout (issue 16 items 2 and 3).
+"""Operator controls: abort, pause, resume, force-promote and approve a rollout.
 
 Every action is a transition like a decision's and goes through the same guard: it locks the rollout's row (a
 decision run holding it finishes first; the action then sees the state that run left), checks that the action

@@ -97,7 +97,7 @@ class Webhook:
 
 @dataclass(frozen=True)
 class Promotion:
-    """How a successful canary becomes the stable version (issue 16 item 1).
+    """How a successful canary becomes the stable version.
 
     The stable Deployment's container gets the canary container's ``fields`` (the image always), the platform
     waits up to ``timeout_seconds`` for the stable Deployment to roll out, then moves all traffic to stable and
@@ -107,7 +107,7 @@ class Promotion:
     stable_deployment: str
     fields: tuple[str, ...] = ("image",)
     #: The canary follows the stable Deployment's replica count in proportion to its weight (at least one),
-    #: so 50 % and 100 % of the traffic are not served by one pod (issue 16 item 5).
+    #: so 50 % and 100 % of the traffic are not served by one pod.
     follow_stable_replicas: bool = False
     #: The canary Deployment's HPA (``deploy/k8s/hpa.yaml``), as Flagger's ``autoscalerRef``; "" for none. With
     #: one, following stable raises the HPA's ``minReplicas`` (the HPA owns the replica count), and promotion

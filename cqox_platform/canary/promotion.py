@@ -1,4 +1,4 @@
-"""Promotion to stable: the canary that passed its analysis becomes the stable version (issue 16 item 1).
+"""Promotion to stable: the canary that passed its analysis becomes the stable version.
 
 Phases, in order, each recorded with what it saw:
 

@@ -1,6 +1,6 @@
 """What a release cost: per-version SLIs over a rollout's window and the error budget the canary spent.
 
-Computed when a rollout ends (promoted or rolled back) for its final materialization (issue 16 item 6): every
+Computed when a rollout ends (promoted or rolled back) for its final materialization: every
 SLO of the SLO spec that can be split by version, for the canary and stable versions the policy names, over
 the rollout's window (``slo/versions.py``), and the share of the period's budget of the policy's budget-gate
 SLO (``availability`` without a gate) the canary's bad requests spent. Reporting only: it never changes the

@@ -1,4 +1,4 @@
-"""Rollout webhooks, as Flagger's (issue 16 item 4): HTTP calls before and after the rollout and each step.
+"""Rollout webhooks, as Flagger's: HTTP calls before and after the rollout and each step.
 
 A policy lists them under ``webhooks``; each has a ``type``:
 

@@ -1,4 +1,4 @@
-"""The lock that serialises a Transit key's rotation with the ingests that take data keys from it (issue 13, 6).
+"""The lock that serialises a Transit key's rotation with the ingests that take data keys from it.
 
 An ingest holds it shared from the moment it asks Vault for a data key until its row is committed, so any
 number of ingests run together; a rotation holds it exclusively from ``rotate`` to ``min_decryption_version``.

@@ -1,4 +1,4 @@
-"""The database roles behind the platform's two logins (issue 13, item 11(e)).
+"""The database roles behind the platform's two logins.
 
 Vault's database engine issues short-lived users of two kinds:
 

@@ -31,7 +31,7 @@ DB_CONNECTION = "cqox-prod"
 DB_ROLE = "cqox-platform"
 #: Vault database role of the migrator login (the schema owner; ``CQOX_PG_VAULT_MIGRATOR_ROLE``).
 DB_MIGRATOR_ROLE = "cqox-migrator"
-#: KV path of the key pgcrypto uses for dataset object paths (issue 3, datasets).
+#: KV path of the key pgcrypto uses for dataset object paths.
 DATASET_PATH_KEY = "cqox/datasets-path-key"
 
 # Two kinds of short-lived users (``cqox_platform.db.roles``). The migrator acts as the schema owner through

@@ -1,4 +1,4 @@
-"""SLIs and error budget per version over a window: "did this release burn budget?" (issue 16 item 6).
+"""SLIs and error budget per version over a window: "did this release burn budget?".
 
 The SLO spec's queries select the whole service; here each budgeted SLO's bad and total events are counted
 (``increase``) over one window for one value of the spec's version label (``canary``, ``stable``), and a

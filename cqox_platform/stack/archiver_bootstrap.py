@@ -1,4 +1,4 @@
-"""The WAL archiver's identity, configured by ``stack up`` before PostgreSQL starts (issue 13 item 8).
+"""The WAL archiver's identity, configured by ``stack up`` before PostgreSQL starts.
 
 PostgreSQL archives from its first completed segment on, and before this every segment failed until someone
 materialized ``vault_config`` ("archiver settings ... do not exist yet"), and again after each restart while

@@ -5,7 +5,7 @@ the whole 127.0.0.0/8 is local on Linux, so etcd simply listens on all four, and
 node from etcd is a firewall rule on that node's address (``cqox_platform.ha.partition``) that leaves the
 others and every PostgreSQL replication link untouched.
 
-Trust (issue 13, item 11): whoever can write the DCS can make any node leader, so etcd trusts one CA of its own,
+Trust: whoever can write the DCS can make any node leader, so etcd trusts one CA of its own,
 ``tls/etcd/ca.crt`` (key root-only), and nothing the stack CA signs: not the shared server certificate whose key
 PostgreSQL can read, not a Kubernetes user certificate. That CA issues exactly:
 
@@ -85,7 +85,7 @@ class EtcdService(Service):
     def _ensure_cert(self) -> None:
         """etcd's serving certificate for every address it listens on, from the etcd CA (see the module doc)."""
         ca = _etcd_ca(self.stack)
-        if self.cert.exists() and _issuer(self.cert) != ca[0].subject:  # from the stack CA, before issue 13
+        if self.cert.exists() and _issuer(self.cert) != ca[0].subject:  # issued by the stack CA on older stacks
             self.cert.unlink()
         ensure_leaf(
             self.cert,

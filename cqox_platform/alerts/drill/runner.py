@@ -43,7 +43,7 @@ from cqox_platform.slo.rules import ALERT_NAMES, PAGE, record_name
 from cqox_platform.slo.spec import RatioSlo, SloSpec
 
 FAMILIES = ("stale_push", "slo_burn", "archiving", "replica_paused")
-#: Alerts defined by the exporter rules (issue 14 item 4).
+#: Alerts defined by the exporter rules.
 ARCHIVER_ALERT = "CqoxPostgresArchiverFailing"
 REPLICA_LAG_ALERT = "CqoxReplicaLagHigh"
 #: Seconds the leader's writes take to push a paused replica's lag over the alert's threshold (the writer emits

@@ -1,7 +1,8 @@
 """Backups, WAL archiving, drills, retention and the DR copy against the real stack, faults included.
 
-Order matters in this module (one cluster, one archive): archiving first, then backups and drills, the faults,
-and retention last because it deletes backups.
+The module shares one cluster and one archive, yet every test passes when run alone: each makes what it needs
+through fixtures (a backup, a drilled backup, its own fake cluster's WAL), a test that breaks an object puts it
+back, and what a test counts it counts relative to what it made.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from unittest import mock
 import dagster as dg
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from assets import backups as backup_assets
 from cqox_platform.backup.archive.cluster import cluster_archive
@@ -55,6 +57,8 @@ def env(stack):
                 "INSERT INTO backup_payload SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 60000) g "
                 "ON CONFLICT DO NOTHING"
             )
+            # What tests write to make WAL (and so a segment to switch and archive).
+            conn.execute("CREATE TABLE IF NOT EXISTS wal_probe (at timestamptz)")
         yield stack.env()
 
 
@@ -79,7 +83,6 @@ def _archived_count(stack) -> tuple[int, int]:
 def _switch_and_wait(stack, timeout=60) -> str:
     """Write a little, switch segments, and wait until PostgreSQL reports that segment archived."""
     with _conn(stack) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS wal_probe (at timestamptz)")
         conn.execute("INSERT INTO wal_probe VALUES (now())")
         name = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
         conn.execute("SELECT pg_switch_wal()")
@@ -461,10 +464,19 @@ def test_the_pusher_catches_up_the_old_timeline_when_it_archives_a_history_file(
 
 @pytest.fixture(scope="module")
 def first_backup(stack, env):
+    """A base backup taken through the asset (its restore point captured) and the instance that ran it."""
     with dg.instance_for_test() as instance:
         result = materialize_backups(stack, env, [backup_assets.postgres_basebackup], instance=instance)
         assert result.success
         yield asset_metadata(result, "postgres_basebackup"), instance
+
+
+@pytest.fixture
+def new_backup(stack, env) -> dict:
+    """A base backup taken through the asset for this test: the newest in the archive, its point captured."""
+    result = materialize_backups(stack, env, [backup_assets.postgres_basebackup])
+    assert result.success
+    return asset_metadata(result, "postgres_basebackup")
 
 
 def test_base_backup_is_recorded_in_s3_and_the_table(stack, env, first_backup):
@@ -548,6 +560,9 @@ def test_wal_status_reports_rpo_continuity_and_an_idle_cluster_is_not_stale(stac
 
 
 def test_wal_gap_fails_the_continuity_check(stack, env, first_backup):
+    # Two segments archived after the backup started, so the victim lies inside what a restore of it replays.
+    _switch_and_wait(stack)
+    _switch_and_wait(stack)
     archive = _archive(stack, env)
     names = sorted(n for n in archive.archived_wal() if len(n) == 24)
     victim = names[-2]
@@ -664,9 +679,8 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
-def test_point_in_time_restore_lands_exactly_at_the_target(stack, env):
-    archive = _archive(stack, env)
-    backup_id = list_backups(archive)[-1].backup_id
+def test_point_in_time_restore_lands_exactly_at_the_target(stack, env, new_backup):
+    backup_id = new_backup["backup_id"]
     with _conn(stack) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS pitr_probe (label text)")
         conn.execute("INSERT INTO pitr_probe VALUES ('before')")
@@ -737,20 +751,24 @@ def test_a_drill_without_a_captured_point_is_partial_and_verifies_nothing(stack,
     assert created.returncode == 0, created.stderr[-2000:]
     backup_id = created.stdout.split()[0]
     with _conn(stack) as conn:
-        conn.execute("DELETE FROM restore_points WHERE name = %s", [backup_point_name(backup_id)])
-    result = materialize_backups(
-        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": backup_id}}}
-    )
-    drill = asset_metadata(result, "restore_drill")
-    assert not drill["passed"] and drill["status"] == "partial", drill
-    assert check_results(result)["latest_backup_verified_restorable"] is False
-    with _conn(stack) as conn:
-        assert backup_id not in verified_backup_ids(conn)
-        status = conn.execute("SELECT status FROM restore_drills WHERE drill_id = %s", [drill["drill_id"]])
-        assert status.fetchone()[0] == "partial"
-    # The newest backup must be verified for what follows (retention waits for it): take one that is.
-    fresh = materialize_backups(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill])
-    assert asset_metadata(fresh, "restore_drill")["passed"], asset_metadata(fresh, "restore_drill")["error"]
+        (point,) = conn.execute(
+            "DELETE FROM restore_points WHERE name = %s RETURNING name, lsn, timeline, created_at, database, tables",
+            [backup_point_name(backup_id)],
+        ).fetchall()
+    try:
+        result = materialize_backups(
+            stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": backup_id}}}
+        )
+        drill = asset_metadata(result, "restore_drill")
+        assert not drill["passed"] and drill["status"] == "partial", drill
+        assert check_results(result)["latest_backup_verified_restorable"] is False
+        with _conn(stack) as conn:
+            assert backup_id not in verified_backup_ids(conn)
+            status = conn.execute("SELECT status FROM restore_drills WHERE drill_id = %s", [drill["drill_id"]])
+            assert status.fetchone()[0] == "partial"
+    finally:
+        with _conn(stack) as conn:  # the point back, as the backup captured it
+            conn.execute("INSERT INTO restore_points VALUES (%s, %s, %s, %s, %s, %s)", [*point[:5], Jsonb(point[5])])
 
 
 # --- second region, metrics ----------------------------------------------------------------------------------
@@ -803,7 +821,7 @@ def test_dr_copy_verifies_by_hash_retries_a_corrupted_copy_and_never_lists_it(st
     assert dr.get_bytes(victim) == primary.get_bytes(victim)
 
 
-def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env):
+def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env, new_backup):
     result = materialize_backups(stack, env, [backup_assets.backups_dr_copy])
     assert check_results(result) == {"dr_copy_verified": True}
     assert asset_metadata(result, "backups_dr_copy")["mismatched"] == []
@@ -814,10 +832,22 @@ def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env):
     )
     meta = asset_metadata(drill, "restore_drill")
     assert meta["passed"], meta["error"]
-    assert env["CQOX_S3_DR_BUCKET"] in meta["source"]
+    assert env["CQOX_S3_DR_BUCKET"] in meta["source"] and meta["backup_id"] == new_backup["backup_id"]
 
 
 def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
+    # The assets that push the gauges: a backup, its drill, the WAL status and the DR copy.
+    pushed = materialize_backups(
+        stack,
+        env,
+        [
+            backup_assets.postgres_basebackup,
+            backup_assets.restore_drill,
+            backup_assets.wal_archive_status,
+            backup_assets.backups_dr_copy,
+        ],
+    )
+    assert pushed.success
     result = materialize_backups(stack, env, [backup_assets.backup_alert_rules])
     assert result.success
     prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"])
@@ -838,7 +868,20 @@ def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
     assert all(found.values()), found
 
 
-# --- retention (last: it deletes) ----------------------------------------------------------------------------
+# --- retention ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drilled_backups(stack, env) -> list[str]:
+    """Four base backups taken for this test, the newest drilled (retention deletes nothing until it passes)."""
+    taken = []
+    for _ in range(3):
+        result = materialize_backups(stack, env, [backup_assets.postgres_basebackup])
+        assert result.success
+        taken.append(asset_metadata(result, "postgres_basebackup")["backup_id"])
+    last = materialize_backups(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill])
+    assert asset_metadata(last, "restore_drill")["passed"], asset_metadata(last, "restore_drill")["error"]
+    return [*taken, asset_metadata(last, "postgres_basebackup")["backup_id"]]
 
 
 def _age_backups(archive: Archive, records, days: int) -> None:
@@ -865,10 +908,10 @@ def test_retention_refuses_a_zero_day_window(stack, env):
     assert cli.returncode == 2 and "keep-days" in cli.stderr
 
 
-def test_retention_keeps_the_newest_backups_and_the_wal_they_need(stack, env):
+def test_retention_keeps_the_newest_backups_and_the_wal_they_need(stack, env, drilled_backups):
     archive = _archive(stack, env)
     before = list_backups(archive)
-    assert len(before) >= 4
+    assert [r.backup_id for r in before[-4:]] == drilled_backups
     _age_backups(archive, before[:-1], days=100)  # all but the newest fall outside any window
     dry = _cli(env, "backup", "expire", "--dry-run", "--json", "--keep-days", "1", "--keep-full", "1")
     assert dry.returncode == 0, dry.stderr

@@ -161,6 +161,18 @@ class Settings(BaseSettings):
     vault_secret_id_ttl: str = _f(
         "720h", "lifetime of an AppRole secret-id; vault_config re-issues one once half of it has passed", "operator"
     )
+    vault_db_owner_role: str = _f(
+        "cqox_admin",
+        "schema-owner role Vault-issued migrator logins act as: `cqox_` and lowercase letters, digits or `_` "
+        "(not `cqox_runtime`); never a built-in or another application's role",
+        "operator",
+    )
+    vault_db_default_ttl: str = _f(
+        "1h", "lifetime of a Vault-issued PostgreSQL login unless renewed (at most CQOX_VAULT_DB_MAX_TTL)", "operator"
+    )
+    vault_db_max_ttl: str = _f(
+        "24h", "longest lifetime of a Vault-issued PostgreSQL login, renewals included (at most 24h)", "operator"
+    )
 
     # --- S3 --------------------------------------------------------------------------------------------------
     s3_endpoint: str | None = _f(None, "S3 endpoint URL")

@@ -216,6 +216,18 @@ def test_a_parquet_that_decodes_to_30m_rows_is_quarantined_before_it_is_decoded(
     assert "30000000 rows, over the limit of 10000000 (CQOX_DATASET_MAX_ROWS)" in metadata["problems"][0]
 
 
+def test_column_names_cannot_break_the_schema_table(stack, env, instance, tmp_path):
+    """Failed before: a column named ``dose|mg`` added a cell to its row of the Markdown table in the metadata."""
+    frame = _frame(20).rename(columns={"age": "dose|mg"})
+    key = _upload(env, tmp_path, "piped-columns", frame)
+    result = _ingest(stack, instance, "piped-columns", key)
+    assert result.success
+    (event,) = result.asset_materializations_for_node("encrypted_datasets")
+    lines = event.metadata["schema"].value.splitlines()
+    assert "| dose\\|mg | int64 | 0 |" in lines, lines
+    assert all(line.replace("\\|", "").count("|") == 4 for line in lines), lines
+
+
 @pytest.mark.parametrize("name", ["../etc", "x'; DROP TABLE datasets;--", "", "a" * 200, ".hidden"])
 def test_dangerous_names_are_refused_at_upload(env, tmp_path, name):
     path = tmp_path / "d.csv"

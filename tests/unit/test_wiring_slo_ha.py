@@ -38,6 +38,9 @@ def test_slo_alert_rules_are_checked_by_promtool_and_loaded() -> None:
     assert metadata["alerting_rules"].value > 0 and metadata["promtool_test_cases"].value > 0
     assert metadata["loaded_groups"].value == [f"{slo.RULES_FILE}:group"]
     assert "alert:" in FakePrometheus.installed[slo.RULES_FILE]
+    # The shipped spec's every SLO can page: the main job's check passes on a fresh installation.
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"slo_alerts_can_fire": True}, metadata["alerts_that_cannot_fire"].value
 
 
 def burn_tick(error_ratio: float) -> dg.SensorResult | dg.SkipReason:

@@ -5,6 +5,7 @@ import time
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from assets.metadata import md_table
 from cqox_platform.datasets.rotation import rotate_dataset_keys
 from cqox_platform.datasets.store import ingest_upload, parse_landing_key
 from cqox_platform.datasets.validation import DatasetSchema
@@ -82,9 +83,9 @@ def encrypted_datasets(
     manifest, profile = result.manifest, result.profile
     assert manifest is not None
     rate = manifest.plaintext_bytes / max(result.seconds, 1e-6) / 2**20
-    dtypes = "\n".join(
-        ["| column | dtype | nulls |", "|---|---|---|"]
-        + [f"| {c} | {t} | {profile['null_counts'][c]} |" for c, t in profile["dtypes"].items()]
+    # Column names are the uploader's text: the shared table writer escapes them like every other cell.
+    schema_table = md_table(
+        ["column", "dtype", "nulls"], [[c, t, profile["null_counts"][c]] for c, t in profile["dtypes"].items()]
     )
     return dg.MaterializeResult(
         metadata={
@@ -93,7 +94,7 @@ def encrypted_datasets(
             "columns": profile["columns"],
             "treated": profile["treated"],
             "control": profile["control"],
-            "schema": dg.MetadataValue.md(dtypes),
+            "schema": schema_table,
             "object": f"s3://{bucket}/{result.object_key}",
             "source_bytes": result.source_bytes,
             "parquet_bytes": manifest.plaintext_bytes,

@@ -9,24 +9,28 @@ from dagster_aws.s3 import S3Resource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.secrets.transport import TlsProbe, probe_tls
-from cqox_platform.secrets.vault_setup import AppRoleLimits, ArchiverSetup, DatabaseEngineSettings, configure_vault
+from cqox_platform.secrets.vault_setup import (
+    AppRoleLimits,
+    ArchiverSetup,
+    DatabaseEngineSettings,
+    DatabaseLoginLimits,
+    configure_vault,
+)
 from cqox_platform.settings import Settings, get_settings
 
 GROUP = "security"
 
 
 class VaultConfigSettings(dg.Config):
-    """Whether to set up the database secrets engine, and its roles' lifetimes.
+    """Whether to set up the database secrets engine.
 
-    Where credentials are written (the platform's AppRole file, the archiver's settings file and its OS user)
-    and which bucket the archiver writes to come from the settings only: anyone who can launch a run could
-    otherwise have a fresh secret-id written where they can read it.
+    Where credentials are written (the platform's AppRole file, the archiver's settings file and its OS user),
+    which bucket the archiver writes to, and which role and lifetimes Vault's PostgreSQL logins get come from the
+    settings only: anyone who can launch a run could otherwise have a fresh secret-id written where they can read
+    it, or every migrator login made a member of ``postgres``.
     """
 
     configure_database: bool = True
-    db_owner_role: str = "cqox_admin"
-    db_default_ttl: str = "1h"
-    db_max_ttl: str = "24h"
 
 
 @dg.asset(
@@ -43,6 +47,9 @@ def vault_config(
     postgres_admin: PostgresResource,
     s3: S3Resource,
 ) -> dg.MaterializeResult:
+    settings = get_settings()
+    # Checked before anything is read or written: a bad setting fails the run naming the variable to fix.
+    logins = DatabaseLoginLimits.from_settings(settings)
     database = None
     if config.configure_database:
         database = DatabaseEngineSettings(
@@ -52,11 +59,8 @@ def vault_config(
             admin_user=postgres_admin.user,
             admin_password=postgres_admin.admin_password(),
             sslrootcert=postgres_admin.sslrootcert or "",
-            owner_role=config.db_owner_role,
-            default_ttl=config.db_default_ttl,
-            max_ttl=config.db_max_ttl,
+            logins=logins,
         )
-    settings = get_settings()
     archiver = _archiver_setup(context, settings, vault_admin, s3)
     client = vault_admin.client()
     state = vault_admin.call(

@@ -12,7 +12,7 @@ from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.slo.chart import render_svg, svg_markdown
 from cqox_platform.slo.report import compute_reports, history, store_reports
 from cqox_platform.slo.rules import ALERT_NAMES, PAGE, TICKET, validate_rules
-from cqox_platform.slo.spec import LatencySlo, load_spec, spec_path
+from cqox_platform.slo.spec import LatencySlo, QuantileSlo, load_spec, spec_path
 
 GROUP = "slo"
 RULES_FILE = "cqox-slo-rules.yml"
@@ -141,7 +141,7 @@ def slo_report(
             f"{_pct(r.budget_consumed_30d, 1)} | {_pct(r.budget_consumed_month, 1)} | {burn['1h']} | "
             f"{burn['1d']} |"
         )
-    targets = {s.name.split("-")[-1]: s.threshold_seconds for s in spec.slos if isinstance(s, LatencySlo)}
+    targets = {s.name.split("-")[-1]: s.threshold_seconds for s in spec.slos if isinstance(s, LatencySlo | QuantileSlo)}
     missing = sorted({f"{r.slo} on {r.day}" for r in run.days if r.status == "no_data"})
     # Numeric values of the last day: Dagster plots these across partitions in the asset's Plots view.
     plotted: dict[str, float] = {}

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cqox_platform.errors import CqoxError
@@ -161,12 +161,35 @@ class Settings(BaseSettings):
     vault_secret_id_ttl: str = _f(
         "720h", "lifetime of an AppRole secret-id; vault_config re-issues one once half of it has passed", "operator"
     )
+    vault_db_owner_role: str = _f(
+        "cqox_admin",
+        "schema-owner role Vault-issued migrator logins act as: `cqox_` and lowercase letters, digits or `_` "
+        "(not `cqox_runtime`); never a built-in or another application's role",
+        "operator",
+    )
+    vault_db_default_ttl: str = _f(
+        "1h", "lifetime of a Vault-issued PostgreSQL login unless renewed (at most CQOX_VAULT_DB_MAX_TTL)", "operator"
+    )
+    vault_db_max_ttl: str = _f(
+        "24h", "longest lifetime of a Vault-issued PostgreSQL login, renewals included (at most 24h)", "operator"
+    )
 
     # --- S3 --------------------------------------------------------------------------------------------------
     s3_endpoint: str | None = _f(None, "S3 endpoint URL")
     s3_bucket: str | None = _f(None, "bucket of datasets, base backups and WAL")
     s3_dr_bucket: str | None = _f(None, "second-region bucket the DR copy writes to")
     aws_ca_bundle: Path | None = _f(None, "CA certificate of the S3 endpoint's TLS", env="AWS_CA_BUNDLE")
+
+    # --- datasets --------------------------------------------------------------------------------------------
+    # What an upload may decode to: the byte limit on the upload itself says nothing about a Parquet file of
+    # zeros, which compresses about a thousand to one. Parquet's footer is checked before any column is decoded.
+    dataset_max_rows: PositiveInt = _f(10_000_000, "most rows a dataset upload may have", "operator")
+    dataset_max_columns: PositiveInt = _f(1_000, "most columns a dataset upload may have", "operator")
+    dataset_max_decoded_bytes: PositiveInt = _f(
+        1 << 30,
+        "most bytes a Parquet upload may decode to: the larger of its uncompressed size and 8 bytes per cell",
+        "operator",
+    )
 
     # --- Prometheus, SLOs, traffic ---------------------------------------------------------------------------
     prometheus_url: str | None = _f(None, "Prometheus base URL")

@@ -8,6 +8,7 @@ forbids going past the first step. Errors name the file and the field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,12 +172,14 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
             raise PolicyError(f"{where}: `steps` must rise strictly within 1..100 and end at 100, got {list(steps)}.")
         metrics = []
         for i, m in enumerate(_require(data, "metrics", where)):
+            name = str(_require(m, "name", f"{where} metrics[{i}]"))
+            at = f"{where} metrics[{i}] ({name})"
             check = MetricCheck(
-                name=str(_require(m, "name", f"{where} metrics[{i}]")),
+                name=name,
                 query=str(_require(m, "query", f"{where} metrics[{i}]")),
-                max=m.get("max"),
-                max_over_stable=m.get("max_over_stable"),
-                max_ratio_to_stable=m.get("max_ratio_to_stable"),
+                max=_threshold(m, "max", at),
+                max_over_stable=_threshold(m, "max_over_stable", at),
+                max_ratio_to_stable=_threshold(m, "max_ratio_to_stable", at),
                 description=m.get("description", ""),
             )
             if check.max is None and check.max_over_stable is None and check.max_ratio_to_stable is None:
@@ -199,7 +202,7 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
             prometheus=PrometheusSettings(**_require(data, "prometheus", where)),
             metrics=tuple(metrics),
             requests_query=str(_require(data, "requests_query", where)),
-            budget_gate=BudgetGate(str(gate["slo"]), float(gate["min_remaining"])) if gate else None,
+            budget_gate=_budget_gate(gate, where) if gate else None,
             promotion=promotion,
             confirm_steps=confirm_steps,
             confirm_timeout_seconds=int(data.get("confirm_timeout_seconds", 0)),
@@ -221,6 +224,42 @@ def parse_policy(data: dict[str, Any], *, where: str = "canary policy") -> Canar
         except (KeyError, IndexError, ValueError) as exc:
             raise PolicyError(f"{where}: query template {template[:60]!r}... has a bad placeholder: {exc}") from None
     return policy
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or ``None`` when it is not one.
+
+    Only YAML numbers count: a quoted ``'0.01'`` stays a string that every decision would compare with a float
+    (``TypeError``, the rollout stuck at its weight), and NaN compares false with everything, so a NaN threshold
+    would pass every canary. Both are refused when the policy loads, not discovered during a rollout.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _threshold(metric: dict[str, Any], key: str, at: str) -> float | None:
+    """A metric's threshold: absent, or a finite number."""
+    raw = metric.get(key)
+    if raw is None:
+        return None
+    value = _number(raw)
+    if value is None:
+        kind = "a finite number" if isinstance(raw, float) else "a number (unquoted in YAML)"
+        raise PolicyError(f"{at}: `{key}` must be {kind}, got {raw!r}; write it like `{key}: 0.01`.")
+    return value
+
+
+def _budget_gate(gate: Any, where: str) -> BudgetGate:
+    if not isinstance(gate, dict):
+        raise PolicyError(f"{where}: `budget_gate` must be a mapping with `slo` and `min_remaining`.")
+    remaining = _number(gate.get("min_remaining"))
+    if remaining is None:
+        raise PolicyError(
+            f"{where}: budget_gate.min_remaining must be a finite number (the share of the error budget that must "
+            f"be left, like 0.25), got {gate.get('min_remaining')!r}."
+        )
+    return BudgetGate(str(_require(gate, "slo", f"{where} budget_gate")), remaining)
 
 
 def _steps(raw: Any, where: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -126,7 +126,7 @@ def ingest_upload(
             # A plain streamed GET: nanio rejects the ranged GETs of boto3's download_file past the object's end.
             with open(source, "wb") as handle:
                 shutil.copyfileobj(s3.get_object(Bucket=bucket, Key=key)["Body"], handle, 1 << 20)
-            frame = read_upload(source, landing.suffix)
+            frame = read_upload(source, landing.suffix, schema)
             profile = validate_frame(frame, schema)
         except DatasetValidationError as exc:
             return _reject(s3, bucket, landing, conn, result, exc.problems, log, started)

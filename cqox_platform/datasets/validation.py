@@ -8,12 +8,14 @@ profile of a clean frame or raises ``DatasetValidationError``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from cqox_platform.errors import DatasetValidationError, InvalidDatasetNameError
+from cqox_platform.settings import get_settings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
@@ -29,9 +31,14 @@ def validate_name(name: str) -> str:
     return name
 
 
+def _setting(name: str) -> Callable[[], int]:
+    return lambda: getattr(get_settings(), name)
+
+
 @dataclass(frozen=True)
 class DatasetSchema:
-    """What a CQOx upload must look like. Configurable per deployment through the asset's config."""
+    """What a CQOx upload must look like. Configurable per deployment through the asset's config; the caps on
+    what an upload decodes to (rows, columns, bytes) through the settings (``CQOX_DATASET_MAX_*``)."""
 
     treatment: str = "treatment"
     outcome: str = "outcome"
@@ -39,6 +46,9 @@ class DatasetSchema:
     min_covariates: int = 1
     max_bytes: int = 256 * 1024 * 1024
     max_null_fraction: float = 0.2  # per covariate
+    max_rows: int = field(default_factory=_setting("dataset_max_rows"))
+    max_columns: int = field(default_factory=_setting("dataset_max_columns"))
+    max_decoded_bytes: int = field(default_factory=_setting("dataset_max_decoded_bytes"))
 
 
 @dataclass(frozen=True)
@@ -63,17 +73,65 @@ class DatasetProfile:
         }
 
 
-def read_upload(path: Path, suffix: str) -> pd.DataFrame:
-    """Parse a CSV or Parquet upload; a malformed file is a validation problem, not a crash."""
+#: Bytes a decoded cell takes at least (int64, float64, a pointer to an object): the floor of a frame's size.
+_CELL_BYTES = 8
+
+
+def read_upload(path: Path, suffix: str, schema: DatasetSchema | None = None) -> pd.DataFrame:
+    """Parse a CSV or Parquet upload within ``schema``'s caps; a malformed or oversized file is a validation
+    problem, not a crash.
+
+    The caps are checked before the data is decoded: a Parquet file's footer gives its rows, columns and
+    uncompressed size; a CSV's header its columns, and it is read one row past the row cap at most.
+    """
+    schema = schema or DatasetSchema()
+    kind = suffix[1:]
     try:
         if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            meta = pq.ParquetFile(path).metadata
+            uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            _check_caps(
+                schema,
+                meta.num_rows,
+                meta.num_columns,
+                max(uncompressed, meta.num_rows * meta.num_columns * _CELL_BYTES),
+            )
             return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except Exception as exc:  # pandas raises many parser types; all mean "not a readable table"
+        _check_caps(schema, 0, len(pd.read_csv(path, nrows=0).columns), 0)
+        frame = pd.read_csv(path, nrows=schema.max_rows + 1)
+        if len(frame) > schema.max_rows:
+            _refuse(f"more than {schema.max_rows} rows, over the limit of {schema.max_rows} (CQOX_DATASET_MAX_ROWS)")
+        return frame
+    except DatasetValidationError:
+        raise
+    except Exception as exc:  # pandas and pyarrow raise many parser types; all mean "not a readable table"
         raise DatasetValidationError(
-            f"the upload is not a readable {suffix[1:].upper()} file: {type(exc).__name__}: {str(exc)[:300]}",
-            [f"unreadable {suffix[1:]}: {str(exc)[:300]}"],
+            f"the upload is not a readable {kind.upper()} file: {type(exc).__name__}: {str(exc)[:300]}",
+            [f"unreadable {kind}: {str(exc)[:300]}"],
         ) from None
+
+
+def _check_caps(schema: DatasetSchema, rows: int, columns: int, decoded_bytes: int) -> None:
+    """Refuse an upload whose shape is over a cap, naming the cap and the setting that raises it."""
+    if rows > schema.max_rows:
+        _refuse(f"{rows} rows, over the limit of {schema.max_rows} (CQOX_DATASET_MAX_ROWS)")
+    if columns > schema.max_columns:
+        _refuse(f"{columns} columns, over the limit of {schema.max_columns} (CQOX_DATASET_MAX_COLUMNS)")
+    if decoded_bytes > schema.max_decoded_bytes:
+        _refuse(
+            f"decodes to about {decoded_bytes} bytes, over the limit of {schema.max_decoded_bytes} "
+            "(CQOX_DATASET_MAX_DECODED_BYTES)"
+        )
+
+
+def _refuse(problem: str) -> None:
+    raise DatasetValidationError(
+        f"the upload is too large once decoded: {problem}; split the dataset, or raise the limit for this "
+        "installation if it is meant to be this large.",
+        [problem],
+    )
 
 
 def validate_frame(df: pd.DataFrame, schema: DatasetSchema) -> DatasetProfile:

@@ -17,6 +17,8 @@ creation statements, instead of one powerful dynamic user.
 
 from __future__ import annotations
 
+import re
+
 #: The group role that holds the runtime's privileges (created by migration 0010 or by Vault, whichever is first).
 RUNTIME_GROUP = "cqox_runtime"
 
@@ -31,3 +33,14 @@ $$;"""
 
 #: Tables only the migration runner writes: the runtime reads them, never rewrites history.
 RUNNER_TABLES = ("schema_migrations", "schema_fingerprint")
+
+#: The roles a migrator login may act as (the schema owner): the platform's own namespace, ``cqox_`` and
+#: lowercase letters, digits or ``_`` within PostgreSQL's 63-byte identifier limit. Vault grants that role to
+#: every migrator login while running as the database admin, so a name outside it (``postgres``, a ``pg_*``
+#: built-in, another application's role) must never get that far.
+_OWNER_ROLE = re.compile(r"cqox_[a-z0-9_]{1,58}")
+
+
+def is_schema_owner_role(name: str) -> bool:
+    """Whether ``name`` may be the role migrator logins act as (the runtime's DML group owns nothing)."""
+    return bool(_OWNER_ROLE.fullmatch(name)) and name != RUNTIME_GROUP

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,11 @@ import hvac.exceptions
 
 from cqox_platform.backup.archive.archiver_settings import ARCHIVER_APPROLE, BACKUPS_KEY, ArchiverSettings
 from cqox_platform.backup.archive.archiver_settings import S3_SECRET_PATH as ARCHIVER_S3_SECRET
-from cqox_platform.db.roles import ENSURE_RUNTIME_GROUP, RUNTIME_GROUP
+from cqox_platform.db.roles import ENSURE_RUNTIME_GROUP, RUNTIME_GROUP, is_schema_owner_role
 from cqox_platform.errors import CqoxError, VaultError
 from cqox_platform.fsutil import write_file, write_private
 from cqox_platform.package_data import package_path
+from cqox_platform.settings import Settings, SettingsError
 
 POLICY_DIR = package_path("cqox_platform.secrets", "policies")
 DATASETS_KEY = "cqox-datasets"
@@ -56,6 +58,65 @@ DB_REVOCATION = [
 ]
 
 
+#: The longest a Vault-issued PostgreSQL login may live, renewals included: a leaked migrator password carries the
+#: schema owner's rights for a day at most. A constant, not a setting: a cap the same operator can raise is none.
+DB_LOGIN_TTL_CAP_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class DatabaseLoginLimits:
+    """Which role Vault's migrator logins act as, and how long Vault-issued PostgreSQL logins live.
+
+    All three end up in what Vault runs as the database admin (``GRANT "{{owner}}" TO ...``, the lease
+    lifetimes), so they come from the installation's settings (never a run's config) and are checked when this
+    object is made, by whoever makes it: the role against the platform's own namespace, the lifetimes against
+    :data:`DB_LOGIN_TTL_CAP_SECONDS`.
+    """
+
+    owner_role: str
+    default_ttl: str
+    max_ttl: str
+
+    def __post_init__(self) -> None:
+        role_env = Settings.env_name("vault_db_owner_role")
+        if not is_schema_owner_role(self.owner_role):
+            raise SettingsError(
+                f"{role_env}={self.owner_role!r} is not a role migrator logins may act as: Vault grants it to "
+                "every migrator login as the database admin, so only the platform's own roles are allowed "
+                f"(`cqox_` and lowercase letters, digits or `_`, at most 63 characters, not `{RUNTIME_GROUP}`); "
+                f"set {role_env} to the role that owns the CQOX schema (`cqox_admin` on the local stack)."
+            )
+        default, most = self.default_ttl_seconds, self.max_ttl_seconds
+        default_env, max_env = Settings.env_name("vault_db_default_ttl"), Settings.env_name("vault_db_max_ttl")
+        for env, text, seconds in ((default_env, self.default_ttl, default), (max_env, self.max_ttl, most)):
+            if seconds > DB_LOGIN_TTL_CAP_SECONDS:
+                raise SettingsError(
+                    f"{env}={text!r} is over the cap of {DB_LOGIN_TTL_CAP_SECONDS // 3600}h for Vault-issued "
+                    f"PostgreSQL logins; set {env} to {DB_LOGIN_TTL_CAP_SECONDS // 3600}h or less."
+                )
+        if default > most:
+            raise SettingsError(
+                f"{default_env}={self.default_ttl!r} is longer than {max_env}={self.max_ttl!r}, which cuts every "
+                f"login short; set {default_env} to {self.max_ttl} or less."
+            )
+
+    @property
+    def default_ttl_seconds(self) -> int:
+        return _setting_duration(self.default_ttl, "vault_db_default_ttl")
+
+    @property
+    def max_ttl_seconds(self) -> int:
+        return _setting_duration(self.max_ttl, "vault_db_max_ttl")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatabaseLoginLimits:
+        return cls(settings.vault_db_owner_role, settings.vault_db_default_ttl, settings.vault_db_max_ttl)
+
+    def migrator_creation_statements(self) -> list[str]:
+        """The migrator role's creation statements with the owner role in place (checked above)."""
+        return [s.replace("{{owner}}", self.owner_role) for s in DB_MIGRATOR_CREATION]
+
+
 @dataclass(frozen=True)
 class DatabaseEngineSettings:
     """How Vault reaches PostgreSQL to mint credentials (the password stays in memory for the call only)."""
@@ -66,9 +127,7 @@ class DatabaseEngineSettings:
     admin_user: str
     admin_password: str = field(repr=False)
     sslrootcert: str
-    owner_role: str
-    default_ttl: str = "1h"
-    max_ttl: str = "24h"
+    logins: DatabaseLoginLimits
 
 
 @dataclass(frozen=True)
@@ -158,14 +217,36 @@ class AppRoleLimits:
         return cls(secret_id_ttl=settings.vault_secret_id_ttl, bound_cidrs=cidrs)
 
 
+_DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
+
+
+def _positive_seconds(text: str) -> int | None:
+    """``720h``, ``30d``, ``90m``, ``3600s`` or ``3600`` in seconds; ``None`` for anything else, 0 included
+    (0 means "never expires" to Vault, which is what every lifetime here exists to prevent)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) == 0:
+        return None
+    return int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
 def _duration_seconds(text: str) -> int:
-    """A positive lifetime: 0 would mean "never expires" to Vault, which is what the limit exists to prevent."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip()
-    number, unit = (text, "s") if text.isdigit() else (text[:-1], text[-1:])
-    if not number.isdigit() or unit not in units or int(number) == 0:
+    """A secret-id's positive lifetime."""
+    seconds = _positive_seconds(text)
+    if seconds is None:
         raise VaultError(f"secret-id lifetime {text!r} must be positive, like 720h, 30d, 3600s or 3600.")
-    return int(number) * units[unit]
+    return seconds
+
+
+def _setting_duration(text: str, field_name: str) -> int:
+    """The positive lifetime a setting holds, or an error saying which variable to set to what."""
+    seconds = _positive_seconds(text)
+    if seconds is None:
+        env = Settings.env_name(field_name)
+        default = Settings.model_fields[field_name].default
+        raise SettingsError(
+            f"{env}={text!r} must be a positive duration like 1h, 90m or 3600s; set {env} to one (default {default})."
+        )
+    return seconds
 
 
 def secret_id_needs_renewal(lookup: dict[str, Any] | None, limits: AppRoleLimits, now: float) -> str | None:
@@ -313,18 +394,15 @@ def _configure_database(client: hvac.Client, state: VaultState, db: DatabaseEngi
         password=db.admin_password,
         password_authentication="scram-sha-256",
     )
-    roles = {
-        DB_MIGRATOR_ROLE: [s.replace("{{owner}}", db.owner_role) for s in DB_MIGRATOR_CREATION],
-        DB_ROLE: DB_RUNTIME_CREATION,
-    }
+    roles = {DB_MIGRATOR_ROLE: db.logins.migrator_creation_statements(), DB_ROLE: DB_RUNTIME_CREATION}
     for name, creation in roles.items():
         client.secrets.database.create_role(
             name=name,
             db_name=DB_CONNECTION,
             creation_statements=creation,
             revocation_statements=DB_REVOCATION,
-            default_ttl=db.default_ttl,
-            max_ttl=db.max_ttl,
+            default_ttl=db.logins.default_ttl_seconds,
+            max_ttl=db.logins.max_ttl_seconds,
         )
     state.database_roles = sorted(client.secrets.database.list_roles()["data"]["keys"])
 

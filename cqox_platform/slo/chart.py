@@ -69,7 +69,7 @@ def render_svg(history: list[dict[str, Any]], latency_targets: dict[str, float])
     for r in history:
         if r["budget_consumed_30d"] is not None:
             budget.setdefault(r["slo"], []).append((index[r["day"]], 1 - r["budget_consumed_30d"]))
-        if r["kind"] == "latency" and r["day"] not in seen_latency and r["p50"] is not None:
+        if r["kind"] in ("latency", "quantile") and r["day"] not in seen_latency and r["p50"] is not None:
             seen_latency.add(r["day"])
             for q in ("p50", "p95", "p99"):
                 if r[q] is not None:

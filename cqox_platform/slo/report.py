@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from cqox_platform.slo.budget import error_budget
 from cqox_platform.slo.rules import WINDOWS
-from cqox_platform.slo.spec import LatencySlo, RatioSlo, SloSpec, ThresholdSlo, ThroughputSlo
+from cqox_platform.slo.spec import LatencySlo, QuantileSlo, RatioSlo, SloSpec, ThresholdSlo, ThroughputSlo
 
 QueryRange = Callable[[str, datetime, datetime, str], list[dict[str, Any]]]
 QUANTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
@@ -115,8 +115,9 @@ def compute_reports(
                 )
             continue
         budget = error_budget(slo.objective)
-        if isinstance(slo, ThresholdSlo) or (isinstance(slo, RatioSlo) and slo.bad_query):
-            events_s, bad_s = total, None  # opaque queries: no event counts, status from the ratio alone
+        if isinstance(slo, ThresholdSlo | QuantileSlo) or (isinstance(slo, RatioSlo) and slo.bad_query):
+            # Time slices and opaque queries: no bad-event counts, the status from the ratio alone.
+            events_s, bad_s = total, None
         else:
             bad_query, events_query = spec.event_queries(slo, "1d", fn="increase")
             events_s = total if events_query == total_query else q(events_query, month_start)
@@ -139,7 +140,7 @@ def compute_reports(
                 bad_events=bad,
                 error_ratio=error_ratio,
             )
-            if isinstance(slo, LatencySlo):
+            if isinstance(slo, LatencySlo | QuantileSlo):
                 for name, series in quantiles.items():
                     setattr(row, name, series.get(d))
             if error_ratio is None or (bad_s is not None and events is None):

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from cqox_platform.errors import RuleValidationError
-from cqox_platform.slo.spec import LatencySlo, RatioSlo, SloSpec, ThresholdSlo
+from cqox_platform.slo.spec import LatencySlo, QuantileSlo, RatioSlo, SloSpec, ThresholdSlo
 
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 _HOURS = {"5m": 5 / 60, "30m": 0.5, "1h": 1, "2h": 2, "6h": 6, "1d": 24, "3d": 72}
@@ -67,11 +67,14 @@ def sli_series_query(spec: SloSpec, slo) -> str:
     """The series an SLO's SLI needs to exist, summed to one unlabelled series (so ``absent`` adds no labels).
 
     Ratio SLOs need the request counter; latency SLOs the histogram bucket at their threshold (a threshold that
-    is no bucket boundary is as blind as a missing histogram); OpenSLO queries are taken whole (window 5m).
+    is no bucket boundary is as blind as a missing histogram); quantile SLOs the histogram's buckets; OpenSLO
+    queries are taken whole (window 5m).
     """
     m = spec.metrics
     if isinstance(slo, ThresholdSlo):
         return f"sum({slo.query})"
+    if isinstance(slo, QuantileSlo):
+        return f"sum({m.duration_seconds}_bucket{spec.matchers()})"
     if isinstance(slo, RatioSlo):
         if slo.total_query:
             return f"sum({slo.total_query.replace('$window', '5m')})"
@@ -148,8 +151,8 @@ def generate_rules(spec: SloSpec) -> dict[str, Any]:
 
 def unfireable_alerts(spec: SloSpec) -> list[str]:
     """Burn-rate conditions that can never fire: their threshold (factor x budget) is an error ratio of 100 % or
-    more. A low objective (``latency-p50`` at 0.5) makes a 14.4x page impossible; the person reading the spec
-    must be told, not left believing the SLO pages."""
+    more. A low objective (a request-based p50 at 0.5) makes a 14.4x page impossible; the person reading the
+    spec must be told, not left believing the SLO pages (``kind: quantile`` is the way to page on a median)."""
     out = []
     for slo in spec.budgeted:
         budget = 1 - slo.objective
@@ -180,8 +183,10 @@ def _scenario_series(spec: SloSpec, scenario: str) -> tuple[list[dict[str, str]]
     ok, bad = {"healthy": (6000, 0), "outage": (3000, 3000)}[scenario]
     fast = {"healthy": 6000, "outage": 0}[scenario]  # requests under every latency threshold
     out = [series(m.requests_total, {m.code_label: "200"}, ok), series(m.requests_total, {m.code_label: "500"}, bad)]
-    thresholds = sorted({s.threshold_seconds for s in spec.budgeted if isinstance(s, LatencySlo)})
-    for t in thresholds:
+    thresholds = sorted({s.threshold_seconds for s in spec.budgeted if isinstance(s, LatencySlo | QuantileSlo)})
+    # And a finite bucket above every threshold, so a quantile past the last threshold is estimated past it:
+    # Prometheus answers a quantile in the +Inf bucket with the largest finite boundary.
+    for t in [*thresholds, *([2.0 * thresholds[-1]] if thresholds else [])]:
         out.append(series(f"{m.duration_seconds}_bucket", {"le": repr(float(t))}, fast))
     out.append(series(f"{m.duration_seconds}_bucket", {"le": "+Inf"}, 6000))
     out.append(series(f"{m.duration_seconds}_count", {}, 6000))
@@ -191,6 +196,8 @@ def _scenario_series(spec: SloSpec, scenario: str) -> tuple[list[dict[str, str]]
             continue
         if isinstance(slo, RatioSlo):
             truth[slo.name] = bad / 6000 if re.fullmatch(slo.bad_codes, "500") else 0.0
+        elif isinstance(slo, QuantileSlo):
+            truth[slo.name] = 0.0 if fast else 1.0  # every minute's quantile within its threshold, or none
         else:
             truth[slo.name] = 1 - fast / 6000
     return out, truth

@@ -72,6 +72,22 @@ class LatencySlo(_SloBase):
     threshold_seconds: float = Field(gt=0)
 
 
+class QuantileSlo(_SloBase):
+    """A latency quantile (``quantile: 0.5``, the median) within ``threshold_seconds`` in ``objective`` of the
+    minutes: time slices, as OpenSLO's ``Timeslices`` budgeting.
+
+    "Half of all requests within 100 ms" counted in requests has an objective of 0.5, so a budget of half the
+    requests: even a total outage burns it at 2x, and the 14.4x and 6x pages can never fire. Counted in minutes
+    whose median was slower than the threshold, the budget is 1 - ``objective`` of the minutes, and the same
+    multiwindow burn-rate alerts page. A minute without requests has no quantile: neither good nor bad.
+    """
+
+    kind: Literal["quantile"]
+    objective: float = Field(gt=0, lt=1)
+    quantile: float = Field(gt=0, lt=1)
+    threshold_seconds: float = Field(gt=0)
+
+
 class ThresholdSlo(_SloBase):
     """OpenSLO threshold SLO: a query's value must satisfy ``op value`` in ``objective`` of the minutes."""
 
@@ -96,9 +112,12 @@ class ThroughputSlo(_SloBase):
         return self
 
 
-Slo = Annotated[RatioSlo | LatencySlo | ThresholdSlo | ThroughputSlo, Field(discriminator="kind")]
-BudgetedSlo = RatioSlo | LatencySlo | ThresholdSlo
+Slo = Annotated[RatioSlo | LatencySlo | QuantileSlo | ThresholdSlo | ThroughputSlo, Field(discriminator="kind")]
+BudgetedSlo = RatioSlo | LatencySlo | QuantileSlo | ThresholdSlo
 _PROM_OP = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+#: The rate window of a quantile SLO's per-minute value: the shortest burn-rate window, wide enough for a few
+#: scrapes at any usual scrape interval, so a minute's quantile never depends on a single scrape.
+QUANTILE_RATE_WINDOW = "5m"
 
 
 class SloSpec(_Strict):
@@ -151,12 +170,22 @@ class SloSpec(_Strict):
         good = f"sum({fn}({m.duration_seconds}_bucket{self.matchers(le)}[{window}]))"
         return f"({total} - {good})", total
 
+    def quantile_query(self, slo: QuantileSlo, window: str = QUANTILE_RATE_WINDOW) -> str:
+        """The latency quantile of ``slo`` over ``window``, from the spec's histogram (one series)."""
+        buckets = f"{self.metrics.duration_seconds}_bucket{self.matchers()}"
+        return f"histogram_quantile({slo.quantile!r}, sum by (le) (rate({buckets}[{window}])))"
+
     def error_ratio_query(self, slo: BudgetedSlo, window: str) -> str:
         """PromQL for the share of bad events over ``window`` (e.g. ``5m``), by nothing: one series."""
         if isinstance(slo, ThresholdSlo):
             # Time slices of one minute: the share of minutes in which the query broke its threshold.
             good = f"(({slo.query}) {_PROM_OP[slo.op]} bool {slo.value!r})"
             return f"1 - avg_over_time({good}[{window}:1m])"
+        if isinstance(slo, QuantileSlo):
+            # Time slices of one minute. ``>= 0`` drops the NaN of a minute without requests before ``bool``
+            # would turn it into a bad minute: an idle service is not slow.
+            good = f"(({self.quantile_query(slo)}) >= 0) <= bool {_prom_float(slo.threshold_seconds)}"
+            return f"1 - avg_over_time(({good})[{window}:1m])"
         if isinstance(slo, RatioSlo) and slo.bad_query and slo.total_query:
             bad, total = (q.replace("$window", window) for q in (slo.bad_query, slo.total_query))
             return f"({bad}) / ({total})"

@@ -75,7 +75,10 @@ def exposition(
         sel = f'{base},version="{version}"' if base else f'version="{version}"'
         ok, bad = math.floor(t.requests - t.errors), math.floor(t.errors)
         yield f'http_requests_total{{{sel},code="200"}} {ok}{ts}'
-        yield f'http_requests_total{{{sel},code="500"}} {bad}{ts}'
+        if bad:
+            # As a client library: a labelled series exists from its first increment, so a version that has not
+            # failed yet has no 5xx series at all, and every query must read that as 0 errors, not as no data.
+            yield f'http_requests_total{{{sel},code="500"}} {bad}{ts}'
     if not openmetrics:
         yield "# TYPE http_request_duration_seconds histogram"
     for version, t in sorted(totals.items()):

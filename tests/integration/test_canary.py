@@ -41,6 +41,8 @@ SCENARIOS = {
     "good": {"stable": VersionTraffic(rps=100), "canary": VersionTraffic(rps=40)},
     "bad": {"stable": VersionTraffic(rps=100), "canary": VersionTraffic(rps=40, error_ratio=0.2)},
     "silent": {"stable": VersionTraffic(rps=100), "canary": VersionTraffic(rps=0.0)},
+    # Neither version ever failed: like a real client library, the exporter has no code="500" series at all.
+    "clean": {"stable": VersionTraffic(rps=100, error_ratio=0.0), "canary": VersionTraffic(rps=40, error_ratio=0.0)},
     "burnt": {
         "stable": VersionTraffic(rps=100, error_ratio=0.004),
         "canary": VersionTraffic(rps=40, error_ratio=0.004),
@@ -325,7 +327,7 @@ def test_a_good_canary_is_promoted_to_100_with_its_evidence_recorded(stack, worl
             and 'version="canary"' in meta["metrics"]
             and "{version}" not in meta["metrics"]
         )
-        assert meta["policy"].endswith("v3") and run_key.startswith(rollout.rollout_id)
+        assert meta["policy"].endswith("v4") and run_key.startswith(rollout.rollout_id)
     assert seen == [("promote", 50), ("promote", 100), ("complete", 0)]
     # Item 5: the canary follows stable's 2 replicas in proportion to its weight (10, 50, 100 %), then 0; with its
     # HPA, by raising the HPA's floor, which promotion puts back to 1.
@@ -468,6 +470,18 @@ def _version_report(stack, world, name: str) -> dict:
         )
     (event,) = run.asset_materializations_for_node("slo_version_report")
     return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_a_canary_that_never_failed_has_no_5xx_series_and_is_promoted(stack, world, instance):
+    """Failed before: without a ``code=~"5.."`` series the policy's error ratio was an empty vector, "no data",
+    so the healthy canary held and, past ``max_consecutive_holds``, was rolled back."""
+    job = world["scenarios"]["clean"]["job"]
+    assert world["prometheus"].query(f'http_requests_total{{job="{job}",code=~"5.."}}') == []
+    _start(stack, world, "clean")
+    meta, run_key = _tick(stack, world, "clean", instance)
+    assert meta is not None, run_key
+    assert (meta["action"], meta["weight_after"]) == ("promote", 50), meta["reason"]
+    assert _weights(world, "clean") == {"v1": 50, "v2": 50}
 
 
 def test_no_data_holds_and_past_the_limit_rolls_back(stack, world, instance):

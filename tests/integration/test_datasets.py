@@ -196,6 +196,38 @@ def test_oversized_upload_is_rejected_before_download(stack, env, instance, tmp_
     assert "exceeds the limit of 1000" in metadata["problems"][0]
 
 
+def test_a_parquet_that_decodes_to_30m_rows_is_quarantined_before_it_is_decoded(stack, env, instance, tmp_path):
+    """Failed before: the few-hundred-KiB upload passed ``max_bytes`` and was decoded whole (30 M rows)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bomb = tmp_path / "bomb.parquet"
+    chunk = pa.table({c: np.zeros(1_000_000, dtype=np.int64) for c in ("treatment", "outcome", "age")})
+    with pq.ParquetWriter(bomb, chunk.schema, compression="zstd") as writer:
+        for _ in range(30):
+            writer.write_table(chunk)
+    key = _upload(env, tmp_path, "bomb", bomb.read_bytes(), suffix=".parquet")
+    result = _ingest(stack, instance, "bomb", key)
+    assert not result.success
+    with _db(stack) as conn:
+        (status, metadata) = conn.execute("SELECT status, metadata FROM datasets WHERE name = 'bomb'").fetchone()
+    assert status == "rejected"
+    assert "30000000 rows, over the limit of 10000000 (CQOX_DATASET_MAX_ROWS)" in metadata["problems"][0]
+
+
+def test_column_names_cannot_break_the_schema_table(stack, env, instance, tmp_path):
+    """Failed before: a column named ``dose|mg`` added a cell to its row of the Markdown table in the metadata."""
+    frame = _frame(20).rename(columns={"age": "dose|mg"})
+    key = _upload(env, tmp_path, "piped-columns", frame)
+    result = _ingest(stack, instance, "piped-columns", key)
+    assert result.success
+    (event,) = result.asset_materializations_for_node("encrypted_datasets")
+    lines = event.metadata["schema"].value.splitlines()
+    assert "| dose\\|mg | int64 | 0 |" in lines, lines
+    assert all(line.replace("\\|", "").count("|") == 4 for line in lines), lines
+
+
 @pytest.mark.parametrize("name", ["../etc", "x'; DROP TABLE datasets;--", "", "a" * 200, ".hidden"])
 def test_dangerous_names_are_refused_at_upload(env, tmp_path, name):
     path = tmp_path / "d.csv"

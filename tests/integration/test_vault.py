@@ -47,6 +47,13 @@ def test_vault_config_materializes_idempotently_and_lists_no_secret(stack, vault
     assert checks == {"transport_security": True}
 
 
+def test_the_migrator_role_has_the_owner_and_lifetimes_of_the_settings(stack, vault_configured):
+    """What Vault runs as the database admin comes from the settings (defaults here), checked before use."""
+    role = vault_admin(stack).client().secrets.database.read_role("cqox-migrator")["data"]
+    assert (role["default_ttl"], role["max_ttl"]) == (3600, 86400)
+    assert 'GRANT "cqox_admin" TO "{{name}}";' in role["creation_statements"]
+
+
 def test_approle_identity_is_least_privilege(stack, vault_configured):
     vault = vault_platform(stack)
     key = vault.datakey("cqox-datasets")

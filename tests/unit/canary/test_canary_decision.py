@@ -208,6 +208,17 @@ def test_policy_renders_queries_per_version():
         ({"metrics": [{"name": "x", "query": "rate(x[{windw}])", "max": 1}]}, "bad placeholder"),
         ({"failure_limit": 0}, "failure_limit"),
         ({"metrics": []}, "at least one metric"),  # nothing to judge would promote on request counts alone
+        # A quoted number parsed, then every decision raised TypeError comparing float > str.
+        ({"metrics": [{"name": "x", "query": "up", "max": "0.01"}]}, r"metrics\[0\] \(x\): `max` must be a number"),
+        # NaN compares False with everything: a NaN threshold let every value pass.
+        ({"metrics": [{"name": "x", "query": "up", "max": float("nan")}]}, r"`max` must be a finite number"),
+        (
+            {"metrics": [{"name": "x", "query": "up", "max_over_stable": float("inf")}]},
+            "`max_over_stable` must be a fin",
+        ),
+        ({"metrics": [{"name": "x", "query": "up", "max_ratio_to_stable": True}]}, "`max_ratio_to_stable` must be a n"),
+        ({"budget_gate": {"slo": "availability", "min_remaining": float("nan")}}, "budget_gate.min_remaining must"),
+        ({"budget_gate": {"slo": "availability", "min_remaining": "0.25"}}, "budget_gate.min_remaining must"),
     ],
 )
 def test_policy_validation_names_the_problem(change, message):

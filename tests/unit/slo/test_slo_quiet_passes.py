@@ -6,14 +6,11 @@ compared as strings.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
-import yaml
 
 from cqox_platform.slo.rules import unfireable_alerts
 from cqox_platform.slo.spec import DEFAULT_SPEC, RatioSlo, load_spec, parse_spec
+from tests.unit.promql import evaluate
 
 SERVICE_SPEC = """
 service: quiet-probe
@@ -22,26 +19,6 @@ metrics: {{code_label: {label}}}
 slos:
   - {{name: availability, kind: ratio, objective: 0.999}}
 """
-
-
-def _evaluate(tmp_path: Path, expr: str, series: list[dict[str, str]], expected: list[dict]) -> tuple[int, str]:
-    """promtool's verdict on ``expr`` evaluating to ``expected`` at 10 minutes, given ``series``: (exit, output)."""
-    (tmp_path / "empty-rules.yml").write_text("groups: []\n")
-    test = {
-        "rule_files": ["empty-rules.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "promql_expr_test": [{"expr": expr, "eval_time": "10m", "exp_samples": expected}],
-            }
-        ],
-    }
-    path = tmp_path / "test.yml"
-    path.write_text(yaml.safe_dump(test, sort_keys=False))
-    proc = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, check=False)
-    return proc.returncode, proc.stdout + proc.stderr
 
 
 def _ratio(label: str) -> str:
@@ -55,28 +32,76 @@ OK_ONLY = [{"series": 'http_requests_total{job="probe",code="200"}', "values": "
 
 
 def test_no_errors_with_the_right_code_label_is_a_zero_error_ratio(tmp_path):
-    code, output = _evaluate(tmp_path, _ratio("code"), OK_ONLY, [{"labels": "{}", "value": 0}])
+    code, output = evaluate(tmp_path, _ratio("code"), OK_ONLY, [{"labels": "{}", "value": 0}])
     assert code == 0, output
 
 
 def test_a_wrong_code_label_is_no_data_not_a_perfect_sli(tmp_path):
     """Failed before: ``or vector(0)`` turned the missing series into 0 errors, a 100 % SLI."""
-    code, output = _evaluate(tmp_path, _ratio("status"), OK_ONLY, [])
+    code, output = evaluate(tmp_path, _ratio("status"), OK_ONLY, [])
     assert code == 0, output
 
 
 def test_errors_still_count(tmp_path):
     series = [*OK_ONLY, {"series": 'http_requests_total{job="probe",code="503"}', "values": "0+600x20"}]
-    code, output = _evaluate(tmp_path, _ratio("code"), series, [{"labels": "{}", "value": 0.5}])
+    code, output = evaluate(tmp_path, _ratio("code"), series, [{"labels": "{}", "value": 0.5}])
     assert code == 0, output
 
 
-def test_the_repository_p50_latency_slo_is_flagged_as_unable_to_page():
-    """Failed before (nothing said it): 14.4 x (1 - 0.5) > 1, so the p50 SLO's page can never fire."""
-    problems = unfireable_alerts(load_spec(DEFAULT_SPEC))
-    p50 = [p for p in problems if p.startswith("latency-p50:")]
-    assert any("page alert over 1h/5m" in p and "can never fire" in p for p in p50)
-    assert not any(p.startswith("availability:") for p in problems)
+def test_every_slo_of_the_shipped_spec_can_page():
+    """Failed before: latency-p50 (objective 0.5) could not page, 14.4 x 0.5 > 1, so a fresh main job ended with
+    the check ``slo_alerts_can_fire`` failed."""
+    assert unfireable_alerts(load_spec(DEFAULT_SPEC)) == []
+
+
+def test_a_request_based_p50_in_a_users_spec_is_still_flagged():
+    spec = parse_spec("service: s\nslos:\n  - {name: p50, kind: latency, objective: 0.5, threshold_seconds: 0.1}\n")
+    problems = unfireable_alerts(spec)
+    assert any("page alert over 1h/5m" in p and "can never fire" in p for p in problems), problems
+
+
+P50_SPEC = """
+service: probe
+selector: {job: probe}
+slos:
+  - {name: latency-p50, kind: quantile, quantile: 0.5, threshold_seconds: 0.1, objective: 0.99}
+"""
+
+
+def _p50_ratio() -> str:
+    spec = parse_spec(P50_SPEC)
+    (slo,) = spec.budgeted
+    return spec.error_ratio_query(slo, "5m")
+
+
+def _histogram(within_100ms: str, total: str) -> list[dict[str, str]]:
+    """Bucket series of a histogram with boundaries 0.05, 0.1, 0.25 and +Inf (promtool values, one a minute)."""
+    name = "http_request_duration_seconds_bucket"
+    return [
+        {"series": f'{name}{{job="probe",le="0.05"}}', "values": "0x20"},
+        {"series": f'{name}{{job="probe",le="0.1"}}', "values": within_100ms},
+        {"series": f'{name}{{job="probe",le="0.25"}}', "values": total},
+        {"series": f'{name}{{job="probe",le="+Inf"}}', "values": total},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("within", "expected"),
+    [
+        ("0+600x20", [{"labels": "{}", "value": 0}]),  # every request within 100 ms: every minute good
+        ("0+100x20", [{"labels": "{}", "value": 1}]),  # a sixth within 100 ms: the median is slower, minutes bad
+    ],
+    ids=["fast", "slow"],
+)
+def test_a_quantile_slo_counts_minutes_whose_quantile_broke_the_threshold(tmp_path, within, expected):
+    code, output = evaluate(tmp_path, _p50_ratio(), _histogram(within, "0+600x20"), expected)
+    assert code == 0, output
+
+
+def test_a_quantile_slo_has_no_data_for_minutes_without_requests(tmp_path):
+    """An idle service has no median: its minutes are neither good nor bad (not a perfect SLI, not a page)."""
+    code, output = evaluate(tmp_path, _p50_ratio(), _histogram("0x20", "0x20"), [])
+    assert code == 0, output
 
 
 @pytest.mark.parametrize(("objective", "cannot_fire"), [(0.999, 0), (0.9, 1), (0.5, 3), (0.05, 3)])

@@ -13,6 +13,7 @@ from cqox_platform.slo.rules import PAGE, TICKET, generate_rules
 from cqox_platform.slo.spec import (
     DEFAULT_SPEC,
     LatencySlo,
+    QuantileSlo,
     RatioSlo,
     ThroughputSlo,
     load_openslo,
@@ -30,7 +31,10 @@ def test_default_spec_has_the_roadmap_slos():
     assert isinstance(by_name["availability"], RatioSlo) and by_name["availability"].objective == 0.9999
     assert by_name["error-rate"].objective == 0.9999
     latency = {n: (s.objective, s.threshold_seconds) for n, s in by_name.items() if isinstance(s, LatencySlo)}
-    assert latency == {"latency-p50": (0.5, 0.1), "latency-p95": (0.95, 0.5), "latency-p99": (0.99, 1.0)}
+    assert latency == {"latency-p95": (0.95, 0.5), "latency-p99": (0.99, 1.0)}
+    # The median within 100 ms, judged per minute so that its burn-rate alerts can page.
+    p50 = by_name["latency-p50"]
+    assert isinstance(p50, QuantileSlo) and (p50.quantile, p50.threshold_seconds, p50.objective) == (0.5, 0.1, 0.99)
     throughput = by_name["throughput"]
     assert isinstance(throughput, ThroughputSlo) and (throughput.minimum_rps, throughput.target_rps) == (100, 1000)
 

@@ -4,13 +4,20 @@ Core code (SLO reports, canary analysis, backup checks) takes a ``query`` callab
 ``PrometheusError`` without importing Dagster; ``PrometheusResource`` is the code location's adapter over it.
 
 Rule files are written atomically into the directory Prometheus reads (``rule_files`` in its config) and
-activated through the lifecycle API (``POST /-/reload``); the client then confirms the groups are loaded.
+activated by SIGHUP to the PID in Prometheus's PID file: its HTTP lifecycle API stays off, because the same
+switch that enables ``/-/reload`` enables ``/-/quit``, which any local process could use to stop all alerting.
+A signal needs Prometheus's OS user (or root). The client then waits until Prometheus reports a configuration
+load newer than the signal (``/api/v1/status/runtimeinfo``) and confirms the groups are loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +30,18 @@ class PrometheusError(CqoxError):
     """Prometheus refused a request or is unreachable."""
 
 
-class PrometheusClient:
-    """One Prometheus server: ``url``; ``rules_dir`` only for installing rule files."""
+#: How long a reload may take before the client gives up (Prometheus re-reads every rule file).
+RELOAD_TIMEOUT = 60.0
 
-    def __init__(self, url: str, rules_dir: str | None = None, timeout: float = 30) -> None:
+
+class PrometheusClient:
+    """One Prometheus server: ``url``; ``rules_dir`` and ``pid_file`` only for installing rule files."""
+
+    def __init__(
+        self, url: str, rules_dir: str | None = None, timeout: float = 30, pid_file: str | Path | None = None
+    ) -> None:
         self.url, self.rules_dir, self.timeout = url, rules_dir, timeout
+        self.pid_file = Path(pid_file) if pid_file else None
         self._connect: Any = None
 
     def __repr__(self) -> str:
@@ -86,5 +100,69 @@ class PrometheusClient:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, directory / filename)
-        self._request("POST", "/-/reload")
+        self.reload()
         return sorted(self.rule_groups())
+
+    def _pid(self) -> int:
+        """Prometheus's PID from its PID file, checked to be a running ``prometheus`` before anything signals it:
+        a stale file whose PID now belongs to another process must not have that process hung up."""
+        if self.pid_file is None:
+            raise PrometheusError(
+                "no Prometheus PID file configured (CQOX_PROMETHEUS_PID_FILE): rule files are loaded by SIGHUP, "
+                "since the HTTP lifecycle API stays off. Set it to the file holding Prometheus's PID (the local "
+                "stack exports it), or load the rules directory with your deployment's config reloader."
+            )
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            raise PrometheusError(
+                f"Prometheus's PID file {self.pid_file} names no running process: is Prometheus running "
+                "(`cqox-platform stack status`)?"
+            ) from None
+        if command != "prometheus":
+            raise PrometheusError(
+                f"PID {pid} from {self.pid_file} is {command!r}, not prometheus: the file is stale; restart "
+                "Prometheus (`cqox-platform stack up`) so it names the running server."
+            )
+        return pid
+
+    def _last_load(self) -> tuple[datetime | None, bool]:
+        info = self._request("GET", "/api/v1/status/runtimeinfo").json()["data"]
+        loaded = info.get("lastConfigTime")
+        when = None
+        if loaded:
+            with contextlib.suppress(ValueError):
+                when = datetime.fromisoformat(_trim_nanoseconds(loaded))
+        return when, bool(info.get("reloadConfigSuccess"))
+
+    def reload(self) -> None:
+        """SIGHUP to Prometheus; returns once it has loaded its configuration and rule files again. A load it
+        refused (a bad rule file) raises naming its log, where Prometheus says why."""
+        pid = self._pid()
+        before, _ok = self._last_load()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while True:
+            when, ok = self._last_load()
+            if when is not None and (before is None or when > before) and ok:
+                return
+            if not ok:
+                raise PrometheusError(
+                    f"Prometheus at {self.url} refused to reload after SIGHUP (reloadConfigSuccess false): a rule "
+                    "file or its configuration is invalid; its log says which (`cqox-platform stack status` "
+                    "names the log file)."
+                )
+            if time.monotonic() > deadline:
+                raise PrometheusError(
+                    f"Prometheus at {self.url} did not report a new configuration load within "
+                    f"{RELOAD_TIMEOUT:.0f} s of SIGHUP to PID {pid}; look at its log."
+                )
+            time.sleep(0.2)
+
+
+def _trim_nanoseconds(text: str) -> str:
+    """Prometheus writes RFC 3339 with nanoseconds; Python's ``fromisoformat`` takes at most microseconds."""
+    import re
+
+    return re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))

@@ -80,7 +80,11 @@ def _resources(stack, env) -> dict:
             dr_bucket=env["CQOX_S3_DR_BUCKET"],
             archiver_settings=env["CQOX_WAL_ARCHIVER_CONFIG"],
         ),
-        "prometheus": PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"]),
+        "prometheus": PrometheusResource(
+            url=env["CQOX_PROMETHEUS_URL"],
+            rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+            pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+        ),
     }
 
 

@@ -39,7 +39,11 @@ def _alerting_on(stack) -> dict[str, str]:
     rule file loaded into this stack's Prometheus."""
     assert _materialize_vault_config(stack).success
     env = stack.env()
-    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    prometheus = PrometheusResource(
+        url=env["CQOX_PROMETHEUS_URL"],
+        rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+        pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+    )
     with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
         result = dg.materialize(
             [alerting.alertmanager_config, alerting.platform_alert_rules],
@@ -67,7 +71,11 @@ def ha(ha_stack):
 
 
 def _prometheus(env) -> PrometheusResource:
-    return PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    return PrometheusResource(
+        url=env["CQOX_PROMETHEUS_URL"],
+        rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+        pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+    )
 
 
 def _query(env, promql: str) -> list[dict]:

@@ -7,17 +7,15 @@ Rule files are written atomically into the directory Prometheus reads (``rule_fi
 activated by SIGHUP to the PID in Prometheus's PID file: its HTTP lifecycle API stays off, because the same
 switch that enables ``/-/reload`` enables ``/-/quit``, which any local process could use to stop all alerting.
 A signal needs Prometheus's OS user (or root). The client then waits until Prometheus reports a configuration
-load newer than the signal (``/api/v1/status/runtimeinfo``) and confirms the groups are loaded.
+load newer than the signal (its own ``prometheus_config_last_reload_*`` metrics) and confirms the groups are loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ class PrometheusError(CqoxError):
 
 #: How long a reload may take before the client gives up (Prometheus re-reads every rule file).
 RELOAD_TIMEOUT = 60.0
+LAST_RELOAD_SUCCESS = "prometheus_config_last_reload_success_timestamp_seconds"
+LAST_RELOAD_OK = "prometheus_config_last_reload_successful"
 
 
 class PrometheusClient:
@@ -127,29 +127,36 @@ class PrometheusClient:
             )
         return pid
 
-    def _last_load(self) -> tuple[datetime | None, bool]:
-        info = self._request("GET", "/api/v1/status/runtimeinfo").json()["data"]
-        loaded = info.get("lastConfigTime")
-        when = None
-        if loaded:
-            with contextlib.suppress(ValueError):
-                when = datetime.fromisoformat(_trim_nanoseconds(loaded))
-        return when, bool(info.get("reloadConfigSuccess"))
+    def _last_load(self) -> tuple[float, bool]:
+        """When Prometheus last loaded its configuration successfully (unix seconds, sub-second precision: the
+        runtime info's ``lastConfigTime`` has whole seconds, too coarse for two reloads in a row) and whether its
+        latest attempt succeeded, from its own metrics."""
+        values: dict[str, float] = {}
+        for line in self._request("GET", "/metrics").text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in (LAST_RELOAD_SUCCESS, LAST_RELOAD_OK):
+                values[name] = float(value)
+        if len(values) != 2:
+            raise PrometheusError(
+                f"Prometheus at {self.url} does not expose {LAST_RELOAD_SUCCESS} and {LAST_RELOAD_OK}: "
+                "cannot tell whether a reload happened."
+            )
+        return values[LAST_RELOAD_SUCCESS], values[LAST_RELOAD_OK] == 1
 
     def reload(self) -> None:
         """SIGHUP to Prometheus; returns once it has loaded its configuration and rule files again. A load it
         refused (a bad rule file) raises naming its log, where Prometheus says why."""
         pid = self._pid()
-        before, _ok = self._last_load()
+        before, ok_before = self._last_load()
         os.kill(pid, signal.SIGHUP)
         deadline = time.monotonic() + RELOAD_TIMEOUT
         while True:
             when, ok = self._last_load()
-            if when is not None and (before is None or when > before) and ok:
+            if when > before and ok:
                 return
-            if not ok:
+            if ok_before and not ok:  # (after an earlier failed load only the timeout can tell)
                 raise PrometheusError(
-                    f"Prometheus at {self.url} refused to reload after SIGHUP (reloadConfigSuccess false): a rule "
+                    f"Prometheus at {self.url} refused to reload after SIGHUP ({LAST_RELOAD_OK} 0): a rule "
                     "file or its configuration is invalid; its log says which (`cqox-platform stack status` "
                     "names the log file)."
                 )
@@ -159,10 +166,3 @@ class PrometheusClient:
                     f"{RELOAD_TIMEOUT:.0f} s of SIGHUP to PID {pid}; look at its log."
                 )
             time.sleep(0.2)
-
-
-def _trim_nanoseconds(text: str) -> str:
-    """Prometheus writes RFC 3339 with nanoseconds; Python's ``fromisoformat`` takes at most microseconds."""
-    import re
-
-    return re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))

@@ -204,7 +204,7 @@ def test_alert_drill_measures_time_to_detect_per_family_and_undoes_every_fault(s
         )
     finally:
         Path(env["CQOX_PROMETHEUS_RULES_DIR"], slo.RULES_FILE).unlink(missing_ok=True)
-        prometheus.client()._request("POST", "/-/reload")
+        prometheus.client().reload()
     # Every fault undone: nothing left in the journal, the archiver and the canary as before.
     assert FaultJournal(journal_path(Path(env["CQOX_STACK_DIR"]))).pending() == {}
     assert archiver_endpoint(settings_file) == endpoint

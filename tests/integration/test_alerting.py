@@ -197,7 +197,7 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
         assert page in as_json
     finally:
         Path(env["CQOX_PROMETHEUS_RULES_DIR"], rule_file).unlink(missing_ok=True)
-        prometheus.client()._request("POST", "/-/reload")
+        prometheus.client().reload()
         if silence_id in {s["id"] for s in am.silences("active")}:
             am.expire_silence(silence_id)
 

@@ -100,6 +100,7 @@ def _kill_and_page(stack, receiver: ReceiverClient, service: str, bound: float) 
     return page["received_at"] - killed_at
 
 
+@pytest.mark.timeout(1500)  # two outages, the first at least 4 minutes long, and two restarts
 def test_a_page_arrives_after_prometheus_is_killed_and_after_alertmanager_is_killed(stack, compressed):
     receiver = ReceiverClient(compressed["CQOX_ALERT_RECEIVER_URL"])
     started = time.time()

@@ -21,6 +21,7 @@ from unittest import mock
 import dagster as dg
 import hvac
 import psycopg
+import pytest
 import yaml
 
 from cqox_platform.stack.process import find_binary, stop_pid
@@ -86,6 +87,7 @@ def _archives(stack) -> None:
             time.sleep(1)
 
 
+@pytest.mark.timeout(1800)  # two lifetimes of 300 s, a daemon start and two vault_config runs in process
 def test_short_lived_secret_ids_are_renewed_by_the_platform_itself(stack, tmp_path):
     env = {**os.environ, **stack.env(), "CQOX_VAULT_SECRET_ID_TTL": f"{TTL}s"}
     # The operator shortens the lifetime and vault_config runs once (it replaces the 720 h secret-ids at once).

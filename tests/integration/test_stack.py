@@ -331,7 +331,7 @@ def test_prometheus_refuses_to_quit_over_http_and_reloads_rules_by_signal(stack)
     assert prometheus.running() and prometheus.healthy()
     import yaml
 
-    from cqox_platform.metrics.prometheus import PrometheusClient
+    from cqox_platform.metrics.prometheus import PrometheusClient, PrometheusError
 
     env = stack.env()
     client = PrometheusClient(
@@ -339,12 +339,18 @@ def test_prometheus_refuses_to_quit_over_http_and_reloads_rules_by_signal(stack)
     )
     group = f"reload-by-signal-{uuid.uuid4().hex[:8]}"
     rules = {"groups": [{"name": group, "rules": [{"record": "cqox:reload_test", "expr": "vector(1)"}]}]}
+    broken = {"groups": [{"name": f"{group}-broken", "rules": [{"record": "cqox:broken", "expr": "vector("}]}]}
     try:
         assert group in client.install_rules(f"{group}.yml", yaml.safe_dump(rules))
+        # A rule file Prometheus refuses is reported, and the rules it had stay loaded.
+        with pytest.raises(PrometheusError, match="refused to reload after SIGHUP"):
+            client.install_rules(f"{group}-broken.yml", yaml.safe_dump(broken))
+        assert group in client.rule_groups()
     finally:
-        (stack.service("prometheus").rules_dir / f"{group}.yml").unlink(missing_ok=True)
+        for name in (f"{group}.yml", f"{group}-broken.yml"):
+            (stack.service("prometheus").rules_dir / name).unlink(missing_ok=True)
         client.reload()
-    assert group not in client.rule_groups()
+    assert group not in client.rule_groups() and prometheus.healthy()
 
 
 # --- bad input ------------------------------------------------------------------------------------------------

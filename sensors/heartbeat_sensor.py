@@ -1,5 +1,5 @@
 """The daemon's heartbeat: pushed every 30 s, so ``CqoxDagsterHeartbeatMissing`` pages within 3 minutes of the daemon
-stopping (its rule allows 90 s of silence, so a restart does not page)."""
+stopping (its rule allows 100 s of silence for 30 s, so a restart does not page)."""
 
 import time
 

@@ -181,7 +181,7 @@ def test_a_rule_test_that_fails_stops_the_rules(tmp_path):
     from cqox_platform.alerts.rules import AlertRulesError, check_and_test
 
     rules = tmp_path / "platform-alerts.yml"
-    rules.write_text(PLATFORM_ALERT_RULES.read_text().replace("> 90)", "> 300)"))  # a heartbeat alarm too slow
+    rules.write_text(PLATFORM_ALERT_RULES.read_text().replace("> 100)", "> 300)"))  # a heartbeat alarm too slow
     tests = tmp_path / "alert-rules.test.yml"
     tests.write_text(ALERT_RULE_TESTS.read_text())
     with pytest.raises(AlertRulesError, match="CqoxDagsterHeartbeatMissing"):

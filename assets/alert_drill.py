@@ -7,7 +7,6 @@ family in ``audit_log`` (action ``alert_drill``) when the schema is there; and t
 ``alerts_arrive_within_bounds``, failed by any family whose alert was late, missing, or whose rule is not loaded.
 """
 
-
 import uuid
 from contextlib import contextmanager
 
@@ -21,6 +20,7 @@ from cqox_platform.alerts.drill.journal import FaultJournal, journal_path
 from cqox_platform.alerts.drill.runner import FAMILIES, DrillEnv, FamilyResult, run_drill
 from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.errors import CqoxError
+from cqox_platform.pushgateway import Pushgateway
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
@@ -113,7 +113,7 @@ def alert_drill(
         journal=FaultJournal(journal_path(settings.stack_dir)),
         spec=load_spec(spec_path(settings)),
         drill_id=drill_id,
-        pushgateway_url=settings.pushgateway_url,
+        pushgateway=Pushgateway.from_settings(settings),
         traffic_url=settings.traffic_url,
         archiver_settings=settings.wal_archiver_config,
         connect=lambda: postgres_admin.connect(autocommit=True),

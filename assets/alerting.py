@@ -54,7 +54,8 @@ def _routing_key(vault: VaultResource) -> str:
     kinds={"prometheus"},
     deps=[dg.AssetKey("vault_config")],
     description="Alertmanager routing from cqox_platform/alerts/routing.yaml: page -> PagerDuty (Events v2, key "
-    "from Vault), ticket -> webhook, grouped by service and alert family, a page inhibiting its SLO's ticket; "
+    "from Vault), ticket -> webhook, the always-firing Watchdog -> the dead man's switch (heartbeat URL), grouped "
+    "by service and alert family, a page inhibiting its SLO's ticket; "
     "checked with amtool check-config and amtool route tests, then loaded with /-/reload.",
 )
 def alertmanager_config(
@@ -64,8 +65,16 @@ def alertmanager_config(
     spec = load_spec()
     routing_key = _routing_key(vault)
     webhook_url = settings.require("alert_webhook_url")
-    text = render(spec, pagerduty_url=settings.pagerduty_events_url, routing_key=routing_key, webhook_url=webhook_url)
-    validated = validate(spec, text, secrets=(routing_key, webhook_url))
+    # No routing without its dead man's switch: a stack whose Prometheus or Alertmanager died would page nobody.
+    heartbeat_url = settings.require("alert_heartbeat_url")
+    text = render(
+        spec,
+        pagerduty_url=settings.pagerduty_events_url,
+        routing_key=routing_key,
+        webhook_url=webhook_url,
+        heartbeat_url=heartbeat_url,
+    )
+    validated = validate(spec, text, secrets=(routing_key, webhook_url, heartbeat_url))
     context.log.info(f"amtool: configuration valid; {len(validated.cases)} route tests passed")
     alertmanager.install_config(text)
     receivers = loaded_receivers(alertmanager.client())
@@ -74,6 +83,8 @@ def alertmanager_config(
         "pagerduty": f"PagerDuty Events v2 at {urlparse(settings.pagerduty_events_url).netloc} "
         f"(key: Vault secret/{PAGERDUTY_SECRET})",
         "tickets": f"webhook at {urlparse(webhook_url).netloc}",
+        "heartbeat": f"dead man's switch at {urlparse(heartbeat_url).netloc} (Watchdog every "
+        f"{spec.heartbeat.period_seconds:.0f} s; it must page after {spec.heartbeat.expect_within})",
     }
     return dg.MaterializeResult(
         metadata={
@@ -82,7 +93,11 @@ def alertmanager_config(
             "group_by": dg.MetadataValue.json(list(spec.group_by)),
             "routes": md_table(
                 ["severity", "receiver", "endpoint"],
-                [*[[s, r, endpoints[r]] for s, r in spec.routes], ["(other)", spec.default_receiver, "default route"]],
+                [
+                    [f"alertname={spec.heartbeat.alertname}", "heartbeat", endpoints["heartbeat"]],
+                    *[[s, r, endpoints[r]] for s, r in spec.routes],
+                    ["(other)", spec.default_receiver, "default route"],
+                ],
             ),
             "inhibit_rules": md_table(
                 ["source", "target", "equal"],

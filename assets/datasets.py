@@ -164,6 +164,8 @@ dataset_key_rotation_schedule = dg.ScheduleDefinition(
     job=dataset_key_rotation_job,
     cron_schedule="0 4 1 * *",
     execution_timezone="UTC",
+    # On by default: a key nobody rotates is a key whose exposure never ends (see tests/unit/test_default_schedules).
+    default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Monthly rotation of the datasets' Transit key.",
 )
 

@@ -6,8 +6,11 @@ from urllib.parse import urlparse
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from cqox_platform.errors import CqoxError
+from cqox_platform.pushgateway import Pushgateway, Sample, expected_period_sample, push
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
+from cqox_platform.secrets.renewal import SECRET_IDS_METADATA
 from cqox_platform.secrets.transport import TlsProbe, probe_tls
 from cqox_platform.secrets.vault_setup import (
     AppRoleLimits,
@@ -19,6 +22,11 @@ from cqox_platform.secrets.vault_setup import (
 from cqox_platform.settings import Settings, get_settings
 
 GROUP = "security"
+#: The Pushgateway group of the secret-id gauges. vault_config runs daily (and on renewal): a group older than
+#: three days only means the gauges may be out of date (the expiry alert works from absolute times), a ticket.
+SECRET_ID_PUSH_JOB = "cqox-vault"
+SECRET_ID_PUSH_PERIOD_SECONDS = 86400
+SECRET_ID_STALE_SEVERITY = "ticket"
 
 
 class VaultConfigSettings(dg.Config):
@@ -79,6 +87,7 @@ def vault_config(
     )
     for change in state.changed:
         context.log.info(change)
+    _push_secret_id_gauges(context, settings, state.secret_ids)
     return dg.MaterializeResult(
         metadata={
             "vault": vault_admin.addr,
@@ -89,8 +98,32 @@ def vault_config(
             "transit_keys": dg.MetadataValue.json(state.transit_keys),
             "database_roles": dg.MetadataValue.json(state.database_roles),
             "changed_this_run": dg.MetadataValue.json(state.changed),
+            # What secret_id_renewal_sensor decides from: each AppRole's secret-id expiry (unix time), lifetime.
+            SECRET_IDS_METADATA: dg.MetadataValue.json(state.secret_ids),
         }
     )
+
+
+def _push_secret_id_gauges(
+    context: dg.AssetExecutionContext, settings: Settings, secret_ids: dict[str, dict[str, float]]
+) -> None:
+    """Each secret-id's expiry (an absolute time: CqoxVaultSecretIdExpiring keeps counting down when nothing
+    pushes any more) and lifetime, for the alert that pages well before one expires."""
+    gateway = Pushgateway.from_settings(settings)
+    if gateway is None:
+        context.log.warning("no Pushgateway configured (CQOX_PUSHGATEWAY_URL): secret-id expiry gauges not pushed")
+        return
+    samples: list[Sample] = []
+    for role, life in sorted(secret_ids.items()):
+        samples.append(("cqox_vault_secret_id_expiry_timestamp_seconds", {"approle": role}, life["expires_at"]))
+        samples.append(("cqox_vault_secret_id_ttl_seconds", {"approle": role}, life["ttl_seconds"]))
+    samples.append(expected_period_sample(SECRET_ID_PUSH_PERIOD_SECONDS, SECRET_ID_STALE_SEVERITY))
+    try:
+        sent = push(gateway, SECRET_ID_PUSH_JOB, {}, samples, replace=True)
+        context.log.info(f"pushed {sent} secret-id gauge(s) to the Pushgateway")
+    except CqoxError as exc:
+        # Not raised: the secrets are renewed; the old gauges only make the expiry alert fire early.
+        context.log.warning(f"secret-id gauges not pushed: {exc}")
 
 
 def _archiver_setup(
@@ -166,8 +199,11 @@ vault_config_schedule = dg.ScheduleDefinition(
     job=vault_config_job,
     cron_schedule="15 2 * * *",
     execution_timezone="UTC",
+    # On by default: a fresh instance that never ran it would lose its AppRole logins when the secret-ids expire.
+    default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Daily: re-applies Vault's configuration and renews the AppRole secret-ids once half of their "
-    "lifetime (CQOX_VAULT_SECRET_ID_TTL) has passed, long before they expire.",
+    "lifetime (CQOX_VAULT_SECRET_ID_TTL) has passed, long before they expire (secret_id_renewal_sensor also "
+    "requests a run as soon as one is due).",
 )
 
 defs = dg.Definitions(

@@ -22,7 +22,7 @@ RULES_FILE = "cqox-slo-rules.yml"
     group_name=GROUP,
     kinds={"prometheus"},
     description="Multiwindow multi-burn-rate recording and alerting rules from slo/slos.yaml, checked and unit-"
-    "tested with promtool, then loaded into Prometheus through its lifecycle API.",
+    "tested with promtool, then loaded into Prometheus (SIGHUP to its PID; its HTTP lifecycle API is off).",
     check_specs=[
         dg.AssetCheckSpec(
             "slo_alerts_can_fire",

@@ -26,6 +26,7 @@ from sensors import (
     heartbeat_sensor,
     run_failure_sensor,
     slo_sensor,
+    vault_sensor,
 )
 
 settings = get_settings()
@@ -42,6 +43,7 @@ defs = dg.Definitions.merge(
     datasets_sensor.defs,
     slo_sensor.defs,
     heartbeat_sensor.defs,
+    vault_sensor.defs,
     run_failure_sensor.defs,
     backups.defs,
     backup_schedules.defs,

@@ -194,7 +194,15 @@ class Settings(BaseSettings):
     # --- Prometheus, SLOs, traffic ---------------------------------------------------------------------------
     prometheus_url: str | None = _f(None, "Prometheus base URL")
     prometheus_rules_dir: Path | None = _f(None, "directory Prometheus loads rule files from")
+    prometheus_pid_file: Path | None = _f(
+        None,
+        "file holding Prometheus's PID: installed rule files are loaded by SIGHUP to it (the HTTP lifecycle API, "
+        "which would also let anyone stop it, stays off)",
+    )
     pushgateway_url: str | None = _f(None, "Pushgateway base URL (backup and SLO gauges)")
+    pushgateway_user: str | None = _f(None, "basic-auth user the platform pushes to the Pushgateway as")
+    pushgateway_password_file: Path | None = _f(None, "file holding that user's password (mode 0600)")
+    pushgateway_cacert: Path | None = _f(None, "CA certificate of the Pushgateway's TLS")
     traffic_url: str | None = _f(None, "the synthetic CQOx traffic exporter (stack up --traffic)")
     slo_spec: Path | None = _f(
         None,
@@ -225,6 +233,11 @@ class Settings(BaseSettings):
     )
     alert_webhook_url: SecretStr | None = _f(
         None, "webhook the ticket receiver posts to (a secret for chat webhooks; the local stack: its receiver)"
+    )
+    alert_heartbeat_url: SecretStr | None = _f(
+        None,
+        "dead man's switch the always-firing Watchdog is sent to, which pages when it stops (a secret: snitch URLs "
+        "carry their token; the local stack: its receiver's /heartbeat/watchdog)",
     )
     alert_receiver_url: str | None = _f(None, "the local stack's alert receiver (what would have paged)")
     pagerduty_routing_key_file: Path | None = _f(

@@ -11,6 +11,7 @@ from typing import Literal
 
 import dagster as dg
 
+from cqox_platform.pushgateway import Pushgateway
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.settings import get_settings
@@ -63,7 +64,7 @@ def error_budget_sensor(
     settings = get_settings()
     spec = load_spec(spec_path(settings))
     statuses = current_burn(spec, prometheus.query)
-    pushgateway = settings.pushgateway_url
+    pushgateway = Pushgateway.from_settings(settings)
     pushed = push_gauges(pushgateway, spec.service, statuses) if pushgateway else 0
     window_start = time.strftime("%Y-%m-%dT%H:00Z", time.gmtime())  # one incident per SLO per hour of burning
     requests_ = []

@@ -154,7 +154,11 @@ def backup_resources(stack: Stack, env: dict[str, str]) -> dict[str, Any]:
             dr_bucket=env["CQOX_S3_DR_BUCKET"],
             archiver_settings=env["CQOX_WAL_ARCHIVER_CONFIG"],
         ),
-        "prometheus": PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"]),
+        "prometheus": PrometheusResource(
+            url=env["CQOX_PROMETHEUS_URL"],
+            rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+            pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+        ),
     }
 
 
@@ -222,6 +226,36 @@ def wait_for_received(
             return records
         assert time.monotonic() < deadline, f"not received within {timeout}s: {json.dumps(records)[:2000]}"
         time.sleep(1)
+
+
+def alerting_on(stack: Stack) -> dict[str, str]:
+    """Routing (vault_config stores the receiver's key, alertmanager_config loads the routes) and every platform
+    rule file loaded into this stack's Prometheus."""
+    from assets import alerting
+    from cqox_platform.resources.alertmanager import AlertmanagerResource
+    from cqox_platform.resources.prometheus import PrometheusResource
+
+    assert materialize_vault_config(stack).success
+    env = stack.env()
+    prometheus = PrometheusResource(
+        url=env["CQOX_PROMETHEUS_URL"],
+        rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+        pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+    )
+    with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [alerting.alertmanager_config, alerting.platform_alert_rules],
+            resources={
+                "alertmanager": AlertmanagerResource.from_settings(),
+                "vault": vault_platform(stack),
+                "prometheus": prometheus,
+            },
+            instance=instance,
+        )
+    assert result.success
+    (event,) = result.asset_materializations_for_node("platform_alert_rules")
+    assert "cqox-services" in event.metadata["loaded_groups"].value
+    return env
 
 
 # --- high availability ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from cqox_platform.errors import CqoxError
 from cqox_platform.pushgateway import (
     BACKUP_PUSH_PERIOD_SECONDS,
     BACKUP_STALE_SEVERITY,
+    Pushgateway,
     Sample,
     expected_period_sample,
     push,
@@ -87,14 +88,14 @@ def dsn(postgres_admin: PostgresResource) -> str:
 
 
 def push_gauges(context: dg.AssetExecutionContext, system_id: str, samples: list[Sample]) -> None:
-    url = get_settings().pushgateway_url
-    if not url:
+    gateway = Pushgateway.from_settings(get_settings())
+    if gateway is None:
         context.log.info("no Pushgateway configured (CQOX_PUSHGATEWAY_URL): gauges not pushed")
         return
     try:
         # Every push declares the group's period, so CqoxPushedMetricsStale pages when the pushes stop.
         declared = expected_period_sample(BACKUP_PUSH_PERIOD_SECONDS, BACKUP_STALE_SEVERITY)
-        sent = push(url, JOB, {"system_id": system_id}, [*samples, declared])
+        sent = push(gateway, JOB, {"system_id": system_id}, [*samples, declared])
         context.log.info(f"pushed {sent} gauge(s) to the Pushgateway")
     except CqoxError as exc:
         context.log.warning(f"gauges not pushed: {exc}")

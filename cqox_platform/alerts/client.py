@@ -121,13 +121,20 @@ class ReceiverClient:
     def __init__(self, url: str, timeout: float = 10) -> None:
         self.url, self.timeout = url.rstrip("/"), timeout
 
-    def received(self, since: float = 0.0) -> list[dict[str, Any]]:
+    def _get(self, path: str, **params: Any) -> Any:
         try:
-            response = requests.get(f"{self.url}/v1/received", params={"since": since}, timeout=self.timeout)
+            response = requests.get(f"{self.url}{path}", params=params, timeout=self.timeout)
         except requests.RequestException as exc:
             raise AlertmanagerError(
                 f"the alert receiver at {self.url} is unreachable ({type(exc).__name__})."
             ) from None
         if response.status_code != 200:
-            raise AlertmanagerError(f"the alert receiver at {self.url} answered {response.status_code}.")
+            raise AlertmanagerError(f"the alert receiver at {self.url} answered {response.status_code} to {path}.")
         return response.json()
+
+    def received(self, since: float = 0.0) -> list[dict[str, Any]]:
+        return self._get("/v1/received", since=since)
+
+    def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """The dead man's switches the receiver watches: last heard (unix time), allowance, whether paging."""
+        return self._get("/v1/heartbeats")

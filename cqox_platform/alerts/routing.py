@@ -5,7 +5,7 @@ Rendering is pure (spec and endpoints in, YAML out). Validation writes the rende
 temporary directory (it holds the PagerDuty routing key), runs ``amtool check-config`` and one
 ``amtool config routes test --verify.receivers=...`` per case: the spec's own cases and one per alert rule the
 platform ships (backup, platform and staleness alerts, the SLO burn-rate alerts), expected to reach the
-receiver its severity routes to.
+receiver its severity routes to; the Watchdog, the heartbeat receiver.
 Output of amtool is scrubbed of the key and the webhook URL before it can reach an error message.
 """
 
@@ -29,6 +29,8 @@ from cqox_platform.slo.rules import ABSENT_ALERT, ABSENT_SEVERITY, ALERT_NAMES
 PAGERDUTY_SECRET = "cqox/alerting/pagerduty"
 PAGERDUTY_FIELD = "routing_key"
 RECEIVER_KINDS = ("pagerduty", "tickets")
+#: The dead man's switch's receiver: a webhook to a service that pages when the Watchdog's notifications stop.
+HEARTBEAT_RECEIVER = "heartbeat"
 
 
 class RoutingError(AlertingError):
@@ -42,6 +44,45 @@ class RouteCase:
     origin: str  # "spec" or the rule file the alert comes from
 
 
+def duration_seconds(text: str) -> float:
+    """Alertmanager's durations as routing.yaml writes them: ``0s``, ``50s``, ``1m``, ``3m``, ``1h``, ``1h30m``."""
+    import re
+
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+    if not text.strip() or parts is None:
+        raise RoutingError(f"{text!r} is not a duration like 30s, 5m or 1h30m.")
+    hours, minutes, seconds = (int(g or 0) for g in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+@dataclass(frozen=True)
+class HeartbeatRoute:
+    """The Watchdog's route to the heartbeat receiver, and how long the snitch service waits before it pages."""
+
+    alertname: str
+    group_wait: str
+    group_interval: str
+    repeat_interval: str
+    expect_within: str
+
+    @property
+    def period_seconds(self) -> float:
+        """How often a notification is sent: at every flush (each group_interval) once repeat_interval passed."""
+        interval, repeat = duration_seconds(self.group_interval), duration_seconds(self.repeat_interval)
+        return interval * max(1, -(-repeat // interval))
+
+    @property
+    def expect_within_seconds(self) -> float:
+        return duration_seconds(self.expect_within)
+
+    def timing(self) -> dict[str, str]:
+        return {
+            "group_wait": self.group_wait,
+            "group_interval": self.group_interval,
+            "repeat_interval": self.repeat_interval,
+        }
+
+
 @dataclass(frozen=True)
 class RoutingSpec:
     group_by: tuple[str, ...]
@@ -50,9 +91,15 @@ class RoutingSpec:
     default_receiver: str
     inhibit: tuple[dict[str, Any], ...]
     tests: tuple[RouteCase, ...]
+    heartbeat: HeartbeatRoute
 
     def receiver_for(self, severity: str | None) -> str:
         return next((r for s, r in self.routes if s == severity), self.default_receiver)
+
+    def receiver_of(self, labels: dict[str, str]) -> str:
+        if labels.get("alertname") == self.heartbeat.alertname:
+            return HEARTBEAT_RECEIVER
+        return self.receiver_for(labels.get("severity"))
 
 
 def load_spec(path: Path = ROUTING_SPEC) -> RoutingSpec:
@@ -69,6 +116,7 @@ def load_spec(path: Path = ROUTING_SPEC) -> RoutingSpec:
                 RouteCase({k: str(v) for k, v in t["labels"].items()}, tuple(t["receivers"]), "spec")
                 for t in raw.get("tests", [])
             ),
+            heartbeat=HeartbeatRoute(**{k: str(v) for k, v in raw["heartbeat"].items()}),
         )
     except (KeyError, TypeError) as exc:
         raise RoutingError(f"{path}: routing spec is missing or mistypes {exc}; see the file's comments.") from None
@@ -76,6 +124,13 @@ def load_spec(path: Path = ROUTING_SPEC) -> RoutingSpec:
     unknown -= set(RECEIVER_KINDS)
     if unknown:
         raise RoutingError(f"{path}: unknown receivers {sorted(unknown)}; known: {list(RECEIVER_KINDS)}.")
+    beat = spec.heartbeat
+    if beat.expect_within_seconds < 2 * beat.period_seconds:
+        raise RoutingError(
+            f"{path}: heartbeat.expect_within ({beat.expect_within}) is less than two heartbeat periods "
+            f"({beat.period_seconds:.0f} s from group_interval {beat.group_interval} and repeat_interval "
+            f"{beat.repeat_interval}): one lost notification would page. Raise expect_within or send more often."
+        )
     return spec
 
 
@@ -99,20 +154,27 @@ def shipped_alerts() -> list[tuple[dict[str, str], str]]:
 
 
 def route_cases(spec: RoutingSpec) -> list[RouteCase]:
-    cases = [
-        RouteCase(labels, (spec.receiver_for(labels.get("severity")),), origin) for labels, origin in shipped_alerts()
-    ]
+    cases = [RouteCase(labels, (spec.receiver_of(labels),), origin) for labels, origin in shipped_alerts()]
     return cases + list(spec.tests)
 
 
-def render(spec: RoutingSpec, *, pagerduty_url: str, routing_key: str, webhook_url: str) -> str:
+def render(spec: RoutingSpec, *, pagerduty_url: str, routing_key: str, webhook_url: str, heartbeat_url: str) -> str:
     """Alertmanager's configuration for ``spec`` with these endpoints (the only part that differs per stack)."""
+    heartbeat_route = {
+        "matchers": [f'alertname="{spec.heartbeat.alertname}"'],
+        "receiver": HEARTBEAT_RECEIVER,
+        "group_by": ["alertname"],
+        **spec.heartbeat.timing(),
+    }
     config = {
         "route": {
             "receiver": spec.default_receiver,
             "group_by": list(spec.group_by),
             **spec.timing,
-            "routes": [{"matchers": [f'severity="{severity}"'], "receiver": rcv} for severity, rcv in spec.routes],
+            "routes": [
+                heartbeat_route,
+                *({"matchers": [f'severity="{severity}"'], "receiver": rcv} for severity, rcv in spec.routes),
+            ],
         },
         "inhibit_rules": [
             {
@@ -136,6 +198,8 @@ def render(spec: RoutingSpec, *, pagerduty_url: str, routing_key: str, webhook_u
                 ],
             },
             {"name": "tickets", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]},
+            # A resolved Watchdog means the heartbeat stopped: the snitch service notices that by itself.
+            {"name": HEARTBEAT_RECEIVER, "webhook_configs": [{"url": heartbeat_url, "send_resolved": False}]},
         ],
     }
     return "# Rendered by the alertmanager_config asset from cqox_platform/alerts/routing.yaml.\n" + yaml.safe_dump(

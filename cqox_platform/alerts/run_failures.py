@@ -43,6 +43,10 @@ WATCHED: dict[str, tuple[str, str]] = {
     "canary_start_job": ("canary", "ticket"),
     # The alert drill itself: an alarm path that could not be proven.
     "alert_drill": ("alert-drill", "ticket"),
+    # Vault as code and secret-id renewal (a failed renewal is retried; CqoxVaultSecretIdExpiring pages later).
+    "vault_config_job": ("vault", "ticket"),
+    # The datasets' key rotation: the old key version stays in use until a run succeeds.
+    "dataset_key_rotation_job": ("key-rotation", "ticket"),
 }
 #: Operator jobs generated per action (canary_promote_job, canary_abort_job, ...).
 WATCHED_PREFIXES = {"canary_": ("canary", "ticket")}

@@ -47,6 +47,8 @@ def summarize(record: dict) -> dict:
     if record["kind"] == "pagerduty":
         what = (body.get("payload") or {}).get("summary", "")
         action = record["event_action"]
+    elif record["kind"] == "deadman":  # raised by the receiver itself: a heartbeat went silent, or came back
+        what, action = body.get("summary", ""), record["event_action"]
     else:
         alerts = body.get("alerts", []) if isinstance(body, dict) else []
         names = sorted({a.get("labels", {}).get("alertname", "?") for a in alerts})

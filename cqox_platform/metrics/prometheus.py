@@ -4,13 +4,18 @@ Core code (SLO reports, canary analysis, backup checks) takes a ``query`` callab
 ``PrometheusError`` without importing Dagster; ``PrometheusResource`` is the code location's adapter over it.
 
 Rule files are written atomically into the directory Prometheus reads (``rule_files`` in its config) and
-activated through the lifecycle API (``POST /-/reload``); the client then confirms the groups are loaded.
+activated by SIGHUP to the PID in Prometheus's PID file: its HTTP lifecycle API stays off, because the same
+switch that enables ``/-/reload`` enables ``/-/quit``, which any local process could use to stop all alerting.
+A signal needs Prometheus's OS user (or root). The client then waits until Prometheus reports a configuration
+load newer than the signal (its own ``prometheus_config_last_reload_*`` metrics) and confirms the groups are loaded.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +28,20 @@ class PrometheusError(CqoxError):
     """Prometheus refused a request or is unreachable."""
 
 
-class PrometheusClient:
-    """One Prometheus server: ``url``; ``rules_dir`` only for installing rule files."""
+#: How long a reload may take before the client gives up (Prometheus re-reads every rule file).
+RELOAD_TIMEOUT = 60.0
+LAST_RELOAD_SUCCESS = "prometheus_config_last_reload_success_timestamp_seconds"
+LAST_RELOAD_OK = "prometheus_config_last_reload_successful"
 
-    def __init__(self, url: str, rules_dir: str | None = None, timeout: float = 30) -> None:
+
+class PrometheusClient:
+    """One Prometheus server: ``url``; ``rules_dir`` and ``pid_file`` only for installing rule files."""
+
+    def __init__(
+        self, url: str, rules_dir: str | None = None, timeout: float = 30, pid_file: str | Path | None = None
+    ) -> None:
         self.url, self.rules_dir, self.timeout = url, rules_dir, timeout
+        self.pid_file = Path(pid_file) if pid_file else None
         self._connect: Any = None
 
     def __repr__(self) -> str:
@@ -86,5 +100,69 @@ class PrometheusClient:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, directory / filename)
-        self._request("POST", "/-/reload")
+        self.reload()
         return sorted(self.rule_groups())
+
+    def _pid(self) -> int:
+        """Prometheus's PID from its PID file, checked to be a running ``prometheus`` before anything signals it:
+        a stale file whose PID now belongs to another process must not have that process hung up."""
+        if self.pid_file is None:
+            raise PrometheusError(
+                "no Prometheus PID file configured (CQOX_PROMETHEUS_PID_FILE): rule files are loaded by SIGHUP, "
+                "since the HTTP lifecycle API stays off. Set it to the file holding Prometheus's PID (the local "
+                "stack exports it), or load the rules directory with your deployment's config reloader."
+            )
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            raise PrometheusError(
+                f"Prometheus's PID file {self.pid_file} names no running process: is Prometheus running "
+                "(`cqox-platform stack status`)?"
+            ) from None
+        if command != "prometheus":
+            raise PrometheusError(
+                f"PID {pid} from {self.pid_file} is {command!r}, not prometheus: the file is stale; restart "
+                "Prometheus (`cqox-platform stack up`) so it names the running server."
+            )
+        return pid
+
+    def _last_load(self) -> tuple[float, bool]:
+        """When Prometheus last loaded its configuration successfully (unix seconds, sub-second precision: the
+        runtime info's ``lastConfigTime`` has whole seconds, too coarse for two reloads in a row) and whether its
+        latest attempt succeeded, from its own metrics."""
+        values: dict[str, float] = {}
+        for line in self._request("GET", "/metrics").text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in (LAST_RELOAD_SUCCESS, LAST_RELOAD_OK):
+                values[name] = float(value)
+        if len(values) != 2:
+            raise PrometheusError(
+                f"Prometheus at {self.url} does not expose {LAST_RELOAD_SUCCESS} and {LAST_RELOAD_OK}: "
+                "cannot tell whether a reload happened."
+            )
+        return values[LAST_RELOAD_SUCCESS], values[LAST_RELOAD_OK] == 1
+
+    def reload(self) -> None:
+        """SIGHUP to Prometheus; returns once it has loaded its configuration and rule files again. A load it
+        refused (a bad rule file) raises naming its log, where Prometheus says why."""
+        pid = self._pid()
+        before, ok_before = self._last_load()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while True:
+            when, ok = self._last_load()
+            if when > before and ok:
+                return
+            if ok_before and not ok:  # (after an earlier failed load only the timeout can tell)
+                raise PrometheusError(
+                    f"Prometheus at {self.url} refused to reload after SIGHUP ({LAST_RELOAD_OK} 0): a rule "
+                    "file or its configuration is invalid; its log says which (`cqox-platform stack status` "
+                    "names the log file)."
+                )
+            if time.monotonic() > deadline:
+                raise PrometheusError(
+                    f"Prometheus at {self.url} did not report a new configuration load within "
+                    f"{RELOAD_TIMEOUT:.0f} s of SIGHUP to PID {pid}; look at its log."
+                )
+            time.sleep(0.2)

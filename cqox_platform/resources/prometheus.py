@@ -14,6 +14,8 @@ __all__ = ["PrometheusError", "PrometheusResource"]
 class PrometheusResource(SettingsBackedResource):
     url: str = ""
     rules_dir: str | None = None
+    #: Prometheus's PID file: installed rule files are loaded by SIGHUP to it.
+    pid_file: str | None = None
     timeout: int = 30
 
     _client: PrometheusClient | None = PrivateAttr(default=None)
@@ -24,13 +26,14 @@ class PrometheusResource(SettingsBackedResource):
         return cls(
             url=s.prometheus_url or "",
             rules_dir=path_str(s.prometheus_rules_dir),
+            pid_file=path_str(s.prometheus_pid_file),
             unset_settings=unset(s, "prometheus_url"),
         )
 
     def client(self) -> PrometheusClient:
         if self._client is None:
             self.require_settings()
-            self._client = PrometheusClient(self.url, self.rules_dir, self.timeout)
+            self._client = PrometheusClient(self.url, self.rules_dir, self.timeout, pid_file=self.pid_file)
         return self._client
 
     def query_range(self, expr: str, start, end, step: str) -> list[dict]:

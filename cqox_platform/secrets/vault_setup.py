@@ -153,6 +153,8 @@ class VaultState:
     transit_keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     database_roles: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    #: AppRole -> the secret-id its credentials file holds after this run: expiry (unix time), lifetime (s).
+    secret_ids: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _ensure_mount(client: hvac.Client, path: str, backend: str, state: VaultState, options=None) -> None:
@@ -249,14 +251,16 @@ def _setting_duration(text: str, field_name: str) -> int:
     return seconds
 
 
+#: A fresh secret-id's expiry can read a little over its lifetime ahead (clocks, rounding): not a reason to renew.
+RENEWAL_CLOCK_SLACK_SECONDS = 60
+
+
 def secret_id_needs_renewal(lookup: dict[str, Any] | None, limits: AppRoleLimits, now: float) -> str | None:
     """Why the secret-id described by Vault's ``lookup`` must be replaced, or ``None`` while it is current.
 
     Fails closed: an unknown, unbounded (issued before secret-ids had a lifetime), unbound or half-spent
-    secret-id is replaced.
+    secret-id is replaced, and so is one that would outlive the configured lifetime.
     """
-    from datetime import datetime
-
     if not lookup:
         return "Vault does not know it"
     expires = lookup.get("expiration_time") or ""
@@ -264,10 +268,19 @@ def secret_id_needs_renewal(lookup: dict[str, Any] | None, limits: AppRoleLimits
         return "it never expires"
     if _normalise(list(lookup.get("cidr_list") or [])) != _normalise(list(limits.bound_cidrs)):
         return "its CIDR binding differs"
-    left = datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp() - now
+    left = _expiry(expires) - now
     if left < limits.ttl_seconds / 2:
-        return f"less than half its lifetime is left ({max(left, 0) / 3600:.0f} h)"
+        return f"less than half its lifetime is left ({max(left, 0) / 3600:.1f} h)"
+    if left > limits.ttl_seconds + RENEWAL_CLOCK_SLACK_SECONDS:
+        # Issued under a longer lifetime than the setting now allows: a shortened limit takes effect at once.
+        return f"it outlives the configured lifetime {limits.secret_id_ttl} ({left / 3600:.1f} h left)"
     return None
+
+
+def _expiry(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _ensure_approle(
@@ -318,10 +331,21 @@ def _ensure_approle(
             lookup = None
         reason = secret_id_needs_renewal((lookup or {}).get("data"), limits, time.time())
         if reason is None:
+            _record_secret_id(state, role, (lookup or {}).get("data"), limits)
             return None, None
     secret_id = client.auth.approle.generate_secret_id(role_name=role, cidr_list=cidrs)["data"]["secret_id"]
     state.changed.append(f"issued a secret id for AppRole {role} ({reason}; written to {creds_file})")
+    _record_secret_id(
+        state, role, client.auth.approle.read_secret_id(role_name=role, secret_id=secret_id)["data"], limits
+    )
     return {"role_id": role_id, "secret_id": secret_id}, old_secret
+
+
+def _record_secret_id(state: VaultState, role: str, lookup: dict[str, Any] | None, limits: AppRoleLimits) -> None:
+    """What the run reports and pushes about the secret-id left in the file: when it expires, its lifetime."""
+    expires = (lookup or {}).get("expiration_time") or ""
+    if expires and not expires.startswith("0001-"):
+        state.secret_ids[role] = {"expires_at": _expiry(expires), "ttl_seconds": float(limits.ttl_seconds)}
 
 
 def _normalise(value: Any) -> Any:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cqox_platform.pushgateway import SLO_PUSH_PERIOD_SECONDS, SLO_STALE_SEVERITY, Sample, expected_period_sample, push
+from cqox_platform.pushgateway import (
+    SLO_PUSH_PERIOD_SECONDS,
+    SLO_STALE_SEVERITY,
+    Pushgateway,
+    Sample,
+    expected_period_sample,
+    push,
+)
 from cqox_platform.slo.budget import error_budget
 from cqox_platform.slo.rules import PAGE, TICKET, WINDOWS
 from cqox_platform.slo.spec import SloSpec
@@ -63,7 +70,7 @@ def current_burn(spec: SloSpec, query: InstantQuery) -> list[BurnStatus]:
     return out
 
 
-def push_gauges(pushgateway_url: str, service: str, statuses: list[BurnStatus], timeout: float = 10) -> int:
+def push_gauges(gateway: Pushgateway, service: str, statuses: list[BurnStatus], timeout: float = 10) -> int:
     """Replace the ``cqox-slo`` group on the Pushgateway with the roadmap's SLOMonitor gauges."""
     samples: list[Sample] = []
     for s in statuses:
@@ -74,4 +81,4 @@ def push_gauges(pushgateway_url: str, service: str, statuses: list[BurnStatus], 
                 samples.append(("slo_burn_rate", {"service": service, "slo": s.slo, "window": window}, rate))
     # The group's declared period: CqoxPushedMetricsStale tickets when the sensor stops pushing.
     samples.append(expected_period_sample(SLO_PUSH_PERIOD_SECONDS, SLO_STALE_SEVERITY))
-    return push(pushgateway_url, "cqox-slo", {"service": service}, samples, replace=True, timeout=timeout)
+    return push(gateway, "cqox-slo", {"service": service}, samples, replace=True, timeout=timeout)

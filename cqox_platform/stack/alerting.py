@@ -7,9 +7,11 @@ so does its routing file: ``stack up`` writes a first one only when none exists,
 receiver's ``unrouted`` webhook; the ``alertmanager_config`` asset replaces it with the routing rendered from
 the repository and reloads. Clustering is off (``--cluster.listen-address=``): one instance, no gossip port.
 
-**The receiver** (``cqox_platform.stack.alert_receiver``) stands in for PagerDuty and the ticket webhook. Its
-integration key is generated into ``secrets/pagerduty-routing-key``; ``vault_config`` stores it in Vault KV,
-where ``alertmanager_config`` reads it like it would read a real PagerDuty integration key.
+**The receiver** (``cqox_platform.stack.alert_receiver``) stands in for PagerDuty, the ticket webhook and the
+dead-man's-snitch service the Watchdog's heartbeat goes to (``/heartbeat/watchdog``, paging by itself after the
+routing's ``heartbeat.expect_within`` of silence). Its integration key is generated into
+``secrets/pagerduty-routing-key``; ``vault_config`` stores it in Vault KV, where ``alertmanager_config`` reads it
+like it would read a real PagerDuty integration key.
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ import sys
 import bcrypt
 import requests
 
+from cqox_platform.alerts.routing import load_spec
 from cqox_platform.fsutil import write_private
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.process import find_binary, spawn, wait_until
 from cqox_platform.stack.service import Service
 
 ALERTMANAGER_USER = "cqox"
+
+
+def heartbeat_allowance() -> float:
+    """Seconds of Watchdog silence after which the stand-in snitch pages: the shipped routing's expect_within."""
+    return load_spec().heartbeat.expect_within_seconds
 
 
 class AlertReceiverService(Service):
@@ -75,6 +83,8 @@ class AlertReceiverService(Service):
             "CQOX_ALERT_RECEIVER_URL": self.url,
             "CQOX_PAGERDUTY_EVENTS_URL": f"{self.url}/v2/enqueue",
             "CQOX_ALERT_WEBHOOK_URL": f"{self.url}/webhook/tickets",
+            # The stand-in snitch learns its allowance from the URL; a real one has it configured on its side.
+            "CQOX_ALERT_HEARTBEAT_URL": f"{self.url}/heartbeat/watchdog?within={heartbeat_allowance():g}",
             "CQOX_PAGERDUTY_ROUTING_KEY_FILE": str(self.routing_key_file),
         }
 

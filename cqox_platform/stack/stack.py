@@ -53,8 +53,9 @@ class Stack:
             *self.postgres_services,
             AlertReceiverService(config),
             AlertmanagerService(config),
-            PrometheusService(config),
+            # The Pushgateway before Prometheus: its scrape job names the Pushgateway's credentials.
             PushgatewayService(config),
+            PrometheusService(config),
             KineService(config),
             apiserver,
             KubeControllerManagerService(config, apiserver),

@@ -27,11 +27,12 @@ from cqox_platform.alerts.client import ReceiverClient
 from cqox_platform.alerts.drill.faults import UNREACHABLE_S3, archiver_endpoint
 from cqox_platform.alerts.drill.journal import FaultJournal, journal_path
 from cqox_platform.alerts.drill.runner import arrived
-from cqox_platform.pushgateway import BACKUP_STALE_SEVERITY, delete_group, expected_period_sample, push
+from cqox_platform.pushgateway import BACKUP_STALE_SEVERITY, Pushgateway, delete_group, expected_period_sample, push
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.patroni import PatroniResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.settings import get_settings
 from cqox_platform.stack import Stack
 from sensors.run_failure_sensor import run_failure_alert_sensor
 from tests.helpers import alertmanager_client
@@ -40,7 +41,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _prometheus(env: dict[str, str]) -> PrometheusResource:
-    return PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    return PrometheusResource(
+        url=env["CQOX_PROMETHEUS_URL"],
+        rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+        pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +84,14 @@ def _archiving_works(stack, timeout: float = 120) -> None:
             time.sleep(1)
 
 
+def _gateway(env: dict[str, str]) -> Pushgateway:
+    """The Pushgateway as the platform's pushers reach it (their credentials, from the stack's settings)."""
+    with mock.patch.dict(os.environ, env):
+        gateway = Pushgateway.from_settings(get_settings())
+    assert gateway is not None
+    return gateway
+
+
 def test_a_stale_rpo_gauge_group_pages(stack, platform_rules):
     """The real backup group's labels and severity with a short declared period (the real one is 15 minutes)."""
     env = platform_rules
@@ -86,7 +99,8 @@ def test_a_stale_rpo_gauge_group_pages(stack, platform_rules):
     grouping = {"system_id": system_id}
     samples = [("cqox_wal_rpo_seconds", {}, 60.0), expected_period_sample(5, BACKUP_STALE_SEVERITY)]
     started = time.time()
-    push(env["CQOX_PUSHGATEWAY_URL"], "cqox-backups", grouping, samples)
+    gateway = _gateway(env)
+    push(gateway, "cqox-backups", grouping, samples)
     try:
         page = _wait_received(
             ReceiverClient(env["CQOX_ALERT_RECEIVER_URL"]),
@@ -102,7 +116,7 @@ def test_a_stale_rpo_gauge_group_pages(stack, platform_rules):
         )
         assert alert["labels"]["severity"] == "page" and alert["labels"]["service"] == "cqox-platform"
     finally:
-        delete_group(env["CQOX_PUSHGATEWAY_URL"], "cqox-backups", grouping)
+        delete_group(gateway, "cqox-backups", grouping)
 
 
 def test_a_failed_ha_run_is_posted_to_alertmanager_and_pages(stack, alertmanager_routed):
@@ -192,7 +206,7 @@ def test_alert_drill_measures_time_to_detect_per_family_and_undoes_every_fault(s
         )
     finally:
         Path(env["CQOX_PROMETHEUS_RULES_DIR"], slo.RULES_FILE).unlink(missing_ok=True)
-        prometheus.client()._request("POST", "/-/reload")
+        prometheus.client().reload()
     # Every fault undone: nothing left in the journal, the archiver and the canary as before.
     assert FaultJournal(journal_path(Path(env["CQOX_STACK_DIR"]))).pending() == {}
     assert archiver_endpoint(settings_file) == endpoint

@@ -44,7 +44,7 @@ def _secrets(stack) -> dict[str, str]:
 
 def test_alertmanager_config_is_route_tested_loaded_and_keeps_the_key_out_of_metadata(stack, alertmanager_routed):
     metadata = alertmanager_routed["metadata"]
-    assert metadata["loaded_receivers"].value == ["pagerduty", "tickets"]
+    assert metadata["loaded_receivers"].value == ["heartbeat", "pagerduty", "tickets"]
     assert metadata["route_tests_passed"].value >= 10  # every shipped alert rule plus the spec's own cases
     assert "CqoxWalArchiveFailing" in metadata["route_tests"].value
     config_file = Path(alertmanager_routed["env"]["CQOX_ALERTMANAGER_CONFIG_FILE"])
@@ -82,7 +82,11 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
         env, "alerts", "silence", "add", "alertname=CqoxTestSilenced", f"service={service}",
         "--duration", "30m", "--comment", "maintenance in a test",
     ).stdout.strip()  # fmt: skip
-    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    prometheus = PrometheusResource(
+        url=env["CQOX_PROMETHEUS_URL"],
+        rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+        pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+    )
     rule_file = f"alert-test-{service}.yml"
     started = time.time()
     prometheus.install_rules(rule_file, _rules(service))
@@ -141,7 +145,7 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
         assert page in as_json
     finally:
         Path(env["CQOX_PROMETHEUS_RULES_DIR"], rule_file).unlink(missing_ok=True)
-        prometheus.client()._request("POST", "/-/reload")
+        prometheus.client().reload()
         if silence_id in {s["id"] for s in am.silences("active")}:
             am.expire_silence(silence_id)
 
@@ -164,7 +168,11 @@ def test_the_daemon_heartbeat_reaches_prometheus_and_quiets_its_alarm(stack):
     from sensors.heartbeat_sensor import dagster_heartbeat_sensor
 
     env = stack.env()
-    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    prometheus = PrometheusResource(
+        url=env["CQOX_PROMETHEUS_URL"],
+        rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+        pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+    )
     with mock.patch.dict(os.environ, env):
         assert dg.materialize([alerting.platform_alert_rules], resources={"prometheus": prometheus}).success
         pushed = dagster_heartbeat_sensor(dg.build_sensor_context())

@@ -13,60 +13,43 @@ import os
 import signal
 import time
 from pathlib import Path
-from unittest import mock
 
-import dagster as dg
 import psycopg
 import pytest
 import requests
 
-from assets import alerting
 from cqox_platform.alerts.client import ReceiverClient
 from cqox_platform.fsutil import write_file
 from cqox_platform.pgserver import PG_OS_USER
-from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.prometheus import PrometheusResource
-from tests.helpers import materialize_vault_config, received_about, vault_platform, wait_for_received, wait_healthy
+from tests.helpers import (
+    alerting_on,
+    received_about,
+    wait_for_received,
+    wait_healthy,
+)
 
 #: Generous bounds for one alert's path (scrape 15 s + evaluation + `for:` + Alertmanager's group_wait 30 s, or
 #: a group_interval of 5 minutes if the same group notified shortly before); the tests print the real times.
 PAGE_TIMEOUT = 420.0
 
 
-def _alerting_on(stack) -> dict[str, str]:
-    """Routing (vault_config stores the receiver's key, alertmanager_config loads the routes) and every platform
-    rule file loaded into this stack's Prometheus."""
-    assert materialize_vault_config(stack).success
-    env = stack.env()
-    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
-    with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [alerting.alertmanager_config, alerting.platform_alert_rules],
-            resources={
-                "alertmanager": AlertmanagerResource.from_settings(),
-                "vault": vault_platform(stack),
-                "prometheus": prometheus,
-            },
-            instance=instance,
-        )
-    assert result.success
-    (event,) = result.asset_materializations_for_node("platform_alert_rules")
-    assert "cqox-services" in event.metadata["loaded_groups"].value
-    return env
-
-
 @pytest.fixture(scope="module")
 def single(stack):
-    return _alerting_on(stack)
+    return alerting_on(stack)
 
 
 @pytest.fixture(scope="module")
 def ha(ha_stack):
-    return _alerting_on(ha_stack)
+    return alerting_on(ha_stack)
 
 
 def _prometheus(env) -> PrometheusResource:
-    return PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    return PrometheusResource(
+        url=env["CQOX_PROMETHEUS_URL"],
+        rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+        pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+    )
 
 
 def _query(env, promql: str) -> list[dict]:

@@ -91,7 +91,11 @@ def test_invalid_rules_are_refused_with_promtools_words(monkeypatch):
 
 def test_asset_loads_the_rules_into_prometheus(stack):
     env = stack.env()
-    prometheus = PrometheusResource(url=env["CQOX_PROMETHEUS_URL"], rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"])
+    prometheus = PrometheusResource(
+        url=env["CQOX_PROMETHEUS_URL"],
+        rules_dir=env["CQOX_PROMETHEUS_RULES_DIR"],
+        pid_file=env["CQOX_PROMETHEUS_PID_FILE"],
+    )
     result = dg.materialize([slo_assets.slo_alert_rules], resources={"prometheus": prometheus})
     assert result.success
     groups = prometheus.rule_groups()

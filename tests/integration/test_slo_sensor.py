@@ -59,7 +59,13 @@ def burning(stack):
 
 
 def _evaluate(stack, prometheus, spec_path):
-    env = {"CQOX_SLO_SPEC": spec_path, "CQOX_PUSHGATEWAY_URL": stack.env()["CQOX_PUSHGATEWAY_URL"]}
+    pushers = (
+        "CQOX_PUSHGATEWAY_URL",
+        "CQOX_PUSHGATEWAY_USER",
+        "CQOX_PUSHGATEWAY_PASSWORD_FILE",
+        "CQOX_PUSHGATEWAY_CACERT",
+    )
+    env = {"CQOX_SLO_SPEC": spec_path, **{name: stack.env()[name] for name in pushers}}
     with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance, resources={"prometheus": prometheus})
         return error_budget_sensor(context)
@@ -74,7 +80,8 @@ def test_page_burn_requests_incident_runs_and_pushes_gauges(stack, burning):
     burn = by_slo["availability"].run_config["ops"]["record_slo_incident"]["config"]["burn_rates"]
     assert burn["5m"] == pytest.approx(5000, rel=0.05)  # 0.5 / 0.0001
 
-    pushed = requests.get(f"{stack.env()['CQOX_PUSHGATEWAY_URL']}/metrics", timeout=5).text
+    gateway = stack.service("pushgateway")
+    pushed = requests.get(f"{gateway.url}/metrics", auth=gateway.auth(), verify=gateway.ca_cert, timeout=5).text
     assert 'slo_burn_rate{instance="",job="cqox-slo",service="cqox-engine",slo="availability",window="5m"}' in pushed
     assert "slo_error_budget_remaining{" in pushed
     # The group declares its period, so CqoxPushedMetricsStale tickets once the sensor stops pushing.

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import hvac
 import psycopg
@@ -198,15 +199,24 @@ def test_alertmanager_speaks_tls13_with_basic_auth_and_keeps_silences_across_res
 
 
 def test_prometheus_scrapes_the_pushgateway(stack):
-    push = stack.service("pushgateway").url
+    gateway = stack.service("pushgateway")
     prom = stack.service("prometheus").url
     body = "cqox_stack_test_metric 42\n"
-    assert requests.put(f"{push}/metrics/job/stacktest", data=body, timeout=5).status_code == 200
-    assert "cqox_stack_test_metric" in requests.get(f"{push}/metrics", timeout=5).text
+    pusher = gateway.auth("cqox-pusher")
+    put = requests.put(
+        f"{gateway.url}/metrics/job/stacktest", data=body, auth=pusher, verify=gateway.ca_cert, timeout=5
+    )
+    assert put.status_code == 200
+    assert (
+        "cqox_stack_test_metric"
+        in requests.get(f"{gateway.url}/metrics", auth=pusher, verify=gateway.ca_cert, timeout=5).text
+    )
+    assert _scraped(prom, 'cqox_stack_test_metric{exported_job="stacktest"} == 42')
     config = requests.get(f"{prom}/api/v1/status/config", timeout=5).json()["data"]["yaml"]
     assert "job_name: pushgateway" in config
     flags = requests.get(f"{prom}/api/v1/status/flags", timeout=5).json()["data"]
-    assert flags["web.enable-lifecycle"] == "true"
+    assert flags["web.enable-lifecycle"] == "false"
+    requests.delete(f"{gateway.url}/metrics/job/stacktest", auth=pusher, verify=gateway.ca_cert, timeout=5)
 
 
 def _scraped(prom: str, query: str, timeout: float = 90) -> list[dict]:
@@ -220,12 +230,15 @@ def _scraped(prom: str, query: str, timeout: float = 90) -> list[dict]:
 
 
 def test_pushed_canary_traffic_never_reaches_the_canary_queries(stack):
-    """Issue 13, 11 (b): any local process can push; it must not be able to vote in a canary analysis."""
+    """Issue 13, 11 (b): whoever can push (the pushers' password can leak) must not vote in a canary analysis."""
     from cqox_platform.canary.policy import load_policy
     from cqox_platform.package_data import package_path
-    from cqox_platform.pushgateway import push
+    from cqox_platform.pushgateway import Pushgateway, push
 
-    push_url = stack.service("pushgateway").url
+    gateway = stack.service("pushgateway")
+    push_url = gateway.url
+    pusher = Pushgateway(push_url, "cqox-pusher", gateway.password_file("cqox-pusher"), Path(gateway.ca_cert))
+    auth = {"auth": gateway.auth("cqox-pusher"), "verify": gateway.ca_cert}
     prom = stack.service("prometheus").url
     run = uuid.uuid4().hex[:12]
     fake = (
@@ -234,10 +247,10 @@ def test_pushed_canary_traffic_never_reaches_the_canary_queries(stack):
     )
     # Grouped under the job the canary's selector names, as a forger would.
     group = f"{push_url}/metrics/job/cqox-traffic/run/{run}"
-    assert requests.put(group, data=fake, timeout=5).status_code == 200
+    assert requests.put(group, data=fake, timeout=5, **auth).status_code == 200
     # The platform's own gauges, pushed the way backups and the SLO sensor push them, in the same scrape.
-    push(push_url, "cqox-backups", {"system_id": run}, [("cqox_backup_last_success_timestamp_seconds", {}, 1.0)])
-    push(push_url, "cqox-slo", {"service": run}, [("slo_burn_rate", {"slo": "availability", "window": "1h"}, 2.0)])
+    push(pusher, "cqox-backups", {"system_id": run}, [("cqox_backup_last_success_timestamp_seconds", {}, 1.0)])
+    push(pusher, "cqox-slo", {"service": run}, [("slo_burn_rate", {"slo": "availability", "window": "1h"}, 2.0)])
     try:
         # Backup and SLO gauges keep the labels their alerts and readers select on.
         assert _scraped(prom, f'time() - cqox_backup_last_success_timestamp_seconds{{system_id="{run}"}} > 0')
@@ -252,9 +265,9 @@ def test_pushed_canary_traffic_never_reaches_the_canary_queries(stack):
                 f"a pushed series answered the canary's query {query}: {series['result']}"
             )
     finally:
-        requests.delete(group, timeout=5)
-        requests.delete(f"{push_url}/metrics/job/cqox-backups/system_id/{run}", timeout=5)
-        requests.delete(f"{push_url}/metrics/job/cqox-slo/service/{run}", timeout=5)
+        requests.delete(group, timeout=5, **auth)
+        requests.delete(f"{push_url}/metrics/job/cqox-backups/system_id/{run}", timeout=5, **auth)
+        requests.delete(f"{push_url}/metrics/job/cqox-slo/service/{run}", timeout=5, **auth)
 
 
 def test_prometheus_admin_api_is_off(stack):
@@ -272,6 +285,72 @@ def test_prometheus_admin_api_is_off(stack):
         assert response.status_code >= 400, f"{path} answered {response.status_code}"
         assert response.json() == {"status": "error", "errorType": "unavailable", "error": "admin APIs disabled"}
     assert requests.get(f"{prom}/api/v1/query", params={"query": "up"}, timeout=5).json()["data"]["result"]
+
+
+def _gateway(stack: Stack) -> tuple[str, str | bool]:
+    """The Pushgateway's URL and what verifies its certificate, as the platform's settings name them."""
+    env = stack.env()
+    return env["CQOX_PUSHGATEWAY_URL"], env.get("CQOX_PUSHGATEWAY_CACERT") or True
+
+
+def test_the_pushgateway_refuses_pushes_without_the_pushers_credentials(stack):
+    """Any local process could push ``cqox_restore_drill_success 1`` into the real backup group; now only holders
+    of the pushers' password can, and what the platform pushes still arrives."""
+    url, verify = _gateway(stack)
+    group = f"{url}/metrics/job/cqox-backups/system_id/forged-{uuid.uuid4().hex[:8]}"
+    forged = "cqox_restore_drill_success 1\n"
+    for auth in (None, ("cqox-pusher", "not-the-password"), ("prometheus", "not-the-password")):
+        answer = requests.put(group, data=forged, auth=auth, verify=verify, timeout=5)
+        assert answer.status_code == 401, f"a push with auth {auth and auth[0]} answered {answer.status_code}"
+        assert requests.delete(group, auth=auth, verify=verify, timeout=5).status_code == 401
+    # The platform's pushers authenticate through the settings (paths to secrets, never the secrets).
+    from cqox_platform.pushgateway import Pushgateway, delete_group, push
+    from cqox_platform.settings import Settings
+
+    settings = Settings.model_validate(
+        {Settings.env_names()[k]: v for k, v in stack.env().items() if k.startswith("CQOX_")}
+    )
+    gateway = Pushgateway.from_settings(settings)
+    assert gateway is not None and gateway.password_file is not None
+    password = gateway.password_file.read_text().strip()
+    assert password not in json.dumps(stack.env()) and password not in repr(gateway)
+    run = uuid.uuid4().hex[:8]
+    assert push(gateway, "cqox-backups", {"system_id": run}, [("cqox_backup_last_success_timestamp_seconds", {}, 1.0)])
+    prom = stack.service("prometheus").url
+    assert _scraped(prom, f'cqox_backup_last_success_timestamp_seconds{{system_id="{run}"}}')
+    delete_group(gateway, "cqox-backups", {"system_id": run})
+
+
+def test_prometheus_refuses_to_quit_over_http_and_reloads_rules_by_signal(stack):
+    """``POST /-/quit`` would stop all alerting; the lifecycle API is off, and rule files still load (SIGHUP)."""
+    prometheus = stack.service("prometheus")
+    answer = requests.post(f"{prometheus.url}/-/quit", timeout=10)
+    assert answer.status_code == 403, f"POST /-/quit answered {answer.status_code}: {answer.text[:200]}"
+    assert requests.post(f"{prometheus.url}/-/reload", timeout=10).status_code == 403
+    time.sleep(1)
+    assert prometheus.running() and prometheus.healthy()
+    import yaml
+
+    from cqox_platform.metrics.prometheus import PrometheusClient, PrometheusError
+
+    env = stack.env()
+    client = PrometheusClient(
+        env["CQOX_PROMETHEUS_URL"], env["CQOX_PROMETHEUS_RULES_DIR"], pid_file=env.get("CQOX_PROMETHEUS_PID_FILE")
+    )
+    group = f"reload-by-signal-{uuid.uuid4().hex[:8]}"
+    rules = {"groups": [{"name": group, "rules": [{"record": "cqox:reload_test", "expr": "vector(1)"}]}]}
+    broken = {"groups": [{"name": f"{group}-broken", "rules": [{"record": "cqox:broken", "expr": "vector("}]}]}
+    try:
+        assert group in client.install_rules(f"{group}.yml", yaml.safe_dump(rules))
+        # A rule file Prometheus refuses is reported, and the rules it had stay loaded.
+        with pytest.raises(PrometheusError, match="refused to reload after SIGHUP"):
+            client.install_rules(f"{group}-broken.yml", yaml.safe_dump(broken))
+        assert group in client.rule_groups()
+    finally:
+        for name in (f"{group}.yml", f"{group}-broken.yml"):
+            (stack.service("prometheus").rules_dir / name).unlink(missing_ok=True)
+        client.reload()
+    assert group not in client.rule_groups() and prometheus.healthy()
 
 
 # --- bad input ------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import requests
 
 from cqox_platform.alerts.drill.journal import FaultJournal, Undo
 from cqox_platform.errors import AlertingError
-from cqox_platform.pushgateway import delete_group, expected_period_sample, push
+from cqox_platform.pushgateway import Pushgateway, delete_group, expected_period_sample, push
 
 DRILL_PUSH_JOB = "cqox-alert-drill"
 #: The period the drill's pushed group declares: short, so its staleness shows within a minute.
@@ -60,21 +60,26 @@ def _inject(journal: FaultJournal, fault: str, undo: dict[str, Any], action: Cal
 # --- stale_push ----------------------------------------------------------------------------------------------
 
 
-def inject_stale_push(journal: FaultJournal, pushgateway_url: str, service: str) -> str:
+def inject_stale_push(journal: FaultJournal, gateway: Pushgateway, service: str) -> str:
     grouping = {"service": service}
+    # The gateway by URL, user and file paths (no password), so a later `stack up` can delete the group.
     entry = journal.record(
-        "stale_push", {"pushgateway_url": pushgateway_url, "job": DRILL_PUSH_JOB, "grouping": grouping}
+        "stale_push", {"pushgateway": gateway.as_dict(), "job": DRILL_PUSH_JOB, "grouping": grouping}
     )
     samples = [
         ("cqox_alert_drill_probe", {}, 1.0),
         expected_period_sample(DRILL_PUSH_PERIOD_SECONDS, DRILL_PUSH_SEVERITY),
     ]
-    push(pushgateway_url, DRILL_PUSH_JOB, grouping, samples, replace=True)
+    push(gateway, DRILL_PUSH_JOB, grouping, samples, replace=True)
     return entry
 
 
 def undo_stale_push(undo: dict[str, Any]) -> None:
-    delete_group(undo["pushgateway_url"], undo["job"], undo["grouping"])
+    if "pushgateway" in undo:
+        gateway = Pushgateway.from_dict(undo["pushgateway"])
+    else:  # an entry journaled before the Pushgateway required credentials: the URL alone
+        gateway = Pushgateway(url=undo["pushgateway_url"])
+    delete_group(gateway, undo["job"], undo["grouping"])
 
 
 # --- slo_burn ------------------------------------------------------------------------------------------------

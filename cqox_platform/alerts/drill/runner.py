@@ -38,7 +38,7 @@ from cqox_platform.alerts.drill.bounds import (
 from cqox_platform.alerts.drill.journal import FaultJournal, recover
 from cqox_platform.errors import CqoxError
 from cqox_platform.metrics.prometheus import PrometheusClient
-from cqox_platform.pushgateway import STALE_AFTER_PERIODS, STALE_ALERT
+from cqox_platform.pushgateway import STALE_AFTER_PERIODS, STALE_ALERT, Pushgateway
 from cqox_platform.slo.rules import ALERT_NAMES, PAGE, record_name
 from cqox_platform.slo.spec import RatioSlo, SloSpec
 
@@ -65,7 +65,7 @@ class DrillEnv:
     journal: FaultJournal
     spec: SloSpec
     drill_id: str
-    pushgateway_url: str | None = None
+    pushgateway: Pushgateway | None = None
     traffic_url: str | None = None
     archiver_settings: Path | None = None
     connect: Connect | None = None
@@ -139,7 +139,7 @@ class StalePush(Family):
     name, alertname = "stale_push", STALE_ALERT
 
     def skip_reason(self) -> str | None:
-        return None if self.env.pushgateway_url else "no Pushgateway configured (CQOX_PUSHGATEWAY_URL)"
+        return None if self.env.pushgateway else "no Pushgateway configured (CQOX_PUSHGATEWAY_URL)"
 
     @property
     def service(self) -> str:
@@ -154,7 +154,8 @@ class StalePush(Family):
         return STALE_AFTER_PERIODS * period, f"{STALE_AFTER_PERIODS} x the declared push period of {period} s"
 
     def inject(self) -> str:
-        return faults.inject_stale_push(self.env.journal, str(self.env.pushgateway_url), self.service)
+        assert self.env.pushgateway is not None  # skip_reason said so
+        return faults.inject_stale_push(self.env.journal, self.env.pushgateway, self.service)
 
 
 class SloBurn(Family):

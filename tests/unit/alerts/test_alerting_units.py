@@ -8,12 +8,22 @@ import dataclasses
 import click
 import pytest
 
+from cqox_platform.alerts import ROUTING_SPEC
 from cqox_platform.alerts.client import AlertmanagerError, Matcher
-from cqox_platform.alerts.routing import RouteCase, RoutingError, load_spec, render, route_cases, validate
+from cqox_platform.alerts.routing import (
+    RouteCase,
+    RoutingError,
+    load_spec,
+    render,
+    route_cases,
+    shipped_alerts,
+    validate,
+)
 from cqox_platform.cli.alerts import parse_duration, parse_since
 from cqox_platform.stack.alert_receiver import key_fingerprint, pagerduty_record, validate_event
 
 KEY = "0123456789abcdef0123456789abcdef"
+HEARTBEAT_URL = "http://127.0.0.1:1/heartbeat/watchdog?within=180"
 TRIGGER = {
     "routing_key": KEY,
     "event_action": "trigger",
@@ -51,6 +61,7 @@ def _render(spec=None) -> str:
         pagerduty_url="http://127.0.0.1:1/v2/enqueue",
         routing_key=KEY,
         webhook_url="http://127.0.0.1:1/webhook/tickets",
+        heartbeat_url=HEARTBEAT_URL,
     )
 
 
@@ -65,7 +76,9 @@ def test_every_shipped_alert_rule_has_a_route_case_by_its_severity():
         "SLOErrorBudgetBurnTicket",
     } <= names
     for case in cases:
-        if case.labels.get("severity") == "page":
+        if case.labels["alertname"] == "Watchdog":
+            assert case.receivers == ("heartbeat",)
+        elif case.labels.get("severity") == "page":
             assert case.receivers == ("pagerduty",)
         else:
             assert case.receivers == ("tickets",)
@@ -75,6 +88,33 @@ def test_rendered_routing_passes_amtool_check_config_and_route_tests():
     validated = validate(load_spec(), _render(), secrets=(KEY,))
     assert len(validated.cases) == len(route_cases(load_spec()))
     assert 'severity="page"' in validated.tree and "pagerduty" in validated.tree and KEY not in validated.tree
+
+
+def test_the_watchdog_reaches_only_the_heartbeat_receiver_about_once_a_minute():
+    """The dead man's switch: shipped production intervals, checked by amtool's route tests like every route."""
+    import yaml
+
+    spec = load_spec()
+    assert ({"alertname": "Watchdog", "service": "cqox-platform", "severity": "heartbeat"}, "platform-alerts.yml") in (
+        shipped_alerts()
+    )
+    validated = validate(spec, _render(), secrets=(KEY, HEARTBEAT_URL))
+    assert any(c.labels["alertname"] == "Watchdog" and c.receivers == ("heartbeat",) for c in validated.cases)
+    config = yaml.safe_load(_render())
+    (route,) = [r for r in config["route"]["routes"] if r["receiver"] == "heartbeat"]
+    assert route["matchers"] == ['alertname="Watchdog"'] and config["route"]["routes"][0] is route
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("0s", "1m", "50s")
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "heartbeat"]
+    assert receiver["webhook_configs"] == [{"url": HEARTBEAT_URL, "send_resolved": False}]
+    assert spec.heartbeat.expect_within_seconds == 180
+    assert HEARTBEAT_URL not in validated.tree
+
+
+def test_a_heartbeat_that_one_lost_notification_would_page_is_refused(tmp_path):
+    text = ROUTING_SPEC.read_text().replace("expect_within: 3m", "expect_within: 90s")
+    (tmp_path / "routing.yaml").write_text(text)
+    with pytest.raises(RoutingError, match="heartbeat"):
+        load_spec(tmp_path / "routing.yaml")
 
 
 def test_a_route_test_that_fails_names_the_labels_and_never_the_key():
@@ -133,7 +173,7 @@ def test_platform_alert_rules_pass_their_promtool_unit_tests():
     from cqox_platform.alerts.rules import check_and_test
 
     checked = check_and_test(PLATFORM_ALERT_RULES, ALERT_RULE_TESTS)
-    assert "SUCCESS: 2 rules found" in checked.check_output and "SUCCESS" in checked.test_output
+    assert "SUCCESS: 5 rules found" in checked.check_output and "SUCCESS" in checked.test_output
 
 
 def test_a_rule_test_that_fails_stops_the_rules(tmp_path):
@@ -141,7 +181,7 @@ def test_a_rule_test_that_fails_stops_the_rules(tmp_path):
     from cqox_platform.alerts.rules import AlertRulesError, check_and_test
 
     rules = tmp_path / "platform-alerts.yml"
-    rules.write_text(PLATFORM_ALERT_RULES.read_text().replace("> 300)", "> 3000)"))  # a heartbeat alarm too slow
+    rules.write_text(PLATFORM_ALERT_RULES.read_text().replace("> 100)", "> 300)"))  # a heartbeat alarm too slow
     tests = tmp_path / "alert-rules.test.yml"
     tests.write_text(ALERT_RULE_TESTS.read_text())
     with pytest.raises(AlertRulesError, match="CqoxDagsterHeartbeatMissing"):
@@ -218,3 +258,68 @@ def test_every_pusher_declares_its_period_with_a_severity_the_routing_knows():
     assert spec.receiver_for(SLO_STALE_SEVERITY) == "tickets"
     with pytest.raises(ValueError):
         expected_period_sample(0, "page")
+
+
+def _wait_records(store, ready, timeout: float = 20.0) -> list[dict]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready(records := store.since(0)):
+        assert time.monotonic() < deadline, f"not recorded within {timeout} s: {records}"
+        time.sleep(0.1)
+    return records
+
+
+def _deadman(records: list[dict], action: str) -> list[dict]:
+    return [r for r in records if r["kind"] == "deadman" and r["event_action"] == action]
+
+
+def test_the_receiver_pages_itself_when_a_heartbeat_stops_and_resolves_when_it_returns(tmp_path):
+    """The stand-in for a dead man's snitch: silence longer than the heartbeat's allowance is a page."""
+    import requests
+
+    from cqox_platform.stack.alert_receiver import ReceivedStore, serve
+    from cqox_platform.stack.process import free_port
+
+    store, port = ReceivedStore(tmp_path / "received.jsonl"), free_port()
+    server = serve(store, KEY, "127.0.0.1", port, heartbeats_path=tmp_path / "heartbeats.json")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        beat = requests.post(f"{url}/heartbeat/watchdog?within=2", json={"status": "firing", "alerts": []}, timeout=5)
+        assert beat.status_code == 200
+        assert not store.since(0), "a heartbeat is not itself something that paged"
+        watched = requests.get(f"{url}/v1/heartbeats", timeout=5).json()
+        assert watched["watchdog"]["within_seconds"] == 2 and not watched["watchdog"]["paging"]
+        records = _wait_records(store, lambda rs: _deadman(rs, "trigger"))
+        (page,) = _deadman(records, "trigger")
+        assert page["name"] == "watchdog" and "watchdog" in page["body"]["summary"]
+        requests.post(f"{url}/heartbeat/watchdog?within=2", json={}, timeout=5)
+        records = _wait_records(store, lambda rs: _deadman(rs, "resolve"))
+        assert len(_deadman(records, "trigger")) == 1, "one page per silence, not one per check"
+    finally:
+        server.shutdown()
+        server.server_close()
+    # A restarted receiver still watches what it was watching: the silence pages again without a new heartbeat.
+    server = serve(store, KEY, "127.0.0.1", port, heartbeats_path=tmp_path / "heartbeats.json")
+    try:
+        _wait_records(store, lambda rs: len(_deadman(rs, "trigger")) == 2)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("query", ["", "?within=0", "?within=abc", "?within=-5"])
+def test_a_heartbeat_without_a_positive_allowance_is_refused(tmp_path, query):
+    import requests
+
+    from cqox_platform.stack.alert_receiver import ReceivedStore, serve
+    from cqox_platform.stack.process import free_port
+
+    port = free_port()
+    server = serve(ReceivedStore(tmp_path / "r.jsonl"), KEY, "127.0.0.1", port, heartbeats_path=tmp_path / "h.json")
+    try:
+        answer = requests.post(f"http://127.0.0.1:{port}/heartbeat/watchdog{query}", json={}, timeout=5)
+        assert answer.status_code == 400 and "within" in answer.json()["error"]
+    finally:
+        server.shutdown()
+        server.server_close()

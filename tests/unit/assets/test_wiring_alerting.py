@@ -45,6 +45,7 @@ class FakeAlertmanager(AlertmanagerResource):
 @pytest.fixture(autouse=True)
 def _endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CQOX_ALERT_WEBHOOK_URL", "https://tickets.example.invalid/hook/T0-secret-path")
+    monkeypatch.setenv("CQOX_ALERT_HEARTBEAT_URL", "https://snitch.example.invalid/beat/S3-secret-token")
     monkeypatch.delenv("CQOX_PAGERDUTY_EVENTS_URL", raising=False)
     FakeAlertmanager.installed.clear()
 
@@ -65,9 +66,20 @@ def test_alertmanager_config_renders_the_key_from_vault_into_the_file_only():
     assert KEY in text and "https://events.pagerduty.com/v2/enqueue" in text
     (event,) = result.asset_materializations_for_node("alertmanager_config")
     shown = json.dumps({k: str(v.value) for k, v in event.metadata.items()})
-    assert KEY not in shown and "T0-secret-path" not in shown
+    assert KEY not in shown and "T0-secret-path" not in shown and "S3-secret-token" not in shown
     assert "events.pagerduty.com" in shown and "secret/cqox/alerting/pagerduty" in shown
-    assert event.metadata["loaded_receivers"].value == ["pagerduty", "tickets"]
+    assert "snitch.example.invalid" in shown
+    assert event.metadata["loaded_receivers"].value == ["heartbeat", "pagerduty", "tickets"]
+
+
+def test_without_a_heartbeat_url_no_routing_is_loaded(monkeypatch):
+    """Routing without its dead man's switch would page nobody once Prometheus or Alertmanager died."""
+    monkeypatch.delenv("CQOX_ALERT_HEARTBEAT_URL")
+    FakeVault.secrets = {"cqox/alerting/pagerduty": {"routing_key": KEY}}
+    result = _materialize()
+    assert not result.success and not FakeAlertmanager.installed
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "CQOX_ALERT_HEARTBEAT_URL is not set" in str(failure.event_specific_data.error)
 
 
 def test_without_a_routing_key_in_vault_nothing_is_loaded_and_the_failure_says_where_to_put_it():

@@ -39,10 +39,13 @@ def test_every_service_is_a_job_and_the_config_passes_promtool(tmp_path, ha):
     assert nodes == (["node1", "node2", "node3"] if ha else ["single"])
     # Verified TLS wherever the service has a certificate; plain HTTP only for loopback metrics-only listeners.
     plain = {name for name, job in jobs.items() if job.get("scheme", "http") == "http"}
-    assert plain == {"prometheus", "pushgateway", "cqox-traffic"} | ({"haproxy", "etcd"} if ha else set())
+    assert plain == {"prometheus", "cqox-traffic"} | ({"haproxy", "etcd"} if ha else set())
     for name, job in jobs.items():
         if name not in plain:
             assert job["tls_config"]["ca_file"].endswith("ca.crt") and "insecure_skip_verify" not in job["tls_config"]
+    # The Pushgateway answers only its basic-auth users: Prometheus scrapes it as its own one, not as the pushers.
+    auth = jobs["pushgateway"]["basic_auth"]
+    assert auth["username"] == "prometheus" and auth["password_file"].endswith("pushgateway-prometheus-password")
     # The API server is read as the system:monitoring identity, never as the admin.
     assert jobs["kube-apiserver"]["tls_config"]["cert_file"].endswith("kube/monitoring.crt")
 

@@ -131,6 +131,27 @@ MANIFEST_ASSETS = (
         "CloudNativePG cluster: three PostgreSQL 15 instances, failover after 30 s, WAL archived by the Barman "
         "Cloud plugin to the ObjectStore s3://cqox-backups-dr/postgres/ (kept 30 days), a ScheduledBackup at 03:00.",
     ),
+    ManifestAsset(
+        "k8s_prometheus_rules",
+        None,
+        ("k8s_namespace",),
+        "The platform's alert rules as Prometheus-operator PrometheusRule objects, one per rule file: service, "
+        "platform and backup alerts and the SLO burn-rate rules; checked and unit-tested with promtool before "
+        "they are applied.",
+        generate=_prometheus_rules,
+        source="cqox_platform/alerts/*-alerts.yml and the SLO spec (cqox_platform.alerts.prometheus_operator)",
+        validate=_promtool,
+    ),
+    ManifestAsset(
+        "k8s_alertmanager_config",
+        None,
+        ("k8s_namespace",),
+        "The alert routing of cqox_platform/alerts/routing.yaml as a Prometheus-operator AlertmanagerConfig: "
+        "page -> PagerDuty, ticket -> webhook, the same grouping and inhibition; receivers read the Secret "
+        "cqox-alerting, never a value in the object.",
+        generate=_alertmanager_config,
+        source="cqox_platform/alerts/routing.yaml (cqox_platform.alerts.prometheus_operator)",
+    ),
 )
 
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build the code location's OCI image from Debian packages, without a container engine: mmdebstrap makes the
-# Debian layer, a chroot into it makes the platform's virtualenv layer, umoci assembles the OCI image.
+# Debian layer, pip in a chroot of it makes the virtualenv's layers, umoci assembles the OCI image.
 #
-#   ./scripts/build-image.sh            build (reusing cached downloads and the cached Debian layer)
-#   ./scripts/build-image.sh --refresh  rebuild the Debian layer too (to pick up Debian security updates)
+#   ./scripts/build-image.sh            build (reusing cached downloads and the cached Debian and dependency layers)
+#   ./scripts/build-image.sh --refresh  rebuild the Debian and dependency layers too (Debian security updates)
 #   ./scripts/build-image.sh --lock     re-resolve deploy/image/requirements.lock (run after changing dependencies)
 #
-# Output: ${CQOX_IMAGE_CACHE:-/var/cache/cqox-platform/image}/cqox-platform.oci.tar, an OCI archive tagged with
-# the package version (`podman load -i ...`, `skopeo copy oci-archive:...`), and cqox-platform.oci.json next to it
-# (layer digests, sizes, Debian package versions, build seconds).
+# Output: ${CQOX_IMAGE_CACHE:-/var/cache/cqox-platform/image}/cqox-platform.oci.tar, an OCI archive of image
+# cqox-platform:<package version> (`podman load -i ...`, `skopeo copy oci-archive:...`), and cqox-platform.oci.json
+# next to it (layer digests, sizes, Debian package versions, build seconds).
 #
 # Layers:
 #   1. Debian 12: python3, PostgreSQL 15 server and client, promtool, amtool, setpriv (util-linux), CA

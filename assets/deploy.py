@@ -2,19 +2,25 @@
 
 Each asset is one file of ``cqox_platform/deploy/k8s`` (the namespace, the engine's Deployments and Service, its
 HPAs for stable and canary, strict mTLS, the canary traffic objects, the CloudNativePG cluster), rendered with the
-run's namespace and images and applied by server-side apply as field manager ``cqox-platform``. Server-side apply
+run's namespace and images, or objects rendered from the platform's own sources (the alert rules as
+``PrometheusRule`` objects, checked and unit-tested with promtool first, and the alert routing as an
+``AlertmanagerConfig``), applied by server-side apply as field manager ``cqox-platform``. Server-side apply
 makes a re-run a no-op when nothing changed, and takes back any field a hand edit changed, so materializing an
 asset is how an operator repairs drift. Its metadata names every object with its resourceVersion and generation
 and what the apply changed; the check ``manifests_in_sync`` tells, between runs, whether somebody changed the live
 objects since.
 """
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import yaml
 
 from assets.metadata import md_table
+from cqox_platform.alerts.prometheus_operator import alertmanager_config, prometheus_rules, promtool_test, rule_sources
+from cqox_platform.alerts.routing import load_spec as load_routing_spec
 from cqox_platform.deploy.manifests import (
     MANIFEST_DIR,
     DriftReport,
@@ -24,6 +30,8 @@ from cqox_platform.deploy.manifests import (
     runtime_owned,
 )
 from cqox_platform.resources.kubernetes import KubernetesResource
+from cqox_platform.slo.spec import load_spec as load_slo_spec
+from cqox_platform.slo.spec import spec_path
 
 GROUP = "deploy"
 CHECK_NAME = "manifests_in_sync"
@@ -42,12 +50,44 @@ class ManifestConfig(dg.Config):
         return {"NAMESPACE": self.namespace, "ENGINE_IMAGE": self.engine_image, "POSTGRES_IMAGE": self.postgres_image}
 
 
+Manifests = list[dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class ManifestAsset:
+    """One asset's objects: a file of ``cqox_platform/deploy/k8s``, or a function rendering them from the
+    platform's sources (``source`` then says which), with what must pass before they are applied."""
+
     name: str
-    file: str
+    file: str | None
     deps: tuple[str, ...]
     description: str
+    generate: Callable[[Mapping[str, str]], Manifests] | None = None
+    source: str = ""
+    #: Run on the rendered objects before any is applied; returns what to record, raises to stop the apply.
+    validate: Callable[[Manifests], dict[str, str]] | None = None
+
+    def manifests(self, values: Mapping[str, str]) -> Manifests:
+        if self.generate is not None:
+            return self.generate(values)
+        assert self.file is not None
+        return render(MANIFEST_DIR / self.file, values)
+
+    @property
+    def origin(self) -> str:
+        return self.source or f"cqox_platform/deploy/k8s/{self.file}"
+
+
+def _prometheus_rules(values: Mapping[str, str]) -> Manifests:
+    return prometheus_rules(load_slo_spec(spec_path()), values["NAMESPACE"])
+
+
+def _promtool(manifests: Manifests) -> dict[str, str]:
+    return promtool_test(manifests, rule_sources(load_slo_spec(spec_path())))
+
+
+def _alertmanager_config(values: Mapping[str, str]) -> Manifests:
+    return [alertmanager_config(load_routing_spec(), values["NAMESPACE"])]
 
 
 MANIFEST_ASSETS = (
@@ -91,23 +131,45 @@ MANIFEST_ASSETS = (
         "CloudNativePG cluster: three PostgreSQL 15 instances, failover after 30 s, WAL archived by the Barman "
         "Cloud plugin to the ObjectStore s3://cqox-backups-dr/postgres/ (kept 30 days), a ScheduledBackup at 03:00.",
     ),
+    ManifestAsset(
+        "k8s_prometheus_rules",
+        None,
+        ("k8s_namespace",),
+        "The platform's alert rules as Prometheus-operator PrometheusRule objects, one per rule file: service, "
+        "platform and backup alerts and the SLO burn-rate rules; checked and unit-tested with promtool before "
+        "they are applied.",
+        generate=_prometheus_rules,
+        source="cqox_platform/alerts/*-alerts.yml and the SLO spec (cqox_platform.alerts.prometheus_operator)",
+        validate=_promtool,
+    ),
+    ManifestAsset(
+        "k8s_alertmanager_config",
+        None,
+        ("k8s_namespace",),
+        "The alert routing of cqox_platform/alerts/routing.yaml as a Prometheus-operator AlertmanagerConfig: "
+        "page -> PagerDuty, ticket -> webhook, the same grouping and inhibition; receivers read the Secret "
+        "cqox-alerting, never a value in the object.",
+        generate=_alertmanager_config,
+        source="cqox_platform/alerts/routing.yaml (cqox_platform.alerts.prometheus_operator)",
+    ),
 )
 
 
 def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
-    path = MANIFEST_DIR / spec.file
-
     @dg.asset(
         name=spec.name,
         group_name=GROUP,
         kinds={"kubernetes"},
         deps=list(spec.deps),
-        description=f"{spec.description} Applied from cqox_platform/deploy/k8s/{spec.file} by server-side apply.",
+        description=f"{spec.description} Applied from {spec.origin} by server-side apply.",
     )
     def _apply(
         context: dg.AssetExecutionContext, config: ManifestConfig, kubernetes: KubernetesResource
     ) -> dg.MaterializeResult:
-        manifests = render(path, config.values())
+        manifests = spec.manifests(config.values())
+        validated = spec.validate(manifests) if spec.validate is not None else {}
+        for name, summary in validated.items():
+            context.log.info(f"{name}: {summary}")
         applied = apply_manifests(kubernetes, manifests)
         for obj in applied:
             changed = f": {', '.join(c.path for c in obj.changes)}" if obj.changes else ""
@@ -116,7 +178,8 @@ def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
         owned = {f"{m['kind']}/{m['metadata']['name']}": runtime_owned(m) for m in manifests if runtime_owned(m)}
         return dg.MaterializeResult(
             metadata={
-                "manifest": str(path),
+                "manifest": spec.origin,
+                **({"validated": dg.MetadataValue.json(validated)} if validated else {}),
                 "api_server": kubernetes.server,
                 "field_manager": kubernetes.field_manager,
                 "render_values": dg.MetadataValue.json(config.values()),
@@ -144,8 +207,6 @@ def _yaml(manifests: list[dict]) -> str:
 
 
 def _manifest_check(spec: ManifestAsset) -> dg.AssetChecksDefinition:
-    path = MANIFEST_DIR / spec.file
-
     @dg.asset_check(
         asset=spec.name,
         name=CHECK_NAME,
@@ -154,14 +215,14 @@ def _manifest_check(spec: ManifestAsset) -> dg.AssetChecksDefinition:
     )
     def _check(context: dg.AssetCheckExecutionContext, kubernetes: KubernetesResource) -> dg.AssetCheckResult:
         values = _last_render_values(context, spec.name)
-        reports = check_drift(kubernetes, render(path, values))
+        reports = check_drift(kubernetes, spec.manifests(values))
         missing = [r.identity for r in reports if not r.present]
         drifted = [(r.identity, d) for r in reports for d in r.differences]
         paths = [f"{who}: {d.path}" for who, d in drifted]
         if missing or drifted:
             description = "; ".join([*(f"{m} is missing" for m in missing), *paths])
         else:
-            description = f"{len(reports)} object(s) match {spec.file}."
+            description = f"{len(reports)} object(s) match {spec.origin}."
         return dg.AssetCheckResult(
             passed=not missing and not drifted,
             description=description,

@@ -16,6 +16,11 @@ DEBIAN_PACKAGES=(
   # `stack up --ha`: the DCS, the PostgreSQL endpoint in front of Patroni, and partition drills.
   etcd-server haproxy nftables
 )
+# CQOX_BUILD_IMAGE=1: the code-location image is built (scripts/build-image.sh) and run by its tests with podman
+# (runc: crun refuses a hybrid cgroup hierarchy).
+if [ "${CQOX_BUILD_IMAGE:-0}" = 1 ]; then
+  DEBIAN_PACKAGES+=(mmdebstrap umoci podman runc)
+fi
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 VENV="${CQOX_VENV:-.venv}"
+# The code-location image tests/integration/test_image.py runs (skipped without it): built on request, its
+# downloads and layers cached in /var/cache/cqox-platform/image like the Kubernetes build.
+if [ "${CQOX_BUILD_IMAGE:-0}" = 1 ]; then
+  ./scripts/build-image.sh
+fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/lint-imports"
 exec "$VENV/bin/pytest" -p no:cacheprovider "$@"

@@ -12,6 +12,8 @@ from cqox_platform.cli.group import ErrorGroup
 
 
 @click.group(cls=ErrorGroup)
+# The installed distribution's version (importlib.metadata), so a host or an image says which release it runs.
+@click.version_option(package_name="cqox-platform", prog_name="cqox-platform", message="%(prog)s %(version)s")
 def main() -> None:
     """Reliability platform for CQOx: local stack, encryption, datasets, SLOs, alerts."""
 

@@ -1,4 +1,5 @@
-"""Install the CustomResourceDefinitions in ``stack/crds`` (the Istio kinds the platform uses) into an API server.
+"""Install the CustomResourceDefinitions in ``stack/crds`` into an API server: the Istio, CloudNativePG and
+Prometheus-operator kinds the platform writes.
 
 Server-side apply with one field manager makes the install idempotent: re-applying an unchanged file changes
 nothing, and an edited file updates the CRD in place. The install waits until every CRD is ``Established``, so a

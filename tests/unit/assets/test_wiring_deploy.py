@@ -6,7 +6,6 @@ import dagster as dg
 import pytest
 
 from assets import deploy
-from cqox_platform.deploy.manifests import MANIFEST_DIR, render
 from tests.unit.fakes import FakeKubernetes
 
 ALL = [*deploy.deploy_assets, *deploy.deploy_checks]
@@ -29,7 +28,7 @@ def test_every_manifest_applies_and_its_check_passes(kubernetes: FakeKubernetes)
     assert result.success
     for spec in deploy.MANIFEST_ASSETS:
         metadata = materialization(result, spec.name)
-        objects = len(render(MANIFEST_DIR / spec.file, deploy.ManifestConfig().values()))
+        objects = len(spec.manifests(deploy.ManifestConfig().values()))
         assert metadata["created"].value == objects, spec.name
         assert metadata["updated"].value == metadata["unchanged"].value == 0
         assert metadata["api_server"].value == "memory://fake-kubernetes"

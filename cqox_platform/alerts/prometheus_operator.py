@@ -39,7 +39,7 @@ from cqox_platform.alerts import (
     SERVICE_ALERT_RULE_TESTS,
     SERVICE_ALERT_RULES,
 )
-from cqox_platform.alerts.routing import RoutingSpec
+from cqox_platform.alerts.routing import HEARTBEAT_RECEIVER, RoutingSpec
 from cqox_platform.alerts.rules import AlertRulesError, check_and_test
 from cqox_platform.slo.rules import generate_rule_tests, generate_rules
 from cqox_platform.slo.spec import SloSpec
@@ -51,6 +51,8 @@ ROUTING_NAME = "cqox-platform"
 ALERTING_SECRET = "cqox-alerting"
 PAGERDUTY_KEY = "pagerduty-routing-key"
 WEBHOOK_KEY = "webhook-url"
+#: The dead man's switch service's URL (the always-firing Watchdog goes there; silence pages).
+HEARTBEAT_KEY = "heartbeat-url"
 LABELS = {"app.kubernetes.io/part-of": "cqox-platform", "app.kubernetes.io/component": "alerting"}
 
 
@@ -120,8 +122,16 @@ def alertmanager_config(spec: RoutingSpec, namespace: str) -> dict[str, Any]:
                 "groupBy": list(spec.group_by),
                 **{timing[k]: v for k, v in spec.timing.items()},
                 "routes": [
-                    {"receiver": receiver, "matchers": _matchers({"severity": severity})}
-                    for severity, receiver in spec.routes
+                    {
+                        "receiver": HEARTBEAT_RECEIVER,
+                        "matchers": _matchers({"alertname": spec.heartbeat.alertname}),
+                        "groupBy": ["alertname"],
+                        **{timing[k]: v for k, v in spec.heartbeat.timing().items()},
+                    },
+                    *(
+                        {"receiver": receiver, "matchers": _matchers({"severity": severity})}
+                        for severity, receiver in spec.routes
+                    ),
                 ],
             },
             "inhibitRules": [
@@ -148,6 +158,12 @@ def alertmanager_config(spec: RoutingSpec, namespace: str) -> dict[str, Any]:
                     "name": "tickets",
                     "webhookConfigs": [
                         {"urlSecret": {"name": ALERTING_SECRET, "key": WEBHOOK_KEY}, "sendResolved": True}
+                    ],
+                },
+                {
+                    "name": HEARTBEAT_RECEIVER,
+                    "webhookConfigs": [
+                        {"urlSecret": {"name": ALERTING_SECRET, "key": HEARTBEAT_KEY}, "sendResolved": False}
                     ],
                 },
             ],

@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 from click.testing import CliRunner
 
-from cqox_platform.cli import main
+from cqox_platform.cli.app import main
 
 
 def test_version_names_the_installed_distribution():

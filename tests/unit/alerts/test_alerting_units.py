@@ -278,8 +278,8 @@ def test_the_receiver_pages_itself_when_a_heartbeat_stops_and_resolves_when_it_r
     """The stand-in for a dead man's snitch: silence longer than the heartbeat's allowance is a page."""
     import requests
 
+    from cqox_platform.pgserver import free_port
     from cqox_platform.stack.alert_receiver import ReceivedStore, serve
-    from cqox_platform.stack.process import free_port
 
     store, port = ReceivedStore(tmp_path / "received.jsonl"), free_port()
     server = serve(store, KEY, "127.0.0.1", port, heartbeats_path=tmp_path / "heartbeats.json")
@@ -312,8 +312,8 @@ def test_the_receiver_pages_itself_when_a_heartbeat_stops_and_resolves_when_it_r
 def test_a_heartbeat_without_a_positive_allowance_is_refused(tmp_path, query):
     import requests
 
+    from cqox_platform.pgserver import free_port
     from cqox_platform.stack.alert_receiver import ReceivedStore, serve
-    from cqox_platform.stack.process import free_port
 
     port = free_port()
     server = serve(ReceivedStore(tmp_path / "r.jsonl"), KEY, "127.0.0.1", port, heartbeats_path=tmp_path / "h.json")

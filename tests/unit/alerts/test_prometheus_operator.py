@@ -7,8 +7,6 @@ import copy
 
 import pytest
 import yaml
-from cqox_platform.stack.kube_build import CRDS_DIR
-from cqox_platform.stack.kube_crds import load_crds
 from jsonschema import Draft7Validator
 
 from cqox_platform.alerts import BACKUP_ALERT_RULES, PLATFORM_ALERT_RULES, SERVICE_ALERT_RULES
@@ -24,6 +22,8 @@ from cqox_platform.alerts.routing import render
 from cqox_platform.alerts.rules import AlertRulesError
 from cqox_platform.slo.rules import generate_rules
 from cqox_platform.slo.spec import DEFAULT_SPEC, load_spec
+from cqox_platform.stack.kube.build import CRDS_DIR
+from cqox_platform.stack.kube.crds import load_crds
 
 SLO_SPEC = load_spec(DEFAULT_SPEC)
 
@@ -80,7 +80,15 @@ def test_promtool_fails_on_a_rule_the_object_broke():
 def test_alertmanager_config_routes_as_the_local_alertmanager_file_does():
     spec = load_routing_spec()
     obj = alertmanager_config(spec, "cqox")["spec"]
-    local = yaml.safe_load(render(spec, pagerduty_url="https://pd.invalid", routing_key="k", webhook_url="https://w"))
+    local = yaml.safe_load(
+        render(
+            spec,
+            pagerduty_url="https://pd.invalid",
+            routing_key="k",
+            webhook_url="https://w",
+            heartbeat_url="https://h",
+        )
+    )
     route = local["route"]
     assert obj["route"]["receiver"] == route["receiver"]
     assert obj["route"]["groupBy"] == route["group_by"]

@@ -24,7 +24,7 @@ from jsonschema import Draft7Validator
 
 from cqox_platform.stack.dagster_services import INSTANCE_CONFIG
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 PRODUCTION_YAML = PROJECT / "deploy" / "dagster" / "dagster.yaml"
 HELM_VALUES = PROJECT / "deploy" / "helm" / "values.yaml"
 HELM_SCHEMA = PROJECT / "deploy" / "helm" / "schema" / "dagster-values.schema.json"

@@ -34,7 +34,7 @@ from cqox_platform.pgserver import ScratchCluster, as_pg_user, free_port, pg_bin
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.stack.s3 import client_config
-from tests.helpers import (
+from tests.helpers import backup_resources, (
     make_world_traversable_tmpdir,
     materialize_vault_config,
     postgres_admin,
@@ -85,22 +85,9 @@ def _clients(env):
     return load_archiver_clients(_settings(env))
 
 
-def _resources(stack, env) -> dict:
-    return {
-        "postgres_admin": postgres_admin(stack),
-        "vault": vault_platform(stack),
-        "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
-        "backups": BackupStorageResource(
-            bucket=env["CQOX_S3_BUCKET"],
-            dr_bucket=env["CQOX_S3_DR_BUCKET"],
-            archiver_settings=env["CQOX_WAL_ARCHIVER_CONFIG"],
-        ),
-    }
-
-
 def _materialize(stack, env, assets, config=None) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        assets, resources=_resources(stack, env), run_config={"ops": config or {}}, raise_on_error=False
+        assets, resources=backup_resources(stack, env), run_config={"ops": config or {}}, raise_on_error=False
     )
 
 

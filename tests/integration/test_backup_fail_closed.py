@@ -24,22 +24,20 @@ import boto3
 import dagster as dg
 import psycopg
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from assets import backups as backup_assets
 from cqox_platform.archiver_clients import load_archiver_clients
 from cqox_platform.backup.archive.records import BackupRecord, find_backup, list_backups
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.pgserver import ScratchCluster, as_pg_user, free_port, pg_bindir, stop_immediately
-from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.stack.s3 import client_config
-from tests.helpers import backup_resources, (
+from tests.helpers import (
+    backup_resources,
     make_world_traversable_tmpdir,
     materialize_vault_config,
     postgres_admin,
     running_stack,
-    vault_platform,
 )
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]

@@ -357,7 +357,14 @@ def test_ui_auth_manifests_are_accepted_by_the_api_server(kube, target):
 def test_alert_rules_and_routing_are_accepted_as_operator_objects_and_promtool_tests_the_live_rules(kube, target):
     """PrometheusRule and AlertmanagerConfig on an API server with the operator's CRDs: accepted, in sync after
     the apply, and the rules read back from the server still pass promtool's check and unit tests."""
-    from cqox_platform.alerts.prometheus_operator import ROUTING_NAME, promtool_test, rule_sources
+    from cqox_platform.alerts.prometheus_operator import (
+        ALERTING_SECRET,
+        HEARTBEAT_KEY,
+        HEARTBEAT_RECEIVER,
+        ROUTING_NAME,
+        promtool_test,
+        rule_sources,
+    )
     from cqox_platform.alerts.routing import load_spec as load_routing_spec
     from cqox_platform.slo.spec import DEFAULT_SPEC, load_spec
 
@@ -380,7 +387,13 @@ def test_alert_rules_and_routing_are_accepted_as_operator_objects_and_promtool_t
     routing = kube.get("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig", ROUTING_NAME, ns)
     spec = load_routing_spec()
     assert routing["spec"]["route"]["receiver"] == spec.default_receiver
-    assert [(r["matchers"][0]["value"], r["receiver"]) for r in routing["spec"]["route"]["routes"]] == list(spec.routes)
+    # The dead man's switch first (the Watchdog must not fall into a severity route), then one route per severity.
+    assert [(r["matchers"][0]["value"], r["receiver"]) for r in routing["spec"]["route"]["routes"]] == [
+        (spec.heartbeat.alertname, HEARTBEAT_RECEIVER),
+        *spec.routes,
+    ]
+    heartbeat = next(r for r in routing["spec"]["receivers"] if r["name"] == HEARTBEAT_RECEIVER)
+    assert heartbeat["webhookConfigs"][0]["urlSecret"] == {"name": ALERTING_SECRET, "key": HEARTBEAT_KEY}
     pagerduty = next(r for r in routing["spec"]["receivers"] if r["name"] == "pagerduty")
     assert set(pagerduty["pagerdutyConfigs"][0]["routingKey"]) == {"name", "key"}  # a reference, never a value
 

@@ -58,9 +58,7 @@ def test_a_writer_that_never_lets_go_fails_the_capture_naming_it_and_records_not
 def test_writers_are_not_held_while_the_checksums_are_computed(db):
     """Slow checksums (a sleep per row through a view-like function) must not block an insert meanwhile."""
     with db.connect() as conn:
-        conn.execute(
-            "CREATE TABLE slow (id int PRIMARY KEY, v text)"
-        )
+        conn.execute("CREATE TABLE slow (id int PRIMARY KEY, v text)")
         conn.execute("INSERT INTO slow SELECT g, 'x' FROM generate_series(1, 40) g")
     inserted_at: list[float] = []
     capture_done: list[float] = []

@@ -15,4 +15,3 @@ def system_id(conn: psycopg.Connection) -> str:
 
 def cluster_archive(conn: psycopg.Connection, s3: Any, bucket: str) -> Archive:
     return Archive(s3, bucket, system_id(conn))
-

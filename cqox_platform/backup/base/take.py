@@ -53,4 +53,3 @@ def take_backup(
         return record, point
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", [BACKUP_LOCK_KEY])
-

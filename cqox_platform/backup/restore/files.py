@@ -83,4 +83,3 @@ def restore_files(
     seconds["verify"] = verify_backup(pgdata, bindir or pg_bindir(), checksums=not streamed.checksums_verified)
     (pgdata / INCOMPLETE_MARKER).unlink()
     return RestoredFiles(seconds, manifest.key_version)
-

@@ -99,7 +99,6 @@ def plan_for_backup(conn: psycopg.Connection, record: BackupRecord) -> DrillPlan
     return DrillPlan(record, RecoveryTarget("restore_point", point.name), point)
 
 
-
 def plan_random_drill(
     conn: psycopg.Connection,
     records: list[BackupRecord],
@@ -128,11 +127,9 @@ def plan_random_drill(
     return DrillPlan(record, RecoveryTarget("restore_point", point.name), point)
 
 
-
 def backups_before(records: list[BackupRecord], point: RestorePoint) -> list[BackupRecord]:
     """Backups a restore to ``point`` can start from: finished before it, on its timeline or an ancestor's."""
     return [r for r in records if parse_lsn(r.stop_lsn) <= point.lsn_int and r.timeline <= point.timeline]
-
 
 
 def plan_latest_point_drill(
@@ -156,7 +153,6 @@ def plan_latest_point_drill(
     return DrillPlan(record, RecoveryTarget("restore_point", point.name), point)
 
 
-
 def ensure_point_archived(
     conn: psycopg.Connection, archive: Archive, point: RestorePoint, timeout: float = 120.0
 ) -> None:
@@ -177,4 +173,3 @@ def ensure_point_archived(
                 f"within {timeout:.0f} s; check wal_archive_status."
             )
         time.sleep(0.5)
-

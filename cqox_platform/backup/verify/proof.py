@@ -192,9 +192,7 @@ def backup_point_name(backup_id: str) -> str:
     return f"backup-{backup_id}"
 
 
-
 def checkpoint_restore_point(conn: psycopg.Connection, prefix: str = "check") -> RestorePoint:
     """A restore point with captured checksums now (the 15-minute WAL check makes one per run)."""
     name = f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
     return capture_restore_point(conn, name)
-

@@ -37,6 +37,9 @@ from cqox_platform.stack.scrape_targets import scrape_configs_yaml
 from cqox_platform.stack.service import Service
 
 SCRAPE_INTERVAL = "15s"
+#: How often Prometheus resends a firing alert; Alertmanager keeps it for 4 x this after the last send, so a dead
+#: Prometheus's alerts (the Watchdog's among them) end a minute after it died here, not Prometheus's default 4 minutes.
+RESEND_DELAY = "15s"
 #: What the platform pushes (backup gauges, SLO gauges) and the Pushgateway's own bookkeeping: an allow-list,
 #: so a new name someone pushes is dropped rather than trusted.
 PUSHED_METRICS = "cqox_.+|slo_.+|push_time_seconds|push_failure_time_seconds"
@@ -129,6 +132,7 @@ scrape_configs:
                 f"--storage.tsdb.path={self.home / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=400d",
+                f"--rules.alert.resend-delay={RESEND_DELAY}",
             ],
             log_path=self.log_path,
         )

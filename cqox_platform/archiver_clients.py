@@ -58,7 +58,7 @@ def archiver_clients(settings: ArchiverSettings) -> ArchiveClients:
         raise ArchiverConfigError(
             f"secret/{settings.s3_secret_path} lacks access_key_id/secret_access_key; re-run `vault_config`."
         ) from None
-    return ArchiveClients(s3, vault.key_provider(settings.transit_key), settings.bucket)
+    return ArchiveClients(s3, vault.key_provider(settings.transit_key), settings.bucket, settings.key_cache)
 
 
 def load_archiver_clients(settings_path: Path) -> ArchiveClients:

@@ -72,7 +72,9 @@ def encrypt_to(
     """Encrypt a stream under a fresh DEK; return the manifest to store beside it."""
     object_id = object_id or str(uuid.uuid4())
     key = provider.generate_data_key()
-    stats = encrypt_stream(src, dst, key.plaintext, object_id, chunk_size=chunk_size, hash_plaintext=True)
+    stats = encrypt_stream(
+        src, dst, key.plaintext, object_id, chunk_size=chunk_size, hash_plaintext=True, derive_key=key.shared
+    )
     return Manifest(
         object_id=object_id,
         key_name=key.key_name,

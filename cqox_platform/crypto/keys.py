@@ -13,11 +13,13 @@ _WRAPPED = re.compile(r"^vault:v(?P<version>\d+):[A-Za-z0-9+/=]+$")
 
 @dataclass(frozen=True)
 class DataKey:
-    """A fresh DEK: the plaintext for this process's memory only, and its wrapped form for storage."""
+    """A DEK: the plaintext for this process's memory only, and its wrapped form for storage. ``shared`` when it
+    may seal more than one object (a cached key): the format then derives a key per object from it."""
 
     plaintext: bytes = field(repr=False)
     wrapped: str
     key_name: str
+    shared: bool = False
 
     @property
     def key_version(self) -> int:

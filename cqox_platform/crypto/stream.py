@@ -1,11 +1,13 @@
 """The streaming AES-256-GCM object format (version 1), specified in ``docs/encryption-format.md``.
 
-One data key (DEK) per object. The plaintext is cut into fixed-size chunks, each sealed with AES-256-GCM under
-a nonce made of a random 7-byte prefix, the 32-bit chunk index and a last-chunk flag (the STREAM construction
-of Hoang, Reyhanitabar, Rogaway and Vizar). Every chunk's associated data is the object's header, which holds
-the format version, chunk size, nonce prefix and object id. So a flipped byte, a dropped tail, swapped chunks,
-chunks from another object and a header edited to point elsewhere all fail authentication, and memory stays at
-one chunk however large the object.
+One data key (DEK) per object, or one DEK shared by many objects with flag ``DERIVED_KEY``: then each object's
+chunks are sealed under ``HKDF-SHA256(DEK, salt=nonce prefix, info=header)``, a key of its own, as the AWS
+Encryption SDK derives a key per message from a cached data key. The plaintext is cut into fixed-size chunks, each
+sealed with AES-256-GCM under a nonce made of a random 7-byte prefix, the 32-bit chunk index and a last-chunk flag
+(the STREAM construction of Hoang, Reyhanitabar, Rogaway and Vizar). Every chunk's associated data is the object's
+header, which holds the format version, chunk size, nonce prefix and object id. So a flipped byte, a dropped tail,
+swapped chunks, chunks from another object and a header edited to point elsewhere all fail authentication, and
+memory stays at one chunk however large the object.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cqox_platform.errors import FormatError, IntegrityError
 
@@ -32,6 +36,9 @@ MIN_CHUNK_SIZE = 16
 MAX_CHUNK_SIZE = 64 << 20
 MAX_OBJECT_ID_BYTES = 1024
 MAX_CHUNKS = 1 << 32
+#: Header flag: the DEK may seal other objects too, so the chunk key is derived per object (see ``chunk_key``).
+DERIVED_KEY = 0x01
+_KNOWN_FLAGS = (0, DERIVED_KEY)
 # magic, version, flags, chunk size, nonce prefix, object id length
 _FIXED = struct.Struct(">4sBBI7sH")
 
@@ -41,10 +48,18 @@ class Header:
     chunk_size: int
     nonce_prefix: bytes
     object_id: str
+    flags: int = 0
 
     def pack(self) -> bytes:
         oid = self.object_id.encode()
-        return _FIXED.pack(MAGIC, FORMAT_VERSION, 0, self.chunk_size, self.nonce_prefix, len(oid)) + oid
+        return _FIXED.pack(MAGIC, FORMAT_VERSION, self.flags, self.chunk_size, self.nonce_prefix, len(oid)) + oid
+
+    def chunk_key(self, dek: bytes) -> bytes:
+        """The AES key of this object's chunks: the DEK itself, or with ``DERIVED_KEY`` one derived from it and
+        the whole header (random nonce prefix as salt), so objects sharing a DEK never share a chunk key."""
+        if not self.flags & DERIVED_KEY:
+            return dek
+        return HKDF(algorithm=hashes.SHA256(), length=DEK_BYTES, salt=self.nonce_prefix, info=self.pack()).derive(dek)
 
     def nonce(self, index: int, last: bool) -> bytes:
         if index >= MAX_CHUNKS:
@@ -104,8 +119,12 @@ def encrypt_stream(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     nonce_prefix: bytes | None = None,
     hash_plaintext: bool = False,
+    derive_key: bool = False,
 ) -> StreamStats:
     """Encrypt ``src`` into ``dst`` chunk by chunk. ``nonce_prefix`` is for test vectors only.
+
+    ``derive_key`` is for a DEK that seals other objects too (a cached data key): the chunks get a key derived
+    for this object alone (flag ``DERIVED_KEY``).
 
     ``hash_plaintext`` adds the plaintext's SHA-256 to the stats (for manifests); it costs about as much CPU
     as AES-GCM itself, so paths that do not record it leave it off.
@@ -115,11 +134,12 @@ def encrypt_stream(
         raise FormatError(f"chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes.")
     if len(object_id.encode()) > MAX_OBJECT_ID_BYTES:
         raise FormatError(f"object id is longer than {MAX_OBJECT_ID_BYTES} bytes.")
-    header = Header(chunk_size, nonce_prefix or os.urandom(NONCE_PREFIX_BYTES), object_id)
+    flags = DERIVED_KEY if derive_key else 0
+    header = Header(chunk_size, nonce_prefix or os.urandom(NONCE_PREFIX_BYTES), object_id, flags)
     if len(header.nonce_prefix) != NONCE_PREFIX_BYTES:
         raise FormatError(f"nonce prefix must be {NONCE_PREFIX_BYTES} bytes.")
     aad = header.pack()
-    aead = AESGCM(dek)
+    aead = AESGCM(header.chunk_key(dek))
     digest = hashlib.sha256() if hash_plaintext else None
     dst.write(aad)
     written, plain_total, chunks = len(aad), 0, 0
@@ -142,7 +162,7 @@ def read_header(src: BinaryIO) -> Header:
     _magic, version, flags, chunk_size, prefix, oid_len = _FIXED.unpack(fixed)
     if version != FORMAT_VERSION:
         raise FormatError(f"format version {version} is not supported (this code reads {FORMAT_VERSION}).")
-    if flags != 0 or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or oid_len > MAX_OBJECT_ID_BYTES:
+    if flags not in _KNOWN_FLAGS or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or oid_len > MAX_OBJECT_ID_BYTES:
         raise FormatError("corrupt header (flags, chunk size or object id length out of range).")
     oid = _read_exact(src, oid_len)
     if len(oid) != oid_len:
@@ -151,7 +171,7 @@ def read_header(src: BinaryIO) -> Header:
         object_id = oid.decode()
     except UnicodeDecodeError:
         raise FormatError("corrupt header (object id is not UTF-8).") from None
-    return Header(chunk_size, prefix, object_id)
+    return Header(chunk_size, prefix, object_id, flags)
 
 
 def decrypt_stream(
@@ -173,7 +193,7 @@ def decrypt_stream(
             f"the data object belongs to {header.object_id!r}, not {expected_object_id!r} (spliced or mixed up)."
         )
     aad = header.pack()
-    aead = AESGCM(dek)
+    aead = AESGCM(header.chunk_key(dek))
     digest = hashlib.sha256() if hash_plaintext else None
     read_total, plain_total, chunks = len(aad), 0, 0
     for index, sealed, last in _chunks(src, header.chunk_size + TAG_BYTES):

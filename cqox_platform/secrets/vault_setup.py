@@ -474,9 +474,14 @@ def _configure_archiver(
         client.secrets.kv.v2.create_or_update_secret(path=ARCHIVER_S3_SECRET, secret=wanted, mount_point="secret")
         state.changed.append(f"stored the backup bucket's S3 credentials in secret/{ARCHIVER_S3_SECRET}")
     settings_ok = False
+    window: dict[str, Any] = {}  # an operator's data-key cache window survives the rewrite
     if setup.settings_file.exists():
         try:
             existing = ArchiverSettings.load(setup.settings_file)
+            window = {
+                "data_key_max_age_seconds": existing.data_key_max_age_seconds,
+                "data_key_max_uses": existing.data_key_max_uses,
+            }
             settings_ok = (
                 existing.s3_endpoint == setup.s3_endpoint
                 and existing.bucket == setup.bucket
@@ -502,6 +507,7 @@ def _configure_archiver(
         s3_endpoint=setup.s3_endpoint,
         s3_cacert=setup.s3_cacert,
         bucket=setup.bucket,
+        **window,
     )
     # The directory belongs to PostgreSQL's user: replace the file, never write or chown through a planted link.
     write_file(setup.settings_file, settings.to_json(), mode=0o600, owner=setup.os_user)

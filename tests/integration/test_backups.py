@@ -7,6 +7,7 @@ back, and what a test counts it counts relative to what it made.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -26,8 +27,9 @@ from assets import backups as backup_assets
 from cqox_platform.backup.archive.cluster import cluster_archive
 from cqox_platform.backup.archive.records import list_backups
 from cqox_platform.backup.archive.store import Archive
-from cqox_platform.backup.wal.pusher import KEY_POOL
-from cqox_platform.pgserver import stop_immediately
+from cqox_platform.backup.wal.pusher import PUSH_WORKERS
+from cqox_platform.fsutil import write_file
+from cqox_platform.pgserver import PG_OS_USER, stop_immediately
 from cqox_platform.resources.prometheus import PrometheusResource
 from cqox_platform.schema import MigrationRunner
 from tests.helpers import (
@@ -172,38 +174,69 @@ def test_s3_down_during_archiving_fails_then_catches_up_without_gap(stack, env, 
     assert stuck in _archive(stack, env).archived_wal()
 
 
-def test_vault_sealed_during_archiving_loses_no_wal(stack, env, tmp_path):
+def _set_key_window(settings_file: Path, seconds: float) -> None:
+    """The operator's edit of the archiver settings: the pusher's data-key cache window."""
+    data = json.loads(settings_file.read_text())
+    data["data_key_max_age_seconds"] = seconds
+    write_file(settings_file, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600, owner=PG_OS_USER)
+
+
+def _switch(stack, count: int) -> list[str]:
+    """Write a little and switch segments ``count`` times; the names of the segments closed."""
+    names = []
+    with _conn(stack) as conn:
+        for _ in range(count):
+            conn.execute("INSERT INTO wal_probe VALUES (now())")
+            names.append(conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0])
+            conn.execute("SELECT pg_switch_wal()")
+    return names
+
+
+def test_a_sealed_vault_costs_no_archiving_within_the_key_window_and_loses_no_wal_after_it(stack, env, tmp_path):
+    """The pusher's cached data key carries archiving through a Vault outage shorter than its window (shortened
+    to 30 s here; 15 minutes shipped): segments reach S3 while OpenBao is sealed and archive_command never fails.
+    Past the window the key is gone, segments are held by PostgreSQL (never let go unarchived) and reach S3 after
+    the unseal. The synchronous ``wal-push``, one process per segment, has no cache and fails naming the seal."""
+    window = 30
+    settings_file = Path(env["CQOX_WAL_ARCHIVER_CONFIG"])
+    shipped = settings_file.read_text()
     pgdata = _fake_pgdata(tmp_path, 4444)
     (pgdata / "pg_wal" / "000000010000000000000009").write_bytes(b"\0" * SEGMENT)
-    args = ["--config", env["CQOX_WAL_ARCHIVER_CONFIG"], "--pgdata", str(pgdata)]
-    admin = vault_admin(stack)
-    admin.client().sys.seal()
+    args = ["--config", str(settings_file), "--pgdata", str(pgdata)]
+    status = Path(env["CQOX_PG_DATA"]) / "pg_wal" / "archive_status"
+    _set_key_window(settings_file, window)
     try:
-        sealed = _cli(env, "wal-push", "pg_wal/000000010000000000000009", *args)
-        assert sealed.returncode == 1 and "sealed" in sealed.stderr
-        # The asynchronous pusher (the default) may still seal a few segments with data keys it fetched before
-        # Vault was sealed (at most KEY_POOL queued + 1 being handed over); the segments after those are held.
-        _, failed_before = _archived_count(stack)
-        switched = []
-        with _conn(stack) as conn:
-            for _ in range(KEY_POOL + 3):
-                conn.execute("INSERT INTO wal_probe VALUES (now())")
-                switched.append(conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0])
-                conn.execute("SELECT pg_switch_wal()")
-        deadline = time.monotonic() + 90  # polled, not slept: a loaded machine starts the CLI slowly
-        while _archived_count(stack)[1] <= failed_before:
-            assert time.monotonic() < deadline, "PostgreSQL should have seen archive_command fail"
-            time.sleep(0.5)
-        status = Path(env["CQOX_PG_DATA"]) / "pg_wal" / "archive_status"
-        ready = {name for name in switched if (status / f"{name}.ready").exists()}  # read before the archive:
-        not_sealed = set(switched) - set(_archive(stack, env).archived_wal())  # S3 only grows, so this is sound
-        assert not_sealed, "with Vault sealed, the keys fetched before should not have sealed every segment"
-        # The pusher works ahead of PostgreSQL, so a .ready segment may already be in S3; one not in S3 must be held.
-        assert not_sealed <= ready, "PostgreSQL let go of a segment that is not in S3"
+        _switch_and_wait(stack, timeout=120)  # the pusher reloads the file and holds a key while Vault answers
+        vault_admin(stack).client().sys.seal()
+        sealed_at = time.monotonic()
+        try:
+            _, failed_before = _archived_count(stack)
+            within = _switch(stack, 2 * PUSH_WORKERS)  # more than the keys a pusher without a cache holds
+            deadline = time.monotonic() + 60
+            while not set(within) <= set(_archive(stack, env).archived_wal()):
+                assert time.monotonic() < deadline, "with Vault sealed, the cached key should have archived these"
+                time.sleep(0.5)
+            assert time.monotonic() - sealed_at < window, "the machine was too slow to stay inside the window"
+            assert _archived_count(stack)[1] == failed_before, "archive_command failed while the key was cached"
+            sealed = _cli(env, "wal-push", "pg_wal/000000010000000000000009", *args)
+            assert sealed.returncode == 1 and "sealed" in sealed.stderr
+
+            time.sleep(max(0.0, sealed_at + window + 1 - time.monotonic()))  # the key is now past its window
+            past = _switch(stack, 3)
+            deadline = time.monotonic() + 90
+            while _archived_count(stack)[1] <= failed_before:
+                assert time.monotonic() < deadline, "past the window, archive_command should fail while sealed"
+                time.sleep(0.5)
+            ready = {name for name in past if (status / f"{name}.ready").exists()}  # read before the archive:
+            held = set(past) - set(_archive(stack, env).archived_wal())  # S3 only grows, so this is sound
+            assert held, "past the key's window, a sealed Vault should hold segments back"
+            assert held <= ready, "PostgreSQL let go of a segment that is not in S3"
+        finally:
+            stack.service("openbao").after_start()  # unseals
     finally:
-        stack.service("openbao").after_start()  # unseals
+        write_file(settings_file, shipped, mode=0o600, owner=PG_OS_USER)
     _switch_and_wait(stack, timeout=120)
-    assert set(switched) <= set(_archive(stack, env).archived_wal())
+    assert set(within + past) <= set(_archive(stack, env).archived_wal())
 
 
 def test_async_push_reports_the_pushers_results_and_recovers_after_s3_returns(stack, env, tmp_path):

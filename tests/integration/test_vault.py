@@ -92,6 +92,26 @@ def test_wal_archiver_identity_is_least_privilege_and_its_file_belongs_to_postgr
         vault.read_secret("cqox/datasets-path-key")
 
 
+def test_vault_config_keeps_an_operators_data_key_window_when_it_rewrites_the_archiver_file(stack, vault_configured):
+    """The pusher's data-key cache window is an operator's edit of the archiver settings; ``vault_config`` rewrites
+    the file when its endpoint or bucket is wrong, and must not silently put the default window back."""
+    from cqox_platform.backup.archive.archiver_settings import ArchiverSettings
+    from cqox_platform.fsutil import write_file
+    from cqox_platform.pgserver import PG_OS_USER
+
+    path = Path(stack.env()["CQOX_WAL_ARCHIVER_CONFIG"])
+    shipped = path.read_text()
+    edited = {**json.loads(shipped), "data_key_max_age_seconds": 120, "data_key_max_uses": 64, "bucket": "moved"}
+    write_file(path, json.dumps(edited), mode=0o600, owner=PG_OS_USER)
+    try:
+        assert materialize_vault_config(stack).success
+        settings = ArchiverSettings.load(path)
+        assert settings.bucket == json.loads(shipped)["bucket"]  # rewritten from the platform's settings
+        assert (settings.data_key_max_age_seconds, settings.data_key_max_uses) == (120, 64)
+    finally:
+        write_file(path, shipped, mode=0o600, owner=PG_OS_USER)
+
+
 def test_platform_logs_in_to_postgres_with_vault_issued_users_over_tls13(stack, vault_configured):
     pg = PostgresResource(
         host="127.0.0.1",

@@ -17,6 +17,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cqox_platform.crypto.key_cache import KeyCachePolicy
 from cqox_platform.errors import BackupError
 
 BACKUPS_KEY = "cqox-backups"
@@ -40,6 +41,14 @@ class ArchiverSettings:
     region: str = "us-east-1"
     transit_key: str = BACKUPS_KEY
     s3_secret_path: str = S3_SECRET_PATH
+    #: The pusher's data-key cache window (``crypto.key_cache``): a Vault outage shorter than this costs no
+    #: archiving while the pusher runs; 0 gives every segment a fresh key. ``vault_config`` keeps an edited value.
+    data_key_max_age_seconds: float = KeyCachePolicy.max_age
+    data_key_max_uses: int = KeyCachePolicy.max_uses
+
+    @property
+    def key_cache(self) -> KeyCachePolicy:
+        return KeyCachePolicy(max_age=self.data_key_max_age_seconds, max_uses=self.data_key_max_uses)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -48,7 +57,7 @@ class ArchiverSettings:
     def load(cls, path: Path) -> ArchiverSettings:
         try:
             data = json.loads(Path(path).read_text())
-            return cls(**data)
+            settings = cls(**data)
         except FileNotFoundError:
             raise ArchiverConfigError(
                 f"archiver settings {path} do not exist yet: materialize the `vault_config` asset (it issues the "
@@ -61,3 +70,9 @@ class ArchiverSettings:
             ) from None
         except (ValueError, TypeError) as exc:
             raise ArchiverConfigError(f"archiver settings {path} are not valid: {exc}.") from None
+        try:
+            settings.key_cache  # noqa: B018 - the check of the window's two fields
+        except ValueError as exc:
+            field = "data_key_max_age_seconds" if "max_age" in str(exc) else "data_key_max_uses"
+            raise ArchiverConfigError(f"archiver settings {path}: {field} is not valid: {exc}.") from None
+        return settings

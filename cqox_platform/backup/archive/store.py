@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from cqox_platform.backup.archive.wal_names import check_wal_name
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX
+from cqox_platform.crypto.key_cache import KeyCachePolicy
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import BackupError
 
@@ -57,6 +58,8 @@ class ArchiveClients:
     s3: Any
     provider: DataKeyProvider
     bucket: str
+    #: How long one data key may serve the WAL pusher (``None``: a fresh key per object, as everything else).
+    key_cache: KeyCachePolicy | None = None
 
 
 @dataclass(frozen=True)

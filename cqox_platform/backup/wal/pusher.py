@@ -1,16 +1,19 @@
 """Asynchronous WAL archiving, the pusher: it works ahead of PostgreSQL's archive_command (the default mode).
 
 A daemon (one per data directory, started on demand by ``wal-push --async``, gone after a minute of idleness)
-watches ``pg_wal/archive_status/*.ready`` and pushes every ready file, oldest first, ``PUSH_WORKERS`` at a
-time, with one Vault login, one S3 client and a fresh data key per object (fetched ahead by a background
-thread, used once, held in memory only: see ``PrefetchingKeyProvider``). After the manifest is durable in S3 it
-leaves a marker bound to the exact file it read (see ``wal_async_client``); archive_command only checks it.
-Errors leave an ``error`` marker that the fallback reports (exit 1, PostgreSQL retries); the pusher retries too.
+watches ``pg_wal/archive_status/*.ready`` and pushes every ready file, oldest first, ``PUSH_WORKERS`` at a time,
+with one Vault login, one S3 client and one cached data key for many segments (``crypto.key_cache``: within the
+archiver settings' window, 15 minutes or 4096 segments by default, each segment sealed under a key derived for it
+alone), so a Vault outage shorter than the window costs no archiving while the pusher runs. With the window set to 0
+every segment gets a fresh key, fetched ahead by a background thread (``PrefetchingKeyProvider``). After the
+manifest is durable in S3 it leaves a marker bound to the exact file it read (see ``wal_async_client``);
+archive_command only checks it. Errors leave an ``error`` marker that the fallback reports (exit 1, PostgreSQL
+retries); the pusher retries too.
 
-Memory is bounded: each in-flight push holds its file and, briefly, the compressed and sealed copies, so at
-most ``PUSH_WORKERS`` x 3 x the segment size (4 x 48 MiB = 192 MiB for 16 MiB segments of incompressible WAL),
-plus ``KEY_POOL`` data keys.
-Semantics are those of the synchronous push: a segment counts as archived only once its manifest is in S3.
+Memory is bounded: each in-flight push holds its file and, briefly, the compressed and sealed copies, so at most
+``PUSH_WORKERS`` x 3 x the segment size (4 x 48 MiB = 192 MiB for 16 MiB segments of incompressible WAL), plus
+``KEY_POOL`` data keys (one when cached). Semantics are those of the synchronous push: a segment counts as archived
+only once its manifest is in S3.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from cqox_platform.backup.wal.push_client import (
     write_ok_marker,
 )
 from cqox_platform.backup.wal.segment import PushResult, push_wal_content, system_identifier
+from cqox_platform.crypto.key_cache import CachingKeyProvider, KeyCachePolicy
 from cqox_platform.crypto.keys import DataKey, DataKeyProvider
 from cqox_platform.errors import BackupError, CqoxError
 from cqox_platform.fsutil import single_instance_lock
@@ -109,7 +113,12 @@ class PrefetchingKeyProvider:
                 return
 
 
-def pusher_key_provider(inner: DataKeyProvider) -> PrefetchingKeyProvider:
+def pusher_key_provider(
+    inner: DataKeyProvider, policy: KeyCachePolicy | None = None, log: Callable[[str], None] = print
+) -> PrefetchingKeyProvider | CachingKeyProvider:
+    """The cache within ``policy``'s window; a fresh prefetched key per segment when it is off or not given."""
+    if policy is not None and policy.enabled:
+        return CachingKeyProvider(inner, policy, log=lambda m: log(f"wal-push-daemon: {m}"))
     return PrefetchingKeyProvider(inner)
 
 
@@ -210,7 +219,7 @@ class Pusher:
         self.spool = spool_dir(settings_path, pgdata)
         self.status_dir = pgdata / "pg_wal" / "archive_status"
         self.archive: Archive | None = None
-        self.provider: PrefetchingKeyProvider | None = None
+        self.provider: PrefetchingKeyProvider | CachingKeyProvider | None = None
         self.loaded_from: tuple[int, int, int] | None = None  # the settings file the clients were built from
         self.relogin = False
         self.in_flight: dict[str, Future[PushResult]] = {}
@@ -287,7 +296,7 @@ class Pusher:
                 self.loaded_from = _file_identity(self.settings_path)
                 clients = self.connect()
                 self.archive = Archive(clients.s3, clients.bucket, system_identifier(self.pgdata))
-                self.provider = pusher_key_provider(clients.provider)
+                self.provider = pusher_key_provider(clients.provider, clients.key_cache, self.log)
             except CqoxError as exc:
                 for name in due:
                     self._failed(name, exc)

@@ -32,14 +32,18 @@ def _vectors() -> list[dict[str, str]]:
 
 
 def test_spec_has_vectors():
-    assert len(_vectors()) == 3
+    assert len(_vectors()) == 4
+    assert [v["object_id"] for v in _vectors() if v.get("derive_key") == "yes"] == ["vectors/derived"]
 
 
 @pytest.mark.parametrize("vector", _vectors(), ids=lambda v: v["object_id"])
 def test_code_reproduces_and_opens_the_spec_vectors(vector):
     plaintext = vector.get("plaintext", "").encode()
     out = io.BytesIO()
-    encrypt_stream(io.BytesIO(plaintext), out, DEK, vector["object_id"], chunk_size=16, nonce_prefix=PREFIX)
+    derive = vector.get("derive_key") == "yes"
+    encrypt_stream(
+        io.BytesIO(plaintext), out, DEK, vector["object_id"], chunk_size=16, nonce_prefix=PREFIX, derive_key=derive
+    )
     assert out.getvalue().hex() == vector["ciphertext"]
     back = io.BytesIO()
     decrypt_stream(io.BytesIO(bytes.fromhex(vector["ciphertext"])), back, DEK)
@@ -55,6 +59,43 @@ def test_first_chunk_follows_the_spec_with_bare_aes_gcm():
     sealed0 = AESGCM(DEK).encrypt(PREFIX + (0).to_bytes(4, "big") + b"\x00", plaintext[:16], header)
     sealed1 = AESGCM(DEK).encrypt(PREFIX + (1).to_bytes(4, "big") + b"\x01", plaintext[16:], header)
     assert (header + sealed0 + sealed1).hex() == vector["ciphertext"]
+
+
+def test_a_shared_data_key_seals_each_object_under_a_key_of_its_own():
+    """A DEK reused for many objects (the WAL pusher's cached keys) sets flag 0x01: each object's chunks are sealed
+    under HKDF-SHA256(DEK, salt = nonce prefix, info = header), recomputed here from the document's text alone.
+    Two objects under one DEK with the same nonce prefix still never share a (key, nonce) pair, the bare DEK
+    opens nothing, and clearing the flag is caught (the header is every chunk's associated data)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from cqox_platform.crypto.stream import DERIVED_KEY
+
+    def sealed(oid: str) -> bytes:
+        out = io.BytesIO()
+        encrypt_stream(io.BytesIO(b"w" * 40), out, DEK, oid, chunk_size=16, nonce_prefix=PREFIX, derive_key=True)
+        return out.getvalue()
+
+    a, b = sealed("wal/a"), sealed("wal/b")
+    assert read_header(io.BytesIO(a)).flags == DERIVED_KEY
+    header_len = len(a) - (40 + 3 * TAG_BYTES)
+    header = a[:header_len]
+    assert header[5] == 0x01
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=PREFIX, info=header).derive(DEK)
+    first = a[header_len : header_len + 16 + TAG_BYTES]
+    assert AESGCM(key).decrypt(PREFIX + (0).to_bytes(4, "big") + b"\x00", first, header) == b"w" * 16
+    assert a[header_len:] != b[len(b) - (40 + 3 * TAG_BYTES) :]  # same DEK, same prefix, other object: other bytes
+    assert _decrypt(a) == b"w" * 40
+    with pytest.raises(Exception):  # noqa: B017 - any failure will do: the bare DEK is not the chunk key
+        AESGCM(DEK).decrypt(PREFIX + (0).to_bytes(4, "big") + b"\x00", first, header)
+    cleared = bytearray(a)
+    cleared[5] = 0
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        _decrypt(bytes(cleared))
+    unknown = bytearray(a)
+    unknown[5] = 0x02
+    with pytest.raises(FormatError, match="flags"):
+        _decrypt(bytes(unknown))
 
 
 def _encrypt(plaintext: bytes, chunk_size: int = 16, oid: str = "obj/a", dek: bytes = DEK) -> bytes:

@@ -83,7 +83,7 @@ def test_the_pusher_logs_in_again_when_the_archiver_settings_file_changes(tmp_pa
 
     def connect():
         loaded.append(settings_file.read_text())
-        return SimpleNamespace(s3=SimpleNamespace(endpoint=loaded[-1]), bucket="b", provider=None)
+        return SimpleNamespace(s3=SimpleNamespace(endpoint=loaded[-1]), bucket="b", provider=None, key_cache=None)
 
     def push_and_mark(archive, provider, spool, pgdata_, name, log):
         pushed.append((name, archive.endpoint))
@@ -92,7 +92,7 @@ def test_the_pusher_logs_in_again_when_the_archiver_settings_file_changes(tmp_pa
 
     monkeypatch.setattr(wal_async, "Archive", lambda s3, bucket, system_id: SimpleNamespace(endpoint=s3.endpoint))
     monkeypatch.setattr(wal_async, "system_identifier", lambda pgdata_: "1")
-    monkeypatch.setattr(wal_async, "pusher_key_provider", lambda inner: SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(wal_async, "pusher_key_provider", lambda *a, **k: SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(wal_async, "push_and_mark", push_and_mark)
 
     daemon = threading.Thread(
@@ -115,3 +115,27 @@ def test_the_pusher_logs_in_again_when_the_archiver_settings_file_changes(tmp_pa
         '{"s3_endpoint": "https://s3-b"}',
     ]
     assert len(loaded) == 2
+
+
+def test_the_pusher_caches_a_key_within_the_settings_window_and_each_segment_derives_its_own():
+    """A Vault outage shorter than the window must cost no archiving: the pusher shares one key (marked shared,
+    so each segment's chunks get a key of their own); with the window off it is one fresh key per segment."""
+    import io
+
+    from cqox_platform.crypto.envelope import encrypt_to
+    from cqox_platform.crypto.key_cache import KeyCachePolicy
+    from cqox_platform.crypto.stream import DERIVED_KEY, read_header
+
+    cached = wal_async.pusher_key_provider(CountingProvider(), KeyCachePolicy(max_age=900, max_uses=100))
+    off = wal_async.pusher_key_provider(CountingProvider(), KeyCachePolicy(max_age=0))
+    try:
+        keys = [cached.generate_data_key() for _ in range(5)]
+        assert len({k.wrapped for k in keys}) == 1 and keys[0].shared
+        sealed = io.BytesIO()
+        encrypt_to(io.BytesIO(b"wal" * 100), sealed, cached, object_id="wal/000000010000000000000001")
+        assert read_header(io.BytesIO(sealed.getvalue())).flags == DERIVED_KEY
+        fresh = [off.generate_data_key() for _ in range(5)]
+        assert len({k.wrapped for k in fresh}) == 5 and not any(k.shared for k in fresh)
+    finally:
+        cached.close()
+        off.close()

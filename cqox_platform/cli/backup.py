@@ -400,19 +400,21 @@ def _copy_lines(copy: CopyInfo, rpo_target_seconds: float) -> list[str]:
     w = copy.window
     lines = [
         f"{copy.name} copy  {copy.where}  ({copy.segments_in_archive} WAL segment(s))",
-        f"  {'BACKUP':<18}{'TL':<4}{'END (UTC)':<21}{'STORED MiB':>11}  {'STOP LSN':<13}{'WAL NEEDED':<51}VERIFIED",
+        f"  {'BACKUP':<18}{'TL':<4}{'START (UTC)':<21}{'END (UTC)':<21}{'STORED MiB':>11}  {'STOP LSN':<13}"
+        f"{'WAL NEEDED':<52}VERIFIED",
     ]
     for b in copy.backups:
         r = b.record
-        wal = f"{r.start_wal}..{r.stop_wal}" + (f" ({len(b.wal_missing)} MISSING)" if b.wal_missing else "")
+        wal = f"{r.start_wal}..{r.stop_wal}"
+        missing = f"  ({len(b.wal_missing)} WAL segment(s) MISSING)" if b.wal_missing else ""
         if b.verified_by:
             verified = f"yes, drill {b.verified_by['drill_id']}"
         else:
             verified = "NO" + (f" (last drill {b.last_drill['status']})" if b.last_drill else "")
         lines.append(
-            f"  {r.backup_id:<18}{r.timeline:<4}{r.stop_datetime:%Y-%m-%d %H:%M:%S}  "
-            f"{r.stored_bytes / 2**20:>11.1f}  {r.stop_lsn:<13}"
-            f"{wal:<51}{verified}"
+            f"  {r.backup_id:<18}{r.timeline:<4}{r.start_datetime:%Y-%m-%d %H:%M:%S}  "
+            f"{r.stop_datetime:%Y-%m-%d %H:%M:%S}  {r.stored_bytes / 2**20:>11.1f}  {r.stop_lsn:<13}"
+            f"{wal:<52}{verified}{missing}"
         )
     if not copy.backups:
         lines.append("  (no backups)")

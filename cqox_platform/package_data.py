@@ -9,7 +9,8 @@ and a container image all carry it. Most of it lives next to the code that reads
 - ``secrets/policies/``: Vault policies (``cqox_platform.secrets.vault_setup.POLICY_DIR``);
 - ``alerts/``: Prometheus alert rules (``cqox_platform.alerts.BACKUP_ALERT_RULES``) and Alertmanager routing
   (``cqox_platform.alerts.ROUTING_SPEC``);
-- ``stack/crds/``: the CRDs the local stack installs.
+- ``stack/crds/``: the CRDs the local stack installs;
+- ``cli/schemas/``: JSON Schemas of the CLI's ``--json`` output (``cqox_platform.cli.json_schema.schema_path``).
 
 Two are kept at the top of the repository, where the project's layout names them, and the build puts them into the
 package (setup.py says how):

@@ -23,6 +23,7 @@ from cqox_platform.errors import CqoxError
 
 if TYPE_CHECKING:
     from cqox_platform.backup.archive.store import ArchiveClients
+    from cqox_platform.backup.verify.info import CopyInfo
     from cqox_platform.secrets.vault_client import TransitKeyProvider
 
 FETCH_FATAL = 255
@@ -323,37 +324,190 @@ def backup_create() -> None:
     click.echo(f"{record.backup_id}  {archive.where(record.object_key)}  restore point {point.name}")
 
 
+#: ``backup info`` and ``backup list --require-verified``: the command ran, and the verdict failed (as ``ha status``
+#: and ``stack status`` exit when something is unhealthy). 1 stays "could not find out" (an error), 2 a usage error.
+VERDICT_FAILED = 3
+
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (with a schema_version) instead of a table."
+)
+
+
+def _drill_text(drill: dict[str, Any] | None) -> str:
+    if drill is None:
+        return "-"
+    status = drill["status"] if drill["passed"] else drill["status"].upper()
+    return f"{status} {drill['rto_seconds']} s"
+
+
 @backup.command("list")
 @click.option("--bucket", default=None, help="List another bucket (e.g. the DR copy).")
-def backup_list(bucket: str | None) -> None:
+@_json_option
+@click.option(
+    "--require-verified",
+    is_flag=True,
+    help=f"Exit {VERDICT_FAILED} when the newest backup has no passing drill (or there is no backup), for cron.",
+)
+def backup_list(bucket: str | None, as_json: bool, require_verified: bool) -> None:
     """Backups of this cluster in S3, oldest first, with whether a drill verified them."""
+    import json
+
     import psycopg
 
     from cqox_platform.backup.archive.cluster import cluster_archive
     from cqox_platform.backup.archive.records import list_backups
-    from cqox_platform.backup.verify.drill import latest_drill
+    from cqox_platform.backup.verify.drill import latest_drill, verified_backup_ids
+    from cqox_platform.backup.verify.info import LIST_SCHEMA_VERSION, backup_json
 
     ctx = _backup_context()
     with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
         archive = cluster_archive(conn, ctx.s3, bucket or ctx.bucket)
         records = list_backups(archive)
+        verified = verified_backup_ids(conn)
         drills = {r.backup_id: latest_drill(conn, r.backup_id) for r in records}
-    click.echo(
-        f"{'BACKUP':<18}{'TL':<4}{'START LSN':<14}{'STOP LSN':<14}{'READ MiB':>10}{'STORED MiB':>12}  LAST DRILL"
-    )
-    for r in records:
-        drill = drills[r.backup_id]
-        verdict = (
-            "-"
-            if drill is None
-            else f"{drill['status'] if drill['passed'] else drill['status'].upper()} {drill['rto_seconds']} s"
-        )
+        proofs = {i: latest_drill(conn, i, passed_only=True) for i in verified & set(drills)}
+    newest = records[-1].backup_id if records else None
+    if as_json:
+        listing = {
+            "schema_version": LIST_SCHEMA_VERSION,
+            "where": archive.where(archive.root + "/"),
+            "newest_backup_id": newest,
+            "newest_verified": newest in verified,
+            "backups": [
+                backup_json(r, verified_by=proofs.get(r.backup_id), last_drill=drills[r.backup_id]) for r in records
+            ],
+        }
+        click.echo(json.dumps(listing, indent=2))
+    else:
         click.echo(
-            f"{r.backup_id:<18}{r.timeline:<4}{r.start_lsn:<14}{r.stop_lsn:<14}"
-            f"{r.database_bytes / 2**20:>10.1f}{r.stored_bytes / 2**20:>12.1f}  {verdict}"
+            f"{'BACKUP':<18}{'TL':<4}{'START LSN':<14}{'STOP LSN':<14}{'READ MiB':>10}{'STORED MiB':>12}  LAST DRILL"
         )
-    if not records:
-        click.echo(f"(no backups in {archive.where(archive.root + '/base/')})")
+        for r in records:
+            click.echo(
+                f"{r.backup_id:<18}{r.timeline:<4}{r.start_lsn:<14}{r.stop_lsn:<14}"
+                f"{r.database_bytes / 2**20:>10.1f}{r.stored_bytes / 2**20:>12.1f}  {_drill_text(drills[r.backup_id])}"
+            )
+        if not records:
+            click.echo(f"(no backups in {archive.where(archive.root + '/base/')})")
+    if require_verified and newest not in verified:
+        why = f"newest backup {newest} has no passing drill" if newest else "there is no backup"
+        click.echo(f"backup list: {why} ({archive.where(archive.root + '/')})", err=True)
+        sys.exit(VERDICT_FAILED)
+
+
+def _copy_lines(copy: CopyInfo, rpo_target_seconds: float) -> list[str]:
+    """The human table of one copy: its backups, then its window and the WAL behind it."""
+    w = copy.window
+    lines = [
+        f"{copy.name} copy  {copy.where}  ({copy.segments_in_archive} WAL segment(s))",
+        f"  {'BACKUP':<18}{'TL':<4}{'START (UTC)':<21}{'END (UTC)':<21}{'STORED MiB':>11}  {'STOP LSN':<13}"
+        f"{'WAL NEEDED':<52}VERIFIED",
+    ]
+    for b in copy.backups:
+        r = b.record
+        wal = f"{r.start_wal}..{r.stop_wal}"
+        missing = f"  ({len(b.wal_missing)} WAL segment(s) MISSING)" if b.wal_missing else ""
+        if b.verified_by:
+            verified = f"yes, drill {b.verified_by['drill_id']}"
+        else:
+            verified = "NO" + (f" (last drill {b.last_drill['status']})" if b.last_drill else "")
+        lines.append(
+            f"  {r.backup_id:<18}{r.timeline:<4}{r.start_datetime:%Y-%m-%d %H:%M:%S}  "
+            f"{r.stop_datetime:%Y-%m-%d %H:%M:%S}  {r.stored_bytes / 2**20:>11.1f}  {r.stop_lsn:<13}"
+            f"{wal:<52}{verified}{missing}"
+        )
+    if not copy.backups:
+        lines.append("  (no backups)")
+    if w.latest is None:
+        end = "no end (nothing of the current timeline archived)"
+    else:
+        end = f"{w.latest.isoformat()} ({w.lag_seconds:.0f} s ago; RPO target {rpo_target_seconds:.0f} s)"
+    start = w.earliest.isoformat() if w.earliest else "-"
+    lines.append(f"  recovery window: {start} .. {end}")
+    if w.continuity_error:
+        lines.append(f"  WAL from the oldest backup: cannot be walked: {w.continuity_error}")
+    elif w.wal_from:
+        gaps = f"{len(w.gaps)} MISSING (first {w.gaps[0]})" if w.gaps else "no gap"
+        lines.append(f"  WAL from the oldest backup: {w.wal_from}..{w.wal_to}, {gaps}")
+    return lines
+
+
+@backup.command("info")
+@_json_option
+def backup_info(as_json: bool) -> None:
+    """Each copy (the primary bucket, and the DR bucket when set) with its backups, the WAL they need, whether a
+    drill verified them, and the recovery window, then a verdict.
+
+    Exit codes: 0 every copy's newest backup is verified and restorable, its WAL has no gap, and its window ends
+    within the RPO target (1 hour); 3 the verdict failed (the reasons go to stderr, and into the JSON); 1 a copy
+    could not be read (S3 down, wrong credentials, a missing bucket: the copy is named, never shown as empty)
+    or another error.
+    """
+    import json
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    import cqox_platform.cli.context as context
+    from cqox_platform.backup.archive.cluster import cluster_archive
+    from cqox_platform.backup.verify.checks import RPO_TARGET_SECONDS
+    from cqox_platform.backup.verify.info import (
+        INFO_SCHEMA_VERSION,
+        cluster_position,
+        copy_json,
+        info_verdict,
+        position_json,
+        read_copy,
+        unreadable_copy_json,
+    )
+
+    ctx = _backup_context()
+    buckets = [("primary", ctx.bucket)]
+    if dr := context.settings().s3_dr_bucket:
+        buckets.append(("dr", dr))
+    as_of = datetime.now(UTC)
+    read: list[CopyInfo] = []
+    shown: list[dict[str, Any]] = []
+    errors: list[str] = []
+    with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
+        position = cluster_position(conn)
+        for name, bucket in buckets:
+            archive = cluster_archive(conn, ctx.s3, bucket)
+            try:
+                copy = read_copy(conn, name, archive, ctx.provider, position, as_of=as_of)
+            except CqoxError as exc:
+                where = archive.where(archive.root + "/")
+                errors.append(f"the {name} copy ({where}) cannot be read: {_one_line(str(exc))}")
+                shown.append(unreadable_copy_json(name, where, errors[-1]))
+                continue
+            read.append(copy)
+            shown.append(copy_json(copy))
+    verdict = info_verdict(read, RPO_TARGET_SECONDS)
+    passed = verdict.passed and not errors
+    if as_json:
+        report = {
+            "schema_version": INFO_SCHEMA_VERSION,
+            "as_of": as_of.isoformat(),
+            "cluster": position_json(position),
+            "rpo_target_seconds": RPO_TARGET_SECONDS,
+            "copies": shown,
+            "verdict": {"passed": passed, "errors": errors, "reasons": verdict.reasons},
+        }
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for copy in read:
+            for line in _copy_lines(copy, RPO_TARGET_SECONDS):
+                click.echo(line)
+            click.echo("")
+        click.echo("verdict: " + ("OK" if passed else "FAILED"))
+    for message in errors:
+        click.secho(f"error: {message}", fg="red", err=True)
+    for reason in verdict.reasons:
+        click.echo(f"backup info: {reason}", err=True)
+    if errors:
+        sys.exit(1)
+    if not verdict.passed:
+        sys.exit(VERDICT_FAILED)
 
 
 @backup.command("expire")

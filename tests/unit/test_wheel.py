@@ -109,3 +109,11 @@ def test_an_installed_wheel_finds_the_instance_config_with_importlib_resources(
     purelib, found = installed
     assert found["instance_config"] == (REPO / "dagster.yaml").read_text()
     assert Path(found["INSTANCE_CONFIG"]) == purelib / "cqox_platform" / "stack" / "dagster.yaml"
+
+
+def test_the_wheel_ships_the_json_schemas_of_the_cli(wheel: Path) -> None:
+    """Scripts validate `--json` output against these; an editable install would find them in the checkout."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = sorted(p.name for p in (REPO / "cqox_platform" / "cli" / "schemas").glob("*.schema.json"))
+    assert {"backup-info.schema.json", "backup-list.schema.json"} <= set(shipped)
+    assert {f"cqox_platform/cli/schemas/{name}" for name in shipped} - names == set()

@@ -99,4 +99,3 @@ def _explain(exc: BaseException, where: str) -> RestoreError:
     if isinstance(exc, zstandard.ZstdError):
         return RestoreError(f"{where} does not decompress: {exc}")
     return RestoreError(f"{where} failed verification: {exc}")
-

@@ -95,28 +95,43 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (about 15 MB each)")
     args = parser.parse_args()
     with scratch_database() as info:
-        env = {**os.environ, "PGHOST": info["host"], "PGPORT": str(info["port"]), "PGUSER": info["user"],
-               "PGDATABASE": info["dbname"], "PGSSLMODE": info.get("sslmode", "prefer"),
-               "PGSSLROOTCERT": info.get("sslrootcert", ""), "PGPASSFILE": info.get("passfile", "")}
+        env = {
+            **os.environ,
+            "PGHOST": info["host"],
+            "PGPORT": str(info["port"]),
+            "PGUSER": info["user"],
+            "PGDATABASE": info["dbname"],
+            "PGSSLMODE": info.get("sslmode", "prefer"),
+            "PGSSLROOTCERT": info.get("sslrootcert", ""),
+            "PGPASSFILE": info.get("passfile", ""),
+        }
         started = time.monotonic()
-        subprocess.run([str(pg_bindir() / "pgbench"), "-i", "-q", "-s", str(args.scale)], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(pg_bindir() / "pgbench"), "-i", "-q", "-s", str(args.scale)], env=env, check=True, capture_output=True
+        )
         with psycopg.connect(**info, autocommit=True) as conn:
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
             conn.execute("VACUUM ANALYZE")
-        print(f"database: {size / 2**30:.2f} GiB (pgbench scale {args.scale}, loaded in "
-              f"{time.monotonic() - started:.0f} s)")
+        print(
+            f"database: {size / 2**30:.2f} GiB (pgbench scale {args.scale}, loaded in "
+            f"{time.monotonic() - started:.0f} s)"
+        )
         accounts = args.scale * 100_000
         rows = {}
-        for label, capture in (("anchor: lock while checksumming", legacy_capture),
-                               ("snapshot hand-over", capture_restore_point)):
+        for label, capture in (
+            ("anchor: lock while checksumming", legacy_capture),
+            ("snapshot hand-over", capture_restore_point),
+        ):
             seconds, stall, median = measure(info, accounts, capture)
             rows[label] = (seconds, stall)
-            print(f"{label:34s} capture {seconds:7.2f} s   worst writer stall {stall * 1000:9.1f} ms   "
-                  f"(median writer latency before: {median * 1000:.2f} ms)")
+            print(
+                f"{label:34s} capture {seconds:7.2f} s   worst writer stall {stall * 1000:9.1f} ms   "
+                f"(median writer latency before: {median * 1000:.2f} ms)"
+            )
         anchor, new = rows["anchor: lock while checksumming"], rows["snapshot hand-over"]
-        print(f"worst-stall ratio (new / anchor): {new[1] / anchor[1]:.4f}   "
-              f"capture-time ratio: {new[0] / anchor[0]:.2f}")
+        print(
+            f"worst-stall ratio (new / anchor): {new[1] / anchor[1]:.4f}   capture-time ratio: {new[0] / anchor[0]:.2f}"
+        )
 
 
 if __name__ == "__main__":

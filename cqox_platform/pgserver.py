@@ -26,6 +26,10 @@ from cqox_platform.settings import child_env
 PG_OS_USER = "postgres"
 #: What the postmaster logs when recovery_target_action = shutdown stopped it at the target.
 SHUTDOWN_AT_TARGET = "shutdown at recovery target"
+#: What the startup process logs when recovery_target_action = pause holds it at the target (logged before
+#: pg_get_wal_replay_pause_state() turns 'paused'); a pause elsewhere (e.g. settings lower than the primary's) says
+#: "recovery has paused".
+PAUSED_AT_TARGET = "pausing at the end of recovery"
 Progress = Callable[[str], None]
 
 
@@ -160,8 +164,9 @@ class ScratchCluster:
         raise PgServerError(f"recovery did not finish within {timeout:.0f} s. Log tail:\n{self.log_tail()}")
 
     def wait_paused(self, timeout: float, progress: Progress) -> None:
-        """Wait until recovery paused at its target (``recovery_target_action = pause``); fail fast if it died or
-        promoted. Paused means PostgreSQL says so (``pg_get_wal_replay_pause_state()``), not that replay is slow."""
+        """Wait until recovery paused at its target (``recovery_target_action = pause``); fail fast if it died,
+        promoted or paused elsewhere. Paused means PostgreSQL says so (``pg_get_wal_replay_pause_state()`` and its
+        log), not that replay is slow."""
         started = time.monotonic()
         deadline = started + timeout
         last_note = started
@@ -182,7 +187,12 @@ class ScratchCluster:
                         f"is not pause?). Its log ends with:\n{self.log_tail()}"
                     )
                 if state == "paused":
-                    return
+                    if PAUSED_AT_TARGET in self.log_text():
+                        return
+                    raise PgServerError(
+                        "recovery paused before reaching its target (not at the end of recovery). Its log ends "
+                        f"with:\n{self.log_tail()}"
+                    )
                 if time.monotonic() - last_note > 10:
                     last_note = time.monotonic()
                     progress(f"replaying WAL: at {lsn}")

@@ -430,12 +430,11 @@ class _RestoreSources:
         from cqox_platform.backup.restore.workspace import BackupCatalog, RestoreInputError
         from cqox_platform.backup.verify.drill import verified_backup_ids
 
-        admin = context.postgres_admin()
         try:
-            with psycopg.connect(**admin.conninfo(), autocommit=True, connect_timeout=10) as conn:
+            with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
                 archive = cluster_archive(conn, clients.s3, bucket)
                 verified = verified_backup_ids(conn)
-        except psycopg.Error as exc:
+        except (psycopg.Error, CqoxError) as exc:
             raise RestoreInputError(
                 f"choosing the backup needs the drills' verdicts in the platform's PostgreSQL, which did not answer "
                 f"({_one_line(str(exc))}); nothing was downloaded. Give --backup ID (a backup a drill verified, "

@@ -73,6 +73,9 @@ def configure_recovery(
         "restore_command": restore_command,
         "shared_buffers": "256MB",
         "hot_standby": "on",
+        # The restore reads the server's log to tell where recovery stopped and whether it paused or shut down
+        # at the target (ScratchCluster): in English whatever the primary's lc_messages.
+        "lc_messages": "C",
         # A Patroni node's postgresql.conf names its own data directory's files; the copy must use its own.
         "hba_file": str(pgdata / "pg_hba.conf"),
         "ident_file": str(pgdata / "pg_ident.conf"),

@@ -44,7 +44,7 @@ from cqox_platform.errors import RestoreError
 from cqox_platform.installation import platform_cli
 from cqox_platform.pgserver import ScratchCluster, as_pg_user, free_port, pg_bindir, postgres_cannot_reach
 
-#: How long a started restore may take to replay its WAL and promote.
+#: How long a started restore may take to replay its WAL and promote, pause or shut down at its target.
 PROMOTE_TIMEOUT = 24 * 3600
 
 Say = Callable[[str], None]
@@ -76,7 +76,7 @@ class RestoreRequest:
     target_timeline: str = "latest"  # latest | current | a timeline id
     bucket: str | None = None  # another bucket than the primary one (the DR copy)
     port: int | None = None  # of the restored server; default a free one
-    start: bool = True  # start it and wait until recovery has promoted it
+    start: bool = True  # start it and wait until recovery reached its target and did what its action says
     wal_prefetch: int | None = None  # segments the restore_command fetches ahead (None: the default, 0: off)
 
 

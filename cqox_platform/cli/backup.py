@@ -442,6 +442,29 @@ class _RestoreSources:
             ) from None
         return BackupCatalog(list_backups(archive), verified, archive.where(archive.root + "/base/"))
 
+    def xid_status(self, system_id: str, xid: int) -> str | None:
+        """What the live cluster says of ``xid`` (``pg_xact_status``, or "future"), when it is the backed-up
+        cluster and answers; None otherwise (a restore works with the database gone, so this only adds a check)."""
+        import psycopg
+
+        import cqox_platform.cli.context as context
+        from cqox_platform.backup.archive.cluster import system_id as live_system_id
+
+        try:
+            with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
+                if live_system_id(conn) != system_id:
+                    return None
+                next_xid = int(conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0])
+                full = (next_xid >> 32 << 32) | xid  # the xid in the current epoch, or the previous one
+                if full >= next_xid and next_xid >> 32:
+                    full -= 2**32
+                if full >= next_xid:
+                    return "future"
+                status = conn.execute("SELECT pg_xact_status(%s::text::xid8)", [str(full)]).fetchone()[0]
+                return status or "unknown"
+        except (psycopg.Error, CqoxError):
+            return None
+
 
 _RESTORE_EXAMPLES = """
 \b

@@ -143,6 +143,18 @@ def test_restores_to_an_xid_and_to_an_lsn_hold_exactly_what_was_committed_up_to_
     root = make_world_traversable_tmpdir("cqox-targets-")
     database = env["CQOX_PG_DB"]
     try:
+        # An xid the cluster never committed is refused before anything is downloaded.
+        with _conn(stack) as conn:
+            conn.execute("BEGIN")
+            aborted = conn.execute("SELECT txid_current()").fetchone()[0]
+            conn.execute("ROLLBACK")
+        for xid, why in ((aborted, "aborted"), (commits[-1].xid + 100_000, "in the future")):
+            refused = _cli(
+                env, "restore", "--backup", backup_id, "--target-xid", str(xid), "--pgdata", str(root / "no")
+            )
+            assert refused.returncode != 0 and why in refused.stderr, refused.stderr[-3000:]
+            assert "restore: " not in refused.stderr and not (root / "no").exists(), refused.stderr[-3000:]
+
         # To b's xid: b only, although a's older xid was already in progress (a committed after b).
         pgdata = root / "xid"
         done = _cli(env, "restore", "--backup", backup_id, "--target-xid", str(b.xid), "--pgdata", str(pgdata))

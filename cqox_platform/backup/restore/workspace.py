@@ -109,6 +109,11 @@ class RestoreSources(Protocol):
         ``--backup``); raises ``RestoreInputError`` naming what it could not reach."""
         ...
 
+    def xid_status(self, system_id: str, xid: int) -> str | None:
+        """The live cluster's word on ``xid`` ("committed", "aborted", "in progress", "future", "unknown" when
+        too old to tell), or None when the cluster behind the backup is not reachable (then replay tells)."""
+        ...
+
 
 @dataclass(frozen=True)
 class RestoredCluster:
@@ -163,6 +168,14 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
     else:
         record = find_backup(clients.s3, bucket, request.backup_id)
     check_target_after_backup(target, record)
+    if target.kind == "xid":
+        status = sources.xid_status(record.system_id, int(target.value))
+        if status is None:
+            say(
+                f"--target-xid {target.value} not checked against the live cluster (it did not answer, or it is not "
+                f"the cluster of backup {record.backup_id}); replay will tell whether it committed"
+            )
+        check_xid_status(int(target.value), status)
 
     created = CreatedPaths(pgdata)
     cluster: ScratchCluster | None = None
@@ -322,6 +335,22 @@ def check_timeline(timeline: str) -> str:
     raise RestoreInputError(
         f"--target-timeline {timeline!r} is not 'latest', 'current' or a timeline id (a positive integer, e.g. 2)."
     )
+
+
+def check_xid_status(xid: int, status: str | None) -> None:
+    """Recovery stops at an xid only when it finds that transaction's commit: one the cluster has not assigned
+    yet, one that aborted or one still running would replay the whole archive after hours of download and fail
+    ("recovery ended before configured recovery target was reached")."""
+    why = {
+        "future": "is in the future: the cluster has not assigned it yet",
+        "aborted": "aborted: recovery only stops at a commit",
+        "in progress": "has not committed yet: recovery would not find its commit in the archive",
+    }.get(status or "")
+    if why:
+        raise RestoreInputError(
+            f"--target-xid {xid} {why}. Check the xid (txid_current(), pg_stat_activity.backend_xid, the log), "
+            f"or use --target-time or --target-lsn."
+        )
 
 
 def check_backup_choosable(target: RecoveryTarget) -> None:

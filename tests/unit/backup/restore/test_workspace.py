@@ -20,6 +20,7 @@ from cqox_platform.backup.restore.workspace import (
     RestoreInputError,
     RestoreRequest,
     check_target_after_backup,
+    check_xid_status,
     choose_backup,
     recovery_target,
     restore_backup,
@@ -199,6 +200,19 @@ def test_a_timeline_older_than_the_backups_is_refused():
         check_target_after_backup(RecoveryTarget("end_of_archive", timeline="1"), dataclasses.replace(B2, timeline=2))
 
 
+@pytest.mark.parametrize(
+    ("status", "message"), [("future", "in the future"), ("aborted", "aborted"), ("in progress", "not committed")]
+)
+def test_an_xid_the_cluster_never_committed_is_refused(status, message):
+    with pytest.raises(RestoreInputError, match=message):
+        check_xid_status(800, status)
+
+
+@pytest.mark.parametrize("status", ["committed", "unknown", None])
+def test_a_committed_or_uncheckable_xid_is_accepted(status):
+    check_xid_status(800, status)
+
+
 # --- refused before anything is downloaded --------------------------------------------------------------------
 
 
@@ -219,6 +233,9 @@ class _Sources:
 
     def backup_catalog(self, clients: ArchiveClients, bucket: str) -> BackupCatalog:
         return self.catalog
+
+    def xid_status(self, system_id: str, xid: int) -> str | None:
+        return None
 
 
 @pytest.fixture

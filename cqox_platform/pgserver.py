@@ -24,6 +24,12 @@ from cqox_platform.settings import child_env
 
 #: The OS user PostgreSQL's files and processes belong to (Debian's packages create it).
 PG_OS_USER = "postgres"
+#: What the postmaster logs when recovery_target_action = shutdown stopped it at the target.
+SHUTDOWN_AT_TARGET = "shutdown at recovery target"
+#: What the startup process logs when recovery_target_action = pause holds it at the target (logged before
+#: pg_get_wal_replay_pause_state() turns 'paused'); a pause elsewhere (e.g. settings lower than the primary's) says
+#: "recovery has paused".
+PAUSED_AT_TARGET = "pausing at the end of recovery"
 Progress = Callable[[str], None]
 
 
@@ -156,6 +162,79 @@ class ScratchCluster:
                 pass  # not accepting connections until consistent
             time.sleep(0.2)
         raise PgServerError(f"recovery did not finish within {timeout:.0f} s. Log tail:\n{self.log_tail()}")
+
+    def wait_paused(self, timeout: float, progress: Progress) -> None:
+        """Wait until recovery paused at its target (``recovery_target_action = pause``); fail fast if it died,
+        promoted or paused elsewhere. Paused means PostgreSQL says so (``pg_get_wal_replay_pause_state()`` and its
+        log), not that replay is slow."""
+        started = time.monotonic()
+        deadline = started + timeout
+        last_note = started
+        while time.monotonic() < deadline:
+            if not self.postmaster_alive() and time.monotonic() - started > 3:
+                raise PgServerError(
+                    f"recovery stopped: the restored server exited. Its log ends with:\n{self.log_tail()}"
+                )
+            try:
+                with self.connect() as conn:
+                    in_recovery, state, lsn = conn.execute(
+                        "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN "
+                        "pg_get_wal_replay_pause_state() END, coalesce(pg_last_wal_replay_lsn(), '0/0')::text"
+                    ).fetchone()
+                if not in_recovery:
+                    raise PgServerError(
+                        "the restored server promoted instead of pausing at the target (recovery_target_action "
+                        f"is not pause?). Its log ends with:\n{self.log_tail()}"
+                    )
+                if state == "paused":
+                    if PAUSED_AT_TARGET in self.log_text():
+                        return
+                    raise PgServerError(
+                        "recovery paused before reaching its target (not at the end of recovery). Its log ends "
+                        f"with:\n{self.log_tail()}"
+                    )
+                if time.monotonic() - last_note > 10:
+                    last_note = time.monotonic()
+                    progress(f"replaying WAL: at {lsn}")
+            except psycopg.OperationalError as exc:
+                if "authentication failed" in str(exc):
+                    raise PgServerError(f"cannot log in to the restored server: {exc}") from None
+            time.sleep(0.2)
+        raise PgServerError(f"recovery did not pause within {timeout:.0f} s. Log tail:\n{self.log_tail()}")
+
+    def wait_shut_down_at_target(self, timeout: float, progress: Progress) -> None:
+        """Wait until the server shut down at its target (``recovery_target_action = shutdown``): the postmaster
+        exited and its log says why. An exit for any other reason (a missing segment, a target never reached) is
+        an error with the log's last lines."""
+        started = time.monotonic()
+        deadline = started + timeout
+        last_note = started
+        while time.monotonic() < deadline:
+            if not self.postmaster_alive() and time.monotonic() - started > 1:
+                if SHUTDOWN_AT_TARGET in self.log_text():
+                    return
+                if time.monotonic() - started > 3:
+                    raise PgServerError(
+                        f"recovery stopped: the restored server exited before its target. Its log ends with:\n"
+                        f"{self.log_tail()}"
+                    )
+            elif time.monotonic() - last_note > 10:
+                last_note = time.monotonic()
+                progress("replaying WAL")
+            time.sleep(0.2)
+        raise PgServerError(f"recovery did not shut down within {timeout:.0f} s. Log tail:\n{self.log_tail()}")
+
+    def stop_point(self) -> str:
+        """PostgreSQL's own line on where recovery stopped (``recovery stopping after commit of transaction ...``),
+        or "" when it replayed to the end of the archive."""
+        lines = [line for line in self.log_text().splitlines() if "recovery stopping " in line]
+        return lines[-1].split("recovery stopping ", 1)[1].strip() if lines else ""
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 25) -> str:
         try:

@@ -23,6 +23,7 @@ from cqox_platform.errors import CqoxError
 
 if TYPE_CHECKING:
     from cqox_platform.backup.archive.store import ArchiveClients
+    from cqox_platform.backup.restore.workspace import BackupCatalog
     from cqox_platform.backup.verify.info import CopyInfo
     from cqox_platform.secrets.vault_client import TransitKeyProvider
 
@@ -572,15 +573,96 @@ class _RestoreSources:
         ctx = _backup_context()
         return ArchiveClients(ctx.s3, ctx.provider, ctx.bucket)
 
+    def backup_catalog(self, clients: ArchiveClients, bucket: str) -> BackupCatalog:
+        """The cluster's backups and the drills' verdicts: both need the platform's PostgreSQL (its system id
+        names the archive, ``restore_drills`` holds the verdicts)."""
+        import psycopg
 
-@click.command("restore")
-@click.option("--backup", "backup_id", required=True, help="Backup id (`cqox-platform backup list`).")
+        import cqox_platform.cli.context as context
+        from cqox_platform.backup.archive.cluster import cluster_archive
+        from cqox_platform.backup.archive.records import list_backups
+        from cqox_platform.backup.restore.workspace import BackupCatalog, RestoreInputError
+        from cqox_platform.backup.verify.drill import verified_backup_ids
+
+        try:
+            with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
+                archive = cluster_archive(conn, clients.s3, bucket)
+                verified = verified_backup_ids(conn)
+        except (psycopg.Error, CqoxError) as exc:
+            raise RestoreInputError(
+                f"choosing the backup needs the drills' verdicts in the platform's PostgreSQL, which did not answer "
+                f"({_one_line(str(exc))}); nothing was downloaded. Give --backup ID (a backup a drill verified, "
+                f"from `cqox-platform backup list`) to restore without it."
+            ) from None
+        return BackupCatalog(list_backups(archive), verified, archive.where(archive.root + "/base/"))
+
+    def xid_status(self, system_id: str, xid: int) -> str | None:
+        """What the live cluster says of ``xid`` (``pg_xact_status``, or "future"), when it is the backed-up
+        cluster and answers; None otherwise (a restore works with the database gone, so this only adds a check)."""
+        import psycopg
+
+        import cqox_platform.cli.context as context
+        from cqox_platform.backup.archive.cluster import system_id as live_system_id
+
+        try:
+            with psycopg.connect(**context.postgres_admin().conninfo(), autocommit=True) as conn:
+                if live_system_id(conn) != system_id:
+                    return None
+                next_xid = int(conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0])
+                full = (next_xid >> 32 << 32) | xid  # the xid in the current epoch, or the previous one
+                if full >= next_xid and next_xid >> 32:
+                    full -= 2**32
+                if full >= next_xid:
+                    return "future"
+                status = conn.execute("SELECT pg_xact_status(%s::text::xid8)", [str(full)]).fetchone()[0]
+                return status or "unknown"
+        except (psycopg.Error, CqoxError):
+            return None
+
+
+_RESTORE_EXAMPLES = """
+\b
+Examples:
+  # the newest verified backup, replayed to the end of the archive, promoted
+  cqox-platform restore --pgdata /srv/restore/pg
+  # up to and including the commit of transaction 73110, from a backup taken before it
+  cqox-platform restore --backup 20261126T030000Z --target-xid 73110 --pgdata /srv/restore/pg
+  # the newest verified backup that ends before this LSN, paused at it for a look (pg_wal_replay_resume() promotes)
+  cqox-platform restore --target-lsn 16/B374D848 --target-action pause --pgdata /srv/restore/pg
+"""
+
+
+@click.command("restore", epilog=_RESTORE_EXAMPLES)
+@click.option(
+    "--backup",
+    "backup_id",
+    default=None,
+    help="Backup id (`cqox-platform backup list`); default: the newest verified backup that precedes the target.",
+)
 @click.option("--target-time", default=None, help="Recover to this time (e.g. '2026-11-26 06:30:00+00').")
-@click.option("--target-name", default=None, help="Recover to this named restore point.")
+@click.option("--target-name", default=None, help="Recover to this named restore point (needs --backup).")
+@click.option("--target-lsn", default=None, help="Recover to this WAL position, inclusive (e.g. '16/B374D848').")
+@click.option(
+    "--target-xid", default=None, help="Recover up to and including the commit of this transaction (needs --backup)."
+)
+@click.option("--target-immediate", is_flag=True, help="Stop as soon as the backup is consistent (its end).")
+@click.option(
+    "--target-action",
+    type=click.Choice(["pause", "promote", "shutdown"]),
+    default="promote",
+    show_default=True,
+    help="At the target: pause (inspect, then resume or stop), promote, or shut down.",
+)
+@click.option(
+    "--target-timeline",
+    default="latest",
+    show_default=True,
+    help="Timeline to recover along: latest, current (the backup's) or a timeline id.",
+)
 @click.option("--pgdata", type=click.Path(path_type=Path), required=True, help="New, empty data directory.")
 @click.option("--bucket", default=None, help="Restore from another bucket (e.g. the DR copy).")
 @click.option("--port", type=int, default=None, help="Port of the restored server (default: a free one).")
-@click.option("--start/--no-start", default=True, help="Start it and wait until recovery has promoted it.")
+@click.option("--start/--no-start", default=True, help="Start it and wait until recovery has reached its target.")
 @click.option(
     "--wal-prefetch",
     type=click.IntRange(min=0, max=64),
@@ -588,9 +670,14 @@ class _RestoreSources:
     help="WAL segments the restore_command prefetches ahead of replay (default 8; 0 turns prefetch off).",
 )
 def restore(
-    backup_id: str,
+    backup_id: str | None,
     target_time: str | None,
     target_name: str | None,
+    target_lsn: str | None,
+    target_xid: str | None,
+    target_immediate: bool,
+    target_action: str,
+    target_timeline: str,
     pgdata: Path,
     bucket: str | None,
     port: int | None,
@@ -598,6 +685,11 @@ def restore(
     wal_prefetch: int | None,
 ) -> None:
     """Restore a backup into PGDATA and recover it (to the end of the archive, or to a target).
+
+    One target at most: --target-time, --target-name, --target-lsn, --target-xid or --target-immediate (time,
+    LSN and xid are inclusive). Without --backup the newest backup a drill verified that precedes the target is
+    chosen (time: ended at or before it; LSN: end LSN at or before it; immediate or none: the newest), and the
+    choice is printed; an unverified backup is never chosen. An xid or a name needs --backup.
 
     Everything that can be checked is checked before the download (which may take hours): the target, PGDATA,
     that the postgres OS user can reach it, the archiver settings, the backup's record. The backup streams
@@ -612,16 +704,45 @@ def restore(
     """
     from cqox_platform.backup.restore.workspace import RestoreInterrupted, RestoreRequest, restore_backup
 
-    request = RestoreRequest(backup_id, pgdata, target_time, target_name, bucket, port, start, wal_prefetch)
+    request = RestoreRequest(
+        backup_id,
+        pgdata,
+        target_time=target_time,
+        target_name=target_name,
+        target_lsn=target_lsn,
+        target_xid=target_xid,
+        target_immediate=target_immediate,
+        target_action=target_action,
+        target_timeline=target_timeline,
+        bucket=bucket,
+        port=port,
+        start=start,
+        wal_prefetch=wal_prefetch,
+    )
     try:
         restored = restore_backup(request, _RestoreSources(), say=lambda m: click.echo(m, err=True))
     except RestoreInterrupted as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(143)
+    pgdata = restored.pgdata
     if not restored.started:
-        pgdata = restored.pgdata
-        click.echo(f"restored into {pgdata}; start it with: runuser -u postgres -- pg_ctl -D {pgdata} start")
+        click.echo(
+            f"restored backup {restored.backup_id} into {pgdata}; start it with: "
+            f"runuser -u postgres -- pg_ctl -D {pgdata} start"
+        )
         return
-    click.echo(
-        f"restored and promoted: psql -h {restored.socket_dir} -p {restored.port} -U postgres   (log: {restored.log})"
-    )
+    where = f"recovery stopping {restored.stopped_at}" if restored.stopped_at else "at the end of the archive"
+    psql = f"psql -h {restored.socket_dir} -p {restored.port} -U postgres"
+    if restored.outcome == "paused":
+        click.echo(
+            f"restored backup {restored.backup_id}; recovery PAUSED at the target ({where}), not promoted: {psql}   "
+            f"(SELECT pg_wal_replay_resume() promotes it; log: {restored.log})"
+        )
+    elif restored.outcome == "shut down":
+        click.echo(
+            f"restored backup {restored.backup_id}; the server SHUT DOWN at the target ({where}), not promoted. "
+            f"Change recovery_target_* in {pgdata}/postgresql.auto.conf and start it again: "
+            f"runuser -u postgres -- pg_ctl -D {pgdata} -l {restored.log} start"
+        )
+    else:
+        click.echo(f"restored backup {restored.backup_id} and promoted ({where}): {psql}   (log: {restored.log})")

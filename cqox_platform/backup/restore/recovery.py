@@ -18,20 +18,34 @@ from cqox_platform.pgserver import PG_OS_USER
 
 @dataclass
 class RecoveryTarget:
-    """Where recovery stops: a named restore point, a time, or the end of the backup (``immediate``)."""
+    """Where recovery stops, what the server does there, and along which timeline it replays.
 
-    kind: str  # "restore_point" | "time" | "backup_end" | "end_of_archive"
+    ``kind`` is a named restore point, a time, an LSN, a transaction id, the end of the backup (``immediate``) or
+    the end of the archive (no target). Time, LSN and xid targets are inclusive, as PostgreSQL defines it: recovery
+    stops just after the commit at that time, the record at that LSN, or the commit of that transaction.
+    ``action`` (pause, promote, shutdown) applies only where a target is set; without one PostgreSQL replays to
+    the end of the archive and promotes.
+    """
+
+    kind: str  # "restore_point" | "time" | "lsn" | "xid" | "backup_end" | "end_of_archive"
     value: str = ""
+    action: str = "promote"  # recovery_target_action: "pause" | "promote" | "shutdown"
+    timeline: str = "latest"  # recovery_target_timeline: "latest" | "current" | a timeline id
 
     def settings(self) -> dict[str, str]:
+        common = {"recovery_target_action": self.action, "recovery_target_timeline": self.timeline}
         if self.kind == "restore_point":
-            return {"recovery_target_name": self.value}
+            return {**common, "recovery_target_name": self.value}
         if self.kind == "time":
-            return {"recovery_target_time": self.value, "recovery_target_inclusive": "on"}
+            return {**common, "recovery_target_time": self.value, "recovery_target_inclusive": "on"}
+        if self.kind == "lsn":
+            return {**common, "recovery_target_lsn": self.value, "recovery_target_inclusive": "on"}
+        if self.kind == "xid":
+            return {**common, "recovery_target_xid": self.value, "recovery_target_inclusive": "on"}
         if self.kind == "backup_end":
-            return {"recovery_target": "immediate"}
+            return {**common, "recovery_target": "immediate"}
         if self.kind == "end_of_archive":
-            return {}
+            return common
         raise RestoreError(f"unknown recovery target kind {self.kind!r}")
 
 
@@ -44,7 +58,8 @@ def configure_recovery(
     target: RecoveryTarget,
     extra: dict[str, str] | None = None,
 ) -> None:
-    """Make ``pgdata`` a private recovering cluster: unix socket only, no archiving, this restore target.
+    """Make ``pgdata`` a private recovering cluster: unix socket only, no archiving, this restore target (with
+    its action and timeline).
 
     Private on purpose, for drills and for real restores alike: clients must not reach a restored copy (and
     write to it, or take it for the primary) until a person decides to open it (``listen_addresses``).
@@ -56,10 +71,11 @@ def configure_recovery(
         "archive_mode": "off",
         "ssl": "off",
         "restore_command": restore_command,
-        "recovery_target_action": "promote",
-        "recovery_target_timeline": "latest",
         "shared_buffers": "256MB",
         "hot_standby": "on",
+        # The restore reads the server's log to tell where recovery stopped and whether it paused or shut down
+        # at the target (ScratchCluster): in English whatever the primary's lc_messages.
+        "lc_messages": "C",
         # A Patroni node's postgresql.conf names its own data directory's files; the copy must use its own.
         "hba_file": str(pgdata / "pg_hba.conf"),
         "ident_file": str(pgdata / "pg_ident.conf"),

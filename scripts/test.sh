@@ -12,4 +12,6 @@ if [ "${CQOX_BUILD_IMAGE:-0}" = 1 ]; then
 fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/lint-imports"
-exec "$VENV/bin/pytest" -p no:cacheprovider "$@"
+# Two workers (CQOX_TEST_WORKERS; 0 runs in this process): most real-service tests wait on timers (alerts,
+# failovers, drills), so two of them share the two cores; a module, or all of the HA stack's modules, per worker.
+exec "$VENV/bin/pytest" -p no:cacheprovider -n "${CQOX_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -1,4 +1,10 @@
-"""Push gauges to the Prometheus Pushgateway in the text exposition format (no client library needed).
+"""Push gauges to the Prometheus Pushgateway through ``prometheus_client``.
+
+The exposition text (label values with newlines, backslashes and quotes escaped) and the group URL (grouping values
+quoted, or base64 when they hold a ``/``) are ``prometheus_client``'s; only the transport is ours, a handler that
+sends the request with ``requests`` so that TLS is verified against the stack's CA and the pushers' basic auth is
+sent. The WAL path (``archive_command``, ``restore_command``) pushes nothing and never imports this module (the
+``wal-path-standalone`` import contract forbids ``prometheus_client`` there).
 
 The Pushgateway takes writes only from holders of the pushers' basic-auth password (its ``--web.config.file``),
 over TLS on the local stack: anyone who could push could otherwise report a restore drill that never ran.
@@ -9,12 +15,16 @@ read when a request is made and never kept in the object, its repr, a log line o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client import CollectorRegistry, delete_from_gateway, push_to_gateway, pushadd_to_gateway
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from cqox_platform.errors import CqoxError
 
@@ -61,8 +71,13 @@ class Pushgateway:
         )
 
     def request(self, method: str, path: str, *, what: str, timeout: float, **kwargs: Any) -> requests.Response:
-        """One authenticated request; an unreachable gateway, an unreadable password or a refusal raises
-        ``CqoxError`` naming the gateway and what to check, never the password."""
+        """One authenticated request to ``path`` under the gateway's URL; see ``send``."""
+        return self.send(method, f"{self.url.rstrip('/')}{path}", what=what, timeout=timeout, **kwargs)
+
+    def send(self, method: str, url: str, *, what: str, timeout: float | None, **kwargs: Any) -> requests.Response:
+        """One authenticated request, TLS verified against ``cacert`` (the system's CAs without one); an
+        unreachable gateway, an unreadable password or a refusal raises ``CqoxError`` naming the gateway and what to
+        check, never the password."""
         auth = None
         if self.user:
             if self.password_file is None:
@@ -75,9 +90,7 @@ class Pushgateway:
                 ) from None
         verify: str | bool = str(self.cacert) if self.cacert else True
         try:
-            response = requests.request(
-                method, f"{self.url.rstrip('/')}{path}", auth=auth, verify=verify, timeout=timeout, **kwargs
-            )
+            response = requests.request(method, url, auth=auth, verify=verify, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
             raise CqoxError(f"Pushgateway at {self.url} is unreachable ({type(exc).__name__}).") from None
         if response.status_code == 401:
@@ -92,34 +105,49 @@ class Pushgateway:
             )
         return response
 
+    def handler(self, what: str) -> Callable[..., Callable[[], None]]:
+        """A ``prometheus_client`` push handler that sends its request through ``send`` (TLS against the CA, basic
+        auth, errors that say what to set); ``what`` names the request in those errors."""
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    escaped = (
-        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels.items()
-    )
-    return "{" + ",".join(escaped) + "}"
+        def handler(
+            url: str, method: str, timeout: float | None, headers: Sequence[tuple[str, str]], data: bytes
+        ) -> Callable[[], None]:
+            def handle() -> None:
+                self.send(method, url, what=what, timeout=timeout, headers=dict(headers), data=data)
+
+            return handle
+
+        return handler
+
+
+class _Samples(Collector):
+    """The samples of one push as gauge families, one per metric name, in the order first seen; a sample with no
+    value (``None`` or NaN: not measured) is left out rather than pushed as NaN."""
+
+    def __init__(self, samples: Iterable[Sample], help_text: dict[str, str] | None = None) -> None:
+        families: dict[str, Metric] = {}
+        for name, labels, value in samples:
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            if name not in families:
+                families[name] = Metric(name, (help_text or {}).get(name, ""), "gauge")
+            families[name].add_sample(name, {k: str(v) for k, v in labels.items()}, float(value))
+        self.families = list(families.values())
+        self.count = sum(len(f.samples) for f in self.families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def _registry(collector: _Samples) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
 
 
 def render(samples: Iterable[Sample], help_text: dict[str, str] | None = None) -> str:
-    lines: list[str] = []
-    typed: set[str] = set()
-    for name, labels, value in samples:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        if name not in typed:
-            typed.add(name)
-            if help_text and name in help_text:
-                lines.append(f"# HELP {name} {help_text[name]}")
-            lines.append(f"# TYPE {name} gauge")
-        lines.append(f"{name}{_labels(labels)} {float(value)!r}")
-    return "\n".join(lines) + "\n"
-
-
-def _group_path(job: str, grouping: dict[str, str]) -> str:
-    path = "/".join(f"{k}/{v}" for k, v in grouping.items())
-    return f"/metrics/job/{job}" + (f"/{path}" if path else "")
+    """The exposition text ``push`` sends for these samples (an empty ``# HELP`` is the Pushgateway's no help)."""
+    return generate_latest(_registry(_Samples(samples, help_text))).decode()
 
 
 def push(
@@ -131,18 +159,27 @@ def push(
     replace: bool = False,
     timeout: float = 10,
 ) -> int:
-    """POST (update these metric names) or PUT (replace the group) samples; returns how many were sent."""
-    body = render(list(samples))
-    gateway.request(
-        "PUT" if replace else "POST", _group_path(job, grouping), what="the metrics", timeout=timeout, data=body
+    """POST (``pushadd_to_gateway``: update these metric names) or PUT (``push_to_gateway``: replace the group)
+    samples; returns how many were sent."""
+    collector = _Samples(samples)
+    send = push_to_gateway if replace else pushadd_to_gateway
+    send(
+        gateway.url,
+        job,
+        _registry(collector),
+        grouping_key=grouping,
+        timeout=timeout,
+        handler=gateway.handler("the metrics"),
     )
-    return sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+    return collector.count
 
 
 def delete_group(gateway: Pushgateway, job: str, grouping: dict[str, str], timeout: float = 10) -> None:
     """Delete one group (all its metrics); deleting a group that does not exist succeeds, as the Pushgateway does."""
-    path = _group_path(job, grouping)
-    gateway.request("DELETE", path, what=f"to delete group {path}", timeout=timeout)
+    group = "/".join([f"/metrics/job/{job}", *(f"{k}/{v}" for k, v in grouping.items())])
+    delete_from_gateway(
+        gateway.url, job, grouping_key=grouping, timeout=timeout, handler=gateway.handler(f"to delete group {group}")
+    )
 
 
 # --- staleness: every pusher declares how often it pushes ------------------------------------------------------

@@ -321,6 +321,41 @@ def test_the_pushgateway_refuses_pushes_without_the_pushers_credentials(stack):
     delete_group(gateway, "cqox-backups", {"system_id": run})
 
 
+def test_an_awkward_label_value_reaches_the_pushgateway_and_prometheus_intact(stack):
+    """A label value with a newline, a backslash and quotes, and a grouping value with a slash, pushed the way the
+    platform pushes (TLS against the stack's CA, the pushers' credentials from the settings), read back unchanged
+    from the Pushgateway's API and from Prometheus' scrape of it; deleting the group removes it."""
+    from cqox_platform.pushgateway import Pushgateway, delete_group, push
+    from cqox_platform.settings import Settings
+
+    settings = Settings.model_validate(
+        {Settings.env_names()[k]: v for k, v in stack.env().items() if k.startswith("CQOX_")}
+    )
+    gateway = Pushgateway.from_settings(settings)
+    assert gateway is not None and gateway.cacert is not None and gateway.url.startswith("https://")
+    run = uuid.uuid4().hex[:8]
+    awkward = f'first line\nsecond line \\ C:\\wal "quoted" {run}'
+    grouping = {"service": f"svc/{run} with space"}
+    assert push(gateway, "cqox-label-test", grouping, [("cqox_stack_label_test", {"detail": awkward}, 7.0)]) == 1
+    url, verify = _gateway(stack)
+    auth = stack.service("pushgateway").auth("cqox-pusher")
+    try:
+        groups = requests.get(f"{url}/api/v1/metrics", auth=auth, verify=verify, timeout=5).json()["data"]
+        (group,) = [g for g in groups if g["labels"].get("service") == grouping["service"]]
+        assert group["labels"] == {"job": "cqox-label-test", **grouping}
+        (stored,) = group["cqox_stack_label_test"]["metrics"]
+        assert stored["labels"]["detail"] == awkward and float(stored["value"]) == 7.0
+        prom = stack.service("prometheus").url
+        (scraped,) = _scraped(
+            prom, f'cqox_stack_label_test{{exported_job="cqox-label-test",service="{grouping["service"]}"}}'
+        )
+        assert scraped["metric"]["detail"] == awkward and float(scraped["value"][1]) == 7.0
+    finally:
+        delete_group(gateway, "cqox-label-test", grouping)
+    groups = requests.get(f"{url}/api/v1/metrics", auth=auth, verify=verify, timeout=5).json()["data"]
+    assert not [g for g in groups if g["labels"].get("service") == grouping["service"]]
+
+
 def test_prometheus_refuses_to_quit_over_http_and_reloads_rules_by_signal(stack):
     """``POST /-/quit`` would stop all alerting; the lifecycle API is off, and rule files still load (SIGHUP)."""
     prometheus = stack.service("prometheus")

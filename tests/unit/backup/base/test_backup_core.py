@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.base.create import parse_backup_label
 from cqox_platform.backup.base.tarsniff import TarSniffer
-from cqox_platform.pushgateway import render
 from tests.helpers import backup_record
 
 
@@ -57,11 +56,6 @@ def test_backup_record_json_round_trips_and_ignores_unknown_fields():
     data = json.loads(record.to_json())
     data["future_field"] = "ignored"
     assert BackupRecord.from_json(json.dumps(data), where="test") == record
-
-
-def test_pushgateway_text_format_escapes_labels_and_skips_missing_values():
-    text = render([("m", {"a": 'x"y\\z'}, 1.5), ("m", {"a": "b"}, None), ("n", {}, 2)])
-    assert text.splitlines() == ["# TYPE m gauge", 'm{a="x\\"y\\\\z"} 1.5', "# TYPE n gauge", "n 2.0"]
 
 
 def test_entrypoint_fast_path_only_takes_exact_async_pushes():

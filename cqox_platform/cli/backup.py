@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from cqox_platform.cli.json_output import echo_json, json_option
 from cqox_platform.errors import CqoxError
 
 if TYPE_CHECKING:
     from cqox_platform.backup.archive.store import ArchiveClients
-    from cqox_platform.backup.restore.workspace import BackupCatalog
+    from cqox_platform.backup.restore.workspace import BackupCatalog, RestoredCluster
     from cqox_platform.backup.verify.info import CopyInfo
     from cqox_platform.secrets.vault_client import TransitKeyProvider
 
@@ -302,8 +303,26 @@ def _backup_context() -> BackupContext:
     return BackupContext(conninfo, dsn, context.s3(), context.backup_key_provider(), context.bucket())
 
 
+#: ``backup create --json`` and ``restore --json``: raised when a reader could trip over a change.
+CREATE_SCHEMA_VERSION = 1
+RESTORE_SCHEMA_VERSION = 1
+
+
+def created_json(record: Any, where: str, point: Any) -> dict[str, Any]:
+    """What ``backup create --json`` prints: the new backup (as ``backup list`` shows it) and its restore point."""
+    from cqox_platform.backup.verify.info import backup_json
+
+    return {
+        "schema_version": CREATE_SCHEMA_VERSION,
+        "where": where,
+        "backup": backup_json(record, verified_by=None, last_drill=None),
+        "restore_point": {"name": point.name, "lsn": point.lsn, "timeline": point.timeline},
+    }
+
+
 @backup.command("create")
-def backup_create() -> None:
+@json_option
+def backup_create(as_json: bool) -> None:
     """Take a base backup now (the same as materializing postgres_basebackup)."""
     import psycopg
 
@@ -322,16 +341,15 @@ def backup_create() -> None:
             pg_basebackup=str(pg_bindir() / "pg_basebackup"),
             progress=lambda m: click.echo(m, err=True),
         )
+    if as_json:
+        echo_json(created_json(record, archive.where(record.object_key), point))
+        return
     click.echo(f"{record.backup_id}  {archive.where(record.object_key)}  restore point {point.name}")
 
 
 #: ``backup info`` and ``backup list --require-verified``: the command ran, and the verdict failed (as ``ha status``
 #: and ``stack status`` exit when something is unhealthy). 1 stays "could not find out" (an error), 2 a usage error.
 VERDICT_FAILED = 3
-
-_json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object (with a schema_version) instead of a table."
-)
 
 
 def _drill_text(drill: dict[str, Any] | None) -> str:
@@ -343,7 +361,7 @@ def _drill_text(drill: dict[str, Any] | None) -> str:
 
 @backup.command("list")
 @click.option("--bucket", default=None, help="List another bucket (e.g. the DR copy).")
-@_json_option
+@json_option
 @click.option(
     "--require-verified",
     is_flag=True,
@@ -434,7 +452,7 @@ def _copy_lines(copy: CopyInfo, rpo_target_seconds: float) -> list[str]:
 
 
 @backup.command("info")
-@_json_option
+@json_option
 def backup_info(as_json: bool) -> None:
     """Each copy (the primary bucket, and the DR bucket when set) with its backups, the WAL they need, whether a
     drill verified them, and the recovery window, then a verdict.
@@ -669,6 +687,7 @@ Examples:
     default=None,
     help="WAL segments the restore_command prefetches ahead of replay (default 8; 0 turns prefetch off).",
 )
+@json_option
 def restore(
     backup_id: str | None,
     target_time: str | None,
@@ -683,6 +702,7 @@ def restore(
     port: int | None,
     start: bool,
     wal_prefetch: int | None,
+    as_json: bool,
 ) -> None:
     """Restore a backup into PGDATA and recover it (to the end of the archive, or to a target).
 
@@ -724,6 +744,9 @@ def restore(
     except RestoreInterrupted as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(143)
+    if as_json:
+        echo_json(restored_json(restored))
+        return
     pgdata = restored.pgdata
     if not restored.started:
         click.echo(
@@ -746,3 +769,20 @@ def restore(
         )
     else:
         click.echo(f"restored backup {restored.backup_id} and promoted ({where}): {psql}   (log: {restored.log})")
+
+
+def restored_json(restored: RestoredCluster) -> dict[str, Any]:
+    """What ``restore --json`` prints: the restored cluster and, when it was started, how to reach it."""
+    started = restored.started
+    return {
+        "schema_version": RESTORE_SCHEMA_VERSION,
+        "backup_id": restored.backup_id,
+        "pgdata": str(restored.pgdata),
+        "started": started,
+        "outcome": restored.outcome,
+        "stopped_at": restored.stopped_at or None,
+        "socket_dir": str(restored.socket_dir) if started else None,
+        "port": restored.port if started else None,
+        "log": str(restored.log) if started else None,
+        "psql": f"psql -h {restored.socket_dir} -p {restored.port} -U postgres" if started else None,
+    }

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import cqox_platform.cli.context as context
+from cqox_platform.cli.json_output import echo_json, json_option
+
+if TYPE_CHECKING:
+    from cqox_platform.canary.policy import CanaryPolicy
+    from cqox_platform.canary.rollout import BacktestStep
+    from cqox_platform.canary.store import Rollout
+
+#: ``canary status --json`` and ``canary backtest --json``: raised when a reader could trip over a change.
+STATUS_SCHEMA_VERSION = 1
+BACKTEST_SCHEMA_VERSION = 1
 
 
 @click.group("canary")
@@ -38,14 +49,51 @@ def canary_start(service: str, image: str, policy_file: Path | None) -> None:
     )
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def status_json(rollouts: list[Rollout]) -> dict[str, Any]:
+    """What ``canary status --json`` prints: every rollout as stored, newest first (the policy left out)."""
+    return {
+        "schema_version": STATUS_SCHEMA_VERSION,
+        "rollouts": [
+            {
+                "rollout_id": r.rollout_id,
+                "service": r.service,
+                "status": r.status,
+                "image": r.image,
+                "previous_image": r.previous_image,
+                "policy_version": r.policy_version,
+                "step_index": r.step_index,
+                "weight": r.weight,
+                "failures": r.failures,
+                "consecutive_holds": r.consecutive_holds,
+                "started_at": _iso(r.started_at),
+                "updated_at": _iso(r.updated_at),
+                "last_decision": r.last_decision,
+                "last_reason": r.last_reason,
+                "last_decision_at": _iso(r.last_decision_at),
+                "promotion_phase": r.promotion_phase,
+                "awaiting_approval_since": _iso(r.awaiting_approval_since),
+            }
+            for r in rollouts
+        ],
+    }
+
+
 @canary.command("status")
 @click.option("--limit", default=20, show_default=True)
-def canary_status(limit: int) -> None:
+@json_option
+def canary_status(limit: int, as_json: bool) -> None:
     """Every rollout, newest first: step, weight, counters and the last decision with its reason."""
     from cqox_platform.canary.store import all_rollouts
 
     with context.postgres().connect() as conn:
         rollouts = all_rollouts(conn, limit)
+    if as_json:
+        echo_json(status_json(rollouts))
+        return
     click.echo(
         f"{'ROLLOUT':<34}{'STATUS':<13}{'STEP':<6}{'WEIGHT':<8}{'FAIL':<6}{'HOLDS':<7}{'IMAGE':<30}LAST DECISION"
     )
@@ -64,7 +112,8 @@ def canary_status(limit: int) -> None:
 @click.option("--start", "start_at", required=True, help="ISO time the rollout would have started.")
 @click.option("--end", "end_at", default=None, help="ISO time to stop (default now).")
 @click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=Path), default=None)
-def canary_backtest(service: str, start_at: str, end_at: str | None, policy_file: Path | None) -> None:
+@json_option
+def canary_backtest(service: str, start_at: str, end_at: str | None, policy_file: Path | None, as_json: bool) -> None:
     """Replay Prometheus history through a policy: when it would have promoted, held or rolled back."""
     from cqox_platform.canary.analysis import budget_gate_remaining
     from cqox_platform.canary.rollout import backtest
@@ -76,12 +125,45 @@ def canary_backtest(service: str, start_at: str, end_at: str | None, policy_file
     steps = backtest(
         policy, prometheus.query, start, end, budget_at=lambda t: budget_gate_remaining(policy, prometheus.query, at=t)
     )
+    if as_json:
+        echo_json(backtest_json(service, policy, start, end, steps))
+        return
     for step in steps:
         at = datetime.fromtimestamp(step.at, UTC).isoformat(timespec="seconds")
         d = step.decision
         click.echo(f"{at}  {d.action:<9}{d.weight_before:>4} % -> {d.weight_after:>3} %  {d.reason}")
     final = steps[-1].decision.state.status if steps else "no full interval in the range"
     click.echo(f"policy {policy.source} v{policy.version}: {len(steps)} interval(s), outcome: {final}")
+
+
+def backtest_json(
+    service: str, policy: CanaryPolicy, start: float, end: float, steps: list[BacktestStep]
+) -> dict[str, Any]:
+    """What ``canary backtest --json`` prints: each interval's decision, and the outcome (null without one)."""
+
+    def at(moment: float) -> str:
+        return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+
+    return {
+        "schema_version": BACKTEST_SCHEMA_VERSION,
+        "service": service,
+        "policy": {"source": policy.source, "version": policy.version},
+        "start": at(start),
+        "end": at(end),
+        "steps": [
+            {
+                "at": at(step.at),
+                "action": step.decision.action,
+                "reason": step.decision.reason,
+                "weight_before": step.decision.weight_before,
+                "weight_after": step.decision.weight_after,
+                "status": step.decision.state.status,
+                "step_index": step.decision.state.step_index,
+            }
+            for step in steps
+        ],
+        "outcome": steps[-1].decision.state.status if steps else None,
+    }
 
 
 def _when(text: str) -> float:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import cqox_platform.cli.context as context
 from cqox_platform.cli.group import ErrorGroup
+from cqox_platform.cli.json_output import echo_json, json_option
+
+if TYPE_CHECKING:
+    from cqox_platform.datasets.store import DatasetRow
+
+#: ``datasets list --json``: raised when a reader could trip over a change.
+LIST_SCHEMA_VERSION = 1
 
 
 @click.group("datasets", cls=ErrorGroup)
@@ -31,15 +39,40 @@ def datasets_upload(file: Path, name: str) -> None:
     click.echo(f"s3://{bucket}/{key} ({size} bytes): the dataset_upload_sensor will ingest it as {name!r}")
 
 
+def list_json(rows: list[DatasetRow]) -> dict[str, Any]:
+    """What ``datasets list --json`` prints: the newest datasets first, as the datasets table holds them."""
+    return {
+        "schema_version": LIST_SCHEMA_VERSION,
+        "datasets": [
+            {
+                "id": r.id,
+                "name": r.name,
+                "status": r.status,
+                "rows": r.rows,
+                "columns": r.columns,
+                "key_name": r.key_name,
+                "key_version": r.key_version,
+                "plaintext_sha256": r.plaintext_sha256,
+                "created_at": r.created_at.isoformat(),
+            }
+            for r in rows
+        ],
+    }
+
+
 @datasets.command("list")
 @click.option("--limit", default=50, show_default=True)
-def datasets_list(limit: int) -> None:
+@json_option
+def datasets_list(limit: int, as_json: bool) -> None:
     """The newest datasets with status, size and key version."""
     from cqox_platform.datasets.store import list_datasets
 
     pg = context.postgres()
     with pg.connect(autocommit=True) as conn:
         rows = list_datasets(conn, limit)
+    if as_json:
+        echo_json(list_json(rows))
+        return
     click.echo(f"{'ID':<38}{'NAME':<24}{'STATUS':<10}{'ROWS':>9}{'COLS':>6}  {'KEY':<20}CREATED")
     for r in rows:
         key = f"{r.key_name} v{r.key_version}" if r.key_name else "-"

@@ -10,16 +10,72 @@ from __future__ import annotations
 import getpass
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 import click
 
 import cqox_platform.cli.context as context
-from cqox_platform.ha.patroni_client import PatroniClient, PatroniError
+from cqox_platform.cli.json_output import echo_json, json_option
+from cqox_platform.ha.patroni_client import ClusterState, PatroniClient, PatroniError
+
+#: ``ha status --json``: raised when a reader could trip over a change.
+STATUS_SCHEMA_VERSION = 1
 
 
 @click.group("ha")
 def ha() -> None:
     """The Patroni cluster of an HA stack: status, planned switchover, reinitialise a replica."""
+
+
+def _missing(state: ClusterState, expected: Iterable[str], url_count: int) -> list[str]:
+    """Members that should be registered and are not: by name, else a count against the REST URLs."""
+    registered = {m.name for m in state.members}
+    expected = list(expected)
+    if expected:
+        return sorted(set(expected) - registered)
+    return [f"{url_count - len(registered)} unnamed"] if len(registered) < url_count else []
+
+
+def _healthy(state: ClusterState, missing: list[str]) -> bool:
+    running = all(m.state in ("running", "streaming") for m in state.members)
+    return state.leader is not None and not missing and running
+
+
+def cluster_json(client: PatroniClient, expected: Iterable[str] = ()) -> dict[str, Any]:
+    """The Patroni cluster as ``ha status --json`` (and ``stack status --json``) show it; ``healthy`` is the
+    verdict ``ha status`` exits 3 on. A cluster that does not answer is an ``error`` and not healthy."""
+    try:
+        state = client.cluster()
+    except PatroniError as exc:
+        return {"healthy": False, "error": str(exc), "leader": None, "timeline": None, "paused": None,
+                "answered_by": None, "members": [], "missing": []}  # fmt: skip
+    return state_json(state, expected, len(client.urls))
+
+
+def state_json(state: ClusterState, expected: Iterable[str], url_count: int) -> dict[str, Any]:
+    """``cluster_json`` of a cluster that answered (pure: what the tests validate against the schema)."""
+    missing = _missing(state, expected, url_count)
+    return {
+        "healthy": _healthy(state, missing),
+        "error": None,
+        "leader": state.leader,
+        "timeline": state.timeline,
+        "paused": state.paused,
+        "answered_by": state.answered_by,
+        "members": [
+            {
+                "name": m.name,
+                "role": m.role,
+                "state": m.state,
+                "timeline": m.timeline,
+                "lag_bytes": m.lag,
+                "host": m.host,
+                "port": m.port,
+            }
+            for m in state.members
+        ],
+        "missing": missing,
+    }
 
 
 def print_cluster(client: PatroniClient, expected: Iterable[str] = ()) -> bool:
@@ -43,20 +99,26 @@ def print_cluster(client: PatroniClient, expected: Iterable[str] = ()) -> bool:
             f"{lag:<11}{m.host}:{m.port}"
         )
     registered = {m.name for m in state.members}
-    missing = sorted(set(expected) - registered)
-    for name in missing:
-        click.echo(f"{name:<10}{'-':<15}" + click.style(f"{'not registered':<20}", fg="red"))
-    if not expected and len(registered) < len(client.urls):
-        missing = [f"{len(client.urls) - len(registered)} unnamed"]
+    missing = _missing(state, expected, len(client.urls))
+    if expected:
+        for name in missing:
+            click.echo(f"{name:<10}{'-':<15}" + click.style(f"{'not registered':<20}", fg="red"))
+    elif missing:
         click.echo(click.style(f"only {len(registered)} of {len(client.urls)} members registered", fg="red"))
-    running = all(m.state in ("running", "streaming") for m in state.members)
-    return state.leader is not None and not missing and running
+    return _healthy(state, missing)
 
 
 @ha.command("status")
-def ha_status() -> None:
+@json_option
+def ha_status(as_json: bool) -> None:
     """Members with role, state, timeline and lag. Exit 3 when there is no leader or a member is not running."""
-    if not print_cluster(context.patroni()):
+    if as_json:
+        cluster = cluster_json(context.patroni())
+        echo_json({"schema_version": STATUS_SCHEMA_VERSION, **cluster})
+        healthy = cluster["healthy"]
+    else:
+        healthy = print_cluster(context.patroni())
+    if not healthy:
         sys.exit(3)
 
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cqox_platform.cli.group import ErrorGroup
+from cqox_platform.cli.json_output import echo_json, json_option
+
+#: ``stack status --json``: raised when a reader could trip over a change.
+STATUS_SCHEMA_VERSION = 1
 
 # Without --dir the stack reads CQOX_STACK_DIR itself (``StackConfig.load``), default .cqox.
 _dir_option = click.option(
@@ -64,12 +69,19 @@ def stack_down(stack_dir: Path | None) -> None:
 
 @stack.command("status")
 @_dir_option
-def stack_status(stack_dir: Path | None) -> None:
+@json_option
+def stack_status(stack_dir: Path | None, as_json: bool) -> None:
     """What runs, on which port, with which PID. Exit 3 when something is not running and healthy."""
     from cqox_platform.stack import Stack
 
     st = Stack.from_dir(stack_dir)
     statuses = st.status()
+    if as_json:
+        report = status_json(statuses, _ha_json(st))
+        echo_json(report)
+        if not report["healthy"]:
+            sys.exit(3)
+        return
     _print_status(statuses)
     healthy_cluster = _print_ha(st)
     if any(s.state != "running" for s in statuses) or not healthy_cluster:
@@ -83,6 +95,45 @@ def stack_env(stack_dir: Path | None) -> None:
     from cqox_platform.stack import Stack
 
     click.echo(Stack.from_dir(stack_dir).env_script(), nl=False)
+
+
+def status_json(statuses, ha: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``stack status --json`` prints; ``healthy`` is the verdict the command exits 3 on (as without
+    ``--json``): every service running, and on an HA stack a healthy Patroni cluster. ``ha`` is null without HA."""
+    services = [
+        {"name": s.name, "state": s.state, "port": s.port, "pid": s.pid, "url": s.url, "log": str(s.log)}
+        for s in statuses
+    ]
+    healthy = all(s["state"] == "running" for s in services) and (ha is None or ha["cluster"]["healthy"])
+    return {"schema_version": STATUS_SCHEMA_VERSION, "healthy": healthy, "services": services, "ha": ha}
+
+
+def _ha_json(st) -> dict[str, Any] | None:
+    """The Patroni cluster and HAProxy's routing of an HA stack (what `_print_ha` prints), None without HA."""
+    if not st.config.ha:
+        return None
+    from cqox_platform.cli.ha import cluster_json
+
+    cluster = st.service("patroni")
+    ha: dict[str, Any] = {
+        "cluster": cluster_json(cluster.client(), expected=[node.name for node in cluster.nodes]),
+        "haproxy": None,
+        "haproxy_error": None,
+    }
+    try:
+        backends = st.service("postgres").backends()
+    except Exception as exc:  # HAProxy down: the service list already says so
+        ha["haproxy_error"] = type(exc).__name__
+        return ha
+    ha["haproxy"] = {
+        listener: [
+            name.split("/", 1)[1]
+            for name, state in sorted(backends.items())
+            if name.startswith(f"{listener}/") and state == "UP"
+        ]
+        for listener in ("postgres_primary", "postgres_replicas")
+    }
+    return ha
 
 
 def _print_status(statuses) -> None:

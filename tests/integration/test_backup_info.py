@@ -57,9 +57,12 @@ def test_an_unreadable_dr_copy_is_an_error_naming_it_never_an_empty_copy(env):
 
 
 def test_info_fails_on_an_unverified_newest_backup_and_passes_once_drilled_and_copied(stack, env):
-    created = _cli(env, "backup", "create")
+    created = _cli(env, "backup", "create", "--json")
     assert created.returncode == 0, created.stderr[-2000:]
-    backup_id = created.stdout.split()[0]
+    result = _valid("backup-create", created)
+    backup_id = result["backup"]["backup_id"]
+    assert result["where"].startswith("s3://") and backup_id in result["where"]
+    assert result["backup"]["verified"] is False and result["restore_point"]["name"]
 
     unverified = _cli(env, "backup", "info", "--json")
     assert unverified.returncode == 3, unverified.stderr[-2000:]

@@ -17,6 +17,7 @@ from pathlib import Path
 from unittest import mock
 
 import dagster as dg
+import jsonschema
 import psycopg
 import pytest
 import yaml
@@ -26,6 +27,7 @@ from cqox_platform.canary.policy import POLICY_DIR, load_policy
 from cqox_platform.canary.rollout import start_rollout
 from cqox_platform.canary.router import VS, shift_weights
 from cqox_platform.canary.store import get_rollout
+from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.pgserver import free_port
 from cqox_platform.resources.kubernetes import KubernetesForbiddenError, KubernetesInvalidError, KubernetesResource
 from cqox_platform.resources.postgres import PostgresResource
@@ -788,6 +790,14 @@ def test_abort_rolls_back_like_a_failed_analysis_and_is_audited(stack, world, in
     (user, action, details), *_ = _audit(stack, rollout.rollout_id)
     assert (user, action) == ("carol", "canary.abort")
     assert details["before"]["weight"] == 50 and details["after"]["status"] == "rolled_back"
+    status = _cli(stack, world, "good", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    jsonschema.Draft202012Validator(load_schema("canary-status"), format_checker=jsonschema.FormatChecker()).validate(
+        document
+    )
+    (shown,) = (r for r in document["rollouts"] if r["rollout_id"] == rollout.rollout_id)
+    assert (shown["status"], shown["weight"], shown["last_decision"]) == ("rolled_back", 0, "operator_abort")
     meta, reason = _tick(stack, world, "good", instance)
     assert meta is None and "no canary rollout" in reason
 

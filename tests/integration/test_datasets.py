@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import jsonschema
 import pandas as pd
 import psycopg
 import pytest
 from dagster_aws.s3 import S3Resource
 
 from assets.datasets import dataset_key_rotation, datasets_partitions, encrypted_datasets
+from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.schema import MigrationRunner
 from sensors.datasets_sensor import dataset_upload_sensor
@@ -157,6 +159,14 @@ def test_valid_upload_is_encrypted_tracked_and_round_trips(stack, env, instance,
     pd.testing.assert_frame_equal(pd.read_parquet(out), frame)
     listing = _cli(env, "datasets", "list")
     assert dataset_id in listing.stdout and "ready" in listing.stdout
+    as_json = _cli(env, "datasets", "list", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    document = json.loads(as_json.stdout)
+    jsonschema.Draft202012Validator(load_schema("datasets-list"), format_checker=jsonschema.FormatChecker()).validate(
+        document
+    )
+    (row,) = (d for d in document["datasets"] if d["id"] == dataset_id)
+    assert (row["status"], row["plaintext_sha256"], row["key_version"]) == ("ready", sha, version)
 
 
 BAD_UPLOADS = {

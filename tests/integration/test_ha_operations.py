@@ -7,6 +7,7 @@ test leaves it healthy: one leader and two replicas streaming from it on its tim
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +16,11 @@ from pathlib import Path
 from unittest import mock
 
 import dagster as dg
+import jsonschema
 import pytest
 
 from assets import ha as ha_assets
+from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.ha import operations
 from cqox_platform.ha.cluster_checks import UP_STATES, Observation
 from cqox_platform.ha.patroni_client import PatroniClient
@@ -329,6 +332,28 @@ def test_switchover_to_a_non_member_fails_clearly_and_is_audited_as_failed(ha):
     assert details["outcome"] == "failed" and "node9 is not a member" in details["error"]
     assert details["from"] == leader and details["to"] == "node9"
     assert client.cluster().leader == leader
+
+
+def _valid(command: str, result: subprocess.CompletedProcess) -> dict:
+    document = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(load_schema(command), format_checker=jsonschema.FormatChecker()).validate(document)
+    return document
+
+
+def test_ha_status_and_stack_status_json_validate_and_show_the_leader(ha):
+    state = _client(ha).cluster()
+    status = _cli(ha, "ha", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    cluster = _valid("ha-status", status)
+    assert cluster["healthy"] is True and cluster["error"] is None and cluster["missing"] == []
+    assert (cluster["leader"], cluster["timeline"]) == (state.leader, state.timeline)
+    assert sorted(m["name"] for m in cluster["members"]) == ["node1", "node2", "node3"]
+
+    stacked = _cli(ha, "stack", "status", "--json", "--dir", str(ha.config.root))
+    assert stacked.returncode == 0, stacked.stderr
+    report = _valid("stack-status", stacked)
+    assert report["healthy"] is True and report["ha"]["cluster"]["leader"] == state.leader
+    assert report["ha"]["haproxy"]["postgres_primary"] == [state.leader]
 
 
 def test_cli_status_switchover_and_reinit_audit_the_os_user(ha):

@@ -9,6 +9,7 @@ verified one is chosen and said; it pauses at the target instead of promoting.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+import jsonschema
 import psycopg
 import pytest
 
 from assets import backups as backup_assets
+from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.pgserver import stop_immediately
 from cqox_platform.schema import MigrationRunner
 from tests.helpers import (
@@ -199,6 +202,22 @@ def test_a_restore_that_shuts_down_at_its_target_says_so_and_leaves_the_server_s
         assert done.returncode == 0, done.stderr[-3000:]
         assert "SHUT DOWN at the target" in done.stdout and "promoted (" not in done.stdout, done.stdout
         assert not (pgdata / "postmaster.pid").exists()
+        # The same restore for a script: one JSON object on stdout, the schema's, saying what the server did.
+        as_json = root / "immediate-json"
+        done = _cli(
+            env,
+            "restore",
+            *("--backup", backup_id, "--target-immediate", "--target-action", "shutdown", "--pgdata", str(as_json)),
+            "--json",
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout)
+        jsonschema.Draft202012Validator(load_schema("restore"), format_checker=jsonschema.FormatChecker()).validate(
+            result
+        )
+        assert (result["backup_id"], result["outcome"], result["started"]) == (backup_id, "shut down", True)
+        assert result["pgdata"] == str(as_json) and not (as_json / "postmaster.pid").exists()
     finally:
         stop_immediately(pgdata)
+        stop_immediately(root / "immediate-json")
         shutil.rmtree(root, ignore_errors=True)

@@ -47,6 +47,24 @@ def test_status_lists_every_service_running_with_port_and_pid(stack):
             assert str(port) in line
 
 
+def test_status_json_names_every_running_service_and_validates_against_its_schema(stack):
+    import jsonschema
+
+    from cqox_platform.cli.json_schema import load_schema
+
+    result = _cli(stack, "status", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    jsonschema.Draft202012Validator(load_schema("stack-status"), format_checker=jsonschema.FormatChecker()).validate(
+        document
+    )
+    assert document["healthy"] is True and document["ha"] is None
+    services = {s["name"]: s for s in document["services"]}
+    for name in ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster", "kube-apiserver"):
+        assert services[name]["state"] == "running"
+        assert services[name]["pid"] == stack.service(name).read_pid()
+
+
 def test_up_twice_is_a_noop(stack):
     before = {s.name: s.read_pid() for s in stack.services}
     stack.up()

@@ -40,7 +40,7 @@ def _read_in_a_fresh_interpreter(path: Path) -> tuple[str, int]:
     """``read_upload`` with the default limits in a new process: (what it said, its peak RSS in MiB)."""
     script = textwrap.dedent(
         """
-        import resource, sys
+        import sys
         from pathlib import Path
         from cqox_platform.datasets.validation import read_upload
         from cqox_platform.errors import DatasetValidationError
@@ -48,7 +48,10 @@ def _read_in_a_fresh_interpreter(path: Path) -> tuple[str, int]:
             print("read", len(read_upload(Path(sys.argv[1]), ".parquet")), "rows")
         except DatasetValidationError as exc:
             print("refused:", exc)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        # VmHWM is this process's own peak: ru_maxrss would also count the parent's RSS (Linux keeps it across the
+        # fork and exec), so a large pytest worker made the child look large.
+        hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+        print(int(hwm.split()[1]) // 1024)
         """
     )
     # The default limits: no CQOX_* setting of the test process (a stack's environment, a test's leftovers) applies.

@@ -87,6 +87,7 @@ class CachingKeyProvider:
         self.inner, self.key_name, self.policy = inner, inner.key_name, policy
         self._clock, self._log, self._poll = clock, log, poll
         self._lock = threading.Lock()
+        self._fetching = threading.Lock()  # one Vault request at a time: concurrent cold starts share its key
         self._current: _Cached | None = None
         self._last_error: str | None = None
         self._closed = threading.Event()
@@ -106,13 +107,19 @@ class CachingKeyProvider:
                 if cached.uses * 2 >= self.policy.max_uses:
                     self._wake.set()
                 return cached.key
-        try:
-            fresh = self._fetch()
-        except CqoxError as exc:
-            raise KeyCacheExhaustedError(
-                f"no data key: {why}, and Vault did not issue a new one: {exc}. PostgreSQL keeps the WAL and "
-                f"retries; archiving resumes when Vault answers."
-            ) from None
+        with self._fetching:
+            with self._lock:  # another caller may have fetched while this one waited
+                cached = self._current
+                if cached is not None and self._unusable(cached, self._clock()) is None:
+                    cached.uses += 1
+                    return cached.key
+            try:
+                fresh = self._fetch()
+            except CqoxError as exc:
+                raise KeyCacheExhaustedError(
+                    f"no data key: {why}, and Vault did not issue a new one: {exc}. PostgreSQL keeps the WAL and "
+                    f"retries; archiving resumes when Vault answers."
+                ) from None
         with self._lock:
             fresh.uses += 1
             return fresh.key
@@ -168,7 +175,8 @@ class CachingKeyProvider:
         while not self._closed.is_set():
             if self._refresh_due():
                 try:
-                    self._fetch()
+                    with self._fetching:
+                        self._fetch()
                 except CqoxError as exc:
                     with self._lock:
                         first = self._last_error is None

@@ -8,6 +8,7 @@ world-traversable temporary one, as every test stack's is.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pwd
@@ -387,18 +388,23 @@ def test_a_database_that_is_down_is_one_line_not_a_traceback(env):
     assert str(port) in line
 
 
-# --- item 12: the asynchronous pusher uses one data key per object ----------------------------------------------
+# --- the asynchronous pusher's data keys: one cached key with a key derived per object, or one key per object -----
 
 
-def test_async_pusher_wraps_a_distinct_data_key_for_every_object(env):
+@pytest.mark.parametrize(("window", "keys", "flags"), [(900, 1, 0x01), (0, 8, 0x00)], ids=["cached", "window-off"])
+def test_async_pusher_derives_a_key_per_object_from_its_cached_key_or_wraps_one_per_object(env, window, keys, flags):
+    """With the data-key cache (the default) the 8 segments share one Vault key and each is sealed under a key
+    derived for it alone (header flag 0x01); with the window set to 0 every segment gets its own Vault key."""
     from cqox_platform.archiver_clients import load_archiver_clients
     from cqox_platform.backup.wal.pusher import run_daemon
+    from cqox_platform.crypto.stream import read_header
 
     base = make_world_traversable_tmpdir("cqox-walfs-async-")
     try:
         pgdata = base / "pgdata"
         (pgdata / "global").mkdir(parents=True)
-        (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", SYSTEM_ID + 1) + b"\0" * 8184)
+        system_id = SYSTEM_ID + 1 + window  # a cluster of its own per case
+        (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", system_id) + b"\0" * 8184)
         status = pgdata / "pg_wal" / "archive_status"
         status.mkdir(parents=True)
         names = [f"0000000100000000000000{i:02X}" for i in range(1, 9)]
@@ -407,11 +413,14 @@ def test_async_pusher_wraps_a_distinct_data_key_for_every_object(env):
             (status / f"{name}.ready").touch()
         settings = base / "archiver" / "archiver.json"
         settings.parent.mkdir()
-        shutil.copyfile(env["CQOX_WAL_ARCHIVER_CONFIG"], settings)
+        data = json.loads(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]).read_text())
+        settings.write_text(json.dumps({**data, "data_key_max_age_seconds": window}))
         run_daemon(settings, pgdata, lambda: load_archiver_clients(settings), idle_exit=2.0, log=lambda m: None)
-        archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(SYSTEM_ID + 1))
+        archive = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(system_id))
         manifests = [json.loads(archive.get_bytes(archive.wal_manifest_key(n))) for n in names]
-        assert len({m["wrapped_dek"] for m in manifests}) == len(names)
+        assert len({m["wrapped_dek"] for m in manifests}) == keys
+        headers = [read_header(io.BytesIO(archive.get_bytes(archive.wal_key(n)))) for n in names]
+        assert {h.flags for h in headers} == {flags}
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -54,11 +54,21 @@ def _truth(segments: list[Segment]) -> tuple[float, float]:
 def history(stack):
     job = f"slo-test-{uuid.uuid4().hex[:8]}"
     data = stack.service("prometheus").home / "data"
-    backfill(history_openmetrics(SEGMENTS, {"job": job}), data)
+    text = history_openmetrics(SEGMENTS, {"job": job})
+    expected = sum(1 for line in text.splitlines() if line.startswith("http_requests_total{"))
+    backfill(text, data)
     prometheus = PrometheusResource(
         url=stack.env()["CQOX_PROMETHEUS_URL"], rules_dir=stack.env()["CQOX_PROMETHEUS_RULES_DIR"]
     )
-    wait_for_series(lambda: bool(prometheus.query(f'count(count_over_time(http_requests_total{{job="{job}"}}[10d]))')))
+    # promtool writes one block per 2 h and Prometheus loads blocks as they appear: wait for every sample, not the
+    # first (a query between two block loads saw a quarter of the history).
+    samples = f'sum(count_over_time(http_requests_total{{job="{job}"}}[10d]))'
+
+    def loaded() -> bool:
+        result = prometheus.query(samples)
+        return bool(result) and int(float(result[0]["value"][1])) >= expected
+
+    wait_for_series(loaded)
     raw = yaml.safe_load(SPEC.read_text())
     raw["selector"] = {"job": job}
     spec_path = Path(stack.config.root) / f"{job}.yaml"

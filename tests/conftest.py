@@ -22,17 +22,20 @@ from cqox_platform.stack import Stack
 from cqox_platform.stack.pglite import PGliteServer
 from tests.helpers import running_stack
 
-#: The xdist group of every module that uses the HA stack: one worker starts it, and runs those modules one by one.
+#: The xdist group of every test that uses the HA stack: one worker starts it, and runs those tests in order.
 HA_GROUP = "ha-stack"
 
 
+@pytest.hookimpl(tryfirst=True)  # xdist turns the marker into its group suffix in this same hook
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``scripts/test.sh`` runs ``-n 2 --dist loadgroup``) a module's tests stay on one worker,
-    so its module fixtures are built once; the modules using the HA stack (three Patroni nodes) share one group, so
-    only one worker starts it. Each worker starts its own session stack (free ports, its own directory)."""
-    uses_ha = {item.path for item in items if "ha_stack" in getattr(item, "fixturenames", ())}
+    so its module fixtures are built once. The tests using the HA stack (three Patroni nodes) share one group, so
+    only one worker starts it and the failover tests run in the order they are written; in a module that mixes
+    both (the alert drills), only its HA tests join that group, so the slow alert tests are not all queued behind
+    one worker. Each worker starts its own session stack (free ports, its own directory)."""
     for item in items:
-        group = HA_GROUP if item.path in uses_ha else str(item.path.relative_to(item.config.rootpath))
+        uses_ha = "ha_stack" in getattr(item, "fixturenames", ())
+        group = HA_GROUP if uses_ha else str(item.path.relative_to(item.config.rootpath))
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -69,6 +69,17 @@ def _wait_timeline(stack, timeline: int, timeout: float = 30.0):
         time.sleep(0.5)
 
 
+def _reach_timeline(stack, timeline: int) -> int:
+    """The cluster on ``timeline`` or later: planned switchovers to a replica until it is there."""
+    state = wait_healthy(stack)
+    while state.timeline is None or state.timeline < timeline:
+        candidate = next(m.name for m in state.members if m.name != state.leader and m.state == "streaming")
+        stack.service("patroni").client().switchover(candidate)
+        _wait_timeline(stack, (state.timeline or 0) + 1, timeout=120)
+        state = wait_healthy(stack)
+    return state.timeline
+
+
 def _node(stack, name):
     return next(n for n in stack.service("patroni").nodes if n.name == name)
 
@@ -228,9 +239,9 @@ def test_partitioned_leader_demotes_and_two_nodes_never_accept_writes(ha_stack, 
 def test_archiving_continues_across_timelines_and_a_drill_after_the_failovers_passes(
     ha_stack, env, backup_before_failover
 ):
-    # The failover tests above switch timelines; Patroni publishes a new leader's timeline a loop after the
-    # promotion, so a loaded machine can read the previous one here for a while.
-    timeline = _wait_timeline(ha_stack, 3, timeout=120).timeline
+    # The failover tests above reach timeline 3; run alone (``-k archiving``), this test switches over itself.
+    # Patroni publishes a new leader's timeline a loop after the promotion, so _wait_timeline polls.
+    timeline = _reach_timeline(ha_stack, 3)
     with psycopg.connect(**ha_stack.service("postgres").conninfo(), autocommit=True) as conn:
         archive = cluster_archive(conn, s3_client(env), env["CQOX_S3_BUCKET"])
         conn.execute("CREATE TABLE IF NOT EXISTS after_failover (n int)")

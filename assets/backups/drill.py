@@ -94,7 +94,7 @@ def restore_drill(
             expected=plan.expected,
             cli=platform_cli(),
             settings_file=Path(backups.archiver_settings),
-            workdir=Path(backups.drill_dir),
+            workdir=backups.drill_parent(),
             progress=context.log.info,
             keep=config.keep_scratch,
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from cqox_platform.resources.settings_backed import SettingsBackedResource, unset
 from cqox_platform.settings import Settings, get_settings
 
@@ -18,8 +21,13 @@ class BackupStorageResource(SettingsBackedResource):
     archiver_settings: str = ""
     #: The Transit key that wraps backup and WAL data keys: ``settings.backup_transit_key``, as the CLI uses.
     transit_key: str = "cqox-backups"
-    #: Parent directory of drill scratch clusters (must be traversable by the postgres OS user).
-    drill_dir: str = "/tmp"
+    #: Parent directory of drill scratch clusters (must be traversable by the postgres OS user). Empty: the
+    #: temporary directory (``TMPDIR``), where a run pod mounts its scratch volume (deploy/helm/values.yaml).
+    drill_dir: str = ""
+
+    def drill_parent(self) -> Path:
+        """Where a drill's scratch cluster goes: ``drill_dir``, else ``TMPDIR`` (read now, not at import)."""
+        return Path(self.drill_dir or tempfile.gettempdir())
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> BackupStorageResource:

@@ -8,6 +8,7 @@ does against real services is tested in tests/integration/test_backups.py.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ class World:
     backup_started: list = field(default_factory=list)
     #: When set, a base backup waits on it (to hold the pool slot while a second backup is requested).
     hold_backup: threading.Event | None = None
+    #: The scratch parent each drill was given.
+    drill_workdirs: list = field(default_factory=list)
 
 
 class FakeArchive:
@@ -112,6 +115,7 @@ def world(monkeypatch) -> World:
         return rec, point
 
     def run_drill(archive, provider, rec, target, **kwargs):
+        w.drill_workdirs.append(kwargs.get("workdir"))
         if w.drills_crash:
             raise RuntimeError("scratch cluster did not start")
         result = DrillResult("d", rec.backup_id, "b", target, datetime.now(UTC), datetime.now(UTC))
@@ -227,6 +231,16 @@ def test_a_failing_drill_in_the_same_run_skips_retention(world):
         result = materialize([backups.postgres_basebackup, backups.restore_drill, backups.backup_retention], instance)
     assert checks(result) == {"drill_passed": False, "latest_backup_verified_restorable": False}
     assert not result.asset_materializations_for_node("backup_retention") and not world.deleted
+
+
+def test_a_drill_writes_its_scratch_cluster_under_tmpdir_where_a_run_pod_mounts_its_scratch_volume(
+    world, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches the directory it chose first
+    with dg.instance_for_test() as instance:
+        assert materialize([backups.postgres_basebackup, backups.restore_drill], instance).success
+    assert world.drill_workdirs == [tmp_path]
 
 
 def test_drill_config_is_typed(world):

@@ -351,3 +351,57 @@ def test_retention_deletes_nothing_until_the_newest_backup_has_a_passing_drill_a
     meta = _meta(done, "backup_retention")
     assert meta["gate_drill_id"] == _meta(drilled, "restore_drill")["drill_id"]
     assert newer.backup_id in meta["gate"]
+
+
+# --- scratch space ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _small_volume(size_bytes: int):
+    """A tmpfs of ``size_bytes``, the way a run pod's size-limited (or memory-backed) scratch volume looks to
+    statvfs; writing past it fails with ENOSPC (memory-backed in a pod: an OOM kill)."""
+    where = make_world_traversable_tmpdir("cqox-failclosed-small-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_a_drill_whose_scratch_volume_is_smaller_than_the_database_fails_before_downloading(env, backup):
+    from cqox_platform.backup.restore.recovery import RecoveryTarget
+    from cqox_platform.backup.verify.drill import FAILED, run_drill
+    from cqox_platform.installation import platform_cli
+
+    clients = _clients(env)
+    archive = Archive(clients.s3, clients.bucket, backup.system_id)
+    messages: list[str] = []
+    with _small_volume(backup.database_bytes // 4) as scratch:
+        result = run_drill(
+            archive,
+            clients.provider,
+            backup,
+            RecoveryTarget("backup_end"),
+            expected=None,
+            cli=platform_cli(),
+            settings_file=_settings(env),
+            workdir=scratch,
+            progress=messages.append,
+        )
+        left = list(scratch.iterdir())
+    assert result.status == FAILED
+    assert str(scratch) in result.error and "scratch" in result.error, result.error
+    assert f"{backup.database_bytes / 2**20:.0f} MiB" in result.error, result.error  # what it needs, in MiB
+    assert not any("downloading" in m for m in messages), messages  # refused before the first byte
+    assert left == [], left  # and removed what it created
+
+
+def test_a_restore_into_a_volume_smaller_than_the_database_is_refused_before_downloading(env, backup):
+    with _small_volume(backup.database_bytes // 4) as volume:
+        restored = _cli(env, "restore", "--backup", backup.backup_id, "--pgdata", str(volume / "pg"), "--no-start")
+        left = list(volume.iterdir())
+    assert restored.returncode == 1, restored.stdout + restored.stderr
+    assert str(volume) in restored.stderr and "free" in restored.stderr, restored.stderr
+    assert "download" not in restored.stdout.lower(), restored.stdout
+    assert left == [], left

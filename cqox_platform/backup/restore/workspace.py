@@ -38,6 +38,7 @@ from cqox_platform.backup.restore.recovery import (
     configure_recovery,
     restore_command_for,
 )
+from cqox_platform.backup.restore.space import check_room_for
 from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import RestoreError
@@ -168,6 +169,7 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
     else:
         record = find_backup(clients.s3, bucket, request.backup_id)
     check_target_after_backup(target, record)
+    check_room_for(record, pgdata, "--pgdata")
     if target.kind == "xid":
         status = sources.xid_status(record.system_id, int(target.value))
         if status is None:

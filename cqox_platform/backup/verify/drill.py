@@ -35,6 +35,7 @@ from cqox_platform.backup.restore.recovery import (
     configure_recovery,
     restore_command_for,
 )
+from cqox_platform.backup.restore.space import check_room_for
 from cqox_platform.backup.verify.proof import RestorePoint, compare_checksums, table_checksums
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.pgserver import ScratchCluster, free_port, pg_bindir
@@ -96,6 +97,7 @@ def run_drill(
     bindir = pg_bindir()
     cluster = ScratchCluster(pgdata, scratch / "sock", free_port(), scratch / "server.log", bindir)
     try:
+        check_room_for(record, scratch, "the drill's scratch directory")
         where = archive.where(record.object_key)
         progress(f"drill {result.drill_id}: downloading {where} ({record.stored_bytes / 2**20:.1f} MiB)")
         files = restore_files(archive, provider, record, pgdata, progress, bindir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import requests
 
 from cqox_platform.stack.config import DAGSTER_DB_NAME
+from tests.helpers import running_stack
 
 PROJECT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -20,6 +22,20 @@ MAIN_SELECTION = (
     " and not key:slo_version_report"
 )
 DATABASE_ASSETS = {"cqox_schema", "metrics_partitions", "metrics_rollups", "metrics_retention"}
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """A stack of this module's own, as on a fresh machine: the main job's blocking schema-drift check must see
+    only the migrations' objects, while the session stack's database holds the probe tables other modules create,
+    in whatever order the workers run them."""
+    with running_stack("cqox-test-e2e-", with_dagster=True) as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def stack_env(stack) -> dict[str, str]:
+    return {**os.environ, **stack.env()}
 
 
 def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

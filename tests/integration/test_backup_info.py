@@ -16,9 +16,25 @@ import pytest
 from assets import backups as backup_assets
 from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.schema import MigrationRunner
-from tests.helpers import asset_metadata, check_results, materialize_backups, materialize_vault_config, postgres_admin
+from tests.helpers import (
+    asset_metadata,
+    check_results,
+    materialize_backups,
+    materialize_vault_config,
+    postgres_admin,
+    running_stack,
+)
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """A stack of this module's own: the verdicts read the whole archive of both copies, which on the session stack
+    holds what other modules did to it (retention deleting WAL, faults, DR copies at other moments); there the DR
+    copy was once found with five segments the primary no longer had."""
+    with running_stack("cqox-test-info-", with_dagster=False) as st:
+        yield st
 
 
 @pytest.fixture(scope="module")

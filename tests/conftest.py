@@ -33,10 +33,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     only one worker starts it and the failover tests run in the order they are written; in a module that mixes
     both (the alert drills), only its HA tests join that group, so the slow alert tests are not all queued behind
     one worker. Each worker starts its own session stack (free ports, its own directory)."""
-    for item in items:
+    ha_slots = []
+    for index, item in enumerate(items):
         uses_ha = "ha_stack" in getattr(item, "fixturenames", ())
         group = HA_GROUP if uses_ha else str(item.path.relative_to(item.config.rootpath))
         item.add_marker(pytest.mark.xdist_group(group))
+        if uses_ha:
+            ha_slots.append(index)
+    # Tests marked ``ha_stack_first`` run before the other HA tests (stable otherwise), in the HA tests' own slots.
+    ha_items = sorted((items[i] for i in ha_slots), key=lambda it: it.get_closest_marker("ha_stack_first") is None)
+    for index, item in zip(ha_slots, ha_items, strict=True):
+        items[index] = item
 
 
 @pytest.fixture(scope="session")

@@ -468,15 +468,13 @@ def backup_info(as_json: bool) -> None:
     import psycopg
 
     import cqox_platform.cli.context as context
-    from cqox_platform.backup.archive.cluster import cluster_archive
     from cqox_platform.backup.verify.checks import RPO_TARGET_SECONDS
     from cqox_platform.backup.verify.info import (
         INFO_SCHEMA_VERSION,
-        cluster_position,
         copy_json,
         info_verdict,
         position_json,
-        read_copy,
+        read_copies,
         unreadable_copy_json,
     )
 
@@ -485,22 +483,13 @@ def backup_info(as_json: bool) -> None:
     if dr := context.settings().s3_dr_bucket:
         buckets.append(("dr", dr))
     as_of = datetime.now(UTC)
-    read: list[CopyInfo] = []
-    shown: list[dict[str, Any]] = []
-    errors: list[str] = []
     with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
-        position = cluster_position(conn)
-        for name, bucket in buckets:
-            archive = cluster_archive(conn, ctx.s3, bucket)
-            try:
-                copy = read_copy(conn, name, archive, ctx.provider, position, as_of=as_of)
-            except CqoxError as exc:
-                where = archive.where(archive.root + "/")
-                errors.append(f"the {name} copy ({where}) cannot be read: {_one_line(str(exc))}")
-                shown.append(unreadable_copy_json(name, where, errors[-1]))
-                continue
-            read.append(copy)
-            shown.append(copy_json(copy))
+        position, read, unreadable = read_copies(conn, ctx.s3, buckets, ctx.provider, as_of=as_of)
+    errors = [u.error for u in unreadable]
+    by_name = {c.name: copy_json(c) for c in read} | {
+        u.name: unreadable_copy_json(u.name, u.where, u.error) for u in unreadable
+    }
+    shown = [by_name[name] for name, _bucket in buckets]
     verdict = info_verdict(read, RPO_TARGET_SECONDS)
     passed = verdict.passed and not errors
     if as_json:

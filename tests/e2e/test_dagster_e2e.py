@@ -57,6 +57,7 @@ def test_main_job_materializes_from_the_cli_and_records_the_run_in_postgres(stac
         "drill_passed",
         "latest_backup_verified_restorable",
         "dr_copy_verified",
+        "recoverable",
         "manifests_in_sync",
         "slo_alerts_can_fire",
     }

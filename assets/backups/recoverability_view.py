@@ -119,7 +119,8 @@ def metadata(result: Recoverability) -> dict[str, object]:
         "newest_backup_id": result.newest_backup_id or "none",
     }
     if result.reasons:
-        out["why_and_next_step"] = dg.MetadataValue.md("\n".join(f"- {reason}" for reason in result.reasons))
+        # Plain text, shown inline (Markdown would sit behind "[Show Markdown]").
+        out["why_and_next_step"] = "\n".join(result.reasons)
     out.update(result.numbers)
     for key, value in (
         ("newest_backup_at", result.newest_backup_at),

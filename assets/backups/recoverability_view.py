@@ -51,7 +51,7 @@ SUMMARY_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("item", "string", description="what is judged"),
         dg.TableColumn("value", "string", description="what was found"),
-        dg.TableColumn("seconds", "float", description="the number behind the value, in seconds (gaps: a count)"),
+        dg.TableColumn("seconds", "float", description="the number behind the value, in seconds"),
         dg.TableColumn("target", "string", description="what it must be"),
         dg.TableColumn("ok", "bool", description="within the target"),
     ]

@@ -258,9 +258,7 @@ def assess(
         else:
             gaps = len(window.gaps)
             first = f", first {window.gaps[0]}" if window.gaps else ""
-            rows.append(
-                Row("WAL gaps", f"{gaps} in {window.wal_from}..{window.wal_to}{first}", "0", gaps == 0, float(gaps))
-            )
+            rows.append(Row("WAL gaps", f"{gaps} in {window.wal_from}..{window.wal_to}{first}", "0", gaps == 0))
             numbers["wal_gaps"] = float(gaps)
 
     # The second region.

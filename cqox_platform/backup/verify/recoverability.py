@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from cqox_platform.backup.verify.info import CopyInfo, UnreadableCopy, info_verdict, read_copies
+from cqox_platform.backup.verify.info import BackupEntry, CopyInfo, UnreadableCopy, info_verdict, read_copies
 from cqox_platform.crypto.keys import DataKeyProvider
 
 #: The RTO the operators hold us to (the roadmap's "< 4 h", alerted on in backup-alerts.yml).
@@ -138,6 +138,22 @@ def _restorable(copy: CopyInfo) -> bool:
     return any(b.verified and not b.wal_missing for b in copy.backups)
 
 
+@dataclass
+class _Findings:
+    """What each step of ``assess`` adds: table rows, reasons against "recoverable", numbers to plot."""
+
+    rows: list[Row] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    def number(self, name: str, value: float | None) -> float | None:
+        """Record ``value`` for plotting (rounded); unknown values are left out, never plotted as a stand-in."""
+        if value is None:
+            return None
+        self.numbers[name] = round(value, 1)
+        return self.numbers[name]
+
+
 def assess(
     evidence: Evidence,
     *,
@@ -147,149 +163,22 @@ def assess(
 ) -> Recoverability:
     """The verdict and the table rows from ``evidence`` (pure: no I/O, so every rule is table-tested)."""
     copies = {c.name: c for c in evidence.copies}
-    primary = copies.get("primary")
-    dr = copies.get("dr")
-    unreadable = [f"{u.error}; fix access to it, then look again" for u in evidence.unreadable]
-    reasons = [*unreadable, *info_verdict(evidence.copies, rpo_target_seconds).reasons]
-    rows: list[Row] = []
-    numbers: dict[str, float] = {}
+    primary, dr = copies.get("primary"), copies.get("dr")
+    found = _Findings()
+    found.reasons += [f"{u.error}; fix access to it, then look again" for u in evidence.unreadable]
+    found.reasons += info_verdict(evidence.copies, rpo_target_seconds).reasons
 
     # The newest backup: from the primary copy, else from any copy that could be read.
     holder = primary if primary and primary.backups else next((c for c in evidence.copies if c.backups), None)
     newest = holder.backups[-1] if holder else None
-    age = None
-    if newest is None:
-        rows.append(Row("newest backup", "none in any readable copy", "at most 26 h old", False))
-    else:
-        stopped = newest.record.stop_datetime
-        age = max(0.0, (evidence.as_of - stopped).total_seconds())
-        numbers["newest_backup_age_seconds"] = round(age, 1)
-        fresh = age <= backup_max_age_seconds
-        rows.append(
-            Row(
-                "newest backup",
-                f"{newest.record.backup_id} (ended {_utc(stopped)}, {_age(age)} ago)",
-                f"at most {backup_max_age_seconds / 3600:.0f} h old",
-                fresh,
-                round(age, 1),
-            )
-        )
-        if not fresh:
-            reasons.append(
-                f"the newest backup {newest.record.backup_id} ended {_age(age)} ago, more than "
-                f"{backup_max_age_seconds / 3600:.0f} h: the daily backup did not run or failed; look at "
-                "postgres_basebackup's last runs, then materialize it or run `cqox-platform backup create`"
-            )
-
-    # Proven restorable: a drill verified the newest backup (info_verdict names what to run when not).
-    proven = newest.verified_by if newest else None
-    if newest is None:
-        proof = "no backup"
-    elif proven:
-        proof = f"yes, drill {proven['drill_id']} ({_utc(proven.get('finished_at'))})"
-    else:
-        last = newest.last_drill
-        proof = "no, no drill yet" if last is None else f"no, its last drill {last['drill_id']} is {last['status']}"
-    rows.append(Row("proven restorable", proof, "a passing drill of the newest backup", proven is not None))
-
-    # The last drill's RTO, whichever backup it restored.
-    last = evidence.last_drill
-    rto = None
-    if last is None:
-        rows.append(Row("last drill RTO", "no drill ever ran", f"at most {_secs(rto_target_seconds)} (4 h)", False))
-        reasons.append("no restore drill ever ran, so the RTO is unmeasured: materialize restore_drill")
-    else:
-        passed = last.get("status") == "passed"
-        rto = None if last.get("rto_seconds") is None else float(last["rto_seconds"])
-        within = passed and rto is not None and rto <= rto_target_seconds
-        if rto is not None and passed:
-            numbers["rto_seconds"] = round(rto, 1)
-        rows.append(
-            Row(
-                "last drill RTO",
-                f"{_secs(rto)} (drill {last['drill_id']} of backup {last['backup_id']}, {last['status']})",
-                f"at most {_secs(rto_target_seconds)} (4 h)",
-                within,
-                None if rto is None else round(rto, 1),
-            )
-        )
-        if not passed:
-            reasons.append(
-                f"the last drill {last['drill_id']} (backup {last['backup_id']}) is {last['status']}: "
-                f"{last.get('error') or 'no error recorded'}; open restore_drill's last run, fix the cause and "
-                "materialize restore_drill again"
-            )
-        elif rto is None or rto > rto_target_seconds:
-            reasons.append(
-                f"the last drill {last['drill_id']} took {_secs(rto)}, over the RTO target of "
-                f"{_secs(rto_target_seconds)}: see its rto_breakdown for the slow phase"
-            )
-        if not passed:
-            rto = None
-
-    # RPO and WAL continuity from the primary copy's window (measured like wal_archive_status's RPO).
-    rpo = gaps = None
-    if primary is None:
-        rows.append(Row("RPO", "primary copy unreadable", f"at most {_secs(rpo_target_seconds)} (1 h)", False))
-        rows.append(Row("WAL gaps", "primary copy unreadable", "0", False))
-    else:
-        window = primary.window
-        rpo = window.lag_seconds
-        if rpo is not None:
-            numbers["rpo_seconds"] = round(rpo, 1)
-        value = (
-            "unbounded: nothing of the current timeline archived"
-            if rpo is None
-            else f"{_secs(rpo)} (newest segment {window.newest_segment})"
-        )
-        rows.append(
-            Row(
-                "RPO",
-                value,
-                f"at most {_secs(rpo_target_seconds)} (1 h)",
-                rpo is not None and rpo <= rpo_target_seconds,
-                None if rpo is None else round(rpo, 1),
-            )
-        )
-        if window.continuity_error:
-            rows.append(Row("WAL gaps", f"cannot be walked: {window.continuity_error}", "0", False))
-        elif window.wal_from is None:
-            rows.append(Row("WAL gaps", "no WAL archived since the oldest backup", "0", False))
-        else:
-            gaps = len(window.gaps)
-            first = f", first {window.gaps[0]}" if window.gaps else ""
-            rows.append(Row("WAL gaps", f"{gaps} in {window.wal_from}..{window.wal_to}{first}", "0", gaps == 0))
-            numbers["wal_gaps"] = float(gaps)
-
-    # The second region.
-    dr_lag = None
-    if not evidence.dr_configured:
-        rows.append(Row("DR copy lag", "no DR bucket configured", f"at most {_secs(rpo_target_seconds)}", False))
-        reasons.append(
-            "no second-region bucket is configured (CQOX_S3_DR_BUCKET): losing the primary bucket loses every "
-            "backup; set it and let backups_dr_copy run"
-        )
-    elif dr is None:
-        rows.append(Row("DR copy lag", "DR copy unreadable", f"at most {_secs(rpo_target_seconds)}", False))
-    else:
-        dr_lag = dr.window.lag_seconds
-        if dr_lag is not None:
-            numbers["dr_lag_seconds"] = round(dr_lag, 1)
-        dr_newest = dr.backups[-1].record.backup_id if dr.backups else "none"
-        rows.append(
-            Row(
-                "DR copy lag",
-                f"{'no end' if dr_lag is None else _secs(dr_lag)} (newest backup there: {dr_newest})",
-                f"at most {_secs(rpo_target_seconds)}",
-                dr_lag is not None and dr_lag <= rpo_target_seconds and bool(dr.backups),
-                None if dr_lag is None else round(dr_lag, 1),
-            )
-        )
-
+    age = _newest_backup(found, newest, evidence.as_of, backup_max_age_seconds)
+    _proof(found, newest)
+    rto = _last_drill(found, evidence.last_drill, rto_target_seconds)
+    rpo, gaps = _primary_window(found, primary, rpo_target_seconds)
+    dr_lag = _dr_copy(found, dr, evidence.dr_configured, rpo_target_seconds)
     window = primary.window if primary else (dr.window if dr else None)
-    earliest = window.earliest if window else None
-    latest = window.latest if window else None
-    rows.append(
+    earliest, latest = (window.earliest, window.latest) if window else (None, None)
+    found.rows.append(
         Row(
             "recovery window",
             f"{_utc(earliest)} .. {_utc(latest)}" + ("" if primary else " (from the DR copy)"),
@@ -298,15 +187,18 @@ def assess(
         )
     )
 
-    verdict = Verdict.RECOVERABLE if not reasons else Verdict.AT_RISK
+    verdict = Verdict.RECOVERABLE if not found.reasons else Verdict.AT_RISK
     if not any(_restorable(c) for c in evidence.copies):
         verdict = Verdict.NOT_RECOVERABLE
-    if verdict is not Verdict.RECOVERABLE and not reasons:  # fail closed: never a bad verdict without a reason
-        reasons.append("no copy holds a verified backup with its WAL: take a backup and materialize restore_drill")
+    if verdict is not Verdict.RECOVERABLE and not found.reasons:  # fail closed: never a bad verdict without a reason
+        found.reasons.append(
+            "no copy holds a verified backup with its WAL: take a backup and materialize restore_drill"
+        )
+    proven = newest.verified_by if newest else None
     return Recoverability(
         verdict=verdict,
-        reasons=reasons,
-        rows=rows,
+        reasons=found.reasons,
+        rows=found.rows,
         as_of=evidence.as_of,
         newest_backup_id=newest.record.backup_id if newest else None,
         newest_backup_at=newest.record.stop_datetime if newest else None,
@@ -318,5 +210,116 @@ def assess(
         dr_lag_seconds=dr_lag,
         window_earliest=earliest,
         window_latest=latest,
-        numbers=numbers,
+        numbers=found.numbers,
     )
+
+
+def _newest_backup(found: _Findings, newest: BackupEntry | None, as_of: datetime, max_age: float) -> float | None:
+    """The newest backup and its age: older than the daily schedule allows is stale evidence."""
+    target = f"at most {max_age / 3600:.0f} h old"
+    if newest is None:
+        found.rows.append(Row("newest backup", "none in any readable copy", target, False))
+        return None
+    stopped = newest.record.stop_datetime
+    age = max(0.0, (as_of - stopped).total_seconds())
+    fresh = age <= max_age
+    value = f"{newest.record.backup_id} (ended {_utc(stopped)}, {_age(age)} ago)"
+    found.rows.append(Row("newest backup", value, target, fresh, found.number("newest_backup_age_seconds", age)))
+    if not fresh:
+        found.reasons.append(
+            f"the newest backup {newest.record.backup_id} ended {_age(age)} ago, more than {max_age / 3600:.0f} h: "
+            "the daily backup did not run or failed; look at postgres_basebackup's last runs, then materialize it "
+            "or run `cqox-platform backup create`"
+        )
+    return age
+
+
+def _proof(found: _Findings, newest: BackupEntry | None) -> None:
+    """Whether a drill verified the newest backup (``info_verdict`` already says what to run when not)."""
+    proven = newest.verified_by if newest else None
+    if newest is None:
+        value = "no backup"
+    elif proven:
+        value = f"yes, drill {proven['drill_id']} ({_utc(proven.get('finished_at'))})"
+    elif newest.last_drill is None:
+        value = "no, no drill yet"
+    else:
+        value = f"no, its last drill {newest.last_drill['drill_id']} is {newest.last_drill['status']}"
+    found.rows.append(Row("proven restorable", value, "a passing drill of the newest backup", proven is not None))
+
+
+def _last_drill(found: _Findings, last: dict[str, Any] | None, target: float) -> float | None:
+    """The last drill of any backup: it passed, and restored within the RTO target. Returns its RTO if it passed."""
+    within = f"at most {_secs(target)} (4 h)"
+    if last is None:
+        found.rows.append(Row("last drill RTO", "no drill ever ran", within, False))
+        found.reasons.append("no restore drill ever ran, so the RTO is unmeasured: materialize restore_drill")
+        return None
+    passed = last.get("status") == "passed"
+    rto = None if last.get("rto_seconds") is None else float(last["rto_seconds"])
+    value = f"{_secs(rto)} (drill {last['drill_id']} of backup {last['backup_id']}, {last['status']})"
+    shown = found.number("rto_seconds", rto) if passed else (None if rto is None else round(rto, 1))
+    found.rows.append(Row("last drill RTO", value, within, passed and rto is not None and rto <= target, shown))
+    if not passed:
+        found.reasons.append(
+            f"the last drill {last['drill_id']} (backup {last['backup_id']}) is {last['status']}: "
+            f"{last.get('error') or 'no error recorded'}; open restore_drill's last run, fix the cause and "
+            "materialize restore_drill again"
+        )
+        return None
+    if rto is None or rto > target:
+        found.reasons.append(
+            f"the last drill {last['drill_id']} took {_secs(rto)}, over the RTO target of {_secs(target)}: see its "
+            "rto_breakdown for the slow phase"
+        )
+    return rto
+
+
+def _primary_window(found: _Findings, primary: CopyInfo | None, target: float) -> tuple[float | None, int | None]:
+    """The RPO (the primary window's lag, measured like ``wal_archive_status``'s) and the WAL gaps on the current
+    timeline; ``info_verdict`` already gave the reasons."""
+    within = f"at most {_secs(target)} (1 h)"
+    if primary is None:
+        found.rows.append(Row("RPO", "primary copy unreadable", within, False))
+        found.rows.append(Row("WAL gaps", "primary copy unreadable", "0", False))
+        return None, None
+    window = primary.window
+    rpo = window.lag_seconds
+    if rpo is None:
+        value = "unbounded: nothing of the current timeline archived"
+    else:
+        value = f"{_secs(rpo)} (newest segment {window.newest_segment})"
+    ok = rpo is not None and rpo <= target
+    found.rows.append(Row("RPO", value, within, ok, found.number("rpo_seconds", rpo)))
+    if window.continuity_error:
+        found.rows.append(Row("WAL gaps", f"cannot be walked: {window.continuity_error}", "0", False))
+        return rpo, None
+    if window.wal_from is None:
+        found.rows.append(Row("WAL gaps", "no WAL archived since the oldest backup", "0", False))
+        return rpo, None
+    gaps = len(window.gaps)
+    first = f", first {window.gaps[0]}" if window.gaps else ""
+    found.rows.append(Row("WAL gaps", f"{gaps} in {window.wal_from}..{window.wal_to}{first}", "0", gaps == 0))
+    found.number("wal_gaps", float(gaps))
+    return rpo, gaps
+
+
+def _dr_copy(found: _Findings, dr: CopyInfo | None, configured: bool, target: float) -> float | None:
+    """The second region: configured, readable, holding backups, and its window within the RPO target of now."""
+    within = f"at most {_secs(target)}"
+    if not configured:
+        found.rows.append(Row("DR copy lag", "no DR bucket configured", within, False))
+        found.reasons.append(
+            "no second-region bucket is configured (CQOX_S3_DR_BUCKET): losing the primary bucket loses every "
+            "backup; set it and let backups_dr_copy run"
+        )
+        return None
+    if dr is None:
+        found.rows.append(Row("DR copy lag", "DR copy unreadable", within, False))
+        return None
+    lag = dr.window.lag_seconds
+    newest = dr.backups[-1].record.backup_id if dr.backups else "none"
+    value = f"{'no end' if lag is None else _secs(lag)} (newest backup there: {newest})"
+    ok = lag is not None and lag <= target and bool(dr.backups)
+    found.rows.append(Row("DR copy lag", value, within, ok, found.number("dr_lag_seconds", lag)))
+    return lag

@@ -15,6 +15,8 @@ DEBIAN_PACKAGES=(
   pgbackrest
   # `stack up --ha`: the DCS, the PostgreSQL endpoint in front of Patroni, and partition drills.
   etcd-server haproxy nftables
+  # The end-to-end browser test (tests/e2e): Playwright drives Debian's headless Chromium, never a downloaded one.
+  chromium
 )
 # CQOX_BUILD_IMAGE=1: the code-location image is built (scripts/build-image.sh) and run by its tests with podman
 # (runc: crun refuses a hybrid cgroup hierarchy).

@@ -341,10 +341,52 @@ def backup_create(as_json: bool) -> None:
             pg_basebackup=str(pg_bindir() / "pg_basebackup"),
             progress=lambda m: click.echo(m, err=True),
         )
+    created = created_json(record, archive.where(record.object_key), point)
+    _record_in_dagster(created)
     if as_json:
-        echo_json(created_json(record, archive.where(record.object_key), point))
+        echo_json(created)
         return
     click.echo(f"{record.backup_id}  {archive.where(record.object_key)}  restore point {point.name}")
+
+
+#: How long recording a backup in Dagster may take (loading Dagster and its instance) before the CLI gives up on it.
+RECORD_TIMEOUT_SECONDS = 120
+
+
+def _record_in_dagster(created: dict[str, Any]) -> None:
+    """Record a finished backup on ``postgres_basebackup`` in the Dagster instance (``DAGSTER_HOME``), so the asset
+    shows the real newest backup; a warning, never a failure, when that is not possible: the backup is complete.
+
+    A separate program does it (``cqox_platform.instance_events``): the CLI never imports Dagster.
+    """
+    import json
+    import subprocess
+
+    from cqox_platform.settings import child_env
+
+    backup_id = created["backup"]["backup_id"]
+    argv = [sys.executable, "-m", "cqox_platform.instance_events", "backup-created", "--made-by", "CLI"]
+    try:
+        done = subprocess.run(
+            argv,
+            input=json.dumps(created),
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=RECORD_TIMEOUT_SECONDS,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = _one_line(str(exc)) or type(exc).__name__
+    else:
+        if done.returncode == 0:
+            click.echo(f"backup create: {done.stdout.strip()}", err=True)
+            return
+        lines = done.stderr.strip().splitlines()
+        why = _one_line(lines[-1]) if lines else f"the recorder exited {done.returncode} without a reason"
+    click.echo(
+        f"warning: backup {backup_id} is complete, but it is not recorded on postgres_basebackup in Dagster: {why}",
+        err=True,
+    )
 
 
 #: ``backup info`` and ``backup list --require-verified``: the command ran, and the verdict failed (as ``ha status``
@@ -468,15 +510,13 @@ def backup_info(as_json: bool) -> None:
     import psycopg
 
     import cqox_platform.cli.context as context
-    from cqox_platform.backup.archive.cluster import cluster_archive
     from cqox_platform.backup.verify.checks import RPO_TARGET_SECONDS
     from cqox_platform.backup.verify.info import (
         INFO_SCHEMA_VERSION,
-        cluster_position,
         copy_json,
         info_verdict,
         position_json,
-        read_copy,
+        read_copies,
         unreadable_copy_json,
     )
 
@@ -485,22 +525,13 @@ def backup_info(as_json: bool) -> None:
     if dr := context.settings().s3_dr_bucket:
         buckets.append(("dr", dr))
     as_of = datetime.now(UTC)
-    read: list[CopyInfo] = []
-    shown: list[dict[str, Any]] = []
-    errors: list[str] = []
     with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
-        position = cluster_position(conn)
-        for name, bucket in buckets:
-            archive = cluster_archive(conn, ctx.s3, bucket)
-            try:
-                copy = read_copy(conn, name, archive, ctx.provider, position, as_of=as_of)
-            except CqoxError as exc:
-                where = archive.where(archive.root + "/")
-                errors.append(f"the {name} copy ({where}) cannot be read: {_one_line(str(exc))}")
-                shown.append(unreadable_copy_json(name, where, errors[-1]))
-                continue
-            read.append(copy)
-            shown.append(copy_json(copy))
+        position, read, unreadable = read_copies(conn, ctx.s3, buckets, ctx.provider, as_of=as_of)
+    errors = [u.error for u in unreadable]
+    by_name = {c.name: copy_json(c) for c in read} | {
+        u.name: unreadable_copy_json(u.name, u.where, u.error) for u in unreadable
+    }
+    shown = [by_name[name] for name, _bucket in buckets]
     verdict = info_verdict(read, RPO_TARGET_SECONDS)
     passed = verdict.passed and not errors
     if as_json:

@@ -775,6 +775,32 @@ def test_a_backup_from_the_cli_gets_exactly_one_drill(stack, env):
     assert "passed" in line, line
 
 
+def test_a_backup_from_the_cli_is_the_newest_on_postgres_basebackup_in_the_stacks_instance(stack, env):
+    """`backup create` records its backup on the asset (a runless materialization in DAGSTER_HOME's instance), so the
+    asset's page shows the real newest backup, not the last one Dagster made."""
+    created = _cli(env, "backup", "create")
+    assert created.returncode == 0, created.stderr[-2000:]
+    backup_id = created.stdout.split()[0]
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("postgres_basebackup"))
+    assert event is not None, "no materialization of postgres_basebackup in the stack's instance"
+    metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    assert metadata["backup_id"] == backup_id, metadata  # the CLI's backup is the newest on the asset
+    assert metadata["made_by"] == "CLI" and metadata["stored_mib"] > 0 and metadata["stop_time"] > 0
+    assert not event.run_id  # runless: reported, not run by Dagster
+    assert f"recorded base backup {backup_id} on postgres_basebackup" in created.stderr
+
+
+def test_a_backup_from_the_cli_without_a_dagster_instance_succeeds_with_a_warning(stack, env):
+    without = {k: v for k, v in {**os.environ, **env}.items() if k != "DAGSTER_HOME"}
+    created = subprocess.run([*CLI, "backup", "create"], env=without, capture_output=True, text=True, timeout=300)
+    assert created.returncode == 0, created.stderr[-2000:]
+    backup_id = created.stdout.split()[0]
+    assert backup_id in [r.backup_id for r in list_backups(_archive(stack, env))]
+    warning = next(line for line in created.stderr.splitlines() if line.startswith("warning:"))
+    assert backup_id in warning and "not recorded on postgres_basebackup" in warning and "DAGSTER_HOME" in warning
+
+
 def test_a_drill_without_a_captured_point_is_partial_and_verifies_nothing(stack, env):
     """Item 4: without a restore point a drill checks the `postgres` database only: no proof of the backup."""
     from cqox_platform.backup.verify.drill import verified_backup_ids

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from cqox_platform.backup.archive.cluster import cluster_archive
 from cqox_platform.backup.archive.records import BackupRecord, list_backups
 from cqox_platform.backup.archive.store import Archive, ArchiveError
 from cqox_platform.backup.archive.wal_names import (
@@ -41,6 +42,7 @@ from cqox_platform.backup.wal.segment import read_wal
 from cqox_platform.backup.wal.status import unprotected
 from cqox_platform.crypto.envelope import Manifest
 from cqox_platform.crypto.keys import DataKeyProvider
+from cqox_platform.errors import CqoxError
 
 #: The version of the JSON ``backup info --json`` prints; raised on any change a reader could trip over.
 INFO_SCHEMA_VERSION = 1
@@ -112,6 +114,15 @@ class CopyInfo:
     backups: list[BackupEntry]
     window: RecoveryWindow
     segments_in_archive: int
+
+
+@dataclass(frozen=True)
+class UnreadableCopy:
+    """A copy that could not be read: never shown as a copy without backups."""
+
+    name: str
+    where: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -296,6 +307,30 @@ def read_copy(
         window=window,
         segments_in_archive=sum(1 for n in archived if SEGMENT_RE.match(n)),
     )
+
+
+def read_copies(
+    conn: psycopg.Connection,
+    s3: Any,
+    buckets: list[tuple[str, str]],
+    provider: DataKeyProvider,
+    *,
+    as_of: datetime,
+) -> tuple[ClusterPosition, list[CopyInfo], list[UnreadableCopy]]:
+    """Every copy in ``buckets`` (``(name, bucket)``, primary first) at ``as_of``: those read, and those that could
+    not be (each with the error naming the copy), so a caller's verdict can fail on the second kind."""
+    position = cluster_position(conn)
+    read: list[CopyInfo] = []
+    unreadable: list[UnreadableCopy] = []
+    for name, bucket in buckets:
+        archive = cluster_archive(conn, s3, bucket)
+        try:
+            read.append(read_copy(conn, name, archive, provider, position, as_of=as_of))
+        except CqoxError as exc:
+            where = archive.where(archive.root + "/")
+            error = " ".join(f"the {name} copy ({where}) cannot be read: {exc}".split())
+            unreadable.append(UnreadableCopy(name, where, error))
+    return position, read, unreadable
 
 
 # --- JSON -------------------------------------------------------------------------------------------------------

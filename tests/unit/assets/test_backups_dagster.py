@@ -385,7 +385,7 @@ def test_the_automation_sensors_target_only_their_own_assets():
     backup_keys = backup_schedules.backup_automation_sensor.asset_selection.resolve(graph)
     slo_keys = backup_schedules.slo_automation_sensor.asset_selection.resolve(graph)
     assert {k.to_user_string() for k in backup_keys} == {
-        a.key.to_user_string() for a in [*BACKUP_ASSETS, backups.backup_alert_rules]
+        a.key.to_user_string() for a in [*BACKUP_ASSETS, backups.backup_alert_rules, backups.recoverability]
     }
     assert {k.to_user_string() for k in slo_keys} == {"slo_report", "slo_version_report"}
     automated = {k for k in graph.materializable_asset_keys if graph.get(k).automation_condition is not None}

@@ -1,7 +1,8 @@
 """Kubernetes manifests as assets (group ``deploy``): what runs CQOx in the cluster, applied and checked.
 
 Each asset is one file of ``cqox_platform/deploy/k8s`` (the namespace, the engine's Deployments and Service, its
-HPAs for stable and canary, strict mTLS, the canary traffic objects, the CloudNativePG cluster), rendered with the
+HPAs for stable and canary, strict mTLS, the canary traffic objects, the CloudNativePG cluster, the Grafana
+dashboards' ConfigMaps), rendered with the
 run's namespace and images, or objects rendered from the platform's own sources (the alert rules as
 ``PrometheusRule`` objects, checked and unit-tested with promtool first, and the alert routing as an
 ``AlertmanagerConfig``), applied by server-side apply as field manager ``cqox-platform``. Server-side apply
@@ -130,6 +131,14 @@ MANIFEST_ASSETS = (
         ("k8s_namespace",),
         "CloudNativePG cluster: three PostgreSQL 15 instances, failover after 30 s, WAL archived by the Barman "
         "Cloud plugin to the ObjectStore s3://cqox-backups-dr/postgres/ (kept 30 days), a ScheduledBackup at 03:00.",
+    ),
+    ManifestAsset(
+        "k8s_grafana_dashboards",
+        "grafana-dashboards.yaml",
+        ("k8s_namespace",),
+        'Grafana dashboards (SLOs, backups, canary rollouts) as ConfigMaps labelled grafana_dashboard: "1" for '
+        "the dashboard sidecar of Grafana's Helm chart; generated from the SLO spec, the alert rules and the pushed "
+        "gauges by `cqox-platform dashboards render`.",
     ),
     ManifestAsset(
         "k8s_prometheus_rules",

@@ -6,6 +6,7 @@ and a container image all carry it. Most of it lives next to the code that reads
 - ``slo/slos.yaml``: the default SLO spec (``cqox_platform.slo.spec.DEFAULT_SPEC``);
 - ``canary/policies/``: canary policies, one per service (``cqox_platform.canary.policy.POLICY_DIR``);
 - ``deploy/k8s/``: the Kubernetes manifests the deploy assets apply (``cqox_platform.deploy.manifests.MANIFEST_DIR``);
+- ``deploy/grafana/``: the Grafana dashboards (``cqox_platform.deploy.dashboards.DASHBOARD_DIR``);
 - ``secrets/policies/``: Vault policies (``cqox_platform.secrets.vault_setup.POLICY_DIR``);
 - ``alerts/``: Prometheus alert rules (``cqox_platform.alerts.BACKUP_ALERT_RULES``) and Alertmanager routing
   (``cqox_platform.alerts.ROUTING_SPEC``);

@@ -56,7 +56,10 @@ def wal_archive_status(
         status = measure(
             conn, archive, provider, records[0] if records else None, switch_after=config.switch_after_seconds
         )
-    push_gauges(context, archive.system_id, wal_samples(archive.system_id, status, failing=archiving_failing(status)))
+    samples = wal_samples(
+        archive.system_id, status, failing=archiving_failing(status), oldest=records[0] if records else None
+    )
+    push_gauges(context, archive.system_id, samples)
     verdicts = wal_verdicts(status, has_backup=bool(records), rpo_target_seconds=config.rpo_target_seconds)
     metadata = {k: v for k, v in status.as_dict().items() if k != "gaps" and v is not None}
     metadata["gaps"] = dg.MetadataValue.json(status.gaps[:50])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from cqox_platform.cli import alerts, backup, canary, datasets, encryption, ha, slo, stack
+from cqox_platform.cli import alerts, backup, canary, dashboards, datasets, encryption, ha, slo, stack
 from cqox_platform.cli.group import ErrorGroup
 
 
@@ -33,6 +33,7 @@ for _command in (
     canary.canary,
     ha.ha,
     alerts.alerts,
+    dashboards.dashboards,
 ):
     main.add_command(_command)
 

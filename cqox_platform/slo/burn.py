@@ -23,6 +23,14 @@ from cqox_platform.slo.spec import SloSpec
 
 InstantQuery = Callable[[str], list[dict]]
 
+#: The gauges ``push_gauges`` sets (labels ``service``, ``slo``; the burn rate also ``window``), charted by
+#: ``cqox_platform/dashboards``. The budget over the whole SLO period has no recording rule (a 30-day rate per
+#: evaluation would be the most expensive rule of all), so the sensor's gauge is where it is read.
+BUDGET_REMAINING_METRIC = "slo_error_budget_remaining"
+BURN_RATE_METRIC = "slo_burn_rate"
+#: The Pushgateway job of those gauges.
+SLO_JOB = "cqox-slo"
+
 
 @dataclass
 class BurnStatus:
@@ -75,10 +83,10 @@ def push_gauges(gateway: Pushgateway, service: str, statuses: list[BurnStatus], 
     samples: list[Sample] = []
     for s in statuses:
         if s.budget_remaining is not None:
-            samples.append(("slo_error_budget_remaining", {"service": service, "slo": s.slo}, s.budget_remaining))
+            samples.append((BUDGET_REMAINING_METRIC, {"service": service, "slo": s.slo}, s.budget_remaining))
         for window, rate in s.burn_rates.items():
             if rate is not None:
-                samples.append(("slo_burn_rate", {"service": service, "slo": s.slo, "window": window}, rate))
+                samples.append((BURN_RATE_METRIC, {"service": service, "slo": s.slo, "window": window}, rate))
     # The group's declared period: CqoxPushedMetricsStale tickets when the sensor stops pushing.
     samples.append(expected_period_sample(SLO_PUSH_PERIOD_SECONDS, SLO_STALE_SEVERITY))
-    return push(gateway, "cqox-slo", {"service": service}, samples, replace=True, timeout=timeout)
+    return push(gateway, SLO_JOB, {"service": service}, samples, replace=True, timeout=timeout)

@@ -15,6 +15,7 @@ import yaml
 import cqox_platform
 from cqox_platform.alerts import BACKUP_ALERT_RULES
 from cqox_platform.canary.policy import POLICY_DIR as CANARY_POLICY_DIR
+from cqox_platform.deploy.dashboards import DASHBOARD_DIR
 from cqox_platform.deploy.manifests import MANIFEST_DIR
 from cqox_platform.package_data import package_path
 from cqox_platform.schema.migrations import SQL_DIR
@@ -31,6 +32,7 @@ DATA = {
     "SLO spec": DEFAULT_SPEC,
     "canary policies": CANARY_POLICY_DIR,
     "manifests": MANIFEST_DIR,
+    "Grafana dashboards": DASHBOARD_DIR,
     "Vault policies": VAULT_POLICY_DIR,
     "backup alert rules": BACKUP_ALERT_RULES,
     "stack CRDs": CRDS_DIR,

@@ -117,3 +117,13 @@ def test_the_wheel_ships_the_json_schemas_of_the_cli(wheel: Path) -> None:
     shipped = sorted(p.name for p in (REPO / "cqox_platform" / "cli" / "schemas").glob("*.schema.json"))
     assert {"backup-info.schema.json", "backup-list.schema.json"} <= set(shipped)
     assert {f"cqox_platform/cli/schemas/{name}" for name in shipped} - names == set()
+
+
+def test_the_wheel_ships_the_grafana_dashboards_and_their_configmaps(wheel: Path) -> None:
+    """Grafana and the deploy assets read them from the installed package, not from a checkout."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = sorted(p.name for p in (REPO / "cqox_platform" / "deploy" / "grafana").glob("*.json"))
+    assert shipped == ["cqox-backups.json", "cqox-canary.json", "cqox-slos.json"]
+    expected = {f"cqox_platform/deploy/grafana/{name}" for name in shipped}
+    expected.add("cqox_platform/deploy/k8s/grafana-dashboards.yaml")
+    assert expected - names == set()

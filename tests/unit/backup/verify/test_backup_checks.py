@@ -256,6 +256,13 @@ def test_gauges():
     wal = {name: value for name, _, value in wal_samples("7", wal_status(rpo_seconds=None, gaps=["x"]), failing=True)}
     assert wal["cqox_wal_rpo_seconds"] == NEVER_ARCHIVED_SECONDS
     assert wal["cqox_wal_archive_failing"] == 1.0 and wal["cqox_wal_archive_gaps"] == 1
+    assert "cqox_recovery_window_start_timestamp_seconds" not in wal  # no backup: no window, not one from 1970
+
+
+def test_the_recovery_window_starts_at_the_oldest_backups_end():
+    oldest = backup_record("b1")
+    wal = {name: value for name, _, value in wal_samples("7", wal_status(), failing=False, oldest=oldest)}
+    assert wal["cqox_recovery_window_start_timestamp_seconds"] == oldest.stop_datetime.timestamp()
 
 
 def test_archived_wal_names_from_manifests_and_data_objects():

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.errors import MigrationError
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.schema import MigrationRunner
@@ -30,15 +30,6 @@ from cqox_platform.schema.rollups import ROLLUPS, refresh_rollups, rollup_lag
 GROUP = "database"
 #: Rollups may trail the raw data by this many complete buckets before the freshness check fails.
 MAX_ROLLUP_BUCKETS_BEHIND = 2
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 @dg.asset(
@@ -67,11 +58,24 @@ def cqox_schema(context: dg.AssetExecutionContext, postgres_migrator: PostgresRe
             "schema_version": report.current_version,
             "applied_this_run": dg.MetadataValue.json([m.filename for m in report.applied]),
             "lock_wait_s": round(report.waited_for_lock_s, 3),
-            "migrations": md_table(
-                ["version", "file", "sha256", "applied at", "ms"],
-                [[f"{v:04d}", f, c, a.isoformat(timespec="seconds"), d] for v, f, c, a, d in history],
+            "migrations": table(
+                [
+                    column("version", "int"),
+                    column("file"),
+                    column("sha256", description="first 12 hex digits of the file's checksum"),
+                    column("applied at", description="UTC"),
+                    column("duration (ms)", "int"),
+                ],
+                [[v, f, c, a.isoformat(timespec="seconds"), d] for v, f, c, a, d in history],
             ),
-            "tables": md_table(["table", "rows", "size"], [[s.name, s.rows, _bytes(s.total_bytes)] for s in stats]),
+            "tables": table(
+                [
+                    column("table"),
+                    column("rows", "int", "count(*) when the asset ran"),
+                    column("size (bytes)", "int", "table, indexes and TOAST"),
+                ],
+                [[s.name, s.rows, s.total_bytes] for s in stats],
+            ),
             "total_rows": sum(s.rows for s in stats),
             "total_bytes": sum(s.total_bytes for s in stats),
         }
@@ -151,16 +155,25 @@ def metrics_rollups(context: dg.AssetExecutionContext, postgres_migrator: Postgr
         metadata={
             "dialect": dialect.value,
             **{f"{r.rollup}_rows": r.rows for r in refreshed},
-            "refresh": md_table(
-                ["rollup", "window start", "window end", "rows", "seconds", "buckets behind"],
+            **{f"{r.rollup}_refresh_seconds": round(r.duration_s, 3) for r in refreshed},
+            **{f"{lag.rollup}_buckets_behind": float(lag.buckets_behind) for lag in lags},
+            "refresh": table(
+                [
+                    column("rollup"),
+                    column("window start", description="UTC; incremental: from the rollup's watermark"),
+                    column("window end", description="UTC; now: up to the newest raw row"),
+                    column("rows", "int", "rows in the rollup after the refresh"),
+                    column("seconds", "float", "time the refresh took"),
+                    column("buckets behind", "float", "complete buckets of raw data not yet rolled up"),
+                ],
                 [
                     [
                         r.rollup,
-                        r.window_start or "incremental",
-                        r.window_end or "now",
+                        r.window_start.isoformat() if r.window_start else "incremental",
+                        r.window_end.isoformat() if r.window_end else "now",
                         r.rows,
-                        f"{r.duration_s:.2f}",
-                        f"{lag.buckets_behind:g}",
+                        r.duration_s,
+                        lag.buckets_behind,
                     ]
                     for r, lag in zip(refreshed, lags, strict=True)
                 ],

@@ -9,7 +9,7 @@ run config; they share ``cqox_platform.ha.operations`` with the CLI, so both wai
 
 import dagster as dg
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.errors import CqoxError
 from cqox_platform.ha import operations
@@ -44,10 +44,12 @@ def _client(patroni: PatroniResource) -> PatroniClient:
         raise dg.Failure(description=str(exc)) from None
 
 
-def _members_table(obs: Observation) -> dg.MetadataValue:
+def _members_table(obs: Observation) -> dg.TableMetadataValue:
+    """One row per member; the replication columns are empty for the leader (it streams to, not from)."""
     rows = []
     for m in obs.cluster.members:
-        row = obs.row(m.name)
+        row = None if m.is_leader else obs.row(m.name)
+        streaming = None if m.is_leader else (row.state if row else "not connected")
         rows.append(
             [
                 m.name,
@@ -55,14 +57,25 @@ def _members_table(obs: Observation) -> dg.MetadataValue:
                 m.state,
                 m.timeline,
                 f"{m.host}:{m.port}",
-                "-" if m.is_leader else (row.state if row else "not connected"),
-                "-" if m.is_leader else (row.sync_state if row else ""),
-                "-" if m.is_leader else (row.replay_lag_bytes if row else "unknown"),
-                "-" if m.is_leader or row is None or row.replay_lag_seconds is None else row.replay_lag_seconds,
+                streaming,
+                row.sync_state if row else None,
+                row.replay_lag_bytes if row else None,
+                row.replay_lag_seconds if row else None,
             ]
         )
-    return md_table(
-        ["member", "role", "Patroni state", "timeline", "address", "streaming", "sync", "lag bytes", "lag s"], rows
+    return table(
+        [
+            column("member"),
+            column("role"),
+            column("Patroni state"),
+            column("timeline", "int"),
+            column("address"),
+            column("streaming", description="pg_stat_replication state on the leader; empty for the leader"),
+            column("sync", description="sync_state on the leader: sync, quorum, potential or async"),
+            column("lag (bytes)", "int", "WAL received but not yet replayed; empty: unknown or the leader"),
+            column("lag (s)", "float", "replay lag in time; empty: unknown or the leader"),
+        ],
+        rows,
     )
 
 

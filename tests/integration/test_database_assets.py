@@ -10,6 +10,7 @@ from assets import database
 from cqox_platform.schema import Dialect
 from cqox_platform.schema.metrics import insert_metrics_batched
 from cqox_platform.schema.migrations import SQL_DIR, discover
+from tests.helpers import table_rows
 
 ASSETS = [database.cqox_schema, database.metrics_partitions, database.metrics_rollups, database.metrics_retention]
 CHECKS = [database.schema_drift, database.rollups_fresh, database.retention_enforced]
@@ -42,7 +43,9 @@ def test_whole_database_graph_materializes_and_checks_pass(any_db):
     migrations = discover(SQL_DIR, any_db.dialect)
     assert schema["schema_version"] == migrations[-1].version
     assert schema["applied_this_run"] == [m.filename for m in migrations]
-    assert "encryption_keys" in schema["tables"]
+    tables = {r["table"]: r for r in table_rows(schema["tables"])}
+    assert isinstance(tables["encryption_keys"]["rows"], int) and tables["encryption_keys"]["size (bytes)"] > 0
+    assert [r["version"] for r in table_rows(schema["migrations"])] == [m.version for m in migrations]
     partitions = _metadata(result, "metrics_partitions")
     if any_db.dialect is Dialect.PLAIN:
         assert partitions["partitions"] >= 14

@@ -137,9 +137,16 @@ def test_slo_version_report_states_each_rollouts_burned_budget(monkeypatch) -> N
     assert meta["rollouts"] == 1 and meta["max_canary_budget_consumed"] == pytest.approx(0.8)
     spent = meta["canary_budget_consumed"]["cqox-engine-bad on 2026-03-09"]
     assert spent["slo"] == "availability" and spent["status"] == "rolled_back" and spent["window_seconds"] == 3600
-    table = meta["per_version"]
-    assert "| cqox-engine-bad | 03:00-04:00 | canary | availability | 98.0000 % |" in table
-    assert "80.00 %" in table and meta["errors"] == []
+    rows = {(r.data["version"], r.data["SLO"]): r.data for r in meta["per_version"].records}
+    canary = rows[("canary", "availability")]
+    assert (canary["day"], canary["rollout"], canary["window (UTC)"], canary["SLO"]) == (
+        "2026-03-09",
+        "cqox-engine-bad",
+        "03:00-04:00",
+        "availability",
+    )
+    assert canary["SLI (%)"] == pytest.approx(98.0) and canary["budget spent (%)"] == pytest.approx(80.0)
+    assert meta["errors"] == []
 
 
 def test_a_day_without_rollouts_reports_none(monkeypatch) -> None:
@@ -155,3 +162,4 @@ def test_a_day_without_rollouts_reports_none(monkeypatch) -> None:
         )
     (event,) = result.asset_materializations_for_node("slo_version_report")
     assert event.metadata["rollouts"].value == 0 and event.metadata["max_canary_budget_consumed"].value == -1.0
+    assert "per_version" not in event.metadata  # no empty table

@@ -160,7 +160,11 @@ dataset_ingest_job = dg.define_asset_job(
     selection=[encrypted_datasets],
     description="Ingest one upload from the landing prefix into its dataset partition.",
 )
-dataset_key_rotation_job = dg.define_asset_job("dataset_key_rotation_job", selection=[dataset_key_rotation])
+dataset_key_rotation_job = dg.define_asset_job(
+    "dataset_key_rotation_job",
+    selection=[dataset_key_rotation],
+    description="Rotate the datasets' Transit key and rewrap every dataset's data key.",
+)
 dataset_key_rotation_schedule = dg.ScheduleDefinition(
     job=dataset_key_rotation_job,
     cron_schedule="0 4 1 * *",

@@ -37,6 +37,19 @@ class ClusterStatusConfig(dg.Config):
     expected_members: int = 3
 
 
+#: What each check proves, as the UI shows it on the check's page.
+CHECK_DESCRIPTIONS = {
+    "exactly_one_leader": "One member holds Patroni's leader key and the postgres endpoint reaches that server "
+    "(no second writable server).",
+    "replicas_streaming": "Every member but the leader streams WAL from it, and Patroni lists as many members as "
+    "expected_members.",
+    "replication_lag_within_bound": "Every replica has replayed to within max_lag_bytes of the leader's WAL; an "
+    "unknown lag fails.",
+    "sync_standby_present_when_sync_mode": "In synchronous mode, a standby is synchronous for both Patroni and the "
+    "server (a commit waits for it); passes in asynchronous mode.",
+}
+
+
 def _client(patroni: PatroniResource) -> PatroniClient:
     try:
         return patroni.client()
@@ -110,7 +123,7 @@ def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
     description="The Patroni cluster as observed now: leader, timeline, members, synchronous mode (Patroni's REST "
     "API) and each replica's streaming state and byte lag (the leader's pg_stat_replication through the postgres "
     "endpoint).",
-    check_specs=[dg.AssetCheckSpec(name, asset=ASSET) for name in CHECK_NAMES],
+    check_specs=[dg.AssetCheckSpec(name, asset=ASSET, description=CHECK_DESCRIPTIONS[name]) for name in CHECK_NAMES],
 )
 def postgres_cluster_status(
     context: dg.AssetExecutionContext,

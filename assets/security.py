@@ -209,7 +209,12 @@ def transport_security(postgres: PostgresResource, vault: VaultResource, s3: S3R
     )
 
 
-vault_config_job = dg.define_asset_job("vault_config_job", selection=[vault_config])
+vault_config_job = dg.define_asset_job(
+    "vault_config_job",
+    selection=[vault_config],
+    description="Apply Vault as code (engines, Transit keys, policies, AppRoles, audit) and renew AppRole "
+    "secret-ids that are due.",
+)
 vault_config_schedule = dg.ScheduleDefinition(
     job=vault_config_job,
     cron_schedule="15 2 * * *",

@@ -48,7 +48,12 @@ class DrillConfig(dg.Config):
     description="Restores a backup into a scratch cluster (download, decrypt, extract, pg_verifybackup, WAL replay "
     "to a captured restore point), proves row counts, checksums and indexes (amcheck), and records the RTO.",
     check_specs=[
-        dg.AssetCheckSpec("drill_passed", asset="restore_drill"),
+        dg.AssetCheckSpec(
+            "drill_passed",
+            asset="restore_drill",
+            description="This drill restored its backup and proved it: row counts, table checksums and amcheck "
+            "match what was captured. A partial drill (nothing compared) warns.",
+        ),
         dg.AssetCheckSpec(
             "latest_backup_verified_restorable",
             asset="restore_drill",

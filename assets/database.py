@@ -89,7 +89,7 @@ def schema_drift(postgres_migrator: PostgresResource) -> dg.AssetCheckResult:
         try:
             _dialect, pending, applied = runner.verify(conn)
         except MigrationError as exc:
-            return dg.AssetCheckResult(passed=False, metadata={"error": str(exc)})
+            return dg.AssetCheckResult(passed=False, description=str(exc))
         drift = compare_fingerprint(conn)
     problems = []
     if pending:
@@ -100,6 +100,9 @@ def schema_drift(postgres_migrator: PostgresResource) -> dg.AssetCheckResult:
         problems.append(f"{len(drift.added)} objects added and {len(drift.removed)} removed outside migrations")
     return dg.AssetCheckResult(
         passed=not problems,
+        description="; ".join(problems)
+        if problems
+        else f"{len(applied)} migrations applied, files unchanged, no DDL outside migrations",
         metadata={
             "applied": len(applied),
             "problems": dg.MetadataValue.json(problems),
@@ -187,8 +190,11 @@ def rollups_fresh(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect(autocommit=True) as conn:
         lags = [rollup_lag(conn, name) for name in ROLLUPS]
     worst = max(lags, key=lambda lag: lag.buckets_behind)
+    passed = all(lag.buckets_behind <= MAX_ROLLUP_BUCKETS_BEHIND for lag in lags)
     return dg.AssetCheckResult(
-        passed=all(lag.buckets_behind <= MAX_ROLLUP_BUCKETS_BEHIND for lag in lags),
+        passed=passed,
+        description=f"{worst.rollup} trails the raw metrics by {worst.buckets_behind:g} bucket(s) "
+        f"({'within' if passed else 'over'} the bound of {MAX_ROLLUP_BUCKETS_BEHIND}); the others by no more",
         metadata={
             "max_buckets_behind": MAX_ROLLUP_BUCKETS_BEHIND,
             "worst_rollup": worst.rollup,
@@ -233,8 +239,15 @@ def retention_enforced(postgres_migrator: PostgresResource) -> dg.AssetCheckResu
         oldest = conn.execute("SELECT min(time) FROM metrics").fetchone()[0]
         summary = summarize_partitions(conn, dialect)
     limit = datetime.now(UTC) - retention - timedelta(days=1)
+    passed = oldest is None or oldest >= limit
+    if oldest is None:
+        description = "no rows in metrics: nothing to retain"
+    else:
+        verdict = "within" if passed else "older than"
+        description = f"oldest row from {oldest:%Y-%m-%d %H:%M} UTC, {verdict} the limit {limit:%Y-%m-%d %H:%M} UTC"
     return dg.AssetCheckResult(
-        passed=oldest is None or oldest >= limit,
+        passed=passed,
+        description=description,
         metadata={
             "retention_days": retention / timedelta(days=1),
             "oldest_row": oldest.isoformat() if oldest else "none",

@@ -153,6 +153,15 @@ def _archiver_setup(
     )
 
 
+def _problem(probe: TlsProbe) -> str:
+    """Why a probe failed, in a few words."""
+    if probe.error:
+        return probe.error
+    if probe.accepts_below_tls13:
+        return "accepts a TLS version below 1.3"
+    return "certificate does not verify" if not probe.verified else f"negotiated {probe.protocol}"
+
+
 def _endpoint(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
     return parsed.hostname or "127.0.0.1", parsed.port or 443
@@ -199,8 +208,16 @@ def transport_security(postgres: PostgresResource, vault: VaultResource, s3: S3R
         ],
     )
     failing = [p.name for p in probes if not p.ok]
+    soonest = min((p for p in probes if p.days_left is not None), key=lambda p: p.days_left, default=None)
+    if failing:
+        description = "; ".join(f"{p.name} at {p.address}: {_problem(p)}" for p in probes if not p.ok)
+    else:
+        description = f"{', '.join(p.name for p in probes)} speak only TLS 1.3 with verified certificates"
+        if soonest is not None:
+            description += f"; the first to expire is {soonest.name}'s in {soonest.days_left:.0f} days"
     return dg.AssetCheckResult(
         passed=not failing,
+        description=description,
         metadata={
             "endpoints": endpoints,
             "failing": dg.MetadataValue.json(failing),

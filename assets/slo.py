@@ -78,7 +78,7 @@ def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusRes
                     f"{len(validated.unfireable)} burn-rate conditions can never fire (SLOs: "
                     f"{', '.join(sorted({p.split(':', 1)[0] for p in validated.unfireable}))})"
                     if validated.unfireable
-                    else None
+                    else f"every burn-rate condition of {len(spec.budgeted)} SLOs can fire (thresholds below 100 %)"
                 ),
             )
         ],
@@ -199,7 +199,12 @@ def slo_report(
         },
         check_results=[
             dg.AssetCheckResult(
-                check_name="slo_data_present", passed=not missing, metadata={"no_data": dg.MetadataValue.json(missing)}
+                check_name="slo_data_present",
+                passed=not missing,
+                description=f"no data: {', '.join(missing)}"
+                if missing
+                else f"every SLO had data on each of the {(end - start).days + 1} day(s)",
+                metadata={"no_data": dg.MetadataValue.json(missing)},
             )
         ],
     )

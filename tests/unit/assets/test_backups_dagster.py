@@ -484,3 +484,4 @@ def test_the_groups_metadata_is_native_tables_and_numbers(world, monkeypatch):
         assert_native_metadata(event.metadata, str(event.asset_key))
     for evaluation in result.get_asset_check_evaluations():
         assert_native_metadata(evaluation.metadata, evaluation.check_name)
+        assert evaluation.description, f"{evaluation.check_name} passed without a message"

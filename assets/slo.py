@@ -9,6 +9,7 @@ from assets.metadata import column, table
 from cqox_platform.canary.release import version_day_report
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.settings import get_settings
 from cqox_platform.slo.chart import render_svg, svg_markdown
 from cqox_platform.slo.report import compute_reports, history, store_reports
 from cqox_platform.slo.rules import ALERT_NAMES, PAGE, TICKET, validate_rules
@@ -85,7 +86,11 @@ def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusRes
     )
 
 
-slo_partitions = dg.DailyPartitionsDefinition(start_date="2025-11-01", timezone="UTC")
+#: One partition per UTC day from ``CQOX_SLO_PARTITIONS_START`` (the day the installation began serving): days
+#: before it have no data to report, and a long empty range shows as mostly missing partitions in the UI.
+slo_partitions = dg.DailyPartitionsDefinition(
+    start_date=get_settings().slo_partitions_start.isoformat(), timezone="UTC"
+)
 
 
 class SloReportConfig(dg.Config):

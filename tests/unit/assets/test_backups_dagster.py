@@ -248,7 +248,7 @@ def test_drill_config_is_typed(world):
 
 # --- automation: the order of the chain -------------------------------------------------------------------------
 
-DAY = datetime(2026, 3, 10, tzinfo=UTC)
+DAY = datetime(2026, 11, 10, tzinfo=UTC)
 
 
 def at(hours: int, minutes: int = 0, seconds: int = 30) -> datetime:
@@ -367,9 +367,9 @@ def test_slo_report_gets_yesterdays_partition_by_automation_alone():
     with dg.instance_for_test() as instance:
         ticks = Ticks(defs, instance)
         assert ticks.at(at(0, 10)) == {}
-        assert ticks.at(at(0, 30)) == {"slo_report": {"2026-03-09"}}
+        assert ticks.at(at(0, 30)) == {"slo_report": {"2026-11-09"}}
         assert ticks.at(at(0, 40)) == {}
-        assert ticks.at(DAY + timedelta(days=1, minutes=30, seconds=30)) == {"slo_report": {"2026-03-10"}}
+        assert ticks.at(DAY + timedelta(days=1, minutes=30, seconds=30)) == {"slo_report": {"2026-11-10"}}
 
 
 def test_the_automation_sensors_target_only_their_own_assets():

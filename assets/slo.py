@@ -180,7 +180,7 @@ def slo_report(
         if r.budget_consumed_30d is not None:
             plotted[f"budget_remaining_30d/{r.slo}"] = round(1 - r.budget_consumed_30d, 6)
         if r.sli is not None:
-            plotted[f"sli/{r.slo}"] = r.sli
+            plotted[f"sli/{r.slo}"] = round(r.sli, 6)  # 0.999499, not 0.99949871...
     latency_row = next((r for r in last if r.latency_p50 is not None), None)
     if latency_row is not None:
         for q in ("p50", "p95", "p99"):

@@ -9,6 +9,7 @@ and the check that reads partman's retention, refreshing the aggregates. ``rollu
 uses the runtime login (``postgres``, DML only) like the rest of the platform.
 """
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -167,7 +168,11 @@ def metrics_rollups(context: dg.AssetExecutionContext, postgres_migrator: Postgr
                     column("window end", description="UTC; now: up to the newest raw row"),
                     column("rows", "int", "rows in the rollup after the refresh"),
                     column("seconds", "float", "time the refresh took"),
-                    column("buckets behind", "float", "complete buckets of raw data not yet rolled up"),
+                    column(
+                        "buckets behind",
+                        "float",
+                        "complete buckets of raw data not yet rolled up; empty: the rollup has no bucket yet",
+                    ),
                 ],
                 [
                     [
@@ -176,7 +181,7 @@ def metrics_rollups(context: dg.AssetExecutionContext, postgres_migrator: Postgr
                         r.window_end.isoformat() if r.window_end else "now",
                         r.rows,
                         r.duration_s,
-                        lag.buckets_behind,
+                        lag.buckets_behind if math.isfinite(lag.buckets_behind) else None,
                     ]
                     for r, lag in zip(refreshed, lags, strict=True)
                 ],

@@ -14,7 +14,7 @@ import dagster as dg
 import psycopg
 from psycopg.types.json import Jsonb
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.alerts.client import ReceiverClient
 from cqox_platform.alerts.drill.journal import FaultJournal, journal_path
 from cqox_platform.alerts.drill.runner import FAMILIES, DrillEnv, FamilyResult, run_drill
@@ -140,15 +140,38 @@ def alert_drill(
     return dg.MaterializeResult(
         metadata={
             "drill_id": drill_id,
-            "families": md_table(
-                ["family", "alert", "verdict", "time to detect (s)", "bound (s)", "bound derived as", "detail"],
+            "families": table(
+                [
+                    column("family"),
+                    column("alert"),
+                    column("verdict"),
+                    column("time to detect (s)", "float", "fault injected -> alert at the receiver"),
+                    column("bound (s)", "float", "the latest the alert may arrive"),
+                    column("bound derived as"),
+                    column("detail"),
+                ],
                 [
                     [r.family, r.alertname, r.status, r.time_to_detect, r.bound_seconds, r.bound_formula, r.detail]
                     for r in results
                 ],
             ),
+            # Each family's time on its own, so the asset's Plots view charts it across drills.
+            **{
+                f"time_to_detect_seconds/{r.family}": float(r.time_to_detect)
+                for r in results
+                if r.time_to_detect is not None
+            },
             "results": dg.MetadataValue.json([r.as_dict() for r in results]),
-            "history": md_table(["run", "family", "verdict", "time to detect (s)", "bound (s)"], rows),
+            "history": table(
+                [
+                    column("run", description="the drill's run id (first 8 characters)"),
+                    column("family"),
+                    column("verdict"),
+                    column("time to detect (s)", "float"),
+                    column("bound (s)", "float"),
+                ],
+                rows,
+            ),
             "time_to_detect_chart": dg.MetadataValue.md(chart),
             "journal_recovery": dg.MetadataValue.json(recovered),
             "audit": audited,

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import dagster as dg
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.alerts import (
     ALERT_RULE_TESTS,
     PLATFORM_ALERT_RULES,
@@ -91,22 +91,34 @@ def alertmanager_config(
             "spec": str(ROUTING_SPEC),
             "alertmanager": alertmanager.url,
             "group_by": dg.MetadataValue.json(list(spec.group_by)),
-            "routes": md_table(
-                ["severity", "receiver", "endpoint"],
+            "routes": table(
+                [
+                    column("match", description="the labels a route takes (severity, or the Watchdog's alertname)"),
+                    column("receiver"),
+                    column("endpoint", description="where the receiver sends (host only; keys stay in Vault)"),
+                ],
                 [
                     [f"alertname={spec.heartbeat.alertname}", "heartbeat", endpoints["heartbeat"]],
-                    *[[s, r, endpoints[r]] for s, r in spec.routes],
-                    ["(other)", spec.default_receiver, "default route"],
+                    *[[f"severity={s}", r, endpoints[r]] for s, r in spec.routes],
+                    ["(any other)", spec.default_receiver, "default route"],
                 ],
             ),
-            "inhibit_rules": md_table(
-                ["source", "target", "equal"],
+            "inhibit_rules": table(
+                [
+                    column("source", description="the alert that mutes"),
+                    column("target", description="the alerts it mutes"),
+                    column("equal", description="labels both must share"),
+                ],
                 [[rule["source"], rule["target"], ", ".join(rule["equal"])] for rule in spec.inhibit],
             ),
-            "route_tests": md_table(
-                ["labels", "expected receiver", "from", "amtool"],
+            "route_tests": table(
                 [
-                    [", ".join(f"{k}={v}" for k, v in sorted(c.labels.items())), ", ".join(c.receivers), c.origin, "ok"]
+                    column("labels"),
+                    column("expected receiver"),
+                    column("from", description="where the case comes from (severity, alert rule file)"),
+                ],
+                [
+                    [", ".join(f"{k}={v}" for k, v in sorted(c.labels.items())), ", ".join(c.receivers), c.origin]
                     for c in validated.cases
                 ],
             ),

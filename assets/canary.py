@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.canary.decision import PROMOTED, ROLLED_BACK, Evidence
 from cqox_platform.canary.operator import ABORT, APPROVE, PAUSE, PROMOTE, RESUME, operate
 from cqox_platform.canary.policy import CanaryPolicy, policy_for
@@ -35,16 +35,37 @@ ROLLOUT_TAG = "cqox/rollout"
 canary_partitions = dg.DynamicPartitionsDefinition(name="canary_rollouts")
 
 
-def _verdict_table(policy: CanaryPolicy, run: DecisionRun) -> dg.MetadataValue:
+def _verdict_table(policy: CanaryPolicy, run: DecisionRun) -> dg.TableMetadataValue:
     checks = {c.name: c for c in policy.metrics}
     values = {m.name: m for m in (run.evidence.metrics if run.evidence else ())}
-    header = ["metric", "canary", "stable", "max", "max over stable", "max ratio to stable", "passed", "canary PromQL"]
     rows = []
     for v in run.decision.verdicts if run.decision else ():
         c, m = checks[v.name], values.get(v.name)
-        query = f"`{m.canary_query}`" if m else ""
-        rows.append([v.name, v.canary, v.stable, c.max, c.max_over_stable, c.max_ratio_to_stable, v.passed, query])
-    return md_table(header, rows)
+        rows.append(
+            [
+                v.name,
+                v.canary,
+                v.stable,
+                c.max,
+                c.max_over_stable,
+                c.max_ratio_to_stable,
+                v.passed,
+                m.canary_query if m else None,
+            ]
+        )
+    return table(
+        [
+            column("metric"),
+            column("canary", "float", "the canary's value over the analysis window"),
+            column("stable", "float", "the stable version's value over the same window"),
+            column("max", "float", "threshold: the canary's value at most this"),
+            column("max over stable", "float", "threshold: canary - stable at most this"),
+            column("max ratio to stable", "float", "threshold: canary / stable at most this"),
+            column("passed", "bool", "empty: no data"),
+            column("canary PromQL", description="the resolved query the canary's value came from"),
+        ],
+        rows,
+    )
 
 
 class CanaryDecisionConfig(dg.Config):
@@ -100,8 +121,15 @@ def canary_rollout(
             "evidence": dg.MetadataValue.json(asdict(run.evidence) if run.evidence else {}),
             "policy": f"{policy.source} v{policy.version}",
             "virtual_service": f"{policy.kubernetes.namespace}/{policy.kubernetes.virtual_service}",
-            "resource_version_before": change.resource_version_before if change else "",
-            "resource_version_after": change.resource_version_after if change else "",
+            # The VirtualService's versions only when this run changed it (weight_change_attempts 0: it did not).
+            **(
+                {
+                    "resource_version_before": change.resource_version_before,
+                    "resource_version_after": change.resource_version_after,
+                }
+                if change
+                else {}
+            ),
             "weight_change_attempts": change.attempts if change else 0,
             **_promotion_metadata(run),
             **_webhook_metadata(run.webhooks),
@@ -117,13 +145,27 @@ def _release_metadata(policy: CanaryPolicy, started_at, status: str, query) -> d
         return {}
     report = release_budget(policy, started_at, datetime.now(UTC), query)
     rows = [[r.version, r.slo, r.bad, r.total, r.error_ratio, r.objective, r.budget_consumed] for r in report.rows]
-    header = ["version", "SLO", "bad", "total", "error ratio", "objective", "share of period budget spent"]
-    return {
+    metadata: dict[str, object] = {
         "release_budget_slo": report.slo,
         "release_budget_consumed": report.consumed if report.consumed is not None else -1.0,
         "release_window_seconds": report.window_seconds,
-        "per_version_slo": md_table(header, rows) if rows else report.error or "no per-version data",
     }
+    if rows:
+        metadata["per_version_slo"] = table(
+            [
+                column("version"),
+                column("SLO"),
+                column("bad", "float", "bad events (requests) over the rollout's window"),
+                column("total", "float", "all events over the rollout's window"),
+                column("error ratio", "float", "bad / total"),
+                column("objective", "float", "the SLO's objective, a ratio (0.999 = 99.9 %)"),
+                column("budget spent", "float", "share of the SLO period's error budget spent (1 = all of it)"),
+            ],
+            rows,
+        )
+    else:
+        metadata["per_version_slo_error"] = report.error or "no per-version data"
+    return metadata
 
 
 def _webhook_metadata(results) -> dict:
@@ -131,7 +173,14 @@ def _webhook_metadata(results) -> dict:
     if not results:
         return {}
     rows = [[r.type, r.name, "ok" if r.ok else "failed", r.attempts, r.detail] for r in results]
-    return {"webhooks": md_table(["type", "webhook", "outcome", "attempts", "last answer"], rows)}
+    columns = [
+        column("type", description="pre-rollout, pre-step, post-rollout or rollback"),
+        column("webhook"),
+        column("outcome", description="ok or failed"),
+        column("attempts", "int"),
+        column("last answer", description="status code or error of the last attempt"),
+    ]
+    return {"webhooks": table(columns, rows)}
 
 
 def _promotion_metadata(run: DecisionRun) -> dict:
@@ -143,11 +192,20 @@ def _promotion_metadata(run: DecisionRun) -> dict:
 def _promotion_fields(result: PromotionResult) -> dict:
     rows = [[p.name, "done", p.seconds, p.detail] for p in result.phases]
     if not result.ok and result.failed_phase:
-        rows.append([result.failed_phase, "failed", "", result.message])
+        rows.append([result.failed_phase, "failed", None, result.message])
     return {
         "promotion": "promoted to stable" if result.ok else f"failed at {result.failed_phase or 'start'}",
-        "promotion_phase": result.last_phase or "",
-        "promotion_phases": md_table(["phase", "outcome", "seconds", "detail"], rows),
+        **({"promotion_phase": result.last_phase} if result.last_phase else {}),
+        "promotion_phases": table(
+            [
+                column("phase"),
+                column("outcome", description="done or failed"),
+                column("seconds", "float"),
+                column("detail"),
+            ],
+            rows,
+        ),
+        "promotion_seconds": float(sum(p.seconds for p in result.phases)),
         "promotion_message": result.message,
     }
 

@@ -9,11 +9,12 @@ and the check that reads partman's retention, refreshing the aggregates. ``rollu
 uses the runtime login (``postgres``, DML only) like the rest of the platform.
 """
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.errors import MigrationError
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.schema import MigrationRunner
@@ -30,15 +31,6 @@ from cqox_platform.schema.rollups import ROLLUPS, refresh_rollups, rollup_lag
 GROUP = "database"
 #: Rollups may trail the raw data by this many complete buckets before the freshness check fails.
 MAX_ROLLUP_BUCKETS_BEHIND = 2
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 @dg.asset(
@@ -67,11 +59,24 @@ def cqox_schema(context: dg.AssetExecutionContext, postgres_migrator: PostgresRe
             "schema_version": report.current_version,
             "applied_this_run": dg.MetadataValue.json([m.filename for m in report.applied]),
             "lock_wait_s": round(report.waited_for_lock_s, 3),
-            "migrations": md_table(
-                ["version", "file", "sha256", "applied at", "ms"],
-                [[f"{v:04d}", f, c, a.isoformat(timespec="seconds"), d] for v, f, c, a, d in history],
+            "migrations": table(
+                [
+                    column("version", "int"),
+                    column("file"),
+                    column("sha256", description="first 12 hex digits of the file's checksum"),
+                    column("applied at", description="UTC"),
+                    column("duration (ms)", "int"),
+                ],
+                [[v, f, c, a.isoformat(timespec="seconds"), d] for v, f, c, a, d in history],
             ),
-            "tables": md_table(["table", "rows", "size"], [[s.name, s.rows, _bytes(s.total_bytes)] for s in stats]),
+            "tables": table(
+                [
+                    column("table"),
+                    column("rows", "int", "count(*) when the asset ran"),
+                    column("size (bytes)", "int", "table, indexes and TOAST"),
+                ],
+                [[s.name, s.rows, s.total_bytes] for s in stats],
+            ),
             "total_rows": sum(s.rows for s in stats),
             "total_bytes": sum(s.total_bytes for s in stats),
         }
@@ -85,7 +90,7 @@ def schema_drift(postgres_migrator: PostgresResource) -> dg.AssetCheckResult:
         try:
             _dialect, pending, applied = runner.verify(conn)
         except MigrationError as exc:
-            return dg.AssetCheckResult(passed=False, metadata={"error": str(exc)})
+            return dg.AssetCheckResult(passed=False, description=str(exc))
         drift = compare_fingerprint(conn)
     problems = []
     if pending:
@@ -96,6 +101,9 @@ def schema_drift(postgres_migrator: PostgresResource) -> dg.AssetCheckResult:
         problems.append(f"{len(drift.added)} objects added and {len(drift.removed)} removed outside migrations")
     return dg.AssetCheckResult(
         passed=not problems,
+        description="; ".join(problems)
+        if problems
+        else f"{len(applied)} migrations applied, files unchanged, no DDL outside migrations",
         metadata={
             "applied": len(applied),
             "problems": dg.MetadataValue.json(problems),
@@ -151,16 +159,29 @@ def metrics_rollups(context: dg.AssetExecutionContext, postgres_migrator: Postgr
         metadata={
             "dialect": dialect.value,
             **{f"{r.rollup}_rows": r.rows for r in refreshed},
-            "refresh": md_table(
-                ["rollup", "window start", "window end", "rows", "seconds", "buckets behind"],
+            **{f"{r.rollup}_refresh_seconds": round(r.duration_s, 3) for r in refreshed},
+            **{f"{lag.rollup}_buckets_behind": float(lag.buckets_behind) for lag in lags},
+            "refresh": table(
+                [
+                    column("rollup"),
+                    column("window start", description="UTC; incremental: from the rollup's watermark"),
+                    column("window end", description="UTC; now: up to the newest raw row"),
+                    column("rows", "int", "rows in the rollup after the refresh"),
+                    column("seconds", "float", "time the refresh took"),
+                    column(
+                        "buckets behind",
+                        "float",
+                        "complete buckets of raw data not yet rolled up; empty: the rollup has no bucket yet",
+                    ),
+                ],
                 [
                     [
                         r.rollup,
-                        r.window_start or "incremental",
-                        r.window_end or "now",
+                        r.window_start.isoformat() if r.window_start else "incremental",
+                        r.window_end.isoformat() if r.window_end else "now",
                         r.rows,
-                        f"{r.duration_s:.2f}",
-                        f"{lag.buckets_behind:g}",
+                        r.duration_s,
+                        lag.buckets_behind if math.isfinite(lag.buckets_behind) else None,
                     ]
                     for r, lag in zip(refreshed, lags, strict=True)
                 ],
@@ -174,8 +195,11 @@ def rollups_fresh(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect(autocommit=True) as conn:
         lags = [rollup_lag(conn, name) for name in ROLLUPS]
     worst = max(lags, key=lambda lag: lag.buckets_behind)
+    passed = all(lag.buckets_behind <= MAX_ROLLUP_BUCKETS_BEHIND for lag in lags)
     return dg.AssetCheckResult(
-        passed=all(lag.buckets_behind <= MAX_ROLLUP_BUCKETS_BEHIND for lag in lags),
+        passed=passed,
+        description=f"{worst.rollup} trails the raw metrics by {worst.buckets_behind:g} bucket(s) "
+        f"({'within' if passed else 'over'} the bound of {MAX_ROLLUP_BUCKETS_BEHIND}); the others by no more",
         metadata={
             "max_buckets_behind": MAX_ROLLUP_BUCKETS_BEHIND,
             "worst_rollup": worst.rollup,
@@ -220,8 +244,15 @@ def retention_enforced(postgres_migrator: PostgresResource) -> dg.AssetCheckResu
         oldest = conn.execute("SELECT min(time) FROM metrics").fetchone()[0]
         summary = summarize_partitions(conn, dialect)
     limit = datetime.now(UTC) - retention - timedelta(days=1)
+    passed = oldest is None or oldest >= limit
+    if oldest is None:
+        description = "no rows in metrics: nothing to retain"
+    else:
+        verdict = "within" if passed else "older than"
+        description = f"oldest row from {oldest:%Y-%m-%d %H:%M} UTC, {verdict} the limit {limit:%Y-%m-%d %H:%M} UTC"
     return dg.AssetCheckResult(
-        passed=oldest is None or oldest >= limit,
+        passed=passed,
+        description=description,
         metadata={
             "retention_days": retention / timedelta(days=1),
             "oldest_row": oldest.isoformat() if oldest else "none",

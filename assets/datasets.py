@@ -5,7 +5,7 @@ import time
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.datasets.rotation import rotate_dataset_keys
 from cqox_platform.datasets.store import ingest_upload, parse_landing_key
 from cqox_platform.datasets.validation import DatasetSchema
@@ -83,9 +83,10 @@ def encrypted_datasets(
     manifest, profile = result.manifest, result.profile
     assert manifest is not None
     rate = manifest.plaintext_bytes / max(result.seconds, 1e-6) / 2**20
-    # Column names are the uploader's text: the shared table writer escapes them like every other cell.
-    schema_table = md_table(
-        ["column", "dtype", "nulls"], [[c, t, profile["null_counts"][c]] for c, t in profile["dtypes"].items()]
+    # Column names are the uploader's text: a table record holds them as data, never as markup.
+    schema_table = table(
+        [column("column"), column("dtype", description="pandas dtype"), column("nulls", "int", "null values")],
+        [[c, t, profile["null_counts"][c]] for c, t in profile["dtypes"].items()],
     )
     return dg.MaterializeResult(
         metadata={
@@ -159,7 +160,11 @@ dataset_ingest_job = dg.define_asset_job(
     selection=[encrypted_datasets],
     description="Ingest one upload from the landing prefix into its dataset partition.",
 )
-dataset_key_rotation_job = dg.define_asset_job("dataset_key_rotation_job", selection=[dataset_key_rotation])
+dataset_key_rotation_job = dg.define_asset_job(
+    "dataset_key_rotation_job",
+    selection=[dataset_key_rotation],
+    description="Rotate the datasets' Transit key and rewrap every dataset's data key.",
+)
 dataset_key_rotation_schedule = dg.ScheduleDefinition(
     job=dataset_key_rotation_job,
     cron_schedule="0 4 1 * *",

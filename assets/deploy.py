@@ -12,6 +12,7 @@ and what the apply changed; the check ``manifests_in_sync`` tells, between runs,
 objects since.
 """
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.alerts.prometheus_operator import alertmanager_config, prometheus_rules, promtool_test, rule_sources
 from cqox_platform.alerts.routing import load_spec as load_routing_spec
 from cqox_platform.deploy.manifests import (
@@ -183,7 +184,7 @@ def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
         for obj in applied:
             changed = f": {', '.join(c.path for c in obj.changes)}" if obj.changes else ""
             context.log.info(f"{obj.identity} {obj.action} (resourceVersion {obj.resource_version}){changed}")
-        changes = [[obj.identity, c.path, c.live, c.desired] for obj in applied for c in obj.changes]
+        changes = [[obj.identity, c.path, _value(c.live), _value(c.desired)] for obj in applied for c in obj.changes]
         owned = {f"{m['kind']}/{m['metadata']['name']}": runtime_owned(m) for m in manifests if runtime_owned(m)}
         return dg.MaterializeResult(
             metadata={
@@ -195,20 +196,50 @@ def _manifest_asset(spec: ManifestAsset) -> dg.AssetsDefinition:
                 "created": sum(o.action == "created" for o in applied),
                 "updated": sum(o.action == "updated" for o in applied),
                 "unchanged": sum(o.action == "unchanged" for o in applied),
-                "objects": md_table(
-                    ["object", "action", "resourceVersion", "generation", "changed fields"],
+                "objects": table(
+                    [
+                        column("object", description="kind/namespace/name"),
+                        column("action", description="created, updated or unchanged"),
+                        column("resourceVersion"),
+                        column("generation", "int"),
+                        column("changed fields", "int"),
+                    ],
                     [[o.identity, o.action, o.resource_version, o.generation, len(o.changes)] for o in applied],
                 ),
                 "applied": dg.MetadataValue.json([o.summary() for o in applied]),
-                "diff": md_table(["object", "field", "was", "now"], changes)
-                if changes
-                else dg.MetadataValue.md("No field changed."),
+                "changed_fields": len(changes),
+                # The fields the apply changed; no entry when none did (changed_fields is 0).
+                **({"diff": table(_DIFF_COLUMNS["applied"], changes)} if changes else {}),
                 "runtime_owned": dg.MetadataValue.json(owned),
                 "rendered": dg.MetadataValue.md(f"```yaml\n{_yaml(manifests)}```"),
             }
         )
 
     return _apply
+
+
+#: A field's values are JSON text (a number, a list, an object): one column type for whatever the field holds.
+_DIFF_COLUMNS = {
+    "applied": [
+        column("object"),
+        column("field", description="path in the object"),
+        column("was", description="the live value before the apply (JSON); empty: not set"),
+        column("now", description="the applied value (JSON)"),
+    ],
+    "drift": [
+        column("object"),
+        column("field", description="path in the object"),
+        column("desired", description="what the manifest sets (JSON)"),
+        column("live", description="what the API server holds (JSON); empty: not set"),
+    ],
+}
+
+
+def _value(value: Any) -> str | None:
+    """A field's value as a table cell: strings as they are, anything else as JSON, absent as empty."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
 
 
 def _yaml(manifests: list[dict]) -> str:
@@ -236,17 +267,27 @@ def _manifest_check(spec: ManifestAsset) -> dg.AssetChecksDefinition:
             passed=not missing and not drifted,
             description=description,
             metadata={
-                "objects": md_table(
-                    ["object", "state", "resourceVersion", "differing fields"],
+                "objects": table(
+                    [
+                        column("object", description="kind/namespace/name"),
+                        column("state", description="in sync, drifted or missing"),
+                        column("resourceVersion"),
+                        column("differing fields", "int"),
+                    ],
                     [[r.identity, _state(r), r.resource_version, len(r.differences)] for r in reports],
                 ),
                 "missing": dg.MetadataValue.json(missing),
                 "drifted_paths": dg.MetadataValue.json(paths),
-                "differences": md_table(
-                    ["object", "field", "desired", "live"], [[who, d.path, d.desired, d.live] for who, d in drifted]
-                )
-                if drifted
-                else dg.MetadataValue.md("None."),
+                **(
+                    {
+                        "differences": table(
+                            _DIFF_COLUMNS["drift"],
+                            [[who, d.path, _value(d.desired), _value(d.live)] for who, d in drifted],
+                        )
+                    }
+                    if drifted
+                    else {}
+                ),
                 "render_values": dg.MetadataValue.json(values),
             },
         )

@@ -9,7 +9,7 @@ run config; they share ``cqox_platform.ha.operations`` with the CLI, so both wai
 
 import dagster as dg
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.errors import CqoxError
 from cqox_platform.ha import operations
@@ -37,6 +37,19 @@ class ClusterStatusConfig(dg.Config):
     expected_members: int = 3
 
 
+#: What each check proves, as the UI shows it on the check's page.
+CHECK_DESCRIPTIONS = {
+    "exactly_one_leader": "One member holds Patroni's leader key and the postgres endpoint reaches that server "
+    "(no second writable server).",
+    "replicas_streaming": "Every member but the leader streams WAL from it, and Patroni lists as many members as "
+    "expected_members.",
+    "replication_lag_within_bound": "Every replica has replayed to within max_lag_bytes of the leader's WAL; an "
+    "unknown lag fails.",
+    "sync_standby_present_when_sync_mode": "In synchronous mode, a standby is synchronous for both Patroni and the "
+    "server (a commit waits for it); passes in asynchronous mode.",
+}
+
+
 def _client(patroni: PatroniResource) -> PatroniClient:
     try:
         return patroni.client()
@@ -44,10 +57,12 @@ def _client(patroni: PatroniResource) -> PatroniClient:
         raise dg.Failure(description=str(exc)) from None
 
 
-def _members_table(obs: Observation) -> dg.MetadataValue:
+def _members_table(obs: Observation) -> dg.TableMetadataValue:
+    """One row per member; the replication columns are empty for the leader (it streams to, not from)."""
     rows = []
     for m in obs.cluster.members:
-        row = obs.row(m.name)
+        row = None if m.is_leader else obs.row(m.name)
+        streaming = None if m.is_leader else (row.state if row else "not connected")
         rows.append(
             [
                 m.name,
@@ -55,14 +70,25 @@ def _members_table(obs: Observation) -> dg.MetadataValue:
                 m.state,
                 m.timeline,
                 f"{m.host}:{m.port}",
-                "-" if m.is_leader else (row.state if row else "not connected"),
-                "-" if m.is_leader else (row.sync_state if row else ""),
-                "-" if m.is_leader else (row.replay_lag_bytes if row else "unknown"),
-                "-" if m.is_leader or row is None or row.replay_lag_seconds is None else row.replay_lag_seconds,
+                streaming,
+                row.sync_state if row else None,
+                row.replay_lag_bytes if row else None,
+                row.replay_lag_seconds if row else None,
             ]
         )
-    return md_table(
-        ["member", "role", "Patroni state", "timeline", "address", "streaming", "sync", "lag bytes", "lag s"], rows
+    return table(
+        [
+            column("member"),
+            column("role"),
+            column("Patroni state"),
+            column("timeline", "int"),
+            column("address"),
+            column("streaming", description="pg_stat_replication state on the leader; empty for the leader"),
+            column("sync", description="sync_state on the leader: sync, quorum, potential or async"),
+            column("lag (bytes)", "int", "WAL received but not yet replayed; empty: unknown or the leader"),
+            column("lag (s)", "float", "replay lag in time; empty: unknown or the leader"),
+        ],
+        rows,
     )
 
 
@@ -97,7 +123,7 @@ def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
     description="The Patroni cluster as observed now: leader, timeline, members, synchronous mode (Patroni's REST "
     "API) and each replica's streaming state and byte lag (the leader's pg_stat_replication through the postgres "
     "endpoint).",
-    check_specs=[dg.AssetCheckSpec(name, asset=ASSET) for name in CHECK_NAMES],
+    check_specs=[dg.AssetCheckSpec(name, asset=ASSET, description=CHECK_DESCRIPTIONS[name]) for name in CHECK_NAMES],
 )
 def postgres_cluster_status(
     context: dg.AssetExecutionContext,

@@ -6,6 +6,7 @@ from urllib.parse import urlparse
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from assets.metadata import column, table
 from cqox_platform.errors import CqoxError
 from cqox_platform.pushgateway import Pushgateway, Sample, expected_period_sample, push
 from cqox_platform.resources.postgres import PostgresResource
@@ -152,6 +153,15 @@ def _archiver_setup(
     )
 
 
+def _problem(probe: TlsProbe) -> str:
+    """Why a probe failed, in a few words."""
+    if probe.error:
+        return probe.error
+    if probe.accepts_below_tls13:
+        return "accepts a TLS version below 1.3"
+    return "certificate does not verify" if not probe.verified else f"negotiated {probe.protocol}"
+
+
 def _endpoint(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
     return parsed.hostname or "127.0.0.1", parsed.port or 443
@@ -172,29 +182,56 @@ def transport_security(postgres: PostgresResource, vault: VaultResource, s3: S3R
         # boto3 reads its CA bundle from AWS_CA_BUNDLE; the probe trusts exactly what the S3 client trusts.
         ca_bundle = get_settings().aws_ca_bundle
         probes.append(probe_tls("s3", s3_host, s3_port, str(ca_bundle) if ca_bundle else None))
-    rows = [
-        "| endpoint | address | protocol | certificate verifies | accepts < TLS 1.3 | expires | days left | error |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for p in probes:
-        expires = p.cert_not_after.date().isoformat() if p.cert_not_after else "-"
-        days = f"{p.days_left:.0f}" if p.days_left is not None else "-"
-        rows.append(
-            f"| {p.name} | {p.address} | {p.protocol or '-'} | {p.verified} | {p.accepts_below_tls13} "
-            f"| {expires} | {days} | {p.error or ''} |"
-        )
+    endpoints = table(
+        [
+            column("endpoint"),
+            column("address"),
+            column("protocol", description="what the handshake negotiated"),
+            column("certificate verifies", "bool", "against the configured CA"),
+            column("accepts < TLS 1.3", "bool", "a handshake capped at TLS 1.2 succeeded"),
+            column("expires", description="the certificate's notAfter (UTC date)"),
+            column("days left", "float"),
+            column("error", description="why the probe failed; empty: it did not"),
+        ],
+        [
+            [
+                p.name,
+                p.address,
+                p.protocol,
+                p.verified,
+                p.accepts_below_tls13,
+                p.cert_not_after.date().isoformat() if p.cert_not_after else None,
+                round(p.days_left, 1) if p.days_left is not None else None,
+                p.error,
+            ]
+            for p in probes
+        ],
+    )
     failing = [p.name for p in probes if not p.ok]
+    soonest = min((p for p in probes if p.days_left is not None), key=lambda p: p.days_left, default=None)
+    if failing:
+        description = "; ".join(f"{p.name} at {p.address}: {_problem(p)}" for p in probes if not p.ok)
+    else:
+        description = f"{', '.join(p.name for p in probes)} speak only TLS 1.3 with verified certificates"
+        if soonest is not None:
+            description += f"; the first to expire is {soonest.name}'s in {soonest.days_left:.0f} days"
     return dg.AssetCheckResult(
         passed=not failing,
+        description=description,
         metadata={
-            "endpoints": dg.MetadataValue.md("\n".join(rows)),
+            "endpoints": endpoints,
             "failing": dg.MetadataValue.json(failing),
             "min_days_to_expiry": min((p.days_left for p in probes if p.days_left is not None), default=-1.0),
         },
     )
 
 
-vault_config_job = dg.define_asset_job("vault_config_job", selection=[vault_config])
+vault_config_job = dg.define_asset_job(
+    "vault_config_job",
+    selection=[vault_config],
+    description="Apply Vault as code (engines, Transit keys, policies, AppRoles, audit) and renew AppRole "
+    "secret-ids that are due.",
+)
 vault_config_schedule = dg.ScheduleDefinition(
     job=vault_config_job,
     cron_schedule="15 2 * * *",

@@ -5,10 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.canary.release import version_day_report
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.prometheus import PrometheusResource
+from cqox_platform.settings import get_settings
 from cqox_platform.slo.chart import render_svg, svg_markdown
 from cqox_platform.slo.report import compute_reports, history, store_reports
 from cqox_platform.slo.rules import ALERT_NAMES, PAGE, TICKET, validate_rules
@@ -42,13 +43,20 @@ def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusRes
     for problem in validated.unfireable:
         context.log.warning(problem)
     groups = prometheus.install_rules(RULES_FILE, validated.text)
-    factors = ["| alert | long / short window | budget spent | burn factor |", "|---|---|---|---|"]
-    for severity, pair in (("page", PAGE), ("ticket", TICKET)):
-        for a in pair:
-            factors.append(
-                f"| {ALERT_NAMES[severity]} | {a.long} / {a.short} | {a.budget_fraction:.0%} | "
-                f"{a.factor(spec.period_days):g}x |"
-            )
+    factors = table(
+        [
+            column("alert"),
+            column("long window"),
+            column("short window"),
+            column("budget spent (%)", "float", "share of the period's error budget the long window spends"),
+            column("burn factor", "float", "error rate as a multiple of the rate that spends the budget evenly"),
+        ],
+        [
+            [ALERT_NAMES[severity], a.long, a.short, round(a.budget_fraction * 100, 2), a.factor(spec.period_days)]
+            for severity, pair in (("page", PAGE), ("ticket", TICKET))
+            for a in pair
+        ],
+    )
     return dg.MaterializeResult(
         metadata={
             "spec": str(path),
@@ -56,7 +64,7 @@ def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusRes
             "recording_rules": validated.recording_rules,
             "alerting_rules": validated.alerting_rules,
             "promtool_test_cases": validated.tests,
-            "burn_factors": dg.MetadataValue.md("\n".join(factors)),
+            "burn_factors": factors,
             "loaded_groups": dg.MetadataValue.json(groups),
             "rules": dg.MetadataValue.md(f"```yaml\n{validated.text}```"),
             "alerts_that_cannot_fire": dg.MetadataValue.json(list(validated.unfireable)),
@@ -71,14 +79,18 @@ def slo_alert_rules(context: dg.AssetExecutionContext, prometheus: PrometheusRes
                     f"{len(validated.unfireable)} burn-rate conditions can never fire (SLOs: "
                     f"{', '.join(sorted({p.split(':', 1)[0] for p in validated.unfireable}))})"
                     if validated.unfireable
-                    else None
+                    else f"every burn-rate condition of {len(spec.budgeted)} SLOs can fire (thresholds below 100 %)"
                 ),
             )
         ],
     )
 
 
-slo_partitions = dg.DailyPartitionsDefinition(start_date="2025-11-01", timezone="UTC")
+#: One partition per UTC day from ``CQOX_SLO_PARTITIONS_START`` (the day the installation began serving): days
+#: before it have no data to report, and a long empty range shows as mostly missing partitions in the UI.
+slo_partitions = dg.DailyPartitionsDefinition(
+    start_date=get_settings().slo_partitions_start.isoformat(), timezone="UTC"
+)
 
 
 class SloReportConfig(dg.Config):
@@ -86,8 +98,13 @@ class SloReportConfig(dg.Config):
     min_events: float = 1000.0
 
 
-def _pct(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value * 100:.{digits}f} %"
+def _pct(value: float | None, digits: int = 4) -> float | None:
+    """A ratio as a percentage rounded for people (99.95, not 0.99949871...); None stays an empty cell."""
+    return None if value is None else round(value * 100, digits)
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 @dg.asset(
@@ -130,17 +147,31 @@ def slo_report(
         past = history(conn, spec.service, end, days=30)
     context.log.info(f"{start}..{end}: {stored} SLO-days from {run.queries} Prometheus queries")
     last = [r for r in run.days if r.day == end]
-    rows = [
-        "| SLO | status | SLI | objective | budget used (30 d) | budget used (month) | burn 1h | burn 1d |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in last:
-        burn = {w: ("-" if r.burn_rates.get(w) is None else f"{r.burn_rates[w]:.2f}x") for w in ("1h", "1d")}
-        rows.append(
-            f"| {r.slo} | {r.status} | {_pct(r.sli)} | {_pct(r.objective, 2)} | "
-            f"{_pct(r.budget_consumed_30d, 1)} | {_pct(r.budget_consumed_month, 1)} | {burn['1h']} | "
-            f"{burn['1d']} |"
-        )
+    summary = table(
+        [
+            column("SLO"),
+            column("status", description="ok, violated, insufficient_events or no_data"),
+            column("SLI (%)", "float"),
+            column("objective (%)", "float"),
+            column("budget used, 30 d (%)", "float", "share of the error budget of the 30 days to this day"),
+            column("budget used, month (%)", "float", "share of the calendar month's error budget"),
+            column("burn 1h (x)", "float", "burn rate over the day's last hour"),
+            column("burn 1d (x)", "float", "burn rate over the day"),
+        ],
+        [
+            [
+                r.slo,
+                r.status,
+                _pct(r.sli),
+                _pct(r.objective),
+                _pct(r.budget_consumed_30d, 2),
+                _pct(r.budget_consumed_month, 2),
+                _round(r.burn_rates.get("1h")),
+                _round(r.burn_rates.get("1d")),
+            ]
+            for r in last
+        ],
+    )
     targets = {s.name.split("-")[-1]: s.threshold_seconds for s in spec.slos if isinstance(s, LatencySlo | QuantileSlo)}
     missing = sorted({f"{r.slo} on {r.day}" for r in run.days if r.status == "no_data"})
     # Numeric values of the last day: Dagster plots these across partitions in the asset's Plots view.
@@ -149,7 +180,7 @@ def slo_report(
         if r.budget_consumed_30d is not None:
             plotted[f"budget_remaining_30d/{r.slo}"] = round(1 - r.budget_consumed_30d, 6)
         if r.sli is not None:
-            plotted[f"sli/{r.slo}"] = r.sli
+            plotted[f"sli/{r.slo}"] = round(r.sli, 6)  # 0.999499, not 0.99949871...
     latency_row = next((r for r in last if r.latency_p50 is not None), None)
     if latency_row is not None:
         for q in ("p50", "p95", "p99"):
@@ -167,12 +198,18 @@ def slo_report(
             "insufficient_events": dg.MetadataValue.json(
                 sorted({f"{r.slo} on {r.day}" for r in run.days if r.status == "insufficient_events"})
             ),
-            "summary": dg.MetadataValue.md(f"**{spec.service}, {end}**\n\n" + "\n".join(rows)),
+            "service": spec.service,
+            "summary": summary,
             "chart": dg.MetadataValue.md(svg_markdown(render_svg(past, targets))),
         },
         check_results=[
             dg.AssetCheckResult(
-                check_name="slo_data_present", passed=not missing, metadata={"no_data": dg.MetadataValue.json(missing)}
+                check_name="slo_data_present",
+                passed=not missing,
+                description=f"no data: {', '.join(missing)}"
+                if missing
+                else f"every SLO had data on each of the {(end - start).days + 1} day(s)",
+                metadata={"no_data": dg.MetadataValue.json(missing)},
             )
         ],
     )
@@ -184,6 +221,20 @@ DAILY_AT_0030 = (
     & dg.AutomationCondition.cron_tick_passed("30 0 * * *", "UTC").since_last_handled()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("yesterday's partition daily at 00:30 UTC")
+
+
+_PER_VERSION_COLUMNS = [
+    column("day", description="UTC"),
+    column("rollout"),
+    column("window (UTC)", description="the part of the rollout inside the day"),
+    column("version", description="canary or stable"),
+    column("SLO"),
+    column("SLI (%)", "float"),
+    column("objective (%)", "float"),
+    column("bad", "float", "bad events in the window"),
+    column("total", "float", "all events in the window"),
+    column("budget spent (%)", "float", "share of the SLO period's error budget this version spent"),
+]
 
 
 @dg.asset(
@@ -203,7 +254,6 @@ def slo_version_report(
     window = context.partition_time_window
     spec = load_spec(spec_path())
     now = datetime.now(UTC)
-    header = ["day", "rollout", "window (UTC)", "version", "SLO", "SLI", "objective", "bad", "total", "budget spent"]
     rows, spent, errors, rollouts = [], {}, [], set()
     day = window.start
     with postgres.connect(autocommit=True) as conn:
@@ -219,16 +269,16 @@ def slo_version_report(
                     sli = None if r.error_ratio is None else 1 - r.error_ratio
                     rows.append(
                         [
-                            day.date(),
+                            day.date().isoformat(),
                             rollout,
                             span,
                             r.version,
                             r.slo,
                             _pct(sli),
-                            _pct(r.objective, 2),
+                            _pct(r.objective),
                             r.bad,
                             r.total,
-                            _pct(r.budget_consumed, 2),
+                            _pct(r.budget_consumed, 4),
                         ]
                     )
                 consumed = part.consumed(report.budget_slo[rollout])
@@ -248,7 +298,7 @@ def slo_version_report(
             # Plotted across partitions: the most budget a canary spent that day (-1: no rollout, or unknown).
             "max_canary_budget_consumed": max(known) if known else -1.0,
             "canary_budget_consumed": dg.MetadataValue.json(spent),
-            "per_version": md_table(header, rows) if rows else dg.MetadataValue.md("No canary rollout ran."),
+            **({"per_version": table(_PER_VERSION_COLUMNS, rows)} if rows else {}),
             "errors": dg.MetadataValue.json(errors),
         }
     )

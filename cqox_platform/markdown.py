@@ -1,4 +1,7 @@
-"""Markdown for metadata and reports: one table writer, so every table escapes cells the same way."""
+"""Markdown tables for the CLI and the settings reference: one writer, so every table escapes cells the same way.
+
+Asset metadata uses typed tables instead (``assets/metadata.py``): the Dagster UI sorts those.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ def cell(value: object) -> str:
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A GitHub-flavoured Markdown table (what the Dagster UI renders in ``MetadataValue.md``)."""
+    """A GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +85,12 @@ PORT_SETTINGS: dict[str, str] = {
     "blackbox_exporter": "blackbox_exporter_port",
     "etcd_metrics": "etcd_metrics_port",
 }
+
+
+#: Where the daily SLO partitions start unless ``CQOX_SLO_PARTITIONS_START`` says otherwise: a fixed date near
+#: this release (a date computed at import, such as the first of the current month, would move the partitions
+#: every month and drop days already reported from the UI).
+DEFAULT_SLO_PARTITIONS_START = date(2026, 11, 1)
 
 
 class SettingsError(CqoxError):
@@ -204,6 +211,12 @@ class Settings(BaseSettings):
     pushgateway_password_file: Path | None = _f(None, "file holding that user's password (mode 0600)")
     pushgateway_cacert: Path | None = _f(None, "CA certificate of the Pushgateway's TLS")
     traffic_url: str | None = _f(None, "the synthetic CQOx traffic exporter (stack up --traffic)")
+    slo_partitions_start: date = _f(
+        DEFAULT_SLO_PARTITIONS_START,
+        "first day of the daily SLO report partitions (YYYY-MM-DD): set it to the day this installation began "
+        "serving, so the UI lists no day without data; a fixed date, so the partitions never move",
+        "operator",
+    )
     slo_spec: Path | None = _f(
         None,
         "SLO spec for rules, reports, the burn-rate sensor and the canary gate (default cqox_platform/slo/slos.yaml)",

@@ -18,12 +18,16 @@ metrics_rollup_schedule = dg.ScheduleDefinition(
     cron_schedule="*/5 * * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 5 minutes: refreshes metrics_5min and metrics_1h, so dashboards trail the raw metrics by "
+    "at most a bucket or two.",
 )
 metrics_maintenance_schedule = dg.ScheduleDefinition(
     job=metrics_maintenance_job,
     cron_schedule="15 2 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily at 02:15 UTC: creates the metrics partitions of the week ahead and drops those past the "
+    "90-day retention.",
 )
 
 defs = dg.Definitions(

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,6 +179,38 @@ def asset_metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, An
     """The plain values of the one materialization of ``node`` in ``result``."""
     (event,) = result.asset_materializations_for_node(node)
     return {k: v.value for k, v in event.metadata.items()}
+
+
+def assert_drill_passed(result: dg.ExecuteInProcessResult) -> None:
+    """``restore_drill`` in ``result`` verified its backup; else fail with the drill's error."""
+    meta = asset_metadata(result, "restore_drill")
+    assert meta["status"] == "passed", meta.get("error")
+
+
+def table_rows(value: dg.TableMetadataValue) -> list[dict[str, Any]]:
+    """The records of a table metadata value as dicts keyed by column name."""
+    assert isinstance(value, dg.TableMetadataValue), f"not a table: {value!r}"
+    return [dict(r.data) for r in value.records]
+
+
+def assert_native_metadata(metadata: Mapping[str, dg.MetadataValue], where: str) -> None:
+    """What the UI shows of one event is native: tables are typed records whose cells have their column's type,
+    no Markdown text holds a table, and no text entry is empty (an empty field is left out instead)."""
+    python_types = {"int": (int,), "float": (int, float), "bool": (bool,), "string": (str,)}
+    for key, value in metadata.items():
+        if isinstance(value, dg.TableMetadataValue):
+            for record in value.records:
+                for col in value.schema.columns:
+                    cell = record.data[col.name]
+                    ok = cell is None or (
+                        isinstance(cell, python_types[col.type])
+                        and not (col.type in ("int", "float") and isinstance(cell, bool))
+                    )
+                    assert ok, f"{where} {key}: column {col.name!r} is {col.type}, cell {cell!r}"
+        elif isinstance(value, dg.MarkdownMetadataValue):
+            assert "|---" not in value.value and "| --- |" not in value.value, f"{where} {key} is a Markdown table"
+        elif isinstance(value, dg.TextMetadataValue):
+            assert value.value != "", f"{where} {key} is empty text"
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:

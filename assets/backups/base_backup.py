@@ -13,10 +13,8 @@ from assets.backups.common import (
     push_gauges,
 )
 from cqox_platform.backup.archive.cluster import cluster_archive
-from cqox_platform.backup.archive.history import recent_backup_sizes
 from cqox_platform.backup.base.take import take_backup
 from cqox_platform.backup.verify.gauges import base_backup_samples
-from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.pgserver import pg_bindir
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
@@ -51,12 +49,7 @@ def postgres_basebackup(
             pg_basebackup=str(pg_bindir() / "pg_basebackup"),
             progress=context.log.info,
         )
-        history = recent_backup_sizes(conn, archive.system_id)
     push_gauges(context, archive.system_id, base_backup_samples(archive.system_id, record))
-    chart = render_lines_svg(
-        "Base backups: MiB read and stored (last 30)",
-        {"read MiB": [mib(h.database_bytes) for h in history], "stored MiB": [mib(h.stored_bytes) for h in history]},
-    )
     return dg.MaterializeResult(
         metadata={
             "backup_id": record.backup_id,
@@ -74,6 +67,5 @@ def postgres_basebackup(
             "restore_point": point.name,
             "restore_point_lsn": point.lsn,
             "tables_captured": len(point.tables),
-            "size_history": dg.MetadataValue.md(svg_markdown(chart, "backup sizes")),
         }
     )

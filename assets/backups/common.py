@@ -107,7 +107,8 @@ def check_result(verdict: CheckVerdict) -> dg.AssetCheckResult:
         passed=verdict.passed,
         description=verdict.description,
         severity=dg.AssetCheckSeverity.WARN if verdict.warn_only else dg.AssetCheckSeverity.ERROR,
-        metadata={k: _metadata_value(v) for k, v in verdict.metadata.items()},
+        # An empty value (no drill yet, no error) is left out: the UI would show a blank field.
+        metadata={k: _metadata_value(v) for k, v in verdict.metadata.items() if v not in ("", None)},
     )
 
 

@@ -26,7 +26,14 @@ class DrCopyConfig(dg.Config):
     automation_condition=dr_copy_automation,
     description="Copies new backups and WAL to the DR bucket, each as a unit (data, then manifest, then record; "
     "stopped at the first SHA-256 mismatch and retried next run), and reports lag.",
-    check_specs=[dg.AssetCheckSpec("dr_copy_verified", asset="backups_dr_copy")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "dr_copy_verified",
+            asset="backups_dr_copy",
+            description="Every object copied to the DR bucket matches its source by SHA-256; a mismatch is copied "
+            "again by the next run.",
+        )
+    ],
 )
 def backups_dr_copy(
     context: dg.AssetExecutionContext,

@@ -8,7 +8,7 @@ from dagster_aws.s3 import S3Resource
 
 from assets.backups.common import GROUP, retention_automation
 from assets.backups.drill import restore_drill
-from assets.metadata import md_table
+from assets.metadata import column, table
 from cqox_platform.backup.retention import (
     DEFAULT_KEEP_DAYS,
     DEFAULT_KEEP_FULL,
@@ -71,17 +71,24 @@ def backup_retention(
         metadata={
             "dry_run": config.dry_run,
             "gate": gate.description,
-            "gate_drill_id": gate.metadata["drill_id"],
+            **({"gate_drill_id": gate.metadata["drill_id"]} if gate.metadata.get("drill_id") else {}),
             "keep_days": config.keep_days,
             "keep_full": config.keep_full,
-            "plan": md_table(
-                ["backup", "action", "reason"], [[r["backup_id"], r["action"], r["reason"]] for r in plan.rows()]
+            "plan": table(
+                [
+                    column("backup_id"),
+                    column("action", description="keep or delete"),
+                    column("reason", description="the retention rule that decided"),
+                ],
+                [[r["backup_id"], r["action"], r["reason"]] for r in plan.rows()],
             ),
+            "backups_kept_count": len(plan.keep),
+            "backups_deleted_count": len(plan.delete),
             "backups_kept": dg.MetadataValue.json(summary["keep"]),
             "backups_deleted": dg.MetadataValue.json(summary["delete"]),
             "reasons": dg.MetadataValue.json(plan.reasons),
             "wal_files_deleted": len(plan.wal_delete),
-            "wal_kept_from": plan.wal_keep_from or "",
+            **({"wal_kept_from": plan.wal_keep_from} if plan.wal_keep_from else {}),
             "objects_deleted": expiry.objects_deleted,
         }
     )

@@ -35,9 +35,26 @@ class WalCheckConfig(dg.Config):
     description="WAL archiving health: archive_mode, pg_stat_archiver, the newest archived segment's age, and "
     "continuity from the oldest backup to now and the RPO in seconds and bytes, both along the current timeline.",
     check_specs=[
-        dg.AssetCheckSpec("wal_rpo_within_target", asset="wal_archive_status", blocking=True),
-        dg.AssetCheckSpec("wal_archive_continuous", asset="wal_archive_status", blocking=True),
-        dg.AssetCheckSpec("wal_archiver_healthy", asset="wal_archive_status"),
+        dg.AssetCheckSpec(
+            "wal_rpo_within_target",
+            asset="wal_archive_status",
+            blocking=True,
+            description="Archiving is on and the oldest WAL not yet archived on the current timeline is younger than "
+            "the RPO target: what a restore now would lose.",
+        ),
+        dg.AssetCheckSpec(
+            "wal_archive_continuous",
+            asset="wal_archive_status",
+            blocking=True,
+            description="Every WAL segment from the oldest backup's start to the newest archived one is in the "
+            "archive, along the current timeline's history: no gap a restore would stop at.",
+        ),
+        dg.AssetCheckSpec(
+            "wal_archiver_healthy",
+            asset="wal_archive_status",
+            description="PostgreSQL archives (archive_mode on) and archive_command has not failed since its last "
+            "success.",
+        ),
     ],
 )
 def wal_archive_status(

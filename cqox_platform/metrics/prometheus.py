@@ -13,7 +13,9 @@ load newer than the signal (its own ``prometheus_config_last_reload_*`` metrics)
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,37 @@ class PrometheusError(CqoxError):
 RELOAD_TIMEOUT = 60.0
 LAST_RELOAD_SUCCESS = "prometheus_config_last_reload_success_timestamp_seconds"
 LAST_RELOAD_OK = "prometheus_config_last_reload_successful"
+
+
+def _unreachable_reason(exc: requests.RequestException, timeout: float) -> str:
+    """Why a request got no answer, in a few words ("connection refused", "name does not resolve")."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS handshake failed (is the CA right?)"
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:  # the socket error sits a few wrappers down (requests -> urllib3 -> OSError)
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return f"host name does not resolve ({current.strerror})"
+        if isinstance(current, OSError) and current.strerror and not isinstance(current, requests.RequestException):
+            return current.strerror[0].lower() + current.strerror[1:]
+        linked = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
+        pending += [e for e in linked if isinstance(e, BaseException)]
+    return f"connection failed ({type(exc).__name__})"
+
+
+def _answer(text: str) -> str:
+    """Prometheus's own error out of prometheus-api-client's "HTTP Status Code 400 (b'{...}')"."""
+    match = re.search(r"HTTP Status Code (\d+)", text)
+    error = re.search(r'"error"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
+    if match and error:
+        return f"HTTP {match.group(1)}: {error.group(1)}"
+    return text[:300]
 
 
 class PrometheusClient:
@@ -60,20 +93,36 @@ class PrometheusClient:
         try:
             return self.connect().custom_query_range(query=expr, start_time=start, end_time=end, step=step)
         except Exception as exc:  # the client raises its own types and requests' ones
-            raise PrometheusError(f"Prometheus at {self.url} failed `{expr[:120]}`: {exc}") from None
+            raise self._error(exc, expr) from None
 
     def query(self, expr: str, at=None) -> list[dict]:
         params = {"time": at} if at is not None else None
         try:
             return self.connect().custom_query(query=expr, params=params)
         except Exception as exc:
-            raise PrometheusError(f"Prometheus at {self.url} failed `{expr[:120]}`: {exc}") from None
+            raise self._error(exc, expr) from None
+
+    def _error(self, exc: BaseException, expr: str) -> PrometheusError:
+        """``exc`` from a query in words: unreachable and why, or what Prometheus answered. requests' own text
+        repeats the request URL with the query URL-encoded, which nobody can read, so it is never shown."""
+        shown = f"`{expr[:120]}`" + ("..." if len(expr) > 120 else "")
+        if isinstance(exc, requests.RequestException):
+            return PrometheusError(
+                f"Prometheus at {self.url} unreachable: {_unreachable_reason(exc, self.timeout)} (query {shown})"
+            )
+        from prometheus_api_client.exceptions import PrometheusApiClientException
+
+        if isinstance(exc, PrometheusApiClientException):
+            return PrometheusError(f"Prometheus at {self.url} refused {shown}: {_answer(str(exc))}")
+        return PrometheusError(f"Prometheus at {self.url} failed {shown}: {type(exc).__name__}: {exc}")
 
     def _request(self, method: str, path: str) -> requests.Response:
         try:
             response = requests.request(method, f"{self.url}{path}", timeout=self.timeout)
         except requests.RequestException as exc:
-            raise PrometheusError(f"Prometheus at {self.url} is unreachable ({type(exc).__name__}).") from None
+            raise PrometheusError(
+                f"Prometheus at {self.url} unreachable: {_unreachable_reason(exc, self.timeout)} ({method} {path})"
+            ) from None
         if response.status_code >= 400:
             raise PrometheusError(
                 f"Prometheus at {self.url} answered {response.status_code} to {method} {path}: {response.text[:300]}"

@@ -23,7 +23,7 @@ import yaml
 from assets import alerting
 from cqox_platform.alerts.client import ReceiverClient
 from cqox_platform.resources.prometheus import PrometheusResource
-from tests.helpers import alertmanager_client, received_about, wait_for_received
+from tests.helpers import alertmanager_client, received_about, table_rows, wait_for_received
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
 
@@ -46,7 +46,11 @@ def test_alertmanager_config_is_route_tested_loaded_and_keeps_the_key_out_of_met
     metadata = alertmanager_routed["metadata"]
     assert metadata["loaded_receivers"].value == ["heartbeat", "pagerduty", "tickets"]
     assert metadata["route_tests_passed"].value >= 10  # every shipped alert rule plus the spec's own cases
-    assert "CqoxWalArchiveFailing" in metadata["route_tests"].value
+    cases = table_rows(metadata["route_tests"].value)
+    assert len(cases) == metadata["route_tests_passed"].value
+    assert any("alertname=CqoxWalArchiveFailing" in c["labels"] for c in cases), cases
+    routes = {r["match"]: r["receiver"] for r in table_rows(metadata["routes"].value)}
+    assert routes["severity=page"] == "pagerduty" and routes["severity=ticket"] == "tickets"
     config_file = Path(alertmanager_routed["env"]["CQOX_ALERTMANAGER_CONFIG_FILE"])
     assert config_file.stat().st_mode & 0o777 == 0o600
     rendered = yaml.safe_load(config_file.read_text())

@@ -17,6 +17,7 @@ from assets import backups as backup_assets
 from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.schema import MigrationRunner
 from tests.helpers import (
+    assert_drill_passed,
     asset_metadata,
     check_results,
     materialize_backups,
@@ -97,7 +98,7 @@ def test_info_fails_on_an_unverified_newest_backup_and_passes_once_drilled_and_c
     drill = materialize_backups(
         stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"backup_id": backup_id}}}
     )
-    assert asset_metadata(drill, "restore_drill")["passed"], asset_metadata(drill, "restore_drill")["error"]
+    assert_drill_passed(drill)
     copied = materialize_backups(stack, env, [backup_assets.backups_dr_copy])
     assert check_results(copied) == {"dr_copy_verified": True}
 

@@ -36,7 +36,7 @@ from cqox_platform.schema import MigrationRunner
 from cqox_platform.slo.spec import DEFAULT_SPEC
 from cqox_platform.slo.traffic import TrafficModel, VersionTraffic, serve
 from sensors.canary_sensor import canary_sensor
-from tests.helpers import postgres_admin
+from tests.helpers import postgres_admin, table_rows
 
 SLO_SPEC = DEFAULT_SPEC
 SCENARIOS = {
@@ -323,11 +323,12 @@ def test_a_good_canary_is_promoted_to_100_with_its_evidence_recorded(stack, worl
         seen.append((meta["action"], meta["weight_after"]))
         replicas.append(_deployments(world, "good")[1]["spec"]["replicas"])
         floors.append(_hpa(world, "good")["spec"]["minReplicas"])
+        metrics = {r["metric"]: r for r in table_rows(meta["metrics"])}
         assert (
             meta["canary_requests"] >= 200
-            and "error_ratio" in meta["metrics"]
-            and 'version="canary"' in meta["metrics"]
-            and "{version}" not in meta["metrics"]
+            and 'version="canary"' in metrics["error_ratio"]["canary PromQL"]
+            and "{version}" not in metrics["error_ratio"]["canary PromQL"]
+            and isinstance(metrics["error_ratio"]["canary"], float)
         )
         assert meta["policy"].endswith("v4") and run_key.startswith(rollout.rollout_id)
     assert seen == [("promote", 50), ("promote", 100), ("complete", 0)]
@@ -338,12 +339,14 @@ def test_a_good_canary_is_promoted_to_100_with_its_evidence_recorded(stack, worl
     assert meta["resource_version_before"] and meta["resource_version_after"]
     # Promotion to stable (issue 16 item 1): every phase done and recorded, in order, then `promoted`.
     assert meta["status"] == "promoted" and meta["promotion"] == "promoted to stable", meta["reason"]
-    phases = meta["promotion_phases"]
+    phases = table_rows(meta["promotion_phases"])
     order = ["template_copied", "stable_rolled_out", "traffic_on_stable", "canary_scaled_down"]
-    assert [phases.index(p) for p in order] == sorted(phases.index(p) for p in order)
-    assert "replicas on the new template" in phases  # "rolled out" without a kubelet (CQOX_CANARY_STABLE_READY)
+    assert [p["phase"] for p in phases if p["phase"] in order] == order
+    assert all(p["outcome"] == "done" and p["seconds"] >= 0 for p in phases), phases
+    details = " ".join(p["detail"] for p in phases)
+    assert "replicas on the new template" in details  # "rolled out" without a kubelet (CQOX_CANARY_STABLE_READY)
     _assert_promoted(world, "good", "cqox/engine:good")
-    assert "minReplicas 2 -> 1" in phases
+    assert "minReplicas 2 -> 1" in details
     # The canary HPA does not undo the scale-down: kube-controller-manager's HPA controller sees a target at 0
     # replicas and disables scaling (as it does for Flagger's canary), while its floor is 1.
     deadline = time.monotonic() + 90
@@ -434,8 +437,9 @@ def test_a_canary_whose_error_ratio_rises_rolls_back_within_two_intervals(stack,
     assert second["action"] == "rollback" and second["weight_after"] == 0
     # Item 6: the final materialization states what the release cost, per version.
     assert second["release_budget_slo"] == "availability" and second["release_budget_consumed"] > 1
-    table = second["per_version_slo"]
-    assert "| canary | availability |" in table and "| stable | availability |" in table, table
+    rows = {(r["version"], r["SLO"]): r for r in table_rows(second["per_version_slo"])}
+    assert {("canary", "availability"), ("stable", "availability")} <= set(rows), rows
+    assert rows[("canary", "availability")]["error ratio"] > rows[("stable", "availability")]["error ratio"]
     assert _weights(world, "bad") == {"v1": 100, "v2": 0}
     deployment = (
         world["kube"].apps().read_namespaced_deployment("cqox-engine-canary", world["scenarios"]["bad"]["namespace"])
@@ -448,9 +452,12 @@ def test_a_canary_whose_error_ratio_rises_rolls_back_within_two_intervals(stack,
     assert spent["slo"] == "availability" and spent["status"] == "rolled_back"
     assert spent["canary_budget_consumed"] > 1, spent  # 20 % errors: more than the period's whole budget
     assert report["max_canary_budget_consumed"] >= spent["canary_budget_consumed"]
-    table = report["per_version"]
-    assert f"| {rollout.rollout_id} |" in table and "| canary | availability |" in table, table
-    assert "| stable | availability |" in table and report["errors"] == []
+    rows = table_rows(report["per_version"])
+    assert {(r["rollout"], r["version"], r["SLO"]) for r in rows} >= {
+        (rollout.rollout_id, "canary", "availability"),
+        (rollout.rollout_id, "stable", "availability"),
+    }, rows
+    assert report["errors"] == []
 
 
 def _version_report(stack, world, name: str) -> dict:
@@ -828,7 +835,8 @@ def test_force_promote_from_the_ui_job_promotes_to_stable_without_analysis(stack
     assert event.partition == rollout.rollout_id and event.asset_key == canary_rollout.key
     meta = {k: v.value for k, v in event.metadata.items()}
     assert meta["status"] == "promoted" and meta["promotion"] == "promoted to stable"
-    assert 0 <= meta["release_budget_consumed"] < 1 and "| canary | availability |" in meta["per_version_slo"]
+    assert 0 <= meta["release_budget_consumed"] < 1
+    assert ("canary", "availability") in {(r["version"], r["SLO"]) for r in table_rows(meta["per_version_slo"])}
     _assert_promoted(world, "good", "cqox/engine:forced")
     (user, action, details), *_ = _audit(stack, rollout.rollout_id)
     assert (user, action, details["reason"]) == ("dave", "canary.promote", "hotfix")
@@ -921,7 +929,9 @@ def test_a_failing_pre_step_webhook_blocks_the_step_until_it_passes(stack, world
         receiver.fail("/load-test")
         meta, _ = _tick(stack, world, "good", instance)
         assert meta["action"] == "hold" and "pre-step webhook load-test: FAILED after 2 attempt(s)" in meta["reason"]
-        assert "load-test | failed" in meta["webhooks"] and _weights(world, "good")["v2"] == 10
+        hooks = {r["webhook"]: r for r in table_rows(meta["webhooks"])}
+        assert hooks["load-test"]["outcome"] == "failed" and hooks["load-test"]["attempts"] == 2
+        assert _weights(world, "good")["v2"] == 10
         receiver.heal()
         meta, _ = _tick(stack, world, "good", instance)
         assert (meta["action"], meta["weight_after"]) == ("promote", 50), meta["reason"]
@@ -944,5 +954,6 @@ def test_a_failing_rollback_webhook_does_not_block_the_rollback(stack, world, in
         metas = [_tick(stack, world, "bad", instance)[0] for _ in range(2)]
         assert metas[-1]["action"] == "rollback" and metas[-1]["status"] == "rolled_back"
         assert _weights(world, "bad") == {"v1": 100, "v2": 0}
-        assert "rollback-page | failed" in metas[-1]["webhooks"] and "notify | ok" in metas[-1]["webhooks"]
+        outcomes = {r["webhook"]: r["outcome"] for r in table_rows(metas[-1]["webhooks"])}
+        assert outcomes["rollback-page"] == "failed" and outcomes["notify"] == "ok"
         assert len(receiver.calls["/rollback"]) == 2 and receiver.calls["/notify"][-1]["decision"] == "rollback"

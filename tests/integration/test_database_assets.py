@@ -10,6 +10,7 @@ from assets import database
 from cqox_platform.schema import Dialect
 from cqox_platform.schema.metrics import insert_metrics_batched
 from cqox_platform.schema.migrations import SQL_DIR, discover
+from tests.helpers import table_rows
 
 ASSETS = [database.cqox_schema, database.metrics_partitions, database.metrics_rollups, database.metrics_retention]
 CHECKS = [database.schema_drift, database.rollups_fresh, database.retention_enforced]
@@ -42,12 +43,19 @@ def test_whole_database_graph_materializes_and_checks_pass(any_db):
     migrations = discover(SQL_DIR, any_db.dialect)
     assert schema["schema_version"] == migrations[-1].version
     assert schema["applied_this_run"] == [m.filename for m in migrations]
-    assert "encryption_keys" in schema["tables"]
+    tables = {r["table"]: r for r in table_rows(schema["tables"])}
+    assert isinstance(tables["encryption_keys"]["rows"], int) and tables["encryption_keys"]["size (bytes)"] > 0
+    assert [r["version"] for r in table_rows(schema["migrations"])] == [m.version for m in migrations]
     partitions = _metadata(result, "metrics_partitions")
     if any_db.dialect is Dialect.PLAIN:
         assert partitions["partitions"] >= 14
         assert partitions["days_ahead"] >= 6
     assert _checks(result) == {"schema_drift": True, "rollups_fresh": True, "retention_enforced": True}
+    # A passing check says what it found, not only a green dot.
+    messages = {e.check_name: e.description for e in result.get_asset_check_evaluations()}
+    assert "no DDL outside migrations" in messages["schema_drift"]
+    assert "within the bound of 2" in messages["rollups_fresh"], messages
+    assert messages["retention_enforced"], messages
 
     # Materializing again is a no-op for the schema and keeps every check green.
     again = _materialize(any_db)
@@ -67,6 +75,7 @@ def test_drift_check_fails_and_blocks_downstream(any_db):
     evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "schema_drift")
     added = evaluation.metadata["added_outside_migrations"].value
     assert any("audit_log.shadow" in a for a in added)
+    assert "objects added" in evaluation.description and "outside migrations" in evaluation.description
 
 
 def test_rollups_check_fails_when_rollups_fall_behind(any_db):

@@ -159,8 +159,12 @@ def test_status_asset_reports_the_cluster_and_every_check_passes_when_healthy(ha
     assert meta["timeline"] == state.timeline
     assert meta["sync_mode"] is False
     assert set(meta["replica_lag_bytes"]) == {m.name for m in state.replicas}
-    for member in state.members:
-        assert f"| {member.name} | {member.role} |" in meta["members"]
+    members = {r.data["member"]: r.data for r in meta["members"].records}
+    assert {name: row["role"] for name, row in members.items()} == {m.name: m.role for m in state.members}
+    for replica in state.replicas:
+        assert members[replica.name]["streaming"] == "streaming"
+        assert isinstance(members[replica.name]["lag (bytes)"], int)
+    assert members[state.leader]["lag (bytes)"] is None
     assert meta["lag_history"].startswith("![lag](data:image/svg+xml;base64,")
 
 

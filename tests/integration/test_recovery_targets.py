@@ -28,6 +28,7 @@ from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.pgserver import stop_immediately
 from cqox_platform.schema import MigrationRunner
 from tests.helpers import (
+    assert_drill_passed,
     asset_metadata,
     make_world_traversable_tmpdir,
     materialize_backups,
@@ -138,7 +139,7 @@ class Restored:
 
 def test_restores_to_an_xid_and_to_an_lsn_hold_exactly_what_was_committed_up_to_them(stack, env):
     drilled = materialize_backups(stack, env, [backup_assets.postgres_basebackup, backup_assets.restore_drill])
-    assert asset_metadata(drilled, "restore_drill")["passed"], asset_metadata(drilled, "restore_drill")["error"]
+    assert_drill_passed(drilled)
     backup_id = asset_metadata(drilled, "postgres_basebackup")["backup_id"]
     commits = _write_out_of_order(stack)
     _archive_everything(stack)

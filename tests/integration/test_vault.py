@@ -363,6 +363,9 @@ def test_transport_check_fails_when_an_endpoint_is_tls12(stack, vault_configured
         )
     assert result.passed is False
     assert result.metadata["failing"].value == ["vault"]
+    endpoints = {r.data["endpoint"]: r.data for r in result.metadata["endpoints"].records}
+    assert endpoints["vault"]["accepts < TLS 1.3"] is True and endpoints["postgresql"]["accepts < TLS 1.3"] is False
+    assert endpoints["postgresql"]["certificate verifies"] is True and endpoints["postgresql"]["days left"] > 0
 
 
 def test_platform_token_is_renewed_before_it_expires(stack, vault_configured):

@@ -1,8 +1,9 @@
-"""The bookkeeping tables as the operator reads them: recent backup sizes, recent drill RTOs, retired backups,
-and which backups still wait for their drill.
+"""The bookkeeping tables as the operator reads them: recent drill RTOs, retired backups, and which backups still
+wait for their drill.
 
-The rows feed the charts in the assets' metadata; ``retire_backups`` is retention's last step in the database
-(the objects are already gone from the archive by then, so the table never lists a backup that cannot restore).
+The drill timings feed the RTO chart in restore_drill's metadata; ``retire_backups`` is retention's last step in
+the database (the objects are already gone from the archive by then, so the table never lists a backup that cannot
+restore).
 """
 
 from __future__ import annotations
@@ -16,29 +17,11 @@ from cqox_platform.backup.archive.records import BackupRecord, sync_backups_tabl
 
 
 @dataclass(frozen=True)
-class BackupSize:
-    backup_id: str
-    stored_bytes: int
-    database_bytes: int
-    duration_seconds: float
-
-
-@dataclass(frozen=True)
 class DrillTiming:
     rto_seconds: float
     restore_seconds: float  # download + decrypt + extract
     replay_seconds: float
     passed: bool
-
-
-def recent_backup_sizes(conn: psycopg.Connection, system_id: str, limit: int = 30) -> list[BackupSize]:
-    """The last ``limit`` backups of the cluster, oldest first."""
-    rows = conn.execute(
-        "SELECT backup_id, stored_bytes, database_bytes, duration_seconds FROM backups "
-        "WHERE system_id = %s ORDER BY backup_id DESC LIMIT %s",
-        [system_id, limit],
-    ).fetchall()
-    return [BackupSize(*row) for row in reversed(rows)]
 
 
 def recent_drill_timings(conn: psycopg.Connection, limit: int = 30) -> list[DrillTiming]:

@@ -36,7 +36,7 @@ from cqox_platform.backup.verify.proof import RestorePoint
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.stack.dagster_services import INSTANCE_CONFIG
 from sensors import backup_schedules
-from tests.helpers import backup_record, wal_status
+from tests.helpers import assert_native_metadata, backup_record, wal_status
 
 DAGSTER_YAML = INSTANCE_CONFIG  # the stack copies it into DAGSTER_HOME
 BACKUP_ASSETS = [
@@ -132,7 +132,7 @@ def world(monkeypatch) -> World:
         return DrillPlan(select_backup(records, backup_id), RecoveryTarget("backup_end"), None)
 
     fakes = {
-        base_backup_module: {"take_backup": take_backup, "recent_backup_sizes": lambda conn, sid: []},
+        base_backup_module: {"take_backup": take_backup},
         wal_module: {
             "checkpoint_restore_point": lambda conn: RestorePoint(
                 "check-1", "0/3000000", 1, datetime.now(UTC), "cqox", {}
@@ -210,7 +210,15 @@ def test_the_whole_group_materializes_with_fakes_and_maps_results_to_metadata(wo
     assert result.success
     backup = meta(result, "postgres_basebackup")
     assert backup["backup_id"] == world.records[0].backup_id and backup["compression_ratio"] == 2.5
-    assert meta(result, "restore_drill")["passed"] and meta(result, "restore_drill")["rto_seconds"] == 0.3
+    drill = meta(result, "restore_drill")
+    assert drill["status"] == "passed" and drill["rto_seconds"] == 0.3
+    assert "passed" not in drill and "error" not in drill  # status says it; a passing drill has no error
+    assert (drill["download_seconds"], drill["replay_seconds"]) == (0.1, 0.2)  # plotted across drills
+    assert [(r.data["phase"], r.data["seconds"]) for r in drill["rto_breakdown"].records] == [
+        ("download", 0.1),
+        ("replay", 0.2),
+        ("total (RTO)", 0.3),
+    ]
     assert meta(result, "wal_archive_status")["rpo_seconds"] == 30.0
     assert meta(result, "backups_dr_copy")["copied_objects"] == 1
     assert meta(result, "backup_retention")["backups_kept"] == [world.records[0].backup_id]
@@ -254,7 +262,7 @@ def test_drill_config_is_typed(world):
 
 # --- automation: the order of the chain -------------------------------------------------------------------------
 
-DAY = datetime(2026, 3, 10, tzinfo=UTC)
+DAY = datetime(2026, 11, 10, tzinfo=UTC)
 
 
 def at(hours: int, minutes: int = 0, seconds: int = 30) -> datetime:
@@ -373,9 +381,9 @@ def test_slo_report_gets_yesterdays_partition_by_automation_alone():
     with dg.instance_for_test() as instance:
         ticks = Ticks(defs, instance)
         assert ticks.at(at(0, 10)) == {}
-        assert ticks.at(at(0, 30)) == {"slo_report": {"2026-03-09"}}
+        assert ticks.at(at(0, 30)) == {"slo_report": {"2026-11-09"}}
         assert ticks.at(at(0, 40)) == {}
-        assert ticks.at(DAY + timedelta(days=1, minutes=30, seconds=30)) == {"slo_report": {"2026-03-10"}}
+        assert ticks.at(DAY + timedelta(days=1, minutes=30, seconds=30)) == {"slo_report": {"2026-11-10"}}
 
 
 def test_the_automation_sensors_target_only_their_own_assets():
@@ -471,4 +479,23 @@ def test_retention_metadata_says_why_each_backup_stays_or_goes(world):
             materialize([backups.postgres_basebackup, backups.restore_drill], instance)
         result = materialize([backups.backup_retention], instance, {"backup_retention": {"config": {"keep_full": 1}}})
     plan = meta(result, "backup_retention")
-    assert plan["keep_full"] == 1 and "| backup | action | reason |" in plan["plan"]
+    rows = {r.data["backup_id"]: r.data for r in plan["plan"].records}
+    assert plan["keep_full"] == 1 and set(rows) == {r.backup_id for r in world.records}
+    assert rows[world.records[-1].backup_id]["action"] == "keep" and all(r["reason"] for r in rows.values())
+    assert plan["backups_kept_count"] + plan["backups_deleted_count"] == len(world.records)
+
+
+def test_the_groups_metadata_is_native_tables_and_numbers(world, monkeypatch):
+    """Every entry of every materialization and check: typed tables, no Markdown tables, no empty text."""
+    monkeypatch.setattr(
+        alert_rules_module.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 0, "stdout": "SUCCESS"})()
+    )
+    with dg.instance_for_test() as instance:
+        result = materialize([*BACKUP_ASSETS, backups.backup_alert_rules], instance)
+    events = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+    assert len(events) == len(BACKUP_ASSETS) + 1
+    for event in events:
+        assert_native_metadata(event.metadata, str(event.asset_key))
+    for evaluation in result.get_asset_check_evaluations():
+        assert_native_metadata(evaluation.metadata, evaluation.check_name)
+        assert evaluation.description, f"{evaluation.check_name} passed without a message"

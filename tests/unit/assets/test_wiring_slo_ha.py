@@ -17,6 +17,7 @@ from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.slo.spec import DEFAULT_SPEC, load_spec
 from sensors.ha_sensors import timeline_change_sensor
 from sensors.slo_sensor import error_budget_sensor, slo_incident_job
+from tests.helpers import assert_native_metadata
 from tests.unit.fakes import FakePatroni, FakePrometheus
 
 
@@ -41,6 +42,12 @@ def test_slo_alert_rules_are_checked_by_promtool_and_loaded() -> None:
     # The shipped spec's every SLO can page: the main job's check passes on a fresh installation.
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"slo_alerts_can_fire": True}, metadata["alerts_that_cannot_fire"].value
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.description.startswith("every burn-rate condition of ")
+    factors = [r.data for r in metadata["burn_factors"].value.records]
+    assert {r["alert"] for r in factors} == {"SLOErrorBudgetBurnPage", "SLOErrorBudgetBurnTicket"}
+    assert all(r["burn factor"] > 0 and 0 < r["budget spent (%)"] < 100 for r in factors), factors
+    assert_native_metadata(metadata, "slo_alert_rules")
 
 
 def burn_tick(error_ratio: float) -> dg.SensorResult | dg.SkipReason:

@@ -45,7 +45,7 @@ def test_each_splittable_slo_is_asked_per_version_over_the_window() -> None:
 # --- the per-version view of a day (slo_version_report) -------------------------------------------------------
 
 
-DAY = datetime(2026, 3, 9, tzinfo=UTC)
+DAY = datetime(2026, 11, 9, tzinfo=UTC)
 
 
 def _answers(expr: str, at=None) -> list[dict]:
@@ -127,7 +127,7 @@ def test_slo_version_report_states_each_rollouts_burned_budget(monkeypatch) -> N
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [slo.slo_version_report],
-            partition_key="2026-03-09",
+            partition_key="2026-11-09",
             resources={"prometheus": _Prometheus(url="http://prometheus.invalid"), "postgres": _Postgres()},
             instance=instance,
         )
@@ -135,11 +135,18 @@ def test_slo_version_report_states_each_rollouts_burned_budget(monkeypatch) -> N
     meta = {k: v.value for k, v in event.metadata.items()}
     assert seen == [(DAY, DAY + timedelta(days=1))]
     assert meta["rollouts"] == 1 and meta["max_canary_budget_consumed"] == pytest.approx(0.8)
-    spent = meta["canary_budget_consumed"]["cqox-engine-bad on 2026-03-09"]
+    spent = meta["canary_budget_consumed"]["cqox-engine-bad on 2026-11-09"]
     assert spent["slo"] == "availability" and spent["status"] == "rolled_back" and spent["window_seconds"] == 3600
-    table = meta["per_version"]
-    assert "| cqox-engine-bad | 03:00-04:00 | canary | availability | 98.0000 % |" in table
-    assert "80.00 %" in table and meta["errors"] == []
+    rows = {(r.data["version"], r.data["SLO"]): r.data for r in meta["per_version"].records}
+    canary = rows[("canary", "availability")]
+    assert (canary["day"], canary["rollout"], canary["window (UTC)"], canary["SLO"]) == (
+        "2026-11-09",
+        "cqox-engine-bad",
+        "03:00-04:00",
+        "availability",
+    )
+    assert canary["SLI (%)"] == pytest.approx(98.0) and canary["budget spent (%)"] == pytest.approx(80.0)
+    assert meta["errors"] == []
 
 
 def test_a_day_without_rollouts_reports_none(monkeypatch) -> None:
@@ -149,9 +156,28 @@ def test_a_day_without_rollouts_reports_none(monkeypatch) -> None:
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [slo.slo_version_report],
-            partition_key="2026-03-09",
+            partition_key="2026-11-09",
             resources={"prometheus": _Prometheus(url="http://prometheus.invalid"), "postgres": _Postgres()},
             instance=instance,
         )
     (event,) = result.asset_materializations_for_node("slo_version_report")
     assert event.metadata["rollouts"].value == 0 and event.metadata["max_canary_budget_consumed"].value == -1.0
+    assert "per_version" not in event.metadata  # no empty table
+
+
+def test_the_daily_partitions_start_on_the_configured_day() -> None:
+    """A fresh installation sets CQOX_SLO_PARTITIONS_START to the day it began serving: no partition before it,
+    so the UI does not list hundreds of days that can never have data."""
+    import os
+    import subprocess
+    import sys
+
+    from cqox_platform.settings import DEFAULT_SLO_PARTITIONS_START
+
+    code = "from assets.slo import slo_partitions as p; print(p.start.date(), p.get_first_partition_key())"
+    env = {k: v for k, v in os.environ.items() if k != "CQOX_SLO_PARTITIONS_START"}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.split() == [DEFAULT_SLO_PARTITIONS_START.isoformat()] * 2
+    env["CQOX_SLO_PARTITIONS_START"] = "2026-12-01"
+    configured = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert configured.stdout.split() == ["2026-12-01", "2026-12-01"]

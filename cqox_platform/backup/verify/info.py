@@ -148,7 +148,8 @@ def window_end(
     current timeline itself was ever archived (every write since its switch point is unprotected), or when the
     seal time is unknown.
     """
-    age = None if newest_at is None else (as_of - newest_at).total_seconds()
+    # A segment S3 received after ``as_of`` (the listing comes after it) is no older than "just now".
+    age = None if newest_at is None else max(0.0, (as_of - newest_at).total_seconds())
     rpo_bytes, rpo_seconds = unprotected(parse_lsn(position.current_lsn), position.timeline, newest, age)
     if rpo_bytes == 0:
         return as_of, 0

@@ -145,7 +145,8 @@ def _age(archive: Archive, segment: Segment | None) -> float | None:
     head = archive.head(archive.wal_manifest_key(segment.name))
     if not head or not head.get("LastModified"):
         return None
-    return (datetime.now(UTC) - head["LastModified"]).total_seconds()
+    # S3's clock may run ahead of ours: a segment stored "in the future" was stored just now, not -2 s ago.
+    return max(0.0, (datetime.now(UTC) - head["LastModified"]).total_seconds())
 
 
 def measure(

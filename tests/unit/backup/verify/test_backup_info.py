@@ -71,6 +71,13 @@ def test_with_nothing_unarchived_the_window_ends_now() -> None:
     assert window.latest == AS_OF and window.lag_seconds == 0 and window.unarchived_bytes == 0
 
 
+def test_a_segment_sealed_after_the_reading_began_never_ends_the_window_after_it() -> None:
+    # as_of is taken before the archive is listed; a segment S3 received in between is newer than as_of.
+    newest = Segment(1, 9)
+    latest, _ = window_end(ClusterPosition(1, "0/A000100"), newest, AS_OF + timedelta(seconds=0.235), AS_OF)
+    assert latest == AS_OF
+
+
 def test_a_timeline_with_nothing_of_its_own_archived_has_no_end() -> None:
     newest = Segment(1, 9)
     latest, unarchived = window_end(ClusterPosition(2, "0/A000100"), newest, AS_OF, AS_OF)

@@ -63,7 +63,19 @@ def summarize(record: dict) -> dict:
     }
 
 
-@click.group("alerts", cls=ErrorGroup)
+_ALERTS_EXAMPLES = """
+\b
+Examples:
+  # what paged in the last ten minutes
+  cqox-platform alerts received --since 10m
+  # silence the archiver alert for a planned S3 maintenance
+  cqox-platform alerts silence add alertname=CqoxPostgresArchiverFailing --duration 2h --comment "S3 maintenance"
+  # the silences in force
+  cqox-platform alerts silence list
+"""
+
+
+@click.group("alerts", cls=ErrorGroup, epilog=_ALERTS_EXAMPLES)
 def alerts() -> None:
     """What paged, and maintenance silences."""
 

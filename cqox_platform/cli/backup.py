@@ -277,7 +277,21 @@ def wal_prefetch_daemon(config_path: Path | None, pgdata: Path, bucket: str | No
 # --- backups -------------------------------------------------------------------------------------------------
 
 
-@click.group("backup")
+_BACKUP_EXAMPLES = """
+\b
+Examples:
+  # a base backup now, its id and where it went as JSON
+  cqox-platform backup create --json
+  # every copy, its window and a verdict; exit 3 when the newest backup is unverified or the window is behind
+  cqox-platform backup info
+  # for cron: exit 3 when the newest backup has no passing drill
+  cqox-platform backup list --require-verified --json
+  # what retention would delete, deleting nothing
+  cqox-platform backup expire --dry-run --keep-days 30
+"""
+
+
+@click.group("backup", epilog=_BACKUP_EXAMPLES)
 def backup() -> None:
     """Base backups of the stack's PostgreSQL in S3."""
 

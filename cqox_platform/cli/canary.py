@@ -21,7 +21,17 @@ STATUS_SCHEMA_VERSION = 1
 BACKTEST_SCHEMA_VERSION = 1
 
 
-@click.group("canary")
+_CANARY_EXAMPLES = """
+\b
+Examples:
+  # every rollout, newest first, as JSON
+  cqox-platform canary status --json
+  # what the engine's policy would have done since yesterday
+  cqox-platform canary backtest cqox-engine --start 2026-12-03T00:00:00+00:00
+"""
+
+
+@click.group("canary", epilog=_CANARY_EXAMPLES)
 def canary() -> None:
     """Canary rollouts: start one, see them all, replay history through a policy, control one."""
 

@@ -1,0 +1,73 @@
+"""Every example in a ``--help`` is an invocation the CLI accepts as written: each line after "Examples:" that
+starts with ``cqox-platform`` is split as a shell would and parsed by the real command tree (its commands,
+options, choices and required arguments), so a renamed option or a typo in an example fails here, not in an
+operator's terminal."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+import pytest
+
+from cqox_platform.cli.app import main
+
+PROGRAM = "cqox-platform"
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found: list[tuple[tuple[str, ...], click.Command]] = [(path, group)]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, (*path, name))
+        else:
+            found.append(((*path, name), command))
+    return found
+
+
+def _examples() -> list[tuple[str, str]]:
+    examples = []
+    for path, command in _commands(main):
+        lines = (command.epilog or "").splitlines()
+        if not any(line.strip() == "Examples:" for line in lines):
+            continue
+        for line in lines:
+            if line.strip().startswith(f"{PROGRAM} "):
+                examples.append((" ".join(path) or PROGRAM, line.strip()))
+    return examples
+
+
+def _parse(argv: list[str]) -> click.Context:
+    """Resolve and parse ``argv`` the way ``main`` would run it, without running anything."""
+    command: click.Command = main
+    ctx = main.make_context(PROGRAM, argv)
+    while isinstance(command, click.Group):
+        # Click 8.2+ keeps the subcommand's name apart (``protected_args`` is deprecated); Click 9 puts it in args.
+        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        assert rest, f"{argv}: names no command under {ctx.command_path}"
+        _name, command, args = command.resolve_command(ctx, rest)
+        assert command is not None
+        ctx = command.make_context(_name, args, parent=ctx)
+    return ctx
+
+
+EXAMPLES = _examples()
+
+
+def test_the_commands_people_reach_for_first_have_examples() -> None:
+    documented = {where for where, _ in EXAMPLES}
+    assert {"backup", "restore", "canary", "alerts"} <= documented, documented
+
+
+@pytest.mark.parametrize(("where", "example"), EXAMPLES, ids=[e for _, e in EXAMPLES])
+def test_every_example_parses_as_written(where: str, example: str) -> None:
+    argv = shlex.split(example)[1:]
+    try:
+        _parse(argv)
+    except click.UsageError as exc:
+        pytest.fail(f"the example in `{where} --help` is refused: {example!r}: {exc.format_message()}")
+
+
+def test_a_broken_example_would_be_caught() -> None:
+    with pytest.raises(click.UsageError):
+        _parse(shlex.split("backup list --no-such-option"))

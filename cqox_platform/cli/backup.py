@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from cqox_platform.cli.completion import backup_ids
 from cqox_platform.cli.json_output import echo_json, json_option
 from cqox_platform.errors import CqoxError
 
@@ -700,6 +701,7 @@ Examples:
     "--backup",
     "backup_id",
     default=None,
+    shell_complete=backup_ids,
     help="Backup id (`cqox-platform backup list`); default: the newest verified backup that precedes the target.",
 )
 @click.option("--target-time", default=None, help="Recover to this time (e.g. '2026-11-26 06:30:00+00').")

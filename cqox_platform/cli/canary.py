@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import cqox_platform.cli.context as context
+from cqox_platform.cli.completion import rollout_ids
 from cqox_platform.cli.json_output import echo_json, json_option
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def _when(text: str) -> float:
 def _operator_command(action: str, summary: str) -> click.Command:
     """``canary ACTION ROLLOUT --reason TEXT``: the operator action under the rollout's row lock, audited."""
 
-    @click.argument("rollout_id", metavar="ROLLOUT")
+    @click.argument("rollout_id", metavar="ROLLOUT", shell_complete=rollout_ids)
     @click.option("--reason", required=True, help="Why (recorded in audit_log with who and the state before/after).")
     @click.option("--who", default=None, help="Who acts (default: the OS user).")
     def command(rollout_id: str, reason: str, who: str | None) -> None:

@@ -173,6 +173,10 @@ def recovery_window(
     """
     newest = newest_on_path(archived, position.timeline, histories.get(position.timeline, []))
     latest, unarchived = window_end(position, newest, newest_at, as_of)
+    if latest is not None and records and newest is not None and newest.end_lsn > parse_lsn(records[-1].stop_lsn):
+        # A manifest's seal time has whole seconds: the segment sealed just after the newest backup stopped can
+        # read as sealed before it, yet that backup restores to its stop.
+        latest = max(latest, records[-1].stop_datetime)
     window = RecoveryWindow(
         earliest=records[0].stop_datetime if records else None,
         latest=latest,

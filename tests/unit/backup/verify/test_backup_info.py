@@ -78,6 +78,17 @@ def test_a_segment_sealed_after_the_reading_began_never_ends_the_window_after_it
     assert latest == AS_OF
 
 
+def test_the_window_never_ends_before_the_newest_backup_whose_stop_is_archived() -> None:
+    # A WAL manifest's seal time has whole seconds, a backup's stop microseconds: the segment sealed just after the
+    # backup stopped can read as sealed 0.5 s before it. The backup still restores to its stop.
+    stopped = AS_OF - timedelta(seconds=9.5)
+    records = [replace(backup_record("20260301T030000Z"), stop_time=stopped.isoformat())]
+    window = recovery_window(
+        records, ClusterPosition(1, "0/A000100"), ARCHIVED, {}, AS_OF - timedelta(seconds=10), AS_OF
+    )
+    assert window.latest == stopped and window.earliest <= window.latest
+
+
 def test_a_timeline_with_nothing_of_its_own_archived_has_no_end() -> None:
     newest = Segment(1, 9)
     latest, unarchived = window_end(ClusterPosition(2, "0/A000100"), newest, AS_OF, AS_OF)

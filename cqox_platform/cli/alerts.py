@@ -10,11 +10,13 @@ import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import click
 
 import cqox_platform.cli.context as context
 from cqox_platform.cli.group import ErrorGroup
+from cqox_platform.cli.json_output import echo_json, json_option
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -80,14 +82,30 @@ def alerts() -> None:
     """What paged, and maintenance silences."""
 
 
+#: ``alerts received --json`` and ``alerts silence list --json``: raised when a reader could trip over a change.
+RECEIVED_SCHEMA_VERSION = 1
+SILENCES_SCHEMA_VERSION = 1
+
+
+def received_json(records: list[dict[str, Any]], since: float) -> dict[str, Any]:
+    """What ``alerts received --json`` prints: the receiver's records as stored, oldest first."""
+    return {"schema_version": RECEIVED_SCHEMA_VERSION, "since": since, "received": records}
+
+
+def silences_json(silences: list[dict[str, Any]], show_all: bool) -> dict[str, Any]:
+    """What ``alerts silence list --json`` prints: Alertmanager's silence objects (API v2) as it returns them."""
+    return {"schema_version": SILENCES_SCHEMA_VERSION, "all": show_all, "silences": silences}
+
+
 @alerts.command("received")
 @click.option("--since", default=None, help="Only what arrived after this: a duration back (10m, 2h) or ISO time.")
-@click.option("--json", "as_json", is_flag=True, help="The stored records as JSON (one list).")
+@json_option
 def alerts_received(since: str | None, as_json: bool) -> None:
     """List what the local stack's alert receiver got (PagerDuty events and webhook posts), oldest first."""
-    records = context.alert_receiver().received(parse_since(since) if since else 0.0)
+    after = parse_since(since) if since else 0.0
+    records = context.alert_receiver().received(after)
     if as_json:
-        click.echo(json.dumps(records, indent=2))
+        echo_json(received_json(records, after))
         return
     if not records:
         click.echo("nothing received" + (f" since {since}" if since else ""))
@@ -130,12 +148,12 @@ def silence_expire(silence_ids: tuple[str, ...]) -> None:
 
 @silence.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Also expired and pending silences.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def silence_list(show_all: bool, as_json: bool) -> None:
     """Active silences (id, matchers, until, author, comment)."""
     found = context.alertmanager().silences(None if show_all else "active")
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        echo_json(silences_json(found, show_all))
         return
     from cqox_platform.markdown import table
 

@@ -18,14 +18,23 @@ from pathlib import Path
 from unittest import mock
 
 import dagster as dg
+import jsonschema
 import yaml
 
 from assets import alerting
 from cqox_platform.alerts.client import ReceiverClient
+from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.resources.prometheus import PrometheusResource
 from tests.helpers import alertmanager_client, received_about, table_rows, wait_for_received
 
 CLI = [sys.executable, "-m", "cqox_platform.cli"]
+
+
+def _valid_json(command: str, stdout: str) -> dict:
+    """The command's --json output, checked against the schema the package ships for it."""
+    document = json.loads(stdout)
+    jsonschema.Draft202012Validator(load_schema(command), format_checker=jsonschema.FormatChecker()).validate(document)
+    return document
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -128,8 +137,8 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
         assert held["status"]["silencedBy"] == [silence_id]
         assert not received_about(receiver.received(started), service, "CqoxTestSilenced")
 
-        listed = json.loads(_cli(env, "alerts", "silence", "list", "--json").stdout)
-        assert silence_id in {s["id"] for s in listed}
+        listed = _valid_json("alerts-silence-list", _cli(env, "alerts", "silence", "list", "--json").stdout)
+        assert silence_id in {s["id"] for s in listed["silences"]}
         _cli(env, "alerts", "silence", "expire", silence_id)
         # Expired, the alert is active again; its page goes out at the group's next flush (group_interval, 5m),
         # which this test does not wait for.
@@ -145,8 +154,8 @@ def test_a_firing_rule_pages_once_inhibits_its_ticket_and_a_silence_holds_its_pa
         assert len(pages) == 1 and pages[0]["dedup_key"] == page["dedup_key"]
         shown = _cli(env, "alerts", "received", "--since", "10m").stdout
         assert "pagerduty/events-v2" in shown and "CqoxTestBurnPage" in shown
-        as_json = json.loads(_cli(env, "alerts", "received", "--since", "10m", "--json").stdout)
-        assert page in as_json
+        as_json = _valid_json("alerts-received", _cli(env, "alerts", "received", "--since", "10m", "--json").stdout)
+        assert page in as_json["received"]
     finally:
         Path(env["CQOX_PROMETHEUS_RULES_DIR"], rule_file).unlink(missing_ok=True)
         prometheus.client().reload()

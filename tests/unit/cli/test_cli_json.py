@@ -23,7 +23,7 @@ from cqox_platform.backup.verify.proof import RestorePoint
 from cqox_platform.canary.policy import POLICY_DIR, load_policy
 from cqox_platform.canary.rollout import backtest
 from cqox_platform.canary.store import Rollout
-from cqox_platform.cli import backup, canary, datasets, ha, stack
+from cqox_platform.cli import alerts, backup, canary, datasets, ha, stack
 from cqox_platform.cli.app import main
 from cqox_platform.cli.json_schema import load_schema, schema_path
 from cqox_platform.datasets.store import DatasetRow
@@ -42,6 +42,8 @@ READ_COMMANDS = [
     ("ha", "status"),
     ("stack", "status"),
     ("datasets", "list"),
+    ("alerts", "received"),
+    ("alerts", "silence", "list"),
 ]
 
 
@@ -110,6 +112,48 @@ def _rollout(**changes: Any) -> Rollout:
         "last_reason": "canary 5xx ratio 0.011 > 0.01",
     }
     return Rollout(**{**values, **changes})
+
+
+def test_alerts_received_json_validates_for_each_kind_of_record() -> None:
+    records = [
+        {
+            "received_at": NOW.timestamp(),
+            "kind": "pagerduty",
+            "name": "events-v2",
+            "routing_key_fingerprint": "sha256:1f2e",
+            "event_action": "trigger",
+            "dedup_key": "d41d8cd98f00b204",
+            "body": {"event_action": "trigger", "payload": {"summary": "RPO above 1 h", "severity": "critical"}},
+        },
+        {"received_at": NOW.timestamp() + 1, "kind": "webhook", "name": "tickets", "body": {"alerts": []}},
+        {
+            "received_at": NOW.timestamp() + 2,
+            "kind": "deadman",
+            "name": "watchdog",
+            "event_action": "trigger",
+            "dedup_key": "deadman-watchdog",
+            "body": {"summary": "no heartbeat", "last_heartbeat_at": NOW.timestamp(), "within": 175.0},
+        },
+    ]
+    document = json.loads(json.dumps(alerts.received_json(records, NOW.timestamp() - 600)))
+    _validate("alerts-received", document)
+    assert [r["kind"] for r in document["received"]] == ["pagerduty", "webhook", "deadman"]
+
+
+def test_alerts_silence_list_json_validates_alertmanagers_silences() -> None:
+    silence = {
+        "id": "9f2d7d3e-2b4c-4a55-8d0e-0c1f7c7b9d11",
+        "status": {"state": "active"},
+        "updatedAt": "2026-11-26T10:00:00.000Z",
+        "comment": "S3 maintenance",
+        "createdBy": "cqox-platform",
+        "endsAt": "2026-11-26T12:00:00.000Z",
+        "matchers": [{"isEqual": True, "isRegex": False, "name": "alertname", "value": "CqoxPostgresArchiverFailing"}],
+        "startsAt": "2026-11-26T10:00:00.000Z",
+    }
+    _validate("alerts-silence-list", alerts.silences_json([silence], show_all=False))
+    with pytest.raises(jsonschema.ValidationError):
+        _validate("alerts-silence-list", alerts.silences_json([{**silence, "status": {"state": "gone"}}], False))
 
 
 def test_canary_status_json_validates() -> None:

@@ -6,11 +6,13 @@ operator's terminal."""
 from __future__ import annotations
 
 import shlex
+import shutil
 
 import click
 import pytest
 
 from cqox_platform.cli.app import main
+from cqox_platform.slo.spec import DEFAULT_SPEC
 
 PROGRAM = "cqox-platform"
 
@@ -28,12 +30,13 @@ def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tupl
 def _examples() -> list[tuple[str, str]]:
     examples = []
     for path, command in _commands(main):
-        lines = (command.epilog or "").splitlines()
-        if not any(line.strip() == "Examples:" for line in lines):
-            continue
-        for line in lines:
-            if line.strip().startswith(f"{PROGRAM} "):
-                examples.append((" ".join(path) or PROGRAM, line.strip()))
+        for text in (command.help or "", command.epilog or ""):
+            lines = text.splitlines()
+            if not any(line.strip() == "Examples:" for line in lines):
+                continue
+            for line in lines[[line.strip() for line in lines].index("Examples:") :]:
+                if line.strip().startswith(f"{PROGRAM} "):
+                    examples.append((" ".join(path) or PROGRAM, line.strip()))
     return examples
 
 
@@ -56,12 +59,15 @@ EXAMPLES = _examples()
 
 def test_the_commands_people_reach_for_first_have_examples() -> None:
     documented = {where for where, _ in EXAMPLES}
-    assert {"backup", "restore", "canary", "alerts"} <= documented, documented
+    assert {"backup", "restore", "canary", "alerts", "dashboards render"} <= documented, documented
 
 
 @pytest.mark.parametrize(("where", "example"), EXAMPLES, ids=[e for _, e in EXAMPLES])
-def test_every_example_parses_as_written(where: str, example: str) -> None:
-    argv = shlex.split(example)[1:]
+def test_every_example_parses_as_written(where: str, example: str, tmp_path, monkeypatch) -> None:
+    # The files an example names exist where a user would have them: an SLO spec of their own in the cwd.
+    shutil.copy(DEFAULT_SPEC, tmp_path / "my-slos.yaml")
+    monkeypatch.chdir(tmp_path)
+    argv = shlex.split(example, comments=True)[1:]
     try:
         _parse(argv)
     except click.UsageError as exc:

@@ -20,6 +20,7 @@ from typing import Any
 from unittest import mock
 
 import boto3
+import click
 import dagster as dg
 
 from cqox_platform.alerts.client import AlertmanagerClient, ReceiverClient
@@ -27,6 +28,7 @@ from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.wal.status import WalStatus
 from cqox_platform.canary.decision import Evidence, MetricValue
 from cqox_platform.canary.policy import POLICY_DIR, load_policy
+from cqox_platform.cli.app import main as cli_main
 from cqox_platform.pgserver import free_port
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
@@ -394,3 +396,30 @@ UI_AUTH_VALUES = {
 }
 #: The Dagster Helm chart's webserver pods (release `dagster`).
 WEBSERVER_POD_LABELS = {"app.kubernetes.io/name": "dagster", "component": "dagster-webserver"}
+
+
+# --- the CLI's help examples ------------------------------------------------------------------------------------
+
+
+def _cli_commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found: list[tuple[tuple[str, ...], click.Command]] = [(path, group)]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _cli_commands(command, (*path, name))
+        else:
+            found.append(((*path, name), command))
+    return found
+
+
+def cli_examples() -> list[tuple[str, str]]:
+    """``(where, example)`` for every ``cqox-platform ...`` line after "Examples:" in a command's help or epilog."""
+    examples = []
+    for path, command in _cli_commands(cli_main):
+        for text in (command.help or "", command.epilog or ""):
+            lines = text.splitlines()
+            if not any(line.strip() == "Examples:" for line in lines):
+                continue
+            for line in lines[[line.strip() for line in lines].index("Examples:") :]:
+                if line.strip().startswith("cqox-platform "):
+                    examples.append((" ".join(path) or "cqox-platform", line.strip()))
+    return examples

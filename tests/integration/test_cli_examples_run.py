@@ -17,11 +17,10 @@ import pytest
 
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.slo.spec import DEFAULT_SPEC
-from tests.helpers import alertmanager_client, materialize_vault_config, postgres_admin
-from tests.unit.cli.test_cli_examples import EXAMPLES
+from tests.helpers import alertmanager_client, cli_examples, materialize_vault_config, postgres_admin
 
 SCRIPT = Path(sys.executable).parent / "cqox-platform"
-RUNNABLE = [(where, example) for where, example in EXAMPLES if where != "restore"]
+RUNNABLE = [(where, example) for where, example in cli_examples() if where != "restore"]
 
 
 @pytest.fixture(scope="module")

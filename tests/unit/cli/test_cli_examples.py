@@ -13,31 +13,9 @@ import pytest
 
 from cqox_platform.cli.app import main
 from cqox_platform.slo.spec import DEFAULT_SPEC
+from tests.helpers import cli_examples
 
 PROGRAM = "cqox-platform"
-
-
-def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
-    found: list[tuple[tuple[str, ...], click.Command]] = [(path, group)]
-    for name, command in group.commands.items():
-        if isinstance(command, click.Group):
-            found += _commands(command, (*path, name))
-        else:
-            found.append(((*path, name), command))
-    return found
-
-
-def _examples() -> list[tuple[str, str]]:
-    examples = []
-    for path, command in _commands(main):
-        for text in (command.help or "", command.epilog or ""):
-            lines = text.splitlines()
-            if not any(line.strip() == "Examples:" for line in lines):
-                continue
-            for line in lines[[line.strip() for line in lines].index("Examples:") :]:
-                if line.strip().startswith(f"{PROGRAM} "):
-                    examples.append((" ".join(path) or PROGRAM, line.strip()))
-    return examples
 
 
 def _parse(argv: list[str]) -> click.Context:
@@ -54,7 +32,7 @@ def _parse(argv: list[str]) -> click.Context:
     return ctx
 
 
-EXAMPLES = _examples()
+EXAMPLES = cli_examples()
 
 
 def test_the_commands_people_reach_for_first_have_examples() -> None:

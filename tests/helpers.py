@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -25,6 +25,9 @@ import dagster as dg
 
 from cqox_platform.alerts.client import AlertmanagerClient, ReceiverClient
 from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.archive.wal_names import Segment
+from cqox_platform.backup.verify.info import BackupEntry, ClusterPosition, CopyInfo, backup_wal_missing, recovery_window
+from cqox_platform.backup.verify.recoverability import Evidence as RecoverabilityEvidence
 from cqox_platform.backup.wal.status import WalStatus
 from cqox_platform.canary.decision import Evidence, MetricValue
 from cqox_platform.canary.policy import POLICY_DIR, load_policy
@@ -423,3 +426,52 @@ def cli_examples() -> list[tuple[str, str]]:
                 if line.strip().startswith("cqox-platform "):
                     examples.append((" ".join(path) or "cqox-platform", line.strip()))
     return examples
+
+
+# --- evidence for the recoverability verdict (unit tests of the core and of the asset) ------------------------
+
+
+EVIDENCE_AS_OF = BACKUP_STOPPED + timedelta(hours=2)
+EVIDENCE_ARCHIVED = {Segment(1, n).name for n in range(2, 10)}
+EVIDENCE_POSITION = ClusterPosition(1, "0/A000100")
+EVIDENCE_BACKUP_ID = "20260301T030000Z"
+
+
+def drill_row(drill_id: str = "d-1", status: str = "passed", rto: float | None = 42.5, **extra) -> dict:
+    return {
+        "drill_id": drill_id,
+        "backup_id": EVIDENCE_BACKUP_ID,
+        "passed": status == "passed",
+        "status": status,
+        "error": None if status == "passed" else "checksum of public.t differs",
+        "rto_seconds": rto,
+        "finished_at": EVIDENCE_AS_OF - timedelta(minutes=30),
+        **extra,
+    }
+
+
+def copy_info(
+    name: str = "primary",
+    *,
+    verified: bool = True,
+    archived: set[str] = EVIDENCE_ARCHIVED,
+    sealed_ago: float = 60.0,
+    ids: tuple[str, ...] = (EVIDENCE_BACKUP_ID,),
+) -> CopyInfo:
+    records = [backup_record(i) for i in ids]
+    drill = drill_row() if verified else None
+    entries = [BackupEntry(r, backup_wal_missing(r, archived), drill, drill) for r in records]
+    sealed_at = EVIDENCE_AS_OF - timedelta(seconds=sealed_ago)
+    window = recovery_window(records, EVIDENCE_POSITION, archived, {}, sealed_at, EVIDENCE_AS_OF)
+    return CopyInfo(name, f"s3://{name}-bucket/postgres/7/", entries, window, len(archived))
+
+
+def recoverability_evidence(**changes) -> RecoverabilityEvidence:
+    values = {
+        "as_of": EVIDENCE_AS_OF,
+        "copies": [copy_info("primary"), copy_info("dr", sealed_ago=300.0)],
+        "unreadable": [],
+        "last_drill": drill_row(),
+        "dr_configured": True,
+    }
+    return RecoverabilityEvidence(**{**values, **changes})

@@ -17,7 +17,8 @@ from assets import backups
 from cqox_platform.backup.verify.info import UnreadableCopy
 from cqox_platform.definitions import defs as all_defs
 from cqox_platform.resources.backups import BackupStorageResource
-from tests.unit.backup.verify.test_recoverability import _drill, _evidence
+from tests.helpers import drill_row as _drill
+from tests.helpers import recoverability_evidence as _evidence
 
 
 class FakePostgres:

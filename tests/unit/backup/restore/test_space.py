@@ -45,4 +45,6 @@ def test_a_backup_larger_than_the_free_space_is_refused_naming_both_numbers_and_
 
 
 def test_a_backup_that_fits_passes(tmp_path: Path) -> None:
-    check_room_for(backup_record("small"), tmp_path, "the drill's scratch directory")
+    record = backup_record("small")
+    assert bytes_needed(record) < free_bytes(tmp_path)[1]
+    assert check_room_for(record, tmp_path, "the drill's scratch directory") is None

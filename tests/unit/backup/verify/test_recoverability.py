@@ -10,64 +10,22 @@ from cqox_platform.backup.archive.wal_names import Segment
 from cqox_platform.backup.verify.checks import RPO_TARGET_SECONDS
 from cqox_platform.backup.verify.info import (
     BackupEntry,
-    ClusterPosition,
     CopyInfo,
     UnreadableCopy,
-    backup_wal_missing,
-    recovery_window,
 )
 from cqox_platform.backup.verify.recoverability import (
     BACKUP_MAX_AGE_SECONDS,
     RTO_TARGET_SECONDS,
-    Evidence,
     Verdict,
     assess,
 )
-from tests.helpers import BACKUP_STOPPED, backup_record
-
-AS_OF = BACKUP_STOPPED + timedelta(hours=2)
-ARCHIVED = {Segment(1, n).name for n in range(2, 10)}
-WRITING = ClusterPosition(1, "0/A000100")
-BACKUP_ID = "20260301T030000Z"
-
-
-def _drill(drill_id: str = "d-1", status: str = "passed", rto: float | None = 42.5, **extra) -> dict:
-    return {
-        "drill_id": drill_id,
-        "backup_id": BACKUP_ID,
-        "passed": status == "passed",
-        "status": status,
-        "error": None if status == "passed" else "checksum of public.t differs",
-        "rto_seconds": rto,
-        "finished_at": AS_OF - timedelta(minutes=30),
-        **extra,
-    }
-
-
-def _copy(
-    name: str = "primary",
-    *,
-    verified: bool = True,
-    archived: set[str] = ARCHIVED,
-    sealed_ago: float = 60.0,
-    ids: tuple[str, ...] = (BACKUP_ID,),
-) -> CopyInfo:
-    records = [backup_record(i) for i in ids]
-    drill = _drill() if verified else None
-    entries = [BackupEntry(r, backup_wal_missing(r, archived), drill, drill) for r in records]
-    window = recovery_window(records, WRITING, archived, {}, AS_OF - timedelta(seconds=sealed_ago), AS_OF)
-    return CopyInfo(name, f"s3://{name}-bucket/postgres/7/", entries, window, len(archived))
-
-
-def _evidence(**changes) -> Evidence:
-    values = {
-        "as_of": AS_OF,
-        "copies": [_copy("primary"), _copy("dr", sealed_ago=300.0)],
-        "unreadable": [],
-        "last_drill": _drill(),
-        "dr_configured": True,
-    }
-    return Evidence(**{**values, **changes})
+from tests.helpers import BACKUP_STOPPED
+from tests.helpers import EVIDENCE_ARCHIVED as ARCHIVED
+from tests.helpers import EVIDENCE_AS_OF as AS_OF
+from tests.helpers import EVIDENCE_BACKUP_ID as BACKUP_ID
+from tests.helpers import copy_info as _copy
+from tests.helpers import drill_row as _drill
+from tests.helpers import recoverability_evidence as _evidence
 
 
 def _assess(**changes):

@@ -37,6 +37,7 @@ from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.stack import Stack, StackConfig
 from cqox_platform.stack.config import DEFAULT_PORTS
+from cqox_platform.stack.process import pid_alive
 from cqox_platform.stack.s3 import client_config
 
 #: The checkout the tests run from (docs, deploy/ and the package sources are read from it).
@@ -62,10 +63,40 @@ def distinct_free_ports(names) -> dict[str, int]:
     return ports
 
 
+#: A test stack's directory names the PID of the test process that owns it, so a later run can tell an orphan.
+OWNER_FILE = "owner.pid"
+
+
+def reap_orphan_stacks(parent: Path = Path("/tmp")) -> list[Path]:
+    """Stop and remove test stacks whose owning test process is gone; return their directories.
+
+    A killed test run (SIGKILL, a CI timeout) never reaches ``running_stack``'s ``finally``, and its ~40 services
+    keep their ports, memory and CPU until someone notices. Only directories that name their owner are touched:
+    another worker's or another checkout's stack names a live process, and a developer's kept stack has no owner.
+    """
+    reaped = []
+    for root in sorted(parent.glob("cqox-test-*")):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(owner):
+            continue
+        Stack.from_dir(root).down()
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
 @contextmanager
 def running_stack(prefix: str, **options) -> Iterator[Stack]:
-    """A stack on free ports in a new world-traversable directory, stopped (and removed) afterwards."""
+    """A stack on free ports in a new world-traversable directory, stopped (and removed) afterwards.
+
+    Orphans of killed runs are reaped first, and this stack names its owner so that the next run can reap it.
+    """
+    reap_orphan_stacks()
     root = make_world_traversable_tmpdir(prefix)
+    (root / OWNER_FILE).write_text(f"{os.getpid()}\n")
     st = Stack(StackConfig(root=root, ports=distinct_free_ports(list(DEFAULT_PORTS)), with_daemon=False, **options))
     try:
         st.up()

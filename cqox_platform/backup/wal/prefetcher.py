@@ -59,10 +59,14 @@ from cqox_platform.backup.wal.segment import WalMissingError, fetch_wal, read_wa
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
 from cqox_platform.fsutil import single_instance_lock
+from cqox_platform.memory import return_large_buffers
 
 IDLE_EXIT = 60.0
 HISTORY_PROBE_EVERY = 10.0
 MISSING_RETRY = 2.0
+#: Segments fetched at once: enough to stay ahead of replay (decryption and zstd release the GIL), each holding
+#: a 16 MiB segment in memory while it is verified.
+FETCH_WORKERS = 2
 #: restore_command's exit code that stops recovery instead of ending it.
 FETCH_FATAL = 255
 
@@ -335,7 +339,7 @@ def run_daemon(
     depth: int,
     connect: Callable[[], ArchiveClients],
     *,
-    workers: int = 4,
+    workers: int = FETCH_WORKERS,
     idle_exit: float = IDLE_EXIT,
     log=print,
     start_at: str | None = None,
@@ -358,6 +362,7 @@ def run_daemon(
     lock = single_instance_lock(spool / "daemon.lock")
     if lock is None:
         return
+    return_large_buffers()
     for sub in ("ready", "error", "inflight"):  # a predecessor killed before its cleanup: start from nothing
         shutil.rmtree(spool / sub, ignore_errors=True)
     daemon = Daemon(settings_path, spool, Path(pgdata), bucket, depth, connect, workers, log)

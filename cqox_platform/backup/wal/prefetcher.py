@@ -64,9 +64,9 @@ from cqox_platform.memory import return_large_buffers
 IDLE_EXIT = 60.0
 HISTORY_PROBE_EVERY = 10.0
 MISSING_RETRY = 2.0
-#: Segments fetched at once: enough to stay ahead of replay (decryption and zstd release the GIL), each holding
-#: a 16 MiB segment in memory while it is verified.
-FETCH_WORKERS = 2
+#: Segments fetched at once, each holding a 16 MiB segment in memory while it is verified: with two, replay
+#: caught up with the prefetcher on a loaded 2-core machine (decryption, zstd and sockets release the GIL).
+FETCH_WORKERS = 3
 #: restore_command's exit code that stops recovery instead of ending it.
 FETCH_FATAL = 255
 

@@ -84,6 +84,8 @@ def vault_config(
             # The local stack's receiver key (CQOX_PAGERDUTY_ROUTING_KEY_FILE); production leaves it unset and
             # an operator writes the real PagerDuty integration key to Vault.
             pagerduty_key_file=settings.pagerduty_routing_key_file,
+            # The snapshot identity (vault_snapshot): reads raft snapshots, nothing else.
+            snapshot_approle_file=settings.vault_snapshot_approle_file,
         ),
     )
     for change in state.changed:

@@ -184,3 +184,24 @@ def test_the_unseal_check_says_the_mode_and_fails_when_none_is_configured(stack,
     (evaluation,) = none.get_asset_check_evaluations()
     assert not evaluation.passed
     assert "CQOX_VAULT_UNSEAL_MODE" in evaluation.description
+
+
+def test_a_key_rotation_sets_off_a_snapshot_and_a_drill_that_holds_the_new_version(stack, env):
+    from sensors.vault_recovery_sensor import vault_rotation_sensor
+
+    assert vault_rotation_sensor.job_name == vault_recovery.vault_after_rotation_job.name
+    assert _run(stack, env, [vault_recovery.vault_snapshot]).success
+    resources = {k: v for k, v in _resources(stack, env).items() if k in ("vault", "s3", "backups")}
+    with mock.patch.dict(os.environ, env), dg.instance_for_test() as instance:
+        quiet = vault_rotation_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(quiet, dg.SkipReason), quiet
+        new_version = vault_platform(stack).rotate(DATASETS_KEY)
+        request = vault_rotation_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    assert isinstance(request, dg.RunRequest), request
+    assert f'"{DATASETS_KEY}":{{"latest_version":{new_version},' in request.run_key
+    # What the requested job runs: a snapshot holding the new version, then its drill.
+    result = _run(stack, env, [vault_recovery.vault_snapshot, vault_recovery.vault_restore_drill])
+    drill = asset_metadata(result, "vault_restore_drill")
+    assert drill["status"] == "passed", drill.get("error")
+    (row,) = [r for r in table_rows(drill["transit_keys"]) if r["key"] == DATASETS_KEY]
+    assert f"'latest_version': {new_version}" in row["restored"] and row["ok"]

@@ -46,8 +46,8 @@ class VaultConfigSettings(dg.Config):
     group_name=GROUP,
     kinds={"vault"},
     description="Vault as code: KV v2, Transit keys cqox-datasets and cqox-backups, policies from "
-    "secrets/policies, the platform's and the WAL archiver's AppRoles, audit device, and the database secrets "
-    "engine for short-lived PostgreSQL users.",
+    "secrets/policies, the platform's, the WAL archiver's and the snapshot reader's AppRoles, audit device, and the "
+    "database secrets engine for short-lived PostgreSQL users.",
 )
 def vault_config(
     context: dg.AssetExecutionContext,

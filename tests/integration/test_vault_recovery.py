@@ -79,7 +79,8 @@ def env(stack):
         while not _wal_manifests(env):
             assert time.monotonic() < deadline, "no WAL segment was archived within 120 s of the base backup"
             time.sleep(1)
-        # A dataset as the platform stores one: an envelope under the datasets' key, its manifest written last.
+        # A dataset as the platform stores one in S3 (an envelope under the datasets' key, its manifest written
+        # last); the drill reads only the bucket, so no database row is needed.
         object_key = f"{DATASETS}{uuid.uuid4()}/data.parquet.enc"
         encrypted = io.BytesIO()
         manifest = encrypt_to(
@@ -89,6 +90,9 @@ def env(stack):
         client.put_object(Bucket=env["CQOX_S3_BUCKET"], Key=object_key, Body=encrypted.getvalue())
         client.put_object(Bucket=env["CQOX_S3_BUCKET"], Key=object_key + MANIFEST_SUFFIX, Body=manifest.to_json())
         yield env
+        # It has no database row: leave nothing behind for other modules on this stack.
+        for key in (object_key, object_key + MANIFEST_SUFFIX):
+            client.delete_object(Bucket=env["CQOX_S3_BUCKET"], Key=key)
 
 
 def _run(stack, env, assets, config: dict | None = None, selection=None) -> dg.ExecuteInProcessResult:

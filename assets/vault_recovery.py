@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import hvac.exceptions
 import requests
+from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 
 from assets.metadata import column, table
@@ -220,7 +221,7 @@ def vault_restore_drill(
                 f"the Transit keys changed since {newest.where} was taken (then {recorded}, now {live}); "
                 "materialize vault_snapshot"
             )
-        samples = newest_manifests(client, backups.bucket)
+        samples = newest_manifests(client, bucket)  # the same copy the snapshot came from
         with snapshots.downloaded(client, newest, backups.drill_parent()) as (path, _verified):
             context.log.info(f"{newest.where}: SHA-256 and size match what was recorded at upload")
             with restored_vault(
@@ -230,7 +231,14 @@ def vault_restore_drill(
                 outcome["restore_seconds"] = restored.seconds
         problems += proof.problems
         outcome.update(keys=proof.keys, samples=proof.samples)
-    except (CqoxError, hvac.exceptions.VaultError, requests.exceptions.RequestException, OSError) as exc:
+    except (
+        CqoxError,
+        hvac.exceptions.VaultError,
+        requests.exceptions.RequestException,
+        BotoCoreError,
+        ClientError,
+        OSError,
+    ) as exc:
         # Fail closed with the reason; the check carries it (a Vault or S3 error names its object).
         problems.append(str(exc) if isinstance(exc, CqoxError) else f"{type(exc).__name__}: {exc}")
     passed = not problems

@@ -35,9 +35,13 @@ def vault_rotation_sensor(
         newest = snapshots.newest(s3.get_client(), backups.bucket) if backups.bucket else None
     except CqoxError as exc:
         return dg.SkipReason(f"cannot compare key versions: {exc}")
-    if newest is not None and newest.key_versions == live:
+    if newest is None:
+        # A fresh installation: the hourly schedule (or the main job) takes the first snapshot once vault_config
+        # and the first backup exist; a run requested now would only drill a Vault with nothing to prove.
+        return dg.SkipReason("no Vault snapshot yet; vault_snapshot_schedule takes the first")
+    if newest.key_versions == live:
         return dg.SkipReason(f"the newest snapshot {newest.where} holds the current key versions")
-    reason = "no snapshot yet" if newest is None else f"keys {newest.key_versions} -> {live}"
+    reason = f"keys {newest.key_versions} -> {live}"
     context.log.info(f"requesting a Vault snapshot and drill: {reason}")
     return dg.RunRequest(
         run_key="keys-" + json.dumps(live, sort_keys=True, separators=(",", ":")),

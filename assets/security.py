@@ -46,8 +46,8 @@ class VaultConfigSettings(dg.Config):
     group_name=GROUP,
     kinds={"vault"},
     description="Vault as code: KV v2, Transit keys cqox-datasets and cqox-backups, policies from "
-    "secrets/policies, the platform's and the WAL archiver's AppRoles, audit device, and the database secrets "
-    "engine for short-lived PostgreSQL users.",
+    "secrets/policies, the platform's, the WAL archiver's and the snapshot reader's AppRoles, audit device, and the "
+    "database secrets engine for short-lived PostgreSQL users.",
 )
 def vault_config(
     context: dg.AssetExecutionContext,
@@ -84,6 +84,8 @@ def vault_config(
             # The local stack's receiver key (CQOX_PAGERDUTY_ROUTING_KEY_FILE); production leaves it unset and
             # an operator writes the real PagerDuty integration key to Vault.
             pagerduty_key_file=settings.pagerduty_routing_key_file,
+            # The snapshot identity (vault_snapshot): reads raft snapshots, nothing else.
+            snapshot_approle_file=settings.vault_snapshot_approle_file,
         ),
     )
     for change in state.changed:

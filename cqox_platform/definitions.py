@@ -8,7 +8,19 @@ stack). Loading needs no environment: a value a run needs but nobody set fails t
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import alert_drill, alerting, backups, canary, database, datasets, deploy, ha, security, slo
+from assets import (
+    alert_drill,
+    alerting,
+    backups,
+    canary,
+    database,
+    datasets,
+    deploy,
+    ha,
+    security,
+    slo,
+    vault_recovery,
+)
 from cqox_platform.resources.alertmanager import AlertmanagerResource
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.kubernetes import KubernetesResource
@@ -26,6 +38,7 @@ from sensors import (
     heartbeat_sensor,
     run_failure_sensor,
     slo_sensor,
+    vault_recovery_sensor,
     vault_sensor,
 )
 
@@ -52,6 +65,8 @@ defs = dg.Definitions.merge(
     deploy.defs,
     ha.defs,
     ha_sensors.defs,
+    vault_recovery.defs,
+    vault_recovery_sensor.defs,
     dg.Definitions(
         resources={
             # Short-lived Vault-issued users when Vault database roles are configured (the local stack sets
@@ -63,6 +78,8 @@ defs = dg.Definitions.merge(
             "postgres_admin": PostgresResource.from_settings(settings),
             "vault": vault,
             "vault_admin": VaultResource.from_settings(settings, admin=True),
+            # The snapshot AppRole: reads raft snapshots and nothing else (vault_snapshot only).
+            "vault_snapshot_reader": VaultResource.from_settings(settings, snapshot=True),
             "prometheus": PrometheusResource.from_settings(settings),
             # Alertmanager's API and routing file (CQOX_ALERTMANAGER_*); alertmanager_config loads routing there.
             "alertmanager": AlertmanagerResource.from_settings(settings),

@@ -110,6 +110,14 @@ class VaultNotFoundError(VaultError):
     """The secret, key or path does not exist."""
 
 
+class VaultRecoveryError(VaultError):
+    """A Vault snapshot could not be taken, stored, found or restored; the message names the object or step."""
+
+
+class SnapshotIntegrityError(VaultRecoveryError):
+    """A stored snapshot's bytes do not match the SHA-256 and size recorded when it was uploaded."""
+
+
 # --- datasets ------------------------------------------------------------------------------------------------
 
 

@@ -180,6 +180,41 @@ class Settings(BaseSettings):
     vault_db_max_ttl: str = _f(
         "24h", "longest lifetime of a Vault-issued PostgreSQL login, renewals included (at most 24h)", "operator"
     )
+    vault_snapshot_approle_file: Path | None = _f(
+        None, "credentials of the snapshot AppRole, which may read raft snapshots and nothing else (vault_config)"
+    )
+    vault_snapshot_keep: PositiveInt = _f(
+        48, "Vault snapshots always kept per bucket, newest first, whatever their age", "operator"
+    )
+    vault_snapshot_max_age_days: PositiveInt = _f(
+        14,
+        "Vault snapshots older than this many days are deleted, beyond the newest CQOX_VAULT_SNAPSHOT_KEEP",
+        "operator",
+    )
+    vault_unseal_mode: Literal["shamir", "transit", "kms", "key_file"] | None = _f(
+        None,
+        "how a restored Vault is unsealed: `shamir` (shares held by CQOX_VAULT_UNSEAL_SHAMIR_HOLDERS), `transit` "
+        "or `kms` (auto-unseal by a key outside both sites), `key_file` (the local stack only)",
+    )
+    vault_unseal_shamir_holders: str | None = _f(
+        None, "comma-separated names of the people who each hold one Shamir unseal share (mode shamir)", "operator"
+    )
+    vault_unseal_shamir_threshold: PositiveInt | None = _f(
+        None,
+        "how many of those shares unseal Vault (mode shamir; at least 2 when there are 2 or more holders)",
+        "operator",
+    )
+    vault_unseal_transit: str | None = _f(
+        None,
+        "the other Vault's Transit key that auto-unseals this one, as `https://host:port/<mount>/keys/<name>`",
+        "operator",
+    )
+    vault_unseal_kms_key: str | None = _f(
+        None, "the cloud KMS key that auto-unseals Vault (an ARN or key id)", "operator"
+    )
+    vault_unseal_key_file: Path | None = _f(
+        None, "the local stack's unseal key file (JSON with `unseal_keys_b64`; mode key_file)"
+    )
 
     # --- S3 --------------------------------------------------------------------------------------------------
     s3_endpoint: str | None = _f(None, "S3 endpoint URL")

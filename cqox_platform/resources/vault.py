@@ -1,7 +1,8 @@
 """``VaultResource``: the Dagster adapter over the core ``VaultClient`` (``cqox_platform.secrets.vault_client``).
 
-Two identities: the platform's AppRole (``from_settings``) and the local stack's bootstrap root token
-(``from_settings(admin=True)``, only for the ``vault_config`` asset). The methods delegate to one client per
+Three identities: the platform's AppRole (``from_settings``), the snapshot AppRole that may read raft snapshots and
+nothing else (``from_settings(snapshot=True)``, only for ``vault_snapshot``), and the local stack's bootstrap root
+token (``from_settings(admin=True)``, only for the ``vault_config`` asset). The methods delegate to one client per
 resource instance, so a run logs in once and renews its token as it goes.
 """
 
@@ -38,15 +39,19 @@ class VaultResource(SettingsBackedResource):
     _vault: VaultClient | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, *, admin: bool = False) -> VaultResource:
-        """The platform's AppRole identity, or with ``admin`` the stack's root token (bootstrap only)."""
+    def from_settings(
+        cls, settings: Settings | None = None, *, admin: bool = False, snapshot: bool = False
+    ) -> VaultResource:
+        """The platform's AppRole identity; with ``snapshot`` the snapshot AppRole; with ``admin`` the stack's root
+        token (bootstrap only)."""
         s = settings or get_settings()
-        credentials = "vault_root_token_file" if admin else "vault_approle_file"
+        approle = "vault_snapshot_approle_file" if snapshot else "vault_approle_file"
+        credentials = "vault_root_token_file" if admin else approle
         return cls(
             addr=s.vault_addr or "",
             cacert=path_str(s.vault_cacert),
             auth_method="token" if admin else "approle",
-            approle_file=None if admin else path_str(s.vault_approle_file),
+            approle_file=None if admin else path_str(getattr(s, approle)),
             token_file=path_str(s.vault_root_token_file) if admin else None,
             unset_settings=unset(s, "vault_addr", credentials),
         )

@@ -28,6 +28,8 @@ from cqox_platform.settings import Settings, SettingsError
 POLICY_DIR = package_path("cqox_platform.secrets", "policies")
 DATASETS_KEY = "cqox-datasets"
 APPROLE = "cqox-platform"
+#: The identity that reads raft snapshots and nothing else (policy ``policies/cqox-vault-snapshot.hcl``).
+SNAPSHOT_APPROLE = "cqox-vault-snapshot"
 DB_CONNECTION = "cqox-prod"
 #: Vault database role of the runtime login (DML only; ``CQOX_PG_VAULT_ROLE``).
 DB_ROLE = "cqox-platform"
@@ -547,8 +549,12 @@ def configure_vault(
     archiver: ArchiverSetup | None = None,
     approle_limits: AppRoleLimits = AppRoleLimits(),
     pagerduty_key_file: Path | None = None,
+    snapshot_approle_file: Path | None = None,
 ) -> VaultState:
-    """Apply the platform's Vault configuration; return what exists afterwards and what this run changed."""
+    """Apply the platform's Vault configuration; return what exists afterwards and what this run changed.
+
+    ``snapshot_approle_file``: where the snapshot identity's credentials go (``None``: no snapshot identity).
+    """
     state = VaultState()
     _ensure_mount(client, "secret", "kv", state, options={"version": "2"})
     _ensure_mount(client, "transit", "transit", state)
@@ -563,6 +569,13 @@ def configure_vault(
     if fresh is not None:
         write_private(approle_file, json.dumps(fresh))
         _retire_secret_id(client, state, APPROLE, replaced)
+    if snapshot_approle_file is not None:
+        fresh, replaced = _ensure_approle(
+            client, state, snapshot_approle_file, client.url, verify, role=SNAPSHOT_APPROLE, limits=approle_limits
+        )
+        if fresh is not None:
+            write_private(snapshot_approle_file, json.dumps(fresh))
+            _retire_secret_id(client, state, SNAPSHOT_APPROLE, replaced)
     if archiver is not None:
         _configure_archiver(client, state, archiver, verify, approle_limits)
     _check_audit(client, state)

@@ -2,23 +2,34 @@
 
 The CA and server certificate are made once per stack directory with ``cryptography`` (ECDSA P-256) and
 reused on later ``stack up``; clients verify the server against ``ca.crt`` and the name 127.0.0.1/localhost.
+The CA and leaf helpers themselves live in the core (``cqox_platform.pki``), which scratch servers use too.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-VALIDITY = dt.timedelta(days=825)
+from cqox_platform.pki import VALIDITY, issue_certificate, load_ca, new_ca, write_key, write_private_key
+
+__all__ = [
+    "VALIDITY",
+    "TlsFiles",
+    "allows_client_auth",
+    "ensure_ca",
+    "ensure_leaf",
+    "ensure_tls",
+    "issue_certificate",
+    "load_ca",
+    "new_ca",
+    "tls_files",
+    "write_key",
+]
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ def ensure_tls(directory: Path) -> TlsFiles:
     directory.mkdir(parents=True, exist_ok=True)
     if not (files.ca_cert.exists() and files.ca_key.exists()):
         ca_cert, ca_key = new_ca("cqox-platform local stack CA")
-        _write_private(files.ca_key, ca_key)
+        write_private_key(files.ca_key, ca_key)
         files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         files.server_cert.unlink(missing_ok=True)
     if files.server_cert.exists() and files.server_key.exists() and not allows_client_auth(files.server_cert):
@@ -67,7 +78,7 @@ def ensure_tls(directory: Path) -> TlsFiles:
         ip_addresses=("127.0.0.1",),
         server=True,
     )
-    _write_private(files.server_key, server_key)
+    write_private_key(files.server_key, server_key)
     files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     return files
 
@@ -86,93 +97,9 @@ def ensure_ca(cert_path: Path, key_path: Path, common_name: str) -> tuple[x509.C
     """A CA made once (``new_ca``) and loaded afterwards; the key owner-only."""
     if not (cert_path.exists() and key_path.exists()):
         cert, key = new_ca(common_name)
-        _write_private(key_path, key)
+        write_private_key(key_path, key)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return load_ca(cert_path, key_path)
-
-
-def new_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed CA that may sign leaf certificates only (path length 0)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return ca_cert, ca_key
-
-
-def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A CA made by ``new_ca``, for services that issue further certificates from it (the Kubernetes API's)."""
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise TypeError(f"{key_path} does not hold an ECDSA CA key")
-    return cert, key
-
-
-def issue_certificate(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    public_key: ec.EllipticCurvePublicKey,
-    *,
-    common_name: str,
-    organizations: Sequence[str] = (),
-    dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[str] = (),
-    server: bool = False,
-    client: bool = False,
-) -> x509.Certificate:
-    """A leaf certificate signed by the stack CA.
-
-    Kubernetes reads a client certificate's CN as the user name and each O as a group, so ``organizations`` is
-    how an identity gets ``system:masters`` or stays without any group.
-    """
-    now = dt.datetime.now(dt.UTC)
-    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
-    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
-    usages += [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-    )
-    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
 
 
 def ensure_leaf(
@@ -190,15 +117,3 @@ def ensure_leaf(
     cert = issue_certificate(*ca, key.public_key(), common_name=common_name, **names_and_usages)
     write_key(key_path, key)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    """Write a private key as PKCS#8 PEM, owner-only."""
-    _write_private(path, key)
-
-
-def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)

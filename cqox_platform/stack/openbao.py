@@ -148,5 +148,10 @@ audit "file" "file" {{
             "BAO_CACERT": self.ca_cert,
             "CQOX_VAULT_ROOT_TOKEN_FILE": str(self.init_file),
             "CQOX_VAULT_APPROLE_FILE": str(self.stack.secrets_dir / "vault-approle.json"),
+            "CQOX_VAULT_SNAPSHOT_APPROLE_FILE": str(self.stack.secrets_dir / "vault-snapshot-approle.json"),
+            # The stack's escrow is its own key file: a restore drill unseals a scratch copy with it. Production
+            # sets shamir, transit or kms instead (docs/vault-recovery.md).
+            "CQOX_VAULT_UNSEAL_MODE": "key_file",
+            "CQOX_VAULT_UNSEAL_KEY_FILE": str(self.init_file),
             "CQOX_VAULT_AUDIT_LOG": str(self.audit_log),
         }

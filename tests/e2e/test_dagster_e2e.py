@@ -79,6 +79,9 @@ def test_main_job_materializes_from_the_cli_and_records_the_run_in_postgres(stac
         "recoverable",
         "manifests_in_sync",
         "slo_alerts_can_fire",
+        "vault_snapshot_fresh",
+        "vault_unseal_material",
+        "vault_restore_verified",
     }
     assert {line.split("Asset check '")[1].split("'")[0] for line in checks} == expected
     # A fresh main job ends with every check passing, slo_alerts_can_fire included: every shipped SLO can page.

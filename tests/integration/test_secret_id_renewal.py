@@ -35,11 +35,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _secret_ids(env: dict[str, str]) -> dict[str, dict[str, str]]:
-    """AppRole -> its credentials (role_id, secret_id) as the platform's file and the archiver's file hold them."""
+    """AppRole -> its credentials (role_id, secret_id) as the platform's, the snapshot identity's and the archiver's
+    files hold them."""
     platform = json.loads(Path(env["CQOX_VAULT_APPROLE_FILE"]).read_text())
+    snapshot = json.loads(Path(env["CQOX_VAULT_SNAPSHOT_APPROLE_FILE"]).read_text())
     archiver = json.loads(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]).read_text())
     return {
         "cqox-platform": {"role_id": platform["role_id"], "secret_id": platform["secret_id"]},
+        "cqox-vault-snapshot": {"role_id": snapshot["role_id"], "secret_id": snapshot["secret_id"]},
         "cqox-wal-archiver": {"role_id": archiver["role_id"], "secret_id": archiver["secret_id"]},
     }
 

@@ -31,7 +31,7 @@ def _meta(result, key):
 
 def test_vault_config_materializes_idempotently_and_lists_no_secret(stack, vault_configured):
     assert set(_meta(vault_configured, "engines")) >= {"secret", "transit", "database"}
-    assert _meta(vault_configured, "policies") == ["cqox-platform", "cqox-wal-archiver"]
+    assert _meta(vault_configured, "policies") == ["cqox-platform", "cqox-vault-snapshot", "cqox-wal-archiver"]
     assert _meta(vault_configured, "transit_keys")["cqox-datasets"]["type"] == "aes256-gcm96"
     assert _meta(vault_configured, "transit_keys")["cqox-backups"]["type"] == "aes256-gcm96"
     assert _meta(vault_configured, "audit_devices") == ["file/"]
@@ -451,10 +451,12 @@ def test_approle_secret_ids_expire_and_log_in_only_from_the_bound_address(stack,
 
     env = stack.env()
     platform = json.loads(Path(env["CQOX_VAULT_APPROLE_FILE"]).read_text())
+    snapshot = json.loads(Path(env["CQOX_VAULT_SNAPSHOT_APPROLE_FILE"]).read_text())
     archiver = ArchiverSettings.load(Path(env["CQOX_WAL_ARCHIVER_CONFIG"]))
     admin = vault_admin(stack).client()
     for role, role_id, secret_id in (
         ("cqox-platform", platform["role_id"], platform["secret_id"]),
+        ("cqox-vault-snapshot", snapshot["role_id"], snapshot["secret_id"]),
         ("cqox-wal-archiver", archiver.role_id, archiver.secret_id),
     ):
         config = admin.auth.approle.read_role(role_name=role)["data"]

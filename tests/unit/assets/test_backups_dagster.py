@@ -407,7 +407,14 @@ def test_freshness_policies_are_the_new_api():
     from cqox_platform.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    for key in ("postgres_basebackup", "restore_drill", "wal_archive_status", "slo_report"):
+    for key in (
+        "postgres_basebackup",
+        "restore_drill",
+        "wal_archive_status",
+        "slo_report",
+        "vault_snapshot",
+        "vault_restore_drill",
+    ):
         policy = graph.get(dg.AssetKey(key)).freshness_policy
         assert isinstance(policy, dg.FreshnessPolicy), key
 

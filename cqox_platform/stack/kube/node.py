@@ -27,6 +27,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import requests
@@ -52,6 +53,7 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 #: What ``deploy/dagster/dagster.yaml`` names the run image (``job_image``), fully qualified as CRI resolves it.
 PLATFORM_IMAGE_REPOSITORY = "docker.io/cqox/platform"
 CNI_CONF = {"cniVersion": "1.0.0", "name": "cqox-loopback", "plugins": [{"type": "loopback"}]}
+CGROUP_MOUNT = Path("/sys/fs/cgroup")
 
 
 def unmount_under(directory: Path) -> None:
@@ -151,6 +153,15 @@ state = "{self.home / "state"}"
             self.healthy, timeout=self.start_timeout, what="containerd", log_path=self.log_path, alive=self.running
         )
 
+    def kill_containers(self) -> None:
+        """SIGKILL every container this containerd runs (kubelet is gone by then, so nothing restarts them)."""
+        if not self.running():
+            return
+        with contextlib.suppress(Exception):
+            for task in self.ctr("tasks", "ls", "-q", what="listing containers", timeout=30).split():
+                with contextlib.suppress(Exception):
+                    self.ctr("tasks", "kill", "--all", "--signal", "SIGKILL", task, what="killing", timeout=30)
+
     def image_names(self) -> set[str]:
         return set(self.ctr("images", "ls", "-q", what="listing containerd images").split())
 
@@ -182,11 +193,7 @@ state = "{self.home / "state"}"
 
     def stop(self) -> None:
         """Kill the containers first (their shims outlive containerd otherwise), then containerd, then unmount."""
-        if self.running():
-            with contextlib.suppress(Exception):
-                for task in self.ctr("tasks", "ls", "-q", what="listing containers", timeout=30).split():
-                    with contextlib.suppress(Exception):
-                        self.ctr("tasks", "kill", "--all", "--signal", "SIGKILL", task, what="killing", timeout=30)
+        self.kill_containers()
         super().stop()
         self._stop_shims()
         unmount_under(self.home)
@@ -238,6 +245,39 @@ class KubeletService(Service):
     def pod_logs_dir(self) -> Path:
         return self.home / "pod-logs"
 
+    @property
+    def cgroup_root(self) -> str:
+        """This node's own cgroup for its pods, named by its port. kubelet removes every pod cgroup under its
+        root that is not one of its pods, so two nodes on one machine sharing the default root kill each other's
+        containers."""
+        return f"/cqox-node-{self.port}"
+
+    def cgroup_dirs(self) -> list[Path]:
+        """The cgroup root in every mounted hierarchy (cgroup v1 controllers, name=systemd and the unified one)."""
+        name = self.cgroup_root.lstrip("/")
+        return [d / name for d in sorted(CGROUP_MOUNT.iterdir()) if (d / "cgroup.procs").exists()]
+
+    def make_cgroup_root(self) -> None:
+        """kubelet requires its cgroup root to exist; a new cpuset cgroup has no CPUs until given its parent's."""
+        for directory in self.cgroup_dirs():
+            directory.mkdir(exist_ok=True)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if (directory / name).exists() and not (directory / name).read_text().strip():
+                    (directory / name).write_text((directory.parent / name).read_text())
+
+    def remove_cgroup_root(self, timeout: float = 20) -> None:
+        """Remove the node's cgroups, deepest first, once the killed containers have left them."""
+        deadline = time.monotonic() + timeout
+        for top in self.cgroup_dirs():
+            while top.exists():
+                leftovers = sorted((d for d in [top, *top.rglob("*")] if d.is_dir()), key=lambda d: -len(d.parts))
+                for directory in leftovers:
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+                if not top.exists() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+
     def healthy(self) -> bool:
         response = requests.get(f"http://127.0.0.1:{self.healthz_port}/healthz", timeout=3)
         return response.status_code == 200 and response.text == "ok"
@@ -280,6 +320,7 @@ class KubeletService(Service):
             "failCgroupV1": False,
             "failSwapOn": False,
             "enforceNodeAllocatable": [],
+            "cgroupRoot": self.cgroup_root,
             # A shared development disk: evict only when it is really full, never garbage-collect the images.
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
             "imageGCHighThresholdPercent": 100,
@@ -296,6 +337,7 @@ class KubeletService(Service):
         self.home.mkdir(parents=True, exist_ok=True)
         self.pod_logs_dir.mkdir(parents=True, exist_ok=True)
         config = self.write_config()
+        self.make_cgroup_root()
         argv = [
             find_binary("kubelet", self.binary_dirs),
             f"--config={config}",
@@ -323,7 +365,9 @@ class KubeletService(Service):
 
     def stop(self) -> None:
         super().stop()
+        self.containerd.kill_containers()
         unmount_under(self.home)
+        self.remove_cgroup_root()
 
     def env(self) -> dict[str, str]:
         return {"CQOX_KUBE_NODE": NODE_NAME, "CQOX_KUBE_POD_LOGS": str(self.pod_logs_dir)}

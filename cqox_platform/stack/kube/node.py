@@ -108,7 +108,6 @@ class ContainerdService(Service):
         cni_conf_dir = self.home / "cni"
         cni_conf_dir.mkdir(parents=True, exist_ok=True)
         (cni_conf_dir / "10-cqox-loopback.conflist").write_text(json.dumps(CNI_CONF) + "\n")
-        runc = find_binary("runc")
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         self.config_path.write_text(
             f"""# Written by the local stack on every start.
@@ -132,7 +131,6 @@ state = "{self.home / "state"}"
     [{cri}.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.runc.options]
-        BinaryName = "{runc}"
         SystemdCgroup = false
   [{cri}.cni]
     bin_dir = "/usr/lib/cni"

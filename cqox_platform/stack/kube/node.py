@@ -33,6 +33,7 @@ from pathlib import Path
 import requests
 import yaml
 
+from cqox_platform.errors import MissingBinaryError
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.kube.build import kube_build
 from cqox_platform.stack.kube.pki import (
@@ -170,7 +171,7 @@ state = "{self.home / "state"}"
         names = self.image_names()
         if PAUSE_IMAGE not in names:
             if not build.pause_archive.exists():
-                raise FileNotFoundError(
+                raise MissingBinaryError(
                     f"the pod sandbox image {build.pause_archive} is missing; run ./scripts/build-node.sh"
                 )
             self.ctr("images", "import", str(build.pause_archive), what="importing the pause image")

@@ -2,7 +2,7 @@
 and dagster-k8s's ``K8sRunLauncher`` runs a base backup as a Job whose pod finishes with the backup recorded.
 
 Opt-in (``CQOX_KUBE_NODE=1 ./scripts/test.sh``, which runs ``scripts/build-node.sh`` first): the module starts its
-own stack with the node and imports the ~450 MiB platform image into containerd, about 4 minutes on a busy
+own stack with the node and imports the ~450 MiB platform image into containerd, 5 to 9 minutes on a busy
 2-core machine, too much for every run. Opted in, missing binaries or a missing image archive fail the test
 instead of skipping it.
 
@@ -42,7 +42,7 @@ PRODUCTION_YAML = REPO_ROOT / "deploy" / "dagster" / "dagster.yaml"
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("CQOX_KUBE_NODE") != "1",
-    reason="a Kubernetes node is opt-in (~4 min): CQOX_KUBE_NODE=1 ./scripts/test.sh builds and runs it",
+    reason="a Kubernetes node is opt-in (5 to 9 min): CQOX_KUBE_NODE=1 ./scripts/test.sh builds and runs it",
 )
 
 

@@ -84,6 +84,9 @@ PORT_SETTINGS: dict[str, str] = {
     "postgres_exporter3": "postgres_exporter3_port",
     "blackbox_exporter": "blackbox_exporter_port",
     "etcd_metrics": "etcd_metrics_port",
+    "kubelet": "kubelet_port",
+    "kubelet_healthz": "kubelet_healthz_port",
+    "kube_scheduler": "kube_scheduler_port",
 }
 
 
@@ -298,6 +301,8 @@ class Settings(BaseSettings):
     kubeconfig: Path | None = _f(None, "kubeconfig of the platform's Kubernetes identity; unset: in-cluster")
     kube_restricted_kubeconfig: Path | None = _f(None, "kubeconfig of a powerless identity (RBAC tests)")
     kube_api_url: str | None = _f(None, "the Kubernetes API server's URL")
+    kube_node: str | None = _f(None, "name of the stack's Kubernetes node (`stack up --kube-node`)")
+    kube_pod_logs: Path | None = _f(None, "directory of the node's container logs (`stack up --kube-node`)")
     etcd_url: str | None = _f(None, "etcd client URL (HA stack)")
     patroni_urls: str | None = _f(None, "comma-separated Patroni REST API URLs (HA stack)")
     patroni_user: str | None = _f(None, "Patroni REST API user for writes (HA stack)")
@@ -332,6 +337,9 @@ class Settings(BaseSettings):
     postgres_exporter3_port: int | None = _port("node3's PostgreSQL exporter (HA stack)")
     blackbox_exporter_port: int | None = _port("the blackbox exporter (certificate expiry, OpenBao's seal)")
     etcd_metrics_port: int | None = _port("etcd's metrics-only listener (HA stack)")
+    kubelet_port: int | None = _port("the kubelet's API (stack with a Kubernetes node)")
+    kubelet_healthz_port: int | None = _port("the kubelet's health endpoint (stack with a Kubernetes node)")
+    kube_scheduler_port: int | None = _port("kube-scheduler (stack with a Kubernetes node)")
 
     # --- reading ---------------------------------------------------------------------------------------------
 

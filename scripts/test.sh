@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 VENV="${CQOX_VENV:-.venv}"
 # The code-location image tests/integration/test_image.py runs (skipped without it): built on request, its
 # downloads and layers cached in /var/cache/cqox-platform/image like the Kubernetes build.
-if [ "${CQOX_BUILD_IMAGE:-0}" = 1 ]; then
+if [ "${CQOX_BUILD_IMAGE:-0}" = 1 ] || [ "${CQOX_KUBE_NODE:-0}" = 1 ]; then
   ./scripts/build-image.sh
+fi
+# CQOX_KUBE_NODE=1: tests/integration/test_kube_node.py runs pods on a real node (kubelet and kube-scheduler built
+# from Go modules into the same cache, about a minute with a warm Go build cache; containerd from Debian).
+if [ "${CQOX_KUBE_NODE:-0}" = 1 ]; then
+  ./scripts/build-node.sh
 fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/lint-imports"

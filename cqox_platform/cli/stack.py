@@ -36,8 +36,19 @@ def stack() -> None:
 @click.option("--traffic", is_flag=True, help="Also run the synthetic CQOx traffic exporter (stable, canary).")
 @click.option("--ha", is_flag=True, help="New stacks: etcd and three Patroni nodes behind HAProxy, not one node.")
 @click.option("--sync", "ha_sync", is_flag=True, help="With --ha: Patroni synchronous mode (no loss on failover).")
+@click.option(
+    "--kube-node",
+    is_flag=True,
+    help="Also run a Kubernetes node (containerd, kubelet, kube-scheduler; ./scripts/build-node.sh first) so pods run.",
+)
 def stack_up(
-    stack_dir: Path | None, port_base: int | None, no_dagster: bool, traffic: bool, ha: bool, ha_sync: bool
+    stack_dir: Path | None,
+    port_base: int | None,
+    no_dagster: bool,
+    traffic: bool,
+    ha: bool,
+    ha_sync: bool,
+    kube_node: bool,
 ) -> None:
     """Start every service (a no-op for those already running) and wait until each is healthy."""
     from cqox_platform.stack import Stack
@@ -51,6 +62,7 @@ def stack_up(
         with_traffic=traffic or None,
         ha=ha or None,
         ha_sync=ha_sync or None,
+        with_kube_node=kube_node or None,
     )
     statuses = st.up(progress=lambda msg: click.echo(f"  {msg}", err=True))
     _print_status(statuses)

@@ -48,6 +48,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "postgres_exporter3": 59189,
     "blackbox_exporter": 59115,
     "etcd_metrics": 52392,
+    # The optional Kubernetes node (`stack up --kube-node`): kubelet's API and health port, kube-scheduler.
+    "kubelet": 50250,
+    "kubelet_healthz": 50248,
+    "kube_scheduler": 50259,
 }
 
 DB_NAME = "cqox_prod"
@@ -72,6 +76,8 @@ class StackConfig:
     ha: bool = False
     #: Patroni's synchronous mode (``--ha --sync``): a commit waits for one standby, so failover loses nothing.
     ha_sync: bool = False
+    #: A single Kubernetes node (containerd, kubelet, kube-scheduler) that runs pods (``stack up --kube-node``).
+    with_kube_node: bool = False
 
     @property
     def state_file(self) -> Path:
@@ -111,6 +117,7 @@ class StackConfig:
         with_traffic: bool | None = None,
         ha: bool | None = None,
         ha_sync: bool | None = None,
+        with_kube_node: bool | None = None,
     ) -> StackConfig:
         """Read ``stack.json`` when the stack exists; otherwise build the config from flags and environment."""
         settings = get_settings()
@@ -126,6 +133,7 @@ class StackConfig:
                 with_traffic=data.get("with_traffic", False),
                 ha=data.get("ha", False),
                 ha_sync=data.get("ha_sync", False),
+                with_kube_node=data.get("with_kube_node", False),
             )
             if ha and not config.ha:
                 raise StackDirError(
@@ -136,6 +144,8 @@ class StackConfig:
                 config.with_dagster = with_dagster
             if with_traffic:
                 config.with_traffic = True
+            if with_kube_node:
+                config.with_kube_node = True
             return config
         ports = dict(DEFAULT_PORTS)
         if port_base is not None:
@@ -148,4 +158,5 @@ class StackConfig:
             with_traffic=bool(with_traffic),
             ha=bool(ha),
             ha_sync=bool(ha_sync),
+            with_kube_node=bool(with_kube_node),
         )

@@ -47,6 +47,12 @@ BINARY_SOURCES: dict[str, str] = {
     "kube-apiserver": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",
     "kube-controller-manager": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",
     "kine": "the Go module proxy: run scripts/build-kube.sh (builds it into the cache directory)",
+    "kubelet": "the Go module proxy: run scripts/build-node.sh (builds it into the cache directory)",
+    "kube-scheduler": "the Go module proxy: run scripts/build-node.sh (builds it into the cache directory)",
+    "containerd": "Debian package containerd (scripts/build-node.sh installs it)",
+    "containerd-shim-runc-v2": "Debian package containerd (scripts/build-node.sh installs it)",
+    "ctr": "Debian package containerd (scripts/build-node.sh installs it)",
+    "runc": "Debian package runc (scripts/build-node.sh installs it)",
 }
 
 #: Binaries that Debian installs outside PATH.

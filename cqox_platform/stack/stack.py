@@ -22,6 +22,7 @@ from cqox_platform.stack.dagster_services import (
 from cqox_platform.stack.etcd import EtcdService
 from cqox_platform.stack.exporters import exporter_services
 from cqox_platform.stack.haproxy import HaproxyService
+from cqox_platform.stack.kube.node import node_services
 from cqox_platform.stack.kube.services import KineService, KubeApiserverService, KubeControllerManagerService
 from cqox_platform.stack.openbao import OpenBaoService
 from cqox_platform.stack.patroni import PatroniClusterService
@@ -38,7 +39,8 @@ Progress = Callable[[str], None]
 class Stack:
     """Real services under one directory: PostgreSQL (one node, or a Patroni cluster behind HAProxy), OpenBao,
     S3, the alert receiver, Alertmanager, Prometheus, Pushgateway, the Kubernetes API (kine, kube-apiserver,
-    kube-controller-manager), the exporters (PostgreSQL per node, blackbox), Dagster."""
+    kube-controller-manager; with ``with_kube_node`` also a node: containerd, kubelet, kube-scheduler), the
+    exporters (PostgreSQL per node, blackbox), Dagster."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -59,6 +61,8 @@ class Stack:
             KineService(config),
             apiserver,
             KubeControllerManagerService(config, apiserver),
+            # `--kube-node`: containerd, kubelet and kube-scheduler, so pods run instead of staying Pending.
+            *(node_services(config, apiserver) if config.with_kube_node else []),
             # After everything they watch: the PostgreSQL exporters create their login role on the way up.
             *exporter_services(config),
         ]

@@ -20,8 +20,8 @@ def _stack_env(tmp_path: Path, **options) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"with_traffic": True}, {"ha": True}],
-    ids=["single-node", "traffic", "ha"],
+    [{}, {"with_traffic": True}, {"ha": True}, {"with_kube_node": True}],
+    ids=["single-node", "traffic", "ha", "kube-node"],
 )
 def test_stack_env_exports_only_declared_settings(tmp_path, options):
     exported = set(_stack_env(tmp_path, **options))
@@ -32,7 +32,7 @@ def test_stack_env_exports_only_declared_settings(tmp_path, options):
 def test_stack_env_keys_equal_the_stack_sourced_settings(tmp_path):
     """Every setting marked as coming from the stack is exported by some stack, and nothing else is."""
     exported: set[str] = set()
-    for options in ({"with_traffic": True}, {"ha": True, "with_traffic": True}):
+    for options in ({"with_traffic": True, "with_kube_node": True}, {"ha": True, "with_traffic": True}):
         exported |= set(_stack_env(tmp_path / str(len(exported)), **options))
     assert exported - set(LIBRARY_ENV) == set(Settings.env_names("stack"))
     assert set(LIBRARY_ENV) <= exported

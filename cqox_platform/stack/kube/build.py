@@ -39,6 +39,25 @@ class KubeBuild:
     def kine_bin_dir(self) -> Path:
         return self.cache_dir / "kine" / self.kine_version / "bin"
 
+    @property
+    def node_dir(self) -> Path:
+        """What ``scripts/build-node.sh`` builds for the optional node: kubelet, kube-scheduler, the pause image."""
+        return self.cache_dir / "kube-node" / self.kubernetes_version
+
+    @property
+    def node_bin_dir(self) -> Path:
+        return self.node_dir / "bin"
+
+    @property
+    def pause_archive(self) -> Path:
+        """The pod sandbox image (OCI archive) the build script compiles from the release's ``pause.c``."""
+        return self.node_dir / "pause.oci.tar"
+
+    @property
+    def platform_image_archive(self) -> Path:
+        """The code-location image ``scripts/build-image.sh`` writes (absent until it has run)."""
+        return self.cache_dir / "image" / "cqox-platform.oci.tar"
+
 
 def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
     """Parse the ``KEY=value`` lines of the versions file (comments and blank lines skipped)."""

@@ -10,6 +10,9 @@ Kubernetes authenticates client certificates by their CN (user) and O (groups). 
   read ``/metrics`` and the health endpoints and nothing else (what Prometheus scrapes the API server with);
 - ``controller-manager``: user ``system:kube-controller-manager``, which the API server's bootstrap RBAC policy
   already authorises;
+- ``node``: user ``system:node:cqox-node`` in group ``system:nodes``, the optional kubelet's identity, which the
+  Node authorizer confines to its own node and the pods bound to it; ``kubelet``: that kubelet's serving
+  certificate; ``scheduler``: user ``system:kube-scheduler``, authorised by the bootstrap RBAC policy;
 - ``sa.key``/``sa.pub``: the key pair that signs and verifies service-account tokens;
 - ``etcd-ca``, ``etcd-server``, ``etcd-client``: a separate CA for the storage link. kine (the etcd API) requires
   a client certificate from it and only the API server holds one, so no user certificate of the stack CA can
@@ -44,6 +47,10 @@ ADMIN_USER = "cqox-admin"
 RESTRICTED_USER = "cqox-restricted"
 CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 MONITORING_USER = "cqox-prometheus"
+#: The optional node's name (``stack up --kube-node``); its kubelet authenticates as ``system:node:<name>``.
+NODE_NAME = "cqox-node"
+NODE_USER = f"system:node:{NODE_NAME}"
+SCHEDULER_USER = "system:kube-scheduler"
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,18 @@ class KubePki:
     @property
     def controller_manager(self) -> Identity:
         return self._pair("controller-manager")
+
+    @property
+    def node(self) -> Identity:
+        return self._pair("node")
+
+    @property
+    def kubelet_serving(self) -> Identity:
+        return self._pair("kubelet")
+
+    @property
+    def scheduler(self) -> Identity:
+        return self._pair("scheduler")
 
     @property
     def etcd_ca_cert(self) -> Path:
@@ -142,6 +161,9 @@ def ensure_kube_pki(tls_dir: Path) -> KubePki:
     leaf(pki.restricted, RESTRICTED_USER, client=True)
     leaf(pki.controller_manager, CONTROLLER_MANAGER_USER, client=True)
     leaf(pki.monitoring, MONITORING_USER, organizations=("system:monitoring",), client=True)
+    leaf(pki.node, NODE_USER, organizations=("system:nodes",), client=True)
+    leaf(pki.kubelet_serving, NODE_NAME, dns_names=("localhost", NODE_NAME), ip_addresses=("127.0.0.1",), server=True)
+    leaf(pki.scheduler, SCHEDULER_USER, client=True)
     leaf(pki.etcd_server, "kine", ca=etcd_ca, dns_names=("localhost",), ip_addresses=("127.0.0.1",), server=True)
     leaf(pki.etcd_client, "kube-apiserver-etcd-client", ca=etcd_ca, client=True)
     if not (pki.service_account_key.exists() and pki.service_account_pub.exists()):

@@ -1,10 +1,11 @@
 """The local stack's Kubernetes API: kine (etcd API on SQLite), kube-apiserver and kube-controller-manager.
 
 The canary router and the manifest checks talk to a real API server, so VirtualService weights, RBAC denials
-and Deployment rollouts behave as they do in a cluster. No kubelet runs: Pods are stored and stay Pending,
-which is all the platform needs of them. The binaries come from ``scripts/build-kube.sh`` (built from Go
-modules into a cache directory). Clients authenticate with client certificates issued by the stack CA
-(``pki.py``); ``stack env`` exports the paths of their kubeconfigs, never their contents.
+and Deployment rollouts behave as they do in a cluster. No kubelet runs unless the stack has a node
+(``--kube-node``, ``node.py``): Pods are stored and stay Pending, which is all the platform needs of them. The
+binaries come from ``scripts/build-kube.sh`` (built from Go modules into a cache directory). Clients
+authenticate with client certificates issued by the stack CA (``pki.py``); ``stack env`` exports the paths of
+their kubeconfigs, never their contents.
 """
 
 from __future__ import annotations

@@ -6,18 +6,21 @@ to the destination and server name of the shipped manifest (``deploy/k8s/postgre
 with the manifest's compression and server-side encryption. The platform then verifies that copy as a
 ``barman-cloud`` repository, exactly as it would verify production's.
 
-Started on demand (tests, ``cqox-platform stack cnpg``), not by ``stack up``: every stack start would pay an
-``initdb`` and a second server for what only the repository drills need. It listens on a unix socket only.
+Started on demand (the tests' fixture), not by ``stack up``: every stack start would pay an ``initdb``, a
+second server and a first barman-cloud-backup for what only the repository drills need. It listens on a unix
+socket only.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import yaml
 
 from cqox_platform.backup.repository.barman_cloud import BarmanCloudRepository
@@ -26,7 +29,6 @@ from cqox_platform.deploy.manifests import MANIFEST_DIR
 from cqox_platform.errors import StackError
 from cqox_platform.fsutil import make_dir, write_file
 from cqox_platform.pgserver import PG_OS_USER, ScratchCluster, as_pg_user, free_port, pg_bindir
-from cqox_platform.settings import child_env
 
 CLUSTER_MANIFEST = "postgres-cluster.yaml"
 
@@ -115,33 +117,38 @@ class CnpgLikeCluster:
             with self.cluster.connect() as conn:
                 conn.execute("SELECT pg_reload_conf()")
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and wait until it accepts connections (pg_ctl is told not to wait)."""
         self.cluster.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.cluster.connect():
+                    return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"the CloudNativePG-like cluster in {self.pgdata} did not accept connections within "
+                        f"{timeout:.0f} s ({exc}). Its log ends with:\n{self.cluster.log_tail()}"
+                    ) from None
+                time.sleep(0.2)
 
     def connect(self, dbname: str = "postgres"):
         return self.cluster.connect(dbname)
 
-    def base_backup(self, timeout: float = 3600) -> str:
+    def base_backup(self) -> str:
         """Take a base backup with ``barman-cloud-backup`` (as CloudNativePG's ScheduledBackup does); its id."""
-        argv = self.repository.backup_argv(
-            str(self.socket_dir),
-            self.port,
-            compression=self.target.data_compression or "gzip",
-            encryption=self.target.data_encryption or "",
+        return self.repository.take_backup(
+            self.conninfo,
+            self.root,
+            compression=self.target.data_compression,
+            encryption=self.target.data_encryption,
         )
-        credentials = self.repository.s3.private_copy(self.root)
-        env = child_env(self.repository.s3.env(str(credentials)), drop_prefixes=("AWS_", "PG"))
-        before = {b.backup_id for b in self.repository.list_backups()}
-        proc = subprocess.run(as_pg_user(argv), capture_output=True, text=True, env=env, timeout=timeout)
-        if proc.returncode != 0:
-            raise StackError(
-                f"barman-cloud-backup to {self.repository.where} failed (exit {proc.returncode}): "
-                f"{(proc.stderr or proc.stdout).strip()[-1500:]}"
-            )
-        new = [b.backup_id for b in self.repository.list_backups() if b.backup_id not in before]
-        if not new:
-            raise StackError(f"barman-cloud-backup exited 0 but {self.repository.where} lists no new backup")
-        return new[-1]
+
+    @property
+    def conninfo(self) -> str:
+        """How the platform reaches it: the private socket, as postgres (peer login)."""
+        return f"host={self.socket_dir} port={self.port} user=postgres dbname=postgres"
 
     def stop(self) -> None:
         self.cluster.stop()

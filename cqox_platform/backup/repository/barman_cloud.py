@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from cqox_platform.backup.archive.wal_names import HISTORY_RE, SEGMENT_RE
 from cqox_platform.backup.repository.base import RepositoryBackup, RepositoryError, run_tool
 from cqox_platform.backup.repository.s3creds import S3Access
-from cqox_platform.pgserver import chown_tree
+from cqox_platform.pgserver import as_pg_user, chown_tree
 from cqox_platform.settings import child_env
 
 #: What ``barman-cloud-wal-archive`` appends to a compressed segment's name.
@@ -116,22 +116,31 @@ class BarmanCloudRepository:
             f"{shlex.quote(self.destination)} {shlex.quote(self.server_name)} %p"
         )
 
-    def backup_argv(self, host: str, port: int, *, compression: str = "bzip2", encryption: str = "AES256") -> list:
-        """``barman-cloud-backup`` of the cluster at ``host``:``port`` into this repository (run as postgres)."""
-        return [
+    def take_backup(
+        self, conninfo: str, workdir: Path, *, compression: str = "bzip2", encryption: str = "AES256"
+    ) -> str:
+        """A base backup of the cluster at ``conninfo`` by ``barman-cloud-backup`` (what CloudNativePG's
+        ScheduledBackup runs), as the postgres OS user; the new backup's id."""
+        credentials = self.s3.private_copy(workdir)
+        argv = [
             "barman-cloud-backup",
             *self._cloud_args(),
             *_store_options(compression, encryption),
             "--immediate-checkpoint",
-            "-h",
-            host,
-            "-p",
-            str(port),
-            "-U",
-            "postgres",
+            "-d",
+            conninfo,
             self.destination,
             self.server_name,
         ]
+        before = {b.backup_id for b in self.list_backups()}
+        env = child_env(self.s3.env(str(credentials)), drop_prefixes=("AWS_", "PG"))
+        run_tool(as_pg_user(argv), repository=self.name, env=env)
+        new = [b.backup_id for b in self.list_backups() if b.backup_id not in before]
+        if not new:
+            raise RepositoryError(
+                f"repository {self.name}: barman-cloud-backup exited 0 but {self.where} lists no new backup"
+            )
+        return new[-1]
 
 
 def _store_options(compression: str, encryption: str) -> list[str]:

@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from unittest import mock
 from urllib.parse import urlparse
 
+import dagster as dg
 import pytest
 import yaml
 
+from assets.backups.repositories import repository_assets
 from cqox_platform.alerts import BACKUP_ALERT_RULES
+from cqox_platform.backup.repository.config import RepositorySpec, S3Settings
 from cqox_platform.backup.repository.pgbackrest import PgBackRestRepository
 from cqox_platform.backup.repository.s3creds import S3Access
 from cqox_platform.backup.restore.recovery import RecoveryTarget
@@ -91,6 +95,46 @@ def test_a_barman_cloud_backup_drill_passes_with_row_checksums_against_a_restore
     assert backup.backup_id not in verified_backup_ids(ledger)  # the platform's own archive is another repository
 
 
+def test_the_repository_assets_take_measure_and_drill_with_their_checks(stack, cnpg):
+    """The per-repository assets in one run: barman-cloud-backup (as the ScheduledBackup would), the WAL status
+    and the drill, each with the same checks as the platform's own archive."""
+    env = stack.env()
+    spec = RepositorySpec(
+        name=cnpg.repository.name,
+        engine="barman-cloud",
+        source=cnpg.conninfo,
+        destination=cnpg.repository.destination,
+        server_name=cnpg.repository.server_name,
+        s3=S3Settings(
+            endpoint_url=env["CQOX_S3_ENDPOINT"],
+            ca_bundle=env["AWS_CA_BUNDLE"],
+            credentials_file=env["AWS_SHARED_CREDENTIALS_FILE"],
+            profile=env["AWS_PROFILE"],
+        ),
+        take_base_backups=True,
+    )
+    before = {b.backup_id for b in cnpg.repository.list_backups()}
+    with mock.patch.dict(os.environ, env):
+        result = dg.materialize(
+            repository_assets(spec), resources={"postgres_admin": postgres_admin(stack)}, raise_on_error=False
+        )
+    assert result.success
+    checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
+    prefix = spec.asset_prefix
+    assert checks == {
+        (f"{prefix}_wal_status", "wal_rpo_within_target"): True,
+        (f"{prefix}_wal_status", "wal_archive_continuous"): True,
+        (f"{prefix}_wal_status", "wal_archiver_healthy"): True,
+        (f"{prefix}_restore_drill", "drill_passed"): True,
+        (f"{prefix}_restore_drill", "latest_backup_verified_restorable"): True,
+    }
+    (backup,) = result.asset_materializations_for_node(f"{prefix}_base_backup")
+    assert backup.metadata["backup_id"].value not in before
+    (drill,) = result.asset_materializations_for_node(f"{prefix}_restore_drill")
+    assert drill.metadata["status"].value == "passed"
+    assert drill.metadata["backup_id"].value == backup.metadata["backup_id"].value  # the newest one
+
+
 def test_a_stopped_barman_cloud_wal_archive_makes_the_rpo_alert_fire(cnpg, tmp_path):
     with cnpg.connect() as source:
         # Archiving: the tail written since the last segment is pushed out and reaches the bucket.
@@ -100,6 +144,7 @@ def test_a_stopped_barman_cloud_wal_archive_makes_the_rpo_alert_fire(cnpg, tmp_p
         try:
             source.execute("CREATE TABLE unprotected AS SELECT g FROM generate_series(1, 20000) g")
             source.execute("SELECT pg_switch_wal()")
+            _wait_for_archiver_failure(source)
             stopped = measure_repository(source, cnpg.repository, None, wait_for_archive=3)
         finally:
             cnpg.set_archive_command(cnpg.archive_command())
@@ -141,6 +186,14 @@ def test_a_stopped_barman_cloud_wal_archive_makes_the_rpo_alert_fire(cnpg, tmp_p
     (tmp_path / "test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
     proc = subprocess.run(["promtool", "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _wait_for_archiver_failure(conn, timeout: float = 60.0) -> None:
+    """Until PostgreSQL's archiver has tried the switched segment and failed (it runs on its own schedule)."""
+    deadline = time.monotonic() + timeout
+    while conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()[0] == 0:
+        assert time.monotonic() < deadline, "the archiver never tried the switched segment"
+        time.sleep(0.5)
 
 
 def _annotations(alert: str, value: float) -> dict[str, str]:

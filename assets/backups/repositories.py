@@ -14,8 +14,6 @@ archive, labelled by repository (asset names carry it; gauges carry ``repository
 Retention stays the engine's (its own expire policy deletes): nothing here deletes anything.
 """
 
-from __future__ import annotations
-
 import tempfile
 from pathlib import Path
 

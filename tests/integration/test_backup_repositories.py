@@ -22,6 +22,7 @@ import yaml
 
 from assets.backups.repositories import repository_assets
 from cqox_platform.alerts import BACKUP_ALERT_RULES
+from cqox_platform.backup.archive.wal_names import Segment, segment_name
 from cqox_platform.backup.repository.config import RepositorySpec, S3Settings
 from cqox_platform.backup.repository.pgbackrest import PgBackRestRepository
 from cqox_platform.backup.repository.s3creds import S3Access
@@ -137,9 +138,10 @@ def test_the_repository_assets_take_measure_and_drill_with_their_checks(stack, c
 
 def test_a_stopped_barman_cloud_wal_archive_makes_the_rpo_alert_fire(cnpg, tmp_path):
     with cnpg.connect() as source:
-        # Archiving: the tail written since the last segment is pushed out and reaches the bucket.
+        # Archiving: the tail is pushed out and reaches the bucket; what is left is the few records written since.
         running = measure_repository(source, cnpg.repository, cnpg.repository.list_backups()[0], switch_after=0)
-        assert running.rpo_bytes == 0 and running.rpo_seconds == 0, running.as_dict()
+        assert running.rpo_bytes < 16 * 2**20 and running.rpo_seconds is not None, running.as_dict()
+        assert running.rpo_seconds < 60 and not archiving_failing(running), running.as_dict()
         cnpg.set_archive_command("false")  # barman-cloud-wal-archive no longer runs: every segment stays in pg_wal
         try:
             source.execute("CREATE TABLE unprotected AS SELECT g FROM generate_series(1, 20000) g")
@@ -215,7 +217,8 @@ def test_a_barman_wal_segment_deleted_from_the_bucket_fails_continuity_naming_it
         oldest = cnpg.repository.list_backups()[0]
         before = measure_repository(source, cnpg.repository, oldest)
         assert before.gaps == [] and before.required_segments >= 3, before.as_dict()
-        victim = sorted(n for n in cnpg.repository.archived_wal() if n.endswith(tuple("0123456789ABCDEF")))[-2]
+        newest = Segment.parse(before.continuity_to)
+        victim = segment_name(newest.timeline, newest.segno - 1)  # inside the range a restore replays
         assert before.continuity_from < victim < before.continuity_to
         url = urlparse(cnpg.repository.destination)
         client = cnpg.repository.s3.client()

@@ -29,6 +29,7 @@ from cqox_platform.backup.restore.recovery import RecoveryTarget
 from cqox_platform.backup.verify.drill import DrillResult, run_repository_drill
 from cqox_platform.backup.verify.repositories import backup_before, capture_point, ensure_point_archived
 from cqox_platform.pgserver import as_pg_user, pg_bindir
+from cqox_platform.settings import child_env
 from cqox_platform.stack.cnpg import CnpgLikeCluster
 
 
@@ -39,6 +40,7 @@ def _pgbench(cluster: CnpgLikeCluster, scale: int) -> float:
         as_pg_user([*pgbench, "-p", str(cluster.port), "postgres"]),
         check=True,
         capture_output=True,
+        env=child_env(drop_prefixes=("PG",)),  # the stack's PG* variables name its own server, not this one
     )
     return time.monotonic() - started
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 
 from cqox_platform.backup.archive.wal_names import parse_lsn, segment_name, segment_number
 from cqox_platform.backup.repository.base import Repository, RepositoryBackup
 from cqox_platform.backup.verify.proof import RestorePoint, capture_restore_point
-from cqox_platform.backup.wal.status import WalStatus
+from cqox_platform.backup.wal.status import WalStatus, measure_repository
 from cqox_platform.errors import BackupError
 
 
@@ -89,3 +90,65 @@ def recovery_window(backups: list[RepositoryBackup], status: WalStatus, now: dat
     start = start_backups[0].end_time if start_backups else None
     end = None if status.rpo_seconds is None else now - timedelta(seconds=status.rpo_seconds)
     return RecoveryWindow(start, end)
+
+
+def latest_repository_drill(ledger: psycopg.Connection, repository: str) -> dict[str, Any] | None:
+    """The newest drill recorded for ``repository``, whatever its status."""
+    row = ledger.execute(
+        "SELECT drill_id, backup_id, status, error, rto_seconds, finished_at FROM restore_drills "
+        "WHERE repository = %s ORDER BY finished_at DESC LIMIT 1",
+        [repository],
+    ).fetchone()
+    if row is None:
+        return None
+    return dict(zip(["drill_id", "backup_id", "status", "error", "rto_seconds", "finished_at"], row, strict=True))
+
+
+def repository_summary(
+    repository: Repository,
+    source: psycopg.Connection,
+    ledger: psycopg.Connection,
+    rpo_target_seconds: float,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """One repository side by side with the platform's own copies: its backups, latest drill and RTO, RPO,
+    WAL continuity and recovery window, and why it is at risk (``reasons``, empty when it is not).
+
+    Read-only: no WAL switch is forced on the source (``switch_after`` infinite), so an idle tail shows as RPO.
+    """
+    now = now or datetime.now(UTC)
+    backups = repository.list_backups()
+    status = measure_repository(source, repository, backups[0] if backups else None, switch_after=float("inf"))
+    window = recovery_window(backups, status, now)
+    drill = latest_repository_drill(ledger, repository.name)
+    reasons = []
+    if not backups:
+        reasons.append(f"{repository.name}: no backup in {repository.where}")
+    if drill is None or drill["status"] != "passed":
+        state = "never drilled" if drill is None else f"last drill {drill['status']}"
+        reasons.append(f"{repository.name}: {state}")
+    elif backups and drill["backup_id"] != backups[-1].backup_id:
+        reasons.append(f"{repository.name}: newest backup {backups[-1].backup_id} not drilled yet")
+    if status.gaps:
+        reasons.append(f"{repository.name}: {len(status.gaps)} WAL segment(s) missing, first {status.gaps[0]}")
+    if status.rpo_seconds is None or status.rpo_seconds > rpo_target_seconds:
+        rpo = "unbounded" if status.rpo_seconds is None else f"{status.rpo_seconds:.0f} s"
+        reasons.append(f"{repository.name}: RPO {rpo} above the {rpo_target_seconds:.0f} s target")
+    return {
+        "name": repository.name,
+        "engine": repository.engine,
+        "where": repository.where,
+        "backups": len(backups),
+        "newest_backup": backups[-1].backup_id if backups else None,
+        "latest_drill": None
+        if drill is None
+        else {**drill, "finished_at": drill["finished_at"].isoformat() if drill["finished_at"] else None},
+        "rpo_seconds": status.rpo_seconds,
+        "rpo_bytes": status.rpo_bytes,
+        "wal_gaps": status.gaps[:50],
+        "recovery_window": {
+            "start": window.start.isoformat() if window.start else None,
+            "end": window.end.isoformat() if window.end else None,
+        },
+        "reasons": reasons,
+    }

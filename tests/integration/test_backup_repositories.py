@@ -272,6 +272,7 @@ def test_a_barman_wal_segment_deleted_from_the_bucket_fails_continuity_naming_it
     assert after.gaps == [victim]
     continuity = next(v for v in wal_verdicts(after, has_backup=True, rpo_target_seconds=900) if "contin" in v.name)
     assert not continuity.passed and continuity.metadata["gaps"] == [victim], continuity
+    assert f"missing {victim}" in continuity.description
 
 
 # --- pgBackRest ------------------------------------------------------------------------------------------------

@@ -257,7 +257,8 @@ def test_a_barman_wal_segment_deleted_from_the_bucket_fails_continuity_naming_it
             source.execute("INSERT INTO orders SELECT g, 'more' FROM generate_series(70001, 80000) g")
             source.execute("SELECT pg_switch_wal()")
         oldest = cnpg.repository.list_backups()[0]
-        before = measure_repository(source, cnpg.repository, oldest)
+        # Waits until the bucket holds everything written so far (the switched segments are archived one by one).
+        before = measure_repository(source, cnpg.repository, oldest, switch_after=0, wait_for_archive=180)
         assert before.gaps == [] and before.required_segments >= 3, before.as_dict()
         newest = Segment.parse(before.continuity_to)
         victim = segment_name(newest.timeline, newest.segno - 1)  # inside the range a restore replays

@@ -224,6 +224,12 @@ class Settings(BaseSettings):
     s3_bucket: str | None = _f(None, "bucket of datasets, base backups and WAL")
     s3_dr_bucket: str | None = _f(None, "second-region bucket the DR copy writes to")
     aws_ca_bundle: Path | None = _f(None, "CA certificate of the S3 endpoint's TLS", env="AWS_CA_BUNDLE")
+    backup_repositories: Path | None = _f(
+        None,
+        "YAML file of the backup repositories of other engines (barman-cloud, pgbackrest) the platform drills and "
+        "measures besides its own; unset: its own only",
+        "operator",
+    )
 
     # --- datasets --------------------------------------------------------------------------------------------
     # What an upload may decode to: the byte limit on the upload itself says nothing about a Parquet file of

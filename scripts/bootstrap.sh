@@ -13,6 +13,8 @@ DEBIAN_PACKAGES=(
   prometheus-postgres-exporter prometheus-blackbox-exporter
   openssl iproute2 util-linux python3 python3-venv
   pgbackrest
+  # Repositories of other engines: Barman Cloud's tools (what CloudNativePG's plugin runs) restore and fetch WAL.
+  barman-cli-cloud
   # `stack up --ha`: the DCS, the PostgreSQL endpoint in front of Patroni, and partition drills.
   etcd-server haproxy nftables
   # The end-to-end browser test (tests/e2e): Playwright drives Debian's headless Chromium, never a downloaded one.

@@ -24,7 +24,8 @@ from cqox_platform.backup.archive.cluster import system_id
 from cqox_platform.backup.archive.history import undrilled_backups
 from cqox_platform.resources.postgres import PostgresResource
 
-BACKUP_ASSETS = dg.AssetSelection.groups("backups")
+#: The platform's own backup chain and the repositories of other engines (``assets/backups/repositories.py``).
+BACKUP_ASSETS = dg.AssetSelection.groups("backups", "backup_repositories")
 SLO_REPORT = dg.AssetSelection.assets("slo_report", "slo_version_report")
 
 restore_drill_job = dg.define_asset_job(
@@ -89,7 +90,8 @@ backup_automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Evaluates the backup chain's automation conditions: base backup 03:00, WAL check and DR copy "
-    "every 15 min, retention 05:00 once the newest backup is verified restorable.",
+    "every 15 min, retention 05:00 once the newest backup is verified restorable; other engines' repositories: "
+    "their WAL status every 15 min, their drill 04:00.",
 )
 
 slo_automation_sensor = dg.AutomationConditionSensorDefinition(

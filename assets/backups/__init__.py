@@ -4,7 +4,8 @@
 minutes, ``restore_drill`` proves a backup restores and measures the RTO, ``backup_retention`` deletes what the
 window no longer needs, ``backups_dr_copy`` keeps the second region current, and ``backup_alert_rules`` loads
 the alerts on the gauges all of them push. ``recoverability`` sums them up in one verdict, the page to open
-first. Every result lands in the metadata an operator reads in the UI.
+first. Repositories of other engines (Barman Cloud, pgBackRest) get the same verdicts from ``repositories.py``.
+Every result lands in the metadata an operator reads in the UI.
 
 The assets only wire resources to the core (``cqox_platform.backup``: SQL, drill planning, check verdicts,
 gauges) and map results to metadata. Their order is the asset graph plus the automation conditions in
@@ -13,7 +14,7 @@ gauges) and map results to metadata. Their order is the asset graph plus the aut
 
 import dagster as dg
 
-from assets.backups import recoverability_view
+from assets.backups import recoverability_view, repositories
 from assets.backups.alert_rules import ALERT_RULES, backup_alert_rules
 from assets.backups.base_backup import postgres_basebackup
 from assets.backups.common import GROUP
@@ -51,4 +52,6 @@ defs = dg.Definitions.merge(
         ]
     ),
     recoverability_view.defs,
+    # One set per repository of another engine in CQOX_BACKUP_REPOSITORIES (none when unset).
+    repositories.repository_defs(),
 )

@@ -520,11 +520,60 @@ def _copy_lines(copy: CopyInfo, rpo_target_seconds: float) -> list[str]:
     return lines
 
 
+def _repository_summaries(conninfo: dict, rpo_target_seconds: float) -> tuple[list[dict], list[str]]:
+    """Each repository of another engine (``CQOX_BACKUP_REPOSITORIES``) summed up, and the ones that could not be
+    read (named, never shown as empty)."""
+    import psycopg
+
+    import cqox_platform.cli.context as context
+    from cqox_platform.backup.repository.config import load_repositories
+    from cqox_platform.backup.verify.repositories import repository_summary
+    from cqox_platform.errors import CqoxError
+
+    summaries: list[dict] = []
+    errors: list[str] = []
+    specs = load_repositories(context.settings().backup_repositories)
+    if not specs:
+        return summaries, errors
+    with psycopg.connect(**conninfo, autocommit=True) as ledger:
+        for spec in specs:
+            try:
+                with psycopg.connect(spec.source, autocommit=True, connect_timeout=10) as source:
+                    summaries.append(repository_summary(spec.build(), source, ledger, spec.rpo_target_seconds))
+            except (CqoxError, psycopg.Error) as exc:
+                errors.append(f"repository {spec.name} ({spec.engine}) could not be read: {exc}")
+                summaries.append({"name": spec.name, "engine": spec.engine, "error": str(exc)})
+    return summaries, errors
+
+
+def _repository_lines(summary: dict) -> list[str]:
+    """A repository of another engine, in the same shape as a copy of the platform's own."""
+    if "error" in summary:
+        return [f"repository {summary['name']} ({summary['engine']}): UNREADABLE"]
+    drill = summary["latest_drill"]
+    if drill is None:
+        drilled = "never drilled"
+    else:
+        rto = f"RTO {drill['rto_seconds']:.1f} s" if drill["rto_seconds"] is not None else "no RTO"
+        drilled = f"last drill {drill['status']} {drill['finished_at']} ({drill['backup_id']}, {rto})"
+    rpo = "unbounded" if summary["rpo_seconds"] is None else f"{summary['rpo_seconds']:.0f} s"
+    window = summary["recovery_window"]
+    gaps = f"{len(summary['wal_gaps'])} MISSING (first {summary['wal_gaps'][0]})" if summary["wal_gaps"] else "no gap"
+    return [
+        f"repository {summary['name']} ({summary['engine']}, {summary['where']})",
+        f"  backups: {summary['backups']}, newest {summary['newest_backup'] or '-'}; {drilled}",
+        f"  RPO {rpo}, {summary['rpo_bytes']} bytes; WAL from the oldest backup: {gaps}",
+        f"  recovery window: {window['start'] or '-'} .. {window['end'] or 'unbounded'}",
+    ]
+
+
 @backup.command("info")
 @json_option
 def backup_info(as_json: bool) -> None:
     """Each copy (the primary bucket, and the DR bucket when set) with its backups, the WAL they need, whether a
-    drill verified them, and the recovery window, then a verdict.
+    drill verified them, and the recovery window, then a verdict. Repositories of other engines
+    (``CQOX_BACKUP_REPOSITORIES``: Barman Cloud, pgBackRest) follow, side by side: latest drill and RTO, RPO, WAL
+    gaps and window, and count in the verdict.
 
     Exit codes: 0 every copy's newest backup is verified and restorable, its WAL has no gap, and its window ends
     within the RPO target (1 hour); 3 the verdict failed (the reasons go to stderr, and into the JSON); 1 a copy
@@ -555,12 +604,16 @@ def backup_info(as_json: bool) -> None:
     with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
         position, read, unreadable = read_copies(conn, ctx.s3, buckets, ctx.provider, as_of=as_of)
     errors = [u.error for u in unreadable]
+    repositories, repository_errors = _repository_summaries(ctx.conninfo, RPO_TARGET_SECONDS)
+    errors += repository_errors
     by_name = {c.name: copy_json(c) for c in read} | {
         u.name: unreadable_copy_json(u.name, u.where, u.error) for u in unreadable
     }
     shown = [by_name[name] for name, _bucket in buckets]
-    verdict = info_verdict(read, RPO_TARGET_SECONDS)
-    passed = verdict.passed and not errors
+    own = info_verdict(read, RPO_TARGET_SECONDS)
+    reasons = [*own.reasons, *(r for summary in repositories for r in summary.get("reasons", []))]
+    verdict_passed = own.passed and len(reasons) == len(own.reasons)
+    passed = verdict_passed and not errors
     if as_json:
         report = {
             "schema_version": INFO_SCHEMA_VERSION,
@@ -568,7 +621,8 @@ def backup_info(as_json: bool) -> None:
             "cluster": position_json(position),
             "rpo_target_seconds": RPO_TARGET_SECONDS,
             "copies": shown,
-            "verdict": {"passed": passed, "errors": errors, "reasons": verdict.reasons},
+            "repositories": repositories,
+            "verdict": {"passed": passed, "errors": errors, "reasons": reasons},
         }
         click.echo(json.dumps(report, indent=2))
     else:
@@ -576,14 +630,18 @@ def backup_info(as_json: bool) -> None:
             for line in _copy_lines(copy, RPO_TARGET_SECONDS):
                 click.echo(line)
             click.echo("")
+        for summary in repositories:
+            for line in _repository_lines(summary):
+                click.echo(line)
+            click.echo("")
         click.echo("verdict: " + ("OK" if passed else "FAILED"))
     for message in errors:
         click.secho(f"error: {message}", fg="red", err=True)
-    for reason in verdict.reasons:
+    for reason in reasons:
         click.echo(f"backup info: {reason}", err=True)
     if errors:
         sys.exit(1)
-    if not verdict.passed:
+    if not verdict_passed:
         sys.exit(VERDICT_FAILED)
 
 

@@ -28,7 +28,7 @@ def recent_drill_timings(conn: psycopg.Connection, limit: int = 30) -> list[Dril
     """The last ``limit`` drills, oldest first."""
     rows = conn.execute(
         "SELECT rto_seconds, download_seconds + decrypt_seconds + extract_seconds, replay_seconds, passed "
-        "FROM restore_drills ORDER BY finished_at DESC LIMIT %s",
+        "FROM restore_drills WHERE repository = 'cqox' ORDER BY finished_at DESC LIMIT %s",
         [limit],
     ).fetchall()
     return [DrillTiming(*row) for row in reversed(rows)]
@@ -39,7 +39,7 @@ def undrilled_backups(conn: psycopg.Connection, system_id: str, *, since: dateti
     outcome yet, newest first: what the drill sensor requests, whoever took the backup (Dagster or the CLI)."""
     rows = conn.execute(
         "SELECT b.backup_id FROM backups b WHERE b.system_id = %s AND b.deleted_at IS NULL AND b.stop_time >= %s "
-        "AND NOT EXISTS (SELECT 1 FROM restore_drills d WHERE d.backup_id = b.backup_id) "
+        "AND NOT EXISTS (SELECT 1 FROM restore_drills d WHERE d.backup_id = b.backup_id AND d.repository = 'cqox') "
         "ORDER BY b.backup_id DESC",
         [system_id, since],
     ).fetchall()

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.archive.store import Archive
+from cqox_platform.backup.repository.base import Repository, RepositoryBackup
 from cqox_platform.backup.restore.files import Progress, restore_files
 from cqox_platform.backup.restore.recovery import (
     DEFAULT_WAL_PREFETCH,
@@ -62,6 +64,8 @@ class DrillResult:
     indexes_checked: int = 0
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: The repository the backup belongs to: "cqox" for the platform's own archive.
+    repository: str = "cqox"
 
     @property
     def rto_seconds(self) -> float:
@@ -90,24 +94,101 @@ def run_drill(
         target=target,
         started_at=datetime.now(UTC),
     )
+
+    def restore(pgdata: Path, scratch: Path) -> str:
+        check_room_for(record, scratch, "the drill's scratch directory")
+        where = archive.where(record.object_key)
+        progress(f"drill {result.drill_id}: downloading {where} ({record.stored_bytes / 2**20:.1f} MiB)")
+        files = restore_files(archive, provider, record, pgdata, progress, pg_bindir())
+        result.seconds.update(files.seconds)
+        result.details["key_version"] = files.key_version
+        return restore_command_for(cli, settings_file, archive.bucket, wal_prefetch, pgdata)
+
+    return drill_in_scratch(
+        result, restore, expected, PHASES, workdir=workdir, progress=progress, keep=keep, replay_timeout=replay_timeout
+    )
+
+
+#: The phases of a drill of another engine's repository: its own restore tool does download to extract in one.
+REPOSITORY_PHASES = ("restore", "verify", "replay", "checks")
+
+
+def run_repository_drill(
+    repository: Repository,
+    backup: RepositoryBackup,
+    target: RecoveryTarget,
+    *,
+    expected: RestorePoint | None,
+    workdir: Path | None = None,
+    progress: Progress = lambda _m: None,
+    keep: bool = False,
+    replay_timeout: float = 3600,
+) -> DrillResult:
+    """A drill of a backup kept by another engine (Barman Cloud, pgBackRest): restored by the engine's own tool,
+    checked by the engine's own integrity check where it has one, replayed through its own ``restore_command``
+    to a captured point, then proven like the platform's own backups (row checksums, amcheck)."""
+    result = DrillResult(
+        drill_id=f"{repository.name}-{backup.backup_id}-{uuid.uuid4().hex[:8]}",
+        backup_id=backup.backup_id,
+        bucket=repository.where,
+        target=target,
+        started_at=datetime.now(UTC),
+        repository=repository.name,
+    )
+    result.details["engine"] = repository.engine
+
+    def restore(pgdata: Path, scratch: Path) -> str:
+        progress(f"drill {result.drill_id}: restoring {backup.backup_id} from {repository.where}")
+        started = time.monotonic()
+        repository.restore(backup.backup_id, pgdata, scratch)
+        result.seconds["restore"] = time.monotonic() - started
+        started = time.monotonic()
+        verified = repository.verify_restored(backup.backup_id, pgdata, scratch)
+        result.seconds["verify"] = time.monotonic() - started
+        result.details["integrity_check"] = verified or (
+            f"none: {repository.engine} keeps no backup_manifest, so pg_verifybackup cannot check the restored "
+            "files; only replay, row checksums and amcheck prove them"
+        )
+        return repository.restore_command(scratch, pgdata)
+
+    return drill_in_scratch(
+        result,
+        restore,
+        expected,
+        REPOSITORY_PHASES,
+        workdir=workdir,
+        progress=progress,
+        keep=keep,
+        replay_timeout=replay_timeout,
+    )
+
+
+def drill_in_scratch(
+    result: DrillResult,
+    restore: Callable[[Path, Path], str],
+    expected: RestorePoint | None,
+    phases: tuple[str, ...],
+    *,
+    workdir: Path | None,
+    progress: Progress,
+    keep: bool,
+    replay_timeout: float,
+) -> DrillResult:
+    """The part every drill shares: a scratch directory, ``restore(pgdata, scratch)`` filling ``pgdata`` and
+    returning its restore_command, recovery to ``result.target``, the checks, the verdict and the cleanup."""
     scratch = Path(tempfile.mkdtemp(prefix="cqox-drill-", dir=workdir))
     scratch.chmod(0o755)  # the postgres OS user traverses it to its data directory
     pgdata = scratch / "pgdata"
     pgdata.mkdir(mode=0o700)
-    bindir = pg_bindir()
-    cluster = ScratchCluster(pgdata, scratch / "sock", free_port(), scratch / "server.log", bindir)
+    cluster = ScratchCluster(pgdata, scratch / "sock", free_port(), scratch / "server.log", pg_bindir())
+    target = result.target
     try:
-        check_room_for(record, scratch, "the drill's scratch directory")
-        where = archive.where(record.object_key)
-        progress(f"drill {result.drill_id}: downloading {where} ({record.stored_bytes / 2**20:.1f} MiB)")
-        files = restore_files(archive, provider, record, pgdata, progress, bindir)
-        result.seconds.update(files.seconds)
-        result.details["key_version"] = files.key_version
+        restore_command = restore(pgdata, scratch)
         configure_recovery(
             pgdata,
             port=cluster.port,
             socket_dir=cluster.socket_dir,
-            restore_command=restore_command_for(cli, settings_file, archive.bucket, wal_prefetch, pgdata),
+            restore_command=restore_command,
             target=target,
         )
         progress(f"drill {result.drill_id}: recovering to {target.kind} {target.value!r}")
@@ -134,7 +215,7 @@ def run_drill(
             result.details["scratch_dir"] = str(scratch)
         else:
             shutil.rmtree(scratch, ignore_errors=True)
-    for phase in PHASES:
+    for phase in phases:
         result.seconds.setdefault(phase, 0.0)
         result.seconds[phase] = round(result.seconds[phase], 3)
     return result
@@ -200,8 +281,8 @@ def record_drill(conn: psycopg.Connection, result: DrillResult) -> None:
         """
         INSERT INTO restore_drills (drill_id, backup_id, bucket, target_kind, target, started_at, finished_at,
             passed, status, error, rto_seconds, download_seconds, decrypt_seconds, extract_seconds, verify_seconds,
-            replay_seconds, checks_seconds, tables_checked, indexes_checked, details)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            replay_seconds, checks_seconds, tables_checked, indexes_checked, details, repository)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         """,
         [
             result.drill_id,
@@ -223,24 +304,38 @@ def record_drill(conn: psycopg.Connection, result: DrillResult) -> None:
             s.get("checks"),
             result.tables_checked,
             result.indexes_checked,
-            Jsonb({**result.details, "mismatches": result.mismatches, "target": asdict(result.target)}),
+            Jsonb(
+                {
+                    **result.details,
+                    "mismatches": result.mismatches,
+                    "target": asdict(result.target),
+                    "seconds": result.seconds,
+                }
+            ),
+            result.repository,
         ],
     )
 
 
-def verified_backup_ids(conn: psycopg.Connection) -> set[str]:
-    """Backups a drill verified: replayed to a captured point and compared ("partial" drills do not count)."""
-    rows = conn.execute("SELECT DISTINCT backup_id FROM restore_drills WHERE status = 'passed'").fetchall()
+def verified_backup_ids(conn: psycopg.Connection, repository: str = "cqox") -> set[str]:
+    """Backups of ``repository`` a drill verified: replayed to a captured point and compared ("partial" drills do
+    not count)."""
+    rows = conn.execute(
+        "SELECT DISTINCT backup_id FROM restore_drills WHERE status = 'passed' AND repository = %s", [repository]
+    ).fetchall()
     return {r[0] for r in rows}
 
 
-def latest_drill(conn: psycopg.Connection, backup_id: str, *, passed_only: bool = False) -> dict[str, Any] | None:
-    """The newest drill of ``backup_id`` (with ``passed_only``, the newest that verified it), or None."""
+def latest_drill(
+    conn: psycopg.Connection, backup_id: str, *, passed_only: bool = False, repository: str = "cqox"
+) -> dict[str, Any] | None:
+    """The newest drill of ``backup_id`` in ``repository`` (with ``passed_only``, the newest that verified it)."""
     row = conn.execute(
         "SELECT drill_id, passed, status, error, rto_seconds, finished_at FROM restore_drills WHERE backup_id = %s "
+        "AND repository = %s "
         + ("AND status = 'passed' " if passed_only else "")
         + "ORDER BY finished_at DESC LIMIT 1",
-        [backup_id],
+        [backup_id, repository],
     ).fetchone()
     if row is None:
         return None

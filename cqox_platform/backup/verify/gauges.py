@@ -83,3 +83,9 @@ def dr_copy_samples(system_id: str, result: DrCopyResult) -> list[Sample]:
         (DR_LAG_SECONDS, labels, 0.0 if not result.mismatched else result.lag_seconds),
         (DR_PENDING_OBJECTS, labels, len(result.mismatched)),
     ]
+
+
+def for_repository(repository: str, samples: list[Sample]) -> list[Sample]:
+    """``samples`` labelled with the repository they measure: the same names, so the same alerts and dashboards
+    cover every repository, one series each (the platform's own archive carries no label, as before)."""
+    return [(name, {**labels, "repository": repository}, value) for name, labels, value in samples]

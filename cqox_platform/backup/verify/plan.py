@@ -110,7 +110,8 @@ def plan_random_drill(
     rng = rng or random.Random()
     since = datetime.now(UTC) - timedelta(days=window_days)
     rows = conn.execute(
-        "SELECT name FROM restore_points WHERE created_at >= %s AND database = current_database() ORDER BY created_at",
+        "SELECT name FROM restore_points WHERE created_at >= %s AND database = current_database() "
+        "AND repository = 'cqox' ORDER BY created_at",
         [since],
     ).fetchall()
     candidates = []
@@ -141,7 +142,8 @@ def plan_latest_point_drill(
     backup replayed through the history file to a point on the new timeline.
     """
     row = conn.execute(
-        "SELECT name FROM restore_points WHERE database = current_database() ORDER BY created_at DESC LIMIT 1"
+        "SELECT name FROM restore_points WHERE database = current_database() AND repository = 'cqox' "
+        "ORDER BY created_at DESC LIMIT 1"
     ).fetchone()
     point = load_restore_point(conn, row[0]) if row else None
     if point is None:

@@ -90,11 +90,15 @@ def capture_restore_point(
     *,
     attempt_timeout: str = LOCK_ATTEMPT_TIMEOUT,
     patience_seconds: float = LOCK_PATIENCE_SECONDS,
+    ledger: psycopg.Connection | None = None,
+    repository: str = "cqox",
 ) -> RestorePoint:
     """Create restore point ``name`` and record the tables' checksums exactly as of that point.
 
     ``conn`` is an autocommit connection to the database; a second connection with the same parameters reads
     the exported snapshot. Writers wait at most ``attempt_timeout`` per attempt (see the module docstring).
+    The point is recorded in ``ledger`` (default ``conn``: the platform's own cluster) under ``repository``:
+    a cluster backed up by another engine is proven from the platform's database, never written to.
     """
     database = conn.info.dbname
     tables = proof_tables(conn)
@@ -105,10 +109,10 @@ def capture_restore_point(
         finally:
             reader.rollback()
     created = datetime.now(UTC)
-    conn.execute(
-        "INSERT INTO restore_points (name, lsn, timeline, created_at, database, tables) "
-        "VALUES (%s, %s, %s, %s, %s, %s)",
-        [name, lsn, timeline, created, database, Jsonb(checksums)],
+    (ledger or conn).execute(
+        "INSERT INTO restore_points (name, lsn, timeline, created_at, database, tables, repository) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        [name, lsn, timeline, created, database, Jsonb(checksums), repository],
     )
     return RestorePoint(name, lsn, int(timeline), created, database, checksums)
 

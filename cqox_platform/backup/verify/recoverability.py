@@ -96,7 +96,7 @@ def newest_drill(conn: psycopg.Connection) -> dict[str, Any] | None:
     """The newest drill of any backup, whatever its status (the last RTO measured, or why it failed)."""
     row = conn.execute(
         "SELECT drill_id, backup_id, passed, status, error, rto_seconds, finished_at FROM restore_drills "
-        "ORDER BY finished_at DESC LIMIT 1"
+        "WHERE repository = 'cqox' ORDER BY finished_at DESC LIMIT 1"
     ).fetchone()
     if row is None:
         return None

@@ -36,6 +36,7 @@ from cqox_platform.backup.archive.wal_names import (
     parse_lsn,
     required_segments,
 )
+from cqox_platform.backup.repository.base import Repository, RepositoryBackup
 from cqox_platform.backup.wal.segment import read_wal
 from cqox_platform.crypto.keys import DataKeyProvider
 
@@ -217,9 +218,87 @@ def _wait_archived(
         time.sleep(1)
 
 
+def measure_repository(
+    conn: psycopg.Connection,
+    repository: Repository,
+    oldest_backup: RepositoryBackup | None,
+    *,
+    switch_after: float = 60.0,
+    wait_for_archive: float = 30.0,
+) -> WalStatus:
+    """``measure`` for another engine's repository: the same RPO and continuity along the current timeline, from
+    the names and storage times its engine lists (``Repository.archived_wal``) and the history files it fetches.
+
+    ``conn`` reaches the cluster that archives there (its ``pg_stat_archiver`` and current LSN).
+    """
+    row = _archiver_row(conn)
+    timeline = row["timeline"]
+    archived = repository.archived_wal()
+    histories = _repository_histories(repository, archived)
+    ancestry: list[TimelineSwitch] = histories.get(timeline, [])
+    newest = newest_on_path(archived, timeline, ancestry)
+    current = parse_lsn(row["current_lsn"])
+    own_age = _stored_age(archived, newest) if newest is not None and newest.timeline == timeline else None
+    forced = (
+        row["archive_mode"] in ("on", "always")
+        and current > (newest.end_lsn if newest else 0)
+        and (own_age is None or own_age > switch_after)
+    )
+    if forced:  # an idle tail: push it out rather than report it as stale
+        conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + wait_for_archive
+        while True:
+            archived = repository.archived_wal()
+            newest = newest_on_path(archived, timeline, ancestry)
+            if (newest and newest.end_lsn >= current) or time.monotonic() >= deadline:
+                break
+            time.sleep(1)
+        row = _archiver_row(conn)
+        current = parse_lsn(row["current_lsn"])
+    rpo_bytes, rpo_seconds = unprotected(current, timeline, newest, _stored_age(archived, newest))
+    status = WalStatus(
+        archived_count=row["archived_count"],
+        failed_count=row["failed_count"],
+        last_archived_wal=row["last_archived_wal"],
+        last_archived_time=row["last_archived_time"],
+        last_failed_wal=row["last_failed_wal"],
+        last_failed_time=row["last_failed_time"],
+        timeline=timeline,
+        current_lsn=row["current_lsn"],
+        newest_archived_segment=newest.name if newest else None,
+        newest_archived_age_seconds=_stored_age(archived, newest),
+        rpo_bytes=rpo_bytes,
+        rpo_seconds=rpo_seconds,
+        forced_switch=forced,
+        segments_in_archive=sum(1 for n in archived if SEGMENT_RE.match(n)),
+        archive_mode=row["archive_mode"],
+        timeline_start_lsn=format_lsn(ancestry[-1].switch_lsn if ancestry else 0),
+        timeline_history_archived=timeline == 1 or timeline in histories,
+        timelines=sorted({1, *histories}),
+    )
+    if oldest_backup is not None and newest is not None:
+        _walk_continuity(status, oldest_backup, newest, histories, set(archived))
+    return status
+
+
+def _repository_histories(repository: Repository, archived: dict[str, datetime]) -> dict[int, list[TimelineSwitch]]:
+    return {
+        int(name[:8], 16): parse_history(repository.read_history(name), where=f"{repository.where} {name}")
+        for name in archived
+        if HISTORY_RE.match(name)
+    }
+
+
+def _stored_age(archived: dict[str, datetime], segment: Segment | None) -> float | None:
+    """Seconds since the repository stored ``segment`` (never negative: S3's clock may run ahead of ours)."""
+    if segment is None or segment.name not in archived:
+        return None
+    return max(0.0, (datetime.now(UTC) - archived[segment.name]).total_seconds())
+
+
 def _walk_continuity(
     status: WalStatus,
-    oldest_backup: BackupRecord,
+    oldest_backup: BackupRecord | RepositoryBackup,
     newest: Segment,
     histories: dict[int, list[TimelineSwitch]],
     archived: set[str],

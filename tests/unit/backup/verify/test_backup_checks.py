@@ -59,6 +59,9 @@ def test_rpo_verdict(rpo, target, passed, text):
     [
         (True, [], True, "0 gap(s) in 8 segments"),
         (True, ["000000010000000000000005"], False, "1 gap(s)"),
+        # The description names what is missing, as the Dagster UI shows only it at a glance.
+        (True, ["000000010000000000000005"], False, "missing 000000010000000000000005"),
+        (True, [f"0000000100000000000000{n:02X}" for n in range(5, 12)], False, "000000010000000000000009 and 2 more"),
         (False, [], False, "no base backup yet"),
     ],
 )

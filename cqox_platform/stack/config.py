@@ -48,6 +48,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "postgres_exporter3": 59189,
     "blackbox_exporter": 59115,
     "etcd_metrics": 52392,
+    # The DR region's S3 server (appended last, like the others, so `--port-base` keeps every older offset).
+    "s3_dr": 59002,
 }
 
 DB_NAME = "cqox_prod"

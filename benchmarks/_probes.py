@@ -96,7 +96,9 @@ class ProcessWatch(_Sampling):
             in_tree = self.root_pid is not None and (int(pid) == self.root_pid or ppid in self._tree)
             if in_tree and comm != "postgres":
                 self._tree.add(int(pid))
-            marked = not in_tree and self.marker is not None and _names_marker(pid, self.marker)
+            # A process the command started that names the marker counts even when its tree does not: the WAL
+            # prefetcher a restore starts before its server is the restore's child, and serves the server.
+            marked = int(pid) != self.root_pid and self.marker is not None and _names_marker(pid, self.marker)
             self._members[key] = comm != "postgres" and ((in_tree and self.count_tree) or marked)
         return self._members[key]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,14 +266,25 @@ def _this_cli() -> Path:
 @_pgdata
 @click.option("--bucket", default=None)
 @click.option("--depth", type=click.IntRange(min=1, max=64), default=8)
-def wal_prefetch_daemon(config_path: Path | None, pgdata: Path, bucket: str | None, depth: int) -> None:
-    """The background prefetcher behind `wal-fetch --prefetch` (started by it; exits when idle)."""
+@click.option("--start-at", default=None, help="Prefetch from this segment before any request (a restore's first).")
+def wal_prefetch_daemon(
+    config_path: Path | None, pgdata: Path, bucket: str | None, depth: int, start_at: str | None
+) -> None:
+    """The background prefetcher behind `wal-fetch --prefetch` (started by it or by `restore`; exits when idle)."""
     from cqox_platform.backup.wal.prefetcher import run_daemon
 
     _archiver_process()
     settings_path = _config(config_path)
     connect = _archiver_connector(settings_path)
-    run_daemon(settings_path, pgdata.resolve(), bucket, depth, connect, log=lambda m: click.echo(m, err=True))
+    run_daemon(
+        settings_path,
+        pgdata.resolve(),
+        bucket,
+        depth,
+        connect,
+        log=lambda m: click.echo(f"{time.strftime('%H:%M:%S')} {m}", err=True),
+        start_at=start_at,
+    )
 
 
 # --- backups -------------------------------------------------------------------------------------------------

@@ -531,6 +531,50 @@ def test_a_prefetched_corrupt_segment_stops_recovery_with_255(env, fake_cluster,
         assert not (tmp_path / name).exists()
 
 
+def _relay(env, pgdata: Path, name: str) -> subprocess.CompletedProcess:
+    """The restore_command's relay as PostgreSQL runs it (in the data directory), with a fallback that says so."""
+    from cqox_platform.backup.wal import fetch_relay
+    from cqox_platform.backup.wal.prefetch_client import relay_socket
+
+    sock = relay_socket(_spool(env, pgdata))
+    fallback = ["/bin/sh", "-c", "echo fallback ran >&2; exit 7"]
+    argv = [sys.executable, "-I", "-S", fetch_relay.__file__, str(sock), name, "pg_wal/RECOVERYXLOG", *fallback]
+    return subprocess.run(argv, cwd=pgdata, capture_output=True, text=True, timeout=120)
+
+
+def test_the_prefetcher_answers_the_relay_with_the_clis_checks_and_exit_codes(env, fake_cluster):
+    """Probes, misses and the first segments are answered by the running prefetcher (no CLI start, no Vault
+    login), with the CLI's outcomes: the verified file, 1 only for what S3 proves absent, 255 for a corrupt one."""
+    from cqox_platform.backup.wal.prefetch_client import relay_socket
+
+    pgdata, sysid, archive, archive_file = fake_cluster
+    bodies = {s: archive_file(f"00000001000000000000{s:04X}", _page(1, s, sysid)) for s in range(0x40, 0x43)}
+    history = archive_file("00000002.history", b"1\t0/42800000\tno recovery target specified\n")
+    key = archive.wal_key("000000010000000000000042")
+    damaged = bytearray(archive.get_bytes(key))
+    damaged[len(damaged) // 2] ^= 0xFF
+    archive.put_bytes(key, bytes(damaged))
+    restored = pgdata / "pg_wal" / "RECOVERYXLOG"
+
+    first = _fetch(env, pgdata, "000000010000000000000040", restored)  # starts the prefetcher, as replay does
+    assert first.returncode == 0 and restored.read_bytes() == bodies[0x40], first.stderr
+    _wait_for(lambda: relay_socket(_spool(env, pgdata)).exists())
+
+    for name, body in (("000000010000000000000041", bodies[0x41]), ("00000002.history", history)):
+        got = _relay(env, pgdata, name)
+        assert got.returncode == 0, got.stderr
+        assert "fallback ran" not in got.stderr and f"restored {name}" in got.stderr
+        assert restored.read_bytes() == body
+    for absent in ("00000003.history", "000000010000000000000050"):
+        end = _relay(env, pgdata, absent)
+        assert end.returncode == 1 and "fallback ran" not in end.stderr, end.stderr  # S3 said so, now
+    corrupt = _relay(env, pgdata, "000000010000000000000042")
+    assert corrupt.returncode == 255, corrupt.stderr  # never 1: that would end recovery and promote early
+    assert "fallback ran" not in corrupt.stderr
+    assert "000000010000000000000042" in corrupt.stderr and "stopping recovery" in corrupt.stderr
+    assert restored.read_bytes() == history  # nothing unverified was put in its place
+
+
 # --- issue 15 item 2: a streamed restore killed midway leaves nothing half-open --------------------------------------
 
 

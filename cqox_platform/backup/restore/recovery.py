@@ -7,13 +7,16 @@ decides to open it, and both fetch WAL through ``wal-fetch`` with prefetch.
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cqox_platform.backup.wal.prefetch_client import clear_spool, fast_restore_command, spool_for
+from cqox_platform.backup.wal.prefetch_client import clear_spool, fast_restore_command, relay_command, spool_for
 from cqox_platform.errors import CqoxError, RestoreError
 from cqox_platform.fsutil import read_file, write_file
-from cqox_platform.pgserver import PG_OS_USER
+from cqox_platform.pgserver import PG_OS_USER, as_pg_user
+from cqox_platform.settings import child_env
 
 
 @dataclass
@@ -130,4 +133,36 @@ def restore_command_for(
     except CqoxError:
         return command  # no pg_control to key a spool by: every segment goes through the CLI's checks
     clear_spool(spool)
-    return fast_restore_command(spool, f"exec {command}")
+    return fast_restore_command(spool, f"exec {relay_command(spool, Path(sys.executable))} {command}")
+
+
+def start_prefetcher(
+    cli: Path, settings_file: Path, bucket: str | None, prefetch: int, pgdata: Path, start_at: str
+) -> None:
+    """Start the restored cluster's WAL prefetcher now, as the postgres OS user, before its server starts.
+
+    Why: started by the server's first request, its interpreter start and Vault login came before the first
+    segment and every probe, on recovery's critical path; started here it logs in and fetches ``start_at`` (the
+    backup's first segment) and those after it while the server starts. Call it after ``restore_command_for``
+    (which empties the spool). Nothing depends on it: if it fails to start, the first request starts one.
+    """
+    if not prefetch:
+        return
+    try:
+        spool = spool_for(settings_file, Path(pgdata).resolve(), bucket)
+    except CqoxError:
+        return
+    argv = [str(cli), "wal-prefetch-daemon", "--config", str(settings_file), "--pgdata", str(Path(pgdata).resolve())]
+    argv += ["--depth", str(int(prefetch)), "--start-at", start_at] + (["--bucket", bucket] if bucket else [])
+    # The spool and its log belong to the postgres OS user, as when the server's first request starts it.
+    script = 'mkdir -p "$1" && log="$1/daemon.log" && shift && exec "$@" >> "$log" 2>&1'
+    launch = ["sh", "-c", script, "sh", str(spool), *argv]
+    subprocess.Popen(
+        as_pg_user(launch),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=str(pgdata),
+        env=child_env(drop_prefixes=("AWS_", "PG", "VAULT_", "BAO_", "CQOX_")),
+    )

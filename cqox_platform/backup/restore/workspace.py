@@ -37,6 +37,7 @@ from cqox_platform.backup.restore.recovery import (
     RecoveryTarget,
     configure_recovery,
     restore_command_for,
+    start_prefetcher,
 )
 from cqox_platform.backup.restore.space import check_room_for
 from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
@@ -193,6 +194,7 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
             configure_recovery(pgdata, port=port, socket_dir=socket_dir, restore_command=restore_command, target=target)
             cluster = ScratchCluster(pgdata, socket_dir, port, created.side / "server.log", bindir)
             if request.start:
+                start_prefetcher(platform_cli(), archiver_config, bucket, prefetch, pgdata, record.start_wal)
                 cluster.start()
                 outcome = _wait_for_action(cluster, target, say)
             else:

@@ -149,17 +149,36 @@ def fast_restore_command(spool: Path, fallback: str) -> str:
     half the replay time of 2 GB of WAL, and then ``sha256sum`` (~36 ms per segment) a quarter of what was left.
     The shell path compares ``cksum`` of the file with what the prefetcher computed over the bytes it verified
     (authenticated decryption, the archive's SHA-256, the page header): the file is still what was verified.
-    It says where replay is (``want``) and moves the file into place; anything else (not prefetched yet, found
-    unusable: exit 255, absent: exit 1) is the fallback's, so the exit-code contract is unchanged. ``%f`` is a
-    WAL file name PostgreSQL chose (hex digits, ``.history``), never a path.
+    It only moves the file into place (two programs: ``cksum`` and ``mv``; every program start is paid per
+    segment on a loaded machine): the prefetcher learns where replay is from the file leaving its spool, and
+    prunes the record and digest left beside it. Anything else (not prefetched yet, found unusable: exit 255,
+    absent: exit 1) is the fallback's, so the exit-code contract is unchanged. ``%f`` is a WAL file name
+    PostgreSQL chose (hex digits, ``.history``), never a path.
     """
     ready = shlex.quote(str(spool / "ready"))
-    want = shlex.quote(str(spool / "want"))
     return (
         f'if [ -f {ready}/%f ] && read -r c < {ready}/%f.cksum && [ "$(cksum < {ready}/%f)" = "$c" ]; then '
-        f"echo %f > {want}.$$ && mv -f {want}.$$ {want} && mv -f {ready}/%f %p && rm -f {ready}/%f.cksum "
-        f"{ready}/%f.json && exit 0; fi; {fallback}"
+        f"mv -f {ready}/%f %p && exit 0; fi; {fallback}"
     )
+
+
+def relay_socket(spool: Path) -> Path:
+    """Where the prefetcher answers the restore_command relay (``fetch_relay``): one socket per spool."""
+    return spool / "fetch.sock"
+
+
+def relay_command(spool: Path, python: Path) -> str:
+    """The shell words that ask the prefetcher through ``fetch_relay`` (``%f %p`` included); the fallback
+    command's words follow them.
+
+    Why: a request the shell hand-over cannot answer (not prefetched yet, a ``.history`` probe, the end of the
+    archive) otherwise starts the whole CLI, an import of boto3 and a Vault login; the relay is an interpreter
+    without site-packages that the prefetcher answers with the clients it already holds.
+    """
+    from cqox_platform.backup.wal import fetch_relay
+
+    words = [str(python), "-I", "-S", fetch_relay.__file__, str(relay_socket(spool))]
+    return " ".join(shlex.quote(word) for word in words) + " %f %p"
 
 
 def error_path(spool: Path, name: str) -> Path:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import socketserver
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from cqox_platform.backup.archive.store import Archive, ArchiveClients, ArchiveUnreachableError
 from cqox_platform.backup.archive.wal_names import (
+    HISTORY_RE,
     SEGMENT_RE,
     Segment,
     TimelineSwitch,
@@ -39,6 +41,8 @@ from cqox_platform.backup.archive.wal_names import (
     timeline_ranges,
 )
 from cqox_platform.backup.wal.prefetch_client import (
+    PrefetchClient,
+    PrefetchRefused,
     SegmentCheck,
     control_system_id,
     digest_path,
@@ -47,17 +51,24 @@ from cqox_platform.backup.wal.prefetch_client import (
     posix_cksum,
     ready_path,
     record_path,
+    relay_socket,
     spool_for,
     write_atomic,
 )
-from cqox_platform.backup.wal.segment import WalMissingError, read_wal, system_identifier
+from cqox_platform.backup.wal.segment import WalMissingError, fetch_wal, read_wal, system_identifier
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
 from cqox_platform.fsutil import single_instance_lock
+from cqox_platform.memory import return_large_buffers
 
 IDLE_EXIT = 60.0
 HISTORY_PROBE_EVERY = 10.0
 MISSING_RETRY = 2.0
+#: Segments fetched at once, each holding a 16 MiB segment in memory while it is verified: with two, replay
+#: caught up with the prefetcher on a loaded 2-core machine (decryption, zstd and sockets release the GIL).
+FETCH_WORKERS = 3
+#: restore_command's exit code that stops recovery instead of ending it.
+FETCH_FATAL = 255
 
 
 class Timelines:
@@ -122,6 +133,7 @@ class Prefetcher:
         self.timelines = Timelines(archive, provider)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-prefetch")
         self.busy: set[str] = set()
+        self.readied: set[str] = set()  # made ready and not pruned: gone from ready/ means recovery took it
         self.missing: dict[str, float] = {}
         self.lock = threading.Lock()
         for sub in ("ready", "error", "inflight"):
@@ -142,8 +154,18 @@ class Prefetcher:
             inflight_path(self.spool, name).touch()
             self.pool.submit(self._fetch, name)
 
+    def consumed(self) -> str | None:
+        """The latest segment recovery took from ready/ since the last call (the shell hand-over moves it away
+        without a word: a file gone from the spool is where replay is), or None."""
+        with self.lock:
+            gone = [name for name in self.readied if not ready_path(self.spool, name).exists()]
+            self.readied.difference_update(gone)
+        return max(gone, key=lambda name: Segment.parse(name).segno) if gone else None
+
     def _prune(self, keep: set[str]) -> None:
         """Delete spool files recovery will not ask for (consumed, or another timeline's)."""
+        with self.lock:
+            self.readied.intersection_update(keep)
         for sub in ("ready", "error"):
             for path in (self.spool / sub).iterdir():
                 name = path.name.removesuffix(".json").removesuffix(".cksum")
@@ -172,6 +194,8 @@ class Prefetcher:
             write_atomic(record_path(self.spool, name), json.dumps(record))
             write_atomic(digest_path(self.spool, name), posix_cksum(raw) + "\n")
             os.replace(tmp, ready_path(self.spool, name))
+            with self.lock:
+                self.readied.add(name)
             self.log(f"wal-prefetch: {name} ready ({len(raw) / 2**20:.1f} MiB)")
         except WalMissingError:
             with self.lock:
@@ -193,6 +217,121 @@ class Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class Daemon:
+    """One prefetcher per spool: the prefetch loop, and the answers to the restore_command relay's requests.
+
+    Both share one S3 client and one Vault login, made on first need (``connect``) and retried until it works.
+    """
+
+    def __init__(
+        self,
+        settings_path: Path,
+        spool: Path,
+        pgdata: Path,
+        bucket: str | None,
+        depth: int,
+        connect: Callable[[], ArchiveClients],
+        workers: int,
+        log,
+    ) -> None:
+        self.settings_path, self.spool, self.pgdata, self.bucket = settings_path, spool, Path(pgdata), bucket
+        self.depth, self.connect, self.workers, self.log = depth, connect, workers, log
+        self.prefetcher: Prefetcher | None = None
+        self.lock = threading.Lock()
+        self.active_at = time.monotonic()
+
+    def ensure(self) -> Prefetcher:
+        """The prefetcher, connecting first if needed; CqoxError when S3 or Vault cannot be reached yet."""
+        with self.lock:
+            if self.prefetcher is None:
+                clients = self.connect()
+                archive = Archive(clients.s3, self.bucket or clients.bucket, system_identifier(self.pgdata))
+                self.prefetcher = Prefetcher(
+                    archive, clients.provider, self.spool, self.pgdata, self.bucket, self.depth, self.workers, self.log
+                )
+            return self.prefetcher
+
+    def answer(self, name: str, destination: str) -> tuple[int, str] | None:
+        """restore_command's answer for ``name`` written to ``destination``: (exit code, message), or None to
+        leave the request to the CLI (no clients yet, a request this daemon should not answer).
+
+        The same steps and checks as ``cqox-platform wal-fetch --prefetch``: a segment the prefetcher verified is
+        handed over with its record, digest and header checked; anything else is fetched from the archive now
+        (authenticated decryption, the archive's SHA-256), and only S3's proof of absence answers 1.
+        """
+        self.active_at = time.monotonic()
+        if not SEGMENT_RE.match(name) and not HISTORY_RE.match(name):
+            return None  # partial and backup-history files: rare, left to the CLI
+        target = Path(destination)
+        if not target.is_absolute() or target.parent.resolve() != (self.pgdata / "pg_wal").resolve():
+            return None  # not where PostgreSQL restores to: the CLI decides, as for any other caller
+        try:
+            prefetcher = self.ensure()
+        except CqoxError as exc:
+            self.log(f"wal-prefetch: cannot answer for {name} yet, the CLI will: {exc}")
+            return None
+        fatal = f"wal-fetch: {name} could not be restored, stopping recovery: "
+        if SEGMENT_RE.match(name):
+            write_atomic(self.spool / "want", name)
+            try:
+                served = PrefetchClient(self.settings_path, self.pgdata, self.bucket).serve(name, target)
+            except PrefetchRefused as exc:
+                return FETCH_FATAL, fatal + _one_line(str(exc))
+            except CqoxError as exc:
+                self.log(f"wal-prefetch: {name} not served from the spool, fetching it: {exc}")
+                served = None
+            if served is not None:
+                return 0, f"wal-fetch: restored {name} ({served / 2**20:.1f} MiB, prefetched)"
+        try:
+            size = fetch_wal(prefetcher.archive, prefetcher.provider, name, target)
+        except WalMissingError:
+            return 1, f"wal-fetch: {name} is not in the archive"
+        except Exception as exc:  # anything short of proven absence must not end recovery
+            reason = str(exc) if isinstance(exc, CqoxError) else f"unexpected {type(exc).__name__}: {exc}"
+            return FETCH_FATAL, fatal + _one_line(reason)
+        return 0, f"wal-fetch: restored {name} ({size / 2**20:.1f} MiB)"
+
+    def serve_requests(self) -> socketserver.ThreadingUnixStreamServer | None:
+        """Listen on the spool's socket (only this OS user may connect) in a thread; None when it cannot."""
+        path = relay_socket(self.spool)
+        daemon = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                request = self.rfile.readline(4096).decode(errors="replace").rstrip("\n")
+                name, _, destination = request.partition("\0")
+                try:
+                    answer = daemon.answer(name, destination)
+                except Exception as exc:  # a bug here: the CLI decides, the relay never reads it as absent
+                    daemon.log(f"wal-prefetch: request for {name} failed, left to the CLI: {exc!r}")
+                    answer = None
+                if answer is not None:
+                    code, message = answer
+                    self.wfile.write(f"{code} {message}\n".encode())
+
+        try:
+            path.unlink(missing_ok=True)  # this process holds the spool's lock: a socket here is a dead one's
+            old_umask = os.umask(0o177)
+            try:
+                server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+            finally:
+                os.umask(old_umask)
+        except OSError as exc:  # e.g. a path longer than a unix socket allows: the CLI answers instead
+            self.log(f"wal-prefetch: not answering requests on {path}: {exc}")
+            return None
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="wal-prefetch-requests", daemon=True).start()
+        return server
+
+    def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def run_daemon(
     settings_path: Path,
     pgdata: Path,
@@ -200,11 +339,16 @@ def run_daemon(
     depth: int,
     connect: Callable[[], ArchiveClients],
     *,
-    workers: int = 4,
+    workers: int = FETCH_WORKERS,
     idle_exit: float = IDLE_EXIT,
     log=print,
+    start_at: str | None = None,
 ) -> None:
-    """Prefetch ahead of ``want`` until idle; exits at once if another prefetcher owns the spool.
+    """Prefetch ahead of ``want`` and answer the relay until idle; exits at once if another prefetcher owns the
+    spool.
+
+    ``start_at`` (the backup's first segment, from a restore that starts the prefetcher before its server) is
+    prefetched before PostgreSQL asks for anything, unless a request already said where replay is.
 
     ``connect`` builds the S3 client and key provider (the caller's, from the archiver settings); it is called
     until it succeeds, once per replay.
@@ -218,37 +362,48 @@ def run_daemon(
     lock = single_instance_lock(spool / "daemon.lock")
     if lock is None:
         return
+    return_large_buffers()
     for sub in ("ready", "error", "inflight"):  # a predecessor killed before its cleanup: start from nothing
         shutil.rmtree(spool / sub, ignore_errors=True)
-    prefetcher: Prefetcher | None = None
-    last_want, idle_since = None, time.monotonic()
+    daemon = Daemon(settings_path, spool, Path(pgdata), bucket, depth, connect, workers, log)
+    for sub in ("ready", "error", "inflight"):
+        (spool / sub).mkdir(parents=True, exist_ok=True)
+    server = daemon.serve_requests()
+    if start_at and SEGMENT_RE.match(start_at) and Segment.parse(start_at).segno > 0 and not (spool / "want").exists():
+        first = Segment.parse(start_at)
+        write_atomic(spool / "want", Segment(first.timeline, first.segno - 1).name)  # plans start after ``want``
+    want = last_want = last_asked = ""
     try:
-        while time.monotonic() - idle_since < idle_exit:
+        while time.monotonic() - daemon.active_at < idle_exit:
             if not (Path(pgdata) / "global").is_dir():
                 log(f"wal-prefetch: {pgdata} is gone: exiting")
                 break
             try:
-                want = (spool / "want").read_text().strip()
+                asked = (spool / "want").read_text().strip()  # what a request said (relay, CLI)
             except OSError:
-                want = ""
+                asked = ""
+            if asked != last_asked and SEGMENT_RE.match(asked):
+                want = last_asked = asked
+            taken = daemon.prefetcher.consumed() if daemon.prefetcher is not None else None
+            if taken is not None:  # handed over by the shell since the last look
+                want = taken
             if not SEGMENT_RE.match(want):
                 time.sleep(0.05)
                 continue
             if want != last_want:
-                idle_since, last_want = time.monotonic(), want
+                daemon.active_at, last_want = time.monotonic(), want
             try:
-                if prefetcher is None:
-                    clients = connect()
-                    archive = Archive(clients.s3, bucket or clients.bucket, system_identifier(pgdata))
-                    prefetcher = Prefetcher(archive, clients.provider, spool, Path(pgdata), bucket, depth, workers, log)
-                prefetcher.step(want)
+                daemon.ensure().step(want)
             except CqoxError as exc:  # no clients yet (Vault sealed, S3 down): requests fetch directly
                 log(f"wal-prefetch: cannot prefetch after {want}: {exc}")
                 time.sleep(1.0)
             time.sleep(0.05)
     finally:
-        if prefetcher is not None:
-            prefetcher.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            relay_socket(spool).unlink(missing_ok=True)
+        daemon.close()
         # Spool files are only useful to this replay; nothing stale is left for a later one.
         for sub in ("ready", "error", "inflight"):
             shutil.rmtree(spool / sub, ignore_errors=True)

@@ -44,6 +44,7 @@ from cqox_platform.crypto.key_cache import CachingKeyProvider, KeyCachePolicy
 from cqox_platform.crypto.keys import DataKey, DataKeyProvider
 from cqox_platform.errors import BackupError, CqoxError
 from cqox_platform.fsutil import single_instance_lock
+from cqox_platform.memory import return_large_buffers
 
 KEY_POOL = 4
 KEY_MAX_AGE = 300.0
@@ -196,6 +197,7 @@ def run_daemon(
     lock = single_instance_lock(spool / "daemon.lock")
     if lock is None:
         return
+    return_large_buffers()
     try:
         Pusher(settings_path, Path(pgdata), connect, workers, log).run(idle_exit)
     finally:

@@ -163,8 +163,30 @@ def test_the_shell_hands_over_a_verified_prefetched_segment_without_the_cli(tmp_
     done = _run_restore_command(command, name, pgdata)
     assert done.returncode == 0, done.stderr
     assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == body
-    assert (spool / "want").read_text().strip() == name  # the prefetcher learns where replay is
-    assert not any((spool / "ready").iterdir())  # consumed: file, record and digest
+    assert not (spool / "ready" / name).exists()  # consumed: the prefetcher learns where replay is from that
+    assert not (spool / "want").exists()  # two programs per segment (cksum, mv), nothing else
+
+
+def test_the_prefetcher_learns_where_replay_is_from_what_left_its_spool(tmp_path):
+    from cqox_platform.backup.wal.prefetcher import Prefetcher
+
+    pgdata = tmp_path / "pgdata"
+    _restored(pgdata, SYSID)
+    prefetcher = Prefetcher(None, None, tmp_path / "spool", pgdata, None, 8, 1, print)  # no fetch in this test
+    try:
+        names = [f"0000000100000000000000{n:02X}" for n in range(0x10, 0x14)]
+        for name in names:
+            (tmp_path / "spool" / "ready" / name).write_bytes(b"x")
+            prefetcher.readied.add(name)
+        assert prefetcher.consumed() is None
+        for name in names[:3]:  # the shell moved three into pg_wal, one after the other
+            (tmp_path / "spool" / "ready" / name).unlink()
+        assert prefetcher.consumed() == names[2]
+        assert prefetcher.consumed() is None  # each hand-over is reported once
+        prefetcher._prune({names[3]})  # pruned files were not taken by recovery
+        assert prefetcher.readied == {names[3]}
+    finally:
+        prefetcher.close()
 
 
 def test_the_shell_leaves_a_changed_or_missing_segment_to_the_cli(tmp_path):

@@ -12,6 +12,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Literal
 
 import dagster as dg
 import hvac.exceptions
@@ -87,11 +88,9 @@ def vault_snapshot(
             )
         key = snapshots.object_key(local.taken_at)
         metadata = snapshots.snapshot_metadata(local, after)
-        s3_client = s3.get_client()
+        copies = _copies(s3, backups, "writer")
         started = time.monotonic()
-        stored = [
-            snapshots.upload(s3_client, bucket, key, local, metadata) for bucket in (backups.bucket, backups.dr_bucket)
-        ]
+        stored = [snapshots.upload(client, bucket, key, local, metadata) for bucket, client in copies]
         upload_seconds = time.monotonic() - started
     context.log.info(
         f"Vault snapshot of {local.size} bytes (SHA-256 {local.sha256}) taken in {local.seconds:.2f} s, stored and "
@@ -100,11 +99,9 @@ def vault_snapshot(
     now = datetime.now(UTC)
     max_age = timedelta(days=settings.vault_snapshot_max_age_days)
     deleted: list[str] = []
-    for bucket in (backups.bucket, backups.dr_bucket):
-        gone = snapshots.expired(
-            snapshots.list_snapshots(s3_client, bucket), settings.vault_snapshot_keep, max_age, now
-        )
-        snapshots.delete(s3_client, gone)
+    for bucket, client in copies:
+        gone = snapshots.expired(snapshots.list_snapshots(client, bucket), settings.vault_snapshot_keep, max_age, now)
+        snapshots.delete(client, gone)
         deleted += [s.where for s in gone]
     if deleted:
         context.log.info(f"retention deleted {len(deleted)} snapshot(s): {deleted}")
@@ -131,8 +128,7 @@ def vault_snapshot(
 )
 def vault_snapshot_fresh(s3: S3Resource, backups: BackupStorageResource) -> dg.AssetCheckResult:
     backups.require_settings()
-    client = s3.get_client()
-    newest = {bucket: snapshots.newest(client, bucket) for bucket in (backups.bucket, backups.dr_bucket)}
+    newest = {bucket: snapshots.newest(client, bucket) for bucket, client in _copies(s3, backups, "reader")}
     verdict = snapshots.freshness(newest, SNAPSHOT_TARGET_SECONDS, datetime.now(UTC))
     return dg.AssetCheckResult(
         passed=verdict.passed,
@@ -158,6 +154,14 @@ def vault_unseal_material() -> dg.AssetCheckResult:
         description=verdict.description,
         metadata={"mode": verdict.mode, **{k: dg.MetadataValue.json(v) for k, v in verdict.metadata.items()}},
     )
+
+
+def _copies(
+    s3: S3Resource, backups: BackupStorageResource, dr_role: Literal["writer", "reader"]
+) -> list[tuple[str, Any]]:
+    """(bucket, client) of the primary and of the DR copy; the DR region is reached with its own key only:
+    the writer's to store and expire snapshots, the read-only reader's to check and restore them."""
+    return [(backups.bucket, s3.get_client()), (backups.dr_bucket, backups.dr_client(dr_role))]
 
 
 class VaultDrillConfig(dg.Config):
@@ -194,9 +198,8 @@ def vault_restore_drill(
     backups.require_settings()
     if config.source not in ("primary", "dr"):
         raise dg.Failure(f"source {config.source!r} is neither primary nor dr.")
-    bucket = backups.dr_bucket if config.source == "dr" else backups.bucket
+    bucket, client = _copies(s3, backups, "reader")[1 if config.source == "dr" else 0]
     settings = get_settings()
-    client = s3.get_client()
     problems: list[str] = []
     outcome: dict = {"source": f"s3://{bucket}/{snapshots.PREFIX}"}
     try:

@@ -9,6 +9,7 @@ and builds the S3 client; ``backup/`` receives the result as ``ArchiveClients`` 
 
 from __future__ import annotations
 
+import configparser
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,18 @@ from cqox_platform.secrets.vault_client import VaultClient
 
 
 def s3_client(endpoint: str, cacert: str | None, access_key: str, secret_key: str, region: str = "us-east-1") -> Any:
-    """A boto3 S3 client with verified TLS; checksums only when required (the local S3 server needs that)."""
+    """A boto3 S3 client with verified TLS; checksums only when required (the local S3 server needs that).
+
+    Built from a session of its own that ignores ``AWS_PROFILE``: the keys are given, and a process that also
+    talks to another region (the DR copy) must not have a profile meant for that one resolved into this client
+    (nor fail because the profile lives in a file this process was not given).
+    """
     import boto3
+    import botocore.session
     from botocore.config import Config
 
-    return boto3.client(
+    core = botocore.session.Session(session_vars={"profile": (None, None, None, None)})
+    return boto3.session.Session(botocore_session=core).client(
         "s3",
         endpoint_url=endpoint,
         region_name=region,
@@ -40,11 +48,50 @@ def s3_client(endpoint: str, cacert: str | None, access_key: str, secret_key: st
     )
 
 
+def read_key_pair(path: Path) -> tuple[str, str]:
+    """``(access key, secret key)`` from an AWS shared-credentials file holding one profile.
+
+    The DR copy's keys (its writer's and its readers') travel in such files, mode 0600, so they reach only the
+    process that is given the path; the error names the file and never its content.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(Path(path).read_text())
+    except OSError as exc:
+        raise ArchiverConfigError(f"cannot read the S3 credentials file {path}: {exc.strerror}.") from None
+    except configparser.Error:
+        raise ArchiverConfigError(f"the S3 credentials file {path} is not an AWS shared-credentials file.") from None
+    for section in parser.sections():
+        access = parser.get(section, "aws_access_key_id", fallback="").strip()
+        secret = parser.get(section, "aws_secret_access_key", fallback="").strip()
+        if access and secret:
+            return access, secret
+    raise ArchiverConfigError(
+        f"the S3 credentials file {path} holds no profile with aws_access_key_id and aws_secret_access_key."
+    )
+
+
+def s3_client_from_file(endpoint: str, cacert: str | None, credentials_file: Path, region: str = "us-east-1") -> Any:
+    """``s3_client`` with the key pair of ``credentials_file`` (``read_key_pair``)."""
+    access, secret = read_key_pair(credentials_file)
+    return s3_client(endpoint, cacert, access, secret, region)
+
+
 def archiver_clients(settings: ArchiverSettings) -> ArchiveClients:
     """The S3 client, the backup key provider and the bucket of one archiver process."""
     vault = VaultClient(
         settings.vault_addr, settings.vault_cacert, role_id=settings.role_id, secret_id=settings.secret_id
     )
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        # A drill from the DR copy: the DR region's read-only key is in the (short-lived) file, not in Vault.
+        s3 = s3_client(
+            settings.s3_endpoint,
+            settings.s3_cacert,
+            settings.s3_access_key_id,
+            settings.s3_secret_access_key,
+            settings.region,
+        )
+        return ArchiveClients(s3, vault.key_provider(settings.transit_key), settings.bucket, settings.key_cache)
     creds = vault.read_secret(settings.s3_secret_path)
     try:
         s3 = s3_client(

@@ -87,6 +87,7 @@ PORT_SETTINGS: dict[str, str] = {
     "kubelet": "kubelet_port",
     "kubelet_healthz": "kubelet_healthz_port",
     "kube_scheduler": "kube_scheduler_port",
+    "s3_dr": "s3_dr_port",
 }
 
 
@@ -223,6 +224,20 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = _f(None, "S3 endpoint URL")
     s3_bucket: str | None = _f(None, "bucket of datasets, base backups and WAL")
     s3_dr_bucket: str | None = _f(None, "second-region bucket the DR copy writes to")
+    s3_dr_endpoint: str | None = _f(
+        None, "the DR region's S3 endpoint URL (another region and account than CQOX_S3_ENDPOINT)"
+    )
+    s3_dr_cacert: Path | None = _f(None, "CA certificate of the DR S3 endpoint's TLS")
+    s3_dr_credentials_file: Path | None = _f(
+        None,
+        "AWS shared-credentials file (mode 0600) of the DR copy's writer: only the DR copy reads it; the primary's "
+        "archiver and backups never get it",
+    )
+    s3_dr_reader_credentials_file: Path | None = _f(
+        None,
+        "AWS shared-credentials file (mode 0600) of a key that may only read the DR copy: drills and reports that "
+        "read the DR copy use it",
+    )
     aws_ca_bundle: Path | None = _f(None, "CA certificate of the S3 endpoint's TLS", env="AWS_CA_BUNDLE")
     backup_repositories: Path | None = _f(
         None,
@@ -346,6 +361,7 @@ class Settings(BaseSettings):
     kubelet_port: int | None = _port("the kubelet's API (stack with a Kubernetes node)")
     kubelet_healthz_port: int | None = _port("the kubelet's health endpoint (stack with a Kubernetes node)")
     kube_scheduler_port: int | None = _port("kube-scheduler (stack with a Kubernetes node)")
+    s3_dr_port: int | None = _port("the DR region's S3 server")
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -419,6 +435,10 @@ def render_stack_env(values: Mapping[str, str]) -> dict[str, str]:
     fields = Settings.env_names()
     Settings.model_validate({fields[k]: v for k, v in values.items() if k in fields})
     return dict(values)
+
+
+#: The DR region's settings (endpoint, keys): the primary side's processes (PostgreSQL, its archiver) never get them.
+DR_ONLY_ENV_PREFIX = "CQOX_S3_DR_"
 
 
 def child_env(extra: Mapping[str, str] | None = None, *, drop_prefixes: tuple[str, ...] = ()) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""What sets the backup chain (and the daily SLO report) in motion: one automation sensor and one schedule.
+"""What sets the backup chain (and the daily SLO report) in motion: automation sensors and two drill schedules.
 
 The chain's order is the asset graph, not the clock: each backup asset carries an automation condition
 (``assets/backups/common.py``) and ``backup_automation_sensor`` evaluates them, so one 03:00 tick requests the base
@@ -8,12 +8,14 @@ per-version companion ``slo_version_report`` (yesterday's partition, every day).
 assets, so switching one on never starts unrelated assets that happen to carry conditions.
 
 The random-point drill stays a schedule because it needs run config (``mode: random``), which automation cannot
-pass. The drill of each new backup is ``new_backup_drill_sensor``: it reads the ``backups`` table, not
-materializations, so a backup from ``cqox-platform backup create`` (or any tool that records its backup there)
-is drilled as surely as one from Dagster, even when the CLI could not reach Dagster. Exactly once: the run key
-is the backup id (Dagster never launches a run key twice for a sensor), a backup with any recorded drill is not
-requested, and nothing is requested while a drill is queued or running (a run that backs up and drills
-together has not recorded its drill yet).
+pass; so does the daily drill from the DR copy (``source: dr``, 04:00 UTC, after the 03:00 backup's DR copy).
+
+The drill of each new backup is ``new_backup_drill_sensor``: it reads the ``backups`` table, not materializations,
+so a backup from ``cqox-platform backup create`` (or any tool that records its backup there) is drilled as surely as
+one from Dagster, even when the CLI could not reach Dagster. Exactly once: the run key is the backup id (Dagster
+never launches a run key twice for a sensor), a backup with any recorded drill is not requested, and nothing is
+requested while a drill is queued or running (a run that backs up and drills together has not recorded its drill
+yet).
 """
 
 from datetime import UTC, datetime, timedelta
@@ -39,6 +41,17 @@ daily_restore_drill_schedule = dg.ScheduleDefinition(
     run_config={"ops": {"restore_drill": {"config": {"mode": "random"}}}},
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="A drill to a random captured point inside the retention window (the whole window gets proven).",
+)
+
+dr_restore_drill_schedule = dg.ScheduleDefinition(
+    name="dr_restore_drill_schedule",
+    job=restore_drill_job,
+    cron_schedule="0 4 * * *",
+    execution_timezone="UTC",
+    run_config={"ops": {"restore_drill": {"config": {"mode": "for_backup", "source": "dr"}}}},
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="A drill from the DR region's copy alone (its read-only key, its WAL): the newest backup there, "
+    "restored to the point captured after it, so losing the primary site is rehearsed every day.",
 )
 
 #: Backups older than this are not drilled by the sensor (switching it on over a long history would queue a
@@ -105,6 +118,6 @@ slo_automation_sensor = dg.AutomationConditionSensorDefinition(
 
 defs = dg.Definitions(
     jobs=[restore_drill_job],
-    schedules=[daily_restore_drill_schedule],
+    schedules=[daily_restore_drill_schedule, dr_restore_drill_schedule],
     sensors=[new_backup_drill_sensor, backup_automation_sensor, slo_automation_sensor],
 )

@@ -26,7 +26,14 @@ import dagster as dg
 from cqox_platform.alerts.client import AlertmanagerClient, ReceiverClient
 from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.archive.wal_names import Segment
-from cqox_platform.backup.verify.info import BackupEntry, ClusterPosition, CopyInfo, backup_wal_missing, recovery_window
+from cqox_platform.backup.verify.info import (
+    BackupEntry,
+    ClusterPosition,
+    CopyInfo,
+    backup_wal_missing,
+    recovery_window,
+    with_earliest_verified,
+)
 from cqox_platform.backup.verify.recoverability import Evidence as RecoverabilityEvidence
 from cqox_platform.backup.wal.status import WalStatus
 from cqox_platform.canary.decision import Evidence, MetricValue
@@ -171,6 +178,14 @@ def s3_client(env: dict[str, str]):
     return session.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"], config=client_config())
 
 
+def dr_s3_client(env: dict[str, str], role: str = "reader"):
+    """An S3 client of the stack's DR region with its writer's or its read-only reader's key."""
+    from cqox_platform.archiver_clients import s3_client_from_file
+
+    key = "CQOX_S3_DR_CREDENTIALS_FILE" if role == "writer" else "CQOX_S3_DR_READER_CREDENTIALS_FILE"
+    return s3_client_from_file(env["CQOX_S3_DR_ENDPOINT"], env["CQOX_S3_DR_CACERT"], env[key])
+
+
 # --- backup assets run in process -----------------------------------------------------------------------------
 
 
@@ -188,6 +203,10 @@ def backup_resources(stack: Stack, env: dict[str, str]) -> dict[str, Any]:
         "backups": BackupStorageResource(
             bucket=env["CQOX_S3_BUCKET"],
             dr_bucket=env["CQOX_S3_DR_BUCKET"],
+            dr_endpoint=env["CQOX_S3_DR_ENDPOINT"],
+            dr_cacert=env["CQOX_S3_DR_CACERT"],
+            dr_credentials_file=env["CQOX_S3_DR_CREDENTIALS_FILE"],
+            dr_reader_credentials_file=env["CQOX_S3_DR_READER_CREDENTIALS_FILE"],
             archiver_settings=env["CQOX_WAL_ARCHIVER_CONFIG"],
         ),
         "prometheus": PrometheusResource(
@@ -494,6 +513,7 @@ def copy_info(
     entries = [BackupEntry(r, backup_wal_missing(r, archived), drill, drill) for r in records]
     sealed_at = EVIDENCE_AS_OF - timedelta(seconds=sealed_ago)
     window = recovery_window(records, EVIDENCE_POSITION, archived, {}, sealed_at, EVIDENCE_AS_OF)
+    window = with_earliest_verified(window, entries)
     return CopyInfo(name, f"s3://{name}-bucket/postgres/7/", entries, window, len(archived))
 
 

@@ -1,11 +1,11 @@
 """Backups and disaster recovery as assets (group ``backups``).
 
-``postgres_basebackup`` takes a base backup, ``wal_archive_status`` measures archiving and the RPO every 15
-minutes, ``restore_drill`` proves a backup restores and measures the RTO, ``backup_retention`` deletes what the
-window no longer needs, ``backups_dr_copy`` keeps the second region current, and ``backup_alert_rules`` loads
-the alerts on the gauges all of them push. ``recoverability`` sums them up in one verdict, the page to open
-first. Repositories of other engines (Barman Cloud, pgBackRest) get the same verdicts from ``repositories.py``.
-Every result lands in the metadata an operator reads in the UI.
+``postgres_basebackup`` takes a base backup, ``wal_archive_status`` measures archiving and the RPO every 15 minutes,
+``restore_drill`` proves a backup restores and measures the RTO, ``backup_retention`` deletes what the window no
+longer needs, ``backups_dr_copy`` keeps the second region current (``backups_dr_retention`` expires it by the same
+rules), and ``backup_alert_rules`` loads the alerts on the gauges all of them push. ``recoverability`` sums them up
+in one verdict, the page to open first. Repositories of other engines (Barman Cloud, pgBackRest) get the same
+verdicts from ``repositories.py``. Every result lands in the metadata an operator reads in the UI.
 
 The assets only wire resources to the core (``cqox_platform.backup``: SQL, drill planning, check verdicts,
 gauges) and map results to metadata. Their order is the asset graph plus the automation conditions in
@@ -21,7 +21,7 @@ from assets.backups.common import GROUP
 from assets.backups.dr_copy import backups_dr_copy
 from assets.backups.drill import DrillConfig, restore_drill
 from assets.backups.recoverability_view import recoverability
-from assets.backups.retention import RetentionConfig, backup_retention
+from assets.backups.retention import RetentionConfig, backup_retention, backups_dr_retention
 from assets.backups.wal import WalCheckConfig, wal_archive_status
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "backup_alert_rules",
     "backup_retention",
     "backups_dr_copy",
+    "backups_dr_retention",
     "defs",
     "postgres_basebackup",
     "recoverability",
@@ -48,6 +49,7 @@ defs = dg.Definitions.merge(
             restore_drill,
             backup_retention,
             backups_dr_copy,
+            backups_dr_retention,
             backup_alert_rules,
         ]
     ),

@@ -1,11 +1,14 @@
 """``backups_dr_copy``: the second region kept current, once per new backup and every 15 minutes for WAL."""
 
+import time
+
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from assets.backups.base_backup import postgres_basebackup
 from assets.backups.common import GROUP, check_result, dr_copy_automation, mib, push_gauges
 from cqox_platform.backup.archive.cluster import cluster_archive
+from cqox_platform.backup.archive.store import Archive
 from cqox_platform.backup.dr_copy import copy_to_dr
 from cqox_platform.backup.verify.checks import dr_copy_verified
 from cqox_platform.backup.verify.gauges import dr_copy_samples
@@ -44,18 +47,21 @@ def backups_dr_copy(
 ) -> dg.MaterializeResult:
     with postgres_admin.connect(autocommit=True) as conn:
         primary = cluster_archive(conn, s3.get_client(), backups.bucket)
-    result = copy_to_dr(
-        primary, primary.with_bucket(backups.dr_bucket), progress=context.log.info, reverify=config.reverify
-    )
+    # The DR region is another endpoint and account: the writer's key, which nothing on the primary side holds.
+    dr = Archive(backups.dr_client("writer"), backups.dr_bucket, primary.system_id)
+    started = time.monotonic()
+    result = copy_to_dr(primary, dr, progress=context.log.info, reverify=config.reverify)
+    seconds = time.monotonic() - started
     context.log.info(
         f"DR copy: {len(result.copied)} object(s), {mib(result.copied_bytes)} MiB copied and verified; "
-        f"lag before this run {result.lag_seconds:.0f} s"
+        f"lag before this run {result.lag_seconds:.0f} s; took {seconds:.1f} s"
     )
     push_gauges(context, primary.system_id, dr_copy_samples(primary.system_id, result))
     return dg.MaterializeResult(
         metadata={
             "copied_objects": len(result.copied),
             "copied_mib": mib(result.copied_bytes),
+            "copy_seconds": round(seconds, 2),
             "pending_before": result.pending_before,
             "lag_before_seconds": round(result.lag_seconds, 1),
             "primary_objects": result.primary_objects,

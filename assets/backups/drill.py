@@ -4,6 +4,10 @@ Its blocking check ``latest_backup_verified_restorable`` is what retention waits
 """
 
 import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +16,8 @@ from dagster_aws.s3 import S3Resource
 from assets.backups.base_backup import postgres_basebackup
 from assets.backups.common import DRILL_FRESHNESS, GROUP, check_result, push_gauges
 from assets.metadata import column, table
+from cqox_platform.archiver_clients import read_key_pair
+from cqox_platform.backup.archive.archiver_settings import ArchiverSettings
 from cqox_platform.backup.archive.cluster import cluster_archive
 from cqox_platform.backup.archive.history import DrillTiming, recent_drill_timings
 from cqox_platform.backup.archive.records import BackupRecord, list_backups
@@ -21,7 +27,9 @@ from cqox_platform.backup.verify.drill import DrillResult, latest_drill, record_
 from cqox_platform.backup.verify.gauges import drill_samples
 from cqox_platform.backup.verify.plan import DrillMode, DrillPlanError, DrillSource, choose_drill, ensure_point_archived
 from cqox_platform.charts import render_lines_svg, svg_markdown
+from cqox_platform.fsutil import write_file
 from cqox_platform.installation import platform_cli
+from cqox_platform.pgserver import PG_OS_USER
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
@@ -71,9 +79,16 @@ def restore_drill(
     backups: BackupStorageResource,
 ) -> dg.MaterializeResult:
     provider = vault.key_provider(backups.transit_key)
-    bucket = backups.dr_bucket if config.source is DrillSource.dr else backups.bucket
-    with postgres_admin.connect(autocommit=True) as conn:
-        archive = cluster_archive(conn, s3.get_client(), bucket)
+    from_dr = config.source is DrillSource.dr
+    bucket = backups.dr_bucket if from_dr else backups.bucket
+    # From the DR copy: the DR region's endpoint with its read-only key, for the listing, the download and the
+    # scratch cluster's wal-fetch alike; the primary's S3 client is never asked.
+    client = backups.dr_client("reader") if from_dr else s3.get_client()
+    with postgres_admin.connect(autocommit=True) as conn, ExitStack() as cleanup:
+        archive = cluster_archive(conn, client, bucket)
+        settings_file = Path(backups.archiver_settings)
+        if from_dr:
+            settings_file = cleanup.enter_context(dr_fetch_settings(backups, settings_file, backups.drill_parent()))
         records = list_backups(archive)
         try:
             plan = choose_drill(
@@ -98,7 +113,7 @@ def restore_drill(
             plan.target,
             expected=plan.expected,
             cli=platform_cli(),
-            settings_file=Path(backups.archiver_settings),
+            settings_file=settings_file,
             workdir=backups.drill_parent(),
             progress=context.log.info,
             keep=config.keep_scratch,
@@ -118,6 +133,29 @@ def restore_drill(
         metadata=_metadata(result, archive, plan.record, history),
         check_results=[check_result(drill_passed(result)), check_result(newest_check)],
     )
+
+
+@contextmanager
+def dr_fetch_settings(backups: BackupStorageResource, archiver_settings: Path, parent: Path) -> Iterator[Path]:
+    """A drill's own archiver settings for its scratch cluster's ``wal-fetch``: the archiver's Vault login (data
+    keys) with the DR region's endpoint, CA, bucket and read-only key; owned by the postgres OS user, mode 0600,
+    and removed with its directory when the drill ends."""
+    access, secret = read_key_pair(Path(backups.dr_reader_credentials_file))
+    settings = ArchiverSettings.load(archiver_settings).for_dr_reader(
+        endpoint=backups.dr_endpoint,
+        cacert=backups.dr_cacert,
+        bucket=backups.dr_bucket,
+        access_key_id=access,
+        secret_access_key=secret,
+    )
+    directory = Path(tempfile.mkdtemp(prefix="cqox-dr-fetch-", dir=parent))
+    try:
+        directory.chmod(0o755)  # the postgres OS user reaches its file; the file itself is 0600 and its own
+        path = directory / "archiver-dr.json"
+        write_file(path, settings.to_json(), mode=0o600, owner=PG_OS_USER)
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _metadata(result: DrillResult, archive: Archive, record: BackupRecord, history: list[DrillTiming]) -> dict:

@@ -9,6 +9,9 @@ The evidence is read fresh each run, the way ``cqox-platform backup info`` reads
 copies, the drills' verdicts, the window measured like the RPO) and judged by the same verdict, so the command's
 exit code and this page agree. Reading never switches WAL or writes anything.
 
+It also pushes each copy's recovery window (earliest and latest recoverable instant) as gauges labelled by copy,
+which ``CqoxDrRecoveryWindowBehindRpo`` pages on when the DR copy's end falls behind the RPO target.
+
 When it runs: after anything it summarizes changes (a base backup, including one reported by
 ``cqox-platform backup create``; a drill; the WAL check; the DR copy), and on the WAL check's 15-minute tick
 besides, so the page keeps judging the clock (a backup getting old, a window falling behind) even when the
@@ -22,11 +25,13 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from assets.backups.base_backup import postgres_basebackup
-from assets.backups.common import GROUP, WAL_CHECK_CRON
+from assets.backups.common import GROUP, WAL_CHECK_CRON, push_gauges
 from assets.backups.dr_copy import backups_dr_copy
 from assets.backups.drill import restore_drill
 from assets.backups.wal import wal_archive_status
+from cqox_platform.backup.archive.cluster import system_id
 from cqox_platform.backup.verify.checks import RPO_TARGET_SECONDS
+from cqox_platform.backup.verify.gauges import recovery_window_samples
 from cqox_platform.backup.verify.recoverability import Recoverability, Verdict, assess, read_evidence
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
@@ -86,9 +91,19 @@ def recoverability(
     provider = vault.key_provider(backups.transit_key)
     with postgres_admin.connect(autocommit=True) as conn:
         evidence = read_evidence(
-            conn, s3.get_client(), provider, backups.bucket, backups.dr_bucket or None, as_of=datetime.now(UTC)
+            conn,
+            s3.get_client(),
+            provider,
+            backups.bucket,
+            backups.dr_bucket or None,
+            as_of=datetime.now(UTC),
+            dr_s3=backups.dr_client("reader") if backups.dr_bucket else None,
         )
+        sysid = system_id(conn)
     result = assess(evidence, rpo_target_seconds=RPO_TARGET_SECONDS)
+    # Each copy's window as gauges labelled by copy: CqoxDrRecoveryWindowBehindRpo pages on the DR copy's end.
+    unreadable = [u.name for u in evidence.unreadable]
+    push_gauges(context, sysid, recovery_window_samples(sysid, evidence.copies, unreadable))
     (context.log.info if result.verdict is Verdict.RECOVERABLE else context.log.warning)(result.summary)
     return dg.MaterializeResult(
         metadata=metadata(result),

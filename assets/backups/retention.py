@@ -1,21 +1,27 @@
-"""``backup_retention``: what the window no longer needs goes; never while the newest backup is unproven.
+"""``backup_retention`` and ``backups_dr_retention``: what the window no longer needs goes, from the primary and
+from the DR region alike; never while the newest backup is unproven.
 
-The rules (count and time, as pgBackRest) are the core's: ``cqox_platform.backup.retention``.
+The rules (count and time, as pgBackRest) are the core's: ``cqox_platform.backup.retention``. The DR copy would
+otherwise grow forever: the DR copy only adds, and the primary's retention never reaches another region.
 """
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from assets.backups.common import GROUP, retention_automation
+from assets.backups.dr_copy import backups_dr_copy
 from assets.backups.drill import restore_drill
 from assets.metadata import column, table
+from cqox_platform.backup.archive.cluster import cluster_archive
 from cqox_platform.backup.retention import (
     DEFAULT_KEEP_DAYS,
     DEFAULT_KEEP_FULL,
+    Expiry,
     RetentionError,
     RetentionGateError,
     check_retention,
     expire,
+    expire_archive,
 )
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
@@ -62,6 +68,11 @@ def backup_retention(
         except RetentionGateError as exc:
             context.log.info(f"retention gate: {exc.gate.description}")
             raise dg.Failure(description=str(exc), metadata=exc.gate.metadata) from exc
+    return _result(context, config, expiry)
+
+
+def _result(context: dg.AssetExecutionContext, config: RetentionConfig, expiry: Expiry) -> dg.MaterializeResult:
+    """What a retention run shows, the same for every copy: the gate, the plan, what went."""
     plan, gate = expiry.plan, expiry.gate
     context.log.info(f"retention gate: {gate.description}")
     verb = "would delete" if config.dry_run else "deleted"
@@ -69,6 +80,7 @@ def backup_retention(
     summary = plan.summary()
     return dg.MaterializeResult(
         metadata={
+            "copy": expiry.where,
             "dry_run": config.dry_run,
             "gate": gate.description,
             **({"gate_drill_id": gate.metadata["drill_id"]} if gate.metadata.get("drill_id") else {}),
@@ -92,3 +104,34 @@ def backup_retention(
             "objects_deleted": expiry.objects_deleted,
         }
     )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"s3"},
+    deps=[backups_dr_copy, restore_drill],
+    automation_condition=retention_automation,
+    description="The same retention rules and gate as backup_retention, on the DR region's copy (with the DR "
+    "writer's key): backups outside the window beyond the newest keep_full go, never the newest verified one nor "
+    "the one the window's start needs, and WAL no kept backup needs.",
+)
+def backups_dr_retention(
+    context: dg.AssetExecutionContext,
+    config: RetentionConfig,
+    postgres_admin: PostgresResource,
+    backups: BackupStorageResource,
+) -> dg.MaterializeResult:
+    try:
+        check_retention(config.keep_days, config.keep_full)  # before touching anything
+    except RetentionError as exc:
+        raise dg.Failure(str(exc)) from exc
+    with postgres_admin.connect(autocommit=True) as conn:
+        archive = cluster_archive(conn, backups.dr_client("writer"), backups.dr_bucket)
+        try:
+            expiry = expire_archive(
+                conn, archive, keep_days=config.keep_days, keep_full=config.keep_full, dry_run=config.dry_run
+            )
+        except RetentionGateError as exc:
+            context.log.info(f"retention gate (DR copy): {exc.gate.description}")
+            raise dg.Failure(description=str(exc), metadata=exc.gate.metadata) from exc
+    return _result(context, config, expiry)

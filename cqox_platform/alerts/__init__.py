@@ -3,9 +3,10 @@
 
 from cqox_platform.package_data import package_path
 
-# Alerts on the backup gauges (WAL lag, base backup and drill age); checked with promtool and installed by the
-# backup_alert_rules asset.
+# Alerts on the backup gauges (WAL lag, base backup and drill age, the DR copy's recovery window), with their
+# promtool unit tests; checked, tested and installed by the backup_alert_rules asset.
 BACKUP_ALERT_RULES = package_path(__name__, "backup-alerts.yml")
+BACKUP_ALERT_RULE_TESTS = package_path(__name__, "backup-alerts.test.yml")
 
 # Alert routing as code (severity -> receiver, grouping, inhibition, route test cases); rendered and route-tested
 # by the alertmanager_config asset (cqox_platform.alerts.routing).

@@ -34,6 +34,7 @@ import yaml
 
 from cqox_platform.alerts import (
     ALERT_RULE_TESTS,
+    BACKUP_ALERT_RULE_TESTS,
     BACKUP_ALERT_RULES,
     PLATFORM_ALERT_RULES,
     SERVICE_ALERT_RULE_TESTS,
@@ -78,7 +79,7 @@ def rule_sources(slo_spec: SloSpec) -> list[RuleSource]:
     return [
         _file_source("cqox-service-alerts", SERVICE_ALERT_RULES, SERVICE_ALERT_RULE_TESTS),
         _file_source("cqox-platform-alerts", PLATFORM_ALERT_RULES, ALERT_RULE_TESTS),
-        _file_source("cqox-backup-alerts", BACKUP_ALERT_RULES, None),
+        _file_source("cqox-backup-alerts", BACKUP_ALERT_RULES, BACKUP_ALERT_RULE_TESTS),
         RuleSource(
             "cqox-slo-rules",
             slo_rules["groups"],

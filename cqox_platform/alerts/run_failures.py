@@ -33,6 +33,7 @@ WATCHED: dict[str, tuple[str, str]] = {
     "restore_drill_job": ("drill", "page"),
     # Retention only deletes; a failed run costs storage, not data.
     "backup_retention": ("retention", "ticket"),
+    "backups_dr_retention": ("retention", "ticket"),
     # HA operations a person started and may be waiting on; a failed one may leave the cluster mid-switch.
     "ha_switchover_job": ("ha", "page"),
     "ha_reinit_job": ("ha", "page"),

@@ -17,7 +17,8 @@ every backup is never computed. Objects are deleted by keys derived from the bac
 any of its objects disappear.
 
 ``expire`` is the one retention run: ``backup_retention`` (the asset) and ``backup expire`` (the CLI) both call
-it and differ only in how they show its result.
+it and differ only in how they show its result. ``backups_dr_retention`` applies the same rules and gate to the
+DR region's copy (``expire_archive``).
 """
 
 from __future__ import annotations
@@ -227,6 +228,29 @@ def expire(
     """
     check_retention(keep_days, keep_full)
     archive = cluster_archive(conn, s3, bucket)
+    return expire_archive(
+        conn, archive, keep_days=keep_days, keep_full=keep_full, dry_run=dry_run, now=now, record_deletions=True
+    )
+
+
+def expire_archive(
+    conn: psycopg.Connection,
+    archive: Archive,
+    *,
+    keep_days: int = DEFAULT_KEEP_DAYS,
+    keep_full: int = DEFAULT_KEEP_FULL,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    record_deletions: bool = False,
+) -> Expiry:
+    """``expire`` on one copy of the archive: the primary's, or the DR region's with its writer's client.
+
+    The same rules and the same gate on every copy: the plan is computed from this copy's own backups and WAL
+    (a DR copy that lags keeps what it holds of the window) against the drills' verdicts, whichever copy the
+    drills restored from. Only the primary's run records deletions in the ``backups`` table (it lists the
+    primary's backups); a DR run changes nothing in the database.
+    """
+    check_retention(keep_days, keep_full)
     records = list_backups(archive)
     # Read at deletion time: a backup taken since the last drill check (by the schedule, or `backup create`
     # outside Dagster) has no drill yet, and nothing may go until one verifies it.
@@ -245,5 +269,6 @@ def expire(
     deleted = 0
     if not dry_run:
         deleted = apply_retention(archive, plan)
-        retire_backups(conn, records, plan.delete)
+        if record_deletions:
+            retire_backups(conn, records, plan.delete)
     return Expiry(plan, gate, dry_run, deleted, archive.where(archive.root + "/"))

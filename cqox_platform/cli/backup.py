@@ -442,6 +442,7 @@ def backup_list(bucket: str | None, as_json: bool, require_verified: bool) -> No
 
     import psycopg
 
+    import cqox_platform.cli.context as context
     from cqox_platform.backup.archive.cluster import cluster_archive
     from cqox_platform.backup.archive.records import list_backups
     from cqox_platform.backup.verify.drill import latest_drill, verified_backup_ids
@@ -449,7 +450,7 @@ def backup_list(bucket: str | None, as_json: bool, require_verified: bool) -> No
 
     ctx = _backup_context()
     with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
-        archive = cluster_archive(conn, ctx.s3, bucket or ctx.bucket)
+        archive = cluster_archive(conn, context.s3_for(bucket) if bucket else ctx.s3, bucket or ctx.bucket)
         records = list_backups(archive)
         verified = verified_backup_ids(conn)
         drills = {r.backup_id: latest_drill(conn, r.backup_id) for r in records}
@@ -511,7 +512,8 @@ def _copy_lines(copy: CopyInfo, rpo_target_seconds: float) -> list[str]:
     else:
         end = f"{w.latest.isoformat()} ({w.lag_seconds:.0f} s ago; RPO target {rpo_target_seconds:.0f} s)"
     start = w.earliest.isoformat() if w.earliest else "-"
-    lines.append(f"  recovery window: {start} .. {end}")
+    proven = f"proven from {w.earliest_verified.isoformat()}" if w.earliest_verified else "no verified backup here"
+    lines.append(f"  recovery window: {start} .. {end}; {proven}")
     if w.continuity_error:
         lines.append(f"  WAL from the oldest backup: cannot be walked: {w.continuity_error}")
     elif w.wal_from:
@@ -597,19 +599,20 @@ def backup_info(as_json: bool) -> None:
     )
 
     ctx = _backup_context()
-    buckets = [("primary", ctx.bucket)]
+    # Each copy is read with its own region's client: the DR copy with the DR region's read-only key.
+    buckets: list[tuple[str, Any, str]] = [("primary", ctx.s3, ctx.bucket)]
     if dr := context.settings().s3_dr_bucket:
-        buckets.append(("dr", dr))
+        buckets.append(("dr", context.dr_s3(), dr))
     as_of = datetime.now(UTC)
     with psycopg.connect(**ctx.conninfo, autocommit=True) as conn:
-        position, read, unreadable = read_copies(conn, ctx.s3, buckets, ctx.provider, as_of=as_of)
+        position, read, unreadable = read_copies(conn, buckets, ctx.provider, as_of=as_of)
     errors = [u.error for u in unreadable]
     repositories, repository_errors = _repository_summaries(ctx.conninfo, RPO_TARGET_SECONDS)
     errors += repository_errors
     by_name = {c.name: copy_json(c) for c in read} | {
         u.name: unreadable_copy_json(u.name, u.where, u.error) for u in unreadable
     }
-    shown = [by_name[name] for name, _bucket in buckets]
+    shown = [by_name[name] for name, _s3, _bucket in buckets]
     own = info_verdict(read, RPO_TARGET_SECONDS)
     reasons = [*own.reasons, *(r for summary in repositories for r in summary.get("reasons", []))]
     verdict_passed = own.passed and len(reasons) == len(own.reasons)

@@ -77,6 +77,24 @@ def s3() -> Any:
     return boto3.client("s3", endpoint_url=settings().require("s3_endpoint"), config=client_config())
 
 
+def dr_s3() -> Any:
+    """A boto3 S3 client of the DR region's endpoint with its read-only key (``CQOX_S3_DR_*``): what reads the DR
+    copy from the CLI. The writer's key is the DR copy's alone; no command here uses it."""
+    from cqox_platform.archiver_clients import s3_client_from_file
+
+    s = settings()
+    return s3_client_from_file(
+        s.require("s3_dr_endpoint"),
+        str(s.s3_dr_cacert) if s.s3_dr_cacert else None,
+        s.require("s3_dr_reader_credentials_file"),
+    )
+
+
+def s3_for(bucket: str) -> Any:
+    """The client that reads ``bucket``: the DR region's (read-only) for the DR bucket, else the primary's."""
+    return dr_s3() if bucket and bucket == settings().s3_dr_bucket else s3()
+
+
 def bucket() -> str:
     return settings().require("s3_bucket")
 

@@ -52,6 +52,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "kubelet": 50250,
     "kubelet_healthz": 50248,
     "kube_scheduler": 50259,
+    # The DR region's S3 server (appended last, like the others, so `--port-base` keeps every older offset).
+    "s3_dr": 59002,
 }
 
 DB_NAME = "cqox_prod"

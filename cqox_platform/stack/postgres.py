@@ -25,7 +25,7 @@ from cqox_platform.errors import StackDirError
 from cqox_platform.fsutil import make_dir, read_file, write_file, write_private
 from cqox_platform.installation import platform_cli
 from cqox_platform.pgserver import PG_OS_USER, as_pg_user
-from cqox_platform.settings import get_settings
+from cqox_platform.settings import DR_ONLY_ENV_PREFIX, child_env, get_settings
 from cqox_platform.stack.certs import tls_files
 from cqox_platform.stack.config import DAGSTER_DB_NAME, DB_ADMIN_USER, DB_NAME, StackConfig
 from cqox_platform.stack.process import find_binary, run_checked, stop_pid, wait_until
@@ -218,6 +218,9 @@ class PostgresService(Service):
             ),
             what=f"pg_ctl start (log: {self.log_path})",
             timeout=self.start_timeout + 10,
+            # PostgreSQL and its archive_command are the primary side: they never learn where the DR region's
+            # keys are, even when `stack up` runs under an exported `stack env`.
+            env=child_env(drop_prefixes=(DR_ONLY_ENV_PREFIX,)),
         )
 
     def after_start(self) -> None:

@@ -261,11 +261,26 @@ def ensure_writable_dir(path: Path) -> None:
         ) from None
 
 
-def run_checked(argv: Sequence[str], *, what: str, input_text: str | None = None, timeout: float = 120) -> str:
-    """Run a short command; on failure raise naming ``what`` with its output (which must hold no secret)."""
+def run_checked(
+    argv: Sequence[str],
+    *,
+    what: str,
+    input_text: str | None = None,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Run a short command; on failure raise naming ``what`` with its output (which must hold no secret).
+
+    ``env`` replaces the inherited environment (None: inherit it)."""
     try:
         proc = subprocess.run(
-            list(argv), input=input_text, capture_output=True, text=True, timeout=timeout, check=False
+            list(argv),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=None if env is None else dict(env),
         )
     except subprocess.TimeoutExpired:
         raise ServiceStartError(f"{what}: timed out after {timeout:.0f} s ({argv[0]}).") from None

@@ -29,7 +29,7 @@ from cqox_platform.stack.patroni import PatroniClusterService
 from cqox_platform.stack.postgres import PostgresService
 from cqox_platform.stack.process import ensure_port_free, ensure_writable_dir, find_binary
 from cqox_platform.stack.prometheus import PrometheusService, PushgatewayService
-from cqox_platform.stack.s3 import S3Service
+from cqox_platform.stack.s3 import S3DrService, S3Service
 from cqox_platform.stack.service import Service, ServiceStatus
 from cqox_platform.stack.traffic_service import TrafficService
 
@@ -38,9 +38,9 @@ Progress = Callable[[str], None]
 
 class Stack:
     """Real services under one directory: PostgreSQL (one node, or a Patroni cluster behind HAProxy), OpenBao,
-    S3, the alert receiver, Alertmanager, Prometheus, Pushgateway, the Kubernetes API (kine, kube-apiserver,
-    kube-controller-manager; with ``with_kube_node`` also a node: containerd, kubelet, kube-scheduler), the
-    exporters (PostgreSQL per node, blackbox), Dagster."""
+    S3 (the primary's and the DR region's), the alert receiver, Alertmanager, Prometheus, Pushgateway, the
+    Kubernetes API (kine, kube-apiserver, kube-controller-manager; with ``with_kube_node`` also a node: containerd,
+    kubelet, kube-scheduler), the exporters (PostgreSQL per node, blackbox), Dagster."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -48,10 +48,13 @@ class Stack:
         # OpenBao and S3 before PostgreSQL: its archive_command needs both from the first segment on (and on
         # `down`, PostgreSQL stops first, archiving its last segments while they are still up).
         self.openbao, self.s3 = OpenBaoService(config), S3Service(config)
+        #: The DR region's S3 server: its own port, data, CA and keys (the DR copy writes there).
+        self.s3_dr = S3DrService(config)
         self.postgres_services = self._postgres_services(config)
         core: list[Service] = [
             self.openbao,
             self.s3,
+            self.s3_dr,
             *self.postgres_services,
             AlertReceiverService(config),
             AlertmanagerService(config),

@@ -34,6 +34,7 @@ from cqox_platform.schema import MigrationRunner
 from cqox_platform.stack.s3 import client_config
 from tests.helpers import (
     backup_resources,
+    dr_s3_client,
     make_world_traversable_tmpdir,
     materialize_vault_config,
     postgres_admin,
@@ -297,7 +298,7 @@ def test_the_dr_copy_keeps_the_wal_digest_so_a_re_pointed_archiver_pushes_again_
     provider = _clients(env).provider
     sysid = 7_414_000 + int.from_bytes(os.urandom(2), "big")
     primary = Archive(_s3(env), env["CQOX_S3_BUCKET"], str(sysid))
-    dr = primary.with_bucket(env["CQOX_S3_DR_BUCKET"])
+    dr = Archive(dr_s3_client(env, "writer"), env["CQOX_S3_DR_BUCKET"], str(sysid))
     segment = tmp_path / "000000010000000000000005"
     segment.write_bytes(os.urandom(1 << 20))
     digest = hashlib.sha256(segment.read_bytes()).hexdigest()

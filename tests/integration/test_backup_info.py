@@ -118,6 +118,10 @@ def test_info_fails_on_an_unverified_newest_backup_and_passes_once_drilled_and_c
         # The window reaches the newest backup's consistency point: its stop segment is in the WAL walked.
         assert earliest <= stop and earliest <= latest <= as_of and window["wal_to"] >= newest["wal_stop"]
         assert window["gap_count"] == 0 and window["lag_seconds"] <= report["rpo_target_seconds"]
+        # Proven: the end of the oldest backup there that a drill verified and whose own WAL the copy holds.
+        proven = next(b for b in copy["backups"] if b["verified"] and not b["wal_missing"])
+        assert window["earliest_verified"] == proven["stop_time"]
+        assert earliest <= datetime.fromisoformat(window["earliest_verified"]) <= stop
     listed = _cli(env, "backup", "list", "--json", "--require-verified")
     assert listed.returncode == 0 and _valid("backup-list", listed)["newest_verified"] is True
     table = _cli(env, "backup", "info")

@@ -36,6 +36,7 @@ from tests.helpers import (
     assert_drill_passed,
     asset_metadata,
     check_results,
+    dr_s3_client,
     make_world_traversable_tmpdir,
     materialize_backups,
     materialize_vault_config,
@@ -71,8 +72,10 @@ def _conn(stack) -> psycopg.Connection:
 
 
 def _archive(stack, env, bucket=None) -> Archive:
+    """The cluster's archive in ``bucket``: the DR bucket through the DR region's writer key (tests alter it)."""
+    client = dr_s3_client(env, "writer") if bucket == env["CQOX_S3_DR_BUCKET"] else s3_client(env)
     with _conn(stack) as conn:
-        return cluster_archive(conn, s3_client(env), bucket or env["CQOX_S3_BUCKET"])
+        return cluster_archive(conn, client, bucket or env["CQOX_S3_BUCKET"])
 
 
 def _cli(env, *args, timeout=300) -> subprocess.CompletedProcess:
@@ -900,7 +903,8 @@ def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env, new_ba
 
 
 def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
-    # The assets that push the gauges: a backup, its drill, the WAL status and the DR copy.
+    # The assets that push the gauges: a backup, its drill, the WAL status, the DR copy and the recoverability view
+    # (each copy's recovery window).
     pushed = materialize_backups(
         stack,
         env,
@@ -909,6 +913,7 @@ def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
             backup_assets.restore_drill,
             backup_assets.wal_archive_status,
             backup_assets.backups_dr_copy,
+            backup_assets.recoverability,
         ],
     )
     assert pushed.success
@@ -925,11 +930,21 @@ def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):
         "cqox_wal_archive_failed_count",
         "cqox_backup_dr_lag_seconds",
     ]
-    while time.monotonic() < deadline and not all(found.get(n) for n in names):
+    window = ["cqox_recovery_window_earliest_timestamp_seconds", "cqox_recovery_window_latest_timestamp_seconds"]
+    copies: dict[str, set[str]] = {}
+    while time.monotonic() < deadline and not (
+        all(found.get(n) for n in names) and all(copies.get(n) == {"primary", "dr"} for n in window)
+    ):
         for name in names:
             found[name] = bool(prometheus.query(name))
+        for name in window:
+            copies[name] = {r["metric"].get("copy") for r in prometheus.query(name)}
         time.sleep(2)
     assert all(found.values()), found
+    assert all(copies.get(n) == {"primary", "dr"} for n in window), copies  # labelled by copy, both copies
+    # The DR copy was just copied: its window ends within the RPO target, so its page is not firing.
+    behind = prometheus.query('time() - cqox_recovery_window_latest_timestamp_seconds{copy="dr"}')
+    assert behind and float(behind[0]["value"][1]) < 3600, behind
 
 
 # --- retention ------------------------------------------------------------------------------------------------
@@ -959,6 +974,51 @@ def _age_backups(archive: Archive, records, days: int) -> None:
         for field in ("start_time", "stop_time"):
             data[field] = (datetime.fromisoformat(data[field]) - timedelta(days=days)).isoformat()
         archive.put_bytes(key, json.dumps(data).encode())
+
+
+def test_dr_retention_keeps_what_pitr_in_the_window_needs_and_deletes_the_rest(stack, env, drilled_backups):
+    from cqox_platform.backup.archive.wal_names import Segment
+    from cqox_platform.backup.retention import archived_wal_names
+
+    copied = materialize_backups(stack, env, [backup_assets.backups_dr_copy])
+    assert check_results(copied) == {"dr_copy_verified": True}, asset_metadata(copied, "backups_dr_copy")
+    primary, dr = _archive(stack, env), _archive(stack, env, env["CQOX_S3_DR_BUCKET"])
+    primary_before = [r.backup_id for r in list_backups(primary)]
+    primary_wal = archived_wal_names(primary)
+    before = list_backups(dr)
+    assert [r.backup_id for r in before[-4:]] == drilled_backups
+    _age_backups(dr, before[:-1], days=100)  # in the DR copy only: all but the newest fall outside the window
+    wal_before = archived_wal_names(dr)
+    result = materialize_backups(
+        stack,
+        env,
+        [backup_assets.backups_dr_retention],
+        {"backups_dr_retention": {"config": {"keep_days": 1, "keep_full": 1}}},
+    )
+    assert result.success
+    meta = asset_metadata(result, "backups_dr_retention")
+    assert env["CQOX_S3_DR_BUCKET"] in meta["copy"]
+    # Kept: the newest (newest 1, and the newest verified) and the newest before the window (restores its start).
+    newest, second = before[-1].backup_id, before[-2].backup_id
+    after = list_backups(dr)
+    assert [r.backup_id for r in after] == [second, newest], meta["reasons"]
+    for gone in {r.backup_id for r in before} - {second, newest}:
+        assert not list(dr.list(dr.backup_prefix(gone)))
+    # WAL: everything before the oldest kept backup's start goes, everything from it on (and history) stays.
+    keep_from = Segment.parse(after[0].start_wal).segno
+    wal_after = archived_wal_names(dr)
+    gone_wal = sorted(set(wal_before) - set(wal_after))
+    assert gone_wal and all(Segment.parse(n[:24]).segno < keep_from for n in gone_wal)
+    assert all(Segment.parse(n[:24]).segno >= keep_from for n in wal_after if not n.endswith(".history"))
+    assert meta["wal_files_deleted"] == len(gone_wal) and meta["backups_deleted_count"] == len(before) - 2
+    # The primary is another copy: untouched.
+    assert [r.backup_id for r in list_backups(primary)] == primary_before and archived_wal_names(primary) == primary_wal
+    # What is left in the DR copy still restores, from the DR copy alone (its read-only key, WAL included).
+    drill = materialize_backups(
+        stack, env, [backup_assets.restore_drill], {"restore_drill": {"config": {"source": "dr", "backup_id": second}}}
+    )
+    assert_drill_passed(drill)
+    assert env["CQOX_S3_DR_BUCKET"] in asset_metadata(drill, "restore_drill")["source"]
 
 
 def test_retention_refuses_a_zero_day_window(stack, env):

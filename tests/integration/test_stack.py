@@ -35,7 +35,7 @@ def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
 def test_status_lists_every_service_running_with_port_and_pid(stack):
     result = _cli(stack, "status")
     assert result.returncode == 0, result.stdout + result.stderr
-    services = ("postgres", "openbao", "s3", "prometheus", "pushgateway", "dagster")
+    services = ("postgres", "openbao", "s3", "s3-dr", "prometheus", "pushgateway", "dagster")
     alerting = ("alertmanager", "alert-receiver", "postgres-exporter", "blackbox-exporter")
     for service in (*services, "kine", "kube-apiserver", "kube-controller-manager", *alerting):
         line = next(row for row in result.stdout.splitlines() if row.startswith(service + " "))
@@ -153,13 +153,13 @@ def test_openbao_is_unsealed_and_keeps_data_across_restart(stack):
     assert read["data"]["data"] == {"v": "kept"}
 
 
-def test_s3_has_both_buckets_and_round_trips_over_verified_tls(stack):
+def test_s3_has_its_bucket_and_round_trips_over_verified_tls(stack):
     s3 = stack.service("s3")
     client = s3.client()
     names = {b["Name"] for b in client.list_buckets()["Buckets"]}
-    assert {BACKUP_BUCKET, DR_BUCKET} <= names
-    client.put_object(Bucket=DR_BUCKET, Key="probe/hello.txt", Body=b"hello dr")
-    assert client.get_object(Bucket=DR_BUCKET, Key="probe/hello.txt")["Body"].read() == b"hello dr"
+    assert BACKUP_BUCKET in names and DR_BUCKET not in names  # the DR bucket lives in the DR region
+    client.put_object(Bucket=BACKUP_BUCKET, Key="probe/hello.txt", Body=b"hello primary")
+    assert client.get_object(Bucket=BACKUP_BUCKET, Key="probe/hello.txt")["Body"].read() == b"hello primary"
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(s3.url, verify=True, timeout=5)  # the system CAs do not know the stack's CA
     import boto3
@@ -175,6 +175,121 @@ def test_s3_has_both_buckets_and_round_trips_over_verified_tls(stack):
     )
     with pytest.raises(Exception, match=r"InvalidAccessKeyId|SignatureDoesNotMatch|403"):
         wrong.list_buckets()
+
+
+def _client(url: str, cacert: str, key_pair: tuple[str, str]):
+    import boto3
+
+    access, secret = key_pair
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=url,
+        verify=cacert,
+        region_name="us-east-1",
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        config=client_config(),
+    )
+
+
+def _s3_error(call) -> str:
+    """The S3 error code a call fails with ("" when it succeeds)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        call()
+    except ClientError as exc:
+        return exc.response["Error"]["Code"]
+    return ""
+
+
+def test_the_dr_region_has_its_own_server_ca_and_keys_and_its_reader_only_reads(stack):
+    from cqox_platform.archiver_clients import read_key_pair
+
+    env = stack.env()
+    primary, dr = stack.service("s3"), stack.service("s3-dr")
+    assert dr.port != primary.port and dr.home != primary.home and env["CQOX_S3_DR_ENDPOINT"] == dr.url
+    assert (dr.home / "data" / DR_BUCKET).is_dir() and not (primary.home / "data" / DR_BUCKET).exists()
+    # Its own CA: what trusts the primary's server does not trust the DR region's, and the other way round.
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(dr.url, verify=primary.ca_cert, timeout=5)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(primary.url, verify=env["CQOX_S3_DR_CACERT"], timeout=5)
+    primary_key = primary.credentials()
+    writer = read_key_pair(Path(env["CQOX_S3_DR_CREDENTIALS_FILE"]))
+    reader = read_key_pair(Path(env["CQOX_S3_DR_READER_CREDENTIALS_FILE"]))
+    assert len({primary_key[0], writer[0], reader[0]}) == 3
+    for path in (env["CQOX_S3_DR_CREDENTIALS_FILE"], env["CQOX_S3_DR_READER_CREDENTIALS_FILE"]):
+        assert Path(path).stat().st_mode & 0o077 == 0, path
+    as_writer = _client(dr.url, dr.ca_cert, writer)
+    as_reader = _client(dr.url, dr.ca_cert, reader)
+    key = f"probe/{uuid.uuid4().hex}"
+    as_writer.put_object(Bucket=DR_BUCKET, Key=key, Body=b"hello dr")
+    # The reader reads and lists, and can change nothing: no put, delete, multipart upload or batch delete.
+    assert as_reader.get_object(Bucket=DR_BUCKET, Key=key)["Body"].read() == b"hello dr"
+    assert any(o["Key"] == key for o in as_reader.list_objects_v2(Bucket=DR_BUCKET, Prefix="probe/")["Contents"])
+    assert as_reader.head_object(Bucket=DR_BUCKET, Key=key)["ContentLength"] == 8
+    assert _s3_error(lambda: as_reader.put_object(Bucket=DR_BUCKET, Key=key, Body=b"x")) == "AccessDenied"
+    assert _s3_error(lambda: as_reader.delete_object(Bucket=DR_BUCKET, Key=key)) == "AccessDenied"
+    assert _s3_error(lambda: as_reader.create_multipart_upload(Bucket=DR_BUCKET, Key=key + "-mp")) == "AccessDenied"
+    batch = {"Objects": [{"Key": key}]}
+    assert _s3_error(lambda: as_reader.delete_objects(Bucket=DR_BUCKET, Delete=batch)) == "AccessDenied"
+    assert _s3_error(lambda: as_reader.create_bucket(Bucket="cqox-reader-made")) == "AccessDenied"
+    assert as_writer.get_object(Bucket=DR_BUCKET, Key=key)["Body"].read() == b"hello dr"  # untouched
+
+    # Neither DR key is known to the primary's server, and the primary's key is not known to the DR region's. A
+    # client per request: nanio leaves a refused request's body unread on the connection, so the next request on
+    # it would fail with 400 whatever it is.
+    def refused(url: str, cacert: str, pair: tuple[str, str], call) -> str:
+        return _s3_error(lambda: call(_client(url, cacert, pair)))
+
+    for pair in (writer, reader):
+        put = refused(
+            primary.url, primary.ca_cert, pair, lambda c: c.put_object(Bucket=BACKUP_BUCKET, Key=key, Body=b"x")
+        )
+        assert put == "InvalidAccessKeyId"
+        assert refused(primary.url, primary.ca_cert, pair, lambda c: c.list_objects_v2(Bucket=BACKUP_BUCKET)) == (
+            "InvalidAccessKeyId"
+        )
+    delete = refused(dr.url, dr.ca_cert, primary_key, lambda c: c.delete_object(Bucket=DR_BUCKET, Key=key))
+    assert delete == "InvalidAccessKeyId"
+    assert refused(dr.url, dr.ca_cert, primary_key, lambda c: c.list_objects_v2(Bucket=DR_BUCKET)) == (
+        "InvalidAccessKeyId"
+    )
+    as_writer.delete_object(Bucket=DR_BUCKET, Key=key)
+
+
+def test_the_primary_side_never_holds_the_dr_keys(stack):
+    """PostgreSQL and its archiver (the primary side) get neither DR key: not in the archiver's settings, not in
+    its Vault entry, not in their environment, and the key files are unreadable to their OS user."""
+    from cqox_platform.archiver_clients import read_key_pair
+    from cqox_platform.pgserver import as_pg_user
+
+    env = stack.env()
+    secrets = [
+        s
+        for f in ("CQOX_S3_DR_CREDENTIALS_FILE", "CQOX_S3_DR_READER_CREDENTIALS_FILE")
+        for s in read_key_pair(Path(env[f]))
+    ]
+    archiver_settings = Path(env["CQOX_WAL_ARCHIVER_CONFIG"]).read_text()
+    token = json.loads(stack.openbao.init_file.read_text())["root_token"]
+    vault = hvac.Client(url=env["VAULT_ADDR"], token=token, verify=env["VAULT_CACERT"])
+    archiver_entry = json.dumps(
+        vault.secrets.kv.v2.read_secret_version(
+            path="cqox/backups/s3", mount_point="secret", raise_on_deleted_version=True
+        )["data"]["data"]
+    )
+    assert stack.s3.credentials()[0] in archiver_entry  # the entry read is the archiver's S3 key
+    for secret in secrets:
+        assert secret not in archiver_settings and secret not in archiver_entry
+    pid = stack.service("postgres").read_pid()
+    postmaster_env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    assert "CQOX_S3_DR_" not in postmaster_env
+    # `stack env` names the DR keys only by their files, under no AWS_* name boto3 would pick up by default.
+    assert not [k for k, v in env.items() if k.startswith("AWS_") and "dr" in v.lower()]
+    for path in (env["CQOX_S3_DR_CREDENTIALS_FILE"], env["CQOX_S3_DR_READER_CREDENTIALS_FILE"]):
+        read = subprocess.run(as_pg_user(["cat", path]), capture_output=True, text=True, timeout=30)
+        assert read.returncode != 0 and "Permission denied" in read.stderr, (path, read.stderr)
 
 
 def test_alertmanager_speaks_tls13_with_basic_auth_and_keeps_silences_across_restart(stack):

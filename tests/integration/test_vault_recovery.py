@@ -14,19 +14,18 @@ import dagster as dg
 import hvac
 import hvac.exceptions
 import pytest
-from dagster_aws.s3 import S3Resource
 
 from assets import backups as backup_assets
 from assets import vault_recovery
 from cqox_platform.crypto.envelope import MANIFEST_SUFFIX, encrypt_to
 from cqox_platform.datasets.store import DATASETS
-from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.vault import VaultResource
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.secrets import snapshots
 from cqox_platform.secrets.vault_setup import DATASET_PATH_KEY, DATASETS_KEY
 from tests.helpers import (
     asset_metadata,
+    backup_resources,
     check_results,
     materialize_backups,
     materialize_vault_config,
@@ -47,12 +46,8 @@ def _resources(stack, env: dict[str, str]) -> dict:
     return {
         "vault_snapshot_reader": _snapshot_reader(env),
         "vault": vault_platform(stack),
-        "s3": S3Resource(endpoint_url=env["CQOX_S3_ENDPOINT"], region_name="us-east-1"),
-        "backups": BackupStorageResource(
-            bucket=env["CQOX_S3_BUCKET"],
-            dr_bucket=env["CQOX_S3_DR_BUCKET"],
-            archiver_settings=env["CQOX_WAL_ARCHIVER_CONFIG"],
-        ),
+        "s3": backup_resources(stack, env)["s3"],
+        "backups": backup_resources(stack, env)["backups"],
     }
 
 

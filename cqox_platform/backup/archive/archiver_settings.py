@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cqox_platform.crypto.key_cache import KeyCachePolicy
@@ -45,10 +45,29 @@ class ArchiverSettings:
     #: archiving while the pusher runs; 0 gives every segment a fresh key. ``vault_config`` keeps an edited value.
     data_key_max_age_seconds: float = KeyCachePolicy.max_age
     data_key_max_uses: int = KeyCachePolicy.max_uses
+    #: S3 keys given in the file itself instead of read from Vault (``s3_secret_path``): only in the short-lived
+    #: settings a drill from the DR copy hands its scratch cluster (``for_dr_reader``), holding the DR region's
+    #: read-only key, which the archiver's Vault entry must never hold.
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = field(default="", repr=False)
 
     @property
     def key_cache(self) -> KeyCachePolicy:
         return KeyCachePolicy(max_age=self.data_key_max_age_seconds, max_uses=self.data_key_max_uses)
+
+    def for_dr_reader(
+        self, *, endpoint: str, cacert: str, bucket: str, access_key_id: str, secret_access_key: str
+    ) -> ArchiverSettings:
+        """These settings pointed at the DR region with its read-only key: Vault (for the data keys) stays, S3
+        changes to the DR endpoint, CA, bucket and key."""
+        return replace(
+            self,
+            s3_endpoint=endpoint,
+            s3_cacert=cacert,
+            bucket=bucket,
+            s3_access_key_id=access_key_id,
+            s3_secret_access_key=secret_access_key,
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

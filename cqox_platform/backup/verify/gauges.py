@@ -6,9 +6,12 @@ the names are constants here so the dashboards import them instead of copying th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.dr_copy import DrCopyResult
 from cqox_platform.backup.verify.drill import DrillResult
+from cqox_platform.backup.verify.info import CopyInfo
 from cqox_platform.backup.wal.status import WalStatus
 from cqox_platform.pushgateway import Sample
 
@@ -30,6 +33,12 @@ WAL_NEWEST_ARCHIVED_AGE = "cqox_wal_newest_archived_age_seconds"
 #: The first instant a restore can reach: the oldest retained backup's end (the recovery window's start, as
 #: ``backup info`` measures it; its end is "now minus the RPO").
 RECOVERY_WINDOW_START = "cqox_recovery_window_start_timestamp_seconds"
+#: Per copy (label ``copy``: ``primary`` or ``dr``), as ``backup info`` shows them: the first instant a restore from
+#: that copy alone reaches (the oldest kept backup a drill verified whose own WAL the copy holds) and the last (the
+#: end of the newest WAL archived there on the current timeline's path). The latest is 0 when the copy's window has
+#: no end, so "how far behind" reads as decades and alerts; the earliest is left out when no backup qualifies.
+RECOVERY_WINDOW_EARLIEST = "cqox_recovery_window_earliest_timestamp_seconds"
+RECOVERY_WINDOW_LATEST = "cqox_recovery_window_latest_timestamp_seconds"
 DRILL_RTO_SECONDS = "cqox_restore_drill_rto_seconds"
 DRILL_SUCCESS = "cqox_restore_drill_success"
 DRILL_LAST_TIMESTAMP = "cqox_restore_drill_last_timestamp_seconds"
@@ -89,3 +98,22 @@ def for_repository(repository: str, samples: list[Sample]) -> list[Sample]:
     """``samples`` labelled with the repository they measure: the same names, so the same alerts and dashboards
     cover every repository, one series each (the platform's own archive carries no label, as before)."""
     return [(name, {**labels, "repository": repository}, value) for name, labels, value in samples]
+
+
+def recovery_window_samples(system_id: str, copies: list[CopyInfo], unreadable: Sequence[str] = ()) -> list[Sample]:
+    """The recovery window of each copy (``backup info``'s), labelled by copy.
+
+    A copy that could not be read (``unreadable``, by name) gets a latest instant of 0: a push replaces every series
+    of a metric name in the group, so leaving it out would delete its series and silence its alert; nothing known
+    about a copy reads as a window that ends nowhere, which pages.
+    """
+    samples: list[Sample] = []
+    for copy in copies:
+        labels = {"system_id": system_id, "copy": copy.name}
+        window = copy.window
+        if window.earliest_verified is not None:
+            samples.append((RECOVERY_WINDOW_EARLIEST, labels, window.earliest_verified.timestamp()))
+        samples.append((RECOVERY_WINDOW_LATEST, labels, window.latest.timestamp() if window.latest else 0.0))
+    for name in unreadable:
+        samples.append((RECOVERY_WINDOW_LATEST, {"system_id": system_id, "copy": name}, 0.0))
+    return samples

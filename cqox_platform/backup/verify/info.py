@@ -1,8 +1,9 @@
 """``backup info``: per copy of the archive, its backups, the WAL each needs, whether a drill verified them, and
 the recovery window, with one verdict that cron and monitoring can act on.
 
-The window of a copy runs from the oldest backup's end (the first instant a restore can reach) to the newest
-instant whose WAL that copy holds, measured like the RPO (``wal.status.unprotected``): "now" when everything
+The window of a copy runs from the oldest backup's end (the first instant a restore can reach; and, proven, the end
+of the oldest backup there that a drill verified and whose own WAL the copy holds) to the newest instant whose WAL
+that copy holds, measured like the RPO (``wal.status.unprotected``): "now" when everything
 the cluster wrote is archived, else the time the newest archived segment on the current timeline's path was
 sealed (its manifest's ``created_at``, which the DR copy carries unchanged, so a DR copy that lags shows an
 older end), and no end at all on a timeline with nothing archived. Unlike ``wal_archive_status`` this never
@@ -98,6 +99,10 @@ class RecoveryWindow:
     gaps: list[str] = field(default_factory=list)
     #: Why the WAL from the oldest backup on could not be walked (no history file, another branch).
     continuity_error: str | None = None
+    #: The earliest recoverable instant that is proven: the end of the oldest backup in this copy that a drill
+    #: verified and whose own WAL the copy holds (None: no such backup). A backup's end, not its start: PostgreSQL
+    #: refuses a recovery target before the backup became consistent, which is at its end.
+    earliest_verified: datetime | None = None
 
     @property
     def lag_seconds(self) -> float | None:
@@ -196,6 +201,13 @@ def recovery_window(
     except WalNameError as exc:
         return _with(window, continuity_error=str(exc))
     return _with(window, wal_from=required[0].name, wal_to=required[-1].name, gaps=find_gaps(required, archived))
+
+
+def with_earliest_verified(window: RecoveryWindow, backups: list[BackupEntry]) -> RecoveryWindow:
+    """``window`` with its proven start: the end of the oldest backup (``backups`` oldest first) that a drill
+    verified and whose own WAL the copy holds."""
+    proven = next((b.record for b in backups if b.verified and not b.wal_missing), None)
+    return _with(window, earliest_verified=proven.stop_datetime if proven else None)
 
 
 def _with(window: RecoveryWindow, **changes: Any) -> RecoveryWindow:
@@ -305,6 +317,7 @@ def read_copy(
         for r in records
     ]
     window = recovery_window(records, position, archived, histories, newest_at, as_of or datetime.now(UTC))
+    window = with_earliest_verified(window, backups)
     return CopyInfo(
         name=name,
         where=archive.where(archive.root + "/"),
@@ -316,18 +329,18 @@ def read_copy(
 
 def read_copies(
     conn: psycopg.Connection,
-    s3: Any,
-    buckets: list[tuple[str, str]],
+    sources: list[tuple[str, Any, str]],
     provider: DataKeyProvider,
     *,
     as_of: datetime,
 ) -> tuple[ClusterPosition, list[CopyInfo], list[UnreadableCopy]]:
-    """Every copy in ``buckets`` (``(name, bucket)``, primary first) at ``as_of``: those read, and those that could
-    not be (each with the error naming the copy), so a caller's verdict can fail on the second kind."""
+    """Every copy in ``sources`` (``(name, S3 client, bucket)``, primary first: each copy is read with its own
+    region's client) at ``as_of``: those read, and those that could not be (each with the error naming the copy),
+    so a caller's verdict can fail on the second kind."""
     position = cluster_position(conn)
     read: list[CopyInfo] = []
     unreadable: list[UnreadableCopy] = []
-    for name, bucket in buckets:
+    for name, s3, bucket in sources:
         archive = cluster_archive(conn, s3, bucket)
         try:
             read.append(read_copy(conn, name, archive, provider, position, as_of=as_of))
@@ -393,6 +406,7 @@ def copy_json(copy: CopyInfo) -> dict[str, Any]:
         ],
         "window": {
             "earliest": _iso(w.earliest),
+            "earliest_verified": _iso(w.earliest_verified),
             "latest": _iso(w.latest),
             "lag_seconds": w.lag_seconds,
             "newest_segment": w.newest_segment,

@@ -112,10 +112,14 @@ def read_evidence(
     dr_bucket: str | None,
     *,
     as_of: datetime,
+    dr_s3: Any = None,
 ) -> Evidence:
-    """The evidence as of now: both copies as ``backup info`` reads them (never switching WAL), and the last drill."""
-    buckets = [("primary", bucket)] + ([("dr", dr_bucket)] if dr_bucket else [])
-    _position, copies, unreadable = read_copies(conn, s3, buckets, provider, as_of=as_of)
+    """The evidence as of now: both copies as ``backup info`` reads them (never switching WAL), and the last drill.
+
+    ``dr_s3`` is the DR region's client (its read-only key); ``s3``, the primary's, when not given.
+    """
+    sources = [("primary", s3, bucket)] + ([("dr", dr_s3 or s3, dr_bucket)] if dr_bucket else [])
+    _position, copies, unreadable = read_copies(conn, sources, provider, as_of=as_of)
     return Evidence(as_of, copies, unreadable, newest_drill(conn), dr_configured=bool(dr_bucket))
 
 

@@ -65,7 +65,7 @@ def test_promtool_checks_and_unit_tests_the_rules_in_the_objects():
     results = promtool_test(prometheus_rules(SLO_SPEC, "cqox"), sources)
     assert set(results) == {s.name for s in sources}
     tested = [s.name for s in sources if s.tests is not None]
-    assert tested == ["cqox-service-alerts", "cqox-platform-alerts", "cqox-slo-rules"]
+    assert tested == ["cqox-service-alerts", "cqox-platform-alerts", "cqox-backup-alerts", "cqox-slo-rules"]
     assert all("SUCCESS" in results[name] for name in tested), results
 
 

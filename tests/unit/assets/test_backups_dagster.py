@@ -28,6 +28,7 @@ import cqox_platform.backup.retention as retention_module
 from assets import backups
 from assets.backups.common import BASE_BACKUP_POOL
 from assets.slo import slo_report
+from cqox_platform.alerts.rules import CheckedRules
 from cqox_platform.backup.dr_copy import DrCopyResult
 from cqox_platform.backup.restore.recovery import RecoveryTarget
 from cqox_platform.backup.verify.drill import DrillResult
@@ -174,11 +175,22 @@ def world(monkeypatch) -> World:
     return w
 
 
+#: A key pair file for the DR region's clients (built, never connected: the fakes stand in for S3).
+DR_KEYS = Path(tempfile.mkdtemp(prefix="cqox-unit-dr-")) / "dr-credentials"
+DR_KEYS.write_text("[cqox-dr]\naws_access_key_id = unit\naws_secret_access_key = unit-secret\n")
+
 RESOURCES = {
     "postgres_admin": FakePostgres(),
     "vault": FakeVault(),
     "s3": FakeS3(),
-    "backups": BackupStorageResource(bucket="primary", dr_bucket="dr", archiver_settings="/nonexistent"),
+    "backups": BackupStorageResource(
+        bucket="primary",
+        dr_bucket="dr",
+        dr_endpoint="https://127.0.0.1:9",
+        dr_credentials_file=str(DR_KEYS),
+        dr_reader_credentials_file=str(DR_KEYS),
+        archiver_settings="/nonexistent",
+    ),
     "prometheus": FakePrometheus(),
 }
 
@@ -202,9 +214,7 @@ def meta(result, node: str) -> dict:
 
 
 def test_the_whole_group_materializes_with_fakes_and_maps_results_to_metadata(world, monkeypatch):
-    monkeypatch.setattr(
-        alert_rules_module.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 0, "stdout": "SUCCESS"})()
-    )
+    monkeypatch.setattr(alert_rules_module, "check_and_test", lambda rules, tests: CheckedRules("SUCCESS", "SUCCESS"))
     with dg.instance_for_test() as instance:
         result = materialize([*BACKUP_ASSETS, backups.backup_alert_rules], instance)
     assert result.success
@@ -393,7 +403,8 @@ def test_the_automation_sensors_target_only_their_own_assets():
     backup_keys = backup_schedules.backup_automation_sensor.asset_selection.resolve(graph)
     slo_keys = backup_schedules.slo_automation_sensor.asset_selection.resolve(graph)
     assert {k.to_user_string() for k in backup_keys} == {
-        a.key.to_user_string() for a in [*BACKUP_ASSETS, backups.backup_alert_rules, backups.recoverability]
+        a.key.to_user_string()
+        for a in [*BACKUP_ASSETS, backups.backups_dr_retention, backups.backup_alert_rules, backups.recoverability]
     }
     assert {k.to_user_string() for k in slo_keys} == {"slo_report", "slo_version_report"}
     automated = {k for k in graph.materializable_asset_keys if graph.get(k).automation_condition is not None}
@@ -494,9 +505,7 @@ def test_retention_metadata_says_why_each_backup_stays_or_goes(world):
 
 def test_the_groups_metadata_is_native_tables_and_numbers(world, monkeypatch):
     """Every entry of every materialization and check: typed tables, no Markdown tables, no empty text."""
-    monkeypatch.setattr(
-        alert_rules_module.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": 0, "stdout": "SUCCESS"})()
-    )
+    monkeypatch.setattr(alert_rules_module, "check_and_test", lambda rules, tests: CheckedRules("SUCCESS", "SUCCESS"))
     with dg.instance_for_test() as instance:
         result = materialize([*BACKUP_ASSETS, backups.backup_alert_rules], instance)
     events = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]

@@ -7,7 +7,9 @@ asset runs in the main job (tests/e2e).
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -37,22 +39,34 @@ class FakeS3:
         return object()
 
 
+#: A key pair file for the DR region's clients (built, never connected: the fakes stand in for S3).
+DR_KEYS = Path(tempfile.mkdtemp(prefix="cqox-unit-dr-")) / "dr-credentials"
+DR_KEYS.write_text("[cqox-dr]\naws_access_key_id = unit\naws_secret_access_key = unit-secret\n")
+
 RESOURCES = {
     "postgres_admin": FakePostgres(),
     "vault": FakeVault(),
     "s3": FakeS3(),
-    "backups": BackupStorageResource(bucket="primary", dr_bucket="dr", archiver_settings="/nonexistent"),
+    "backups": BackupStorageResource(
+        bucket="primary",
+        dr_bucket="dr",
+        dr_endpoint="https://127.0.0.1:9",
+        dr_credentials_file=str(DR_KEYS),
+        dr_reader_credentials_file=str(DR_KEYS),
+        archiver_settings="/nonexistent",
+    ),
 }
 
 
 def _run(monkeypatch, evidence) -> dg.ExecuteInProcessResult:
     seen = {}
 
-    def read_evidence(conn, s3, provider, bucket, dr_bucket, *, as_of):
+    def read_evidence(conn, s3, provider, bucket, dr_bucket, *, as_of, dr_s3=None):
         seen.update(bucket=bucket, dr_bucket=dr_bucket, provider=provider)
         return evidence
 
     monkeypatch.setattr(module, "read_evidence", read_evidence)
+    monkeypatch.setattr(module, "system_id", lambda conn: "7")
     with dg.instance_for_test() as instance:
         result = dg.materialize([backups.recoverability], resources=RESOURCES, instance=instance, raise_on_error=False)
     assert seen == {"bucket": "primary", "dr_bucket": "dr", "provider": "provider:cqox-backups"}

@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from cqox_platform.backup.archive.records import BackupRecord
 from cqox_platform.backup.archive.wal_names import Segment, TimelineSwitch, parse_lsn
 from cqox_platform.backup.verify.checks import RPO_TARGET_SECONDS
 from cqox_platform.backup.verify.info import (
@@ -200,3 +201,46 @@ def test_the_documented_example_validates_against_the_schema() -> None:
     example = re.search(r"<!-- backup-info-json-example -->\n```json\n(.*?)\n```", page, re.S)
     assert example, "docs/backups.md lost its backup info --json example"
     _validate("backup-info", json.loads(example.group(1)))
+
+
+# --- the recovery window per copy: proven start and gauges ---------------------------------------------------------
+
+
+def test_the_proven_start_is_the_oldest_verified_backup_whose_wal_the_copy_holds() -> None:
+    from cqox_platform.backup.verify.info import BackupEntry, with_earliest_verified
+    from tests.helpers import copy_info, drill_row
+
+    def at(hours: int) -> BackupRecord:
+        stop = BACKUP_STOPPED + timedelta(hours=hours)
+        return replace(backup_record(f"20260301T0{hours}0000Z"), stop_time=stop.isoformat())
+
+    drill = drill_row()
+    lost_wal = BackupEntry(at(1), ["000000010000000000000002"], drill, drill)  # verified, its WAL gone from here
+    unverified = BackupEntry(at(2), [], None, None)
+    proven = BackupEntry(at(3), [], drill, drill)
+    window = copy_info().window
+    assert with_earliest_verified(window, [lost_wal, unverified, proven]).earliest_verified == at(3).stop_datetime
+    assert with_earliest_verified(window, [lost_wal, unverified]).earliest_verified is None
+    assert copy_info(verified=False).window.earliest_verified is None
+    assert copy_info().window.earliest_verified == backup_record("x").stop_datetime
+
+
+def test_window_gauges_are_labelled_by_copy_and_an_unreadable_copy_reads_as_no_end() -> None:
+    from cqox_platform.backup.verify.gauges import (
+        RECOVERY_WINDOW_EARLIEST,
+        RECOVERY_WINDOW_LATEST,
+        recovery_window_samples,
+    )
+    from tests.helpers import copy_info
+
+    primary, unproven = copy_info("primary"), copy_info("dr", verified=False)
+    samples = recovery_window_samples("7", [primary, unproven])
+    by = {(name, labels["copy"]): value for name, labels, value in samples}
+    assert by[(RECOVERY_WINDOW_EARLIEST, "primary")] == primary.window.earliest_verified.timestamp()
+    assert by[(RECOVERY_WINDOW_LATEST, "primary")] == primary.window.latest.timestamp()
+    assert (RECOVERY_WINDOW_EARLIEST, "dr") not in by  # nothing proven: no stand-in start
+    assert by[(RECOVERY_WINDOW_LATEST, "dr")] == unproven.window.latest.timestamp()
+    assert all(labels["system_id"] == "7" for _n, labels, _v in samples)
+    # A copy that could not be read still gets its series (a push replaces the metric's series), ending at 0.
+    unreadable = recovery_window_samples("7", [primary], ["dr"])
+    assert (RECOVERY_WINDOW_LATEST, {"system_id": "7", "copy": "dr"}, 0.0) in unreadable

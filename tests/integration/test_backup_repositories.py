@@ -38,13 +38,23 @@ from cqox_platform.backup.wal.status import measure_repository
 from cqox_platform.cli.json_schema import load_schema
 from cqox_platform.schema import MigrationRunner
 from cqox_platform.stack.cnpg import CnpgLikeCluster, manifest_target
+from cqox_platform.stack.s3 import DR_WRITER_PROFILE
 from tests.helpers import make_world_traversable_tmpdir, materialize_vault_config, postgres_admin
 
 
+def _dr_region(env: dict[str, str]) -> dict[str, str]:
+    """The manifest's destination (``s3://cqox-backups-dr``) is in the DR region: its own server, CA and writer key,
+    as CloudNativePG's ObjectStore would be configured with them."""
+    return {
+        "endpoint_url": env["CQOX_S3_DR_ENDPOINT"],
+        "ca_bundle": env["CQOX_S3_DR_CACERT"],
+        "credentials_file": env["CQOX_S3_DR_CREDENTIALS_FILE"],
+        "profile": DR_WRITER_PROFILE,
+    }
+
+
 def _s3_access(env: dict[str, str]) -> S3Access:
-    return S3Access(
-        env["CQOX_S3_ENDPOINT"], env["AWS_CA_BUNDLE"], env["AWS_SHARED_CREDENTIALS_FILE"], env["AWS_PROFILE"]
-    )
+    return S3Access(**_dr_region(env))
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +120,7 @@ def test_the_repository_assets_take_measure_and_drill_with_their_checks(stack, c
         source=cnpg.conninfo,
         destination=cnpg.repository.destination,
         server_name=cnpg.repository.server_name,
-        s3=S3Settings(
-            endpoint_url=env["CQOX_S3_ENDPOINT"],
-            ca_bundle=env["AWS_CA_BUNDLE"],
-            credentials_file=env["AWS_SHARED_CREDENTIALS_FILE"],
-            profile=env["AWS_PROFILE"],
-        ),
+        s3=S3Settings(**_dr_region(env)),
         take_base_backups=True,
     )
     before = {b.backup_id for b in cnpg.repository.list_backups()}
@@ -151,12 +156,7 @@ def test_backup_info_shows_the_repository_beside_the_platforms_copies(stack, cnp
         "source": cnpg.conninfo,
         "destination": cnpg.repository.destination,
         "server_name": cnpg.repository.server_name,
-        "s3": {
-            "endpoint_url": env["CQOX_S3_ENDPOINT"],
-            "ca_bundle": env["AWS_CA_BUNDLE"],
-            "credentials_file": env["AWS_SHARED_CREDENTIALS_FILE"],
-            "profile": env["AWS_PROFILE"],
-        },
+        "s3": _dr_region(env),
         "rpo_target_seconds": 3600,
     }
     config.write_text(yaml.safe_dump({"repositories": [spec]}))

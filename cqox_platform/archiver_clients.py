@@ -111,3 +111,35 @@ def archiver_clients(settings: ArchiverSettings) -> ArchiveClients:
 def load_archiver_clients(settings_path: Path) -> ArchiveClients:
     """``archiver_clients`` of the file as it is now: what the daemons call to log in (again)."""
     return archiver_clients(ArchiverSettings.load(settings_path))
+
+
+#: The file name of a restored server's WAL-fetch settings for the DR copy (beside its data directory).
+DR_FETCH_SETTINGS = "archiver-dr.json"
+
+
+def write_dr_fetch_settings(
+    archiver_settings: Path,
+    directory: Path,
+    *,
+    endpoint: str,
+    cacert: str,
+    bucket: str,
+    reader_credentials_file: Path,
+) -> Path:
+    """Write, into ``directory``, the settings a server restored from the DR copy fetches its WAL with.
+
+    The archiver's Vault login stays (the data keys); S3 becomes the DR region's endpoint, CA, bucket and
+    read-only key, since the DR server knows no primary key. The file is the postgres OS user's, mode 0600: its
+    restore_command runs as that user, for as long as the restored server recovers (a paused target resumed
+    tomorrow still fetches), so the caller keeps ``directory`` as long as that server.
+    """
+    from cqox_platform.fsutil import write_file
+    from cqox_platform.pgserver import PG_OS_USER
+
+    access, secret = read_key_pair(reader_credentials_file)
+    settings = ArchiverSettings.load(archiver_settings).for_dr_reader(
+        endpoint=endpoint, cacert=cacert, bucket=bucket, access_key_id=access, secret_access_key=secret
+    )
+    path = directory / DR_FETCH_SETTINGS
+    write_file(path, settings.to_json(), mode=0o600, owner=PG_OS_USER)
+    return path

@@ -16,8 +16,7 @@ from dagster_aws.s3 import S3Resource
 from assets.backups.base_backup import postgres_basebackup
 from assets.backups.common import DRILL_FRESHNESS, GROUP, check_result, push_gauges
 from assets.metadata import column, table
-from cqox_platform.archiver_clients import read_key_pair
-from cqox_platform.backup.archive.archiver_settings import ArchiverSettings
+from cqox_platform.archiver_clients import write_dr_fetch_settings
 from cqox_platform.backup.archive.cluster import cluster_archive
 from cqox_platform.backup.archive.history import DrillTiming, recent_drill_timings
 from cqox_platform.backup.archive.records import BackupRecord, list_backups
@@ -27,9 +26,7 @@ from cqox_platform.backup.verify.drill import DrillResult, latest_drill, record_
 from cqox_platform.backup.verify.gauges import drill_samples
 from cqox_platform.backup.verify.plan import DrillMode, DrillPlanError, DrillSource, choose_drill, ensure_point_archived
 from cqox_platform.charts import render_lines_svg, svg_markdown
-from cqox_platform.fsutil import write_file
 from cqox_platform.installation import platform_cli
-from cqox_platform.pgserver import PG_OS_USER
 from cqox_platform.resources.backups import BackupStorageResource
 from cqox_platform.resources.postgres import PostgresResource
 from cqox_platform.resources.vault import VaultResource
@@ -140,20 +137,17 @@ def dr_fetch_settings(backups: BackupStorageResource, archiver_settings: Path, p
     """A drill's own archiver settings for its scratch cluster's ``wal-fetch``: the archiver's Vault login (data
     keys) with the DR region's endpoint, CA, bucket and read-only key; owned by the postgres OS user, mode 0600,
     and removed with its directory when the drill ends."""
-    access, secret = read_key_pair(Path(backups.dr_reader_credentials_file))
-    settings = ArchiverSettings.load(archiver_settings).for_dr_reader(
-        endpoint=backups.dr_endpoint,
-        cacert=backups.dr_cacert,
-        bucket=backups.dr_bucket,
-        access_key_id=access,
-        secret_access_key=secret,
-    )
     directory = Path(tempfile.mkdtemp(prefix="cqox-dr-fetch-", dir=parent))
     try:
         directory.chmod(0o755)  # the postgres OS user reaches its file; the file itself is 0600 and its own
-        path = directory / "archiver-dr.json"
-        write_file(path, settings.to_json(), mode=0o600, owner=PG_OS_USER)
-        yield path
+        yield write_dr_fetch_settings(
+            archiver_settings,
+            directory,
+            endpoint=backups.dr_endpoint,
+            cacert=backups.dr_cacert,
+            bucket=backups.dr_bucket,
+            reader_credentials_file=Path(backups.dr_reader_credentials_file),
+        )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

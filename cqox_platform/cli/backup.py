@@ -704,11 +704,28 @@ class _RestoreSources:
     def archiver_config(self) -> Path:
         return _config(None)
 
-    def archive_clients(self) -> ArchiveClients:
+    def archive_clients(self, bucket: str | None) -> ArchiveClients:
+        import cqox_platform.cli.context as context
         from cqox_platform.backup.archive.store import ArchiveClients
 
         ctx = _backup_context()
-        return ArchiveClients(ctx.s3, ctx.provider, ctx.bucket)
+        return ArchiveClients(context.s3_for(bucket) if bucket else ctx.s3, ctx.provider, ctx.bucket)
+
+    def fetch_config(self, archiver_config: Path, bucket: str, directory: Path) -> Path:
+        import cqox_platform.cli.context as context
+        from cqox_platform.archiver_clients import write_dr_fetch_settings
+
+        s = context.settings()
+        if not bucket or bucket != s.s3_dr_bucket:
+            return archiver_config
+        return write_dr_fetch_settings(
+            archiver_config,
+            directory,
+            endpoint=s.require("s3_dr_endpoint"),
+            cacert=str(s.s3_dr_cacert or ""),
+            bucket=bucket,
+            reader_credentials_file=Path(s.require("s3_dr_reader_credentials_file")),
+        )
 
     def backup_catalog(self, clients: ArchiveClients, bucket: str) -> BackupCatalog:
         """The cluster's backups and the drills' verdicts: both need the platform's PostgreSQL (its system id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -900,6 +901,31 @@ def test_dr_copy_verifies_and_a_drill_runs_from_the_dr_bucket(stack, env, new_ba
     meta = asset_metadata(drill, "restore_drill")
     assert meta["status"] == "passed", meta.get("error")
     assert env["CQOX_S3_DR_BUCKET"] in meta["source"] and meta["backup_id"] == new_backup["backup_id"]
+
+
+def test_the_cli_restores_from_the_dr_copy_with_the_dr_regions_reader_key(stack, env, new_backup):
+    """``restore --bucket <DR bucket>`` reads the backup and its WAL from the DR region with its read-only key: the
+    primary's key is unknown to the DR server, and the restored server keeps fetching WAL after the command ends
+    (a paused target resumed later), so its restore_command's settings live beside PGDATA with it."""
+    assert materialize_backups(stack, env, [backup_assets.backups_dr_copy]).success
+    root = make_world_traversable_tmpdir("cqox-dr-restore-")
+    pgdata = root / "pgdata"
+    try:
+        done = _cli(
+            env,
+            *("restore", "--bucket", env["CQOX_S3_DR_BUCKET"], "--backup", new_backup["backup_id"]),
+            *("--target-immediate", "--pgdata", str(pgdata)),
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"restored backup {new_backup['backup_id']} and promoted" in done.stdout, done.stdout
+        fetch_settings = list(root.glob(".pgdata.restore-*/*.json"))
+        assert len(fetch_settings) == 1, fetch_settings
+        settings = json.loads(fetch_settings[0].read_text())
+        assert settings["s3_endpoint"] == env["CQOX_S3_DR_ENDPOINT"] and settings["bucket"] == env["CQOX_S3_DR_BUCKET"]
+        assert fetch_settings[0].stat().st_mode & 0o777 == 0o600
+    finally:
+        stop_immediately(pgdata)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_backup_gauges_reach_prometheus_and_alert_rules_load(stack, env):

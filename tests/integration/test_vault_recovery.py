@@ -27,6 +27,7 @@ from tests.helpers import (
     asset_metadata,
     backup_resources,
     check_results,
+    dr_s3_client,
     materialize_backups,
     materialize_vault_config,
     postgres_admin,
@@ -105,8 +106,8 @@ def test_a_snapshot_restores_into_a_scratch_openbao_that_unwraps_real_data_keys(
     result = _run(stack, env, [vault_recovery.vault_snapshot, vault_recovery.vault_restore_drill])
     assert result.success
     snap = asset_metadata(result, "vault_snapshot")
-    client = s3_client(env)
-    for where in (snap["primary"], snap["dr"]):
+    # Each copy in its own region, read with that region's key.
+    for where, client in ((snap["primary"], s3_client(env)), (snap["dr"], dr_s3_client(env))):
         bucket, key = where.removeprefix("s3://").split("/", 1)
         head = client.head_object(Bucket=bucket, Key=key)
         assert head["Metadata"][snapshots.SHA_META] == snap["sha256"]

@@ -102,8 +102,15 @@ class RestoreSources(Protocol):
         """The archiver settings file the restored server's restore_command reads (as the postgres OS user)."""
         ...
 
-    def archive_clients(self) -> ArchiveClients:
-        """S3, the backup key provider and the primary bucket."""
+    def archive_clients(self, bucket: str | None) -> ArchiveClients:
+        """S3, the backup key provider and the primary bucket; S3 is the client that reads ``bucket`` when one is
+        given (the DR region's, with its read-only key, for the DR copy)."""
+        ...
+
+    def fetch_config(self, archiver_config: Path, bucket: str, directory: Path) -> Path:
+        """The settings file the restored server's restore_command reads to fetch WAL from ``bucket``:
+        ``archiver_config`` for the primary; for the DR copy a file written into ``directory`` (beside PGDATA,
+        kept with the restored server) that reaches the DR region with its read-only key."""
         ...
 
     def backup_catalog(self, clients: ArchiveClients, bucket: str) -> BackupCatalog:
@@ -161,7 +168,7 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
     archiver_config = sources.archiver_config()
     check_archiver_config(archiver_config)
     bindir = pg_bindir()
-    clients = sources.archive_clients()
+    clients = sources.archive_clients(request.bucket)
     bucket = request.bucket or clients.bucket
     if request.backup_id is None:
         catalog = sources.backup_catalog(clients, bucket)
@@ -190,11 +197,12 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
             socket_dir = created.side / "sock"
             port = request.port or free_port()
             prefetch = DEFAULT_WAL_PREFETCH if request.wal_prefetch is None else request.wal_prefetch
-            restore_command = restore_command_for(platform_cli(), archiver_config, bucket, prefetch, pgdata)
+            fetch_config = sources.fetch_config(archiver_config, bucket, created.side)
+            restore_command = restore_command_for(platform_cli(), fetch_config, bucket, prefetch, pgdata)
             configure_recovery(pgdata, port=port, socket_dir=socket_dir, restore_command=restore_command, target=target)
             cluster = ScratchCluster(pgdata, socket_dir, port, created.side / "server.log", bindir)
             if request.start:
-                start_prefetcher(platform_cli(), archiver_config, bucket, prefetch, pgdata, record.start_wal)
+                start_prefetcher(platform_cli(), fetch_config, bucket, prefetch, pgdata, record.start_wal)
                 cluster.start()
                 outcome = _wait_for_action(cluster, target, say)
             else:

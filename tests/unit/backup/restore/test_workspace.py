@@ -228,8 +228,11 @@ class _Sources:
     def archiver_config(self) -> Path:
         return self.settings
 
-    def archive_clients(self) -> ArchiveClients:
+    def archive_clients(self, bucket: str | None) -> ArchiveClients:
         return ArchiveClients(_UntouchableS3(), None, "b")  # type: ignore[arg-type]
+
+    def fetch_config(self, archiver_config: Path, bucket: str, directory: Path) -> Path:
+        return archiver_config
 
     def backup_catalog(self, clients: ArchiveClients, bucket: str) -> BackupCatalog:
         return self.catalog

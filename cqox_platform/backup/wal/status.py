@@ -15,6 +15,7 @@ older than ``switch_after`` is pushed out with ``pg_switch_wal()`` instead of be
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -175,7 +176,7 @@ def measure(
     )
     if forced:  # an idle tail, or a timeline with nothing archived yet: push it out rather than guess
         conn.execute("SELECT pg_switch_wal()")
-        archived, newest = _wait_archived(archive, timeline, ancestry, current, wait_for_archive)
+        archived, newest = _wait_archived(archive.archived_wal, timeline, ancestry, current, wait_for_archive)
         row = _archiver_row(conn)
         current = parse_lsn(row["current_lsn"])
         newest_age = _age(archive, newest)
@@ -206,12 +207,17 @@ def measure(
 
 
 def _wait_archived(
-    archive: Archive, timeline: int, ancestry: list[TimelineSwitch], target_lsn: int, timeout: float
-) -> tuple[dict[str, int], Segment | None]:
-    """The archive's listing and newest segment on the path once it reaches ``target_lsn`` (or at ``timeout``)."""
+    list_archived: Callable[[], dict[str, Any]],
+    timeline: int,
+    ancestry: list[TimelineSwitch],
+    target_lsn: int,
+    timeout: float,
+) -> tuple[dict[str, Any], Segment | None]:
+    """The listing (``list_archived``: an archive's or a repository's) and the newest segment on the path once it
+    reaches ``target_lsn`` (or at ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
-        archived = archive.archived_wal()
+        archived = list_archived()
         newest = newest_on_path(archived, timeline, ancestry)
         if (newest and newest.end_lsn >= target_lsn) or time.monotonic() >= deadline:
             return archived, newest
@@ -246,13 +252,7 @@ def measure_repository(
     )
     if forced:  # an idle tail: push it out rather than report it as stale
         conn.execute("SELECT pg_switch_wal()")
-        deadline = time.monotonic() + wait_for_archive
-        while True:
-            archived = repository.archived_wal()
-            newest = newest_on_path(archived, timeline, ancestry)
-            if (newest and newest.end_lsn >= current) or time.monotonic() >= deadline:
-                break
-            time.sleep(1)
+        archived, newest = _wait_archived(repository.archived_wal, timeline, ancestry, current, wait_for_archive)
         row = _archiver_row(conn)
         current = parse_lsn(row["current_lsn"])
     rpo_bytes, rpo_seconds = unprotected(current, timeline, newest, _stored_age(archived, newest))

@@ -69,12 +69,17 @@ def postgres_admin() -> PostgresClient:
 
 
 def s3() -> Any:
-    """A boto3 S3 client of the configured endpoint (CA, credentials and checksum mode from `stack env`)."""
+    """A boto3 S3 client of the configured endpoint (CA, credentials and checksum mode from `stack env`).
+
+    Built from a session of its own, not boto3's process-wide default one: that caches the credentials file it read
+    first, so a process that ran under another environment (in-process CLI calls, tests of other stacks) would sign
+    with stale keys or miss the profile."""
     import boto3
 
     from cqox_platform.stack.s3 import client_config
 
-    return boto3.client("s3", endpoint_url=settings().require("s3_endpoint"), config=client_config())
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=settings().require("s3_endpoint"), config=client_config())
 
 
 def dr_s3() -> Any:

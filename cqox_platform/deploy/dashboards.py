@@ -78,7 +78,9 @@ class DashboardError(CqoxError):
 
 # --- thresholds from the alert rules ----------------------------------------------------------------------------
 
-_COMPARISON = re.compile(r"^(?P<age>time\(\) - )?(?P<metric>[a-z_:]+) (?P<op>>|==) (?P<value>[0-9.* ]+)$")
+_COMPARISON = re.compile(
+    r"^(?P<age>time\(\) - )?(?P<metric>[a-z_:]+)(?P<selector>\{[^}]*\})? (?P<op>>|==) (?P<value>[0-9.* ]+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -483,6 +485,35 @@ def backup_dashboard(rules_file: Path = BACKUP_ALERT_RULES) -> db.Dashboard:
             "none",
             _steps("green", (1.0, "orange")),
         ),
+        8,
+        8,
+    )
+    dr_window = _threshold(t, "CqoxDrRecoveryWindowBehindRpo", g.RECOVERY_WINDOW_LATEST, age=True)
+    by_copy = "{{copy}} {{system_id}}"
+    layout.add(
+        _timeseries(
+            "Recovery window end behind now, by copy",
+            "How far each copy's latest recoverable instant (the end of its newest archived WAL on the current "
+            "timeline) trails now; the DR copy pages past the line. A copy that could not be read is pushed as 0 "
+            "and shows as far behind.",
+            [(f"time() - {g.RECOVERY_WINDOW_LATEST}", by_copy)],
+            "s",
+            _steps("green", (dr_window, "red")),
+        ),
+        16,
+        8,
+    )
+    layout.add(
+        _stat(
+            "Recoverable from / to, by copy",
+            "Each copy's earliest (start of its oldest kept, verified backup) and latest recoverable instant.",
+            [
+                (f"{g.RECOVERY_WINDOW_EARLIEST} * 1000", f"from {by_copy}"),
+                (f"{g.RECOVERY_WINDOW_LATEST} * 1000", f"to {by_copy}"),
+            ],
+            "dateTimeAsIso",
+            _steps("blue"),
+        ).graph_mode(common.BigValueGraphMode.NONE),
         8,
         8,
     )

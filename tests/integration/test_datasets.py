@@ -103,7 +103,7 @@ def _upload(env, tmp_path: Path, name: str, content: bytes | pd.DataFrame, suffi
 def _keys(prefix: str) -> list[str]:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=os.environ["CQOX_S3_ENDPOINT"])
+    client = boto3.session.Session().client("s3", endpoint_url=os.environ["CQOX_S3_ENDPOINT"])
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=os.environ["CQOX_S3_BUCKET"], Prefix=prefix)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
@@ -257,7 +257,7 @@ def test_rotation_rewraps_every_dek_without_rewriting_data(stack, env, instance,
         ready = conn.execute("SELECT id::text FROM datasets WHERE status = 'ready'").fetchall()
     import boto3
 
-    client = boto3.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"])
+    client = boto3.session.Session().client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"])
     etags = {
         i: client.head_object(Bucket=env["CQOX_S3_BUCKET"], Key=f"datasets/{i}/data.parquet.enc")["ETag"]
         for (i,) in ready
@@ -373,7 +373,7 @@ def _store_args(stack, env):
 
     vault = vault_platform(stack)
     return {
-        "s3": boto3.client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"]),
+        "s3": boto3.session.Session().client("s3", endpoint_url=env["CQOX_S3_ENDPOINT"]),
         "bucket": env["CQOX_S3_BUCKET"],
         "vault": vault,
         "path_key": vault.read_secret(DATASET_PATH_KEY)["value"],

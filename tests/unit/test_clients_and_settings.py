@@ -143,3 +143,27 @@ def test_cli_command_modules_never_import_the_cli_package_back():
                 assert node.module != "cqox_platform.cli.app", f"{module.name} imports the assembled CLI back"
             if isinstance(node, ast.Import):
                 assert "cqox_platform.cli" not in {a.name for a in node.names}, module.name
+
+
+def test_the_cli_s3_client_reads_the_credentials_of_the_environment_it_is_built_in(clean_env, tmp_path):
+    """A process that built a boto3 client under other settings (an in-process CLI call, a resource, a test of another
+    stack) must not leave the next client with that environment's credentials file: boto3's default session caches
+    the config files it read first, and the datasets tests failed with ``ProfileNotFound: cqox-local``."""
+    import boto3
+
+    from cqox_platform.cli import context
+
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[cqox-local]\naws_access_key_id = AKIDLOCAL\naws_secret_access_key = local-secret\n")
+    clean_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "absent"))
+    clean_env.setattr(boto3, "DEFAULT_SESSION", None)
+    boto3.client("s3", region_name="us-east-1", endpoint_url="https://127.0.0.1:1")  # caches the absent file
+    clean_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    clean_env.setenv("AWS_PROFILE", "cqox-local")
+    clean_env.setenv("CQOX_S3_ENDPOINT", "https://127.0.0.1:1")
+    context.settings.cache_clear()
+    try:
+        client = context.s3()
+        assert client._request_signer._credentials.access_key == "AKIDLOCAL"
+    finally:
+        context.settings.cache_clear()

@@ -109,12 +109,15 @@ def test_backup_panels_chart_the_pushed_gauges_with_the_alert_thresholds(models:
     text = json.dumps(backups)
     pushed = [v for k, v in vars(gauges).items() if k.isupper() and isinstance(v, str) and v.startswith("cqox_")]
     charted = [name for name in pushed if name in text]
-    assert len(pushed) == 16 and sorted(set(pushed) - set(charted)) == []
+    assert len(pushed) == 18 and sorted(set(pushed) - set(charted)) == []
     thresholds = gen.alert_thresholds()
     assert thresholds["CqoxWalRpoCritical"].value == 3600 and thresholds["CqoxBaseBackupTooOld"].value == 26 * 3600
     rpo = next(p for p in backups["panels"] if p["title"] == "RPO")
     values = [s["value"] for s in rpo["fieldConfig"]["defaults"]["thresholds"]["steps"]]
     assert values == [None, thresholds["CqoxWalRpoAboveTarget"].value, thresholds["CqoxWalRpoCritical"].value]
+    behind = next(p for p in backups["panels"] if p["title"] == "Recovery window end behind now, by copy")
+    steps = [s["value"] for s in behind["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert thresholds["CqoxDrRecoveryWindowBehindRpo"].value == 3600 and steps == [None, 3600]
 
 
 def test_a_changed_alert_rule_fails_the_build_naming_it(tmp_path: Path):

@@ -18,6 +18,7 @@ from assets import (
     deploy,
     ha,
     security,
+    site_loss,
     slo,
     vault_recovery,
 )
@@ -66,6 +67,7 @@ defs = dg.Definitions.merge(
     ha.defs,
     ha_sensors.defs,
     vault_recovery.defs,
+    site_loss.defs,
     vault_recovery_sensor.defs,
     dg.Definitions(
         resources={

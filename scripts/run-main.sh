@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 VENV="${CQOX_VENV:-.venv}"
 # CQOX_HA=1: a new stack with etcd and three Patroni nodes behind HAProxy (`stack up --ha`), and group `ha`.
 HA_FLAG=()
-SELECT='not group:datasets and not group:canary and not group:ha and not key:alert_drill and not key:slo_report and not key:slo_version_report'
+SELECT='not group:datasets and not group:canary and not group:ha and not key:alert_drill and not key:site_loss_drill and not key:slo_report and not key:slo_version_report'
 if [ "${CQOX_HA:-0}" = "1" ]; then
   HA_FLAG=(--ha)
-  SELECT='not group:datasets and not group:canary and not key:alert_drill and not key:slo_report and not key:slo_version_report'
+  SELECT='not group:datasets and not group:canary and not key:alert_drill and not key:site_loss_drill and not key:slo_report and not key:slo_version_report'
 fi
 "$VENV/bin/cqox-platform" stack up --traffic "${HA_FLAG[@]}"
 eval "$("$VENV/bin/cqox-platform" stack env)"

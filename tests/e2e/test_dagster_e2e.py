@@ -21,8 +21,8 @@ DAGSTER = str(Path(sys.executable).parent / "dagster")
 CLI = str(Path(sys.executable).parent / "cqox-platform")
 #: What the README's main job materializes: all but the per-upload dataset partitions and key rotation.
 MAIN_SELECTION = (
-    "not group:datasets and not group:canary and not group:ha and not key:alert_drill and not key:slo_report"
-    " and not key:slo_version_report"
+    "not group:datasets and not group:canary and not group:ha and not key:alert_drill and not key:site_loss_drill"
+    " and not key:slo_report and not key:slo_version_report"
 )
 DATABASE_ASSETS = {"cqox_schema", "metrics_partitions", "metrics_rollups", "metrics_retention"}
 

@@ -251,28 +251,40 @@ def _check_restored(cluster: ScratchCluster, expected: RestorePoint | None, resu
     database = expected.database if expected else "postgres"
     with cluster.connect(database) as conn:
         if expected is not None:
-            actual = table_checksums(conn, sorted(expected.tables))
-            result.mismatches = compare_checksums(expected.tables, actual)
-            result.tables_checked = len(expected.tables)
-            result.details["rows_checked"] = sum(t["rows"] for t in actual.values() if t)
-        conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-        indexes = conn.execute(
-            """
-            SELECT c.oid::regclass::text FROM pg_index i
-              JOIN pg_class c ON c.oid = i.indexrelid
-              JOIN pg_am am ON am.oid = c.relam
-             WHERE am.amname = 'btree' AND c.relkind = 'i' AND i.indisvalid AND c.relpersistence <> 't'
-            """
-        ).fetchall()
-        errors = []
-        for (index,) in indexes:
-            try:
-                conn.execute("SELECT bt_index_check(%s::regclass, true)", [index])
-            except psycopg.Error as exc:
-                errors.append(f"{index}: {exc.diag.message_primary or exc}")
-        result.indexes_checked = len(indexes)
-        if errors:
-            result.details["amcheck_errors"] = errors
+            compare_with_point(conn, expected, result)
+        amcheck_indexes(conn, result)
+
+
+def compare_with_point(conn: psycopg.Connection, expected: RestorePoint, result: DrillResult) -> None:
+    """The restored tables' checksums against what was captured at ``expected``, into ``result`` (read-only: a
+    server paused at the point answers it too)."""
+    actual = table_checksums(conn, sorted(expected.tables))
+    result.mismatches = compare_checksums(expected.tables, actual)
+    result.tables_checked = len(expected.tables)
+    result.details["rows_checked"] = sum(t["rows"] for t in actual.values() if t)
+
+
+def amcheck_indexes(conn: psycopg.Connection, result: DrillResult) -> None:
+    """``bt_index_check`` of every valid B-tree index of the connected database, into ``result`` (a promoted
+    server: it may have to create the extension)."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    indexes = conn.execute(
+        """
+        SELECT c.oid::regclass::text FROM pg_index i
+          JOIN pg_class c ON c.oid = i.indexrelid
+          JOIN pg_am am ON am.oid = c.relam
+         WHERE am.amname = 'btree' AND c.relkind = 'i' AND i.indisvalid AND c.relpersistence <> 't'
+        """
+    ).fetchall()
+    errors = []
+    for (index,) in indexes:
+        try:
+            conn.execute("SELECT bt_index_check(%s::regclass, true)", [index])
+        except psycopg.Error as exc:
+            errors.append(f"{index}: {exc.diag.message_primary or exc}")
+    result.indexes_checked = len(indexes)
+    if errors:
+        result.details["amcheck_errors"] = errors
 
 
 def record_drill(conn: psycopg.Connection, result: DrillResult) -> None:

@@ -78,8 +78,11 @@ def vault_snapshot(
     before = _live_versions(vault, names)
     client = vault_snapshot_reader.client()
     with tempfile.TemporaryDirectory(prefix="cqox-vault-snapshot-", dir=backups.drill_parent()) as tmp:
+        # Timed from the request: hvac reads the whole body before take_snapshot sees it.
+        requested = time.monotonic()
         response = vault_snapshot_reader.call("taking a raft snapshot", client.sys.take_raft_snapshot)
         local = snapshots.take_snapshot(response, Path(tmp))
+        snapshot_seconds = time.monotonic() - requested
         after = _live_versions(vault, names)
         if after != before:
             raise dg.Failure(
@@ -93,7 +96,7 @@ def vault_snapshot(
         stored = [snapshots.upload(client, bucket, key, local, metadata) for bucket, client in copies]
         upload_seconds = time.monotonic() - started
     context.log.info(
-        f"Vault snapshot of {local.size} bytes (SHA-256 {local.sha256}) taken in {local.seconds:.2f} s, stored and "
+        f"Vault snapshot of {local.size} bytes (SHA-256 {local.sha256}) taken in {snapshot_seconds:.2f} s, stored and "
         f"verified in {', '.join(s.where for s in stored)} in {upload_seconds:.2f} s"
     )
     now = datetime.now(UTC)
@@ -111,7 +114,7 @@ def vault_snapshot(
             "dr": stored[1].where,
             "sha256": local.sha256,
             "size_bytes": local.size,
-            "snapshot_seconds": round(local.seconds, 3),
+            "snapshot_seconds": round(snapshot_seconds, 3),
             "upload_seconds": round(upload_seconds, 3),
             "taken_at": local.taken_at.isoformat(),
             "transit_keys": dg.MetadataValue.json(after),

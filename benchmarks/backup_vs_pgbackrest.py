@@ -19,7 +19,8 @@ Peak RSS counts a tool's own processes (the platform's backup runs in a process 
 processes, shared buffers once). Scratch disk is the peak du, sampled while the operation runs, of the local
 directory it writes besides the data it produces: the base backup's work directory (the platform's
 ``pg_basebackup`` output, read as it grows) and pgBackRest's spool; the whole restore directory (data directory
-and side files); the push spools (files only the spool links, so a marker hard-linked to a live WAL segment costs
+and side files), after the files alone and again through replay to promoted (what a drill's scratch directory
+holds); the push spools (files only the spool links, so a marker hard-linked to a live WAL segment costs
 nothing); the fetch spools (the platform's prefetch spool, pgBackRest's archive-get queue).
 
 Peak disk is sampled (du of the restore's directory, and growth of its file system) while the files are
@@ -323,9 +324,11 @@ def replay_ours(b: Bench, record: BackupRecord, wal_bytes: int) -> float:
     parent, pgdata = fresh_dir(b, "replay-cqox")
     watch = ProcessWatch(marker=str(pgdata), count_tree=False)  # wal-fetch and its helpers, not restore itself
     with DiskWatch(b.prefetch_spool, own_only=True) as spool, ServerWatch(str(pgdata)) as server:
-        run = run_timed(cqox("restore", "--backup", record.backup_id, "--pgdata", str(pgdata)), watch=watch)
+        argv = cqox("restore", "--backup", record.backup_id, "--pgdata", str(pgdata))
+        run = run_timed(argv, watch=watch, disk_root=parent)
     wal.stop_cluster(pgdata, pg_bindir())
     b.keep_peak(b.scratch, "fetch", spool.peak_growth, None)
+    b.keep_peak(b.scratch, "restore + replay", run.disk.peak_du, None)
     b.keep_peak(b.server, "replay", server.peak_total, None)
     phases, files_done = restored_file_phases(run.lines, run.seconds)
     replay = run.seconds - files_done
@@ -334,7 +337,8 @@ def replay_ours(b: Bench, record: BackupRecord, wal_bytes: int) -> float:
     b.rss["fetch"] = (watch, None)
     b.log(
         f"replay: cqox {run.seconds:.1f} s to promoted (files {files_done:.1f} s), fetch RSS {watch.describe()}, "
-        f"prefetch spool +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB"
+        f"prefetch spool +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB, "
+        f"directory peak {run.disk.peak_du / MIB:.0f} MiB"
     )
     shutil.rmtree(parent)
     return run.seconds
@@ -348,8 +352,9 @@ def replay_theirs(b: Bench, database_bytes: int, wal_bytes: int) -> float:
     watch = ProcessWatch(marker=str(pgdata))
     spool = DiskWatch(b.backrest_spool, own_only=True)
     server = ServerWatch(str(pgdata))
+    directory = DiskWatch(parent)
     started = time.perf_counter()
-    with watch, spool, server:
+    with watch, spool, server, directory:
         b.backrest.run("restore", f"--pg1-path={pgdata}", "--type=default")
         files = time.perf_counter() - started
         cluster = ScratchCluster(pgdata, parent / "sock", free_port(), parent / "server.log", bindir)
@@ -369,10 +374,12 @@ def replay_theirs(b: Bench, database_bytes: int, wal_bytes: int) -> float:
     b.restores.append(MeasuredRestore("pgBackRest", {"restore files": files}, total - files, database_bytes, wal_bytes))
     b.rss["fetch"] = (b.rss["fetch"][0], watch)
     b.keep_peak(b.scratch, "fetch", 0, spool.peak_growth)
+    b.keep_peak(b.scratch, "restore + replay", 0, directory.peak_du)
     b.keep_peak(b.server, "replay", 0, server.peak_total)
     b.log(
         f"replay: pgBackRest {total:.1f} s to promoted (files {files:.1f} s), RSS {watch.describe()}, "
-        f"archive-get queue +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB"
+        f"archive-get queue +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB, "
+        f"directory peak {directory.peak_du / MIB:.0f} MiB"
     )
     shutil.rmtree(parent)
     return total
@@ -583,7 +590,7 @@ def rss_rows(b: Bench) -> None:
         b.rows.append(
             Row(f"restored server PSS, {kind}", ours / MIB, theirs / MIB if theirs else None, "MiB", "stated", None)
         )
-    for kind in ("backup", "push", "fetch", "restore"):
+    for kind in ("backup", "push", "fetch", "restore", "restore + replay"):
         if kind in b.scratch:
             ours, theirs = b.scratch[kind]
             b.rows.append(

@@ -110,7 +110,8 @@ class Bench:
     archive_command: str
     bench_archive: Archive
     rows: list[Row] = field(default_factory=list)
-    rss: dict[str, tuple[ProcessWatch, ProcessWatch | None]] = field(default_factory=dict)
+    #: Peak RSS per operation: (largest process, all at once) for cqox-platform and pgBackRest, over the repeats.
+    rss: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = field(default_factory=dict)
     #: Peak scratch bytes per operation (cqox-platform, pgBackRest), the largest over repeats.
     scratch: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     #: Peak PSS of the restored server while it replays, per tool (the same PostgreSQL for both).
@@ -125,6 +126,18 @@ class Bench:
     def compare(self, figure: str, ours: list[float], theirs: list[float], unit: str = "s") -> None:
         o, t = statistics.median(ours), statistics.median(theirs)
         self.rows.append(Row(figure, o, t, unit, "<= 1.0x", o <= t))
+
+    def keep_rss(self, kind: str, ours: ProcessWatch | None, theirs: ProcessWatch | None) -> None:
+        """Keep each tool's largest peaks (one process, all at once) for ``kind`` over the repeats."""
+
+        def merged(old: tuple[int, int] | None, watch: ProcessWatch | None) -> tuple[int, int] | None:
+            if watch is None:
+                return old
+            new = (watch.peak_single, watch.peak_total)
+            return new if old is None else (max(old[0], new[0]), max(old[1], new[1]))
+
+        o, t = self.rss.get(kind, (None, None))
+        self.rss[kind] = (merged(o, ours) or (0, 0), merged(t, theirs))
 
     def keep_peak(self, table: dict[str, tuple[int, int | None]], kind: str, ours: int, theirs: int | None) -> None:
         """Keep the larger of each tool's peaks for ``kind`` over the repeats."""
@@ -255,11 +268,7 @@ def figure_backup(b: Bench) -> None:
             f"{run.disk.peak_du / MIB:.0f} MiB; pgBackRest {theirs[-1]:.1f} s, RSS {run_b.rss.describe()}, spool "
             f"+{run_b.disk.peak_growth / MIB:.0f} MiB"
         )
-        b.rss.setdefault("backup", (run.rss, run_b.rss))
-        if run.rss.peak_total > b.rss["backup"][0].peak_total:
-            b.rss["backup"] = (run.rss, b.rss["backup"][1])
-        if run_b.rss.peak_total > b.rss["backup"][1].peak_total:
-            b.rss["backup"] = (b.rss["backup"][0], run_b.rss)
+        b.keep_rss("backup", run.rss, run_b.rss)
         b.keep_peak(b.scratch, "backup", run.disk.peak_du, run_b.disk.peak_growth)
     r = b.bench_record
     b.log(f"cqox backup: {r.database_bytes / MIB:.0f} MiB -> {r.stored_bytes / MIB:.0f} MiB stored")
@@ -284,7 +293,7 @@ def figure_restore(b: Bench) -> None:
             f"data dir {size / MIB:.0f} MiB, peak du {run.disk.peak_du / MIB:.0f} MiB, "
             f"file system +{run.disk.peak_fs_growth / MIB:.0f} MiB, RSS {run.rss.describe()}"
         )
-        b.rss.setdefault("restore", (run.rss, None))
+        b.keep_rss("restore", run.rss, None)
         b.keep_peak(b.scratch, "restore", run.disk.peak_du, None)
         shutil.rmtree(parent)
         parent, pgdata = fresh_dir(b, f"restore-backrest-{i}")
@@ -297,7 +306,7 @@ def figure_restore(b: Bench) -> None:
             f"restore {i + 1}: pgBackRest {run_b.seconds:.1f} s, peak du {run_b.disk.peak_du / MIB:.0f} MiB, "
             f"RSS {run_b.rss.describe()}"
         )
-        b.rss["restore"] = (b.rss["restore"][0], run_b.rss)
+        b.keep_rss("restore", None, run_b.rss)
         b.keep_peak(b.scratch, "restore", 0, run_b.disk.peak_du)
         shutil.rmtree(parent)
     b.compare("restore of files", ours, theirs)
@@ -334,7 +343,7 @@ def replay_ours(b: Bench, record: BackupRecord, wal_bytes: int) -> float:
     replay = run.seconds - files_done
     fixed = max(files_done - sum(phases.values()), 0.0)  # the command starting and checking before the download
     b.restores.append(MeasuredRestore("cqox-platform", phases, replay, record.database_bytes, wal_bytes, fixed))
-    b.rss["fetch"] = (watch, None)
+    b.keep_rss("fetch", watch, None)
     b.log(
         f"replay: cqox {run.seconds:.1f} s to promoted (files {files_done:.1f} s), fetch RSS {watch.describe()}, "
         f"prefetch spool +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB, "
@@ -372,7 +381,7 @@ def replay_theirs(b: Bench, database_bytes: int, wal_bytes: int) -> float:
             cluster.stop()
     total = time.perf_counter() - started
     b.restores.append(MeasuredRestore("pgBackRest", {"restore files": files}, total - files, database_bytes, wal_bytes))
-    b.rss["fetch"] = (b.rss["fetch"][0], watch)
+    b.keep_rss("fetch", None, watch)
     b.keep_peak(b.scratch, "fetch", 0, spool.peak_growth)
     b.keep_peak(b.scratch, "restore + replay", 0, directory.peak_du)
     b.keep_peak(b.server, "replay", 0, server.peak_total)
@@ -447,7 +456,7 @@ def figure_archive_cost(b: Bench, watch_rss: bool) -> None:
         f"push spool: cqox +{ours_disk.peak_growth / MIB:.1f} MiB, pgBackRest +{theirs_disk.peak_growth / MIB:.1f} MiB"
     )
     if watch_rss:
-        b.rss["push"] = (ours_rss, theirs_rss)
+        b.keep_rss("push", ours_rss, theirs_rss)
     b.compare("archive_command per segment", ours, theirs)
 
 
@@ -566,26 +575,9 @@ def rss_rows(b: Bench) -> None:
             print(f"peak RSS of {kind}: not measured (its figure did not run)")
             continue
         ours, theirs = b.rss[kind]
-        b.rows.append(
-            Row(
-                f"peak RSS {kind}, one process",
-                ours.peak_single / MIB,
-                theirs.peak_single / MIB if theirs else None,
-                "MiB",
-                "stated",
-                None,
-            )
-        )
-        b.rows.append(
-            Row(
-                f"peak RSS {kind}, all at once",
-                ours.peak_total / MIB,
-                theirs.peak_total / MIB if theirs else None,
-                "MiB",
-                "stated",
-                None,
-            )
-        )
+        for i, how in enumerate(("one process", "all at once")):
+            mib = theirs[i] / MIB if theirs else None
+            b.rows.append(Row(f"peak RSS {kind}, {how}", ours[i] / MIB, mib, "MiB", "stated", None))
     for kind, (ours, theirs) in b.server.items():
         b.rows.append(
             Row(f"restored server PSS, {kind}", ours / MIB, theirs / MIB if theirs else None, "MiB", "stated", None)

@@ -118,17 +118,32 @@ class ProcessWatch(_Sampling):
         return f"peak {self.peak_total / 2**20:.0f} MiB summed, {self.peak_single / 2**20:.0f} MiB largest"
 
 
-def du_bytes(root: Path) -> int:
-    """Allocated bytes under ``root`` (like ``du -s``), tolerant of files vanishing while it walks."""
+def du_bytes(root: Path, *, own_only: bool = False) -> int:
+    """Allocated bytes under ``root`` (like ``du -s``), tolerant of files vanishing while it walks.
+
+    ``own_only``: each inode once, and only files no other directory links to (``st_nlink`` 1). A spool that
+    marks a WAL segment with a hard link to it costs no disk while ``pg_wal`` holds the same inode, but does once
+    the server removed its name; counting every name would charge the segment twice.
+    """
     total = 0
+    seen: set[tuple[int, int]] = set()
     for dirpath, _dirs, files in os.walk(root, onerror=lambda _e: None):
         for name in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                st = os.lstat(os.path.join(dirpath, name))
+                if own_only:
+                    if st.st_nlink > 1 or (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
     return total
 
 
 def fs_used(path: Path) -> int:
+    """Used bytes of the file system holding ``path`` (or its nearest existing parent: a spool may not exist yet)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
@@ -138,19 +153,58 @@ class DiskWatch(_Sampling):
     """Peak bytes under ``root`` (du) and peak growth of its file system (statvfs) while the block runs.
 
     ``du`` sees only ``root`` and is exact on a shared machine; ``statvfs`` also sees staging files written
-    elsewhere, but counts whatever else writes to the same file system at the time.
+    elsewhere, but counts whatever else writes to the same file system at the time. ``peak_growth`` is the peak
+    du over the du at the start: the scratch space an operation added to a directory that already held files.
+    ``own_only`` is passed to ``du_bytes`` (a spool of hard-linked markers).
     """
 
     root: Path
     interval: float = 0.5
+    own_only: bool = False
     peak_du: int = 0
     peak_fs_growth: int = 0
+    start_du: int = 0
     _fs_start: int = 0
 
     def __enter__(self) -> DiskWatch:
         self._fs_start = fs_used(self.root)
+        self.start_du = du_bytes(self.root, own_only=self.own_only)
         return super().__enter__()
 
+    @property
+    def peak_growth(self) -> int:
+        return max(self.peak_du - self.start_du, 0)
+
     def _sample(self) -> None:
-        self.peak_du = max(self.peak_du, du_bytes(self.root))
+        self.peak_du = max(self.peak_du, du_bytes(self.root, own_only=self.own_only))
         self.peak_fs_growth = max(self.peak_fs_growth, fs_used(self.root) - self._fs_start)
+
+
+def _pss(pid: str) -> int:
+    """The process's proportional set size (shared pages split among their users), in bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class ServerWatch(_Sampling):
+    """Peak memory of a PostgreSQL server, the processes named ``postgres`` whose working directory (or command
+    line) is under ``marker``: summed PSS, so its shared buffers count once, as a pod's memory cgroup charges them.
+    """
+
+    marker: str
+    interval: float = 0.5
+    peak_total: int = 0
+
+    def _sample(self) -> None:
+        total = 0
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            info = _stat(pid)
+            if info is not None and info[0] == "postgres" and _names_marker(pid, self.marker):
+                total += _pss(pid)
+        self.peak_total = max(self.peak_total, total)

@@ -12,7 +12,16 @@ through its stable entry points, so changes to the backup code plug in without e
 | `replay` | replay phase; restore + replay | `restore` (CLI), wal-fetch | async archive-get | <= 1.0x; <= 0.8x |
 | `archive-cost` | archive_command per segment | the server's archive_command | async push | <= 1.0x |
 | `sustained` | archiving, pgbench flat out | the server's archive_command | - | bounded, >= 1.5x |
-| `rss` | peak RSS: push, fetch, restore | /proc, during the figures above | same | stated |
+| `rss` | peak RSS and scratch disk: backup, push, fetch, restore | /proc, du, during the above | same | stated |
+
+Peak RSS counts a tool's own processes (the platform's backup runs in a process of its own for it,
+``benchmarks._backup_child``); a restored server's memory is its own row (summed PSS of its ``postgres``
+processes, shared buffers once). Scratch disk is the peak du, sampled while the operation runs, of the local
+directory it writes besides the data it produces: the base backup's work directory (the platform's
+``pg_basebackup`` output, read as it grows) and pgBackRest's spool; the whole restore directory (data directory
+and side files), after the files alone and again through replay to promoted (what a drill's scratch directory
+holds); the push spools (files only the spool links, so a marker hard-linked to a live WAL segment costs
+nothing); the fetch spools (the platform's prefetch spool, pgBackRest's archive-get queue).
 
 Peak disk is sampled (du of the restore's directory, and growth of its file system) while the files are
 restored, over the size of the restored data directory. Sustained archiving samples ``pg_stat_archiver`` and
@@ -33,11 +42,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,7 +59,7 @@ import psycopg
 
 from benchmarks import _archiving as wal
 from benchmarks._pgbackrest import PgBackRest, configure, stack_vault
-from benchmarks._probes import DiskWatch, ProcessWatch, du_bytes
+from benchmarks._probes import DiskWatch, ProcessWatch, ServerWatch, du_bytes
 from benchmarks._rto import MeasuredRestore, markdown
 from benchmarks._scratch import scratch_database
 from cqox_platform.backup.archive.records import BackupRecord
@@ -99,7 +110,12 @@ class Bench:
     archive_command: str
     bench_archive: Archive
     rows: list[Row] = field(default_factory=list)
-    rss: dict[str, tuple[ProcessWatch, ProcessWatch | None]] = field(default_factory=dict)
+    #: Peak RSS per operation: (largest process, all at once) for cqox-platform and pgBackRest, over the repeats.
+    rss: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = field(default_factory=dict)
+    #: Peak scratch bytes per operation (cqox-platform, pgBackRest), the largest over repeats.
+    scratch: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    #: Peak PSS of the restored server while it replays, per tool (the same PostgreSQL for both).
+    server: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     restores: list[MeasuredRestore] = field(default_factory=list)
     purge: list[tuple[Archive, str]] = field(default_factory=list)
     bench_record: BackupRecord | None = None
@@ -110,6 +126,38 @@ class Bench:
     def compare(self, figure: str, ours: list[float], theirs: list[float], unit: str = "s") -> None:
         o, t = statistics.median(ours), statistics.median(theirs)
         self.rows.append(Row(figure, o, t, unit, "<= 1.0x", o <= t))
+
+    def keep_rss(self, kind: str, ours: ProcessWatch | None, theirs: ProcessWatch | None) -> None:
+        """Keep each tool's largest peaks (one process, all at once) for ``kind`` over the repeats."""
+
+        def merged(old: tuple[int, int] | None, watch: ProcessWatch | None) -> tuple[int, int] | None:
+            if watch is None:
+                return old
+            new = (watch.peak_single, watch.peak_total)
+            return new if old is None else (max(old[0], new[0]), max(old[1], new[1]))
+
+        o, t = self.rss.get(kind, (None, None))
+        self.rss[kind] = (merged(o, ours) or (0, 0), merged(t, theirs))
+
+    def keep_peak(self, table: dict[str, tuple[int, int | None]], kind: str, ours: int, theirs: int | None) -> None:
+        """Keep the larger of each tool's peaks for ``kind`` over the repeats."""
+        o, t = table.get(kind, (0, None))
+        table[kind] = (max(o, ours), theirs if t is None else max(t, theirs or 0))
+
+    @property
+    def push_spool(self) -> Path:
+        """The platform's WAL push spools (one per data directory), beside the archiver's settings."""
+        return Path(os.environ["CQOX_WAL_ARCHIVER_CONFIG"]).parent / "spool"
+
+    @property
+    def prefetch_spool(self) -> Path:
+        """The platform's WAL prefetch spools, beside the archiver's settings the restored server reads."""
+        return Path(os.environ["CQOX_WAL_ARCHIVER_CONFIG"]).parent / "prefetch"
+
+    @property
+    def backrest_spool(self) -> Path:
+        """pgBackRest's ``spool-path`` (async archive-push status, archive-get queue); see ``_pgbackrest``."""
+        return self.work / "spool"
 
 
 # --- running and timing commands ---------------------------------------------------------------------------
@@ -194,15 +242,34 @@ def backup_once(b: Bench, archive: Archive) -> BackupRecord:
     return create_base_backup(archive, b.provider, dsn=b.admin_dsn, pg_basebackup=str(pg_bindir() / "pg_basebackup"))
 
 
+def backup_measured(b: Bench, i: int) -> tuple[BackupRecord, float, Timed]:
+    """A backup into the benchmark's archive in a process of its own (``_backup_child``): its process tree's RSS
+    and its work directory's peak du are sampled; the time is the one ``create_base_backup`` itself took."""
+    scratch = b.work / f"backup-scratch-{i}"
+    scratch.mkdir(mode=0o755)
+    argv = [sys.executable, "-m", "benchmarks._backup_child", "--system-id", b.bench_archive.system_id]
+    run = run_timed([*argv, "--workdir-parent", str(scratch)], disk_root=scratch)
+    result = json.loads(run.lines[-1][1])
+    record = BackupRecord.from_json(json.dumps(result["record"]), where="benchmarks._backup_child")
+    shutil.rmtree(scratch)
+    return record, result["seconds"], run
+
+
 def figure_backup(b: Bench) -> None:
     ours, theirs = [], []
     for i in range(b.args.repeat):
         wal.wait_archived(b.admin)
-        started = time.perf_counter()
-        b.bench_record = backup_once(b, b.bench_archive)
-        ours.append(time.perf_counter() - started)
-        theirs.append(run_timed(b.backrest.argv("backup", "--type=full")).seconds)
-        b.log(f"backup {i + 1}/{b.args.repeat}: cqox {ours[-1]:.1f} s, pgBackRest {theirs[-1]:.1f} s")
+        b.bench_record, seconds, run = backup_measured(b, i)
+        ours.append(seconds)
+        run_b = run_timed(b.backrest.argv("backup", "--type=full"), disk_root=b.backrest_spool)
+        theirs.append(run_b.seconds)
+        b.log(
+            f"backup {i + 1}/{b.args.repeat}: cqox {ours[-1]:.1f} s, RSS {run.rss.describe()}, work dir peak "
+            f"{run.disk.peak_du / MIB:.0f} MiB; pgBackRest {theirs[-1]:.1f} s, RSS {run_b.rss.describe()}, spool "
+            f"+{run_b.disk.peak_growth / MIB:.0f} MiB"
+        )
+        b.keep_rss("backup", run.rss, run_b.rss)
+        b.keep_peak(b.scratch, "backup", run.disk.peak_du, run_b.disk.peak_growth)
     r = b.bench_record
     b.log(f"cqox backup: {r.database_bytes / MIB:.0f} MiB -> {r.stored_bytes / MIB:.0f} MiB stored")
     b.compare("full backup", ours, theirs)
@@ -226,7 +293,8 @@ def figure_restore(b: Bench) -> None:
             f"data dir {size / MIB:.0f} MiB, peak du {run.disk.peak_du / MIB:.0f} MiB, "
             f"file system +{run.disk.peak_fs_growth / MIB:.0f} MiB, RSS {run.rss.describe()}"
         )
-        b.rss.setdefault("restore", (run.rss, None))
+        b.keep_rss("restore", run.rss, None)
+        b.keep_peak(b.scratch, "restore", run.disk.peak_du, None)
         shutil.rmtree(parent)
         parent, pgdata = fresh_dir(b, f"restore-backrest-{i}")
         pgdata.mkdir(mode=0o700)
@@ -234,8 +302,12 @@ def figure_restore(b: Bench) -> None:
         run_b = run_timed(b.backrest.argv("restore", f"--pg1-path={pgdata}", "--type=immediate"), disk_root=parent)
         theirs.append(run_b.seconds)
         theirs_disk.append(run_b.disk.peak_du / du_bytes(pgdata))
-        b.log(f"restore {i + 1}: pgBackRest {run_b.seconds:.1f} s, RSS {run_b.rss.describe()}")
-        b.rss["restore"] = (b.rss["restore"][0], run_b.rss)
+        b.log(
+            f"restore {i + 1}: pgBackRest {run_b.seconds:.1f} s, peak du {run_b.disk.peak_du / MIB:.0f} MiB, "
+            f"RSS {run_b.rss.describe()}"
+        )
+        b.keep_rss("restore", None, run_b.rss)
+        b.keep_peak(b.scratch, "restore", 0, run_b.disk.peak_du)
         shutil.rmtree(parent)
     b.compare("restore of files", ours, theirs)
     peak_ours, peak_theirs = max(ours_disk), max(theirs_disk)
@@ -260,14 +332,23 @@ def generate_wal(b: Bench, nbytes: int) -> None:
 def replay_ours(b: Bench, record: BackupRecord, wal_bytes: int) -> float:
     parent, pgdata = fresh_dir(b, "replay-cqox")
     watch = ProcessWatch(marker=str(pgdata), count_tree=False)  # wal-fetch and its helpers, not restore itself
-    run = run_timed(cqox("restore", "--backup", record.backup_id, "--pgdata", str(pgdata)), watch=watch)
+    with DiskWatch(b.prefetch_spool, own_only=True) as spool, ServerWatch(str(pgdata)) as server:
+        argv = cqox("restore", "--backup", record.backup_id, "--pgdata", str(pgdata))
+        run = run_timed(argv, watch=watch, disk_root=parent)
     wal.stop_cluster(pgdata, pg_bindir())
+    b.keep_peak(b.scratch, "fetch", spool.peak_growth, None)
+    b.keep_peak(b.scratch, "restore + replay", run.disk.peak_du, None)
+    b.keep_peak(b.server, "replay", server.peak_total, None)
     phases, files_done = restored_file_phases(run.lines, run.seconds)
     replay = run.seconds - files_done
     fixed = max(files_done - sum(phases.values()), 0.0)  # the command starting and checking before the download
     b.restores.append(MeasuredRestore("cqox-platform", phases, replay, record.database_bytes, wal_bytes, fixed))
-    b.rss["fetch"] = (watch, None)
-    b.log(f"replay: cqox {run.seconds:.1f} s to promoted (files {files_done:.1f} s), fetch RSS {watch.describe()}")
+    b.keep_rss("fetch", watch, None)
+    b.log(
+        f"replay: cqox {run.seconds:.1f} s to promoted (files {files_done:.1f} s), fetch RSS {watch.describe()}, "
+        f"prefetch spool +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB, "
+        f"directory peak {run.disk.peak_du / MIB:.0f} MiB"
+    )
     shutil.rmtree(parent)
     return run.seconds
 
@@ -278,8 +359,11 @@ def replay_theirs(b: Bench, database_bytes: int, wal_bytes: int) -> float:
     chown_tree(pgdata)
     bindir = pg_bindir()
     watch = ProcessWatch(marker=str(pgdata))
+    spool = DiskWatch(b.backrest_spool, own_only=True)
+    server = ServerWatch(str(pgdata))
+    directory = DiskWatch(parent)
     started = time.perf_counter()
-    with watch:
+    with watch, spool, server, directory:
         b.backrest.run("restore", f"--pg1-path={pgdata}", "--type=default")
         files = time.perf_counter() - started
         cluster = ScratchCluster(pgdata, parent / "sock", free_port(), parent / "server.log", bindir)
@@ -297,8 +381,15 @@ def replay_theirs(b: Bench, database_bytes: int, wal_bytes: int) -> float:
             cluster.stop()
     total = time.perf_counter() - started
     b.restores.append(MeasuredRestore("pgBackRest", {"restore files": files}, total - files, database_bytes, wal_bytes))
-    b.rss["fetch"] = (b.rss["fetch"][0], watch)
-    b.log(f"replay: pgBackRest {total:.1f} s to promoted (files {files:.1f} s), RSS {watch.describe()}")
+    b.keep_rss("fetch", None, watch)
+    b.keep_peak(b.scratch, "fetch", 0, spool.peak_growth)
+    b.keep_peak(b.scratch, "restore + replay", 0, directory.peak_du)
+    b.keep_peak(b.server, "replay", 0, server.peak_total)
+    b.log(
+        f"replay: pgBackRest {total:.1f} s to promoted (files {files:.1f} s), RSS {watch.describe()}, "
+        f"archive-get queue +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB, "
+        f"directory peak {directory.peak_du / MIB:.0f} MiB"
+    )
     shutil.rmtree(parent)
     return total
 
@@ -348,10 +439,11 @@ def figure_archive_cost(b: Bench, watch_rss: bool) -> None:
     ours_dir = wal.fake_pgdata(b.work, b.pgdata, ours_names, sources, fake_sysid)
     theirs_names = [f"00000001000000FF{n:08X}" for n in range(len(sources))]
     theirs_dir = wal.fake_pgdata(b.work, b.pgdata, theirs_names, sources, None)
-    with ProcessWatch(marker=str(ours_dir)) as ours_rss:
+    with ProcessWatch(marker=str(ours_dir)) as ours_rss, DiskWatch(b.push_spool, own_only=True) as ours_disk:
         ours = wal.push_all(ours_dir, ours_names, b.archive_command)
-    with ProcessWatch(marker=str(theirs_dir)) as theirs_rss:
+    with ProcessWatch(marker=str(theirs_dir)) as theirs_rss, DiskWatch(b.backrest_spool, own_only=True) as theirs_disk:
         theirs = wal.push_all(theirs_dir, theirs_names, b.backrest.archive_push(theirs_dir))
+    b.keep_peak(b.scratch, "push", ours_disk.peak_growth, theirs_disk.peak_growth)
     b.log(
         f"archive_command: cqox {' '.join(f'{t:.2f}' for t in ours)} s; pgBackRest async "
         f"{' '.join(f'{t:.2f}' for t in theirs)} s"
@@ -360,8 +452,11 @@ def figure_archive_cost(b: Bench, watch_rss: bool) -> None:
         f"cqox pushes at {16 * len(ours) / sum(ours):.0f} MiB/s sequentially, pgBackRest at "
         f"{16 * len(theirs) / sum(theirs):.0f} MiB/s"
     )
+    b.log(
+        f"push spool: cqox +{ours_disk.peak_growth / MIB:.1f} MiB, pgBackRest +{theirs_disk.peak_growth / MIB:.1f} MiB"
+    )
     if watch_rss:
-        b.rss["push"] = (ours_rss, theirs_rss)
+        b.keep_rss("push", ours_rss, theirs_rss)
     b.compare("archive_command per segment", ours, theirs)
 
 
@@ -475,31 +570,31 @@ def figure_sustained(b: Bench) -> None:
 
 
 def rss_rows(b: Bench) -> None:
-    for kind in ("push", "fetch", "restore"):
+    for kind in ("backup", "push", "fetch", "restore"):
         if kind not in b.rss:
             print(f"peak RSS of {kind}: not measured (its figure did not run)")
             continue
         ours, theirs = b.rss[kind]
+        for i, how in enumerate(("one process", "all at once")):
+            mib = theirs[i] / MIB if theirs else None
+            b.rows.append(Row(f"peak RSS {kind}, {how}", ours[i] / MIB, mib, "MiB", "stated", None))
+    for kind, (ours, theirs) in b.server.items():
         b.rows.append(
-            Row(
-                f"peak RSS {kind}, one process",
-                ours.peak_single / MIB,
-                theirs.peak_single / MIB if theirs else None,
-                "MiB",
-                "stated",
-                None,
-            )
+            Row(f"restored server PSS, {kind}", ours / MIB, theirs / MIB if theirs else None, "MiB", "stated", None)
         )
-        b.rows.append(
-            Row(
-                f"peak RSS {kind}, all at once",
-                ours.peak_total / MIB,
-                theirs.peak_total / MIB if theirs else None,
-                "MiB",
-                "stated",
-                None,
+    for kind in ("backup", "push", "fetch", "restore", "restore + replay"):
+        if kind in b.scratch:
+            ours, theirs = b.scratch[kind]
+            b.rows.append(
+                Row(
+                    f"scratch disk {kind}",
+                    ours / MIB,
+                    theirs / MIB if theirs is not None else None,
+                    "MiB",
+                    "stated",
+                    None,
+                )
             )
-        )
 
 
 # --- report ------------------------------------------------------------------------------------------------

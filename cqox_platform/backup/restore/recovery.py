@@ -6,6 +6,7 @@ decides to open it, and both fetch WAL through ``wal-fetch`` with prefetch.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -52,6 +53,26 @@ class RecoveryTarget:
         raise RestoreError(f"unknown recovery target kind {self.kind!r}")
 
 
+#: The first Linux release whose syncfs(2) returns the write-back errors it met (earlier ones always return 0).
+SYNCFS_REPORTS_ERRORS = (5, 8)
+
+
+def syncfs_reports_errors(release: str | None = None) -> bool:
+    """Whether this Linux kernel's syncfs(2) reports write-back errors, so a restored server that syncs its data
+    directory with it (``recovery_init_sync_method``) still learns of a lost write, as with fsync. Anything
+    else, or a release it cannot read: no (the server keeps fsync)."""
+    if release is None:
+        uname = os.uname()
+        if uname.sysname != "Linux":
+            return False
+        release = uname.release
+    try:
+        major, minor = (int(part) for part in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= SYNCFS_REPORTS_ERRORS
+
+
 def configure_recovery(
     pgdata: Path,
     *,
@@ -76,6 +97,16 @@ def configure_recovery(
         "restore_command": restore_command,
         "shared_buffers": "256MB",
         "hot_standby": "on",
+        # A restored data directory was never shut down cleanly, so before replaying anything the server makes
+        # every file durable (SyncDataDirectory). ``fsync`` opens and syncs its files one by one, on recovery's
+        # critical path; ``syncfs`` writes back the file systems that hold the data directory, pg_wal and the
+        # tablespaces in one call each. The guarantee is the same: every restored file is on disk before the
+        # first record is replayed, and a write-back error is logged by either method (PostgreSQL logs, and does
+        # not stop on, a failure of this start-up sync whichever method runs it; syncfs reports one only from
+        # Linux 5.8, so older kernels keep fsync). What replay writes is synced by the end-of-recovery checkpoint,
+        # which stops the server on a failed sync, as always. syncfs may also write back other programs' dirty
+        # pages on those file systems.
+        **({"recovery_init_sync_method": "syncfs"} if syncfs_reports_errors() else {}),
         # The restore reads the server's log to tell where recovery stopped and whether it paused or shut down
         # at the target (ScratchCluster): in English whatever the primary's lc_messages.
         "lc_messages": "C",

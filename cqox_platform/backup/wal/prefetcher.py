@@ -19,7 +19,6 @@ request time decides those.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -56,7 +55,13 @@ from cqox_platform.backup.wal.prefetch_client import (
     spool_for,
     write_atomic,
 )
-from cqox_platform.backup.wal.segment import WalMissingError, fetch_wal, read_wal, system_identifier
+from cqox_platform.backup.wal.segment import (
+    WalMissingError,
+    fetch_wal,
+    read_wal,
+    read_wal_with_digest,
+    system_identifier,
+)
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
 from cqox_platform.fsutil import single_instance_lock
@@ -178,7 +183,7 @@ class Prefetcher:
 
     def _fetch(self, name: str) -> None:
         try:
-            raw = read_wal(self.archive, self.provider, name)
+            raw, sha256 = read_wal_with_digest(self.archive, self.provider, name)
             problem = SegmentCheck(name, self.system_id).problem(raw[:64])
             if problem is not None:
                 raise CqoxError(
@@ -190,7 +195,7 @@ class Prefetcher:
             record = {
                 "name": name,
                 "bucket": self.bucket,
-                "sha256": hashlib.sha256(raw).hexdigest(),
+                "sha256": sha256,
                 "system_id": self.system_id,
             }
             write_atomic(record_path(self.spool, name), json.dumps(record))

@@ -216,6 +216,17 @@ def fresh_dir(b: Bench, name: str) -> tuple[Path, Path]:
     return parent, parent / "pgdata"
 
 
+def keep_logs(b: Bench, parent: Path, label: str) -> None:
+    """Copy the replay's logs (the server's, the prefetcher's) to ``--keep-logs`` before ``parent`` is removed:
+    their timestamps say where the replay phase went (start-up and sync, first segment, steady state, promotion)."""
+    if b.args.keep_logs is None:
+        return
+    target = b.args.keep_logs / f"{label}-{time.strftime('%H%M%S')}"
+    target.mkdir(parents=True, exist_ok=True)
+    for log in [*parent.rglob("server.log"), *parent.rglob("daemon.log")]:
+        shutil.copy(log, target / log.name)
+
+
 def restored_file_phases(lines: list[tuple[float, str]], total: float) -> tuple[dict[str, float], float]:
     """The phases ``cqox-platform restore`` reports ("restored files: download 1.0 s, ...") and when it did.
 
@@ -349,6 +360,7 @@ def replay_ours(b: Bench, record: BackupRecord, wal_bytes: int) -> float:
         f"prefetch spool +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB, "
         f"directory peak {run.disk.peak_du / MIB:.0f} MiB"
     )
+    keep_logs(b, parent, "cqox")
     shutil.rmtree(parent)
     return run.seconds
 
@@ -390,6 +402,7 @@ def replay_theirs(b: Bench, database_bytes: int, wal_bytes: int) -> float:
         f"archive-get queue +{spool.peak_growth / MIB:.0f} MiB, server PSS {server.peak_total / MIB:.0f} MiB, "
         f"directory peak {directory.peak_du / MIB:.0f} MiB"
     )
+    keep_logs(b, parent, "pgbackrest")
     shutil.rmtree(parent)
     return total
 
@@ -638,6 +651,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients")
     parser.add_argument("--project-tb", type=float, default=1.0, help="database size of the RTO projection (TiB)")
     parser.add_argument("--wal-per-day-gb", type=float, default=50.0, help="WAL replayed in the projection (GiB)")
+    parser.add_argument(
+        "--keep-logs", type=Path, help="copy each replay's server and prefetcher logs here (for profiling)"
+    )
     args = parser.parse_args()
     args.figures = [f.strip() for f in args.figures.split(",") if f.strip()]
     unknown = set(args.figures) - set(FIGURES)

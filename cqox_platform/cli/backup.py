@@ -263,12 +263,27 @@ def _this_cli() -> Path:
 
 @click.command("wal-prefetch-daemon", hidden=True)
 @_archiver_config
-@_pgdata
+@click.option(
+    "--pgdata",
+    # Not checked for readability: started with --system-id, it runs while the data directory is still root's.
+    type=click.Path(path_type=Path, readable=False),
+    default=Path("."),
+    show_default=True,
+    help="Data directory of the cluster to prefetch for.",
+)
 @click.option("--bucket", default=None)
 @click.option("--depth", type=click.IntRange(min=1, max=64), default=8)
 @click.option("--start-at", default=None, help="Prefetch from this segment before any request (a restore's first).")
+@click.option("--system-id", type=int, default=None, help="The cluster's, while its pg_control is not restored yet.")
+@click.option("--restore-pid", type=int, default=None, help="With --system-id: the restore writing the data directory.")
 def wal_prefetch_daemon(
-    config_path: Path | None, pgdata: Path, bucket: str | None, depth: int, start_at: str | None
+    config_path: Path | None,
+    pgdata: Path,
+    bucket: str | None,
+    depth: int,
+    start_at: str | None,
+    system_id: int | None,
+    restore_pid: int | None,
 ) -> None:
     """The background prefetcher behind `wal-fetch --prefetch` (started by it or by `restore`; exits when idle)."""
     from cqox_platform.backup.wal.prefetcher import run_daemon
@@ -284,6 +299,8 @@ def wal_prefetch_daemon(
         connect,
         log=lambda m: click.echo(f"{time.strftime('%H:%M:%S')} {m}", err=True),
         start_at=start_at,
+        system_id=system_id,
+        restore_pid=restore_pid,
     )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from unittest import mock
 
 import boto3
+import psycopg
 import pytest
 
 from cqox_platform.backup.archive.store import Archive
@@ -630,3 +631,94 @@ def test_a_restore_killed_midway_leaves_nothing_half_open(env, backup_id, shared
     assert again.returncode == 1
     line = _one_clear_line(again)
     assert INCOMPLETE_MARKER in line and str(pgdata) in line
+
+
+# --- the prefetcher starts with the download; the restored server syncs its files with syncfs ---------------------
+
+
+def _prefetch_daemons(pgdata: Path) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wal-prefetch-daemon" in argv and str(pgdata).encode() in argv:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _start_early_prefetcher(env, pgdata: Path, sysid: int, start_at: str, restore_pid: int) -> Path:
+    """The prefetcher as `restore` starts it before streaming the files; returns its spool."""
+    from cqox_platform.backup.restore.recovery import start_prefetcher
+    from cqox_platform.backup.wal.prefetch_client import prefetch_spool
+    from cqox_platform.installation import platform_cli
+
+    settings = Path(env["CQOX_WAL_ARCHIVER_CONFIG"])
+    start_prefetcher(platform_cli(), settings, None, 8, pgdata, start_at, system_id=sysid, restore_pid=restore_pid)
+    return prefetch_spool(settings, pgdata.resolve(), None, sysid)
+
+
+def test_a_prefetcher_started_with_the_download_verifies_ahead_and_leaves_with_the_restore(env, fake_cluster):
+    """While the files stream in, the data directory is root's and has no pg_control: the prefetcher checks each
+    segment against the backup's system id, keeps what passes for the server's first requests, refuses another
+    cluster's segment, and exits when the restore is gone before the files are in."""
+    pgdata, sysid, _archive, archive_file = fake_cluster
+    names = [f"00000001000000000000{s:04X}" for s in range(0x60, 0x64)]
+    for segno, name in zip(range(0x60, 0x64), names, strict=True):
+        archive_file(name, _page(1, segno, sysid))
+    foreign = archive_file("000000010000000000000064", _page(1, 0x64, sysid + 1))  # authentic, another cluster's
+    (pgdata / "global" / "pg_control").unlink()  # mid-download: pg_control is written last
+    pgdata.chmod(0o700)  # and the directory is root's until the end
+    restore = subprocess.Popen(["sleep", "600"])  # stands in for the restore process
+    try:
+        spool = _start_early_prefetcher(env, pgdata, sysid, names[0], restore.pid)
+        _wait_for(lambda: all((spool / "ready" / name).exists() for name in names))
+        _wait_for(lambda: (spool / "error" / "000000010000000000000064").exists())
+        assert f"belongs to system {sysid + 1}" in (spool / "error" / "000000010000000000000064").read_text()
+        assert foreign and not (pgdata / "global" / "pg_control").exists()
+        assert _prefetch_daemons(pgdata)  # still there: the restore is still running
+    finally:
+        restore.kill()
+        restore.wait()
+    _wait_for(lambda: not _prefetch_daemons(pgdata))  # the restore died before its files were in
+    assert not spool.exists()
+
+
+def test_an_early_prefetcher_leaves_when_the_restored_pg_control_names_another_cluster(env, fake_cluster):
+    pgdata, sysid, _archive, archive_file = fake_cluster
+    archive_file("000000010000000000000070", _page(1, 0x70, sysid))
+    (pgdata / "global" / "pg_control").unlink()
+    restore = subprocess.Popen(["sleep", "600"])
+    try:
+        spool = _start_early_prefetcher(env, pgdata, sysid, "000000010000000000000070", restore.pid)
+        _wait_for(lambda: (spool / "ready" / "000000010000000000000070").exists())
+        (pgdata / "global" / "pg_control").write_bytes(struct.pack("<Q", sysid + 1) + b"\0" * 8184)
+        _wait_for(lambda: not _prefetch_daemons(pgdata))  # nothing it verified is served to another cluster
+        assert f"holds cluster {sysid + 1}, not {sysid}" in (spool / "daemon.log").read_text()
+        assert not (spool / "ready").exists()
+    finally:
+        restore.kill()
+        restore.wait()
+
+
+def test_a_restored_server_syncs_its_files_with_syncfs_and_replays_from_an_early_prefetcher(env, backup_id, shared_tmp):
+    from cqox_platform.backup.archive.records import find_backup
+    from cqox_platform.backup.wal.prefetch_client import prefetch_spool
+
+    record = find_backup(_s3(env), env["CQOX_S3_BUCKET"], backup_id)
+    pgdata = shared_tmp / "pg"
+    result = _cli(env, "restore", "--backup", backup_id, "--pgdata", str(pgdata))
+    assert result.returncode == 0, result.stderr
+    conf = (pgdata / "postgresql.auto.conf").read_text().splitlines()
+    port = [line for line in conf if line.startswith("port ")][-1].split("'")[1]
+    socket_dir = [line for line in conf if line.startswith("unix_socket_directories ")][-1].split("'")[1]
+    with psycopg.connect(host=socket_dir, port=port, user="postgres", dbname="postgres") as conn:
+        assert conn.execute("SHOW recovery_init_sync_method").fetchone()[0] == "syncfs"
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    # The prefetcher was started with the backup's system id, before any pg_control was there to read.
+    settings = Path(env["CQOX_WAL_ARCHIVER_CONFIG"])
+    spool = prefetch_spool(settings, pgdata.resolve(), env["CQOX_S3_BUCKET"], int(record.system_id))
+    log = (spool / "daemon.log").read_text()
+    assert f"started for cluster {record.system_id} while {pgdata.resolve()} is restored" in log
+    assert f"wal-prefetch: {record.start_wal} ready" in log

@@ -192,17 +192,36 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
     outcome = "not started"
     with terminations_interrupt():
         try:
+            prefetch = DEFAULT_WAL_PREFETCH if request.wal_prefetch is None else request.wal_prefetch
+            early = request.start and bool(prefetch)
+            if early:
+                # The prefetcher starts, logs in and verifies the first segments while the files stream in, so
+                # the server's first requests find them ready (it exits if this process dies before the end).
+                pgdata.parent.mkdir(parents=True, exist_ok=True)
+                created.side = _side_directory(pgdata)
+                fetch_config = sources.fetch_config(archiver_config, bucket, created.side)
+                start_prefetcher(
+                    platform_cli(),
+                    fetch_config,
+                    bucket,
+                    prefetch,
+                    pgdata,
+                    record.start_wal,
+                    system_id=int(record.system_id),
+                    restore_pid=os.getpid(),
+                )
             _stream_backup(Archive(clients.s3, bucket, record.system_id), clients.provider, record, pgdata, bindir, say)
-            created.side = _side_directory(pgdata)
+            if created.side is None:
+                created.side = _side_directory(pgdata)
+                fetch_config = sources.fetch_config(archiver_config, bucket, created.side)
             socket_dir = created.side / "sock"
             port = request.port or free_port()
-            prefetch = DEFAULT_WAL_PREFETCH if request.wal_prefetch is None else request.wal_prefetch
-            fetch_config = sources.fetch_config(archiver_config, bucket, created.side)
-            restore_command = restore_command_for(platform_cli(), fetch_config, bucket, prefetch, pgdata)
+            restore_command = restore_command_for(
+                platform_cli(), fetch_config, bucket, prefetch, pgdata, clear=not early
+            )
             configure_recovery(pgdata, port=port, socket_dir=socket_dir, restore_command=restore_command, target=target)
             cluster = ScratchCluster(pgdata, socket_dir, port, created.side / "server.log", bindir)
             if request.start:
-                start_prefetcher(platform_cli(), fetch_config, bucket, prefetch, pgdata, record.start_wal)
                 cluster.start()
                 outcome = _wait_for_action(cluster, target, say)
             else:
@@ -507,9 +526,10 @@ def _stream_backup(
 
 
 def _side_directory(pgdata: Path) -> Path:
-    """A fresh directory beside PGDATA for the server's socket and log, made only once the files are in, so a
-    restore killed while streaming leaves nothing beside PGDATA. Only root writes it (0711: postgres may reach
-    the socket directory and log inside)."""
+    """A fresh directory beside PGDATA for the server's socket and log. Only root writes it (0711: postgres may
+    reach the socket directory and log inside). With ``--no-start`` it is made only once the files are in, so a
+    restore killed while streaming leaves nothing beside PGDATA; a restore that starts its server makes it
+    first, for the WAL prefetcher that starts with the download (a SIGKILL then leaves it too)."""
     side = Path(tempfile.mkdtemp(prefix=f".{pgdata.name}.restore-", dir=pgdata.parent))
     side.chmod(0o711)
     return side

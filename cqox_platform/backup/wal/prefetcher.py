@@ -19,7 +19,6 @@ request time decides those.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -49,13 +48,20 @@ from cqox_platform.backup.wal.prefetch_client import (
     error_path,
     inflight_path,
     posix_cksum,
+    prefetch_spool,
     ready_path,
     record_path,
     relay_socket,
     spool_for,
     write_atomic,
 )
-from cqox_platform.backup.wal.segment import WalMissingError, fetch_wal, read_wal, system_identifier
+from cqox_platform.backup.wal.segment import (
+    WalMissingError,
+    fetch_wal,
+    read_wal,
+    read_wal_with_digest,
+    system_identifier,
+)
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError
 from cqox_platform.fsutil import single_instance_lock
@@ -126,10 +132,11 @@ class Prefetcher:
         depth: int,
         workers: int,
         log,
+        system_id: int | None = None,
     ) -> None:
         self.archive, self.provider, self.spool, self.pgdata = archive, provider, spool, pgdata
         self.bucket, self.depth, self.log = bucket or "", depth, log
-        self.system_id = control_system_id(pgdata)
+        self.system_id = control_system_id(pgdata) if system_id is None else system_id
         self.timelines = Timelines(archive, provider)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wal-prefetch")
         self.busy: set[str] = set()
@@ -176,7 +183,7 @@ class Prefetcher:
 
     def _fetch(self, name: str) -> None:
         try:
-            raw = read_wal(self.archive, self.provider, name)
+            raw, sha256 = read_wal_with_digest(self.archive, self.provider, name)
             problem = SegmentCheck(name, self.system_id).problem(raw[:64])
             if problem is not None:
                 raise CqoxError(
@@ -188,7 +195,7 @@ class Prefetcher:
             record = {
                 "name": name,
                 "bucket": self.bucket,
-                "sha256": hashlib.sha256(raw).hexdigest(),
+                "sha256": sha256,
                 "system_id": self.system_id,
             }
             write_atomic(record_path(self.spool, name), json.dumps(record))
@@ -233,9 +240,11 @@ class Daemon:
         connect: Callable[[], ArchiveClients],
         workers: int,
         log,
+        system_id: int | None = None,
     ) -> None:
         self.settings_path, self.spool, self.pgdata, self.bucket = settings_path, spool, Path(pgdata), bucket
         self.depth, self.connect, self.workers, self.log = depth, connect, workers, log
+        self.system_id = system_id  # given while the data directory is still being restored (no pg_control yet)
         self.prefetcher: Prefetcher | None = None
         self.lock = threading.Lock()
         self.active_at = time.monotonic()
@@ -245,9 +254,18 @@ class Daemon:
         with self.lock:
             if self.prefetcher is None:
                 clients = self.connect()
-                archive = Archive(clients.s3, self.bucket or clients.bucket, system_identifier(self.pgdata))
+                system_id = str(self.system_id) if self.system_id is not None else system_identifier(self.pgdata)
+                archive = Archive(clients.s3, self.bucket or clients.bucket, system_id)
                 self.prefetcher = Prefetcher(
-                    archive, clients.provider, self.spool, self.pgdata, self.bucket, self.depth, self.workers, self.log
+                    archive,
+                    clients.provider,
+                    self.spool,
+                    self.pgdata,
+                    self.bucket,
+                    self.depth,
+                    self.workers,
+                    self.log,
+                    self.system_id,
                 )
             return self.prefetcher
 
@@ -328,6 +346,26 @@ class Daemon:
             self.prefetcher.close()
 
 
+def _has_global(pgdata: Path) -> bool:
+    """Whether ``pgdata`` holds a ``global`` directory this user can see (a data directory still being restored
+    is root's: not yet)."""
+    try:
+        return (pgdata / "global").is_dir()
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (it may belong to another user: the restore runs as root)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -343,6 +381,8 @@ def run_daemon(
     idle_exit: float = IDLE_EXIT,
     log=print,
     start_at: str | None = None,
+    system_id: int | None = None,
+    restore_pid: int | None = None,
 ) -> None:
     """Prefetch ahead of ``want`` and answer the relay until idle; exits at once if another prefetcher owns the
     spool.
@@ -350,11 +390,20 @@ def run_daemon(
     ``start_at`` (the backup's first segment, from a restore that starts the prefetcher before its server) is
     prefetched before PostgreSQL asks for anything, unless a request already said where replay is.
 
+    ``system_id`` and ``restore_pid`` start it while ``restore_pid`` is still writing the data directory (no
+    ``pg_control`` yet): the spool and every segment's header check use ``system_id`` (the backup's), it stays
+    while that process lives, and it exits when that process is gone before the files are in, or when the
+    ``pg_control`` that arrives names another cluster (then every request goes to the CLI).
+
     ``connect`` builds the S3 client and key provider (the caller's, from the archiver settings); it is called
     until it succeeds, once per replay.
     """
     try:
-        spool = spool_for(settings_path, pgdata, bucket)
+        spool = (
+            spool_for(settings_path, pgdata, bucket)
+            if system_id is None
+            else prefetch_spool(settings_path, pgdata, bucket, system_id)
+        )
     except CqoxError as exc:  # no cluster to prefetch for: requests fetch directly
         log(f"wal-prefetch: not started: {exc}")
         return
@@ -365,17 +414,31 @@ def run_daemon(
     return_large_buffers()
     for sub in ("ready", "error", "inflight"):  # a predecessor killed before its cleanup: start from nothing
         shutil.rmtree(spool / sub, ignore_errors=True)
-    daemon = Daemon(settings_path, spool, Path(pgdata), bucket, depth, connect, workers, log)
+    daemon = Daemon(settings_path, spool, Path(pgdata), bucket, depth, connect, workers, log, system_id)
     for sub in ("ready", "error", "inflight"):
         (spool / sub).mkdir(parents=True, exist_ok=True)
     server = daemon.serve_requests()
+    if system_id is not None:
+        log(f"wal-prefetch: started for cluster {system_id} while {pgdata} is restored")
     if start_at and SEGMENT_RE.match(start_at) and Segment.parse(start_at).segno > 0 and not (spool / "want").exists():
         first = Segment.parse(start_at)
         write_atomic(spool / "want", Segment(first.timeline, first.segno - 1).name)  # plans start after ``want``
     want = last_want = last_asked = ""
+    files_in = system_id is None  # without system_id, spool_for read pg_control: the files are in
     try:
         while time.monotonic() - daemon.active_at < idle_exit:
-            if not (Path(pgdata) / "global").is_dir():
+            if not files_in:
+                found = control_system_id(Path(pgdata))
+                if found is not None and found != system_id:
+                    log(f"wal-prefetch: {pgdata} holds cluster {found}, not {system_id}: exiting")
+                    break
+                files_in = found is not None
+                if not files_in:
+                    if restore_pid is None or not _alive(restore_pid):
+                        log(f"wal-prefetch: the restore into {pgdata} ended before its files were in: exiting")
+                        break
+                    daemon.active_at = time.monotonic()  # not idle: the server has not started yet
+            if files_in and not _has_global(Path(pgdata)):
                 log(f"wal-prefetch: {pgdata} is gone: exiting")
                 break
             try:
@@ -407,7 +470,7 @@ def run_daemon(
         # Spool files are only useful to this replay; nothing stale is left for a later one.
         for sub in ("ready", "error", "inflight"):
             shutil.rmtree(spool / sub, ignore_errors=True)
-        if not (Path(pgdata) / "global").is_dir():  # a drill's scratch cluster: its spool has no further use
+        if not _has_global(Path(pgdata)):  # a drill's scratch cluster: its spool has no further use
             shutil.rmtree(spool, ignore_errors=True)
         with contextlib.suppress(OSError):
             (spool / "want").unlink()

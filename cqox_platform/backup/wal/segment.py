@@ -113,6 +113,12 @@ def read_wal(archive: Archive, provider: DataKeyProvider, name: str) -> bytes:
     Raises ``WalMissingError`` only when S3 proves the manifest absent (``NoSuchKey`` on its exact key): that is
     what ends recovery, so anything short of proof (a missing bucket, a dropped connection) is another error.
     """
+    return read_wal_with_digest(archive, provider, name)[0]
+
+
+def read_wal_with_digest(archive: Archive, provider: DataKeyProvider, name: str) -> tuple[bytes, str]:
+    """``read_wal``'s plaintext and its SHA-256 (the one compared with the archive's digest), so a caller that
+    records the digest does not hash 16 MiB a second time."""
     check_wal_name(name)
     found = archive.get_proven(archive.wal_manifest_key(name))
     if found is None:
@@ -132,9 +138,10 @@ def read_wal(archive: Archive, provider: DataKeyProvider, name: str) -> bytes:
     except zstandard.ZstdError as exc:
         raise ArchiveError(f"{archive.where(archive.wal_key(name))} does not decompress: {exc}.") from None
     expected = metadata.get(SHA_META)
-    if expected and hashlib.sha256(raw).hexdigest() != expected:
+    digest = hashlib.sha256(raw).hexdigest()
+    if expected and digest != expected:
         raise ArchiveError(f"{archive.where(archive.wal_key(name))} decompressed to content whose SHA-256 differs.")
-    return raw
+    return raw, digest
 
 
 def fetch_wal(archive: Archive, provider: DataKeyProvider, name: str, destination: Path) -> int:

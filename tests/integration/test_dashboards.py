@@ -1,10 +1,11 @@
 """Every query of the shipped Grafana dashboards returns data from the stack's real Prometheus.
 
 The data is made the way the platform makes it: the backup assets push their gauges (a base backup, its drill,
-the WAL status with the recovery window, the DR copy), ``slo_alert_rules`` loads the recording rules, synthetic
-traffic of both versions is scraped under the SLO spec's job, and the error-budget sensor pushes its gauges. No
-panel is exempt: the canary dashboard's per-version series come from the traffic's ``version`` label, which the
-engine exports whether or not a rollout is under way (a rollout changes the weights, not the series).
+the WAL status with the recovery window, the DR copy, and ``recoverability`` with each copy's window),
+``slo_alert_rules`` loads the recording rules, synthetic traffic of both versions is scraped under the SLO spec's
+job, and the error-budget sensor pushes its gauges. No panel is exempt: the canary dashboard's per-version series
+come from the traffic's ``version`` label, which the engine exports whether or not a rollout is under way (a
+rollout changes the weights, not the series).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def fed(stack):
                 backup_assets.restore_drill,
                 backup_assets.wal_archive_status,
                 backup_assets.backups_dr_copy,
+                backup_assets.recoverability,  # the recovery window of each copy
             ],
         )
         assert pushed.success

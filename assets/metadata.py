@@ -45,3 +45,19 @@ def table(columns: Sequence[dg.TableColumn], rows: Iterable[Sequence[object]]) -
             raise ValueError(f"a row has {len(row)} cells for {len(columns)} columns: {list(row)!r}")
         records.append(dg.TableRecord({c.name: _cell(c, v) for c, v in zip(columns, row, strict=True)}))
     return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=list(columns)))
+
+
+def numeric_history(
+    context: dg.AssetExecutionContext, key: dg.AssetKey, names: Sequence[str], limit: int
+) -> dict[str, list[float | None]]:
+    """Each of ``names`` as the previous ``limit`` materializations of ``key`` recorded it, oldest first (``None``
+    where a run did not record a number): one read of the event log for every series of a history chart."""
+    records = context.instance.fetch_materializations(key, limit=limit).records
+    out: dict[str, list[float | None]] = {name: [] for name in names}
+    for record in reversed(records):
+        metadata = record.asset_materialization.metadata if record.asset_materialization else {}
+        for name in names:
+            entry = metadata.get(name)
+            value = entry.value if entry is not None else None
+            out[name].append(float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None)
+    return out

@@ -20,7 +20,7 @@ import requests
 from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 
-from assets.metadata import column, table
+from assets.metadata import column, numeric_history, table
 from cqox_platform.backup.verify.checks import RPO_TARGET_SECONDS
 from cqox_platform.charts import render_lines_svg, svg_markdown
 from cqox_platform.errors import CqoxError
@@ -268,21 +268,11 @@ def vault_restore_drill(
     )
 
 
-def _history(context: dg.AssetExecutionContext) -> list[float | None]:
-    """The Vault restore times of the previous drills, oldest first (from their materializations)."""
-    records = context.instance.fetch_materializations(vault_restore_drill.key, limit=HISTORY - 1).records
-    values: list[float | None] = []
-    for record in reversed(records):
-        materialization = record.asset_materialization
-        entry = materialization.metadata.get("vault_restore_seconds") if materialization else None
-        values.append(float(entry.value) if entry is not None and isinstance(entry.value, int | float) else None)
-    return values
-
-
 def _drill_metadata(context: dg.AssetExecutionContext, outcome: dict, problems: list[str]) -> dict:
     seconds = outcome.get("restore_seconds") or {}
     total = seconds.get("total")
-    history = [*_history(context), total]
+    earlier = numeric_history(context, vault_restore_drill.key, ["vault_restore_seconds"], HISTORY - 1)
+    history = [*earlier["vault_restore_seconds"], total]
     chart = render_lines_svg(f"Vault restore drills: seconds (last {HISTORY})", {"Vault restore": history}, "s")
     metadata: dict = {
         "status": "passed" if not problems else "failed",

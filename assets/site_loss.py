@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets.metadata import column, table
+from assets.metadata import column, numeric_history, table
 from assets.vault_recovery import vault_snapshot
 from cqox_platform.backup.archive.archiver_settings import ARCHIVER_APPROLE
 from cqox_platform.backup.archive.cluster import system_id
@@ -119,6 +119,7 @@ def site_loss_drill(
             primary=primary,
             point=point,
             keep_scratch=config.keep_scratch,
+            replay_timeout=config.replay_timeout,
         )
         plan_file, out = work / "plan.json", work / "result.json"
         write_file(plan_file, plan.to_json(), mode=0o600)
@@ -128,17 +129,15 @@ def site_loss_drill(
             "cacert": str(settings.aws_ca_bundle or ""),
             "bucket": backups.bucket,
         }
-        result = _run_isolated(context, plan_file, out, probe, work, config.replay_timeout)
+        result = _run_isolated(context, plan_file, out, probe, work)
     return _result(context, result, point.name)
 
 
 def _run_isolated(
-    context: dg.AssetExecutionContext, plan_file: Path, out: Path, probe: dict, work: Path, replay_timeout: float
+    context: dg.AssetExecutionContext, plan_file: Path, out: Path, probe: dict, work: Path
 ) -> SiteLossResult:
     """The recovery in its own process and environment; its progress lines are this run's log."""
     argv = [sys.executable, "-m", "cqox_platform.site_loss.recovery", str(plan_file), str(out), json.dumps(probe)]
-    # Two replays, the Vault restore and the download: the recovery's own timeouts stop it first.
-    limit = 2 * replay_timeout + 3600
     with subprocess.Popen(
         argv, env=isolated_env(str(work)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     ) as proc:
@@ -147,20 +146,10 @@ def _run_isolated(
         for line in proc.stderr:
             context.log.info(line.rstrip())
             tail = [*tail[-20:], line.rstrip()]
-        code = proc.wait(timeout=limit)
+        code = proc.wait()  # stderr is closed: it has exited (its replays time out on their own)
     if code != 0 or not out.exists():
         return SiteLossResult(error=f"the isolated recovery exited with code {code}: {' | '.join(tail[-8:])}")
     return SiteLossResult.from_json(out.read_text())
-
-
-def _history(context: dg.AssetExecutionContext, name: str) -> list[float | None]:
-    records = context.instance.fetch_materializations(site_loss_drill.key, limit=HISTORY - 1).records
-    values: list[float | None] = []
-    for record in reversed(records):
-        materialization = record.asset_materialization
-        entry = materialization.metadata.get(name) if materialization else None
-        values.append(float(entry.value) if entry is not None and isinstance(entry.value, int | float) else None)
-    return values
 
 
 def _result(context: dg.AssetExecutionContext, result: SiteLossResult, point: str | None) -> dg.MaterializeResult:
@@ -177,8 +166,9 @@ def _result(context: dg.AssetExecutionContext, result: SiteLossResult, point: st
         )
     else:
         context.log.error(f"site-loss drill FAILED: {'; '.join(problems) or result.status}")
-    rto_history = [*_history(context, "rto_seconds"), result.rto_seconds if passed else None]
-    rpo_history = [*_history(context, "rpo_seconds"), result.rpo_seconds if passed else None]
+    earlier = numeric_history(context, site_loss_drill.key, ["rto_seconds", "rpo_seconds"], HISTORY - 1)
+    rto_history = [*earlier["rto_seconds"], result.rto_seconds if passed else None]
+    rpo_history = [*earlier["rpo_seconds"], result.rpo_seconds if passed else None]
     chart = render_lines_svg(
         f"Site-loss drills: RTO and achieved RPO, seconds (last {HISTORY})",
         {"RTO": rto_history, "RPO": rpo_history},

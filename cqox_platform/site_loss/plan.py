@@ -47,6 +47,8 @@ class SiteLossPlan:
     primary: PrimaryPosition
     point: RestorePoint
     keep_scratch: bool = False
+    #: Seconds recovery may take to reach the point, and again to the end of the DR copy's WAL.
+    replay_timeout: float = 3600
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=_encode, indent=2, sort_keys=True) + "\n"

@@ -286,7 +286,6 @@ def recover(
     plan: SiteLossPlan,
     probe: dict[str, str] | None = None,
     progress: Any = None,
-    replay_timeout: float = 3600,
 ) -> SiteLossResult:
     """The recovery from the DR copy and the unseal key file alone; never raises for a failed recovery (the
     result says failed, with the reason)."""
@@ -333,7 +332,7 @@ def recover(
                 home,
                 result,
                 say,
-                replay_timeout,
+                plan.replay_timeout,
             )
     except Exception as exc:
         result.status = "failed"

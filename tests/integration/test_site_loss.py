@@ -52,9 +52,11 @@ def vault_recovery_reader(env: dict[str, str]):
     )
 
 
-def _run(stack, env, assets: list) -> dg.ExecuteInProcessResult:
+def _run(stack, env, assets: list, config: dict | None = None) -> dg.ExecuteInProcessResult:
     with mock.patch.dict(os.environ, env):
-        return dg.materialize(assets, resources=_resources(stack, env), raise_on_error=False)
+        return dg.materialize(
+            assets, resources=_resources(stack, env), run_config={"ops": config or {}}, raise_on_error=False
+        )
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +148,11 @@ def test_the_drill_is_refused_on_production(stack, env):
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "refused where CQOX_ENVIRONMENT=production" in str(failure.event_specific_data.error.message)
+
+
+def test_the_replay_timeout_of_the_config_reaches_the_isolated_recovery(stack, env):
+    config = {"site_loss_drill": {"config": {"replay_timeout": 0.01}}}
+    result = _run(stack, env, [site_loss.site_loss_drill], config)
+    meta = asset_metadata(result, "site_loss_drill")
+    assert meta["status"] == "failed"
+    assert "recovery did not pause within 0 s" in meta["error"], meta["error"]

@@ -30,6 +30,10 @@ SHUTDOWN_AT_TARGET = "shutdown at recovery target"
 #: pg_get_wal_replay_pause_state() turns 'paused'); a pause elsewhere (e.g. settings lower than the primary's) says
 #: "recovery has paused".
 PAUSED_AT_TARGET = "pausing at the end of recovery"
+#: What a server logs when the sync of its data directory at start-up (SyncDataDirectory, with
+#: ``recovery_init_sync_method`` syncfs or fsync) fails. PostgreSQL only logs these and goes on, so a restored
+#: file the kernel failed to write back would be trusted: the restore treats the line as a failed restore.
+START_UP_SYNC_FAILURES = ("could not synchronize file system", "could not fsync file")
 Progress = Callable[[str], None]
 
 
@@ -152,9 +156,11 @@ class ScratchCluster:
                         "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text"
                     ).fetchone()
                 if not in_recovery:
+                    self.check_start_up_sync()
                     return
                 if time.monotonic() - last_note > 10:
                     last_note = time.monotonic()
+                    self.check_start_up_sync()
                     progress(f"replaying WAL: at {lsn}")
             except psycopg.OperationalError as exc:
                 if "authentication failed" in str(exc):  # waiting would never end
@@ -188,6 +194,7 @@ class ScratchCluster:
                     )
                 if state == "paused":
                     if PAUSED_AT_TARGET in self.log_text():
+                        self.check_start_up_sync()
                         return
                     raise PgServerError(
                         "recovery paused before reaching its target (not at the end of recovery). Its log ends "
@@ -195,6 +202,7 @@ class ScratchCluster:
                     )
                 if time.monotonic() - last_note > 10:
                     last_note = time.monotonic()
+                    self.check_start_up_sync()
                     progress(f"replaying WAL: at {lsn}")
             except psycopg.OperationalError as exc:
                 if "authentication failed" in str(exc):
@@ -212,6 +220,7 @@ class ScratchCluster:
         while time.monotonic() < deadline:
             if not self.postmaster_alive() and time.monotonic() - started > 1:
                 if SHUTDOWN_AT_TARGET in self.log_text():
+                    self.check_start_up_sync()
                     return
                 if time.monotonic() - started > 3:
                     raise PgServerError(
@@ -220,9 +229,22 @@ class ScratchCluster:
                     )
             elif time.monotonic() - last_note > 10:
                 last_note = time.monotonic()
+                self.check_start_up_sync()
                 progress("replaying WAL")
             time.sleep(0.2)
         raise PgServerError(f"recovery did not shut down within {timeout:.0f} s. Log tail:\n{self.log_tail()}")
+
+    def check_start_up_sync(self) -> None:
+        """Fail closed on a logged failure to sync the restored files at start-up: the copy may have lost writes
+        that nothing else would report (the end-of-recovery checkpoint syncs only what replay wrote)."""
+        failures = [line for line in self.log_text().splitlines() if any(f in line for f in START_UP_SYNC_FAILURES)]
+        if failures:
+            raise PgServerError(
+                f"the restored server could not sync the restored files to disk at start-up ({len(failures)} "
+                f"error(s); the first: {failures[0].strip()}), so the copy may have lost writes. Do not use it: "
+                f"check the volume of {self.pgdata} (dmesg, the storage's health) and restore again onto healthy "
+                f"storage."
+            )
 
     def stop_point(self) -> str:
         """PostgreSQL's own line on where recovery stopped (``recovery stopping after commit of transaction ...``),

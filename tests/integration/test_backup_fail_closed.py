@@ -398,6 +398,43 @@ def test_a_drill_whose_scratch_volume_is_smaller_than_the_database_fails_before_
     assert left == [], left  # and removed what it created
 
 
+def test_a_drill_whose_scratch_holds_the_database_but_not_the_wal_replay_keeps_fails_before_downloading(
+    stack, env, backup
+):
+    """The room check used to allow 4 segments for replay, but a recovering server keeps what it restored in
+    pg_wal until a restartpoint: a volume that held the database passed, and filled mid-replay (ENOSPC; an OOM
+    kill on a memory-backed pod volume)."""
+    from cqox_platform.backup.restore.recovery import RecoveryTarget
+    from cqox_platform.backup.verify.drill import FAILED, run_drill
+    from cqox_platform.installation import platform_cli
+
+    clients = _clients(env)
+    archive = Archive(clients.s3, clients.bucket, backup.system_id)
+    _archive_segments(stack, archive, 12)  # 192 MiB of WAL after the backup, all of it replayed
+    segment = 16 * 2**20
+    # Room for the data directory, its slack, 4 segments and the 8-segment prefetch spool, and 2 more.
+    size = int(backup.database_bytes * 1.03) + 14 * segment
+    messages: list[str] = []
+    with _small_volume(size) as scratch:
+        result = run_drill(
+            archive,
+            clients.provider,
+            backup,
+            RecoveryTarget("end_of_archive"),
+            expected=None,
+            cli=platform_cli(),
+            settings_file=_settings(env),
+            workdir=scratch,
+            progress=messages.append,
+        )
+        left = list(scratch.iterdir())
+    assert result.status == FAILED
+    assert str(scratch) in result.error and "MiB of WAL" in result.error, result.error
+    assert "pg_wal" in result.error and "max_wal_size of 4096 MiB" in result.error, result.error
+    assert not any("downloading" in m for m in messages), messages  # refused before the first byte
+    assert left == [], left
+
+
 def test_a_restore_into_a_volume_smaller_than_the_database_is_refused_before_downloading(env, backup):
     with _small_volume(backup.database_bytes // 4) as volume:
         restored = _cli(env, "restore", "--backup", backup.backup_id, "--pgdata", str(volume / "pg"), "--no-start")

@@ -16,6 +16,9 @@ from psycopg.types.json import Jsonb
 
 from cqox_platform.backup.archive.store import ROOT, Archive, ArchiveError
 
+#: The key of the primary's ``max_wal_size`` (bytes) in a backup record's ``extra``.
+MAX_WAL_SIZE_KEY = "max_wal_size_bytes"
+
 
 @dataclass(frozen=True)
 class BackupRecord:
@@ -53,6 +56,13 @@ class BackupRecord:
             return cls(**{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError) as exc:
             raise ArchiveError(f"{where} is not a valid backup record: {exc}") from None
+
+    @property
+    def max_wal_size_bytes(self) -> int | None:
+        """The primary's ``max_wal_size`` when the backup was taken, which a restored copy inherits with its
+        configuration (None in records from before it was captured)."""
+        value = self.extra.get(MAX_WAL_SIZE_KEY)
+        return int(value) if value else None
 
     @property
     def stop_datetime(self) -> datetime:

@@ -159,11 +159,14 @@ class Archive:
     def delete(self, key: str) -> None:
         self.call("deleting", key, self.s3.delete_object, Bucket=self.bucket, Key=key)
 
-    def list(self, prefix: str) -> Iterator[dict[str, Any]]:
-        """Every object under ``prefix`` (Key, Size, LastModified, ETag), paging through the listing."""
+    def list(self, prefix: str, *, start_after: str = "") -> Iterator[dict[str, Any]]:
+        """Every object under ``prefix`` (Key, Size, LastModified, ETag), paging through the listing; with
+        ``start_after``, only the keys that sort after it (S3 lists in key order)."""
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if start_after:
+                kwargs["StartAfter"] = start_after
             if token:
                 kwargs["ContinuationToken"] = token
             page = self.call("listing", prefix, self.s3.list_objects_v2, **kwargs) or {}

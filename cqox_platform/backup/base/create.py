@@ -34,7 +34,7 @@ from typing import BinaryIO
 import zstandard
 
 from cqox_platform.backup.archive.multipart import DEFAULT_PARALLEL, MultipartWriter, UploadStats, abort_stale_uploads
-from cqox_platform.backup.archive.records import BackupRecord
+from cqox_platform.backup.archive.records import MAX_WAL_SIZE_KEY, BackupRecord
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.backup.archive.wal_names import Segment, format_lsn, parse_lsn, segment_name, segment_number
 from cqox_platform.backup.base.growing_file import GrowingFileReader, WriterFailedError
@@ -191,6 +191,7 @@ def create_base_backup(
     pg_basebackup: str = "pg_basebackup",
     pg_version: str = "",
     estimate_bytes: int = 0,
+    max_wal_size_bytes: int | None = None,
     progress: Progress = lambda _m: None,
     part_size: int = 32 * 1024 * 1024,
     upload_parallel: int = DEFAULT_PARALLEL,
@@ -232,6 +233,7 @@ def create_base_backup(
         extra={
             "aborted_stale_uploads": aborted,
             "compression": f"server-zstd level {ZSTD_LEVEL}, {server_workers} workers",
+            **({MAX_WAL_SIZE_KEY: max_wal_size_bytes} if max_wal_size_bytes else {}),
         },
     )
     archive.put_bytes(archive.backup_record_key(backup_id), record.to_json().encode())

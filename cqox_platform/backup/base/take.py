@@ -38,6 +38,8 @@ def take_backup(
     try:
         version = conn.execute("SHOW server_version").fetchone()[0]
         estimate = int(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()[0])
+        # A restore's room check bounds the WAL its replay keeps in pg_wal by this (backup.restore.space).
+        max_wal_size = int(conn.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()[0])
         record = create_base_backup(
             archive,
             provider,
@@ -45,6 +47,7 @@ def take_backup(
             pg_basebackup=pg_basebackup,
             pg_version=version,
             estimate_bytes=estimate,
+            max_wal_size_bytes=max_wal_size,
             progress=progress,
         )
         upsert_backup(conn, record)

@@ -39,7 +39,7 @@ from cqox_platform.backup.restore.recovery import (
     restore_command_for,
     start_prefetcher,
 )
-from cqox_platform.backup.restore.space import check_room_for
+from cqox_platform.backup.restore.space import archived_replay_wal_bytes, check_room_for
 from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import RestoreError
@@ -177,7 +177,11 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
     else:
         record = find_backup(clients.s3, bucket, request.backup_id)
     check_target_after_backup(target, record)
-    check_room_for(record, pgdata, "--pgdata")
+    archive = Archive(clients.s3, bucket, record.system_id)
+    prefetch = DEFAULT_WAL_PREFETCH if request.wal_prefetch is None else request.wal_prefetch
+    check_room_for(
+        record, pgdata, "--pgdata", wal_bytes=archived_replay_wal_bytes(archive, record, target), prefetch=prefetch
+    )
     if target.kind == "xid":
         status = sources.xid_status(record.system_id, int(target.value))
         if status is None:
@@ -192,7 +196,6 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
     outcome = "not started"
     with terminations_interrupt():
         try:
-            prefetch = DEFAULT_WAL_PREFETCH if request.wal_prefetch is None else request.wal_prefetch
             early = request.start and bool(prefetch)
             if early:
                 # The prefetcher starts, logs in and verifies the first segments while the files stream in, so
@@ -210,7 +213,7 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
                     system_id=int(record.system_id),
                     restore_pid=os.getpid(),
                 )
-            _stream_backup(Archive(clients.s3, bucket, record.system_id), clients.provider, record, pgdata, bindir, say)
+            _stream_backup(archive, clients.provider, record, pgdata, bindir, say)
             if created.side is None:
                 created.side = _side_directory(pgdata)
                 fetch_config = sources.fetch_config(archiver_config, bucket, created.side)

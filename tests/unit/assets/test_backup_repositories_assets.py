@@ -86,4 +86,6 @@ def test_a_barman_repository_without_its_s3_settings_fails_when_built(tmp_path):
 
 def test_the_assets_load_with_the_code_locations_resources(tmp_path):
     assets = repository_assets(_specs(tmp_path)[0])
-    dg.Definitions(assets=assets, resources={"postgres_admin": dg.ResourceDefinition.none_resource()})
+    defs = dg.Definitions(assets=assets, resources={"postgres_admin": dg.ResourceDefinition.none_resource()})
+    dg.Definitions.validate_loadable(defs)  # raises on a resource an asset requires and nobody provides
+    assert {key for a in assets for key in a.keys} <= set(defs.resolve_all_asset_keys())

@@ -124,9 +124,11 @@ def test_half_the_uses_gone_starts_a_refresh(cache):
     transit, clock = Transit(), Clock()
     provider = cache(transit, KeyCachePolicy(max_age=900, max_uses=10), clock)
     first = provider.generate_data_key()
-    for _ in range(5):
-        provider.generate_data_key()
+    for _ in range(4):
+        assert provider.generate_data_key().wrapped == first.wrapped  # under half: the cached key
+    provider.generate_data_key()  # the fifth of ten: half gone
     _wait_for(lambda: provider.generate_data_key().wrapped != first.wrapped)
+    assert provider.status()["last_refresh_error"] is None
 
 
 def test_the_policy_is_checked_and_off_means_a_key_per_object():

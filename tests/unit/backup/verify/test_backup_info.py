@@ -157,6 +157,14 @@ def _validate(command: str, document: dict) -> None:
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(document)
 
 
+def _errors(command: str, document: dict) -> list[str]:
+    """What the schema of ``command`` finds wrong in ``document`` (empty: valid), each with where it is."""
+    schema = load_schema(command)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
 def _report(copies: list[dict], passed: bool, reasons: list[str]) -> dict:
     return {
         "schema_version": INFO_SCHEMA_VERSION,
@@ -170,9 +178,9 @@ def _report(copies: list[dict], passed: bool, reasons: list[str]) -> dict:
 
 def test_backup_info_json_validates_for_readable_and_unreadable_copies() -> None:
     good, unverified = _copy(), _copy(verified=False, archived=set(), name="dr")
-    _validate("backup-info", _report([copy_json(good), copy_json(unverified)], False, ["x"]))
+    assert _errors("backup-info", _report([copy_json(good), copy_json(unverified)], False, ["x"])) == []
     down = unreadable_copy_json("dr", "s3://dr-bucket/postgres/7/", "the dr copy cannot be read: unreachable")
-    _validate("backup-info", _report([copy_json(good), down], False, []))
+    assert _errors("backup-info", _report([copy_json(good), down], False, [])) == []
 
 
 def test_an_unreadable_copy_with_an_empty_backup_list_is_not_valid_json() -> None:
@@ -191,8 +199,9 @@ def test_backup_list_json_validates() -> None:
         "newest_verified": True,
         "backups": [backup_json(record, verified_by=DRILL, last_drill={**DRILL, "status": "partial"})],
     }
-    _validate("backup-list", listing)
-    _validate("backup-list", {**listing, "newest_backup_id": None, "newest_verified": False, "backups": []})
+    assert _errors("backup-list", listing) == []
+    empty = {**listing, "newest_backup_id": None, "newest_verified": False, "backups": []}
+    assert _errors("backup-list", empty) == []
 
 
 def test_the_documented_example_validates_against_the_schema() -> None:

@@ -33,6 +33,7 @@ import zstandard
 
 from cqox_platform.backup.archive.store import Archive
 from cqox_platform.backup.restore.checksums import MANIFEST_NAME, ChecksumLedger
+from cqox_platform.backup.restore.writeback import start_writeback
 from cqox_platform.crypto.envelope import Manifest, decrypt_from
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import CqoxError, RestoreError
@@ -407,10 +408,11 @@ class ParallelFileWriter:
     (about 530 MiB/s for one thread here); ``os.pwrite`` releases the GIL, so two writers use both cores while
     the main thread reads the tar stream. Files are created by the caller's thread (``O_EXCL | O_NOFOLLOW``,
     owner-only mode, never through a link) and closed once all of their chunks are written; memory is bounded by
-    ``in_flight`` chunks of 1 MiB.
+    ``in_flight`` chunks of 1 MiB. Each chunk's writeback to disk is started as it is written (``writeback``).
     """
 
-    def __init__(self, writers: int = 2, in_flight: int = 32) -> None:
+    def __init__(self, writers: int = 2, in_flight: int = 32, *, writeback: bool = True) -> None:
+        self._writeback = writeback
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="restore-write")
         self._slots = threading.BoundedSemaphore(in_flight)
         self._open: collections.deque[tuple[int, list[Future]]] = (
@@ -446,10 +448,12 @@ class ParallelFileWriter:
 
     def _pwrite(self, fd: int, chunk: bytes, offset: int) -> None:
         try:
-            view = memoryview(chunk)
+            view, start = memoryview(chunk), offset
             while view:
                 written = os.pwrite(fd, view, offset)
                 view, offset = view[written:], offset + written
+            if self._writeback:
+                start_writeback(fd, start, offset - start)  # the server's start-up sync then has little to write
         finally:
             self._slots.release()
 

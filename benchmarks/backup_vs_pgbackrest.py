@@ -681,6 +681,13 @@ def run_figures(b: Bench) -> None:
 
 def main() -> None:
     args = parse_args()
+    # pgBackRest's configuration reads the bucket's S3 keys from Vault with the platform's AppRole: fail now, not
+    # after `pgbench -i` (minutes at scale 680), on a stack where vault_config has not run yet.
+    if not Path(os.environ["CQOX_VAULT_APPROLE_FILE"]).exists():
+        raise SystemExit(
+            f"{os.environ['CQOX_VAULT_APPROLE_FILE']} does not exist: materialize vault_config first "
+            "(dagster asset materialize -m cqox_platform.definitions --select vault_config)"
+        )
     work = Path(tempfile.mkdtemp(prefix="cqox-bench-backrest-", dir="/tmp"))
     work.chmod(0o755)
     s3 = boto3.client("s3", endpoint_url=os.environ["CQOX_S3_ENDPOINT"], config=client_config())

@@ -683,9 +683,12 @@ def main() -> None:
     args = parse_args()
     # pgBackRest's configuration reads the bucket's S3 keys from Vault with the platform's AppRole: fail now, not
     # after `pgbench -i` (minutes at scale 680), on a stack where vault_config has not run yet.
-    if not Path(os.environ["CQOX_VAULT_APPROLE_FILE"]).exists():
+    approle = os.environ.get("CQOX_VAULT_APPROLE_FILE")
+    if not approle:
+        raise SystemExit('CQOX_VAULT_APPROLE_FILE is not set: eval "$(.venv/bin/cqox-platform stack env)" first')
+    if not Path(approle).exists():
         raise SystemExit(
-            f"{os.environ['CQOX_VAULT_APPROLE_FILE']} does not exist: materialize vault_config first "
+            f"{approle} does not exist: materialize vault_config first "
             "(dagster asset materialize -m cqox_platform.definitions --select vault_config)"
         )
     work = Path(tempfile.mkdtemp(prefix="cqox-bench-backrest-", dir="/tmp"))

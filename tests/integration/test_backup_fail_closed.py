@@ -370,20 +370,21 @@ def _small_volume(size_bytes: int):
         shutil.rmtree(where, ignore_errors=True)
 
 
-def test_a_drill_whose_scratch_volume_is_smaller_than_the_database_fails_before_downloading(env, backup):
+def _drill_in_small_volume(env, backup, size: int, target_kind: str):
+    """A drill of ``backup`` whose scratch directory is a ``size``-byte volume: its result, its progress
+    messages, and what it left in the volume."""
     from cqox_platform.backup.restore.recovery import RecoveryTarget
-    from cqox_platform.backup.verify.drill import FAILED, run_drill
+    from cqox_platform.backup.verify.drill import run_drill
     from cqox_platform.installation import platform_cli
 
     clients = _clients(env)
-    archive = Archive(clients.s3, clients.bucket, backup.system_id)
     messages: list[str] = []
-    with _small_volume(backup.database_bytes // 4) as scratch:
+    with _small_volume(size) as scratch:
         result = run_drill(
-            archive,
+            Archive(clients.s3, clients.bucket, backup.system_id),
             clients.provider,
             backup,
-            RecoveryTarget("backup_end"),
+            RecoveryTarget(target_kind),
             expected=None,
             cli=platform_cli(),
             settings_file=_settings(env),
@@ -391,6 +392,13 @@ def test_a_drill_whose_scratch_volume_is_smaller_than_the_database_fails_before_
             progress=messages.append,
         )
         left = list(scratch.iterdir())
+    return result, scratch, messages, left
+
+
+def test_a_drill_whose_scratch_volume_is_smaller_than_the_database_fails_before_downloading(env, backup):
+    from cqox_platform.backup.verify.drill import FAILED
+
+    result, scratch, messages, left = _drill_in_small_volume(env, backup, backup.database_bytes // 4, "backup_end")
     assert result.status == FAILED
     assert str(scratch) in result.error and "scratch" in result.error, result.error
     assert f"{backup.database_bytes / 2**20:.0f} MiB" in result.error, result.error  # what it needs, in MiB
@@ -404,30 +412,13 @@ def test_a_drill_whose_scratch_holds_the_database_but_not_the_wal_replay_keeps_f
     """The room check used to allow 4 segments for replay, but a recovering server keeps what it restored in
     pg_wal until a restartpoint: a volume that held the database passed, and filled mid-replay (ENOSPC; an OOM
     kill on a memory-backed pod volume)."""
-    from cqox_platform.backup.restore.recovery import RecoveryTarget
-    from cqox_platform.backup.verify.drill import FAILED, run_drill
-    from cqox_platform.installation import platform_cli
+    from cqox_platform.backup.verify.drill import FAILED
 
     clients = _clients(env)
-    archive = Archive(clients.s3, clients.bucket, backup.system_id)
-    _archive_segments(stack, archive, 12)  # 192 MiB of WAL after the backup, all of it replayed
-    segment = 16 * 2**20
-    # Room for the data directory, its slack, 4 segments and the 8-segment prefetch spool, and 2 more.
-    size = int(backup.database_bytes * 1.03) + 14 * segment
-    messages: list[str] = []
-    with _small_volume(size) as scratch:
-        result = run_drill(
-            archive,
-            clients.provider,
-            backup,
-            RecoveryTarget("end_of_archive"),
-            expected=None,
-            cli=platform_cli(),
-            settings_file=_settings(env),
-            workdir=scratch,
-            progress=messages.append,
-        )
-        left = list(scratch.iterdir())
+    _archive_segments(stack, Archive(clients.s3, clients.bucket, backup.system_id), 12)  # 192 MiB after the backup
+    # Room for the data directory, its slack, 4 segments and the 8-segment prefetch spool, and 2 segments more.
+    size = int(backup.database_bytes * 1.03) + 14 * 16 * 2**20
+    result, scratch, messages, left = _drill_in_small_volume(env, backup, size, "end_of_archive")
     assert result.status == FAILED
     assert str(scratch) in result.error and "MiB of WAL" in result.error, result.error
     assert "pg_wal" in result.error and "max_wal_size of 4096 MiB" in result.error, result.error

@@ -44,7 +44,7 @@ from cqox_platform.backup.restore.recovery import (
     configure_recovery,
     restore_command_for,
 )
-from cqox_platform.backup.restore.space import archived_replay_wal_bytes, check_room_for
+from cqox_platform.backup.restore.space import check_room_to_restore
 from cqox_platform.backup.verify.drill import DrillResult, amcheck_indexes, compare_with_point, drill_verdict
 from cqox_platform.backup.verify.plan import backups_before
 from cqox_platform.errors import CqoxError
@@ -226,8 +226,8 @@ def _restore_and_prove(
     )
     try:
         # It replays to the point, then on to the end of the DR copy: room for all of the copy's WAL.
-        wal_bytes = archived_replay_wal_bytes(archive, record, RecoveryTarget("end_of_archive"))
-        check_room_for(record, scratch, "the site-loss drill's scratch directory", wal_bytes=wal_bytes)
+        everything = RecoveryTarget("end_of_archive")
+        check_room_to_restore(archive, record, everything, scratch, "the site-loss drill's scratch directory")
         say(f"restoring {archive.where(record.object_key)} ({record.stored_bytes / 2**20:.1f} MiB) from the DR copy")
         files = restore_files(archive, provider, record, pgdata, say, pg_bindir())
         result.seconds.update({k: round(v, 3) for k, v in files.seconds.items()})

@@ -118,3 +118,18 @@ def check_room_for(
         f"Give it a larger volume (a run pod's scratch volume size in the Helm values; TMPDIR or the drill directory "
         f"elsewhere), or free space; nothing was downloaded."
     )
+
+
+def check_room_to_restore(
+    archive: Archive,
+    record: BackupRecord,
+    target: RecoveryTarget,
+    directory: Path,
+    what: str,
+    *,
+    prefetch: int = DEFAULT_WAL_PREFETCH,
+) -> None:
+    """``check_room_for`` with the WAL ``archive`` holds now for replay of ``record`` to ``target``: what the
+    restore, the drills and the site-loss drill call before their first download."""
+    wal_bytes = archived_replay_wal_bytes(archive, record, target)
+    check_room_for(record, directory, what, wal_bytes=wal_bytes, prefetch=prefetch)

@@ -39,7 +39,7 @@ from cqox_platform.backup.restore.recovery import (
     restore_command_for,
     start_prefetcher,
 )
-from cqox_platform.backup.restore.space import archived_replay_wal_bytes, check_room_for
+from cqox_platform.backup.restore.space import check_room_to_restore
 from cqox_platform.backup.restore.stream import INCOMPLETE_MARKER
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.errors import RestoreError
@@ -179,9 +179,7 @@ def restore_backup(request: RestoreRequest, sources: RestoreSources, say: Say) -
     check_target_after_backup(target, record)
     archive = Archive(clients.s3, bucket, record.system_id)
     prefetch = DEFAULT_WAL_PREFETCH if request.wal_prefetch is None else request.wal_prefetch
-    check_room_for(
-        record, pgdata, "--pgdata", wal_bytes=archived_replay_wal_bytes(archive, record, target), prefetch=prefetch
-    )
+    check_room_to_restore(archive, record, target, pgdata, "--pgdata", prefetch=prefetch)
     if target.kind == "xid":
         status = sources.xid_status(record.system_id, int(target.value))
         if status is None:

@@ -36,11 +36,6 @@ def _sync_file_range() -> Callable[..., int] | None:
     return call
 
 
-def available() -> bool:
-    """Whether this system has ``sync_file_range`` (Linux with glibc or musl)."""
-    return _sync_file_range() is not None
-
-
 def start_writeback(fd: int, offset: int, length: int) -> bool:
     """Start writing ``length`` bytes of ``fd`` at ``offset`` back to disk; False when the hint was not given
     (no such call, or the kernel refused it: neither loses anything)."""

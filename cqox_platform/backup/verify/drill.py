@@ -37,7 +37,7 @@ from cqox_platform.backup.restore.recovery import (
     configure_recovery,
     restore_command_for,
 )
-from cqox_platform.backup.restore.space import archived_replay_wal_bytes, check_room_for
+from cqox_platform.backup.restore.space import check_room_to_restore
 from cqox_platform.backup.verify.proof import RestorePoint, compare_checksums, table_checksums
 from cqox_platform.crypto.keys import DataKeyProvider
 from cqox_platform.pgserver import ScratchCluster, free_port, pg_bindir
@@ -96,8 +96,7 @@ def run_drill(
     )
 
     def restore(pgdata: Path, scratch: Path) -> str:
-        wal_bytes = archived_replay_wal_bytes(archive, record, target)
-        check_room_for(record, scratch, "the drill's scratch directory", wal_bytes=wal_bytes, prefetch=wal_prefetch)
+        check_room_to_restore(archive, record, target, scratch, "the drill's scratch directory", prefetch=wal_prefetch)
         where = archive.where(record.object_key)
         progress(f"drill {result.drill_id}: downloading {where} ({record.stored_bytes / 2**20:.1f} MiB)")
         files = restore_files(archive, provider, record, pgdata, progress, pg_bindir())
